@@ -1,0 +1,13 @@
+"""fmnist-exp: Fashion-MNIST experiments with MLflow tracking and Optuna tuning.
+
+Pipeline, one module per step: data -> models -> train -> experiment (one tracked run)
+-> tune (Optuna study) -> registry (test score, register, aliases). config holds every
+default; cli exposes the MLproject entry points.
+"""
+
+__version__ = "0.1.0"
+
+import os as _os
+
+# TensorFlow's C++ start-up chatter (CUDA probes, CPU feature notes) hides the useful output.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

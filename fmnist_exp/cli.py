@@ -1,0 +1,95 @@
+"""The one CLI: ``python -m fmnist_exp <entry point> [--param value ...]``.
+
+Subcommands match the MLproject entry points one to one; their flags are built from the
+parameter lists in config.py (and tune.py), so defaults live in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import config as C
+
+DESCRIPTIONS = {
+    "baseline": "majority-class and logistic-regression floor (scikit-learn)",
+    "mlp": "train one multilayer perceptron",
+    "cnn": "train one convolutional network",
+    "tune": "run or resume an Optuna study; register the best model",
+}
+
+
+def _add_params(sub: argparse.ArgumentParser, params: list[C.Param]) -> None:
+    for p in params:
+        flags = [f"--{p.name}"] + ([f"--{p.name.replace('_', '-')}"] if "_" in p.name else [])
+        kind = {bool: "true|false", int: "int", float: "float"}.get(p.type, "text")
+        sub.add_argument(*flags, dest=p.name, default=None, metavar=kind.upper(),
+                         help=f"{p.help} (default: {p.default!r})")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m fmnist_exp", description="Fashion-MNIST experiments tracked in MLflow.")
+    subs = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(DESCRIPTIONS) + "}")
+    for name, desc in DESCRIPTIONS.items():
+        sub = subs.add_parser(name, help=desc, description=desc)
+        _add_params(sub, C.TUNE_PARAMS if name == "tune" else C.family_params(name))
+    return ap
+
+
+def _resolve_tune(raw: dict) -> dict:
+    values = {}
+    errors = []
+    for p in C.TUNE_PARAMS:
+        try:
+            values[p.name] = C.coerce(p, raw[p.name]) if raw.get(p.name) is not None else p.default
+        except C.ConfigError as e:
+            errors.append(str(e))
+            continue
+        if p.check is not None and (msg := p.check(values[p.name])):
+            errors.append(f"{p.name}={values[p.name]!r}: {msg}")
+    if errors:
+        raise C.ConfigError("invalid tune parameter(s):\n  " + "\n  ".join(errors))
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    raw = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        if args.command == "tune":
+            params = _resolve_tune(raw)
+        else:
+            params = C.resolve(args.command, raw)
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _dispatch(args.command, params)
+
+
+def _dispatch(command: str, params: dict) -> int:
+    from . import data, experiment, tracking
+    from .config import ConfigError
+
+    try:
+        with tracking.interrupts_end_runs():
+            if command == "tune":
+                from . import tune
+
+                summary = tune.run(params)
+                print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
+                return 0
+            ds = data.load(params["data_dir"] or None)  # fail on missing data before importing TensorFlow
+            if command == "baseline":
+                result = experiment.baseline_run(params, ds=ds)
+            else:
+                result = experiment.train_run(command, params, ds=ds)
+    except (data.DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow run was ended as FAILED", file=sys.stderr)
+        return 130
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith("test_accuracy_class")}
+    print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **shown}))
+    return 0

@@ -1,0 +1,205 @@
+"""The one source of defaults: every parameter of every entry point, with its check.
+
+Each family (baseline, mlp, cnn) and the tune command is a list of :class:`Param`. The CLI
+builds its flags from these lists, ``resolve`` turns overrides into one flat dict (what
+``mlflow.log_params`` records), and ``validate`` refuses bad values before any work starts.
+MLproject forwards the same names; a test keeps its defaults equal to these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh")
+MONITORS = ("val_loss", "val_accuracy")
+LR_SCHEDULES = ("plateau", "cosine")
+FAMILIES = ("baseline", "mlp", "cnn")
+
+# Metric names, written once (lesson 6: the objective refers to these, not to strings).
+TRAIN_LOSS, TRAIN_ACC = "loss", "accuracy"
+VAL_LOSS, VAL_ACC = "val_loss", "val_accuracy"
+LEARNING_RATE = "learning_rate"
+TEST_LOSS, TEST_ACC, TEST_F1 = "test_loss", "test_accuracy", "test_macro_f1"
+BEST_VAL_ACC = "best_val_accuracy"
+
+
+class ConfigError(ValueError):
+    """A parameter is out of range or malformed; the message names it and the allowed values."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def in_range(lo, hi, *, lo_open=False, hi_open=False):
+    def check(v):
+        too_low = v <= lo if lo_open else v < lo
+        too_high = v >= hi if hi_open else v > hi
+        if too_low or too_high:
+            lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+            return f"must be in {lb}{lo}, {hi}{rb}"
+        return None
+
+    return check
+
+
+def one_of(choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+
+
+def int_list(lo, hi, *, min_len=1, max_len=6):
+    def check(v):
+        try:
+            items = parse_int_list(v)
+        except ValueError:
+            return "must be a comma-separated list of integers, e.g. 256,128"
+        if not min_len <= len(items) <= max_len:
+            return f"must list {min_len} to {max_len} integers"
+        if any(not lo <= i <= hi for i in items):
+            return f"every entry must be in [{lo}, {hi}]"
+        return None
+
+    return check
+
+
+def parse_int_list(text: str) -> list[int]:
+    return [int(t) for t in str(text).replace(" ", "").split(",") if t]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+DATA_PARAMS = [
+    Param("data_dir", "", "folder with the IDX files or CSV pair ('' = search the usual places)"),
+    Param("val_fraction", 0.1, "share of the training set held out for validation", in_range(0.01, 0.5)),
+    Param("train_samples", 0, "limit training images for quick runs (0 = all)",
+          lambda v: None if v == 0 or v >= 100 else "must be 0 (all) or at least 100"),
+    Param("seed", 42, "seed for the split, initialisation and shuffling", in_range(0, 2**31 - 1)),
+]
+
+FIT_PARAMS = [
+    Param("epochs", 15, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
+    Param("batch_size", 128, "images per gradient step", in_range(1, 8192)),
+    Param("learning_rate", 0.002, "Adam's initial learning rate", in_range(0, 1, lo_open=True)),
+    Param("lr_schedule", "plateau", "plateau: reduce on plateau; cosine: one cosine decay over all epochs",
+          one_of(LR_SCHEDULES)),
+    Param("lr_patience", 2, "epochs without improvement before the LR is reduced (plateau)", in_range(1, 100)),
+    Param("lr_factor", 0.5, "factor the LR is multiplied by on a plateau", in_range(0, 1, lo_open=True, hi_open=True)),
+    Param("early_stopping_patience", 4, "epochs without improvement before training stops (0 = off)",
+          in_range(0, 1000)),
+    Param("monitor", "val_loss", "what early stopping and LR reduction watch", one_of(MONITORS)),
+    Param("augment", False, "random shifts, rotations, zoom and horizontal flips while training"),
+]
+
+NET_COMMON = [
+    Param("dropout", 0.3, "dropout rate before each dense layer", in_range(0, 1, hi_open=True)),
+    Param("l2", 1e-4, "L2 weight penalty on every kernel", in_range(0, 1)),
+]
+
+FAMILY_PARAMS = {
+    "baseline": [
+        Param("C", 1.0, "inverse regularisation strength of the logistic regression", in_range(0, 1e6, lo_open=True)),
+        Param("max_iter", 100, "most solver iterations of the logistic regression", in_range(1, 10_000)),
+    ],
+    "mlp": [
+        Param("hidden_units", "512,256", "widths of the hidden layers, comma-separated", int_list(1, 8192)),
+        Param("activation", "relu", "activation of the hidden layers", one_of(ACTIVATIONS)),
+        *NET_COMMON,
+    ],
+    "cnn": [
+        Param("filters", "32,64,128", "conv filters per block (each block halves the image)", int_list(1, 1024, max_len=4)),
+        Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
+        Param("batch_norm", True, "batch normalisation after every convolution"),
+        *NET_COMMON,
+    ],
+}
+
+
+TUNE_PARAMS = [
+    Param("family", "cnn", "model family to tune", one_of(("mlp", "cnn"))),
+    Param("study", "", "study file: a path, or a name in experiments/ ('' = experiments/<family>.yaml)"),
+    Param("n_trials", 0, "trials to run in this invocation (0 = the study file's budget)", in_range(0, 100_000)),
+    Param("timeout", 0, "stop starting trials after this many seconds (0 = the study file's budget)",
+            in_range(0, 10**7)),
+    Param("epochs", 0, "most epochs per trial (0 = the study file's budget)", in_range(0, 1000)),
+    Param("train_samples", -1, "training images per trial (-1 = the study file's budget, 0 = all)",
+            in_range(-1, 10**6)),
+    Param("study_name", "", "Optuna study name ('' = the study file's name)"),
+    Param("storage", "", "Optuna storage URL ('' = sqlite optuna.db beside mlflow.db)"),
+    Param("model_name", "fmnist-classifier", "registered model name"),
+    Param("seed", 42, "seed of the sampler and of every trial's split and initialisation", in_range(0, 2**31 - 1)),
+    Param("data_dir", "", "folder with the dataset ('' = search the usual places)"),
+]
+
+
+def family_params(family: str) -> list[Param]:
+    """All parameters of one family's entry point, in CLI order."""
+    if family not in FAMILY_PARAMS:
+        raise ConfigError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    fit = [] if family == "baseline" else FIT_PARAMS
+    return [*FAMILY_PARAMS[family], *fit, *DATA_PARAMS]
+
+
+def defaults(family: str) -> dict:
+    return {p.name: p.default for p in family_params(family)}
+
+
+def coerce(param: Param, value: Any) -> Any:
+    """Turn a CLI/MLproject string into the parameter's type, with a clear error."""
+    if isinstance(value, param.type) and not (param.type is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if param.type is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if param.type is int:
+            f = float(text)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        return param.type(text)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(param.type, "text")
+        raise ConfigError(f"{param.name}={text!r}: must be {kind}") from None
+
+
+def resolve(family: str, overrides: dict | None = None) -> dict:
+    """Defaults updated by overrides, coerced and validated: the flat dict a run logs."""
+    params = {p.name: p for p in family_params(family)}
+    unknown = set(overrides or {}) - set(params)
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) for {family}: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(params)}"
+        )
+    values = defaults(family)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = coerce(params[key], value)
+    validate(family, values)
+    return values
+
+
+def validate(family: str, values: dict) -> None:
+    errors = []
+    for p in family_params(family):
+        if p.check is not None and (msg := p.check(values[p.name])):
+            errors.append(f"{p.name}={values[p.name]!r}: {msg}")
+    if errors:
+        raise ConfigError(f"invalid {family} parameter(s):\n  " + "\n  ".join(errors))

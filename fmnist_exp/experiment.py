@@ -1,0 +1,169 @@
+"""One tracked training run, from parameters to a logged model.
+
+``train_run`` is what the ``mlp`` and ``cnn`` entry points call, and what each tuning trial
+calls (nested, without touching the test split). ``baseline_run`` logs the floor every
+later model must beat.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import mlflow
+import numpy as np
+
+from . import config as C
+from . import data as D
+from . import tracking
+from .data import CLASS_NAMES
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str = ""
+    history: dict[str, list[float]] = field(default_factory=dict)
+    pruned: bool = False
+
+
+def load_splits(p: dict, ds: D.Dataset | None = None) -> tuple[D.Dataset, D.Splits]:
+    ds = ds or D.load(p["data_dir"] or None)
+    return ds, D.split(ds, val_fraction=p["val_fraction"], seed=p["seed"], train_samples=p["train_samples"])
+
+
+def run_name(family: str, p: dict) -> str:
+    from .models import summary_tags
+
+    return summary_tags(family, p)["arch"] if family != "baseline" else "baseline logreg"
+
+
+def log_test_evaluation(run_id: str, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray,
+                        title: str = "") -> dict:
+    """Test metrics (accuracy, loss, macro-F1, per class) and the two test plots, on ``run_id``."""
+    from mlflow.tracking import MlflowClient
+
+    from . import plots
+    from .train import per_class_accuracy, scores
+
+    client = MlflowClient()
+    metrics = scores(y_test, probs, prefix="test_")
+    pred = probs.argmax(axis=1)
+    for c, acc in enumerate(per_class_accuracy(y_test, pred)):
+        metrics[f"test_accuracy_class_{c}"] = float(acc)
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
+    client.log_dict(run_id, {str(c): n for c, n in enumerate(CLASS_NAMES)}, "class_names.json")
+    for fig, path in (
+        (plots.confusion_matrix(y_test, pred, title=f"{title}: test confusion matrix"), "plots/confusion_matrix.png"),
+        (plots.misclassified_grid(x_test, y_test, probs), "plots/misclassified.png"),
+    ):
+        client.log_figure(run_id, fig, path)
+        plots.close(fig)
+    return metrics
+
+
+def _start(name: str, nested: bool, tags: dict):
+    # Under `mlflow run`, MLFLOW_RUN_ID is set and start_run() resumes that run.
+    return mlflow.start_run(run_name=name, nested=nested, tags=tags, log_system_metrics=False)
+
+
+def train_run(family: str, p: dict, *, ds: D.Dataset | None = None, **kwargs) -> RunResult:
+    """Train ``family`` with resolved params ``p`` in a new (or `mlflow run`'s) MLflow run."""
+    from .models import summary_tags
+
+    with _start(run_name(family, p), False, summary_tags(family, p)):
+        return train_in_run(family, p, ds=ds, **kwargs)
+
+
+def train_in_run(
+    family: str,
+    p: dict,
+    *,
+    ds: D.Dataset | None = None,
+    evaluate_test: bool = True,
+    extra_tags: dict | None = None,
+    prune_check=None,
+) -> RunResult:
+    """Train and log everything into the active run.
+
+    ``prune_check`` (tuning only) is a callback with a ``pruned`` attribute; when it stopped
+    training, the result says so and no model is logged.
+    """
+    import keras
+
+    from . import models, plots, train
+
+    ds, s = load_splits(p, ds)
+    run_id = mlflow.active_run().info.run_id
+    mlflow.set_tags({**models.summary_tags(family, p), **(extra_tags or {})})
+    tracking.log_params({**p, "family": family})
+    tracking.log_params(ds.describe())
+    keras.utils.clear_session()
+    model = models.build(family, p)
+    mlflow.log_param("model_parameters", model.count_params())
+    logger = tracking.EpochLogger(run_id)
+    try:
+        fit = train.fit(model, s, p, callbacks=[logger, *([prune_check] if prune_check else [])])
+    except train.DivergedError as e:
+        mlflow.set_tag("failure", str(e))
+        raise
+    mlflow.log_metrics({
+        **fit.val_metrics,
+        C.BEST_VAL_ACC: max(fit.history.get(C.VAL_ACC, [0.0])),
+        "epochs_run": fit.epochs_run,
+        "train_wall_s": fit.wall_s,
+        "train_images_per_s": fit.images_per_s,
+    })
+    tracking.log_figure(plots.learning_curves(logger.history, title=run_name(family, p)), "plots/learning_curves.png")
+    result = RunResult(run_id, {**fit.val_metrics, "epochs_run": fit.epochs_run}, history=logger.history)
+    if prune_check is not None and prune_check.pruned:
+        result.pruned = True
+        return result
+    if evaluate_test:
+        probs = train.predict_proba(model, s.x_test)
+        result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(family, p)))
+    result.model_uri = tracking.log_keras_model(model, s.x_val)
+    mlflow.set_tag("model_uri", result.model_uri)
+    return result
+
+
+def baseline_run(p: dict, *, ds: D.Dataset | None = None) -> RunResult:
+    """Majority class and a logistic regression on standardised pixels: the floor."""
+    from mlflow.models import infer_signature
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ds, s = load_splits(p, ds)
+    flat = lambda x: x.reshape(len(x), -1).astype("float32")  # noqa: E731
+    with _start("baseline logreg", False, {"family": "baseline", "arch": "logreg+majority"}) as run:
+        mlflow.set_tags({"family": "baseline", "arch": "logreg+majority"})
+        tracking.log_params({**p, "family": "baseline"})
+        tracking.log_params(ds.describe())
+        majority = DummyClassifier(strategy="most_frequent").fit(flat(s.x_train), s.y_train)
+        mlflow.log_metrics({
+            "majority_val_accuracy": float(majority.score(flat(s.x_val), s.y_val)),
+            "majority_test_accuracy": float(majority.score(flat(s.x_test), s.y_test)),
+        })
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=p["C"], max_iter=p["max_iter"]))
+        t0 = time.perf_counter()
+        clf.fit(flat(s.x_train), s.y_train)
+        wall = time.perf_counter() - t0
+        from .train import scores
+
+        val = scores(s.y_val, clf.predict_proba(flat(s.x_val)), prefix="val_final_")
+        mlflow.log_metrics({**val, C.BEST_VAL_ACC: val["val_final_accuracy"], "train_wall_s": wall,
+                            "train_images_per_s": len(s.y_train) / wall})
+        probs = clf.predict_proba(flat(s.x_test))
+        metrics = log_test_evaluation(run.info.run_id, s.x_test, s.y_test, probs, "logistic regression")
+        example = flat(s.x_val[:3])
+        sig = infer_signature(example, clf.predict_proba(example))
+        info = mlflow.sklearn.log_model(clf, name="model", signature=sig, input_example=example,
+                                        pyfunc_predict_fn="predict_proba")
+        mlflow.sklearn.log_model(majority, name="majority_model", signature=sig, input_example=example,
+                                 pyfunc_predict_fn="predict_proba")
+        mlflow.set_tag("model_uri", info.model_uri)
+        return RunResult(run.info.run_id, {**val, **metrics}, model_uri=info.model_uri)

@@ -1,0 +1,92 @@
+"""Model builders: pure functions from plain parameters to an uncompiled Keras model.
+
+Every network takes raw pixels 0-255 of shape (n, 28, 28); scaling to 0-1 is the first
+layer, so a saved model needs no preprocessing. Builders never see Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, regularizers
+
+from .config import parse_int_list
+from .data import IMAGE_SHAPE, NUM_CLASSES
+
+
+def _inputs():
+    inp = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="pixels")
+    return inp, layers.Rescaling(1.0 / 255, name="scale_0_1")(inp)
+
+
+def _head(h, *, dense_units: int, dropout: float, l2: float, activation: str = "relu"):
+    reg = regularizers.L2(l2) if l2 else None
+    if dense_units:
+        h = layers.Dropout(dropout)(h) if dropout else h
+        h = layers.Dense(dense_units, activation=activation, kernel_regularizer=reg)(h)
+    h = layers.Dropout(dropout)(h) if dropout else h
+    return layers.Dense(NUM_CLASSES, activation="softmax", kernel_regularizer=reg, name="probs")(h)
+
+
+def build_mlp(p: dict) -> keras.Model:
+    """Dense layers of ``hidden_units`` widths with dropout and L2 between them."""
+    inp, h = _inputs()
+    h = layers.Flatten()(h)
+    reg = regularizers.L2(p["l2"]) if p["l2"] else None
+    widths = parse_int_list(p["hidden_units"])
+    for i, units in enumerate(widths):
+        if i and p["dropout"]:
+            h = layers.Dropout(p["dropout"])(h)
+        h = layers.Dense(units, activation=p["activation"], kernel_regularizer=reg)(h)
+    out = _head(h, dense_units=0, dropout=p["dropout"], l2=p["l2"])
+    return keras.Model(inp, out, name="mlp_" + "-".join(map(str, widths)))
+
+
+def build_cnn(p: dict) -> keras.Model:
+    """Blocks of conv3x3 (+BN) + ReLU + 2x2 max-pool, then a dense layer and the softmax.
+
+    One convolution per block keeps the 28x28 stage cheap: the first block holds most of the
+    pixels, so the channels grow only after each pooling halves the image.
+    """
+    inp, h = _inputs()
+    h = layers.Reshape((*IMAGE_SHAPE, 1))(h)
+    reg = regularizers.L2(p["l2"]) if p["l2"] else None
+    filters = parse_int_list(p["filters"])
+    for f in filters:
+        h = layers.Conv2D(f, 3, padding="same", use_bias=not p["batch_norm"], kernel_regularizer=reg)(h)
+        if p["batch_norm"]:
+            h = layers.BatchNormalization()(h)
+        h = layers.ReLU()(h)
+        h = layers.MaxPooling2D()(h)
+    h = layers.Flatten()(h)
+    out = _head(h, dense_units=p["dense_units"], dropout=p["dropout"], l2=p["l2"])
+    return keras.Model(inp, out, name="cnn_" + "-".join(map(str, filters)))
+
+
+BUILDERS = {"mlp": build_mlp, "cnn": build_cnn}
+
+
+def build(family: str, params: dict) -> keras.Model:
+    return BUILDERS[family](params)
+
+
+def build_augmenter(seed: int) -> keras.Sequential:
+    """Small random shifts, rotations, zoom and horizontal flips (train-time only)."""
+    return keras.Sequential(
+        [
+            layers.Reshape((*IMAGE_SHAPE, 1)),
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed),
+            layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
+            layers.RandomZoom(0.08, fill_mode="constant", seed=seed),
+            layers.Reshape(IMAGE_SHAPE),
+        ],
+        name="augment",
+    )
+
+
+def summary_tags(family: str, params: dict) -> dict:
+    """Short tags that say what ran, for run names and the UI's columns."""
+    if family == "mlp":
+        return {"family": "mlp", "arch": f"mlp {params['hidden_units']} {params['activation']}"}
+    bn = " bn" if params["batch_norm"] else ""
+    return {"family": "cnn", "arch": f"cnn {params['filters']} d{params['dense_units']}{bn}"}

@@ -1,0 +1,145 @@
+"""After a study: score the best trial on the test split once, register it, move aliases,
+and leave comparison artifacts (trials table, Optuna plots, leaderboard) on the parent run.
+
+Alias rule: ``champion`` moves to the new version only if its test accuracy beats the current
+champion's; otherwise the new version becomes ``challenger`` and the champion stays.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from . import config as C
+from . import data as D
+from . import plots
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+LEADERBOARD_FAMILIES = ("baseline", "mlp", "cnn")
+
+
+def test_evaluation(run_id: str, model_uri: str, ds: D.Dataset) -> dict:
+    """Score a logged Keras model on the test split once and log the results to its run."""
+    from .experiment import log_test_evaluation
+
+    model = mlflow.keras.load_model(model_uri)
+    probs = model.predict(ds.x_test.astype("float32"), batch_size=1024, verbose=0)
+    return log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, "best trial")
+
+
+def current_champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None  # no registered model, or no champion yet
+
+
+def register(model_uri: str, name: str, test_accuracy: float, tags: dict) -> dict:
+    """Register ``model_uri`` as a new version and decide champion vs challenger."""
+    client = MlflowClient()
+    champ = current_champion(client, name)
+    champ_acc = float(champ.tags.get("test_accuracy", "nan")) if champ else float("nan")
+    mv = mlflow.register_model(model_uri, name, tags={**tags, "test_accuracy": f"{test_accuracy:.6f}"})
+    wins = champ is None or not np.isfinite(champ_acc) or test_accuracy > champ_acc
+    alias = CHAMPION if wins else CHALLENGER
+    client.set_registered_model_alias(name, alias, mv.version)
+    decision = (f"v{mv.version} test_accuracy {test_accuracy:.4f} "
+                + ("beats" if wins else "does not beat")
+                + (f" champion v{champ.version} ({champ_acc:.4f})" if champ else " (no champion before)"))
+    client.set_model_version_tag(name, mv.version, "alias_decision", decision)
+    return {"registered_version": int(mv.version), "alias": alias, "decision": decision,
+            "previous_champion_version": int(champ.version) if champ else 0,
+            "previous_champion_test_accuracy": champ_acc}
+
+
+def _log_optuna_plots(study: optuna.Study, run_id: str) -> list[str]:
+    from optuna.visualization import matplotlib as ovm
+
+    client, logged = MlflowClient(), []
+    for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                     ("param_importances", ovm.plot_param_importances),
+                     ("parallel_coordinate", ovm.plot_parallel_coordinate),
+                     ("intermediate_values", ovm.plot_intermediate_values)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:  # e.g. importances need 2+ complete trials
+            client.set_tag(run_id, f"plot_skipped_{name}", str(e)[:500])
+            continue
+        fig = np.atleast_1d(ax).ravel()[0].figure
+        fig.set_size_inches(10, 6)
+        fig.tight_layout()
+        client.log_figure(run_id, fig, f"study/{name}.png")
+        plots.close(fig)
+        logged.append(name)
+    return logged
+
+
+def leaderboard(experiment_id: str):
+    """Best run per family (by test accuracy) in the experiment, best first."""
+    rows = []
+    for family in LEADERBOARD_FAMILIES:
+        runs = mlflow.search_runs(
+            [experiment_id], filter_string=f"tags.family = '{family}' and metrics.{C.TEST_ACC} > 0",
+            order_by=[f"metrics.{C.TEST_ACC} DESC"], max_results=1,
+        )
+        if len(runs):
+            r = runs.iloc[0]
+            rows.append({"family": family, "run_id": r["run_id"], "run_name": r.get("tags.mlflow.runName"),
+                         "arch": r.get("tags.arch"), C.TEST_ACC: r[f"metrics.{C.TEST_ACC}"],
+                         C.TEST_F1: r.get(f"metrics.{C.TEST_F1}")})
+    import pandas as pd
+
+    return pd.DataFrame(rows).sort_values(C.TEST_ACC, ascending=False) if rows else pd.DataFrame(rows)
+
+
+def report_study(study: optuna.Study, parent_run_id: str, spec, ds: D.Dataset, *, model_name: str,
+                 trials_before: int) -> dict:
+    """Artifacts and registration at the end of a `tune` invocation; returns the summary."""
+    client = MlflowClient()
+    states = [t.state for t in study.trials]
+    TS = optuna.trial.TrialState
+    summary = {
+        "study_name": study.study_name, "model_name": model_name,
+        "experiment_id": client.get_run(parent_run_id).info.experiment_id,
+        "n_trials_total": len(states), "n_trials_this_run": len(states) - trials_before,
+        "n_complete": states.count(TS.COMPLETE), "n_pruned": states.count(TS.PRUNED), "n_failed": states.count(TS.FAIL),
+    }
+    frame = study.trials_dataframe()
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    client.log_text(parent_run_id, buf.getvalue(), "study/trials.csv")
+    epochs_run = sum(t.user_attrs.get("epochs_run", len(t.intermediate_values)) for t in study.trials
+                     if t.state in (TS.COMPLETE, TS.PRUNED))
+    epochs_budget = sum(1 for t in study.trials if t.state in (TS.COMPLETE, TS.PRUNED)) * spec.budget["epochs"]
+    summary.update(epochs_run=epochs_run, epochs_budget=epochs_budget)
+    _log_optuna_plots(study, parent_run_id)
+    for k in ("n_trials_total", "n_complete", "n_pruned", "n_failed", "epochs_run", "epochs_budget"):
+        client.log_metric(parent_run_id, k, summary[k])
+
+    if summary["n_complete"] == 0:
+        client.set_tag(parent_run_id, "registration", "skipped: no complete trial")
+        print("[tune] no trial completed, so nothing was registered; see the failed runs' 'failure' tag")
+        return summary
+    best = study.best_trial
+    best_run = best.user_attrs["mlflow_run_id"]
+    test = test_evaluation(best_run, best.user_attrs["model_uri"], ds)
+    tags = {"study": study.study_name, "trial_number": str(best.number), "val_accuracy": f"{best.value:.6f}",
+            "source_run_id": best_run, "family": spec.family}
+    reg = register(best.user_attrs["model_uri"], model_name, test[C.TEST_ACC], tags)
+    summary.update(reg, best_trial=best.number, best_val_accuracy=best.value, best_run_id=best_run,
+                   test_accuracy=test[C.TEST_ACC], test_macro_f1=test[C.TEST_F1])
+    client.log_metric(parent_run_id, "best_val_accuracy", best.value)
+    client.log_metric(parent_run_id, "best_test_accuracy", test[C.TEST_ACC])
+    client.set_tag(parent_run_id, "registration", reg["decision"])
+    client.set_tag(parent_run_id, "registered_model", f"{model_name}/{reg['registered_version']}")
+    board = leaderboard(summary["experiment_id"])
+    client.log_text(parent_run_id, board.to_csv(index=False), "leaderboard.csv")
+    return summary

@@ -1,0 +1,174 @@
+"""Study files: ``experiments/<study>.yaml`` read, checked and turned into Optuna suggestions.
+
+A study file says what it asks (``description``), which family it tunes, its budget, the
+parameters it fixes, the search space, the pruner and the sampler. Every range is checked
+against the family's own parameter checks before the first trial starts, so a typo costs
+seconds, not a study.
+
+Space entries::
+
+    dropout:       {type: float, low: 0.1, high: 0.5}
+    learning_rate: {type: float, low: 3.0e-4, high: 5.0e-3, log: true}
+    dense_units:   {type: categorical, choices: [64, 128, 256]}
+    filters:       {type: widths, layers: [2, 3], units: [16, 32, 64, 128]}
+
+``widths`` suggests a number of layers, then a width per layer (the comma list the builders take).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+
+from . import config as C
+from .config import ConfigError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+BUDGET_KEYS = {"n_trials": 10, "timeout": 0, "epochs": 5, "train_samples": 0}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "none": optuna.pruners.NopPruner,
+}
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+SPACE_TYPES = ("float", "int", "categorical", "widths")
+
+
+@dataclass
+class StudySpec:
+    path: Path
+    text: str
+    description: str
+    family: str
+    budget: dict
+    fixed: dict
+    space: dict
+    pruner: dict
+    sampler: dict
+    objective: str = C.VAL_ACC
+    extra: dict = field(default_factory=dict)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        kind, kwargs = _kind(self.pruner, PRUNERS, "pruner")
+        return PRUNERS[kind](**kwargs)
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        kind, kwargs = _kind(self.sampler, SAMPLERS, "sampler")
+        return SAMPLERS[kind](**{"seed": seed, **kwargs})
+
+
+def _kind(spec: dict, table: dict, what: str) -> tuple[str, dict]:
+    kwargs = dict(spec)
+    kind = kwargs.pop("type", None)
+    if kind not in table:
+        raise ConfigError(f"{what} type {kind!r}: choose one of {', '.join(table)}")
+    return kind, kwargs
+
+
+def resolve_path(study: str, family: str) -> Path:
+    """'' -> experiments/<family>.yaml; a bare name -> experiments/<name>.yaml; else a path."""
+    if not study:
+        return EXPERIMENTS_DIR / f"{family}.yaml"
+    p = Path(study)
+    if p.suffix not in (".yaml", ".yml") and not p.exists():
+        p = EXPERIMENTS_DIR / f"{study}.yaml"
+    return p
+
+
+def load(study: str, family: str) -> StudySpec:
+    path = resolve_path(study, family)
+    if not path.is_file():
+        known = ", ".join(sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml")))
+        raise ConfigError(f"study file {path} not found; the studies in experiments/ are: {known}")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    spec_family = raw.get("family", family)
+    if spec_family != family:
+        raise ConfigError(f"{path} tunes family {spec_family!r} but family={family!r} was asked for")
+    unknown_budget = set(raw.get("budget", {})) - set(BUDGET_KEYS)
+    if unknown_budget:
+        raise ConfigError(f"{path}: unknown budget key(s) {sorted(unknown_budget)}; known: {sorted(BUDGET_KEYS)}")
+    spec = StudySpec(
+        path=path,
+        text=text,
+        description=str(raw.get("description", "")).strip(),
+        family=family,
+        budget={**BUDGET_KEYS, **raw.get("budget", {})},
+        fixed=dict(raw.get("fixed", {})),
+        space=dict(raw.get("space", {})),
+        pruner=dict(raw.get("pruner", {"type": "median"})),
+        sampler=dict(raw.get("sampler", {"type": "tpe"})),
+        objective=raw.get("objective", C.VAL_ACC),
+    )
+    check(spec)
+    return spec
+
+
+def check(spec: StudySpec) -> None:
+    """Refuse a space whose names or bounds the family would refuse, before any trial runs."""
+    where = str(spec.path)
+    if not spec.description:
+        raise ConfigError(f"{where}: add a one-sentence 'description' of what the study asks")
+    if spec.objective != C.VAL_ACC:
+        raise ConfigError(f"{where}: objective {spec.objective!r} is not produced; trials report {C.VAL_ACC}")
+    names = {p.name for p in C.family_params(spec.family)}
+    overlap = set(spec.fixed) & set(spec.space)
+    if overlap:
+        raise ConfigError(f"{where}: {sorted(overlap)} both fixed and searched")
+    for key in [*spec.fixed, *spec.space]:
+        if key not in names:
+            raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
+    C.resolve(spec.family, spec.fixed)
+    for key, dist in spec.space.items():
+        for value in corner_values(key, dist, where):
+            C.resolve(spec.family, {**spec.fixed, key: value})
+    spec.make_pruner()
+    spec.make_sampler(0)
+
+
+def corner_values(key: str, dist: dict, where: str) -> list:
+    """The extreme values a distribution can produce, checked like user input."""
+    kind = dist.get("type")
+    if kind not in SPACE_TYPES:
+        raise ConfigError(f"{where}: {key} has type {kind!r}; use one of {', '.join(SPACE_TYPES)}")
+    try:
+        if kind in ("float", "int"):
+            if dist["low"] > dist["high"]:
+                raise ConfigError(f"{where}: {key} has low > high")
+            if dist.get("log") and dist["low"] <= 0:
+                raise ConfigError(f"{where}: {key} is log-scaled, so low must be > 0")
+            return [dist["low"], dist["high"]]
+        if kind == "categorical":
+            if not dist["choices"]:
+                raise ConfigError(f"{where}: {key} has no choices")
+            return list(dist["choices"])
+        lo, hi = dist["layers"]
+        return [",".join([str(u)] * n) for n in (lo, hi) for u in (min(dist["units"]), max(dist["units"]))]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {key} is malformed ({e!r}); see the examples in fmnist_exp/space.py") from None
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """Draw one configuration. The only place that calls ``trial.suggest_*``."""
+    out = {}
+    for key, d in space.items():
+        kind = d["type"]
+        if kind == "float":
+            out[key] = trial.suggest_float(key, d["low"], d["high"], log=bool(d.get("log")))
+        elif kind == "int":
+            out[key] = trial.suggest_int(key, d["low"], d["high"], log=bool(d.get("log")))
+        elif kind == "categorical":
+            out[key] = trial.suggest_categorical(key, d["choices"])
+        else:
+            n = trial.suggest_int(f"{key}_layers", *d["layers"])
+            out[key] = ",".join(str(trial.suggest_categorical(f"{key}_{i}", d["units"])) for i in range(n))
+    return out

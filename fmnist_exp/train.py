@@ -1,0 +1,127 @@
+"""Training and evaluation of a Keras model on the splits: input pipeline, schedule, metrics.
+
+No MLflow here: tracking comes in as Keras callbacks from the caller (see tracking.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import config as C
+from .data import NUM_CLASSES, Splits
+from .models import build_augmenter
+
+
+class DivergedError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]
+    epochs_run: int
+    wall_s: float
+    images_per_s: float
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # python, numpy and the backend in one call
+
+
+def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augment: bool = False):
+    """uint8 arrays -> batched float32 tf.data pipeline; augmentation runs per batch."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        aug = build_augmenter(seed)
+        ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_model(model: keras.Model, p: dict, steps_per_epoch: int) -> None:
+    lr = p["learning_rate"]
+    if p["lr_schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, p["epochs"] * steps_per_epoch))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=[C.TRAIN_ACC],
+    )
+
+
+def standard_callbacks(p: dict) -> list[keras.callbacks.Callback]:
+    mode = "min" if p["monitor"] == C.VAL_LOSS else "max"
+    cbs: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if p["early_stopping_patience"]:
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor=p["monitor"], mode=mode, patience=p["early_stopping_patience"], restore_best_weights=True
+            )
+        )
+    if p["lr_schedule"] == "plateau":
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=p["monitor"], mode=mode, factor=p["lr_factor"], patience=p["lr_patience"], min_lr=1e-6
+            )
+        )
+    return cbs
+
+
+def fit(model: keras.Model, s: Splits, p: dict, callbacks=()) -> FitResult:
+    """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN."""
+    seed_everything(p["seed"])
+    train = make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"], augment=p["augment"])
+    val = make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p["seed"])
+    compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p["batch_size"]))
+    t0 = time.perf_counter()
+    hist = model.fit(
+        train, validation_data=val, epochs=p["epochs"], verbose=0, shuffle=False,  # tf.data shuffles
+        callbacks=[*standard_callbacks(p), *callbacks],
+    )
+    wall = time.perf_counter() - t0
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    epochs_run = len(history.get(C.TRAIN_LOSS, []))
+    bad = [i for i, v in enumerate(history.get(C.TRAIN_LOSS, [])) if not math.isfinite(v)]
+    if bad:
+        raise DivergedError(
+            f"training diverged: the loss became NaN/inf in epoch {bad[0]}; "
+            f"lower learning_rate (was {p['learning_rate']}) or raise l2"
+        )
+    val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")
+    return FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9), val_metrics)
+
+
+def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return model.predict(x.astype("float32"), batch_size=1024, verbose=0)
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, prefix: str) -> dict[str, float]:
+    probs = predict_proba(model, x)
+    return scores(y, probs, prefix=prefix)
+
+
+def scores(y: np.ndarray, probs: np.ndarray, *, prefix: str) -> dict[str, float]:
+    """Accuracy, cross-entropy loss and macro-F1 of class probabilities."""
+    from sklearn.metrics import f1_score
+
+    pred = probs.argmax(axis=1)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+    return {
+        f"{prefix}accuracy": float((pred == y).mean()),
+        f"{prefix}loss": loss,
+        f"{prefix}macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(NUM_CLASSES)))),
+    }
+
+
+def per_class_accuracy(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    return np.array([(pred[y == c] == c).mean() if np.any(y == c) else np.nan for c in range(NUM_CLASSES)])

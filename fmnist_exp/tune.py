@@ -1,0 +1,190 @@
+"""`tune`: an Optuna study in which every trial is a nested MLflow run.
+
+One parent run per invocation; trials are child runs named ``trial <n>`` with their
+parameters, per-epoch curves, final validation accuracy, state and (when complete) model.
+Pruning watches per-epoch validation accuracy. Re-running with the same study name and
+storage resumes the study. After the study the best trial's model is scored once on the
+test split and registered (see registry.py).
+
+    python -m fmnist_exp tune --family cnn --n_trials 10
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import keras
+import mlflow
+import optuna
+
+from . import config as C
+from . import data as D
+from . import experiment, registry, space, tracking
+
+def default_storage() -> str:
+    """sqlite:///<dir of mlflow.db>/optuna.db for a sqlite tracking store, else ./optuna.db."""
+    uri = mlflow.get_tracking_uri()
+    parsed = urlparse(uri)
+    folder = Path(".")
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Reports validation accuracy each epoch; stops training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial):
+        super().__init__()
+        self.trial = trial
+        self.pruned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(C.VAL_ACC)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            self.model.stop_training = True
+
+
+class Progress:
+    """One console line per finished trial and the trial's state on its MLflow run."""
+
+    def __init__(self, n_trials: int, parent_run_id: str):
+        self.n_trials, self.parent_run_id = n_trials, parent_run_id
+        self.t0 = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.done += 1
+        state = trial.state.name
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            mlflow.MlflowClient().set_tag(run_id, "trial_state", state)
+        try:
+            best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "none yet"
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        elapsed = time.perf_counter() - self.t0
+        total = self.n_trials or "?"
+        print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} "
+              f"best={best} elapsed={elapsed / 60:.1f} min", flush=True)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
+
+
+def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, train_fn=None):
+    """The objective: suggest, train one nested run, return validation accuracy.
+
+    ``train_fn`` defaults to :func:`experiment.train_in_run`; tests pass a wrapper that
+    raises in one trial to show the study survives it.
+    """
+    train_fn = train_fn or experiment.train_in_run
+
+    def objective(trial: optuna.Trial) -> float:
+        suggestion = space.suggest(trial, spec.space)
+        p = C.resolve(spec.family, {**base, **suggestion})
+        tags = {"optuna_study": study_name, "optuna_trial": str(trial.number), "trial_state": "RUNNING"}
+        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            prune = PruningCallback(trial)
+            try:
+                result = train_fn(spec.family, p, ds=ds, evaluate_test=False, prune_check=prune, extra_tags=tags)
+            except Exception as e:
+                mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
+                raise
+            if result.pruned:
+                mlflow.set_tag("trial_state", "PRUNED")
+                raise optuna.TrialPruned(f"pruned after epoch {result.metrics['epochs_run']}")
+            trial.set_user_attr("model_uri", result.model_uri)
+            trial.set_user_attr("epochs_run", int(result.metrics["epochs_run"]))
+            return result.metrics["val_final_accuracy"]
+
+    return objective
+
+
+def resolve_budget(args: dict, spec: space.StudySpec) -> dict:
+    b = dict(spec.budget)
+    for key in ("n_trials", "timeout", "epochs"):
+        if args[key]:
+            b[key] = args[key]
+    if args["train_samples"] >= 0:
+        b["train_samples"] = args["train_samples"]
+    return b
+
+
+def run(args: dict, *, train_fn=None) -> dict:
+    """Run (or resume) the study under one parent run, then register the best model."""
+    spec = space.load(args["study"], args["family"])
+    budget = resolve_budget(args, spec)
+    base = {**spec.fixed, "epochs": budget["epochs"], "train_samples": budget["train_samples"],
+            "seed": args["seed"], "data_dir": args["data_dir"]}
+    C.resolve(spec.family, base)  # refuse a bad budget before loading data
+    ds = D.load(args["data_dir"] or None)
+    study_name = args["study_name"] or spec.path.stem
+    storage = args["storage"] or default_storage()
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=spec.make_sampler(args["seed"]), pruner=spec.make_pruner(),
+    )
+    before = len(study.trials)
+    with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {study_name}") as parent:
+        pid = parent.info.run_id
+        mlflow.set_tags({"family": spec.family, "arch": f"optuna study {study_name}", "optuna_study": study_name,
+                         "study_description": spec.description, "resumed": str(before > 0).lower()})
+        tracking.log_params({**args, "study_file": str(spec.path)})
+        tracking.log_params({f"budget_{k}": v for k, v in budget.items()})
+        tracking.log_params({"pruner": spec.make_pruner().__class__.__name__, "pruner_config": spec.pruner,
+                             "sampler": spec.make_sampler(0).__class__.__name__, "optuna_storage": _redact(storage),
+                             "trials_before": before})
+        tracking.log_params(ds.describe())
+        mlflow.log_text(spec.text, f"study/{spec.path.name}")
+        print(f"[tune] study {study_name!r} ({spec.description}) storage={_redact(storage)} "
+              f"trials so far={before}; running {budget['n_trials']} more", flush=True)
+        progress = Progress(budget["n_trials"], pid)
+        try:
+            study.optimize(
+                make_objective(spec, base, ds, study_name, train_fn),
+                n_trials=budget["n_trials"], timeout=budget["timeout"] or None,
+                catch=(Exception,), callbacks=[progress], gc_after_trial=True,
+            )
+        finally:
+            tracking.end_orphaned_children(pid)
+        summary = registry.report_study(study, pid, spec, ds, model_name=args["model_name"], trials_before=before)
+    print_summary(summary, study_name)
+    return summary
+
+
+def _redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def print_summary(summary: dict, study_name: str) -> None:
+    uri = mlflow.get_tracking_uri()
+    ui = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    lines = [
+        f"[tune] study {study_name!r}: {summary['n_complete']} complete, {summary['n_pruned']} pruned, "
+        f"{summary['n_failed']} failed trials in total",
+    ]
+    if summary.get("registered_version"):
+        lines += [
+            f"[tune] best trial {summary['best_trial']}: val_accuracy={summary['best_val_accuracy']:.4f} "
+            f"test_accuracy={summary['test_accuracy']:.4f}",
+            f"[tune] registered {summary['model_name']} version {summary['registered_version']} "
+            f"as @{summary['alias']} ({summary['decision']})",
+            f"[tune] load it with models:/{summary['model_name']}@champion",
+        ]
+    if not uri.startswith("http"):
+        lines.append(f"[tune] open the UI: mlflow ui --backend-store-uri {uri} --port 5000")
+    lines.append(f"[tune] this experiment's runs: {ui}/#/experiments/{summary['experiment_id']}/runs"
+                 f"?workflowType=machine_learning")
+    print("\n".join(lines), flush=True)

@@ -37,28 +37,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _resolve_tune(raw: dict) -> dict:
-    values = {}
-    errors = []
-    for p in C.TUNE_PARAMS:
-        try:
-            values[p.name] = C.coerce(p, raw[p.name]) if raw.get(p.name) is not None else p.default
-        except C.ConfigError as e:
-            errors.append(str(e))
-            continue
-        if p.check is not None and (msg := p.check(values[p.name])):
-            errors.append(f"{p.name}={values[p.name]!r}: {msg}")
-    if errors:
-        raise C.ConfigError("invalid tune parameter(s):\n  " + "\n  ".join(errors))
-    return values
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     raw = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         if args.command == "tune":
-            params = _resolve_tune(raw)
+            params = C.resolve_tune(raw)
         else:
             params = C.resolve(args.command, raw)
     except C.ConfigError as e:

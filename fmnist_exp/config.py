@@ -2,7 +2,7 @@
 
 Each family (baseline, mlp, cnn) and the tune command is a list of :class:`Param`. The CLI
 builds its flags from these lists, ``resolve`` turns overrides into one flat dict (what
-``mlflow.log_params`` records), and ``validate`` refuses bad values before any work starts.
+``mlflow.log_params`` records) and refuses bad values, all at once, before any work starts.
 MLproject forwards the same names; a test keeps its defaults equal to these.
 """
 
@@ -181,25 +181,35 @@ def coerce(param: Param, value: Any) -> Any:
 
 def resolve(family: str, overrides: dict | None = None) -> dict:
     """Defaults updated by overrides, coerced and validated: the flat dict a run logs."""
-    params = {p.name: p for p in family_params(family)}
-    unknown = set(overrides or {}) - set(params)
+    return resolve_params(family_params(family), overrides, what=family)
+
+
+def resolve_tune(overrides: dict | None = None) -> dict:
+    """The tune command's parameters, resolved the same way."""
+    return resolve_params(TUNE_PARAMS, overrides, what="tune")
+
+
+def resolve_params(params: list[Param], overrides: dict | None, *, what: str) -> dict:
+    """Defaults <- overrides (None values mean 'default'), coerced; every error reported at once."""
+    by_name = {p.name: p for p in params}
+    unknown = set(overrides or {}) - set(by_name)
     if unknown:
         raise ConfigError(
-            f"unknown parameter(s) for {family}: {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(params)}"
+            f"unknown parameter(s) for {what}: {', '.join(sorted(unknown))}; known: {', '.join(by_name)}"
         )
-    values = defaults(family)
+    values = {p.name: p.default for p in params}
+    errors, unparsed = [], set()
     for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = coerce(params[key], value)
-    validate(family, values)
-    return values
-
-
-def validate(family: str, values: dict) -> None:
-    errors = []
-    for p in family_params(family):
-        if p.check is not None and (msg := p.check(values[p.name])):
+        if value is None:
+            continue
+        try:
+            values[key] = coerce(by_name[key], value)
+        except ConfigError as e:
+            errors.append(str(e))
+            unparsed.add(key)
+    for p in params:
+        if p.check is not None and p.name not in unparsed and (msg := p.check(values[p.name])):
             errors.append(f"{p.name}={values[p.name]!r}: {msg}")
     if errors:
-        raise ConfigError(f"invalid {family} parameter(s):\n  " + "\n  ".join(errors))
+        raise ConfigError(f"invalid {what} parameter(s):\n  " + "\n  ".join(errors))
+    return values

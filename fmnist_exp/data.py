@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,14 +203,17 @@ def _checked(arrays: dict, *, source: str, fmt: str) -> Dataset:
 # ----------------------------------------------------------------------------- search
 
 
-def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+def default_dirs() -> list[Path]:
+    return [Path("data"), DEBIAN_DIR, KERAS_CACHE_DIR]
+
+
+def candidate_dirs(data_dir: str | os.PathLike | None = None, fallbacks: list[Path] | None = None) -> list[Path]:
     """Where to look, in order: the parameter, $FMNIST_DATA_DIR, ./data, Debian, Keras cache."""
     dirs = []
     for d in (data_dir, os.environ.get("FMNIST_DATA_DIR")):
         if d:
             dirs.append(Path(d).expanduser())
-    dirs += [Path("data"), DEBIAN_DIR, KERAS_CACHE_DIR]
-    return dirs
+    return dirs + (default_dirs() if fallbacks is None else list(fallbacks))
 
 
 def _has_idx(d: Path) -> bool:
@@ -222,7 +224,12 @@ def _has_csv(d: Path) -> bool:
     return any((d / name).is_file() for name in CSV_FILES.values())
 
 
-def load(data_dir: str | os.PathLike | None = None, *, allow_download: bool = True) -> Dataset:
+def load(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    fallbacks: list[Path] | None = None,
+    allow_download: bool = True,
+) -> Dataset:
     """Load Fashion-MNIST from the first place that has it.
 
     An explicitly named ``data_dir`` that holds no dataset is an error, not a reason to look
@@ -235,7 +242,7 @@ def load(data_dir: str | os.PathLike | None = None, *, allow_download: bool = Tr
             f"optionally .gz) or CSV pair ({', '.join(CSV_FILES.values())}) there. {FIX_HINT}"
         )
     looked = []
-    for d in candidate_dirs(data_dir):
+    for d in candidate_dirs(data_dir, fallbacks):
         looked.append(str(d))
         if d.is_dir() and _has_idx(d):
             return load_idx_dir(d)
@@ -259,12 +266,6 @@ def _download_with_keras() -> Dataset:
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return _checked(arrays, source="keras.datasets.fashion_mnist", fmt="keras")
-
-
-def timed_load(data_dir=None) -> tuple[Dataset, float]:
-    t0 = time.perf_counter()
-    ds = load(data_dir)
-    return ds, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- splits

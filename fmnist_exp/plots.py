@@ -28,7 +28,9 @@ def learning_curves(history: dict[str, list[float]], title: str = ""):
     if has_lr:
         ax = axes[-1]
         ax.plot(range(1, len(history[C.LEARNING_RATE]) + 1), history[C.LEARNING_RATE], marker="o")
-        ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log")
+        lrs = history[C.LEARNING_RATE]
+        ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate",
+               yscale="log" if min(lrs) > 0 else "linear")  # a cosine schedule ends at 0
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

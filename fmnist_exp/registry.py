@@ -7,8 +7,8 @@ champion's; otherwise the new version becomes ``challenger`` and the champion st
 
 from __future__ import annotations
 
-import io
 import warnings
+from dataclasses import dataclass
 
 import mlflow
 import numpy as np
@@ -100,46 +100,70 @@ def leaderboard(experiment_id: str):
     return pd.DataFrame(rows).sort_values(C.TEST_ACC, ascending=False) if rows else pd.DataFrame(rows)
 
 
-def report_study(study: optuna.Study, parent_run_id: str, spec, ds: D.Dataset, *, model_name: str,
-                 trials_before: int) -> dict:
-    """Artifacts and registration at the end of a `tune` invocation; returns the summary."""
+@dataclass
+class Candidate:
+    """The model a study proposes: its run, model URI, validation accuracy and origin."""
+
+    run_id: str
+    model_uri: str
+    val_accuracy: float
+    trial_number: int
+    origin: str  # "best trial" or "final retrain"
+
+
+def log_study_artifacts(study: optuna.Study, parent_run_id: str, *, epochs_per_trial: int,
+                        trials_before: int) -> dict:
+    """Trials table, Optuna plots and counts on the parent run; returns the summary so far."""
     client = MlflowClient()
-    states = [t.state for t in study.trials]
     TS = optuna.trial.TrialState
+    states = [t.state for t in study.trials]
     summary = {
-        "study_name": study.study_name, "model_name": model_name,
+        "study_name": study.study_name,
         "experiment_id": client.get_run(parent_run_id).info.experiment_id,
         "n_trials_total": len(states), "n_trials_this_run": len(states) - trials_before,
         "n_complete": states.count(TS.COMPLETE), "n_pruned": states.count(TS.PRUNED), "n_failed": states.count(TS.FAIL),
     }
-    frame = study.trials_dataframe()
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False)
-    client.log_text(parent_run_id, buf.getvalue(), "study/trials.csv")
-    epochs_run = sum(t.user_attrs.get("epochs_run", len(t.intermediate_values)) for t in study.trials
-                     if t.state in (TS.COMPLETE, TS.PRUNED))
-    epochs_budget = sum(1 for t in study.trials if t.state in (TS.COMPLETE, TS.PRUNED)) * spec.budget["epochs"]
-    summary.update(epochs_run=epochs_run, epochs_budget=epochs_budget)
+    finished = [t for t in study.trials if t.state in (TS.COMPLETE, TS.PRUNED)]
+    # epochs actually trained against what every finished trial would have cost without pruning
+    summary["epochs_run"] = sum(t.user_attrs.get("epochs_run", len(t.intermediate_values)) for t in finished)
+    summary["epochs_budget"] = len(finished) * epochs_per_trial
+    client.log_text(parent_run_id, study.trials_dataframe().to_csv(index=False), "study/trials.csv")
     _log_optuna_plots(study, parent_run_id)
     for k in ("n_trials_total", "n_complete", "n_pruned", "n_failed", "epochs_run", "epochs_budget"):
         client.log_metric(parent_run_id, k, summary[k])
-
-    if summary["n_complete"] == 0:
-        client.set_tag(parent_run_id, "registration", "skipped: no complete trial")
-        print("[tune] no trial completed, so nothing was registered; see the failed runs' 'failure' tag")
-        return summary
-    best = study.best_trial
-    best_run = best.user_attrs["mlflow_run_id"]
-    test = test_evaluation(best_run, best.user_attrs["model_uri"], ds)
-    tags = {"study": study.study_name, "trial_number": str(best.number), "val_accuracy": f"{best.value:.6f}",
-            "source_run_id": best_run, "family": spec.family}
-    reg = register(best.user_attrs["model_uri"], model_name, test[C.TEST_ACC], tags)
-    summary.update(reg, best_trial=best.number, best_val_accuracy=best.value, best_run_id=best_run,
-                   test_accuracy=test[C.TEST_ACC], test_macro_f1=test[C.TEST_F1])
-    client.log_metric(parent_run_id, "best_val_accuracy", best.value)
-    client.log_metric(parent_run_id, "best_test_accuracy", test[C.TEST_ACC])
-    client.set_tag(parent_run_id, "registration", reg["decision"])
-    client.set_tag(parent_run_id, "registered_model", f"{model_name}/{reg['registered_version']}")
-    board = leaderboard(summary["experiment_id"])
-    client.log_text(parent_run_id, board.to_csv(index=False), "leaderboard.csv")
     return summary
+
+
+def already_registered(name: str, run_id: str):
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return found[0] if found else None
+
+
+def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study_name: str, family: str,
+                       parent_run_id: str) -> dict:
+    """Score the candidate on the test split once, register it and decide its alias."""
+    client = MlflowClient()
+    out = {"model_name": model_name, "best_trial": cand.trial_number, "best_val_accuracy": cand.val_accuracy,
+           "best_run_id": cand.run_id, "candidate": cand.origin}
+    if (mv := already_registered(model_name, cand.run_id)) is not None:
+        # A resumed study whose best did not change: nothing new to score or register.
+        out.update(registered_version=int(mv.version), alias=",".join(mv.aliases) or "none",
+                   decision=f"unchanged: best model already registered as v{mv.version}",
+                   test_accuracy=float(mv.tags.get("test_accuracy", "nan")))
+        client.set_tag(parent_run_id, "registration", out["decision"])
+        return out
+    test = test_evaluation(cand.run_id, cand.model_uri, ds)
+    tags = {"study": study_name, "trial_number": str(cand.trial_number), "val_accuracy": f"{cand.val_accuracy:.6f}",
+            "source_run_id": cand.run_id, "family": family, "candidate": cand.origin}
+    out.update(register(cand.model_uri, model_name, test[C.TEST_ACC], tags),
+               test_accuracy=test[C.TEST_ACC], test_macro_f1=test[C.TEST_F1])
+    client.log_metric(parent_run_id, "best_val_accuracy", cand.val_accuracy)
+    client.log_metric(parent_run_id, "best_test_accuracy", test[C.TEST_ACC])
+    client.set_tag(parent_run_id, "registration", out["decision"])
+    client.set_tag(parent_run_id, "registered_model", f"{model_name}/{out['registered_version']}")
+    board = leaderboard(client.get_run(parent_run_id).info.experiment_id)
+    client.log_text(parent_run_id, board.to_csv(index=False), "leaderboard.csv")
+    return out

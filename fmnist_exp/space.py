@@ -13,6 +13,10 @@ Space entries::
     filters:       {type: widths, layers: [2, 3], units: [16, 32, 64, 128]}
 
 ``widths`` suggests a number of layers, then a width per layer (the comma list the builders take).
+
+An optional ``final`` budget (e.g. ``{epochs: 8, train_samples: 0}``) retrains the best
+configuration after the search, so trials can be cheap (a subset, few epochs) while the
+registered model gets the full recipe.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class StudySpec:
     pruner: dict
     sampler: dict
     objective: str = C.VAL_ACC
-    extra: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         kind, kwargs = _kind(self.pruner, PRUNERS, "pruner")
@@ -108,6 +112,7 @@ def load(study: str, family: str) -> StudySpec:
         pruner=dict(raw.get("pruner", {"type": "median"})),
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
         objective=raw.get("objective", C.VAL_ACC),
+        final=dict(raw.get("final") or {}),
     )
     check(spec)
     return spec
@@ -124,10 +129,11 @@ def check(spec: StudySpec) -> None:
     overlap = set(spec.fixed) & set(spec.space)
     if overlap:
         raise ConfigError(f"{where}: {sorted(overlap)} both fixed and searched")
-    for key in [*spec.fixed, *spec.space]:
+    for key in [*spec.fixed, *spec.space, *spec.final]:
         if key not in names:
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     C.resolve(spec.family, spec.fixed)
+    C.resolve(spec.family, {**spec.fixed, **spec.final})
     for key, dist in spec.space.items():
         for value in corner_values(key, dist, where):
             C.resolve(spec.family, {**spec.fixed, key: value})

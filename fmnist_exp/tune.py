@@ -99,14 +99,44 @@ def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name:
             except Exception as e:
                 mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
                 raise
+            trial.set_user_attr("epochs_run", int(result.metrics["epochs_run"]))
             if result.pruned:
                 mlflow.set_tag("trial_state", "PRUNED")
-                raise optuna.TrialPruned(f"pruned after epoch {result.metrics['epochs_run']}")
-            trial.set_user_attr("model_uri", result.model_uri)
-            trial.set_user_attr("epochs_run", int(result.metrics["epochs_run"]))
-            return result.metrics["val_final_accuracy"]
+            else:
+                trial.set_user_attr("model_uri", result.model_uri)
+                trial.set_user_attr("config", suggestion)
+        if result.pruned:  # raised after the run ended, so a pruned run is FINISHED, not FAILED
+            raise optuna.TrialPruned(f"pruned after epoch {result.metrics['epochs_run']}")
+        return result.metrics["val_final_accuracy"]
 
     return objective
+
+
+def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D.Dataset):
+    """The best trial's model, or (when the study file has a ``final`` budget) the best
+    configuration retrained with that budget in a nested ``final`` run."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    if not spec.final:
+        return registry.Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"], best.value,
+                                  best.number, "best trial")
+    p = C.resolve(spec.family, {**base, **best.user_attrs["config"], **spec.final})
+    tags = {"optuna_study": study.study_name, "final_of_trial": str(best.number)}
+    done = mlflow.search_runs(
+        filter_string=f"tags.optuna_study = '{study.study_name}' and tags.final_of_trial = '{best.number}' "
+                      f"and attributes.status = 'FINISHED'", output_format="list")
+    done = [r for r in done if r.data.tags.get("model_uri")]
+    if done:  # resumed study, same best: reuse its final model instead of training it again
+        r = done[0]
+        return registry.Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.metrics["val_final_accuracy"],
+                                  best.number, "final retrain")
+    print(f"[tune] final: retraining trial {best.number}'s configuration with {spec.final}", flush=True)
+    with mlflow.start_run(run_name=f"final (trial {best.number})", nested=True, tags=tags) as run:
+        res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags)
+    return registry.Candidate(run.info.run_id, res.model_uri, res.metrics["val_final_accuracy"], best.number,
+                              "final retrain")
 
 
 def resolve_budget(args: dict, spec: space.StudySpec) -> dict:
@@ -156,7 +186,15 @@ def run(args: dict, *, train_fn=None) -> dict:
             )
         finally:
             tracking.end_orphaned_children(pid)
-        summary = registry.report_study(study, pid, spec, ds, model_name=args["model_name"], trials_before=before)
+        summary = registry.log_study_artifacts(study, pid, epochs_per_trial=budget["epochs"], trials_before=before)
+        summary["model_name"] = args["model_name"]
+        candidate = pick_candidate(study, spec, base, ds)
+        if candidate is None:
+            mlflow.set_tag("registration", "skipped: no complete trial")
+        else:
+            summary.update(registry.register_candidate(
+                candidate, ds, model_name=args["model_name"], study_name=study_name, family=spec.family,
+                parent_run_id=pid))
     print_summary(summary, study_name)
     return summary
 

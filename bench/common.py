@@ -1,0 +1,54 @@
+"""Helpers shared by the bench scripts: a throwaway MLflow store and machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+@contextmanager
+def scratch_tracking():
+    """A fresh sqlite MLflow store in a temp dir, so benchmarks never touch ./mlflow.db."""
+    import mlflow
+
+    old_cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        os.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            os.chdir(old_cwd)
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def emit(result: dict) -> None:
+    print(json.dumps(result, indent=2))

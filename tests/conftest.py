@@ -1,0 +1,61 @@
+"""Shared fixtures: every budget shrinks (tiny subsets, 1-2 epochs), never the behaviour.
+
+Tracking goes to a real MLflow sqlite store under tmp_path; entry points run through the
+real `mlflow run` CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def dataset():
+    from fmnist_exp import data
+
+    return data.load()
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh MLflow store (sqlite + ./mlruns) under tmp_path, used in-process and by subprocesses."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    # `mlflow run --env-manager local` runs `python -m fmnist_exp ...`: it must be this interpreter.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def mlflow_run(entry: str, params: dict, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`mlflow run <repo> -e <entry> --env-manager local -P k=v ...` and return the finished process."""
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmnist_exp", *args], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)

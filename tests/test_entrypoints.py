@@ -1,0 +1,88 @@
+"""`mlflow run . -e baseline|mlp|cnn --env-manager local` on small budgets, checked through
+what MLflow recorded: parameters, per-epoch histories, test metrics, artifacts, the model."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import mlflow_run
+
+pytestmark = pytest.mark.slow
+CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+def _only_run():
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def _artifacts(run_id: str, path: str = "") -> set[str]:
+    return {a.path for a in MlflowClient().list_artifacts(run_id, path)}
+
+
+def _check_finished(proc, run):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("family,params", [
+    ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30"}),
+    ("cnn", {"epochs": 2, "train_samples": 2000, "filters": "8,16", "dense_units": 32, "augment": "true",
+             "lr_schedule": "cosine", "batch_size": 32}),
+])
+def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family, params):
+    proc = mlflow_run(family, params, tmp_path)
+    run = _only_run()
+    _check_finished(proc, run)
+    client = MlflowClient()
+    p, m, tags = run.data.params, run.data.metrics, run.data.tags
+    for k, v in params.items():
+        assert p[k] == str(v)  # as the user typed it (mlflow run logs these itself)
+    assert p["family"] == family and p["seed"] == "42" and p["data_official"] == "true"
+    assert p["data_sha256"] == dataset.sha256 and p["data_source"]
+    assert tags["family"] == family and family in tags["mlflow.runName"]
+    for name in CURVES:
+        hist = client.get_metric_history(run.info.run_id, name)
+        assert [h.step for h in hist] == list(range(params["epochs"])), name
+    for name in ("test_accuracy", "test_loss", "test_macro_f1", "train_wall_s", "train_images_per_s",
+                 *(f"test_accuracy_class_{c}" for c in range(10))):
+        assert name in m, name
+    assert 0.3 < m["test_accuracy"] <= 1.0
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"} <= _artifacts(
+        run.info.run_id, "plots")
+    assert "model/MLmodel" in _artifacts(run.info.run_id, "model")
+
+    model = mlflow.pyfunc.load_model(tags["model_uri"])
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
+    assert model.metadata.saved_input_example_info is not None
+    probs = np.asarray(model.predict(dataset.x_test.astype("float32")))
+    assert probs.shape == (10_000, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    # The logged test accuracy is what the logged model scores on the test split.
+    assert (probs.argmax(1) == dataset.y_test).mean() == pytest.approx(m["test_accuracy"], abs=1e-4)
+
+
+def test_baseline_entry_point(tracking, tmp_path, dataset):
+    proc = mlflow_run("baseline", {"train_samples": 2000, "max_iter": 200}, tmp_path)
+    run = _only_run()
+    _check_finished(proc, run)
+    m = run.data.metrics
+    assert m["majority_test_accuracy"] == pytest.approx(0.1)
+    assert 0.7 < m["test_accuracy"] < 0.9
+    assert {"model", "majority_model", "plots", "class_names.json"} <= _artifacts(run.info.run_id)
+    model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+    probs = np.asarray(model.predict(dataset.x_test[:50].reshape(50, -1).astype("float32")))
+    assert probs.shape == (50, 10)
+
+
+def test_bad_parameter_through_mlflow_run_fails_fast(tracking, tmp_path):
+    proc = mlflow_run("mlp", {"dropout": 1.5}, tmp_path)
+    assert proc.returncode != 0
+    assert "dropout=1.5: must be in [0, 1)" in proc.stderr
+    run = _only_run()
+    assert run.info.status == "FAILED"
+    assert "loss" not in run.data.metrics

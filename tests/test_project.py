@@ -1,0 +1,91 @@
+"""The project's contract: MLproject forwards exactly the code's parameters and defaults,
+the CLI matches the entry points, and bad parameters are refused before any work starts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO, cli
+from fmnist_exp import config as C
+from fmnist_exp import space
+
+
+def _mlproject():
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
+def _params_for(entry: str) -> list[C.Param]:
+    return C.TUNE_PARAMS if entry in ("tune", "main") else C.family_params(entry)
+
+
+@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune"])
+def test_mlproject_forwards_code_defaults(entry):
+    ep = _mlproject()["entry_points"][entry]
+    params = _params_for(entry)
+    assert list(ep["parameters"]) == [p.name for p in params]
+    for p in params:
+        declared = ep["parameters"][p.name]["default"]
+        assert C.coerce(p, declared) == p.default, f"{entry}.{p.name}: MLproject {declared!r} != code {p.default!r}"
+        assert f"--{p.name} {{{p.name}}}" in ep["command"]
+    sub = "tune" if entry == "main" else entry
+    assert ep["command"].startswith(f"python -m fmnist_exp {sub} ")
+
+
+def test_project_files_name_the_environment():
+    assert _mlproject()["conda_env"] == "conda.yaml"
+    env = yaml.safe_load((REPO / "conda.yaml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
+    for dep in ("tensorflow", "mlflow", "optuna", "numpy", "pandas", "scikit-learn", "matplotlib"):
+        assert any(x.startswith(dep) for x in pip), dep
+
+
+def test_cli_subcommands_match_entry_points(tmp_path):
+    out = cli(["--help"], tmp_path)
+    assert out.returncode == 0
+    entries = set(_mlproject()["entry_points"]) - {"main"}
+    listed = out.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert set(listed) == entries
+
+
+@pytest.mark.parametrize("family,args,expected", [
+    ("mlp", ["--dropout", "1.5"], "dropout=1.5: must be in [0, 1)"),
+    ("cnn", ["--epochs", "-3"], "epochs=-3: must be in [1, 1000]"),
+    ("mlp", ["--activation", "sigmoidish"], "activation='sigmoidish': must be one of"),
+    ("cnn", ["--filters", "32,abc"], "filters='32,abc': must be a comma-separated list"),
+    ("mlp", ["--batch_size", "lots"], "batch_size='lots': must be an integer"),
+    ("tune", ["--n_trials", "-1"], "n_trials=-1: must be in"),
+])
+def test_invalid_parameters_refused_before_work(tmp_path, family, args, expected):
+    t0 = time.perf_counter()
+    out = cli([family, *args], tmp_path)
+    assert out.returncode == 2
+    assert expected in out.stderr
+    assert time.perf_counter() - t0 < 30  # refused without loading data or training
+    assert not (tmp_path / "mlflow.db").exists(), "no run is created for refused parameters"
+
+
+def test_missing_data_dir_refused_with_fix(tmp_path):
+    out = cli(["mlp", "--data_dir", str(tmp_path / "nowhere")], tmp_path)
+    assert out.returncode == 2
+    assert "no Fashion-MNIST IDX files" in out.stderr and "apt-get install" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_shipped_study_files_are_valid(name):
+    spec = space.load(name, name)
+    assert spec.description and spec.space
+    assert {"dropout", "l2", "learning_rate"} <= set(spec.space)
+
+
+def test_bad_study_file_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: x\nfamily: mlp\nspace:\n  dropout: {type: float, low: 0.1, high: 1.5}\n")
+    with pytest.raises(C.ConfigError, match="dropout=1.5: must be in"):
+        space.load(str(bad), "mlp")
+    bad.write_text("description: x\nfamily: mlp\nspace:\n  dropuot: {type: float, low: 0.1, high: 0.5}\n")
+    with pytest.raises(C.ConfigError, match="'dropuot' is not a mlp parameter"):
+        space.load(str(bad), "mlp")

@@ -1,0 +1,203 @@
+"""`tune`: parent and nested trial runs, pruning, failures, resume, interruption, registry."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import mlflow_run, subprocess_env
+from fmnist_exp import config as C
+from fmnist_exp import experiment, tune
+
+pytestmark = pytest.mark.slow
+MODEL = "fmnist-classifier"
+
+STUDY = """
+description: Tiny MLP study for tests.
+family: mlp
+budget: {{n_trials: 3, epochs: 2, train_samples: 1000, timeout: 0}}
+fixed: {{lr_schedule: cosine, early_stopping_patience: 0{fixed}}}
+space:
+  dropout: {{type: float, low: 0.0, high: 0.3}}
+  l2: {{type: float, low: 1.0e-6, high: 1.0e-4, log: true}}
+  {lr}
+  hidden_units: {{type: widths, layers: [1, 2], units: [32, 64]}}
+pruner: {pruner}
+"""
+
+
+def study_file(tmp_path, name="tiny", *, pruner="{type: none}", fixed="",
+               lr="learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(STUDY.format(pruner=pruner, fixed=fixed, lr=lr))
+    return str(path)
+
+
+def run_tune(study, *, train_fn=None, **kw):
+    args = C.resolve_tune({"family": "mlp", "study": study, **kw})
+    return tune.run(args, train_fn=train_fn)
+
+
+def runs(filter_string=""):
+    return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+
+
+def children_of(parent_id):
+    return sorted(runs(f"tags.mlflow.parentRunId = '{parent_id}'"), key=lambda r: int(r.data.tags["optuna_trial"]))
+
+
+def parents():
+    return [r for r in runs() if "mlflow.parentRunId" not in r.data.tags and r.info.run_name.startswith("tune")]
+
+
+def assert_nothing_running():
+    assert [r.info.run_name for r in runs() if r.info.status == "RUNNING"] == []
+
+
+def test_tune_through_mlflow_run_registers_champion(tracking, tmp_path, dataset):
+    proc = mlflow_run("tune", {"family": "mlp", "study": study_file(tmp_path), "n_trials": 3}, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "(3/3)" in out and "models:/fmnist-classifier@champion" in out
+    assert "runs?workflowType=machine_learning" in out
+    [parent] = parents()
+    kids = children_of(parent.info.run_id)
+    assert [k.info.run_name for k in kids] == ["trial 0", "trial 1", "trial 2"]
+    client = MlflowClient()
+    for k in kids:
+        assert k.info.status == "FINISHED" and k.data.tags["trial_state"] == "COMPLETE"
+        assert [h.step for h in client.get_metric_history(k.info.run_id, "val_accuracy")] == [0, 1]
+        assert {"dropout", "l2", "learning_rate", "hidden_units"} <= set(k.data.params)
+        assert k.data.metrics["val_final_accuracy"] > 0.3  # chance is 0.1
+        assert "model/MLmodel" in {a.path for a in client.list_artifacts(k.info.run_id, "model")}
+    parent_art = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/trials.csv", "study/tiny.yaml", "study/optimization_history.png",
+            "study/param_importances.png", "study/parallel_coordinate.png"} <= parent_art
+    assert parent.data.params["pruner"] == "NopPruner"
+    assert_nothing_running()
+
+    mv = client.get_model_version_by_alias(MODEL, "champion")
+    best = max(kids, key=lambda k: k.data.metrics["val_final_accuracy"])
+    assert mv.tags["source_run_id"] == best.info.run_id and mv.tags["study"] == "tiny"
+    assert float(mv.tags["test_accuracy"]) == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-6)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    probs = np.asarray(model.predict(dataset.x_test.astype("float32")))
+    assert (probs.argmax(1) == dataset.y_test).mean() == pytest.approx(float(mv.tags["test_accuracy"]), abs=1e-4)
+
+
+def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp_path):
+    study = study_file(tmp_path)
+    first = run_tune(study, n_trials=2)
+    assert first["registered_version"] == 1 and first["alias"] == "champion"
+    second = run_tune(study, n_trials=1)
+    trials = optuna.load_study(study_name="tiny", storage=tune.default_storage()).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    ps = parents()
+    assert len(ps) == 2 and {p.data.tags["resumed"] for p in ps} == {"true", "false"}
+    resumed = next(p for p in ps if p.data.tags["resumed"] == "true")
+    assert resumed.data.params["trials_before"] == "2"
+    assert [k.data.tags["optuna_trial"] for k in children_of(resumed.info.run_id)] == ["2"]
+    assert second["n_trials_total"] == 3
+
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    best_version = max(versions, key=lambda v: float(v.tags["test_accuracy"]))
+    champ = client.get_model_version_by_alias(MODEL, "champion")
+    assert champ.version == best_version.version
+    if second["decision"].startswith("unchanged"):  # same best trial: not registered twice
+        assert len(versions) == 1
+
+    # A study that can only be worse (tiny learning rate, 1 epoch on 100 images) stays challenger.
+    bad = study_file(tmp_path, "bad", fixed=", learning_rate: 1.0e-5",
+                     lr="batch_size: {type: categorical, choices: [128]}")
+    worse = run_tune(bad, n_trials=1, epochs=1, train_samples=100)
+    assert worse["alias"] == "challenger" and "does not beat" in worse["decision"]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champ.version
+    assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == worse["registered_version"]
+    assert_nothing_running()
+
+
+def test_final_retrain_is_what_gets_registered(tracking, tmp_path):
+    study = study_file(tmp_path, "fin")
+    with open(study, "a") as f:
+        f.write("final: {epochs: 3, train_samples: 2000}\n")
+    summary = run_tune(study, n_trials=2)
+    [parent] = parents()
+    finals = [r for r in runs(f"tags.mlflow.parentRunId = '{parent.info.run_id}'") if "final_of_trial" in r.data.tags]
+    assert len(finals) == 1
+    final = finals[0]
+    assert final.data.params["epochs"] == "3" and final.data.params["train_samples"] == "2000"
+    assert final.data.tags["final_of_trial"] == str(summary["best_trial"])
+    assert "test_accuracy" in final.data.metrics
+    mv = MlflowClient().get_model_version_by_alias(MODEL, "champion")
+    assert mv.tags["source_run_id"] == final.info.run_id and mv.tags["candidate"] == "final retrain"
+    assert_nothing_running()
+
+
+def test_pruning_marks_trials_pruned(tracking, tmp_path):
+    study = study_file(tmp_path, "prune", pruner="{type: threshold, lower: 0.99, n_warmup_steps: 0}")
+    summary = run_tune(study, n_trials=2, epochs=3)
+    assert summary["n_pruned"] == 2 and summary["n_complete"] == 0
+    assert summary["epochs_run"] == 2 and summary["epochs_budget"] == 6
+    [parent] = parents()
+    assert parent.data.params["pruner"] == "ThresholdPruner"
+    client = MlflowClient()
+    for k in children_of(parent.info.run_id):
+        assert k.data.tags["trial_state"] == "PRUNED" and k.info.status == "FINISHED"
+        assert len(client.get_metric_history(k.info.run_id, "val_accuracy")) == 1
+        assert not client.list_artifacts(k.info.run_id, "model")
+    assert parent.data.tags["registration"].startswith("skipped")
+    assert_nothing_running()
+
+
+def test_exception_in_one_trial_fails_only_that_run(tracking, tmp_path):
+    def flaky(family, p, **kw):
+        if kw["extra_tags"]["optuna_trial"] == "1":
+            raise RuntimeError("disk full (injected)")
+        return experiment.train_in_run(family, p, **kw)
+
+    summary = run_tune(study_file(tmp_path), n_trials=3, train_fn=flaky)
+    assert (summary["n_complete"], summary["n_failed"]) == (2, 1)
+    [parent] = parents()
+    kids = children_of(parent.info.run_id)
+    assert [k.info.status for k in kids] == ["FINISHED", "FAILED", "FINISHED"]
+    assert kids[1].data.tags["trial_state"] == "FAIL"
+    assert "disk full (injected)" in kids[1].data.tags["failure"]
+    assert parent.info.status == "FINISHED" and summary["alias"] == "champion"
+    assert_nothing_running()
+
+
+def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
+    study = study_file(tmp_path, "intr")
+    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", study,
+           "--n_trials", "3", "--epochs", "30", "--train_samples", "3000"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = MlflowClient()
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until trial 0 has trained at least one epoch
+        kids = [r for r in runs() if r.data.tags.get("optuna_trial") == "0"] if (tmp_path / "mlflow.db").exists() else []
+        if kids and client.get_metric_history(kids[0].info.run_id, "val_accuracy"):
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("trial 0 never started")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert_nothing_running()
+    statuses = {r.info.run_name: r.info.status for r in runs()}
+    assert statuses["trial 0"] == "FAILED" and statuses["tune intr"] == "FAILED"
+    summary = run_tune(study, n_trials=1)
+    trials = optuna.load_study(study_name="intr", storage=tune.default_storage()).trials
+    assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert summary["alias"] == "champion"
+    assert_nothing_running()

@@ -17,6 +17,8 @@ DESCRIPTIONS = {
     "mlp": "train one multilayer perceptron",
     "cnn": "train one convolutional network",
     "tune": "run or resume an Optuna study; register the best model",
+    "register": "register the best model of a study that (other) tune workers ran",
+    "predict": "classify PNG/JPEG files (or folders of them) with a registered model",
 }
 
 
@@ -33,16 +35,24 @@ def parser() -> argparse.ArgumentParser:
     subs = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(DESCRIPTIONS) + "}")
     for name, desc in DESCRIPTIONS.items():
         sub = subs.add_parser(name, help=desc, description=desc)
-        _add_params(sub, C.TUNE_PARAMS if name == "tune" else C.family_params(name))
+        if name == "predict":
+            sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+            _add_params(sub, C.PREDICT_PARAMS)
+        else:
+            _add_params(sub, {"tune": C.TUNE_PARAMS, "register": C.REGISTER_PARAMS}.get(name) or C.family_params(name))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     raw = {k: v for k, v in vars(args).items() if k != "command"}
+    if args.command == "predict":
+        return _predict(raw.pop("images"), C.resolve_params(C.PREDICT_PARAMS, raw, what="predict"))
     try:
         if args.command == "tune":
             params = C.resolve_tune(raw)
+        elif args.command == "register":
+            params = C.resolve_register(raw)
         else:
             params = C.resolve(args.command, raw)
     except C.ConfigError as e:
@@ -51,16 +61,35 @@ def main(argv: list[str] | None = None) -> int:
     return _dispatch(args.command, params)
 
 
+def _predict(images: list[str], params: dict) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from .serving import BadRequest, predict_files
+
+    try:
+        table = predict_files(images, params["model_uri"])
+    except BadRequest as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except (MlflowException, OSError) as e:
+        print(f"error: could not load {params['model_uri']}: {e}\n"
+              "Run `mlflow run . -e tune` first, or pass --model_uri; check MLFLOW_TRACKING_URI.", file=sys.stderr)
+        return 2
+    for row in table.itertuples():
+        print(f"{row.file}\t{row.label}\t{row.class_name}\t{row.confidence:.3f}")
+    return 0
+
+
 def _dispatch(command: str, params: dict) -> int:
     from . import data, experiment, tracking
     from .config import ConfigError
 
     try:
         with tracking.interrupts_end_runs():
-            if command == "tune":
+            if command in ("tune", "register"):
                 from . import tune
 
-                summary = tune.run(params)
+                summary = tune.run(params) if command == "tune" else tune.register_only(params)
                 print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
                 return 0
             ds = data.load(params["data_dir"] or None)  # fail on missing data before importing TensorFlow

@@ -92,7 +92,7 @@ FIT_PARAMS = [
     Param("epochs", 15, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
     Param("batch_size", 128, "images per gradient step", in_range(1, 8192)),
     Param("learning_rate", 0.002, "Adam's initial learning rate", in_range(0, 1, lo_open=True)),
-    Param("lr_schedule", "plateau", "plateau: reduce on plateau; cosine: one cosine decay over all epochs",
+    Param("lr_schedule", "cosine", "plateau: reduce on plateau; cosine: one cosine decay over all epochs",
           one_of(LR_SCHEDULES)),
     Param("lr_patience", 2, "epochs without improvement before the LR is reduced (plateau)", in_range(1, 100)),
     Param("lr_factor", 0.5, "factor the LR is multiplied by on a plateau", in_range(0, 1, lo_open=True, hi_open=True)),
@@ -118,6 +118,8 @@ FAMILY_PARAMS = {
         *NET_COMMON,
     ],
     "cnn": [
+        # ~45 s per epoch on 2 CPU cores: 10 epochs is a default run of about 8 minutes
+        Param("epochs", 10, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
         Param("filters", "32,64,128", "conv filters per block (each block halves the image)", int_list(1, 1024, max_len=4)),
         Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
         Param("batch_norm", True, "batch normalisation after every convolution"),
@@ -140,6 +142,15 @@ TUNE_PARAMS = [
     Param("model_name", "fmnist-classifier", "registered model name"),
     Param("seed", 42, "seed of the sampler and of every trial's split and initialisation", in_range(0, 2**31 - 1)),
     Param("data_dir", "", "folder with the dataset ('' = search the usual places)"),
+    Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
+]
+
+
+REGISTER_PARAMS = [p for p in TUNE_PARAMS
+                   if p.name in ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir")]
+
+PREDICT_PARAMS = [
+    Param("model_uri", "models:/fmnist-classifier@champion", "model to answer with (any models:/ or runs:/ URI)"),
 ]
 
 
@@ -147,8 +158,12 @@ def family_params(family: str) -> list[Param]:
     """All parameters of one family's entry point, in CLI order."""
     if family not in FAMILY_PARAMS:
         raise ConfigError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
-    fit = [] if family == "baseline" else FIT_PARAMS
-    return [*FAMILY_PARAMS[family], *fit, *DATA_PARAMS]
+    own = FAMILY_PARAMS[family]
+    shared = [] if family == "baseline" else FIT_PARAMS
+    # a family may restate a shared parameter with its own default; it keeps the shared place
+    overridden = {p.name: p for p in own}
+    own = [p for p in own if p.name not in {q.name for q in shared}]
+    return [*own, *(overridden.get(p.name, p) for p in shared), *DATA_PARAMS]
 
 
 def defaults(family: str) -> dict:
@@ -187,6 +202,11 @@ def resolve(family: str, overrides: dict | None = None) -> dict:
 def resolve_tune(overrides: dict | None = None) -> dict:
     """The tune command's parameters, resolved the same way."""
     return resolve_params(TUNE_PARAMS, overrides, what="tune")
+
+
+def resolve_register(overrides: dict | None = None) -> dict:
+    """The register command: tune's parameters, of which it takes the study and registry ones."""
+    return {**resolve_tune(), **resolve_params(REGISTER_PARAMS, overrides, what="register")}
 
 
 def resolve_params(params: list[Param], overrides: dict | None, *, what: str) -> dict:

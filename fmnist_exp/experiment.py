@@ -24,6 +24,7 @@ class RunResult:
     run_id: str
     metrics: dict[str, float]
     model_uri: str = ""
+    classifier_uri: str = ""
     history: dict[str, list[float]] = field(default_factory=dict)
     pruned: bool = False
 
@@ -124,8 +125,11 @@ def train_in_run(
     if evaluate_test:
         probs = train.predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(family, p)))
+    from .serving import log_classifier
+
     result.model_uri = tracking.log_keras_model(model, s.x_val)
-    mlflow.set_tag("model_uri", result.model_uri)
+    result.classifier_uri = log_classifier(model, s.x_val)
+    mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
     return result
 
 
@@ -163,7 +167,7 @@ def baseline_run(p: dict, *, ds: D.Dataset | None = None) -> RunResult:
         sig = infer_signature(example, clf.predict_proba(example))
         info = mlflow.sklearn.log_model(clf, name="model", signature=sig, input_example=example,
                                         pyfunc_predict_fn="predict_proba")
-        mlflow.sklearn.log_model(majority, name="majority_model", signature=sig, input_example=example,
-                                 pyfunc_predict_fn="predict_proba")
-        mlflow.set_tag("model_uri", info.model_uri)
+        majority_info = mlflow.sklearn.log_model(majority, name="majority_model", signature=sig,
+                                                 input_example=example, pyfunc_predict_fn="predict_proba")
+        mlflow.set_tags({"model_uri": info.model_uri, "majority_model_uri": majority_info.model_uri})
         return RunResult(run.info.run_id, {**val, **metrics}, model_uri=info.model_uri)

@@ -105,14 +105,14 @@ class Candidate:
     """The model a study proposes: its run, model URI, validation accuracy and origin."""
 
     run_id: str
-    model_uri: str
+    model_uri: str  # the Keras model (scored on the test split)
+    classifier_uri: str  # the servable pyfunc around it (registered)
     val_accuracy: float
     trial_number: int
     origin: str  # "best trial" or "final retrain"
 
 
-def log_study_artifacts(study: optuna.Study, parent_run_id: str, *, epochs_per_trial: int,
-                        trials_before: int) -> dict:
+def log_study_artifacts(study: optuna.Study, parent_run_id: str, *, epochs_per_trial: int) -> dict:
     """Trials table, Optuna plots and counts on the parent run; returns the summary so far."""
     client = MlflowClient()
     TS = optuna.trial.TrialState
@@ -120,7 +120,9 @@ def log_study_artifacts(study: optuna.Study, parent_run_id: str, *, epochs_per_t
     summary = {
         "study_name": study.study_name,
         "experiment_id": client.get_run(parent_run_id).info.experiment_id,
-        "n_trials_total": len(states), "n_trials_this_run": len(states) - trials_before,
+        "n_trials_total": len(states),
+        # counted by owner, not by difference: other workers may add trials meanwhile
+        "n_trials_this_run": sum(t.user_attrs.get("mlflow_parent_run_id") == parent_run_id for t in study.trials),
         "n_complete": states.count(TS.COMPLETE), "n_pruned": states.count(TS.PRUNED), "n_failed": states.count(TS.FAIL),
     }
     finished = [t for t in study.trials if t.state in (TS.COMPLETE, TS.PRUNED)]
@@ -150,7 +152,8 @@ def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study
            "best_run_id": cand.run_id, "candidate": cand.origin}
     if (mv := already_registered(model_name, cand.run_id)) is not None:
         # A resumed study whose best did not change: nothing new to score or register.
-        out.update(registered_version=int(mv.version), alias=",".join(mv.aliases) or "none",
+        aliases = client.get_model_version(model_name, mv.version).aliases  # search results omit aliases
+        out.update(registered_version=int(mv.version), alias=",".join(aliases) or "none",
                    decision=f"unchanged: best model already registered as v{mv.version}",
                    test_accuracy=float(mv.tags.get("test_accuracy", "nan")))
         client.set_tag(parent_run_id, "registration", out["decision"])
@@ -158,10 +161,12 @@ def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study
     test = test_evaluation(cand.run_id, cand.model_uri, ds)
     tags = {"study": study_name, "trial_number": str(cand.trial_number), "val_accuracy": f"{cand.val_accuracy:.6f}",
             "source_run_id": cand.run_id, "family": family, "candidate": cand.origin}
-    out.update(register(cand.model_uri, model_name, test[C.TEST_ACC], tags),
+    out.update(register(cand.classifier_uri, model_name, test[C.TEST_ACC], tags),
                test_accuracy=test[C.TEST_ACC], test_macro_f1=test[C.TEST_F1])
     client.log_metric(parent_run_id, "best_val_accuracy", cand.val_accuracy)
     client.log_metric(parent_run_id, "best_test_accuracy", test[C.TEST_ACC])
+    if np.isfinite(out["previous_champion_test_accuracy"]):
+        client.log_metric(parent_run_id, "previous_champion_test_accuracy", out["previous_champion_test_accuracy"])
     client.set_tag(parent_run_id, "registration", out["decision"])
     client.set_tag(parent_run_id, "registered_model", f"{model_name}/{out['registered_version']}")
     board = leaderboard(client.get_run(parent_run_id).info.experiment_id)

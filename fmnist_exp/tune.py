@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,7 +23,7 @@ import optuna
 
 from . import config as C
 from . import data as D
-from . import experiment, registry, space, tracking
+from . import experiment, registry, space, storage, tracking
 
 def default_storage() -> str:
     """sqlite:///<dir of mlflow.db>/optuna.db for a sqlite tracking store, else ./optuna.db."""
@@ -79,7 +80,8 @@ class Progress:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
 
 
-def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, train_fn=None):
+def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, parent_run_id: str,
+                   train_fn=None):
     """The objective: suggest, train one nested run, return validation accuracy.
 
     ``train_fn`` defaults to :func:`experiment.train_in_run`; tests pass a wrapper that
@@ -93,6 +95,7 @@ def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name:
         tags = {"optuna_study": study_name, "optuna_trial": str(trial.number), "trial_state": "RUNNING"}
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
             prune = PruningCallback(trial)
             try:
                 result = train_fn(spec.family, p, ds=ds, evaluate_test=False, prune_check=prune, extra_tags=tags)
@@ -104,6 +107,7 @@ def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name:
                 mlflow.set_tag("trial_state", "PRUNED")
             else:
                 trial.set_user_attr("model_uri", result.model_uri)
+                trial.set_user_attr("classifier_uri", result.classifier_uri)
                 trial.set_user_attr("config", suggestion)
         if result.pruned:  # raised after the run ended, so a pruned run is FINISHED, not FAILED
             raise optuna.TrialPruned(f"pruned after epoch {result.metrics['epochs_run']}")
@@ -120,8 +124,8 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
     except ValueError:
         return None
     if not spec.final:
-        return registry.Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"], best.value,
-                                  best.number, "best trial")
+        return registry.Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"],
+                                  best.user_attrs["classifier_uri"], best.value, best.number, "best trial")
     p = C.resolve(spec.family, {**base, **best.user_attrs["config"], **spec.final})
     tags = {"optuna_study": study.study_name, "final_of_trial": str(best.number)}
     done = mlflow.search_runs(
@@ -130,13 +134,13 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
     done = [r for r in done if r.data.tags.get("model_uri")]
     if done:  # resumed study, same best: reuse its final model instead of training it again
         r = done[0]
-        return registry.Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.metrics["val_final_accuracy"],
-                                  best.number, "final retrain")
+        return registry.Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
+                                  r.data.metrics["val_final_accuracy"], best.number, "final retrain")
     print(f"[tune] final: retraining trial {best.number}'s configuration with {spec.final}", flush=True)
     with mlflow.start_run(run_name=f"final (trial {best.number})", nested=True, tags=tags) as run:
         res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags)
-    return registry.Candidate(run.info.run_id, res.model_uri, res.metrics["val_final_accuracy"], best.number,
-                              "final retrain")
+    return registry.Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.metrics["val_final_accuracy"],
+                              best.number, "final retrain")
 
 
 def resolve_budget(args: dict, spec: space.StudySpec) -> dict:
@@ -149,61 +153,114 @@ def resolve_budget(args: dict, spec: space.StudySpec) -> dict:
     return b
 
 
-def run(args: dict, *, train_fn=None) -> dict:
-    """Run (or resume) the study under one parent run, then register the best model."""
+@dataclass
+class Setup:
+    spec: space.StudySpec
+    budget: dict
+    base: dict
+    ds: D.Dataset
+    study_name: str
+    storage_url: str
+
+
+def prepare(args: dict) -> Setup:
+    """Check everything that can be wrong (study file, budget, data, storage) before any work."""
     spec = space.load(args["study"], args["family"])
     budget = resolve_budget(args, spec)
     base = {**spec.fixed, "epochs": budget["epochs"], "train_samples": budget["train_samples"],
             "seed": args["seed"], "data_dir": args["data_dir"]}
-    C.resolve(spec.family, base)  # refuse a bad budget before loading data
+    C.resolve(spec.family, base)
     ds = D.load(args["data_dir"] or None)
-    study_name = args["study_name"] or spec.path.stem
-    storage = args["storage"] or default_storage()
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=spec.make_sampler(args["seed"]), pruner=spec.make_pruner(),
-    )
-    before = len(study.trials)
-    with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {study_name}") as parent:
-        pid = parent.info.run_id
-        mlflow.set_tags({"family": spec.family, "arch": f"optuna study {study_name}", "optuna_study": study_name,
-                         "study_description": spec.description, "resumed": str(before > 0).lower()})
-        tracking.log_params({**args, "study_file": str(spec.path)})
-        tracking.log_params({f"budget_{k}": v for k, v in budget.items()})
-        tracking.log_params({"pruner": spec.make_pruner().__class__.__name__, "pruner_config": spec.pruner,
-                             "sampler": spec.make_sampler(0).__class__.__name__, "optuna_storage": _redact(storage),
-                             "trials_before": before})
-        tracking.log_params(ds.describe())
-        mlflow.log_text(spec.text, f"study/{spec.path.name}")
-        print(f"[tune] study {study_name!r} ({spec.description}) storage={_redact(storage)} "
-              f"trials so far={before}; running {budget['n_trials']} more", flush=True)
-        progress = Progress(budget["n_trials"], pid)
+    return Setup(spec, budget, base, ds, args["study_name"] or spec.path.stem, args["storage"] or default_storage())
+
+
+def open_study(setup: Setup, seed: int) -> optuna.Study:
+    """Create or join the study. Workers that start together may race to create Optuna's tables
+    or the study itself; the loser of such a race simply tries again."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say it better
+    for attempt in range(5):
         try:
-            study.optimize(
-                make_objective(spec, base, ds, study_name, train_fn),
-                n_trials=budget["n_trials"], timeout=budget["timeout"] or None,
-                catch=(Exception,), callbacks=[progress], gc_after_trial=True,
+            return optuna.create_study(
+                study_name=setup.study_name, storage=storage.make_storage(setup.storage_url),
+                direction="maximize", load_if_exists=True, sampler=setup.spec.make_sampler(seed),
+                pruner=setup.spec.make_pruner(),
             )
-        finally:
-            tracking.end_orphaned_children(pid)
-        summary = registry.log_study_artifacts(study, pid, epochs_per_trial=budget["epochs"], trials_before=before)
-        summary["model_name"] = args["model_name"]
-        candidate = pick_candidate(study, spec, base, ds)
+        except C.ConfigError:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _log_setup(setup: Setup, args: dict, before: int) -> None:
+    spec = setup.spec
+    mlflow.set_tags({"family": spec.family, "arch": f"optuna study {setup.study_name}",
+                     "optuna_study": setup.study_name, "study_description": spec.description,
+                     "resumed": str(before > 0).lower()})
+    tracking.log_params({**args, "study_file": str(spec.path)})
+    tracking.log_params({f"budget_{k}": v for k, v in setup.budget.items()})
+    tracking.log_params({"pruner": spec.make_pruner().__class__.__name__, "pruner_config": spec.pruner,
+                         "sampler": spec.make_sampler(0).__class__.__name__,
+                         "optuna_storage": storage.redact(setup.storage_url), "trials_before": before})
+    tracking.log_params(setup.ds.describe())
+    mlflow.log_text(spec.text, f"study/{spec.path.name}")
+
+
+def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str) -> dict:
+    """Pick the candidate (maybe retraining it) and register it, one worker at a time."""
+    with storage.registration_lock(setup.storage_url, model_name):
+        candidate = pick_candidate(study, setup.spec, setup.base, setup.ds)
         if candidate is None:
             mlflow.set_tag("registration", "skipped: no complete trial")
-        else:
-            summary.update(registry.register_candidate(
-                candidate, ds, model_name=args["model_name"], study_name=study_name, family=spec.family,
-                parent_run_id=pid))
-    print_summary(summary, study_name)
+            return {}
+        return registry.register_candidate(candidate, setup.ds, model_name=model_name, study_name=setup.study_name,
+                                           family=setup.spec.family, parent_run_id=pid)
+
+
+def run(args: dict, *, train_fn=None) -> dict:
+    """Run (or resume, or join) the study under one parent run, then register the best model."""
+    setup = prepare(args)
+    with storage.single_worker_guard(setup.storage_url):
+        study = open_study(setup, args["seed"])
+        before = len(study.trials)
+        with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {setup.study_name}") as parent:
+            pid = parent.info.run_id
+            _log_setup(setup, args, before)
+            print(f"[tune] study {setup.study_name!r} ({setup.spec.description}) "
+                  f"storage={storage.redact(setup.storage_url)} trials so far={before}; "
+                  f"running {setup.budget['n_trials']} more", flush=True)
+            try:
+                study.optimize(
+                    make_objective(setup.spec, setup.base, setup.ds, setup.study_name, pid, train_fn),
+                    n_trials=setup.budget["n_trials"], timeout=setup.budget["timeout"] or None,
+                    catch=(Exception,), callbacks=[Progress(setup.budget["n_trials"], pid)], gc_after_trial=True,
+                )
+            finally:
+                tracking.end_orphaned_children(pid)
+            summary = registry.log_study_artifacts(study, pid, epochs_per_trial=setup.budget["epochs"])
+            summary["model_name"] = args["model_name"]
+            if args["register"]:
+                summary.update(_register(setup, study, pid, args["model_name"]))
+            else:
+                mlflow.set_tag("registration", "skipped: register=false (run the register entry point)")
+    print_summary(summary, setup.study_name)
     return summary
 
 
-def _redact(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+def register_only(args: dict) -> dict:
+    """The `register` entry point: the champion decision for a study other workers ran."""
+    setup = prepare(args)
+    try:
+        study = optuna.load_study(study_name=setup.study_name, storage=storage.make_storage(setup.storage_url))
+    except KeyError:
+        raise C.ConfigError(f"no study {setup.study_name!r} in {storage.redact(setup.storage_url)}") from None
+    with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"register {setup.study_name}") as parent:
+        _log_setup(setup, args, len(study.trials))
+        summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])
+        summary["model_name"] = args["model_name"]
+        summary.update(_register(setup, study, parent.info.run_id, args["model_name"]))
+    print_summary(summary, setup.study_name)
+    return summary
 
 
 def print_summary(summary: dict, study_name: str) -> None:

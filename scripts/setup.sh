@@ -22,6 +22,6 @@ fi
 echo "[setup] installing the project and its dependencies into .venv"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import fmnist_exp, tensorflow, mlflow, optuna" \
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -c "import fmnist_exp, tensorflow, mlflow, optuna" \
   || { echo "[setup] error: the install failed; see the pip output above" >&2; exit 1; }
 echo "[setup] done: activate with '. .venv/bin/activate'"

@@ -59,3 +59,10 @@ def mlflow_run(entry: str, params: dict, cwd: Path, timeout: int = 900) -> subpr
 def cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fmnist_exp", *args], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def predict_in_batches(model, x, batch: int = 1024):
+    """The servable classifier refuses batches over its limit; score a whole split in chunks."""
+    import pandas as pd
+
+    return pd.concat([model.predict(x[i:i + batch]) for i in range(0, len(x), batch)], ignore_index=True)

@@ -73,10 +73,13 @@ def test_baseline_entry_point(tracking, tmp_path, dataset):
     m = run.data.metrics
     assert m["majority_test_accuracy"] == pytest.approx(0.1)
     assert 0.7 < m["test_accuracy"] < 0.9
-    assert {"model", "majority_model", "plots", "class_names.json"} <= _artifacts(run.info.run_id)
-    model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
-    probs = np.asarray(model.predict(dataset.x_test[:50].reshape(50, -1).astype("float32")))
-    assert probs.shape == (50, 10)
+    assert {"plots", "class_names.json"} <= _artifacts(run.info.run_id)
+    flat = dataset.x_test.reshape(len(dataset.x_test), -1).astype("float32")
+    probs = np.asarray(mlflow.pyfunc.load_model(run.data.tags["model_uri"]).predict(flat))
+    assert probs.shape == (10_000, 10)
+    assert (probs.argmax(1) == dataset.y_test).mean() == pytest.approx(m["test_accuracy"], abs=1e-4)
+    majority = np.asarray(mlflow.pyfunc.load_model(run.data.tags["majority_model_uri"]).predict(flat[:5]))
+    assert majority.shape == (5, 10) and len(set(majority.argmax(1))) == 1
 
 
 def test_bad_parameter_through_mlflow_run_fails_fast(tracking, tmp_path):

@@ -18,14 +18,19 @@ def _mlproject():
 
 
 def _params_for(entry: str) -> list[C.Param]:
+    if entry == "predict":
+        return C.PREDICT_PARAMS
+    if entry == "register":
+        return C.REGISTER_PARAMS
     return C.TUNE_PARAMS if entry in ("tune", "main") else C.family_params(entry)
 
 
-@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune"])
+@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "predict"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]
     params = _params_for(entry)
-    assert list(ep["parameters"]) == [p.name for p in params]
+    positional = ["images"] if entry == "predict" else []
+    assert list(ep["parameters"]) == positional + [p.name for p in params]
     for p in params:
         declared = ep["parameters"][p.name]["default"]
         assert C.coerce(p, declared) == p.default, f"{entry}.{p.name}: MLproject {declared!r} != code {p.default!r}"
@@ -89,3 +94,12 @@ def test_bad_study_file_refused(tmp_path):
     bad.write_text("description: x\nfamily: mlp\nspace:\n  dropuot: {type: float, low: 0.1, high: 0.5}\n")
     with pytest.raises(C.ConfigError, match="'dropuot' is not a mlp parameter"):
         space.load(str(bad), "mlp")
+
+
+def test_readme_parameter_tables_match_code():
+    import subprocess
+    import sys
+
+    tables = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_param_tables.py")], capture_output=True,
+                            text=True, check=True, cwd=REPO, env={"PYTHONPATH": str(REPO)}).stdout.strip()
+    assert tables in (REPO / "README.md").read_text(), "run scripts/gen_param_tables.py and paste into README"

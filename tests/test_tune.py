@@ -8,12 +8,11 @@ import sys
 import time
 
 import mlflow
-import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import mlflow_run, subprocess_env
+from conftest import mlflow_run, predict_in_batches, subprocess_env
 from fmnist_exp import config as C
 from fmnist_exp import experiment, tune
 
@@ -89,8 +88,10 @@ def test_tune_through_mlflow_run_registers_champion(tracking, tmp_path, dataset)
     assert mv.tags["source_run_id"] == best.info.run_id and mv.tags["study"] == "tiny"
     assert float(mv.tags["test_accuracy"]) == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-6)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    probs = np.asarray(model.predict(dataset.x_test.astype("float32")))
-    assert (probs.argmax(1) == dataset.y_test).mean() == pytest.approx(float(mv.tags["test_accuracy"]), abs=1e-4)
+    answers = predict_in_batches(model, dataset.x_test)
+    assert list(answers.columns) == ["label", "class_name", "probabilities"]
+    assert (answers["label"].to_numpy() == dataset.y_test).mean() == pytest.approx(
+        float(mv.tags["test_accuracy"]), abs=1e-4)
 
 
 def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp_path):

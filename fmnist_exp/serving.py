@@ -1,0 +1,188 @@
+"""The servable classifier: a pyfunc around the Keras model that takes raw images and
+answers label, class name and the 10 class probabilities.
+
+Requests are checked here, with messages that say what was wrong; MLflow's scoring server
+turns these errors into HTTP 400 and keeps serving:
+
+    {"inputs": [[[0, 0, ..., 255], ...]]}       # (n, 28, 28) raw pixels 0-255
+    {"inputs": [[0, 0, ..., 255]]}               # (n, 784) flattened rows also work
+
+No input schema is declared on purpose: a tensor schema would fix one of the two shapes and
+reject the other before these checks run. The input example shows the (n, 28, 28) form.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
+
+from .data import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
+
+# Images per request; larger batches are refused, not truncated. In-process users can raise it:
+# mlflow.pyfunc.load_model(uri, model_config={"max_batch": 100_000}).
+MAX_BATCH = 1024
+OUTPUT_SCHEMA = Schema([
+    ColSpec(DataType.long, "label"),
+    ColSpec(DataType.string, "class_name"),
+    ColSpec(Array(DataType.double), "probabilities"),
+])
+
+
+class BadRequest(MlflowException):
+    """A request the classifier cannot answer; served as HTTP 400 with this message."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
+    """Check a batch and return float32 images of shape (n, 28, 28), or raise BadRequest."""
+    if isinstance(model_input, pd.DataFrame):
+        model_input = model_input.to_numpy()
+    if isinstance(model_input, dict):
+        raise BadRequest("send one tensor: {\"inputs\": [...]} with images of shape (n, 28, 28) or (n, 784)")
+    try:
+        x = np.asarray(model_input)
+    except ValueError as e:  # ragged nested lists
+        raise BadRequest(f"images must be a rectangular array of numbers ({e})") from None
+    if x.dtype == object or x.dtype.kind not in "biuf":
+        raise BadRequest(
+            "pixel values must be numbers 0-255; got " + ("rows of unequal length or mixed types"
+                                                          if x.dtype == object else f"values of type {x.dtype}")
+        )
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise BadRequest("the batch is empty: send at least one image")
+    if x.ndim == 2 and x.shape[1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
+        x = x.reshape(-1, *IMAGE_SHAPE)
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise BadRequest(f"each image must be 28x28 pixels (shape (n, 28, 28) or (n, 784)); got shape {x.shape}")
+    if len(x) > max_batch:
+        raise BadRequest(f"{len(x)} images in one request; the limit is {max_batch}: split the batch")
+    x = x.astype("float32")
+    if not np.isfinite(x).all():
+        raise BadRequest("pixel values must be finite numbers (found NaN or infinity)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 255:
+        raise BadRequest(f"pixel values must be raw 0-255 grey levels; got values from {lo:g} to {hi:g}")
+    return x
+
+
+def format_predictions(probs: np.ndarray) -> pd.DataFrame:
+    labels = probs.argmax(axis=1)
+    return pd.DataFrame({
+        "label": labels.astype("int64"),
+        "class_name": [CLASS_NAMES[i] for i in labels],
+        "probabilities": [row.astype("float64").tolist() for row in probs],
+    })
+
+
+class FashionClassifier(mlflow.pyfunc.PythonModel):
+    """Raw images in; label, class name and probabilities out."""
+
+    def load_context(self, context):
+        import keras
+
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        self.max_batch = int((context.model_config or {}).get("max_batch", MAX_BATCH))
+
+    def predict(self, context, model_input, params=None):
+        x = to_images(model_input, self.max_batch)
+        probs = np.asarray(self.model.predict(x, batch_size=256, verbose=0))
+        assert probs.shape[1] == NUM_CLASSES
+        return format_predictions(probs)
+
+
+def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifier") -> str:
+    """Log the servable pyfunc next to the Keras model of the active run; returns its model URI."""
+    package_dir = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        keras_model.save(path)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=FashionClassifier(),
+            artifacts={"keras_model": str(path)},
+            code_paths=[str(package_dir)],  # the class lives here; serving needs no project install
+            signature=ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA),
+            input_example=x_example[:2].astype("int64"),
+            pip_requirements=_requirements(),
+            model_config={"max_batch": MAX_BATCH},
+        )
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "tensorflow", "keras", "numpy", "pandas")]
+
+
+# ----------------------------------------------------------------------------- image files
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read a PNG/JPEG as a 28x28 uint8 image in the dataset's convention.
+
+    Rule: convert to grayscale; a non-square image is padded to a square with its border
+    colour; anything not 28x28 is resized (Lanczos); and since Fashion-MNIST is light garments
+    on a black background, an image whose border is mostly light is inverted.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("L")
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadRequest(f"{path}: not a readable PNG/JPEG image ({e})") from None
+    a = np.asarray(im)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if a.shape != IMAGE_SHAPE:
+        h, w = a.shape
+        side = max(h, w)
+        fill = int(np.median(border))
+        square = Image.new("L", (side, side), fill)
+        square.paste(im, ((side - w) // 2, (side - h) // 2))
+        a = np.asarray(square.resize(IMAGE_SHAPE[::-1], Image.Resampling.LANCZOS))
+    if np.median(border) > 127:
+        a = 255 - a
+    return a.astype(np.uint8)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """Expand folders into their image files (sorted); refuse what is missing or not an image."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BadRequest(f"{p}: no .png/.jpg/.jpeg files in this folder")
+            files += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise BadRequest(f"{p}: not a .png/.jpg/.jpeg file")
+            files.append(p)
+        else:
+            raise BadRequest(f"{p}: no such file or folder")
+    return files
+
+
+def predict_files(paths: list[str], model_uri: str) -> pd.DataFrame:
+    files = image_files(paths)
+    images = np.stack([load_image(f) for f in files])
+    model = mlflow.pyfunc.load_model(model_uri)
+    out = pd.concat([model.predict(images[i:i + MAX_BATCH]) for i in range(0, len(images), MAX_BATCH)],
+                    ignore_index=True)
+    out.insert(0, "file", [str(f) for f in files])
+    out["confidence"] = [max(p) for p in out["probabilities"]]
+    return out

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up everything the tests need and run them: the project (.venv), the dataset, and a
+# PostgreSQL server on loopback for the scale-out tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if url="$(bash scripts/start_postgres.sh)"; then
+  export FMNIST_TEST_PG="$url"
+else
+  echo "[test] PostgreSQL could not be started: the scale-out tests will skip (and fail under CI=true)" >&2
+fi
+.venv/bin/python -m pytest -q -rs "$@"

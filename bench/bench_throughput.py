@@ -53,7 +53,6 @@ def forward_flops(model) -> int:
 
 def one(spec: dict, epochs: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
 
     from fmnist_exp import config as C
     from fmnist_exp import data, models, train

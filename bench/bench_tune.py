@@ -9,6 +9,7 @@ Runs in a throwaway MLflow store and Optuna storage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ def main() -> None:
     from fmnist_exp import config as C
     from fmnist_exp import tune
 
-    with scratch_tracking():
+    with scratch_tracking(), contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr, JSON to stdout
         t0 = time.perf_counter()
         summary = tune.run(C.resolve_tune({"family": args.family, "n_trials": args.n_trials}))
         wall = time.perf_counter() - t0

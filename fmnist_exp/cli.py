@@ -31,7 +31,8 @@ def _add_params(sub: argparse.ArgumentParser, params: list[C.Param]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m fmnist_exp", description="Fashion-MNIST experiments tracked in MLflow.")
+    ap = argparse.ArgumentParser(prog="python -m fmnist_exp",
+                                 description="Fashion-MNIST experiments tracked in MLflow.")
     subs = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(DESCRIPTIONS) + "}")
     for name, desc in DESCRIPTIONS.items():
         sub = subs.add_parser(name, help=desc, description=desc)

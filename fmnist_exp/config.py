@@ -118,9 +118,10 @@ FAMILY_PARAMS = {
         *NET_COMMON,
     ],
     "cnn": [
-        # ~45 s per epoch on 2 CPU cores: 10 epochs is a default run of about 8 minutes
+        # ~63 s per epoch with validation on 2 CPU cores (BENCHMARKS.md): a default run of ~10 minutes
         Param("epochs", 10, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
-        Param("filters", "32,64,128", "conv filters per block (each block halves the image)", int_list(1, 1024, max_len=4)),
+        Param("filters", "32,64,128", "conv filters per block (each block halves the image)",
+              int_list(1, 1024, max_len=4)),
         Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
         Param("batch_norm", True, "batch normalisation after every convolution"),
         *NET_COMMON,

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -71,10 +72,13 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats and retries (SQLite and PostgreSQL alike)."""
     url = sqlalchemy_url(url)
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=on_stale_trial,
-            engine_kwargs={"pool_pre_ping": True} if not is_sqlite(url) else None,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=on_stale_trial,
+                engine_kwargs={"pool_pre_ping": True} if not is_sqlite(url) else None,
+            )
     except Exception as e:
         raise ConfigError(f"storage={redact(url)}: cannot open the Optuna storage ({type(e).__name__}: {e})") from None
 

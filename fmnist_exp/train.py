@@ -79,7 +79,8 @@ def standard_callbacks(p: dict) -> list[keras.callbacks.Callback]:
 def fit(model: keras.Model, s: Splits, p: dict, callbacks=()) -> FitResult:
     """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN."""
     seed_everything(p["seed"])
-    train = make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"], augment=p["augment"])
+    train = make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"],
+                         augment=p["augment"])
     val = make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p["seed"])
     compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p["batch_size"]))
     t0 = time.perf_counter()

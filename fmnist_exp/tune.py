@@ -25,6 +25,7 @@ from . import config as C
 from . import data as D
 from . import experiment, registry, space, storage, tracking
 
+
 def default_storage() -> str:
     """sqlite:///<dir of mlflow.db>/optuna.db for a sqlite tracking store, else ./optuna.db."""
     uri = mlflow.get_tracking_uri()

@@ -184,7 +184,8 @@ def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
     client = MlflowClient()
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until trial 0 has trained at least one epoch
-        kids = [r for r in runs() if r.data.tags.get("optuna_trial") == "0"] if (tmp_path / "mlflow.db").exists() else []
+        started = (tmp_path / "mlflow.db").exists()
+        kids = [r for r in runs() if r.data.tags.get("optuna_trial") == "0"] if started else []
         if kids and client.get_metric_history(kids[0].info.run_id, "val_accuracy"):
             break
         time.sleep(1)

@@ -38,27 +38,21 @@ def parser() -> argparse.ArgumentParser:
         sub = subs.add_parser(name, help=desc, description=desc)
         if name == "predict":
             sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-            _add_params(sub, C.PREDICT_PARAMS)
-        else:
-            _add_params(sub, {"tune": C.TUNE_PARAMS, "register": C.REGISTER_PARAMS}.get(name) or C.family_params(name))
+        _add_params(sub, C.command_params(name))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     raw = {k: v for k, v in vars(args).items() if k != "command"}
-    if args.command == "predict":
-        return _predict(raw.pop("images"), C.resolve_params(C.PREDICT_PARAMS, raw, what="predict"))
+    images = raw.pop("images", None)
     try:
-        if args.command == "tune":
-            params = C.resolve_tune(raw)
-        elif args.command == "register":
-            params = C.resolve_register(raw)
-        else:
-            params = C.resolve(args.command, raw)
+        params = C.resolve_command(args.command, raw)
     except C.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "predict":
+        return _predict(images, params)
     return _dispatch(args.command, params)
 
 

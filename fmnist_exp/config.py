@@ -159,12 +159,20 @@ def family_params(family: str) -> list[Param]:
     """All parameters of one family's entry point, in CLI order."""
     if family not in FAMILY_PARAMS:
         raise ConfigError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
-    own = FAMILY_PARAMS[family]
+    own = {p.name: p for p in FAMILY_PARAMS[family]}
     shared = [] if family == "baseline" else FIT_PARAMS
     # a family may restate a shared parameter with its own default; it keeps the shared place
-    overridden = {p.name: p for p in own}
-    own = [p for p in own if p.name not in {q.name for q in shared}]
-    return [*own, *(overridden.get(p.name, p) for p in shared), *DATA_PARAMS]
+    restated = [own.pop(p.name) if p.name in own else p for p in shared]
+    return [*own.values(), *restated, *DATA_PARAMS]
+
+
+COMMANDS = (*FAMILIES, "tune", "register", "predict")
+
+
+def command_params(command: str) -> list[Param]:
+    """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
+    special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS}
+    return special[command] if command in special else family_params(command)
 
 
 def defaults(family: str) -> dict:
@@ -202,12 +210,14 @@ def resolve(family: str, overrides: dict | None = None) -> dict:
 
 def resolve_tune(overrides: dict | None = None) -> dict:
     """The tune command's parameters, resolved the same way."""
-    return resolve_params(TUNE_PARAMS, overrides, what="tune")
+    return resolve_command("tune", overrides)
 
 
-def resolve_register(overrides: dict | None = None) -> dict:
-    """The register command: tune's parameters, of which it takes the study and registry ones."""
-    return {**resolve_tune(), **resolve_params(REGISTER_PARAMS, overrides, what="register")}
+def resolve_command(command: str, overrides: dict | None = None) -> dict:
+    """Any command's parameters. ``register`` takes tune's study and registry parameters and
+    keeps tune's defaults for the rest (the budget), which it needs to read the study file."""
+    values = resolve_params(command_params(command), overrides, what=command)
+    return {**resolve_tune(), **values} if command == "register" else values
 
 
 def resolve_params(params: list[Param], overrides: dict | None, *, what: str) -> dict:

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
+import mlflow
 import optuna
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
@@ -36,6 +37,13 @@ def is_sqlite(url: str) -> bool:
 
 def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
+
+
+def default_storage() -> str:
+    """sqlite:///<dir of mlflow.db>/optuna.db for a sqlite tracking store, else ./optuna.db."""
+    tracking_uri = mlflow.get_tracking_uri()
+    folder = sqlite_path(tracking_uri).parent if is_sqlite(tracking_uri) else Path(".")
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
 def _end_run(client: MlflowClient, run_id: str | None, reason: str) -> None:

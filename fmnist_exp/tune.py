@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import keras
 import mlflow
@@ -24,16 +22,6 @@ import optuna
 from . import config as C
 from . import data as D
 from . import experiment, registry, space, storage, tracking
-
-
-def default_storage() -> str:
-    """sqlite:///<dir of mlflow.db>/optuna.db for a sqlite tracking store, else ./optuna.db."""
-    uri = mlflow.get_tracking_uri()
-    parsed = urlparse(uri)
-    folder = Path(".")
-    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -172,7 +160,8 @@ def prepare(args: dict) -> Setup:
             "seed": args["seed"], "data_dir": args["data_dir"]}
     C.resolve(spec.family, base)
     ds = D.load(args["data_dir"] or None)
-    return Setup(spec, budget, base, ds, args["study_name"] or spec.path.stem, args["storage"] or default_storage())
+    return Setup(spec, budget, base, ds, args["study_name"] or spec.path.stem,
+                 args["storage"] or storage.default_storage())
 
 
 def open_study(setup: Setup, seed: int) -> optuna.Study:

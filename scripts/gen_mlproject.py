@@ -35,12 +35,9 @@ def main() -> None:
         "",
         "entry_points:",
     ]
-    out += entry("main", "tune", C.TUNE_PARAMS)
-    for family in C.FAMILIES:
-        out += entry(family, family, C.family_params(family))
-    out += entry("tune", "tune", C.TUNE_PARAMS)
-    out += entry("register", "register", C.REGISTER_PARAMS)
-    out += entry("predict", "predict", C.PREDICT_PARAMS, positional="images")
+    for name in ("main", *C.COMMANDS):
+        sub = "tune" if name == "main" else name
+        out += entry(name, sub, C.command_params(name), positional="images" if name == "predict" else "")
     print("\n".join(out))
 
 

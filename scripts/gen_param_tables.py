@@ -15,8 +15,8 @@ def table(params: list[C.Param]) -> str:
 
 
 def tables() -> str:
-    sections = [("tune", C.TUNE_PARAMS), *((f, C.family_params(f)) for f in C.FAMILIES), ("register", C.REGISTER_PARAMS), ("predict", C.PREDICT_PARAMS)]
-    return "\n\n".join(f"### {name}\n\n{table(params)}" for name, params in sections)
+    order = ("tune", *C.FAMILIES, "register", "predict")
+    return "\n\n".join(f"### {name}\n\n{table(C.command_params(name))}" for name in order)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,10 @@ def _mlproject():
     return yaml.safe_load((REPO / "MLproject").read_text())
 
 
-def _params_for(entry: str) -> list[C.Param]:
-    if entry == "predict":
-        return C.PREDICT_PARAMS
-    if entry == "register":
-        return C.REGISTER_PARAMS
-    return C.TUNE_PARAMS if entry in ("tune", "main") else C.family_params(entry)
-
-
 @pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "predict"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]
-    params = _params_for(entry)
+    params = C.command_params(entry)
     positional = ["images"] if entry == "predict" else []
     assert list(ep["parameters"]) == positional + [p.name for p in params]
     for p in params:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import mlflow_run, predict_in_batches, subprocess_env
 from fmnist_exp import config as C
-from fmnist_exp import experiment, tune
+from fmnist_exp import experiment, storage, tune
 
 pytestmark = pytest.mark.slow
 MODEL = "fmnist-classifier"
@@ -99,7 +99,7 @@ def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp
     first = run_tune(study, n_trials=2)
     assert first["registered_version"] == 1 and first["alias"] == "champion"
     second = run_tune(study, n_trials=1)
-    trials = optuna.load_study(study_name="tiny", storage=tune.default_storage()).trials
+    trials = optuna.load_study(study_name="tiny", storage=storage.default_storage()).trials
     assert [t.number for t in trials] == [0, 1, 2]
     ps = parents()
     assert len(ps) == 2 and {p.data.tags["resumed"] for p in ps} == {"true", "false"}
@@ -199,7 +199,7 @@ def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
     statuses = {r.info.run_name: r.info.status for r in runs()}
     assert statuses["trial 0"] == "FAILED" and statuses["tune intr"] == "FAILED"
     summary = run_tune(study, n_trials=1)
-    trials = optuna.load_study(study_name="intr", storage=tune.default_storage()).trials
+    trials = optuna.load_study(study_name="intr", storage=storage.default_storage()).trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert summary["alias"] == "champion"
     assert_nothing_running()

@@ -6,14 +6,19 @@ real `mlflow run` CLI in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the CLI of this interpreter's MLflow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -49,7 +54,7 @@ def subprocess_env() -> dict:
 
 def mlflow_run(entry: str, params: dict, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """`mlflow run <repo> -e <entry> --env-manager local -P k=v ...` and return the finished process."""
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    cmd = [MLFLOW, "run", str(REPO), "-e", entry, "--env-manager", "local"]
     for k, v in params.items():
         cmd += ["-P", f"{k}={v}"]
     proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
@@ -66,3 +71,34 @@ def predict_in_batches(model, x, batch: int = 1024):
     import pandas as pd
 
     return pd.concat([model.predict(x[i:i + batch]) for i in range(0, len(x), batch)], ignore_index=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], ready_url: str, *, cwd: Path, env: dict, timeout: int = 180):
+    """Start a server process (output to cwd/server.log), wait until ``ready_url`` answers,
+    and stop it afterwards; fail with the log's tail if it exits or never answers."""
+    log_path = cwd / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail("server exited:\n" + log_path.read_text()[-3000:])
+                try:
+                    urllib.request.urlopen(ready_url, timeout=2)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        pytest.fail(f"no answer from {ready_url} within {timeout} s:\n" + log_path.read_text()[-3000:])
+                    time.sleep(1)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

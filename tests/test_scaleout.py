@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import subprocess_env
+from conftest import MLFLOW, free_port, running_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 MODEL = "fmnist-classifier"
@@ -69,34 +66,14 @@ def fresh_db(pg_admin, prefix: str) -> str:
 @pytest.fixture
 def cluster(pg_admin, tmp_path, monkeypatch):
     """A real mlflow server (PostgreSQL backend, proxied artifacts) and an Optuna database."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    backend = fresh_db(pg_admin, "mlflow")
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None:
-                pytest.fail((tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(1)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not come up")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield {"tracking": uri, "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path}
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    cmd = [MLFLOW, "server", "--backend-store-uri", fresh_db(pg_admin, "mlflow"), "--artifacts-destination",
+           str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(cmd, uri + "/health", cwd=tmp_path, env=subprocess_env(), timeout=120):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        yield {"tracking": uri, "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path}
 
 
 def worker(cluster, study_file, study_name, n_trials, log_name):

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, cli, subprocess_env
+from conftest import MLFLOW, REPO, cli, free_port, running_server, subprocess_env
 from fmnist_exp import config as C
 from fmnist_exp import data as D
 from fmnist_exp import serving, tune
@@ -50,37 +45,15 @@ def store(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = old_env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(store):
-    port = _free_port()
-    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": store["uri"]}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION,
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log = open(store["root"] / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=store["root"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("server exited:\n" + (store["root"] / "server.log").read_text()[-3000:])
-        try:
-            if urllib.request.urlopen(base + "/ping", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("server did not answer /ping within 180 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    cmd = [MLFLOW, "models", "serve", "-m", CHAMPION, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+           "-w", "1"]
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": store["uri"]}
+    with running_server(cmd, base + "/ping", cwd=store["root"], env=env):
+        yield base
 
 
 def post(base: str, body) -> tuple[int, dict]:

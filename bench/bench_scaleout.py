@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine  # noqa: E402
+from common import MLFLOW, emit, free_port, machine, running_server  # noqa: E402
 
 STUDY = """description: scale-out benchmark
 family: mlp
@@ -33,7 +31,6 @@ space:
   hidden_units: {type: widths, layers: [1, 2], units: [64, 128]}
 pruner: {type: none}
 """
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
 def create_db(admin_url: str, prefix: str) -> str:
@@ -45,24 +42,6 @@ def create_db(admin_url: str, prefix: str) -> str:
         c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-def start_server(backend: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", backend, "--artifacts-destination",
-                             str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            return proc, uri
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError("mlflow server did not start")
 
 
 def run_workers(n_workers: int, trials_each: int, tracking: str, storage: str, tmp: Path, name: str) -> float:
@@ -99,16 +78,16 @@ def main() -> None:
     out = {"machine": machine(), "trials": args.trials, "trial": "MLP, 3,000 images, 3 epochs"}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        server, uri = start_server(create_db(admin, "bench_mlflow"), tmp)
-        try:
+        port = free_port()
+        uri = f"http://127.0.0.1:{port}"
+        cmd = [MLFLOW, "server", "--backend-store-uri", create_db(admin, "bench_mlflow"), "--artifacts-destination",
+               str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        with running_server(cmd, uri + "/health", cwd=tmp, timeout=120):
             for workers in (1, 2):
                 name = f"w{workers}"
                 wall = run_workers(workers, args.trials // workers, uri, create_db(admin, "bench_optuna"), tmp, name)
                 out[f"{workers}_worker"] = {"wall_s": round(wall, 1), "trials_per_hour": round(3600 * args.trials / wall),
                                             "median_trial_s": round(statistics.median(trial_seconds(uri, name)), 2)}
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
         local = f"sqlite:///{tmp / 'mlflow.db'}"
         run_workers(1, args.trials, local, f"sqlite:///{tmp / 'optuna.db'}", tmp, "local")
         out["local_sqlite_1_worker_median_trial_s"] = round(statistics.median(trial_seconds(local, "local")), 2)

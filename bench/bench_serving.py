@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, scratch_tracking  # noqa: E402
+from common import MLFLOW, emit, free_port, machine, running_server, scratch_tracking  # noqa: E402
 
 
 def percentile(xs, q):
@@ -64,21 +62,12 @@ def main() -> None:
             model.predict(batch)
         local_ips = 5 * len(batch) / (time.perf_counter() - t0)
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/bench/1",
-                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = [MLFLOW, "models", "serve", "-m", "models:/bench/1", "--env-manager", "local", "-h", "127.0.0.1",
+               "-p", str(port), "-w", "1"]
         base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(180):
-                try:
-                    urllib.request.urlopen(base + "/ping", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(1)
+        with running_server(cmd, base + "/ping", env=env):
             url = base + "/invocations"
             post(url, json.dumps({"inputs": one.tolist()}).encode())
             served_single = []
@@ -92,9 +81,6 @@ def main() -> None:
             for _ in range(5):
                 post(url, payload)
             served_ips = 5 * len(batch) / (time.perf_counter() - t0)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
     ms = lambda xs, q: round(1000 * percentile(xs, q), 1)  # noqa: E731
     emit({

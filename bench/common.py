@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the CLI of this interpreter's MLflow
 
 
 def machine() -> dict:
@@ -52,3 +57,29 @@ def median_time(fn, repeats: int) -> float:
 
 def emit(result: dict) -> None:
     print(json.dumps(result, indent=2))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(cmd: list[str], ready_url: str, *, env: dict | None = None, cwd=None, timeout: int = 180):
+    """Start a server process, wait until ``ready_url`` answers, stop it afterwards."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{cmd[:3]} never answered {ready_url}") from None
+                time.sleep(1)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

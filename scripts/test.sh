@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if url="$(bash scripts/start_postgres.sh)"; then
+if url="$(bash scripts/start_postgres.sh | tail -n 1)" && [[ "$url" == postgresql://* ]]; then
   export FMNIST_TEST_PG="$url"
 else
   echo "[test] PostgreSQL could not be started: the scale-out tests will skip (and fail under CI=true)" >&2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import keras
@@ -35,25 +36,67 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # python, numpy and the backend in one call
 
 
+def resolve_precision(choice: str) -> str:
+    """``auto``: mixed_float16 where a GPU is visible (tensor cores), float32 on CPU, where
+    float16 has no fast kernels. XLA follows Keras' own ``auto``: on for GPUs, off on CPU."""
+    if choice != "auto":
+        return choice
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+@contextmanager
+def precision_policy(name: str):
+    """Build layers under Keras' dtype policy ``name``; the global policy is restored after."""
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
+def pipeline_options() -> tf.data.Options:
+    """Fixed tf.data parallelism. With autotuning on, epochs on 2 cores stalled at random
+    (6.4 s or 10.2 s for the same epoch, same CPU seconds): its threads compete with the
+    training step for the cores. A cast and a prefetch need no tuning."""
+    opts = tf.data.Options()
+    opts.autotune.enabled = False
+    return opts
+
+
 def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augment: bool = False):
-    """uint8 arrays -> batched float32 tf.data pipeline; augmentation runs per batch."""
+    """uint8 arrays -> batched (float32 pixels, one-hot labels); augmentation runs per batch.
+
+    One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
+    """
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, NUM_CLASSES)))
     if augment:
         aug = build_augmenter(seed)
-        ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(lambda a, b: (aug(a, training=True), b))
+    return ds.prefetch(2).with_options(pipeline_options())
+
+
+def learning_rate(p: dict, steps_per_epoch: int):
+    """Adam's learning rate: constant (plateau reduces it from a callback) or a cosine decay
+    to zero over all epochs, after ``warmup_epochs`` of linear warm-up from zero."""
+    lr = p["learning_rate"]
+    if p["lr_schedule"] != "cosine":
+        return lr
+    total = max(1, p["epochs"] * steps_per_epoch)
+    warmup = min(int(round(p["warmup_epochs"] * steps_per_epoch)), total - 1)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, warmup_target=lr,
+                                                  warmup_steps=warmup)
 
 
 def compile_model(model: keras.Model, p: dict, steps_per_epoch: int) -> None:
-    lr = p["learning_rate"]
-    if p["lr_schedule"] == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, p["epochs"] * steps_per_epoch))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="sparse_categorical_crossentropy",
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(p, steps_per_epoch)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=p["label_smoothing"]),
         metrics=[C.TRAIN_ACC],
     )
 

@@ -102,8 +102,10 @@ def train_in_run(
     tracking.log_params({**p, "family": family})
     tracking.log_params(ds.describe())
     keras.utils.clear_session()
-    model = models.build(family, p)
-    mlflow.log_param("model_parameters", model.count_params())
+    precision = train.resolve_precision(p["precision"])
+    with train.precision_policy(precision):
+        model = models.build(family, p)
+    mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
     try:
         fit = train.fit(model, s, p, callbacks=[logger, *([prune_check] if prune_check else [])])
@@ -118,10 +120,13 @@ def train_in_run(
         "train_images_per_s": fit.images_per_s,
     })
     tracking.log_figure(plots.learning_curves(logger.history, title=run_name(family, p)), "plots/learning_curves.png")
-    result = RunResult(run_id, {**fit.val_metrics, "epochs_run": fit.epochs_run}, history=logger.history)
+    result = RunResult(run_id, {**fit.val_metrics, "epochs_run": fit.epochs_run, "train_wall_s": fit.wall_s},
+                       history=logger.history)
     if prune_check is not None and prune_check.pruned:
         result.pruned = True
         return result
+    if precision != "float32":  # the logged model is float32 whatever trained it, so any CPU serves it
+        model = _float32_copy(family, p, model)
     if evaluate_test:
         probs = train.predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(family, p)))
@@ -131,6 +136,14 @@ def train_in_run(
     result.classifier_uri = log_classifier(model, s.x_val)
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
     return result
+
+
+def _float32_copy(family: str, p: dict, trained):
+    from . import models
+
+    copy = models.build(family, p)
+    copy.set_weights(trained.get_weights())  # mixed-precision variables are float32 already
+    return copy
 
 
 def baseline_run(p: dict, *, ds: D.Dataset | None = None) -> RunResult:

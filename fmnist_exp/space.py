@@ -14,6 +14,10 @@ Space entries::
 
 ``widths`` suggests a number of layers, then a width per layer (the comma list the builders take).
 
+An optional ``enqueue`` list of points in the space (e.g. the family's default recipe) is
+tried first, so a study starts from a known-good configuration instead of from chance; a
+resumed study does not try them again.
+
 An optional ``final`` budget (e.g. ``{epochs: 8, train_samples: 0}``) retrains the best
 configuration after the search, so trials can be cheap (a subset, few epochs) while the
 registered model gets the full recipe.
@@ -57,6 +61,7 @@ class StudySpec:
     sampler: dict
     objective: str = C.VAL_ACC
     final: dict = field(default_factory=dict)
+    enqueue: list = field(default_factory=list)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         kind, kwargs = _kind(self.pruner, PRUNERS, "pruner")
@@ -113,6 +118,7 @@ def load(study: str, family: str) -> StudySpec:
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
         objective=raw.get("objective", C.VAL_ACC),
         final=dict(raw.get("final") or {}),
+        enqueue=list(raw.get("enqueue") or []),
     )
     check(spec)
     return spec
@@ -137,8 +143,32 @@ def check(spec: StudySpec) -> None:
     for key, dist in spec.space.items():
         for value in corner_values(key, dist, where):
             C.resolve(spec.family, {**spec.fixed, key: value})
+    for point in spec.enqueue:
+        check_point(spec, point, where)
     spec.make_pruner()
     spec.make_sampler(0)
+
+
+def check_point(spec: StudySpec, point, where: str) -> None:
+    """An ``enqueue`` entry: every searched parameter given once, each inside its range."""
+    if not isinstance(point, dict) or set(point) != set(spec.space):
+        got = sorted(point) if isinstance(point, dict) else point
+        raise ConfigError(f"{where}: each enqueue entry must give exactly the searched parameters "
+                          f"{sorted(spec.space)}; got {got}")
+    for key, value in point.items():
+        d = spec.space[key]
+        if d["type"] == "widths":
+            try:
+                widths = C.parse_int_list(value)
+            except ValueError:
+                widths = []
+            lo, hi = d["layers"]
+            inside = lo <= len(widths) <= hi and all(w in d["units"] for w in widths)
+        else:
+            inside = value in d["choices"] if d["type"] == "categorical" else d["low"] <= value <= d["high"]
+        if not inside:
+            raise ConfigError(f"{where}: enqueue gives {key}={value!r}, outside the space {d}")
+    C.resolve(spec.family, {**spec.fixed, **point})
 
 
 def corner_values(key: str, dist: dict, where: str) -> list:
@@ -161,6 +191,20 @@ def corner_values(key: str, dist: dict, where: str) -> list:
         return [",".join([str(u)] * n) for n in (lo, hi) for u in (min(dist["units"]), max(dist["units"]))]
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {key} is malformed ({e!r}); see the examples in fmnist_exp/space.py") from None
+
+
+def as_trial_params(space: dict, point: dict) -> dict:
+    """An ``enqueue`` point in Optuna's own parameter names (``widths`` become a count and one
+    choice per layer, as :func:`suggest` draws them)."""
+    out = {}
+    for key, value in point.items():
+        if space[key]["type"] == "widths":
+            widths = C.parse_int_list(value)
+            out[f"{key}_layers"] = len(widths)
+            out.update({f"{key}_{i}": w for i, w in enumerate(widths)})
+        else:
+            out[key] = value
+    return out
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:

@@ -170,16 +170,24 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say it better
     for attempt in range(5):
         try:
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=setup.study_name, storage=storage.make_storage(setup.storage_url),
                 direction="maximize", load_if_exists=True, sampler=setup.spec.make_sampler(seed),
                 pruner=setup.spec.make_pruner(),
             )
+            for point in setup.spec.enqueue:  # known-good starting points, once per study
+                study.enqueue_trial(space.as_trial_params(setup.spec.space, point), skip_if_exists=True)
+            return study
         except C.ConfigError:
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
+
+
+def trials_started(study: optuna.Study) -> int:
+    """Trials that ran or run; enqueued ones still WAITING do not make a study 'resumed'."""
+    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
 
 
 def _log_setup(setup: Setup, args: dict, before: int) -> None:
@@ -212,7 +220,7 @@ def run(args: dict, *, train_fn=None) -> dict:
     setup = prepare(args)
     with storage.single_worker_guard(setup.storage_url):
         study = open_study(setup, args["seed"])
-        before = len(study.trials)
+        before = trials_started(study)
         with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {setup.study_name}") as parent:
             pid = parent.info.run_id
             _log_setup(setup, args, before)
@@ -245,7 +253,7 @@ def register_only(args: dict) -> dict:
     except KeyError:
         raise C.ConfigError(f"no study {setup.study_name!r} in {storage.redact(setup.storage_url)}") from None
     with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"register {setup.study_name}") as parent:
-        _log_setup(setup, args, len(study.trials))
+        _log_setup(setup, args, trials_started(study))
         summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])
         summary["model_name"] = args["model_name"]
         summary.update(_register(setup, study, parent.info.run_id, args["model_name"]))

@@ -30,7 +30,9 @@ def _check_finished(proc, run):
 
 
 @pytest.mark.parametrize("family,params", [
-    ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30"}),
+    # mixed precision is what a GPU gets by default; forced here, the logged model must still be float32
+    ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30",
+             "precision": "mixed_float16", "label_smoothing": 0.1}),
     ("cnn", {"epochs": 2, "train_samples": 2000, "filters": "8,16", "dense_units": 32, "augment": "true",
              "lr_schedule": "cosine", "batch_size": 32}),
 ])
@@ -43,6 +45,7 @@ def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family
     for k, v in params.items():
         assert p[k] == str(v)  # as the user typed it (mlflow run logs these itself)
     assert p["family"] == family and p["seed"] == "42" and p["data_official"] == "true"
+    assert p["precision_used"] == params.get("precision", "float32")
     assert p["data_sha256"] == dataset.sha256 and p["data_source"]
     assert tags["family"] == family and family in tags["mlflow.runName"]
     for name in CURVES:
@@ -56,6 +59,8 @@ def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family
         run.info.run_id, "plots")
     assert "model/MLmodel" in _artifacts(run.info.run_id, "model")
 
+    keras_model = mlflow.keras.load_model(tags["model_uri"])
+    assert {layer.dtype_policy.name for layer in keras_model.layers} == {"float32"}
     model = mlflow.pyfunc.load_model(tags["model_uri"])
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
     assert model.metadata.saved_input_example_info is not None

@@ -29,3 +29,36 @@ def test_builders_follow_parameters():
     convs = [layer.filters for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
     assert convs == [8, 16]
     assert not any(layer.__class__.__name__ == "BatchNormalization" for layer in m.layers)
+    kinds = [layer.__class__.__name__ for layer in models.build_cnn({**p, "pool_first": True, "batch_norm": True}).layers]
+    assert kinds[kinds.index("Conv2D"):][:4] == ["Conv2D", "MaxPooling2D", "BatchNormalization", "ReLU"]
+
+
+def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
+    from fmnist_exp import train
+
+    p = C.resolve("cnn", {"filters": "8,16", "convs_per_block": 2, "dense_units": 16})
+    with train.precision_policy("mixed_float16"):
+        m = models.build_cnn(p)
+    convs = [layer for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [8, 8, 16, 16]
+    assert convs[0].compute_dtype == "float16" and m.get_layer("probs").compute_dtype == "float32"
+    probs = np.asarray(m(dataset.x_test[:3].astype("float32"), training=False))
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-3)
+    assert models.build_cnn(p).get_layer("probs").compute_dtype == "float32"  # policy restored after
+    assert train.resolve_precision("auto") == "float32"  # no GPU on CI machines
+
+
+def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
+    from fmnist_exp import train
+
+    p = C.resolve("cnn", {"learning_rate": 0.004, "warmup_epochs": 1, "epochs": 4, "label_smoothing": 0.1})
+    schedule = train.learning_rate(p, steps_per_epoch=10)
+    lrs = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
+    assert lrs[0] == 0.0 and abs(lrs[1] - 0.002) < 1e-6 and abs(lrs[2] - 0.004) < 1e-6
+    assert lrs[2] > lrs[3] > lrs[4] and lrs[4] < 1e-6
+    plain = train.learning_rate({**p, "warmup_epochs": 0.0}, steps_per_epoch=10)
+    assert abs(float(plain(0)) - 0.004) < 1e-6
+    m = models.build_mlp(C.resolve("mlp", {"hidden_units": "8"}))
+    train.compile_model(m, p, steps_per_epoch=10)
+    assert m.loss.get_config()["label_smoothing"] == 0.1

@@ -67,9 +67,9 @@ def test_missing_data_dir_refused_with_fix(tmp_path):
     assert "no Fashion-MNIST IDX files" in out.stderr and "apt-get install" in out.stderr
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("name", ["cnn", "mlp", "cnn_long"])
 def test_shipped_study_files_are_valid(name):
-    spec = space.load(name, name)
+    spec = space.load(name, name.split("_")[0])
     assert spec.description and spec.space
     assert {"dropout", "l2", "learning_rate"} <= set(spec.space)
 
@@ -81,6 +81,10 @@ def test_bad_study_file_refused(tmp_path):
         space.load(str(bad), "mlp")
     bad.write_text("description: x\nfamily: mlp\nspace:\n  dropuot: {type: float, low: 0.1, high: 0.5}\n")
     with pytest.raises(C.ConfigError, match="'dropuot' is not a mlp parameter"):
+        space.load(str(bad), "mlp")
+    bad.write_text("description: x\nfamily: mlp\nspace:\n  dropout: {type: float, low: 0.1, high: 0.5}\n"
+                   "enqueue:\n  - {dropout: 0.7}\n")
+    with pytest.raises(C.ConfigError, match="enqueue gives dropout=0.7, outside the space"):
         space.load(str(bad), "mlp")
 
 

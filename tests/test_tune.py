@@ -96,11 +96,15 @@ def test_tune_through_mlflow_run_registers_champion(tracking, tmp_path, dataset)
 
 def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp_path):
     study = study_file(tmp_path)
+    with open(study, "a") as f:  # a known-good point goes first, once
+        f.write("enqueue:\n  - {dropout: 0.1, l2: 1.0e-5, learning_rate: 2.0e-3, hidden_units: '64,32'}\n")
     first = run_tune(study, n_trials=2)
     assert first["registered_version"] == 1 and first["alias"] == "champion"
     second = run_tune(study, n_trials=1)
     trials = optuna.load_study(study_name="tiny", storage=storage.default_storage()).trials
     assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[0].user_attrs["config"]["hidden_units"] == "64,32" and trials[0].params["dropout"] == 0.1
+    assert sum(t.user_attrs.get("config") == trials[0].user_attrs["config"] for t in trials) == 1
     ps = parents()
     assert len(ps) == 2 and {p.data.tags["resumed"] for p in ps} == {"true", "false"}
     resumed = next(p for p in ps if p.data.tags["resumed"] == "true")

@@ -1,11 +1,13 @@
 """Training throughput (images/s) of CNN variants on this machine, each in its own process.
 
-    python bench/bench_throughput.py            # all variants, side by side, medians of 3 epochs
+    python bench/bench_throughput.py            # all variants, side by side, 3 timed epochs each
     python bench/bench_throughput.py --quick    # 1 timed epoch each
+    python bench/bench_throughput.py --only default,onednn_off --rounds 3   # interleaved, medians
 
 Variants differ in one thing from the default recipe: architecture, batch size, threads,
-XLA. Each trains on 12,800 images after a warm-up epoch; FLOPs per image are counted from
-the layers (multiply-adds x 2, forward only), so GFLOP/s can be set against the CPU's peak.
+oneDNN, the input pipeline, XLA. Each trains on 12,800 images after a short warm-up; images/s
+is over all timed epochs (a stalled epoch counts). FLOPs per image are counted from the layers
+(multiply-adds x 2, forward only), so GFLOP/s can be set against the CPU's peak.
 """
 
 from __future__ import annotations
@@ -22,18 +24,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
+ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 VARIANTS = {
     "default": {},
-    "batch_64": {"batch_size": 64},
+    "onednn_off": {"_env": ONEDNN_OFF},
+    "tfdata_autotune": {"_autotune": True},
+    "onednn_off_and_autotune": {"_env": ONEDNN_OFF, "_autotune": True},
+    "previous_default": {"filters": "32,64,128", "_env": ONEDNN_OFF, "_autotune": True},
+    "filters_32_64_128": {"filters": "32,64,128"},
+    "pool_first": {"pool_first": True},
+    "filters_16_64_128_256_pool_first": {"filters": "16,64,128,256", "pool_first": True},
+    "convs_per_block_2": {"convs_per_block": 2},
     "batch_256": {"batch_size": 256},
     "no_batchnorm": {"batch_norm": False},
-    "filters_16_32_64": {"filters": "16,32,64"},
-    "filters_32_64_128_256": {"filters": "32,64,128,256"},
     "threads_intra1_inter1": {"_env": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}},
-    "threads_intra2_inter1": {"_env": {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}},
     "xla_jit_compile": {"_jit": True},
     "augment": {"augment": True},
 }
+
+
+def autotuned_dataset(x, y, batch_size: int):
+    """The input pipeline before issue 6: tf.data autotuning of the map and the prefetch."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))).shuffle(len(x), seed=0)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, 10)),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def forward_flops(model) -> int:
@@ -54,6 +71,8 @@ def forward_flops(model) -> int:
 def one(spec: dict, epochs: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    import keras
+
     from fmnist_exp import config as C
     from fmnist_exp import data, models, train
 
@@ -65,19 +84,27 @@ def one(spec: dict, epochs: int) -> dict:
     train.compile_model(model, p, steps_per_epoch=100)
     if spec.get("_jit"):
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
-    ds_train = train.make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=0,
-                                  augment=p["augment"])
+    if spec.get("_autotune"):
+        ds_train = autotuned_dataset(s.x_train, s.y_train, p["batch_size"])
+    else:
+        ds_train = train.make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=0,
+                                      augment=p["augment"])
     model.fit(ds_train.take(20), epochs=1, verbose=0)  # warm-up: tracing and allocation
     times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        model.fit(ds_train, epochs=1, verbose=0)
-        times.append(time.perf_counter() - t0)
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t0)
+
+    model.fit(ds_train, epochs=epochs, verbose=0, callbacks=[EpochTimer()])  # one fit, as a real run does
     med = statistics.median(times)
     flops = forward_flops(model)
-    ips = len(s.x_train) / med
+    ips = len(s.x_train) * len(times) / sum(times)
     # training ~ 3x forward FLOPs (forward, backward for inputs and for weights)
-    return {"images_per_s": round(ips), "epoch_s_median": round(med, 2), "params": model.count_params(),
+    return {"images_per_s": round(ips), "epoch_s": [round(t, 2) for t in times], "epoch_s_median": round(med, 2), "params": model.count_params(),
             "forward_mflops_per_image": round(flops / 1e6, 2), "train_gflops_per_s": round(3 * flops * ips / 1e9, 1),
             "cpu_seconds_per_wall_second": None}
 
@@ -86,6 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the variants, alternating order; medians")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     epochs = 1 if args.quick else 3
@@ -93,23 +121,19 @@ def main() -> None:
         print(json.dumps(one(json.loads(args.one), epochs)))
         return
     names = args.only.split(",") if args.only else list(VARIANTS)
-    out = {"machine": machine(), "train_images": 12_800, "timed_epochs": epochs, "variants": {}}
-    for name in names:
-        spec = VARIANTS[name]
-        env = {**os.environ, **spec.get("_env", {})}
-        t_cpu0 = os.times()
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)] + (["--quick"] if args.quick else []),
-                              env=env, capture_output=True, text=True)
-        t_cpu1 = os.times()
-        if proc.returncode:
-            out["variants"][name] = {"error": proc.stderr[-500:]}
-            continue
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        wall = t_cpu1.elapsed - t_cpu0.elapsed
-        cpu = (t_cpu1.children_user + t_cpu1.children_system) - (t_cpu0.children_user + t_cpu0.children_system)
-        res["cpu_seconds_per_wall_second"] = round(cpu / wall, 2)  # whole process, start-up included
-        out["variants"][name] = res
-        print(f"# {name}: {res['images_per_s']} img/s", file=sys.stderr, flush=True)
+    out = {"machine": machine(), "train_images": 12_800, "timed_epochs": epochs, "rounds": args.rounds,
+           "variants": {}}
+    for rnd in range(args.rounds):  # rounds interleave the variants, so a slow spell hits them all
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            res = run_variant(name, args.quick)
+            if "error" in res:
+                out["variants"][name] = res
+                continue
+            prev = out["variants"].setdefault(name, {**res, "images_per_s_rounds": []})
+            prev["images_per_s_rounds"].append(res["images_per_s"])
+            prev["images_per_s"] = round(statistics.median(prev["images_per_s_rounds"]))
+            prev["train_gflops_per_s"] = round(3 * res["forward_mflops_per_image"] * prev["images_per_s"] / 1e3, 1)
+            print(f"# round {rnd + 1} {name}: {res['images_per_s']} img/s", file=sys.stderr, flush=True)
     base = out["variants"].get("default", {}).get("images_per_s")
     if base:
         for res in out["variants"].values():
@@ -117,6 +141,22 @@ def main() -> None:
                 res["speed_vs_default"] = round(res["images_per_s"] / base, 2)
     emit(out)
 
+
+def run_variant(name: str, quick: bool) -> dict:
+    """One variant in a fresh process (threads and oneDNN are fixed at TensorFlow's import)."""
+    spec = VARIANTS[name]
+    env = {**os.environ, **spec.get("_env", {})}
+    t_cpu0 = os.times()
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)] + (["--quick"] if quick else []),
+                          env=env, capture_output=True, text=True)
+    t_cpu1 = os.times()
+    if proc.returncode:
+        return {"error": proc.stderr[-500:]}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    wall = t_cpu1.elapsed - t_cpu0.elapsed
+    cpu = (t_cpu1.children_user + t_cpu1.children_system) - (t_cpu0.children_user + t_cpu0.children_system)
+    res["cpu_seconds_per_wall_second"] = round(cpu / wall, 2)  # whole process, start-up included
+    return res
 
 if __name__ == "__main__":
     main()

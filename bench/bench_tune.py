@@ -1,7 +1,7 @@
-"""The default `tune` (what `mlflow run .` runs): wall time, champion test accuracy, and the
-epochs pruning saved against n_trials x epochs.
+"""The default `tune` (what `mlflow run .` runs), or any study file: wall time, champion test
+accuracy, and the epochs pruning saved against n_trials x epochs.
 
-    python bench/bench_tune.py [--family cnn] [--n_trials N]
+    python bench/bench_tune.py [--family cnn] [--study cnn_long] [--n_trials N]
 
 Runs in a throwaway MLflow store and Optuna storage.
 """
@@ -21,6 +21,7 @@ from common import emit, machine, scratch_tracking  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--family", default="cnn")
+    ap.add_argument("--study", default="", help="a study in experiments/ ('' = the family's default)")
     ap.add_argument("--n_trials", type=int, default=0, help="0 = the study file's budget")
     args = ap.parse_args()
 
@@ -29,11 +30,11 @@ def main() -> None:
 
     with scratch_tracking(), contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr, JSON to stdout
         t0 = time.perf_counter()
-        summary = tune.run(C.resolve_tune({"family": args.family, "n_trials": args.n_trials}))
+        summary = tune.run(C.resolve_tune({"family": args.family, "study": args.study, "n_trials": args.n_trials}))
         wall = time.perf_counter() - t0
     keep = ("n_trials_total", "n_complete", "n_pruned", "n_failed", "epochs_run", "epochs_budget", "best_trial",
             "best_val_accuracy", "test_accuracy", "test_macro_f1", "candidate", "alias")
-    out = {"machine": machine(), "family": args.family, "wall_s": round(wall, 1), "wall_min": round(wall / 60, 1),
+    out = {"machine": machine(), "family": args.family, "study": args.study or args.family, "wall_s": round(wall, 1), "wall_min": round(wall / 60, 1),
            **{k: summary.get(k) for k in keep}}
     if summary.get("epochs_budget"):
         out["epochs_saved_by_pruning"] = summary["epochs_budget"] - summary["epochs_run"]

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Run every benchmark; JSON lands in bench/out/. About an hour on a 2-core machine.
+# Run every benchmark; JSON lands in bench/out/. About 75 minutes on a 2-core machine.
+# The long study (experiments/cnn_long.yaml, about an hour more) runs only with --long.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/out
 PY=.venv/bin/python
-$PY bench/bench_defaults.py > bench/out/defaults.json
+$PY bench/bench_defaults.py --families baseline,mlp > bench/out/defaults.json  # cnn: bench_overhead
 $PY bench/bench_throughput.py > bench/out/throughput.json
 $PY bench/bench_overhead.py > bench/out/overhead.json
 $PY bench/bench_serving.py > bench/out/serving.json
 $PY bench/bench_tune.py > bench/out/tune.json
-$PY bench/bench_scaleout.py > bench/out/scaleout.json
+FMNIST_TEST_PG="$(bash scripts/start_postgres.sh | tail -n 1)" $PY bench/bench_scaleout.py > bench/out/scaleout.json
+if [[ "${1:-}" == "--long" ]]; then
+  $PY bench/bench_tune.py --study cnn_long > bench/out/tune_long.json
+fi
 cat bench/out/*.json

@@ -1,0 +1,83 @@
+"""Accuracy per epoch of CNN recipes: what the default `cnn` recipe was chosen from (issue 6).
+
+    python bench/bench_recipes.py                      # every recipe below, two processes at a time
+    python bench/bench_recipes.py --only baseline_8ep,four_blocks_8ep --parallel 1
+
+Each recipe trains on the full training split (no early stopping), records validation accuracy
+after every epoch and test accuracy once at the end. Accuracy per epoch does not depend on how
+busy the machine is, so recipes run two at a time to halve the wall time; their wall times are
+therefore not speeds (bench_throughput.py and bench_overhead.py measure those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, machine  # noqa: E402
+
+PREVIOUS = {"filters": "32,64,128", "label_smoothing": 0.0}  # the default before issue 6
+FOUR = {"filters": "32,64,128,256"}
+RECIPES = {
+    "baseline_8ep": {**PREVIOUS, "epochs": 8},
+    "label_smoothing_8ep": {**PREVIOUS, "label_smoothing": 0.1, "epochs": 8},
+    "ls_batch64_8ep": {**PREVIOUS, "label_smoothing": 0.1, "batch_size": 64, "epochs": 8},
+    "ls_lr4e-3_warmup1_8ep": {**PREVIOUS, "label_smoothing": 0.1, "learning_rate": 0.004, "warmup_epochs": 1,
+                              "epochs": 8},
+    "four_blocks_8ep (the new default)": {**FOUR, "epochs": 8},
+    "four_blocks_8ep_seed7": {**FOUR, "epochs": 8, "seed": 7},
+    "four_blocks_dense256_8ep": {**FOUR, "dense_units": 256, "epochs": 8},
+    "two_convs_16_32_64_8ep": {"filters": "16,32,64", "convs_per_block": 2, "epochs": 8},
+    "four_blocks_pool_first_10ep": {**FOUR, "pool_first": True, "epochs": 10},
+    "16_64_128_256_pool_first_10ep": {"filters": "16,64,128,256", "pool_first": True, "epochs": 10},
+}
+
+
+def one(overrides: dict) -> dict:
+    import keras
+
+    from fmnist_exp import config as C
+    from fmnist_exp import data, models, train
+
+    p = C.resolve("cnn", {"early_stopping_patience": 0, **overrides})
+    s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"])
+    keras.utils.clear_session()
+    model = models.build("cnn", p)
+    fit = train.fit(model, s, p)
+    test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")
+    return {"overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
+            "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
+            "wall_s_shared": round(fit.wall_s)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", default="", help="comma-separated recipe names")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(json.loads(args.one))))
+        return
+    names = args.only.split(",") if args.only else list(RECIPES)
+
+    def run(name: str) -> tuple[str, dict]:
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(RECIPES[name])],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            return name, {"error": proc.stderr[-500:]}
+        print(f"# {name}: done", file=sys.stderr, flush=True)
+        return name, json.loads(proc.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = dict(pool.map(run, names))
+    emit({"machine": machine(), "parallel": args.parallel, "recipes": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ import os as _os
 # TensorFlow's C++ start-up chatter (CUDA probes, CPU feature notes) hides the useful output.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # oneDNN kernels: TensorFlow turns them on by itself only on some Intel CPUs; on this project's
-# 2-core AMD machines they train the default CNN 1.36x faster (BENCHMARKS.md). Must be set
+# 2-core AMD machines they trained the CNN up to 1.36x faster (no gain in the machine's slow
+# phases; BENCHMARKS.md). Must be set
 # before TensorFlow is imported; export TF_ENABLE_ONEDNN_OPTS=0 to compare.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

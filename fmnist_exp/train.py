@@ -9,14 +9,20 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from . import config as C
 from .data import NUM_CLASSES, Splits
 from .models import build_augmenter
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# TensorFlow is imported only by the input pipeline below: models, schedule, loss and scoring
+# run on any Keras 3 backend (bench/bench_gpu.py uses them under JAX on a GPU machine).
 
 
 class DivergedError(RuntimeError):
@@ -41,7 +47,24 @@ def resolve_precision(choice: str) -> str:
     float16 has no fast kernels. XLA follows Keras' own ``auto``: on for GPUs, off on CPU."""
     if choice != "auto":
         return choice
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return "mixed_float16" if gpu_visible() else "float32"
+
+
+def gpu_visible() -> bool:
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 @contextmanager
@@ -59,6 +82,8 @@ def pipeline_options() -> tf.data.Options:
     """Fixed tf.data parallelism. With autotuning on, epochs on 2 cores stalled at random
     (6.4 s or 10.2 s for the same epoch, same CPU seconds): its threads compete with the
     training step for the cores. A cast and a prefetch need no tuning."""
+    import tensorflow as tf
+
     opts = tf.data.Options()
     opts.autotune.enabled = False
     return opts
@@ -69,6 +94,8 @@ def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augment: bo
 
     One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
     """
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)

@@ -11,6 +11,9 @@ $PY bench/bench_overhead.py > bench/out/overhead.json
 $PY bench/bench_serving.py > bench/out/serving.json
 $PY bench/bench_tune.py > bench/out/tune.json
 FMNIST_TEST_PG="$(bash scripts/start_postgres.sh | tail -n 1)" $PY bench/bench_scaleout.py > bench/out/scaleout.json
+if nvidia-smi -L > /dev/null 2>&1; then  # GPU figures only where there is a GPU
+  $PY bench/bench_gpu.py > bench/out/gpu.json
+fi
 if [[ "${1:-}" == "--long" ]]; then
   $PY bench/bench_tune.py --study cnn_long > bench/out/tune_long.json
 fi

@@ -8,7 +8,7 @@ arrays go to `fit()` and augmentation runs as the first layers of the training g
 tf.data, so the script runs on any Keras 3 backend. The GPU machines lent to this project carry
 JAX and PyTorch and no network, and TensorFlow's CUDA wheels (~3 GB) cannot be carried there.
 
-Prints one JSON object per run as it finishes (a line each) and a summary at the end. Test
+Prints one JSON object at the end (stdout); each run's result also goes to stderr as it ends. Test
 accuracy is scored after every epoch (outside the timed training) to give time-to-accuracy.
 """
 
@@ -161,7 +161,7 @@ def main() -> None:
     for name in names:
         overrides = {**RUNS[name](), **({"epochs": 2, "train_samples": 2000} if args.smoke else {})}
         r = one(name, overrides, splits_for)
-        print(json.dumps(r), flush=True)
+        print(json.dumps(r), file=sys.stderr, flush=True)  # each run as it ends, in case a later one is cut off
         results.append(r)
     print(json.dumps({"machine": {**machine(), "device": device_name()}, "data_source": ds.source,
                       "runs": results}, indent=2))

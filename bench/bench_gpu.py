@@ -92,7 +92,7 @@ def one(name: str, overrides: dict, splits_for) -> dict:
     with precision_policy(precision):
         model = build("cnn", p)
         inp = keras.Input(shape=s.x_train.shape[1:], dtype="float32")
-        h = build_augmenter(p["seed"])(inp) if p["augment"] else inp
+        h = build_augmenter(p)(inp) if p["augment"] else inp
         trainer = keras.Model(inp, model(h))
     steps = -(-len(s.x_train) // p["batch_size"])
     compile_model(trainer, p, steps_per_epoch=steps)

@@ -88,7 +88,7 @@ def one(spec: dict, epochs: int) -> dict:
         ds_train = autotuned_dataset(s.x_train, s.y_train, p["batch_size"])
     else:
         ds_train = train.make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=0,
-                                      augment=p["augment"])
+                                      augmenter=models.build_augmenter(p) if p["augment"] else None)
     model.fit(ds_train.take(20), epochs=1, verbose=0)  # warm-up: tracing and allocation
     times = []
 

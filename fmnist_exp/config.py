@@ -106,7 +106,14 @@ FIT_PARAMS = [
           in_range(0, 0.5, hi_open=True)),
     Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, float32 on CPU; or name one",
           one_of(PRECISIONS)),
-    Param("augment", False, "random shifts, rotations, zoom and horizontal flips while training"),
+    Param("augment", False, "random horizontal flips, shifts, rotations and zoom while training"),
+    Param("aug_shift", 0.08, "largest random shift, as a share of the image side (augment)", in_range(0, 0.5)),
+    Param("aug_rotate", 0.03, "largest random rotation, as a share of a full turn (augment; 0 = none)",
+          in_range(0, 0.5)),
+    Param("aug_zoom", 0.08, "largest random zoom in or out, as a share of the image side (augment; 0 = none)",
+          in_range(0, 0.9, hi_open=True)),
+    Param("tta_flip", False, "the trained model answers with the mean of its predictions for the image and "
+          "its mirror image (test-time augmentation; 2x inference cost)"),
 ]
 
 NET_COMMON = [

@@ -112,6 +112,11 @@ def train_in_run(
     except train.DivergedError as e:
         mlflow.set_tag("failure", str(e))
         raise
+    if precision != "float32":  # the logged model is float32 whatever trained it, so any CPU serves it
+        model = _float32_copy(family, p, model)
+    if p["tta_flip"]:  # from here on (validation score, test score, logged model) image + mirror image
+        model = models.with_flip_average(model)
+        fit.val_metrics = train.evaluate(model, s.x_val, s.y_val, prefix="val_final_")
     mlflow.log_metrics({
         **fit.val_metrics,
         C.BEST_VAL_ACC: max(fit.history.get(C.VAL_ACC, [0.0])),
@@ -125,8 +130,6 @@ def train_in_run(
     if prune_check is not None and prune_check.pruned:
         result.pruned = True
         return result
-    if precision != "float32":  # the logged model is float32 whatever trained it, so any CPU serves it
-        model = _float32_copy(family, p, model)
     if evaluate_test:
         probs = train.predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(family, p)))

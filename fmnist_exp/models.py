@@ -7,6 +7,7 @@ layer, so a saved model needs no preprocessing. Builders never see Optuna or MLf
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, regularizers
 
 from .config import parse_int_list
@@ -79,15 +80,38 @@ def build(family: str, params: dict) -> keras.Model:
     return BUILDERS[family](params)
 
 
-def build_augmenter(seed: int) -> keras.Sequential:
-    """Small random shifts, rotations, zoom and horizontal flips (train-time only)."""
+def with_flip_average(model: keras.Model) -> keras.Model:
+    """``model`` answering with the mean of its class probabilities for each image and for its
+    mirror image (test-time augmentation, twice the inference cost; it fits models trained with
+    horizontal flips). The mirror is a fixed 0/1 matrix on the width axis, so the saved model holds
+    built-in layers only and loads without this package."""
+    inp = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="pixels")
+    width = IMAGE_SHAPE[1]
+    mirror = layers.Dense(width, use_bias=False, trainable=False, name="mirror")
+    mirror.build((None, *IMAGE_SHAPE))
+    mirror.set_weights([np.eye(width, dtype="float32")[::-1]])
+    out = layers.Average(name="flip_average", dtype="float32")([model(inp), model(mirror(inp))])
+    return keras.Model(inp, out, name=f"{model.name}_flip_average")
+
+
+def build_augmenter(p: dict) -> keras.Sequential:
+    """Random horizontal flips, then shifts, rotations and zoom of at most ``aug_shift``,
+    ``aug_rotate`` and ``aug_zoom`` (train-time only; a 0 leaves that transform out). Shifts
+    take the nearest pixel, so a shifted image stays as sharp as the test images; rotation and
+    zoom resample bilinearly."""
+    seed = p["seed"]
+    geometric = [
+        layers.RandomTranslation(p["aug_shift"], p["aug_shift"], fill_mode="constant",
+                                 interpolation="nearest", seed=seed)
+        if p["aug_shift"] else None,
+        layers.RandomRotation(p["aug_rotate"], fill_mode="constant", seed=seed) if p["aug_rotate"] else None,
+        layers.RandomZoom(p["aug_zoom"], fill_mode="constant", seed=seed) if p["aug_zoom"] else None,
+    ]
     return keras.Sequential(
         [
             layers.Reshape((*IMAGE_SHAPE, 1)),
             layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed),
-            layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
-            layers.RandomZoom(0.08, fill_mode="constant", seed=seed),
+            *[layer for layer in geometric if layer is not None],
             layers.Reshape(IMAGE_SHAPE),
         ],
         name="augment",

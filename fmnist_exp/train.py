@@ -89,7 +89,7 @@ def pipeline_options() -> tf.data.Options:
     return opts
 
 
-def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augment: bool = False):
+def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augmenter: keras.Layer | None = None):
     """uint8 arrays -> batched (float32 pixels, one-hot labels); augmentation runs per batch.
 
     One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
@@ -100,9 +100,8 @@ def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augment: bo
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, NUM_CLASSES)))
-    if augment:
-        aug = build_augmenter(seed)
-        ds = ds.map(lambda a, b: (aug(a, training=True), b))
+    if augmenter is not None:
+        ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
     return ds.prefetch(2).with_options(pipeline_options())
 
 
@@ -150,7 +149,7 @@ def fit(model: keras.Model, s: Splits, p: dict, callbacks=()) -> FitResult:
     """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN."""
     seed_everything(p["seed"])
     train = make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"],
-                         augment=p["augment"])
+                         augmenter=build_augmenter(p) if p["augment"] else None)
     val = make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p["seed"])
     compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p["batch_size"]))
     t0 = time.perf_counter()

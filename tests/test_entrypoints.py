@@ -33,8 +33,9 @@ def _check_finished(proc, run):
     # mixed precision is what a GPU gets by default; forced here, the logged model must still be float32
     ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30",
              "precision": "mixed_float16", "label_smoothing": 0.1}),
+    # tta_flip: the logged, scored and served model averages each image with its mirror image
     ("cnn", {"epochs": 2, "train_samples": 2000, "filters": "8,16", "dense_units": 32, "augment": "true",
-             "lr_schedule": "cosine", "batch_size": 32}),
+             "lr_schedule": "cosine", "batch_size": 32, "tta_flip": "true"}),
 ])
 def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family, params):
     proc = mlflow_run(family, params, tmp_path)
@@ -61,6 +62,7 @@ def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family
 
     keras_model = mlflow.keras.load_model(tags["model_uri"])
     assert {layer.dtype_policy.name for layer in keras_model.layers} == {"float32"}
+    assert any(layer.name == "flip_average" for layer in keras_model.layers) == ("tta_flip" in params)
     model = mlflow.pyfunc.load_model(tags["model_uri"])
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
     assert model.metadata.saved_input_example_info is not None

@@ -49,6 +49,35 @@ def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
     assert train.resolve_precision("auto") == "float32"  # no GPU on CI machines
 
 
+def test_flip_average_is_the_mean_over_image_and_mirror_and_survives_saving(dataset, tmp_path):
+    import keras
+
+    x = dataset.x_test[:5].astype("float32")
+    m = models.build_cnn(C.resolve("cnn", {"filters": "8,16", "dense_units": 16}))
+    tta = models.with_flip_average(m)
+    want = (np.asarray(m(x, training=False)) + np.asarray(m(x[:, :, ::-1], training=False))) / 2
+    np.testing.assert_allclose(np.asarray(tta(x, training=False)), want, rtol=1e-5, atol=1e-7)
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.saving.load_model(tmp_path / "tta.keras")
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), want, rtol=1e-5, atol=1e-7)
+    assert loaded.count_params() == m.count_params() + 28 * 28  # the mirror matrix, not trainable
+
+
+def test_augmenter_follows_its_strengths_and_shifts_keep_pixels_sharp(dataset):
+    p = C.resolve("cnn", {"augment": True, "aug_shift": 0.1, "aug_rotate": 0.0, "aug_zoom": 0.0})
+    aug = models.build_augmenter(p)
+    kinds = [layer.__class__.__name__ for layer in aug.layers]
+    assert "RandomRotation" not in kinds and "RandomZoom" not in kinds and "RandomTranslation" in kinds
+    x = dataset.x_test[:16].astype("float32")
+    out = np.asarray(aug(x, training=True))
+    assert out.shape == x.shape and not np.array_equal(out, x)
+    for img, src in zip(out, x):  # nearest-pixel shifts and flips: no value that was not in the image
+        assert np.isin(img, np.append(src, 0.0)).all()
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+    every = [layer.__class__.__name__ for layer in models.build_augmenter(C.resolve("cnn", {"augment": True})).layers]
+    assert {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom"} <= set(every)
+
+
 def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
     from fmnist_exp import train
 

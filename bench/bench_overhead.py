@@ -41,6 +41,7 @@ def main() -> None:
         keras.utils.clear_session()
         model = models.build("cnn", p)
         fit = train.fit(model, splits, p)
+        train.evaluate(model, splits.x_val, splits.y_val, prefix="val_final_")  # as the tracked run does
         test = train.scores(splits.y_test, train.predict_proba(model, splits.x_test), prefix="test_")
         return fit.wall_s, fit.epochs_run, test["test_accuracy"]
 

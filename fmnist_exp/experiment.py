@@ -116,16 +116,16 @@ def train_in_run(
         model = _float32_copy(family, p, model)
     if p["tta_flip"]:  # from here on (validation score, test score, logged model) image + mirror image
         model = models.with_flip_average(model)
-        fit.val_metrics = train.evaluate(model, s.x_val, s.y_val, prefix="val_final_")
+    val_metrics = train.evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged
     mlflow.log_metrics({
-        **fit.val_metrics,
+        **val_metrics,
         C.BEST_VAL_ACC: max(fit.history.get(C.VAL_ACC, [0.0])),
         "epochs_run": fit.epochs_run,
         "train_wall_s": fit.wall_s,
         "train_images_per_s": fit.images_per_s,
     })
     tracking.log_figure(plots.learning_curves(logger.history, title=run_name(family, p)), "plots/learning_curves.png")
-    result = RunResult(run_id, {**fit.val_metrics, "epochs_run": fit.epochs_run, "train_wall_s": fit.wall_s},
+    result = RunResult(run_id, {**val_metrics, "epochs_run": fit.epochs_run, "train_wall_s": fit.wall_s},
                        history=logger.history)
     if prune_check is not None and prune_check.pruned:
         result.pruned = True

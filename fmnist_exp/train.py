@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import keras
@@ -35,7 +35,6 @@ class FitResult:
     epochs_run: int
     wall_s: float
     images_per_s: float
-    val_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -146,7 +145,8 @@ def standard_callbacks(p: dict) -> list[keras.callbacks.Callback]:
 
 
 def fit(model: keras.Model, s: Splits, p: dict, callbacks=()) -> FitResult:
-    """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN."""
+    """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN.
+    The caller scores the model it keeps (see experiment.train_in_run)."""
     seed_everything(p["seed"])
     train = make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"],
                          augmenter=build_augmenter(p) if p["augment"] else None)
@@ -166,8 +166,7 @@ def fit(model: keras.Model, s: Splits, p: dict, callbacks=()) -> FitResult:
             f"training diverged: the loss became NaN/inf in epoch {bad[0]}; "
             f"lower learning_rate (was {p['learning_rate']}) or raise l2"
         )
-    val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")
-    return FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9), val_metrics)
+    return FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9))
 
 
 def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import config as C
 from . import data as D
-from . import tracking
+from . import lineage, tracking
 from .data import CLASS_NAMES
 
 
@@ -101,6 +101,7 @@ def train_in_run(
     mlflow.set_tags({**models.summary_tags(family, p), **(extra_tags or {})})
     tracking.log_params({**p, "family": family})
     tracking.log_params(ds.describe())
+    lineage.log_split_inputs(ds.source, s)
     keras.utils.clear_session()
     precision = train.resolve_precision(p["precision"])
     with train.precision_policy(precision):
@@ -163,6 +164,7 @@ def baseline_run(p: dict, *, ds: D.Dataset | None = None) -> RunResult:
         mlflow.set_tags({"family": "baseline", "arch": "logreg+majority"})
         tracking.log_params({**p, "family": "baseline"})
         tracking.log_params(ds.describe())
+        lineage.log_split_inputs(ds.source, s)
         majority = DummyClassifier(strategy="most_frequent").fit(flat(s.x_train), s.y_train)
         mlflow.log_metrics({
             "majority_val_accuracy": float(majority.score(flat(s.x_val), s.y_val)),

@@ -29,6 +29,24 @@ def _check_finished(proc, run):
     assert run.info.status == "FINISHED"
 
 
+def _check_dataset_inputs(run, dataset, *, train_samples: int = 0):
+    """The three splits are the run's dataset inputs (the UI's Dataset column), each with a digest
+    of its full content: the same digest a fresh split of the same data gives."""
+    from fmnist_exp import data, lineage
+
+    s = data.split(dataset, val_fraction=0.1, seed=42, train_samples=train_samples)
+    want = {"training": lineage.split_digest(s.x_train, s.y_train),
+            "validation": lineage.split_digest(s.x_val, s.y_val),
+            "test": lineage.split_digest(s.x_test, s.y_test)}
+    got = {}
+    for d in run.inputs.dataset_inputs:
+        context = {t.key: t.value for t in d.tags}["mlflow.data.context"]
+        assert d.dataset.name == "fashion-mnist" and d.dataset.source_type == "local"
+        got[context] = d.dataset.digest
+    assert got == want
+    assert len(set(want.values())) == 3
+
+
 @pytest.mark.parametrize("family,params", [
     # mixed precision is what a GPU gets by default; forced here, the logged model must still be float32
     ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30",
@@ -59,6 +77,7 @@ def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family
     assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"} <= _artifacts(
         run.info.run_id, "plots")
     assert "model/MLmodel" in _artifacts(run.info.run_id, "model")
+    _check_dataset_inputs(run, dataset, train_samples=params["train_samples"])
 
     keras_model = mlflow.keras.load_model(tags["model_uri"])
     assert {layer.dtype_policy.name for layer in keras_model.layers} == {"float32"}
@@ -80,6 +99,7 @@ def test_baseline_entry_point(tracking, tmp_path, dataset):
     m = run.data.metrics
     assert m["majority_test_accuracy"] == pytest.approx(0.1)
     assert 0.7 < m["test_accuracy"] < 0.9
+    _check_dataset_inputs(run, dataset, train_samples=2000)
     assert {"plots", "class_names.json"} <= _artifacts(run.info.run_id)
     flat = dataset.x_test.reshape(len(dataset.x_test), -1).astype("float32")
     probs = np.asarray(mlflow.pyfunc.load_model(run.data.tags["model_uri"]).predict(flat))

@@ -1,0 +1,76 @@
+"""Does the main job pay? One default `mlflow run . -e cnn` and one default `mlflow run .`
+(the `tune` study), side by side in one invocation, through the real `mlflow run` CLI.
+
+    python bench/bench_study_pays.py [--order cnn,tune] [--study cnn]
+
+Reports each command's wall time end to end (process start to exit), their ratio (issue 16's
+budget: the study within 3.5x of one default `cnn` run), the default run's test accuracy, and
+what the study reports about itself: champion test accuracy, the reference's, the paired
+difference with its 95% bootstrap interval and the exact McNemar p-value. Both runs write into
+one throwaway MLflow store and Optuna storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MLFLOW, emit, machine  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mlflow_run(entry: str, params: dict, cwd: str, env: dict) -> tuple[float, str]:
+    cmd = [MLFLOW, "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[1:5])} failed:\n{proc.stderr[-3000:]}")
+    print(f"# {entry}: {wall:.0f} s", file=sys.stderr, flush=True)
+    return wall, proc.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--order", default="cnn,tune", help="which command runs first")
+    ap.add_argument("--study", default="", help="study for the tune side ('' = the default, experiments/cnn.yaml)")
+    args = ap.parse_args()
+
+    import mlflow
+
+    out = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+               f"{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
+        for entry in args.order.split(","):
+            params = {"study": args.study} if entry == "tune" and args.study else {}
+            out["walls_s"][entry], _ = mlflow_run(entry, params, tmp, env)
+        mlflow.set_tracking_uri(uri)
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        cnn = next(r for r in runs if r.data.tags.get("family") == "cnn" and "optuna_study" not in r.data.tags
+                   and "mlflow.parentRunId" not in r.data.tags)
+        parent = next(r for r in runs if r.data.tags.get("mlflow.runName", "").startswith("tune "))
+    out["ratio_tune_to_cnn"] = round(out["walls_s"]["tune"] / out["walls_s"]["cnn"], 2)
+    out["walls_s"] = {k: round(v, 1) for k, v in out["walls_s"].items()}
+    out["cnn_test_accuracy"] = round(cnn.data.metrics["test_accuracy"], 4)
+    out["cnn_train_wall_s"] = round(cnn.data.metrics["train_wall_s"], 1)
+    m, tags = parent.data.metrics, parent.data.tags
+    out["study"] = {k: round(v, 5) for k, v in sorted(m.items())
+                    if k.startswith(("best_", "gain", "reference", "champion", "gate_", "final_seeds", "n_"))}
+    out["study_tags"] = {k: v for k, v in sorted(tags.items()) if k.startswith(("registration", "gain", "gate_",
+                                                                                   "reference", "registered"))}
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -101,7 +101,8 @@ def test_to_images_accepts_exactly_the_clean_batches(images):
         assert not clean
     else:
         assert clean
-        np.testing.assert_array_equal(x.reshape(len(images), -1), np.array(images, dtype=np.float32).reshape(len(images), -1))
+        want = np.array(images, dtype=np.float32).reshape(len(images), -1)
+        np.testing.assert_array_equal(x.reshape(len(images), -1), want)
 
 
 # ----------------------------------------------------------------------------- dataset files

@@ -108,16 +108,18 @@ def one_image(pixel=0) -> list:
 
 
 JSON = "application/json"
+IN_RANGE = "pixel values must be raw 0-255 grey levels; got values from"
+NUMBERS = "pixel values must be numbers 0-255; got"
 # (body, content type, status, start of the message). Our checks in serving.to_images answer all
-# but the last four, which MLflow's scoring server refuses before the model sees them.
+# but the last five, which MLflow's scoring server refuses before the model sees them.
 BAD_REQUESTS = {
     "nan": (b'{"inputs": [[NaN' + b", 0" * 783 + b"]]}", JSON, 400, "pixel values must be finite numbers"),
-    "negative": ({"inputs": one_image(-1)}, JSON, 400, "pixel values must be raw 0-255 grey levels; got values from -1"),
-    "over_255": ({"inputs": one_image(256)}, JSON, 400, "pixel values must be raw 0-255 grey levels; got values from 0 to 256"),
-    "bool_pixel": ({"inputs": one_image(True)}, JSON, 400, "pixel values must be numbers 0-255; got true/false"),
-    "all_bools": ({"inputs": np.ones((1, 28, 28), bool).tolist()}, JSON, 400, "pixel values must be numbers 0-255; got true/false"),
-    "null_pixel": ({"inputs": one_image(None)}, JSON, 400, "pixel values must be numbers 0-255; got null"),
-    "text_pixel": ({"inputs": one_image("7")}, JSON, 400, "pixel values must be numbers 0-255; got text"),
+    "negative": ({"inputs": one_image(-1)}, JSON, 400, f"{IN_RANGE} -1"),
+    "over_255": ({"inputs": one_image(256)}, JSON, 400, f"{IN_RANGE} 0 to 256"),
+    "bool_pixel": ({"inputs": one_image(True)}, JSON, 400, f"{NUMBERS} true/false"),
+    "all_bools": ({"inputs": np.ones((1, 28, 28), bool).tolist()}, JSON, 400, f"{NUMBERS} true/false"),
+    "null_pixel": ({"inputs": one_image(None)}, JSON, 400, f"{NUMBERS} null"),
+    "text_pixel": ({"inputs": one_image("7")}, JSON, 400, f"{NUMBERS} text"),
     "null_inputs": ({"inputs": None}, JSON, 400, '"inputs" is null'),
     "ragged_rows": ({"inputs": [[0] * 784, [0] * 783]}, JSON, 400, "rows of unequal length"),
     "ragged_images": ({"inputs": [[[0] * 28] * 28, [[0] * 28] * 27]}, JSON, 400, "rows of unequal length"),
@@ -129,10 +131,12 @@ BAD_REQUESTS = {
     "too_many": ({"inputs": np.zeros((serving.MAX_BATCH + 1, 784), int).tolist()}, JSON, 400,
                  f"{serving.MAX_BATCH + 1} images in one request; the limit is {serving.MAX_BATCH}"),
     # refused by MLflow before predict() runs
-    "unknown_key": ({"imgs": one_image()}, JSON, 400, "Request payload must be a dictionary with 'inputs' key"),
+    "unknown_key": ({"imgs": one_image()}, JSON, 400,
+                    "Request payload must be a dictionary with 'inputs' key"),
     "malformed_json": (b'{"inputs": [[1, 2', JSON, 400, "Invalid input. Ensure that input is a valid JSON"),
     "binary_junk": (bytes(range(256)) * 8, JSON, 400, "Invalid input. Ensure that input is a valid JSON"),
-    "text_plain": ({"inputs": one_image()}, "text/plain", 415, "This predictor only supports the following content types"),
+    "text_plain": ({"inputs": one_image()}, "text/plain", 415,
+                   "This predictor only supports the following content types"),
     "octet_stream": (bytes(range(256)) * 8, "application/octet-stream", 415,
                      "This predictor only supports the following content types"),
 }

@@ -139,7 +139,15 @@ def parse_idx(buf: bytes, *, images: bool, path: Path | str = "<bytes>") -> np.n
             f"{path}: {len(buf)} bytes, the header promises {want_len} "
             f"({count} records); the file is truncated or corrupt. {FIX_HINT}"
         )
-    return np.frombuffer(buf, dtype=np.uint8, offset=header_len).reshape(shape)
+    array = np.frombuffer(buf, dtype=np.uint8, offset=header_len).reshape(shape)
+    if not images and array.size and int(array.max()) >= NUM_CLASSES:
+        raise DataError(f"{path}: label {int(array.max())} found, labels are 0-9; the file is corrupt. {FIX_HINT}")
+    return array
+
+
+def read_idx(path: Path, *, images: bool) -> np.ndarray:
+    """Read one IDX file, gzip-compressed or not; a corrupt file is a DataError naming it."""
+    return parse_idx(_read_maybe_gz(path), images=images, path=path)
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -155,34 +163,37 @@ def load_idx_dir(directory: Path) -> Dataset:
         path = _find_idx(directory, stem)
         if path is None:
             raise DataError(f"{directory}: {stem}(.gz) is missing. {FIX_HINT}")
-        arrays[key] = parse_idx(_read_maybe_gz(path), images=key.startswith("x"), path=path)
+        arrays[key] = read_idx(path, images=key.startswith("x"))
     return _checked(arrays, source=str(directory), fmt="idx")
 
 
 # ----------------------------------------------------------------------------- CSV
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one Kaggle-style CSV as (images, labels); a corrupt file is a DataError naming it."""
     import pandas as pd  # only needed for the CSV format
 
     try:
         frame = pd.read_csv(path, dtype=np.int64, engine="c")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (ValueError, OverflowError, pd.errors.ParserError, UnicodeDecodeError) as e:  # Overflow: > int64
         raise DataError(f"{path}: not a readable Fashion-MNIST CSV ({e}). {FIX_HINT}") from e
     if "label" not in frame.columns or frame.shape[1] != 785:
         raise DataError(
             f"{path}: expected a 'label' column and 784 pixel columns, found "
             f"{frame.shape[1]} columns. {FIX_HINT}"
         )
-    pixels = frame.drop(columns="label").to_numpy()
+    pixels, labels = frame.drop(columns="label").to_numpy(), frame["label"].to_numpy()
     if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
         raise DataError(f"{path}: pixel values outside 0-255. {FIX_HINT}")
-    return pixels.astype(np.uint8).reshape(-1, 28, 28), frame["label"].to_numpy()
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= NUM_CLASSES:
+        raise DataError(f"{path}: labels outside 0-9. {FIX_HINT}")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels
 
 
 def load_csv_dir(directory: Path) -> Dataset:
-    x_train, y_train = _read_csv(directory / CSV_FILES["train"])
-    x_test, y_test = _read_csv(directory / CSV_FILES["test"])
+    x_train, y_train = read_csv(directory / CSV_FILES["train"])
+    x_test, y_test = read_csv(directory / CSV_FILES["test"])
     arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return _checked(arrays, source=str(directory), fmt="csv")
 
@@ -309,5 +320,7 @@ __all__ = [
     "content_hash",
     "load",
     "parse_idx",
+    "read_csv",
+    "read_idx",
     "split",
 ]

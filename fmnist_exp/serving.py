@@ -9,10 +9,16 @@ turns these errors into HTTP 400 and keeps serving:
 
 No input schema is declared on purpose: a tensor schema would fix one of the two shapes and
 reject the other before these checks run. The input example shows the (n, 28, 28) form.
+The signature is marked as one whose inputs the model checks itself, so the scoring server
+hands predict() the request's JSON value as it came (see :func:`log_classifier`): only then
+can a JSON ``true`` or ``null`` among the pixels, or rows of unequal length, be told apart
+and named, instead of being turned into 1, an object array or a numpy error first.
 """
 
 from __future__ import annotations
 
+import json
+import numbers
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,24 +50,76 @@ class BadRequest(MlflowException):
 
     def __init__(self, message: str):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.reason = message
+
+    def serialize_as_json(self) -> str:
+        # The scoring server rewrites .message to "Failed to predict data '<the whole batch>'.
+        # Error: ..." before answering; the client gets what was wrong, first, instead.
+        return json.dumps({**json.loads(super().serialize_as_json()), "message": self.reason})
+
+
+EXPECTED = "images of shape (n, 28, 28) or (n, 784) with raw pixel values 0-255"
+
+
+def _check_cells(model_input) -> None:
+    """Refuse nested lists (or object arrays) that hold anything but numbers, naming what."""
+    try:
+        cells = np.array(model_input, dtype=object)
+    except ValueError:  # ragged at a depth numpy cannot even hold as objects
+        cells = None
+    kinds = set() if cells is None else {type(v) for v in cells.ravel()}
+    if cells is None or kinds & {list, tuple, np.ndarray}:
+        raise BadRequest(f"rows of unequal length: send {EXPECTED}")
+    bad = sorted({_json_name(k) for k in kinds if not issubclass(k, numbers.Real) or issubclass(k, (bool, np.bool_))})
+    if bad:
+        raise BadRequest(f"pixel values must be numbers 0-255; got {' and '.join(bad)}")
+
+
+def _json_name(kind: type) -> str:
+    if kind is type(None):
+        return "null"
+    if issubclass(kind, (bool, np.bool_)):
+        return "true/false"
+    if issubclass(kind, str):
+        return "text"
+    if issubclass(kind, dict):
+        return "objects {...}"
+    return kind.__name__
 
 
 def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """Check a batch and return float32 images of shape (n, 28, 28), or raise BadRequest."""
+    """Check a batch and return float32 images of shape (n, 28, 28), or raise BadRequest.
+
+    ``model_input`` is a numpy array or DataFrame in-process, the request's JSON value
+    (nested lists, possibly with null, true or text inside) when served.
+    """
     if isinstance(model_input, pd.DataFrame):
         model_input = model_input.to_numpy()
+    if model_input is None:
+        raise BadRequest(f"\"inputs\" is null: send {EXPECTED}")
     if isinstance(model_input, dict):
-        raise BadRequest("send one tensor: {\"inputs\": [...]} with images of shape (n, 28, 28) or (n, 784)")
+        raise BadRequest(f"\"inputs\" is an object {{...}}: send one tensor, {{\"inputs\": [...]}} with {EXPECTED}")
+    if isinstance(model_input, (str, bytes)):
+        raise BadRequest(f"\"inputs\" is text: send {EXPECTED}")
+    if isinstance(model_input, (list, tuple)):
+        if len(model_input) > max_batch:  # before any per-pixel work
+            raise BadRequest(f"{len(model_input)} images in one request; the limit is {max_batch}: split the batch")
+        _check_cells(model_input)
+    elif isinstance(model_input, np.ndarray) and model_input.dtype == object:
+        _check_cells(model_input)
     try:
         x = np.asarray(model_input)
-    except ValueError as e:  # ragged nested lists
-        raise BadRequest(f"images must be a rectangular array of numbers ({e})") from None
-    if x.dtype == object or x.dtype.kind not in "biuf":
-        raise BadRequest(
-            "pixel values must be numbers 0-255; got " + ("rows of unequal length or mixed types"
-                                                          if x.dtype == object else f"values of type {x.dtype}")
-        )
-    if x.ndim == 0 or x.shape[0] == 0:
+        if x.dtype == object:  # numbers only (checked above), but too large for any numpy number
+            x = x.astype(np.float64)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BadRequest(f"pixel values must be numbers 0-255 ({e})") from None
+    if x.dtype.kind == "b":
+        raise BadRequest("pixel values must be numbers 0-255; got true/false")
+    if x.dtype.kind not in "iuf":
+        raise BadRequest(f"pixel values must be numbers 0-255; got values of type {x.dtype}")
+    if x.ndim == 0:
+        raise BadRequest(f"\"inputs\" is a single number: send {EXPECTED}")
+    if x.shape[0] == 0:
         raise BadRequest("the batch is empty: send at least one image")
     if x.ndim == 2 and x.shape[1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
         x = x.reshape(-1, *IMAGE_SHAPE)
@@ -69,13 +127,12 @@ def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
         raise BadRequest(f"each image must be 28x28 pixels (shape (n, 28, 28) or (n, 784)); got shape {x.shape}")
     if len(x) > max_batch:
         raise BadRequest(f"{len(x)} images in one request; the limit is {max_batch}: split the batch")
-    x = x.astype("float32")
-    if not np.isfinite(x).all():
-        raise BadRequest("pixel values must be finite numbers (found NaN or infinity)")
-    lo, hi = float(x.min()), float(x.max())
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise BadRequest("pixel values must be finite numbers 0-255; found NaN or infinity")
+    lo, hi = x.min(), x.max()  # in the sent dtype, before float32 could round 255.00001 or overflow 1e300
     if lo < 0 or hi > 255:
         raise BadRequest(f"pixel values must be raw 0-255 grey levels; got values from {lo:g} to {hi:g}")
-    return x
+    return x.astype("float32")
 
 
 def format_predictions(probs: np.ndarray) -> pd.DataFrame:
@@ -111,6 +168,12 @@ def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifie
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         keras_model.save(path)
+        signature = ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA)
+        # MLflow's own flag for "predict() validates its input": the scoring server then passes
+        # {"inputs": X} as the JSON value X instead of np.array(X), which would turn a JSON true
+        # into 1 and rows of unequal length into a numpy error before to_images could name them.
+        # It also makes the server answer a body without "inputs" with a 400 that says so.
+        signature._is_signature_from_type_hint = True
         with warnings.catch_warnings():  # inputs are checked in predict(), not by type hints
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(
@@ -118,7 +181,7 @@ def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifie
                 python_model=FashionClassifier(),
                 artifacts={"keras_model": str(path)},
                 code_paths=[str(package_dir)],  # the class lives here; serving needs no project install
-                signature=ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA),
+                signature=signature,
                 input_example=x_example[:2].astype("int64"),
                 pip_requirements=tracking.pip_requirements(),
                 model_config={"max_batch": MAX_BATCH},

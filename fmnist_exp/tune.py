@@ -3,8 +3,9 @@
 One parent run per invocation; trials are child runs named ``trial <n>`` with their
 parameters, per-epoch curves, final validation accuracy, state and (when complete) model.
 Pruning watches per-epoch validation accuracy. Re-running with the same study name and
-storage resumes the study. After the study the best trial's model is scored once on the
-test split and registered (see registry.py).
+storage resumes the study. After the study the best trial's model (or its ``final`` retrain) is
+scored once on the test split, registered through the promotion gate (registry.py) and
+compared with the study's reference (reference.py).
 
     python -m fmnist_exp tune --family cnn --n_trials 10
 """

@@ -50,7 +50,9 @@ def runs(filter_string=""):
 
 
 def children_of(parent_id):
-    return sorted(runs(f"tags.mlflow.parentRunId = '{parent_id}'"), key=lambda r: int(r.data.tags["optuna_trial"]))
+    """The parent's trial runs, in trial order (not its reference or final runs)."""
+    trials = [r for r in runs(f"tags.mlflow.parentRunId = '{parent_id}'") if "optuna_trial" in r.data.tags]
+    return sorted(trials, key=lambda r: int(r.data.tags["optuna_trial"]))
 
 
 def parents():

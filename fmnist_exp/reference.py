@@ -38,9 +38,10 @@ def check_run(spec: space.StudySpec) -> None:
     except MlflowException:
         raise C.ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} is not in the tracking store "
                             f"{mlflow.get_tracking_uri()}; give the id of a finished mlp or cnn run") from None
-    if not run.data.tags.get("model_uri"):
-        raise C.ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} has no model_uri tag (no logged "
-                            "Keras model); give the id of a finished mlp or cnn run")
+    tags = run.data.tags
+    if not (tags.get("model_uri") and tags.get("classifier_uri")):  # e.g. a baseline run: no Keras model
+        raise C.ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} has no logged Keras model "
+                            "(model_uri and classifier_uri tags); give the id of a finished mlp or cnn run")
 
 
 def _trained(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str) -> tuple[str, np.ndarray]:

@@ -40,8 +40,9 @@ class PairedComparison:
 
     def describe(self) -> str:
         """One line for a log, a tag or a decision: the difference with its interval and test."""
+        p = f"p={self.p_value:.3g}" if self.p_value > 0 else "p<1e-300"  # below that a float is 0
         return (f"{100 * self.diff:+.2f} points (95% CI {100 * self.ci_low:+.2f} to {100 * self.ci_high:+.2f}), "
-                f"exact McNemar p={self.p_value:.3g} (b={self.b}, c={self.c}, n={self.n})")
+                f"exact McNemar {p} (b={self.b}, c={self.c}, n={self.n})")
 
     def fields(self, prefix: str, a: str, b: str) -> dict[str, float]:
         """Flat numbers for MLflow metrics/tags and summaries, e.g. ``gate_candidate_test_accuracy``."""

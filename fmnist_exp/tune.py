@@ -119,7 +119,8 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
         return registry.Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"],
                                   best.user_attrs["classifier_uri"], best.value, best.number, "best trial")
     first = {**base, **spec.final}["seed"]
-    finals = [final_run(study.study_name, spec, base, best, ds, seed) for seed in range(first, first + spec.final_seeds)]
+    seeds = range(first, first + spec.final_seeds)
+    finals = [final_run(study.study_name, spec, base, best, ds, seed) for seed in seeds]
     if len(finals) > 1:  # the spread a seed alone makes, next to the gain a study claims
         for cand in finals:
             registry.score_candidate(cand, ds)

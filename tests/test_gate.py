@@ -62,6 +62,7 @@ def test_compare_counts_and_bootstrap_interval():
     assert r.ci_high == pytest.approx(0.04 + 1.96 * sd, abs=0.003)
     assert stats.compare(y, pa, pb) == r, "seeded: the same images give the same interval"
     assert "+4.00 points" in r.describe() and "b=60, c=20" in r.describe()
+    assert "p<1e-300" in stats.compare(*labelled(b=5000, c=0, both_right=0, both_wrong=0)).describe()
 
 
 # ----------------------------------------------------------------------------- the gate
@@ -258,3 +259,14 @@ def test_reference_recipe_is_named_params_with_the_candidates_budget(tmp_path):
     p = reference.recipe(spec, base)
     assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == (0.2, "512,256", 3, 1000, 7)
     assert space.load(study_file(tmp_path, "off", "reference: off"), "mlp").reference.kind == "off"
+
+
+def test_reference_run_checked_before_the_search(tracking, tmp_path):
+    spec = space.load(study_file(tmp_path, "ghost", 'reference: {run_id: "0123abcd"}'), "mlp")
+    with pytest.raises(C.ConfigError, match="reference run '0123abcd' is not in the tracking store"):
+        reference.check_run(spec)
+    with mlflow.start_run(tags={"family": "baseline", "model_uri": "runs:/x/model"}) as run:
+        pass
+    spec = space.load(study_file(tmp_path, "base", f'reference: {{run_id: "{run.info.run_id}"}}'), "mlp")
+    with pytest.raises(C.ConfigError, match="has no logged Keras model"):
+        reference.check_run(spec)

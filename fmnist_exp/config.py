@@ -167,11 +167,14 @@ TUNE_PARAMS = [
     Param("seed", 42, "seed of the sampler and of every trial's split and initialisation", in_range(0, 2**31 - 1)),
     Param("data_dir", "", "folder with the dataset ('' = search the usual places)"),
     Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
+    Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "
+          "exact McNemar p below this", in_range(0, 1, lo_open=True, hi_open=True)),
 ]
 
 
 REGISTER_PARAMS = [p for p in TUNE_PARAMS
-                   if p.name in ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir")]
+                   if p.name in ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir",
+                                 "promote_alpha")]
 
 PREDICT_PARAMS = [
     Param("model_uri", "models:/fmnist-classifier@champion", "model to answer with (any models:/ or runs:/ URI)"),

@@ -1,36 +1,65 @@
-"""After a study: score the best trial on the test split once, register it, move aliases,
-and leave comparison artifacts (trials table, Optuna plots, leaderboard) on the parent run.
+"""After a study: score the candidate on the test split once, register it, move aliases by a
+paired test, and leave comparison artifacts (trials table, Optuna plots, leaderboard) on the
+parent run.
 
-Alias rule: ``champion`` moves to the new version only if its test accuracy beats the current
-champion's; otherwise the new version becomes ``challenger`` and the champion stays.
+Alias rule (the promotion gate): ``champion`` moves to the new version only when there is no
+champion yet, or when the new version is better on the same test images by an exact McNemar
+test (two-sided p < ``promote_alpha``) AND gets more of them right. Both models answer the
+10,000 test images at decision time; two logged numbers are never compared, because on 10,000
+images a raw difference of a few tenths of a point is noise. Otherwise the new version becomes
+``challenger`` and the version's tags say why.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
 import optuna
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import config as C
 from . import data as D
-from . import plots
+from . import plots, stats
+from .serving import MAX_BATCH
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 LEADERBOARD_FAMILIES = ("baseline", "mlp", "cnn")
 
 
-def test_evaluation(run_id: str, model_uri: str, ds: D.Dataset) -> dict:
-    """Score a logged Keras model on the test split once and log the results to its run."""
+def classifier_answers(model_uri: str, x: np.ndarray) -> pd.DataFrame:
+    """A pyfunc classifier's answers (label, class_name, probabilities) for many images, in
+    batches it accepts: the served classifier refuses more than MAX_BATCH images at once."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    return pd.concat([model.predict(x[i:i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)], ignore_index=True)
+
+
+def score_on_test(run_id: str, classifier_uri: str, ds: D.Dataset, title: str) -> tuple[np.ndarray, dict]:
+    """The test labels a run's classifier answers, and its test metrics. The metrics and plots are
+    logged to the run the first time only, so a resumed study does not log them twice."""
     from .experiment import log_test_evaluation
 
-    model = mlflow.keras.load_model(model_uri)
-    probs = model.predict(ds.x_test.astype("float32"), batch_size=1024, verbose=0)
-    return log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, "best trial")
+    answers = classifier_answers(classifier_uri, ds.x_test)
+    logged = MlflowClient().get_run(run_id).data.metrics
+    if C.TEST_ACC in logged:
+        metrics = {k: v for k, v in logged.items() if k.startswith("test_")}
+    else:
+        probs = np.stack([np.asarray(p) for p in answers["probabilities"]])
+        metrics = log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, title)
+    return answers["label"].to_numpy(), metrics
+
+
+def record(run_id: str, metrics: dict, tags: dict | None = None) -> None:
+    """Numbers (and readable sentences) on a run, e.g. the gate's or the gain's fields."""
+    client = MlflowClient()
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, float(v))
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, str(v))
 
 
 def current_champion(client: MlflowClient, name: str):
@@ -40,22 +69,47 @@ def current_champion(client: MlflowClient, name: str):
         return None  # no registered model, or no champion yet
 
 
-def register(model_uri: str, name: str, test_accuracy: float, tags: dict) -> dict:
-    """Register ``model_uri`` as a new version and decide champion vs challenger."""
+def promotes(cmp: stats.PairedComparison | None, promote_alpha: float) -> tuple[bool, str]:
+    """The gate: (moves @champion?, why). ``cmp`` is candidate (a) against champion (b)."""
+    if cmp is None:
+        return True, "no champion before"
+    if cmp.b <= cmp.c:
+        return False, "not more test images right than the champion"
+    if cmp.p_value >= promote_alpha:
+        return False, f"not distinguishable from noise (p >= promote_alpha={promote_alpha:g})"
+    return True, f"better on the same test images (p < promote_alpha={promote_alpha:g})"
+
+
+def register(model_uri: str, name: str, ds: D.Dataset, tags: dict, *, promote_alpha: float,
+             labels: np.ndarray | None = None) -> dict:
+    """Register ``model_uri`` (a pyfunc classifier) as a new version and decide champion vs challenger.
+
+    ``labels`` are the candidate's test answers when the caller has them already; the current
+    champion is always asked on the spot.
+    """
     client = MlflowClient()
+    if labels is None:
+        labels = classifier_answers(model_uri, ds.x_test)["label"].to_numpy()
+    accuracy = float(np.mean(labels == ds.y_test))
     champ = current_champion(client, name)
-    champ_acc = float(champ.tags.get("test_accuracy", "nan")) if champ else float("nan")
-    mv = mlflow.register_model(model_uri, name, tags={**tags, "test_accuracy": f"{test_accuracy:.6f}"})
-    wins = champ is None or not np.isfinite(champ_acc) or test_accuracy > champ_acc
+    cmp = None
+    if champ is not None:  # by version, not alias: the comparison is with exactly this model
+        champ_labels = classifier_answers(f"models:/{name}/{champ.version}", ds.x_test)["label"].to_numpy()
+        cmp = stats.compare(ds.y_test, labels, champ_labels)
+    wins, why = promotes(cmp, promote_alpha)
+    gate = cmp.fields("gate_", "candidate", "champion") if cmp else {}
+    version_tags = {**tags, C.TEST_ACC: f"{accuracy:.6f}", "promote_alpha": f"{promote_alpha:g}",
+                    **{k: f"{v:.6g}" for k, v in gate.items()}}
+    if champ is not None:
+        version_tags.update(champion_version=champ.version, gate_comparison=cmp.describe())
+    mv = mlflow.register_model(model_uri, name, tags=version_tags)
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, mv.version)
-    decision = (f"v{mv.version} test_accuracy {test_accuracy:.4f} "
-                + ("beats" if wins else "does not beat")
-                + (f" champion v{champ.version} ({champ_acc:.4f})" if champ else " (no champion before)"))
+    decision = f"v{mv.version} is @{alias}: {why}" + (
+        f"; against champion v{champ.version}: {cmp.describe()}" if champ else f" (test accuracy {accuracy:.4f})")
     client.set_model_version_tag(name, mv.version, "alias_decision", decision)
     return {"registered_version": int(mv.version), "alias": alias, "decision": decision,
-            "previous_champion_version": int(champ.version) if champ else 0,
-            "previous_champion_test_accuracy": champ_acc}
+            "previous_champion_version": int(champ.version) if champ else 0, **gate}
 
 
 def _log_optuna_plots(study: optuna.Study, run_id: str) -> list[str]:
@@ -105,11 +159,19 @@ class Candidate:
     """The model a study proposes: its run, model URI, validation accuracy and origin."""
 
     run_id: str
-    model_uri: str  # the Keras model (scored on the test split)
-    classifier_uri: str  # the servable pyfunc around it (registered)
+    model_uri: str  # the Keras model
+    classifier_uri: str  # the servable pyfunc around it (scored on the test split, registered)
     val_accuracy: float
     trial_number: int
     origin: str  # "best trial" or "final retrain"
+    test_labels: np.ndarray | None = None  # its answers on the test split, once scored
+    test_metrics: dict = field(default_factory=dict)
+
+
+def score_candidate(cand: Candidate, ds: D.Dataset) -> None:
+    """Score the candidate's classifier on the test split, once per process and once per run."""
+    if cand.test_labels is None:
+        cand.test_labels, cand.test_metrics = score_on_test(cand.run_id, cand.classifier_uri, ds, cand.origin)
 
 
 def log_study_artifacts(study: optuna.Study, parent_run_id: str, *, epochs_per_trial: int) -> dict:
@@ -145,30 +207,28 @@ def already_registered(name: str, run_id: str):
 
 
 def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study_name: str, family: str,
-                       parent_run_id: str) -> dict:
-    """Score the candidate on the test split once, register it and decide its alias."""
+                       parent_run_id: str, promote_alpha: float) -> dict:
+    """Score the candidate on the test split once, register it and let the gate decide its alias."""
     client = MlflowClient()
+    score_candidate(cand, ds)
     out = {"model_name": model_name, "best_trial": cand.trial_number, "best_val_accuracy": cand.val_accuracy,
-           "best_run_id": cand.run_id, "candidate": cand.origin}
+           "best_run_id": cand.run_id, "candidate": cand.origin, "test_accuracy": cand.test_metrics[C.TEST_ACC],
+           "test_macro_f1": cand.test_metrics[C.TEST_F1]}
     if (mv := already_registered(model_name, cand.run_id)) is not None:
-        # A resumed study whose best did not change: nothing new to score or register.
+        # A resumed study whose best did not change: nothing new to register.
         aliases = client.get_model_version(model_name, mv.version).aliases  # search results omit aliases
         out.update(registered_version=int(mv.version), alias=",".join(aliases) or "none",
-                   decision=f"unchanged: best model already registered as v{mv.version}",
-                   test_accuracy=float(mv.tags.get("test_accuracy", "nan")))
+                   decision=f"unchanged: best model already registered as v{mv.version}")
         client.set_tag(parent_run_id, "registration", out["decision"])
         return out
-    test = test_evaluation(cand.run_id, cand.model_uri, ds)
     tags = {"study": study_name, "trial_number": str(cand.trial_number), "val_accuracy": f"{cand.val_accuracy:.6f}",
             "source_run_id": cand.run_id, "family": family, "candidate": cand.origin}
-    out.update(register(cand.classifier_uri, model_name, test[C.TEST_ACC], tags),
-               test_accuracy=test[C.TEST_ACC], test_macro_f1=test[C.TEST_F1])
-    client.log_metric(parent_run_id, "best_val_accuracy", cand.val_accuracy)
-    client.log_metric(parent_run_id, "best_test_accuracy", test[C.TEST_ACC])
-    if np.isfinite(out["previous_champion_test_accuracy"]):
-        client.log_metric(parent_run_id, "previous_champion_test_accuracy", out["previous_champion_test_accuracy"])
-    client.set_tag(parent_run_id, "registration", out["decision"])
-    client.set_tag(parent_run_id, "registered_model", f"{model_name}/{out['registered_version']}")
+    out.update(register(cand.classifier_uri, model_name, ds, tags, promote_alpha=promote_alpha,
+                        labels=cand.test_labels))
+    gate = {k: v for k, v in out.items() if k.startswith("gate_")}
+    record(parent_run_id, {"best_val_accuracy": cand.val_accuracy, "best_test_accuracy": out["test_accuracy"], **gate},
+           {"registration": out["decision"], "gate_decision": out["alias"],
+            "registered_model": f"{model_name}/{out['registered_version']}"})
     board = leaderboard(client.get_run(parent_run_id).info.experiment_id)
     client.log_text(parent_run_id, board.to_csv(index=False), "leaderboard.csv")
     return out

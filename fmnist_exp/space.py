@@ -20,7 +20,20 @@ resumed study does not try them again.
 
 An optional ``final`` budget (e.g. ``{epochs: 8, train_samples: 0}``) retrains the best
 configuration after the search, so trials can be cheap (a subset, few epochs) while the
-registered model gets the full recipe.
+registered model gets the full recipe. ``final: {seeds: k}`` (default 1) retrains it with k
+seeds (seed, seed+1, ...): the parent run gets the mean and standard deviation of their test
+accuracy, and the seed with the best *validation* accuracy is registered.
+
+``reference`` says what the study's gain is measured against, on the same test images
+(the paired difference with a bootstrap 95% interval and an exact McNemar p-value):
+
+    reference: default                  # the family's default recipe (``fixed`` not applied); the default
+    reference: {params: {dropout: 0.2}} # a named configuration, checked like ``fixed``
+    reference: {run_id: "<run id>"}     # a run already measured: its logged Keras model is scored
+    reference: off                      # no reference, no gain
+
+``default`` and ``params`` are trained with the candidate's budget (``final``'s epochs and
+train_samples, else the trials') and seed, in a nested run named ``reference``.
 """
 
 from __future__ import annotations
@@ -46,6 +59,36 @@ PRUNERS = {
 }
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 SPACE_TYPES = ("float", "int", "categorical", "widths")
+# a reference is trained with the candidate's budget and seed, so it may not set these
+REFERENCE_BUDGET = ("epochs", "train_samples", "seed", "data_dir")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a study's gain is measured against (the study file's ``reference``)."""
+
+    kind: str  # "default", "params", "run" or "off"
+    params: dict = field(default_factory=dict)  # kind "params": family parameters
+    run_id: str = ""  # kind "run"
+
+    def describe(self) -> str:
+        return {"default": "the default recipe", "params": f"params {self.params}",
+                "run": f"run {self.run_id}", "off": "off"}[self.kind]
+
+
+def parse_reference(value, where: str) -> Reference:
+    """``default``, ``off``, ``{params: {...}}`` or ``{run_id: ...}``; anything else is refused."""
+    if value is False or value == "off":  # YAML reads a bare off as false
+        return Reference("off")
+    if value == "default":
+        return Reference("default")
+    if isinstance(value, dict) and set(value) == {"params"} and isinstance(value["params"], dict):
+        return Reference("params", params=dict(value["params"]))
+    if isinstance(value, dict) and set(value) == {"run_id"} and isinstance(value["run_id"], str) \
+            and value["run_id"].strip():
+        return Reference("run", run_id=value["run_id"].strip())
+    raise ConfigError(f"{where}: reference must be default, off, {{params: {{...}}}} or {{run_id: \"<MLflow run "
+                      f"id>\"}} (quote the id); got {value!r}")
 
 
 @dataclass
@@ -60,8 +103,15 @@ class StudySpec:
     pruner: dict
     sampler: dict
     objective: str = C.VAL_ACC
-    final: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)  # family parameters of the final retrain
+    final_seeds: int = 1
     enqueue: list = field(default_factory=list)
+    reference: Reference = field(default_factory=lambda: Reference("default"))
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the chosen configuration is retrained after the search (``final``)."""
+        return bool(self.final) or self.final_seeds > 1
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         kind, kwargs = _kind(self.pruner, PRUNERS, "pruner")
@@ -106,6 +156,8 @@ def load(study: str, family: str) -> StudySpec:
     unknown_budget = set(raw.get("budget", {})) - set(BUDGET_KEYS)
     if unknown_budget:
         raise ConfigError(f"{path}: unknown budget key(s) {sorted(unknown_budget)}; known: {sorted(BUDGET_KEYS)}")
+    final = dict(raw.get("final") or {})
+    seeds = final.pop("seeds", 1)  # not a family parameter: how many times the final retrain runs
     spec = StudySpec(
         path=path,
         text=text,
@@ -117,8 +169,10 @@ def load(study: str, family: str) -> StudySpec:
         pruner=dict(raw.get("pruner", {"type": "median"})),
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
         objective=raw.get("objective", C.VAL_ACC),
-        final=dict(raw.get("final") or {}),
+        final=final,
+        final_seeds=seeds,
         enqueue=list(raw.get("enqueue") or []),
+        reference=parse_reference(raw.get("reference", "default"), str(path)),
     )
     check(spec)
     return spec
@@ -140,6 +194,10 @@ def check(spec: StudySpec) -> None:
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     C.resolve(spec.family, spec.fixed)
     C.resolve(spec.family, {**spec.fixed, **spec.final})
+    if not isinstance(spec.final_seeds, int) or isinstance(spec.final_seeds, bool) or spec.final_seeds < 1:
+        raise ConfigError(f"{where}: final.seeds={spec.final_seeds!r}: must be an integer >= 1 "
+                          "(how many seeds the final retrain uses)")
+    check_reference(spec, where)
     for key, dist in spec.space.items():
         for value in corner_values(key, dist, where):
             C.resolve(spec.family, {**spec.fixed, key: value})
@@ -147,6 +205,19 @@ def check(spec: StudySpec) -> None:
         check_point(spec, point, where)
     spec.make_pruner()
     spec.make_sampler(0)
+
+
+def check_reference(spec: StudySpec, where: str) -> None:
+    """A named reference configuration is checked like ``fixed``; its budget is the candidate's."""
+    params = spec.reference.params
+    names = {p.name for p in C.family_params(spec.family)}
+    for key in params:
+        if key not in names:
+            raise ConfigError(f"{where}: reference params: {key!r} is not a {spec.family} parameter")
+        if key in REFERENCE_BUDGET:
+            raise ConfigError(f"{where}: reference params: {key!r} is the candidate's (the reference is trained "
+                              "with the same budget and seed); remove it")
+    C.resolve(spec.family, params)
 
 
 def check_point(spec: StudySpec, point, where: str) -> None:

@@ -3,8 +3,9 @@
 One parent run per invocation; trials are child runs named ``trial <n>`` with their
 parameters, per-epoch curves, final validation accuracy, state and (when complete) model.
 Pruning watches per-epoch validation accuracy. Re-running with the same study name and
-storage resumes the study. After the study the best trial's model is scored once on the
-test split and registered (see registry.py).
+storage resumes the study. After the study the best trial's model (or its ``final`` retrain) is
+scored once on the test split, registered through the promotion gate (registry.py) and
+compared with the study's reference (reference.py).
 
     python -m fmnist_exp tune --family cnn --n_trials 10
 """
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 
 import keras
 import mlflow
+import numpy as np
 import optuna
 
 from . import config as C
 from . import data as D
-from . import experiment, registry, space, storage, tracking
+from . import experiment, reference, registry, space, storage, tracking
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -106,27 +108,45 @@ def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name:
 
 
 def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D.Dataset):
-    """The best trial's model, or (when the study file has a ``final`` budget) the best
-    configuration retrained with that budget in a nested ``final`` run."""
+    """The best trial's model, or (when the study file has a ``final``) the best configuration
+    retrained with that budget in nested ``final`` runs, one per seed; of several seeds, the one
+    with the best validation accuracy (never the test accuracy) is the candidate."""
     try:
         best = study.best_trial
     except ValueError:
         return None
-    if not spec.final:
+    if not spec.retrains:
         return registry.Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"],
                                   best.user_attrs["classifier_uri"], best.value, best.number, "best trial")
-    p = C.resolve(spec.family, {**base, **best.user_attrs["config"], **spec.final})
-    tags = {"optuna_study": study.study_name, "final_of_trial": str(best.number)}
+    first = {**base, **spec.final}["seed"]
+    seeds = range(first, first + spec.final_seeds)
+    finals = [final_run(study.study_name, spec, base, best, ds, seed) for seed in seeds]
+    if len(finals) > 1:  # the spread a seed alone makes, next to the gain a study claims
+        for cand in finals:
+            registry.score_candidate(cand, ds)
+        accs = [cand.test_metrics[C.TEST_ACC] for cand in finals]
+        mlflow.log_metrics({"final_seeds_n": len(accs), "final_seeds_test_accuracy_mean": float(np.mean(accs)),
+                            "final_seeds_test_accuracy_std": float(np.std(accs, ddof=1))})
+    return max(finals, key=lambda cand: cand.val_accuracy)
+
+
+def final_run(study_name: str, spec: space.StudySpec, base: dict, best: optuna.trial.FrozenTrial, ds: D.Dataset,
+              seed: int) -> registry.Candidate:
+    """One final retrain of the best configuration with ``seed``; a resumed study with the same
+    best reuses its finished run instead of training it again."""
+    p = C.resolve(spec.family, {**base, **best.user_attrs["config"], **spec.final, "seed": seed})
+    tags = {"optuna_study": study_name, "final_of_trial": str(best.number), "final_seed": str(seed)}
     done = mlflow.search_runs(
-        filter_string=f"tags.optuna_study = '{study.study_name}' and tags.final_of_trial = '{best.number}' "
-                      f"and attributes.status = 'FINISHED'", output_format="list")
+        filter_string=f"tags.optuna_study = '{study_name}' and tags.final_of_trial = '{best.number}' "
+                      f"and tags.final_seed = '{seed}' and attributes.status = 'FINISHED'", output_format="list")
     done = [r for r in done if r.data.tags.get("model_uri")]
-    if done:  # resumed study, same best: reuse its final model instead of training it again
+    if done:
         r = done[0]
         return registry.Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
                                   r.data.metrics["val_final_accuracy"], best.number, "final retrain")
-    print(f"[tune] final: retraining trial {best.number}'s configuration with {spec.final}", flush=True)
-    with mlflow.start_run(run_name=f"final (trial {best.number})", nested=True, tags=tags) as run:
+    name = f"final (trial {best.number})" if spec.final_seeds == 1 else f"final (trial {best.number}, seed {seed})"
+    print(f"[tune] {name}: retraining with {spec.final}", flush=True)
+    with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
         res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags)
     return registry.Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.metrics["val_final_accuracy"],
                               best.number, "final retrain")
@@ -155,6 +175,7 @@ class Setup:
 def prepare(args: dict) -> Setup:
     """Check everything that can be wrong (study file, budget, data, storage) before any work."""
     spec = space.load(args["study"], args["family"])
+    reference.check_run(spec)
     budget = resolve_budget(args, spec)
     base = {**spec.fixed, "epochs": budget["epochs"], "train_samples": budget["train_samples"],
             "seed": args["seed"], "data_dir": args["data_dir"]}
@@ -204,15 +225,18 @@ def _log_setup(setup: Setup, args: dict, before: int) -> None:
     mlflow.log_text(spec.text, f"study/{spec.path.name}")
 
 
-def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str) -> dict:
-    """Pick the candidate (maybe retraining it) and register it, one worker at a time."""
+def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str, promote_alpha: float) -> dict:
+    """Pick the candidate (maybe retraining it), register it through the promotion gate and
+    measure its gain over the reference, one worker at a time (so the reference is trained once)."""
     with storage.registration_lock(setup.storage_url, model_name):
         candidate = pick_candidate(study, setup.spec, setup.base, setup.ds)
         if candidate is None:
             mlflow.set_tag("registration", "skipped: no complete trial")
             return {}
-        return registry.register_candidate(candidate, setup.ds, model_name=model_name, study_name=setup.study_name,
-                                           family=setup.spec.family, parent_run_id=pid)
+        out = registry.register_candidate(candidate, setup.ds, model_name=model_name, study_name=setup.study_name,
+                                          family=setup.spec.family, parent_run_id=pid, promote_alpha=promote_alpha)
+        out.update(reference.report(setup.spec, setup.base, setup.ds, setup.study_name, candidate, pid))
+        return out
 
 
 def run(args: dict, *, train_fn=None) -> dict:
@@ -238,7 +262,7 @@ def run(args: dict, *, train_fn=None) -> dict:
             summary = registry.log_study_artifacts(study, pid, epochs_per_trial=setup.budget["epochs"])
             summary["model_name"] = args["model_name"]
             if args["register"]:
-                summary.update(_register(setup, study, pid, args["model_name"]))
+                summary.update(_register(setup, study, pid, args["model_name"], args["promote_alpha"]))
             else:
                 mlflow.set_tag("registration", "skipped: register=false (run the register entry point)")
     print_summary(summary, setup.study_name)
@@ -256,7 +280,7 @@ def register_only(args: dict) -> dict:
         _log_setup(setup, args, trials_started(study))
         summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])
         summary["model_name"] = args["model_name"]
-        summary.update(_register(setup, study, parent.info.run_id, args["model_name"]))
+        summary.update(_register(setup, study, parent.info.run_id, args["model_name"], args["promote_alpha"]))
     print_summary(summary, setup.study_name)
     return summary
 
@@ -276,6 +300,12 @@ def print_summary(summary: dict, study_name: str) -> None:
             f"as @{summary['alias']} ({summary['decision']})",
             f"[tune] load it with models:/{summary['model_name']}@champion",
         ]
+    if summary.get("reference") == "off":
+        lines.append("[tune] reference: off (no gain measured)")
+    elif "reference" in summary:
+        lines.append(f"[tune] gain over {summary['reference']} (run {summary['reference_run_id']}): test accuracy "
+                     f"{summary['gain_candidate_test_accuracy']:.4f} vs {summary['gain_reference_test_accuracy']:.4f}, "
+                     f"{summary['gain']}")
     if not uri.startswith("http"):
         lines.append(f"[tune] open the UI: mlflow ui --backend-store-uri {uri} --port 5000")
     lines.append(f"[tune] this experiment's runs: {ui}/#/experiments/{summary['experiment_id']}/runs"

@@ -50,7 +50,9 @@ def runs(filter_string=""):
 
 
 def children_of(parent_id):
-    return sorted(runs(f"tags.mlflow.parentRunId = '{parent_id}'"), key=lambda r: int(r.data.tags["optuna_trial"]))
+    """The parent's trial runs, in trial order (not its reference or final runs)."""
+    trials = [r for r in runs(f"tags.mlflow.parentRunId = '{parent_id}'") if "optuna_trial" in r.data.tags]
+    return sorted(trials, key=lambda r: int(r.data.tags["optuna_trial"]))
 
 
 def parents():
@@ -114,17 +116,22 @@ def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp
 
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{MODEL}'")
-    best_version = max(versions, key=lambda v: float(v.tags["test_accuracy"]))
     champ = client.get_model_version_by_alias(MODEL, "champion")
-    assert champ.version == best_version.version
     if second["decision"].startswith("unchanged"):  # same best trial: not registered twice
         assert len(versions) == 1
+    else:  # a new best is registered, but @champion moves only on a significant paired gain
+        assert {"gate_b", "gate_c", "gate_p_value", "gate_ci_low", "gate_ci_high"} <= set(
+            client.get_model_version(MODEL, str(second["registered_version"])).tags)
+        promoted = second["alias"] == "champion"
+        assert promoted == (second["gate_p_value"] < 0.05 and second["gate_b"] > second["gate_c"])
+        assert int(champ.version) == (second["registered_version"] if promoted else 1)
 
     # A study that can only be worse (tiny learning rate, 1 epoch on 100 images) stays challenger.
     bad = study_file(tmp_path, "bad", fixed=", learning_rate: 1.0e-5",
                      lr="batch_size: {type: categorical, choices: [128]}")
     worse = run_tune(bad, n_trials=1, epochs=1, train_samples=100)
-    assert worse["alias"] == "challenger" and "does not beat" in worse["decision"]
+    assert worse["alias"] == "challenger" and "not more test images right" in worse["decision"]
+    assert worse["gate_c"] > worse["gate_b"]
     assert client.get_model_version_by_alias(MODEL, "champion").version == champ.version
     assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == worse["registered_version"]
     assert_nothing_running()

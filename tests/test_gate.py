@@ -1,0 +1,272 @@
+"""Evidence before promotion: the paired statistics, the registry's promotion gate on real
+registered models, and the gain, reference and seed spread a real (tiny) study reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
+
+from conftest import cli
+from fmnist_exp import config as C
+from fmnist_exp import reference, registry, serving, space, stats, tune
+
+MODEL = "fmnist-classifier"
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def labelled(b: int, c: int, both_right: int, both_wrong: int):
+    """True labels and two models' answers with exactly these agreement counts."""
+    n = b + c + both_right + both_wrong
+    y = np.zeros(n, dtype=int)
+    a_right = np.r_[np.ones(b), np.zeros(c), np.ones(both_right), np.zeros(both_wrong)].astype(bool)
+    b_right = np.r_[np.zeros(b), np.ones(c), np.ones(both_right), np.zeros(both_wrong)].astype(bool)
+    return y, np.where(a_right, 0, 1), np.where(b_right, 0, 2)
+
+
+def test_mcnemar_exact_against_hand_computation():
+    # b=1, c=9: p = 2 * (C(10,0) + C(10,1)) / 2^10 = 2 * 11 / 1024
+    assert stats.mcnemar_exact(1, 9) == 2 * (math.comb(10, 0) + math.comb(10, 1)) / 2**10 == 0.021484375
+    assert stats.mcnemar_exact(9, 1) == 0.021484375
+    assert stats.mcnemar_exact(5, 0) == 2 / 2**5
+    assert stats.mcnemar_exact(4, 4) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
+    for b, c in [(30, 10), (300, 250), (2400, 2550)]:
+        assert stats.mcnemar_exact(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+
+
+def test_compare_counts_and_bootstrap_interval():
+    y, pa, pb = labelled(b=1, c=9, both_right=85, both_wrong=5)
+    r = stats.compare(y, pa, pb)
+    assert (r.b, r.c, r.n) == (1, 9, 100)
+    assert (r.acc_a, r.acc_b, r.diff) == (0.86, 0.94, pytest.approx(-0.08))
+    assert r.p_value == 0.021484375
+
+    y, pa, pb = labelled(b=60, c=20, both_right=880, both_wrong=40)
+    r = stats.compare(y, pa, pb)
+    assert r.diff == pytest.approx(0.04) and r.ci_low < r.diff < r.ci_high
+    # Directly: resampling n images with replacement draws (B*, C*) ~ Multinomial(n; b/n, c/n, rest),
+    # and the difference is (B* - C*) / n. Its percentile interval from an independent draw:
+    counts = np.random.default_rng(1).multinomial(1000, [0.06, 0.02, 0.92], size=200_000)
+    lo, hi = np.quantile((counts[:, 0] - counts[:, 1]) / 1000, [0.025, 0.975])
+    assert r.ci_low == pytest.approx(lo, abs=0.002) and r.ci_high == pytest.approx(hi, abs=0.002)
+    # and the normal approximation: sd = sqrt((b + c)/n - diff^2) / sqrt(n) = 0.00885
+    sd = math.sqrt(0.08 - 0.04**2) / math.sqrt(1000)
+    assert r.ci_low == pytest.approx(0.04 - 1.96 * sd, abs=0.003)
+    assert r.ci_high == pytest.approx(0.04 + 1.96 * sd, abs=0.003)
+    assert stats.compare(y, pa, pb) == r, "seeded: the same images give the same interval"
+    assert "+4.00 points" in r.describe() and "b=60, c=20" in r.describe()
+    assert "p<1e-300" in stats.compare(*labelled(b=5000, c=0, both_right=0, both_wrong=0)).describe()
+
+
+# ----------------------------------------------------------------------------- the gate
+
+
+class FixedAnswers(mlflow.pyfunc.PythonModel):
+    """A classifier that answers a fixed label per test image, found by the image's bytes; its
+    output has the served classifier's columns."""
+
+    def __init__(self, answers: dict[str, int]):
+        self.answers = answers
+
+    def predict(self, context, model_input, params=None):
+        x = np.asarray(model_input, dtype=np.uint8)
+        labels = np.array([self.answers[hashlib.sha1(img.tobytes()).hexdigest()] for img in x])
+        return serving.format_predictions(np.eye(10)[labels])
+
+
+def log_fixed(dataset, wrong: set[int]) -> str:
+    """Log a FixedAnswers model, right on every test image except the indices in ``wrong``."""
+    keys = [hashlib.sha1(img.tobytes()).hexdigest() for img in dataset.x_test]
+    assert len(set(keys)) == len(keys), "test images are distinct, so a hash names one image"
+    labels = [int((y + 1) % 10) if i in wrong else int(y) for i, y in enumerate(dataset.y_test)]
+    with mlflow.start_run():
+        return mlflow.pyfunc.log_model(name="classifier", python_model=FixedAnswers(dict(zip(keys, labels))),
+                                       pip_requirements=[]).model_uri
+
+
+def test_champion_moves_only_on_evidence(tracking, dataset):
+    client = MlflowClient()
+    n = len(dataset.y_test)
+    champion_wrong = set(range(700))  # 93.00%
+
+    def register(wrong, alpha=0.05):
+        return registry.register(log_fixed(dataset, wrong), MODEL, dataset, {"study": "gate"}, promote_alpha=alpha)
+
+    def tags(version):
+        return client.get_model_version(MODEL, str(version)).tags
+
+    first = register(champion_wrong)
+    assert (first["registered_version"], first["alias"]) == (1, "champion")
+    assert "no champion before" in first["decision"]
+    assert float(tags(1)["test_accuracy"]) == 0.93
+
+    # 5 more right (fixes 5 of the champion's errors): p = 2/32 = 0.0625, noise at alpha 0.05
+    barely = register(champion_wrong - set(range(5)))
+    assert barely["alias"] == "challenger" and "not distinguishable from noise" in barely["decision"]
+    t = tags(2)
+    assert (int(t["gate_b"]), int(t["gate_c"]), int(t["gate_n"])) == (5, 0, n)
+    assert float(t["gate_p_value"]) == pytest.approx(0.0625)
+    assert float(t["test_accuracy"]) == 0.9305 and float(t["gate_champion_test_accuracy"]) == 0.93
+    assert float(t["gate_diff"]) == pytest.approx(0.0005)
+    assert float(t["gate_ci_low"]) <= 0.0005 <= float(t["gate_ci_high"])
+    assert t["champion_version"] == "1" and "@challenger" in t["alias_decision"]
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 1
+
+    # worse: fewer images right, whatever the p-value
+    worse = register(champion_wrong | set(range(700, 1000)))
+    assert worse["alias"] == "challenger" and "not more test images right" in worse["decision"]
+    assert (int(tags(3)["gate_b"]), int(tags(3)["gate_c"])) == (0, 300)
+
+    # clearly better: fixes 400 of the champion's errors and makes 100 new ones, 300 more right
+    clearly = register((champion_wrong - set(range(400))) | set(range(700, 800)))
+    assert clearly["alias"] == "champion" and "better on the same test images" in clearly["decision"]
+    t = tags(4)
+    assert (int(t["gate_b"]), int(t["gate_c"])) == (400, 100)
+    assert float(t["gate_p_value"]) < 1e-30 and float(t["gate_ci_low"]) > 0.02
+    assert float(t["test_accuracy"]) == 0.96
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 4
+    assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == 3
+
+    # promote_alpha is the threshold: 5 more right of the new champion's errors passes at 0.1
+    loose = register((champion_wrong - set(range(405))) | set(range(700, 800)), alpha=0.1)
+    assert loose["alias"] == "champion" and tags(5)["promote_alpha"] == "0.1"
+
+
+# ----------------------------------------------------------------------------- studies
+
+TINY = """
+description: Tiny MLP study for the gate tests.
+family: mlp
+budget: {{n_trials: 2, epochs: 1, train_samples: 1000, timeout: 0}}
+fixed: {{hidden_units: '32', lr_schedule: cosine, early_stopping_patience: 0}}
+space:
+  dropout: {{type: float, low: 0.0, high: 0.3}}
+pruner: {{type: none}}
+{extra}
+"""
+
+
+def study_file(tmp_path, name, extra=""):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY.format(extra=extra))
+    return str(path)
+
+
+def nested(parent_id):
+    return mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def parent_of(study_name):
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"attributes.run_name = 'tune {study_name}'", order_by=["start_time DESC"])
+    return runs[0]
+
+
+def test_study_reports_gain_over_default_reference(tracking, tmp_path):
+    study = study_file(tmp_path, "gain")
+    proc = cli(["tune", "--family", "mlp", "--study", study], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed["reference"] == "the default recipe" and "gain over the default recipe" in proc.stdout
+    for k in ("gain_diff", "gain_ci_low", "gain_ci_high", "gain_p_value", "gain_b", "gain_c",
+              "gain_candidate_test_accuracy", "gain_reference_test_accuracy"):
+        assert k in printed, k
+
+    parent = parent_of("gain")
+    m, t = parent.data.metrics, parent.data.tags
+    [ref] = [r for r in nested(parent.info.run_id) if r.info.run_name == "reference"]
+    assert ref.data.tags["study_reference"] == "true" and ref.data.tags["optuna_study"] == "gain"
+    # the default recipe (hidden_units 512,256, not the study's fixed 32) with the trials' budget
+    p = ref.data.params
+    assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "1", "1000", "42")
+    assert t["gain_reference_run_id"] == ref.info.run_id and t["gain_reference"] == "the default recipe"
+    assert m["gain_reference_test_accuracy"] == pytest.approx(ref.data.metrics["test_accuracy"], abs=1e-6)
+    assert m["gain_candidate_test_accuracy"] == pytest.approx(m["best_test_accuracy"], abs=1e-6)
+    assert m["gain_diff"] == pytest.approx((m["gain_b"] - m["gain_c"]) / m["gain_n"])
+    assert m["gain_ci_low"] <= m["gain_diff"] <= m["gain_ci_high"] and 0 < m["gain_p_value"] <= 1
+    assert m["gain_n"] == 10_000 and printed["gain_p_value"] == pytest.approx(m["gain_p_value"])
+
+    # resumed: the finished reference is reused, not trained again; the gain is reported again
+    again = tune.run(C.resolve_tune({"family": "mlp", "study": study, "n_trials": 1}))
+    refs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string="tags.study_reference = 'true'")
+    assert [r.info.run_id for r in refs] == [ref.info.run_id]
+    assert again["reference_run_id"] == ref.info.run_id
+    assert again["gain_reference_test_accuracy"] == m["gain_reference_test_accuracy"]
+
+    # a measured run as the reference: scored, nothing trained
+    other = study_file(tmp_path, "byrun", extra=f'reference: {{run_id: "{ref.info.run_id}"}}')
+    byrun = tune.run(C.resolve_tune({"family": "mlp", "study": other, "n_trials": 1}))
+    assert byrun["reference"] == f"run {ref.info.run_id}" and byrun["reference_run_id"] == ref.info.run_id
+    assert byrun["gain_reference_test_accuracy"] == pytest.approx(m["gain_reference_test_accuracy"], abs=1e-6)
+    assert [r.info.run_name for r in nested(parent_of("byrun").info.run_id)] == ["trial 0"]
+
+
+def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
+    study = study_file(tmp_path, "seeds", extra="reference: off\nfinal: {epochs: 1, train_samples: 1000, seeds: 2}")
+    summary = tune.run(C.resolve_tune({"family": "mlp", "study": study, "n_trials": 1}))
+    assert "[tune] reference: off" in capsys.readouterr().out
+    assert summary["reference"] == "off" and not any(k.startswith("gain_") for k in summary)
+    parent = parent_of("seeds")
+    assert parent.data.tags["gain_reference"] == "off"
+    assert not any(k.startswith("gain_") for k in parent.data.metrics)
+    kids = nested(parent.info.run_id)
+    assert not [r for r in kids if r.data.tags.get("study_reference")]
+    finals = sorted((r for r in kids if "final_of_trial" in r.data.tags), key=lambda r: r.data.tags["final_seed"])
+    assert [r.info.run_name for r in finals] == ["final (trial 0, seed 42)", "final (trial 0, seed 43)"]
+    assert [r.data.params["seed"] for r in finals] == ["42", "43"]
+    accs = [r.data.metrics["test_accuracy"] for r in finals]
+    m = parent.data.metrics
+    assert m["final_seeds_n"] == 2
+    assert m["final_seeds_test_accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert m["final_seeds_test_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    best_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
+    mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
+    assert mv.tags["source_run_id"] == best_val.info.run_id == summary["best_run_id"]
+
+
+# ----------------------------------------------------------------------------- study files
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("reference: best", "reference must be default, off"),
+    ("reference:", "reference must be default, off"),
+    ("reference: {run_id: 12345}", "quote the id"),
+    ("reference: {params: {dropuot: 0.1}}", "'dropuot' is not a mlp parameter"),
+    ("reference: {params: {dropout: 1.5}}", "dropout=1.5: must be in"),
+    ("reference: {params: {epochs: 3}}", "'epochs' is the candidate's"),
+    ("final: {epochs: 2, seeds: 0}", "final.seeds=0: must be an integer >= 1"),
+    ("final: {epochs: 2, seeds: two}", "final.seeds='two'"),
+])
+def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
+    with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        space.load(study_file(tmp_path, "bad", extra), "mlp")
+
+
+def test_reference_recipe_is_named_params_with_the_candidates_budget(tmp_path):
+    spec = space.load(study_file(tmp_path, "named", "reference: {params: {dropout: 0.2}}\n"
+                                                   "final: {epochs: 3, seeds: 2}"), "mlp")
+    assert spec.reference == space.Reference("params", params={"dropout": 0.2}) and spec.final_seeds == 2
+    base = {"hidden_units": "32", "epochs": 1, "train_samples": 1000, "seed": 7, "data_dir": ""}
+    p = reference.recipe(spec, base)
+    assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == (0.2, "512,256", 3, 1000, 7)
+    assert space.load(study_file(tmp_path, "off", "reference: off"), "mlp").reference.kind == "off"
+
+
+def test_reference_run_checked_before_the_search(tracking, tmp_path):
+    spec = space.load(study_file(tmp_path, "ghost", 'reference: {run_id: "0123abcd"}'), "mlp")
+    with pytest.raises(C.ConfigError, match="reference run '0123abcd' is not in the tracking store"):
+        reference.check_run(spec)
+    with mlflow.start_run(tags={"family": "baseline", "model_uri": "runs:/x/model"}) as run:
+        pass
+    spec = space.load(study_file(tmp_path, "base", f'reference: {{run_id: "{run.info.run_id}"}}'), "mlp")
+    with pytest.raises(C.ConfigError, match="has no logged Keras model"):
+        reference.check_run(spec)

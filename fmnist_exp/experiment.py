@@ -104,6 +104,7 @@ def train_in_run(
     lineage.log_split_inputs(ds.source, s)
     keras.utils.clear_session()
     precision = train.resolve_precision(p["precision"])
+    train.seed_everything(p["seed"])  # initial weights draw from the seeded RNGs, not from what ran before
     with train.precision_policy(precision):
         model = models.build(family, p)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})

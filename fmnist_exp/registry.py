@@ -159,10 +159,14 @@ def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study
         client.set_tag(parent_run_id, "registration", out["decision"])
         return out
     test = test_evaluation(cand.run_id, cand.model_uri, ds)
+    from . import lineage  # imported here to keep this edit to the tag lines (issue 12)
+
     tags = {"study": study_name, "trial_number": str(cand.trial_number), "val_accuracy": f"{cand.val_accuracy:.6f}",
-            "source_run_id": cand.run_id, "family": family, "candidate": cand.origin}
+            "source_run_id": cand.run_id, "family": family, "candidate": cand.origin,
+            **lineage.version_tags(cand.run_id, parent_run_id)}
     out.update(register(cand.classifier_uri, model_name, test[C.TEST_ACC], tags),
                test_accuracy=test[C.TEST_ACC], test_macro_f1=test[C.TEST_F1])
+    lineage.tag_reproduce_command(model_name, out["registered_version"])
     client.log_metric(parent_run_id, "best_val_accuracy", cand.val_accuracy)
     client.log_metric(parent_run_id, "best_test_accuracy", test[C.TEST_ACC])
     if np.isfinite(out["previous_champion_test_accuracy"]):

@@ -134,9 +134,9 @@ def warnings_for(orig: Original, splits: D.Splits, precision_now: str) -> list[s
     elif now[lineage.GIT_COMMIT_TAG] != then[lineage.GIT_COMMIT_TAG]:
         out.append(f"code differs: the original was trained at commit {then[lineage.GIT_COMMIT_TAG][:12]}, "
                    f"this is {now[lineage.GIT_COMMIT_TAG][:12]} (git checkout the original for a faithful rebuild)")
-    for who, state in (("original's", then), ("current", now)):
+    for who, state in (("the original was trained from", then), ("this rebuild runs from", now)):
         if state[lineage.GIT_DIRTY_TAG] == "true":
-            out.append(f"the {who} working tree had uncommitted edits: the commit alone does not pin the code")
+            out.append(f"{who} a working tree with uncommitted edits: the commit alone does not pin the code")
     if orig.unrecorded:
         out.append(f"the original run did not record {', '.join(orig.unrecorded)}: today's defaults are used")
     digests = {"training": lineage.split_digest(splits.x_train, splits.y_train),

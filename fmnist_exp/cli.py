@@ -19,6 +19,7 @@ DESCRIPTIONS = {
     "tune": "run or resume an Optuna study; register the best model",
     "register": "register the best model of a study that (other) tune workers ran",
     "predict": "classify PNG/JPEG files (or folders of them) with a registered model",
+    "reproduce": "retrain a registered or logged model from its recorded parameters and data; compare the two",
 }
 
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "predict":
         return _predict(images, params)
+    if args.command == "reproduce":
+        return _reproduce(params)
     return _dispatch(args.command, params)
 
 
@@ -73,6 +76,20 @@ def _predict(images: list[str], params: dict) -> int:
     for row in table.itertuples():
         print(f"{row.file}\t{row.label}\t{row.class_name}\t{row.confidence:.3f}")
     return 0
+
+
+def _reproduce(params: dict) -> int:
+    from . import data, reproduce, tracking
+
+    try:
+        with tracking.interrupts_end_runs():
+            return reproduce.run(params)
+    except (reproduce.ReproduceError, data.DataError, C.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow run was ended as FAILED", file=sys.stderr)
+        return 130
 
 
 def _dispatch(command: str, params: dict) -> int:

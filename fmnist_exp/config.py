@@ -182,6 +182,19 @@ PREDICT_PARAMS = [
 ]
 
 
+REPRODUCE_PARAMS = [
+    replace(PREDICT_PARAMS[0], help="model to rebuild: models:/<name>/<version>, models:/<name>@<alias> "
+            "or runs:/<run_id>/<path>"),
+    Param("tolerance", 0.003, "largest accepted test-accuracy difference to the original, either way, as a fraction "
+          "(0.003 = 0.3 percentage points = 30 of the 10,000 test images); exit code 1 beyond it",
+          in_range(0, 1)),
+    Param("data_dir", "", "folder with the dataset ('' = search the usual places); refused unless its "
+          "sha256 is the original's"),
+    Param("exact", False, "true: pass only if the rebuild's test-set probabilities are bit-identical to the "
+          "original's (same machine, code and data give that; tolerance is then not used)"),
+]
+
+
 def family_params(family: str) -> list[Param]:
     """All parameters of one family's entry point, in CLI order."""
     if family not in FAMILY_PARAMS:
@@ -193,12 +206,13 @@ def family_params(family: str) -> list[Param]:
     return [*own.values(), *restated, *DATA_PARAMS]
 
 
-COMMANDS = (*FAMILIES, "tune", "register", "predict")
+COMMANDS = (*FAMILIES, "tune", "register", "predict", "reproduce")
 
 
 def command_params(command: str) -> list[Param]:
     """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
-    special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS}
+    special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS,
+               "reproduce": REPRODUCE_PARAMS}
     return special[command] if command in special else family_params(command)
 
 

@@ -102,8 +102,10 @@ def train_in_run(
     tracking.log_params({**p, "family": family})
     tracking.log_params(ds.describe())
     lineage.log_split_inputs(ds.source, s)
+    lineage.log_code_version()
     keras.utils.clear_session()
     precision = train.resolve_precision(p["precision"])
+    train.seed_everything(p["seed"])  # initial weights draw from the seeded RNGs, not from what ran before
     with train.precision_policy(precision):
         model = models.build(family, p)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
@@ -165,6 +167,7 @@ def baseline_run(p: dict, *, ds: D.Dataset | None = None) -> RunResult:
         tracking.log_params({**p, "family": "baseline"})
         tracking.log_params(ds.describe())
         lineage.log_split_inputs(ds.source, s)
+        lineage.log_code_version()
         majority = DummyClassifier(strategy="most_frequent").fit(flat(s.x_train), s.y_train)
         mlflow.log_metrics({
             "majority_val_accuracy": float(majority.score(flat(s.x_val), s.y_val)),

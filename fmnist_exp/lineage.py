@@ -1,15 +1,19 @@
-"""Lineage: which data a run saw, recorded where the MLflow UI shows it.
+"""Lineage: which data and which code a run saw, recorded where the MLflow UI shows it, and
+what a registered version needs to be rebuilt (``python -m fmnist_exp reproduce``).
 
 Every training run (and every trial) logs its training, validation and test splits as MLflow
 dataset inputs (the runs table's Dataset column, the run page's Datasets panel). Each split's
 digest is derived from its full content (MLflow's own digest hashes only the first 10,000
 elements, which would miss a changed tail of the 54,000 training images), so two runs show the
-same digest exactly when they saw the same images and labels.
+same digest exactly when they saw the same images and labels. Every training run is also
+tagged with the project's git commit and whether the tree had uncommitted edits; a registered
+version carries both, the data digests and the command that rebuilds it (:func:`version_tags`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -59,3 +63,94 @@ def log_split_inputs(source: str, splits) -> dict[str, str]:
     contexts = list(datasets)
     mlflow.log_inputs(datasets=[datasets[c] for c in contexts], contexts=contexts, tags_list=[None] * len(contexts))
     return {c: datasets[c].digest for c in contexts}
+
+
+# ----------------------------------------------------------------------------- code version
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+UNKNOWN = "unknown"
+GIT_COMMIT_TAG, GIT_DIRTY_TAG = "git_commit", "git_dirty"
+MLFLOW_GIT_TAG = "mlflow.source.git.commit"  # what `mlflow run` records from a git checkout
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_DIR), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # no git on this machine
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state() -> dict[str, str]:
+    """The project's commit and whether its tree differs from it (``git status --porcelain``
+    of the project folder): 'unknown' for both outside a git checkout (an installed wheel)."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {GIT_COMMIT_TAG: UNKNOWN, GIT_DIRTY_TAG: UNKNOWN}
+    status = _git("status", "--porcelain", "--", ".")
+    dirty = UNKNOWN if status is None else str(bool(status.strip())).lower()
+    return {GIT_COMMIT_TAG: commit.strip(), GIT_DIRTY_TAG: dirty}
+
+
+def log_code_version() -> dict[str, str]:
+    """Tag the active run with the code's commit and dirty flag (beside MLflow's own
+    ``mlflow.source.git.commit``, which only `mlflow run` sets and which says nothing of edits)."""
+    import mlflow
+
+    state = git_state()
+    mlflow.set_tags(state)
+    return state
+
+
+def recorded_code_version(run) -> dict[str, str]:
+    """Commit and dirty flag a run recorded: our tags, else MLflow's commit tag, else unknown."""
+    tags = run.data.tags
+    commit = tags.get(GIT_COMMIT_TAG) or tags.get(MLFLOW_GIT_TAG) or UNKNOWN
+    return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: tags.get(GIT_DIRTY_TAG, UNKNOWN)}
+
+
+# ----------------------------------------------------------------------------- registered versions
+
+REPRODUCE_TAG = "reproduce_command"
+
+
+def split_digests(run) -> dict[str, str]:
+    """context -> digest of the dataset inputs a run logged (see log_split_inputs)."""
+    out = {}
+    for d in run.inputs.dataset_inputs if run.inputs else []:
+        context = {t.key: t.value for t in d.tags}.get("mlflow.data.context")
+        if context and d.dataset.name == DATASET_NAME:
+            out[context] = d.dataset.digest
+    return out
+
+
+def version_tags(source_run_id: str, parent_run_id: str | None = None) -> dict[str, str]:
+    """What a registered version needs to be rebuilt, read from the run it was registered from
+    (and the study's parent run, for the Optuna storage): code version, data digests and where
+    the data came from. The study, trial and test accuracy tags are the registry's own."""
+    from mlflow.tracking import MlflowClient
+
+    from .storage import redact
+
+    client = MlflowClient()
+    run = client.get_run(source_run_id)
+    params = run.data.params
+    tags = {**recorded_code_version(run), "data_sha256": params.get("data_sha256", UNKNOWN),
+            "data_source": params.get("data_source", UNKNOWN)}
+    tags.update({f"data_digest_{ctx}": digest for ctx, digest in split_digests(run).items()})
+    if parent_run_id:
+        storage = client.get_run(parent_run_id).data.params.get("optuna_storage")
+        if storage:
+            tags["optuna_storage"] = redact(storage)
+    return tags
+
+
+def reproduce_command(name: str, version: int | str) -> str:
+    return f"mlflow run . -e reproduce -P model_uri=models:/{name}/{version}"
+
+
+def tag_reproduce_command(name: str, version: int | str) -> None:
+    """Set once the version number exists (registration assigns it)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_model_version_tag(name, str(version), REPRODUCE_TAG, reproduce_command(name, version))

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from . import config as C
 from . import data as D
-from . import plots, stats
+from . import lineage, plots, stats
 from .serving import MAX_BATCH
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -222,9 +222,11 @@ def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study
         client.set_tag(parent_run_id, "registration", out["decision"])
         return out
     tags = {"study": study_name, "trial_number": str(cand.trial_number), "val_accuracy": f"{cand.val_accuracy:.6f}",
-            "source_run_id": cand.run_id, "family": family, "candidate": cand.origin}
+            "source_run_id": cand.run_id, "family": family, "candidate": cand.origin,
+            **lineage.version_tags(cand.run_id, parent_run_id)}
     out.update(register(cand.classifier_uri, model_name, ds, tags, promote_alpha=promote_alpha,
                         labels=cand.test_labels))
+    lineage.tag_reproduce_command(model_name, out["registered_version"])
     gate = {k: v for k, v in out.items() if k.startswith("gate_")}
     record(parent_run_id, {"best_val_accuracy": cand.val_accuracy, "best_test_accuracy": out["test_accuracy"], **gate},
            {"registration": out["decision"], "gate_decision": out["alias"],

@@ -1,0 +1,209 @@
+"""`reproduce`: rebuild a registered (or logged) model from what its run recorded, and say how
+close the rebuild came.
+
+    python -m fmnist_exp reproduce --model_uri models:/fmnist-classifier@champion
+    mlflow run . -e reproduce -P model_uri=models:/fmnist-classifier/3
+
+The source run (a registered version's run: the trial or the study's final retrain; or the
+run named in a ``runs:/`` URI) holds every parameter, the seed, the data's sha256 and the
+code's commit. Data with another digest is refused (exit 2) before any training; another
+commit or uncommitted edits only warn. The rebuild is a new run ``reproduce <uri>`` linked to
+the original (tags and a parameter); it is scored on the test split and compared with the
+original on the same images: accuracy difference with its paired standard error, and the
+share of images on which the two models give the same answer. Exit 1 when the difference
+is beyond ``tolerance`` or, with ``exact``, when the rebuild is not bit-identical.
+
+Measured (bench/bench_determinism.py): on one machine, a fit with the same code, data and seed
+is bit-identical across processes without TensorFlow's op-determinism switch (which costs
+little here but gives other bits than the default kernels, so turning it on would break replays
+of models trained without it). Another oneDNN setting or thread count gives other bits and a
+test accuracy a few tenths of a point away: hence a tolerance by default, ``exact`` on request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import config as C
+from . import data as D
+from . import lineage
+
+LINK_TAG, LINK_URI_TAG = "reproduces_run_id", "reproduces_model_uri"
+
+
+class ReproduceError(Exception):
+    """The model cannot be rebuilt as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Original:
+    """What the source run recorded: enough to train the same model again."""
+
+    uri: str
+    run_id: str
+    family: str
+    params: dict  # the family's resolved parameters, as recorded
+    unrecorded: tuple[str, ...]  # parameters the run predates; they take today's defaults
+    data_sha256: str
+    data_source: str
+    split_digests: dict[str, str]
+    code: dict[str, str]  # git_commit, git_dirty
+    keras_uri: str
+    test_accuracy: float  # as logged (run metric, else the version's tag); nan if never scored
+    precision_used: str
+
+
+def source_run_id(uri: str) -> tuple[str, float]:
+    """The run behind ``uri`` and, for a registered version, its ``test_accuracy`` tag."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if uri.startswith("runs:/"):
+            return RunsArtifactRepository.parse_runs_uri(uri)[0], math.nan
+        if uri.startswith("models:/"):
+            found = get_model_name_and_version(client, uri)
+            if len(found) == 1:
+                raise ReproduceError(f"model_uri={uri}: a logged-model id; pass models:/<name>/<version>, "
+                                     "models:/<name>@<alias> or runs:/<run_id>/model")
+            mv = client.get_model_version(*found)
+            run_id = mv.run_id or mv.tags.get("source_run_id", "")
+            if not run_id:
+                raise ReproduceError(f"{uri} (version {mv.version}) names no source run, so nothing records how "
+                                     "it was trained")
+            return run_id, float(mv.tags.get(C.TEST_ACC, "nan"))
+    except MlflowException as e:
+        raise ReproduceError(f"model_uri={uri}: {e.message}. Check the name, version or alias (and "
+                             "MLFLOW_TRACKING_URI: it must be the store the model was registered in)") from None
+    raise ReproduceError(f"model_uri={uri}: not a models:/<name>/<version>, models:/<name>@<alias> or "
+                         "runs:/<run_id>/<path> URI")
+
+
+def read_original(uri: str) -> Original:
+    """Everything the rebuild needs from the source run; refuses runs that trained no network."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id, version_acc = source_run_id(uri)
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        raise ReproduceError(f"{uri}: its source run {run_id} cannot be read ({e.message})") from None
+    params, tags = run.data.params, run.data.tags
+    family = params.get("family") or tags.get("family", "")
+    if family not in ("mlp", "cnn") or "model_uri" not in tags:
+        raise ReproduceError(
+            f"{uri}: run {run_id} ({tags.get('mlflow.runName', '?')}) holds no trained mlp or cnn model "
+            f"(family {family or 'unknown'!r}); pass a training run, a trial or a registered version")
+    names = [p.name for p in C.family_params(family)]
+    recorded = {k: params[k] for k in names if k in params}
+    if "data_sha256" not in params:
+        raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
+    logged = run.data.metrics.get(C.TEST_ACC, version_acc)
+    return Original(uri=uri, run_id=run_id, family=family, params=C.resolve(family, recorded),
+                    unrecorded=tuple(k for k in names if k not in params), data_sha256=params["data_sha256"],
+                    data_source=params.get("data_source", "?"), split_digests=lineage.split_digests(run),
+                    code=lineage.recorded_code_version(run), keras_uri=tags["model_uri"],
+                    test_accuracy=float(logged), precision_used=params.get("precision_used", ""))
+
+
+def check_data(orig: Original, ds: D.Dataset) -> None:
+    if ds.sha256 != orig.data_sha256:
+        raise ReproduceError(
+            f"the data found now ({ds.source}, sha256 {ds.sha256[:16]}...) is not the data run {orig.run_id} "
+            f"trained on ({orig.data_source}, sha256 {orig.data_sha256[:16]}...); nothing was trained. "
+            "Point --data_dir (-P data_dir=...) at the original files")
+
+
+def warnings_for(orig: Original, splits: D.Splits, precision_now: str) -> list[str]:
+    """What may make the rebuild differ although the data is the same."""
+    out = []
+    now = lineage.git_state()
+    then = orig.code
+    if lineage.UNKNOWN in (now[lineage.GIT_COMMIT_TAG], then[lineage.GIT_COMMIT_TAG]):
+        out.append(f"code version unknown (original {then[lineage.GIT_COMMIT_TAG]}, now "
+                   f"{now[lineage.GIT_COMMIT_TAG]}): cannot tell whether the code changed")
+    elif now[lineage.GIT_COMMIT_TAG] != then[lineage.GIT_COMMIT_TAG]:
+        out.append(f"code differs: the original was trained at commit {then[lineage.GIT_COMMIT_TAG][:12]}, "
+                   f"this is {now[lineage.GIT_COMMIT_TAG][:12]} (git checkout the original for a faithful rebuild)")
+    for who, state in (("the original was trained from", then), ("this rebuild runs from", now)):
+        if state[lineage.GIT_DIRTY_TAG] == "true":
+            out.append(f"{who} a working tree with uncommitted edits: the commit alone does not pin the code")
+    if orig.unrecorded:
+        out.append(f"the original run did not record {', '.join(orig.unrecorded)}: today's defaults are used")
+    digests = {"training": lineage.split_digest(splits.x_train, splits.y_train),
+               "validation": lineage.split_digest(splits.x_val, splits.y_val)}
+    if orig.split_digests and any(orig.split_digests.get(k) not in (None, v) for k, v in digests.items()):
+        out.append("same data, but the training/validation split differs from the original's "
+                   "(another scikit-learn version?)")
+    if orig.precision_used and precision_now != orig.precision_used:
+        out.append(f"the original trained in {orig.precision_used}, this machine trains in {precision_now}")
+    return out
+
+
+def compare(y: np.ndarray, orig_probs: np.ndarray, new_probs: np.ndarray) -> dict[str, float]:
+    """Paired on the same test images: the accuracy difference (new - original) with its
+    standard error, and the share of images both models answer alike."""
+    orig_ok = orig_probs.argmax(1) == y
+    new_ok = new_probs.argmax(1) == y
+    d = new_ok.astype(float) - orig_ok.astype(float)
+    return {"original_test_accuracy_now": float(orig_ok.mean()), "paired_difference_se": float(d.std(ddof=1) /
+            math.sqrt(len(d))), "agreement": float((orig_probs.argmax(1) == new_probs.argmax(1)).mean()),
+            "bit_identical": float(orig_probs.shape == new_probs.shape and np.array_equal(orig_probs, new_probs))}
+
+
+def run(params: dict) -> int:
+    """The ``reproduce`` entry point; returns the exit code (0 passed, 1 beyond tolerance / not exact)."""
+    import mlflow
+
+    from . import experiment, tracking, train
+
+    orig = read_original(params["model_uri"])
+    ds = D.load(params["data_dir"] or None)
+    check_data(orig, ds)
+    p = {**orig.params, "data_dir": params["data_dir"]}
+    _, splits = experiment.load_splits(p, ds)
+    for w in warnings_for(orig, splits, train.resolve_precision(p["precision"])):
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+    link = {LINK_TAG: orig.run_id, LINK_URI_TAG: orig.uri}
+    with mlflow.start_run(run_name=f"reproduce {orig.uri}", tags=link,
+                          description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
+        tracking.log_params({**params, LINK_TAG: orig.run_id})  # keys `mlflow run` logged stay as they are
+        result = experiment.train_in_run(orig.family, p, ds=ds, extra_tags=link)
+        new_probs = train.predict_proba(mlflow.keras.load_model(result.model_uri), ds.x_test)
+        orig_probs = train.predict_proba(mlflow.keras.load_model(orig.keras_uri), ds.x_test)
+        report = compare(ds.y_test, orig_probs, new_probs)
+        original_acc = orig.test_accuracy if math.isfinite(orig.test_accuracy) else report["original_test_accuracy_now"]
+        diff = result.metrics[C.TEST_ACC] - original_acc
+        failure = judge(diff, report, tolerance=params["tolerance"], exact=params["exact"])
+        mlflow.log_metrics({"original_test_accuracy": original_acc, "accuracy_difference": diff, **report})
+        mlflow.set_tag("reproduce_verdict", failure or "passed")
+    print(json.dumps({"run_id": result.run_id, LINK_TAG: orig.run_id, "model_uri": orig.uri,
+                      C.TEST_ACC: round(result.metrics[C.TEST_ACC], 6), "original_test_accuracy": round(original_acc, 6),
+                      "accuracy_difference": round(diff, 6), **{k: round(v, 6) for k, v in report.items()},
+                      "tolerance": params["tolerance"], "exact": params["exact"], "passed": not failure}))
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def judge(diff: float, report: dict, *, tolerance: float, exact: bool) -> str:
+    """'' when the rebuild passes, else what failed."""
+    if exact and not report["bit_identical"]:
+        return (f"exact=true, but the rebuild's test-set probabilities are not bit-identical to the original's "
+                f"({report['agreement']:.2%} of answers agree, accuracy difference {diff * 100:+.2f} points); "
+                "another CPU, thread count or TensorFlow build changes the bits: use exact=false and a tolerance")
+    if not exact and abs(diff) > tolerance:
+        return (f"the rebuild's test accuracy differs from the original's by {diff * 100:+.2f} points (paired "
+                f"standard error {report['paired_difference_se'] * 100:.2f}), beyond the tolerance of "
+                f"{tolerance * 100:.2f} points")
+    return ""

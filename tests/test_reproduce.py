@@ -1,0 +1,136 @@
+"""Lineage on registered versions and the `reproduce` entry point, on tiny budgets: a version
+carries what rebuilds it, the rebuild runs through the real CLI and `mlflow run`, and data with
+another digest is refused before anything trains."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, cli, mlflow_run
+from fmnist_exp import config as C
+from fmnist_exp import data, experiment, lineage, tune
+
+pytestmark = pytest.mark.slow
+MODEL = "fmnist-classifier"
+STUDY = """
+description: One tiny MLP trial, retrained once, for the reproduce tests.
+family: mlp
+budget: {n_trials: 1, epochs: 1, train_samples: 1000, timeout: 0}
+fixed: {lr_schedule: cosine, early_stopping_patience: 0, hidden_units: '64'}
+space:
+  dropout: {type: float, low: 0.0, high: 0.3}
+pruner: {type: none}
+final: {epochs: 2}
+"""
+TINY_MLP = {"epochs": 1, "train_samples": 1000, "hidden_units": "64", "early_stopping_patience": 0}
+
+
+def runs(filter_string=""):
+    return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_version_carries_lineage_and_mlflow_run_reproduces_it(tracking, tmp_path, dataset):
+    study = tmp_path / "tiny.yaml"
+    study.write_text(STUDY)
+    summary = tune.run(C.resolve_tune({"family": "mlp", "study": str(study)}))
+    assert summary["candidate"] == "final retrain" and summary["registered_version"] == 1
+    client = MlflowClient()
+    mv = client.get_model_version(MODEL, "1")
+    source = client.get_run(mv.run_id)
+    assert source.info.run_name == "final (trial 0)"
+    t = mv.tags
+    assert t["source_run_id"] == mv.run_id and t["family"] == "mlp" and t["trial_number"] == "0"
+    assert t["git_commit"] == head_commit() and t["git_dirty"] in ("true", "false")
+    assert source.data.tags["git_commit"] == t["git_commit"]  # every training run carries it too
+    assert t["data_sha256"] == dataset.sha256
+    assert {t[f"data_digest_{c}"] for c in ("training", "validation", "test")} == set(
+        lineage.split_digests(source).values()) and len(lineage.split_digests(source)) == 3
+    assert t["optuna_storage"].startswith("sqlite:///") and t["study"] == "tiny"
+    assert t["reproduce_command"] == f"mlflow run . -e reproduce -P model_uri=models:/{MODEL}/1"
+
+    proc = mlflow_run("reproduce", {"model_uri": f"models:/{MODEL}@champion", "tolerance": 0.15}, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [rebuild] = runs(f"tags.reproduces_run_id = '{mv.run_id}'")
+    assert rebuild.info.run_name == f"reproduce models:/{MODEL}@champion" and rebuild.info.status == "FINISHED"
+    assert rebuild.data.params["reproduces_run_id"] == mv.run_id
+    assert rebuild.data.params["epochs"] == "2" and rebuild.data.params["dropout"] == source.data.params["dropout"]
+    assert rebuild.data.tags["reproduces_model_uri"] == f"models:/{MODEL}@champion"
+    m = rebuild.data.metrics
+    assert m["original_test_accuracy"] == pytest.approx(float(t["test_accuracy"]), abs=1e-6)
+    assert m["accuracy_difference"] == pytest.approx(m["test_accuracy"] - m["original_test_accuracy"])
+    # same code, data and seed on the same machine: bit for bit, although the original was built in a
+    # process that had trained trial 0 first (initial weights come from the run's seed, not from history)
+    assert m["bit_identical"] == 1 and m["agreement"] == 1 and m["accuracy_difference"] == 0
+    report = last_json(proc.stdout)
+    assert report["reproduces_run_id"] == mv.run_id and report["passed"] is True
+
+
+def _copy_with_one_label_changed(dst):
+    dst.mkdir()
+    for stem in data.IDX_FILES.values():
+        if stem != data.IDX_FILES["y_test"]:
+            shutil.copy(data.DEBIAN_DIR / f"{stem}.gz", dst / f"{stem}.gz")
+    labels = bytearray(gzip.decompress((data.DEBIAN_DIR / f"{data.IDX_FILES['y_test']}.gz").read_bytes()))
+    labels[8] = (labels[8] + 1) % 10  # the first test label (after the 8-byte IDX header)
+    (dst / data.IDX_FILES["y_test"]).write_bytes(bytes(labels))
+
+
+def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, dataset):
+    if not data.DEBIAN_DIR.is_dir():
+        pytest.skip("needs Debian's dataset-fashion-mnist to make a modified copy")
+    p = C.resolve("mlp", TINY_MLP)
+    original = experiment.train_run("mlp", p, ds=dataset)
+    uri = f"runs:/{original.run_id}/model"
+    other = tmp_path / "other-data"
+    _copy_with_one_label_changed(other)
+
+    refused = cli(["reproduce", "--model_uri", uri, "--data_dir", str(other)], tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "is not the data run" in refused.stderr and "nothing was trained" in refused.stderr
+    assert len(runs()) == 1, "refused before any run started"
+
+    # same machine, code, data and seed: bit for bit the original (bench/bench_determinism.py), so exact holds
+    proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [rebuild] = runs(f"tags.reproduces_run_id = '{original.run_id}'")
+    assert rebuild.info.run_name == f"reproduce {uri}" and rebuild.data.tags["reproduce_verdict"] == "passed"
+    report = last_json(proc.stdout)
+    assert report["original_test_accuracy"] == pytest.approx(original.metrics["test_accuracy"], abs=1e-6)
+    assert report["bit_identical"] == 1 and report["agreement"] == 1 and report["accuracy_difference"] == 0
+    assert report["run_id"] == rebuild.info.run_id
+
+
+def test_version_tags_redact_the_storage_password(tracking):
+    with mlflow.start_run() as parent:
+        mlflow.log_param("optuna_storage", "postgresql://fmnist:s3cret@db.example:5432/optuna")
+    with mlflow.start_run() as source:
+        mlflow.log_params({"data_sha256": "ab" * 32, "data_source": "/data"})
+        mlflow.set_tag("mlflow.source.git.commit", "c0ffee")  # what `mlflow run` records
+    tags = lineage.version_tags(source.info.run_id, parent.info.run_id)
+    assert tags["optuna_storage"] == "postgresql://fmnist:***@db.example:5432/optuna"
+    assert "s3cret" not in json.dumps(tags)
+    assert tags["git_commit"] == "c0ffee" and tags["git_dirty"] == "unknown"
+    assert tags["data_sha256"] == "ab" * 32
+
+
+def test_unknown_model_refused_before_work(tracking, tmp_path):
+    out = cli(["reproduce", "--model_uri", "models:/no-such-model/3"], tmp_path)
+    assert out.returncode == 2 and "model_uri=models:/no-such-model/3" in out.stderr
+    out = cli(["reproduce", "--model_uri", "s3://bucket/model"], tmp_path)
+    assert out.returncode == 2 and "not a models:/" in out.stderr

@@ -16,3 +16,11 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # phases; BENCHMARKS.md). Must be set
 # before TensorFlow is imported; export TF_ENABLE_ONEDNN_OPTS=0 to compare.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# A study must survive its tracking server being down for 60 s (a restart, a redeploy): every MLflow
+# call retries a refused or failed request with exponential backoff, 2 * 2^(n-1) s capped at 120 s
+# (urllib3), so with 7 retries the last attempt goes out 244 s after the first failure (at 0, 0, 4,
+# 12, 28, 60, 124, 244 s). These are MLflow 3's defaults, pinned here so that the guarantee does
+# not rest on them (tests/test_faults.py checks the window MLflow builds from them). The price of
+# backoff: a call may wait up to one step (up to 64 s for a 60-120 s outage) after the server is back.
+_os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+_os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")

@@ -71,6 +71,12 @@ class Progress:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
 
 
+def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """After each trial: a Ctrl-C or SIGTERM that a storage call turned into a failed trial
+    still stops the worker (runs end FAILED, exit code 130), as one that reached it directly."""
+    tracking.raise_if_interrupted()
+
+
 def make_objective(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, parent_run_id: str,
                    train_fn=None):
     """The objective: suggest, train one nested run, return validation accuracy.
@@ -255,7 +261,8 @@ def run(args: dict, *, train_fn=None) -> dict:
                 study.optimize(
                     make_objective(setup.spec, setup.base, setup.ds, setup.study_name, pid, train_fn),
                     n_trials=setup.budget["n_trials"], timeout=setup.budget["timeout"] or None,
-                    catch=(Exception,), callbacks=[Progress(setup.budget["n_trials"], pid)], gc_after_trial=True,
+                    catch=(Exception,), callbacks=[Progress(setup.budget["n_trials"], pid), stop_if_interrupted],
+                    gc_after_trial=True,
                 )
             finally:
                 tracking.end_orphaned_children(pid)

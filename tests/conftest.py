@@ -1,18 +1,21 @@
 """Shared fixtures: every budget shrinks (tiny subsets, 1-2 epochs), never the behaviour.
 
 Tracking goes to a real MLflow sqlite store under tmp_path; entry points run through the
-real `mlflow run` CLI in a subprocess.
+real `mlflow run` CLI in a subprocess. The scale-out and fault tests share a ``cluster``: a real
+`mlflow server` on a fresh PostgreSQL database and an Optuna database beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -80,12 +83,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(cmd: list[str], ready_url: str, *, cwd: Path, env: dict, timeout: int = 180):
-    """Start a server process (output to cwd/server.log), wait until ``ready_url`` answers,
-    and stop it afterwards; fail with the log's tail if it exits or never answers."""
-    log_path = cwd / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+def running_server(cmd: list[str], ready_url: str, *, cwd: Path, env: dict, timeout: int = 180,
+                   log: str = "server.log"):
+    """Start a server process in its own process group (output to cwd/``log``), wait until
+    ``ready_url`` answers, yield the process, and stop the whole group afterwards (`mlflow server`
+    runs uvicorn workers as children); fail with the log's tail if it exits or never answers."""
+    log_path = cwd / log
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.time() + timeout
             while True:
@@ -98,7 +103,117 @@ def running_server(cmd: list[str], ready_url: str, *, cwd: Path, env: dict, time
                     if time.time() > deadline:
                         pytest.fail(f"no answer from {ready_url} within {timeout} s:\n" + log_path.read_text()[-3000:])
                     time.sleep(1)
-            yield
+            yield proc
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_group(proc, signal.SIGTERM)
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the process group ``proc`` leads and reap it; SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+    except ProcessLookupError:  # already gone (a test killed it)
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+# --- many workers on one study: PostgreSQL, a real `mlflow server`, `tune` worker processes ---
+
+MODEL = "fmnist-classifier"
+STUDY = """description: scale-out test study
+family: mlp
+budget: {{n_trials: 2, epochs: {epochs}, train_samples: {samples}, timeout: 0}}
+fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
+space:
+  dropout: {{type: float, low: 0.0, high: 0.3}}
+  learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+  hidden_units: {{type: widths, layers: [1, 2], units: [32, 64]}}
+pruner: {{type: none}}
+"""
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An AUTOCOMMIT engine on FMNIST_TEST_PG; skips without PostgreSQL, fails under CI=true."""
+    import sqlalchemy
+
+    url = os.environ.get("FMNIST_TEST_PG", "postgresql://fmnist:fmnist@127.0.0.1:5432/postgres")
+    try:
+        engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as c:
+            c.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as e:
+        msg = f"PostgreSQL not reachable at {url} ({type(e).__name__}); run scripts/start_postgres.sh"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " -- CI must run these tests")
+        pytest.skip(msg)
+    yield url, engine
+    engine.dispose()
+
+
+def fresh_db(pg_admin, prefix: str) -> str:
+    import sqlalchemy
+
+    url, engine = pg_admin
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as c:
+        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def cluster(pg_admin, tmp_path, monkeypatch):
+    """A real mlflow server (PostgreSQL backend, proxied artifacts) and an Optuna database.
+
+    ``server`` is the server process (its group leader) and ``server_cmd`` starts it again on the
+    same port and backend, for the tests that kill it."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cmd = [MLFLOW, "server", "--backend-store-uri", fresh_db(pg_admin, "mlflow"), "--artifacts-destination",
+           str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(cmd, uri + "/health", cwd=tmp_path, env=subprocess_env(), timeout=120) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        yield {"tracking": uri, "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path,
+               "server": server, "server_cmd": cmd}
+
+
+def worker(cluster, study_file, study_name, n_trials, log_name):
+    """A `tune` worker process on the cluster (short heartbeats), output to tmp/``log_name``."""
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"],
+           "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": "8"}
+    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study_file),
+           "--study_name", study_name, "--storage", cluster["optuna"], "--n_trials", str(n_trials)]
+    log = open(cluster["tmp"] / log_name, "w")
+    return subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def all_runs():
+    import mlflow
+
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def trial_runs(runs):
+    return [r for r in runs if "optuna_trial" in r.data.tags and "final_of_trial" not in r.data.tags]
+
+
+def wait_for_epoch(proc, log_path: Path, timeout: int = 300):
+    """Wait until a trial of ``proc`` is provably in flight: RUNNING in MLflow with at least one
+    epoch's val_accuracy logged; return that run. Fails (killing ``proc``) if it never gets there."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        running = [r for r in trial_runs(all_runs()) if r.info.status == "RUNNING"]
+        if running and client.get_metric_history(running[0].info.run_id, "val_accuracy"):
+            return running[0]
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("no trial got through an epoch:\n" + log_path.read_text()[-3000:])

@@ -7,90 +7,17 @@ CI=true a missing PostgreSQL is a failure, not a skip.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 
 import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import MLFLOW, free_port, running_server, subprocess_env
+from conftest import MODEL, STUDY, all_runs, trial_runs, wait_for_epoch, worker
 
 pytestmark = pytest.mark.slow
-MODEL = "fmnist-classifier"
-STUDY = """description: scale-out test study
-family: mlp
-budget: {{n_trials: 2, epochs: {epochs}, train_samples: {samples}, timeout: 0}}
-fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
-space:
-  dropout: {{type: float, low: 0.0, high: 0.3}}
-  learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
-  hidden_units: {{type: widths, layers: [1, 2], units: [32, 64]}}
-pruner: {{type: none}}
-"""
-
-
-@pytest.fixture(scope="module")
-def pg_admin():
-    import sqlalchemy
-
-    url = os.environ.get("FMNIST_TEST_PG", "postgresql://fmnist:fmnist@127.0.0.1:5432/postgres")
-    try:
-        engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as c:
-            c.execute(sqlalchemy.text("SELECT 1"))
-    except Exception as e:
-        msg = f"PostgreSQL not reachable at {url} ({type(e).__name__}); run scripts/start_postgres.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " -- CI must run these tests")
-        pytest.skip(msg)
-    yield url, engine
-    engine.dispose()
-
-
-def fresh_db(pg_admin, prefix: str) -> str:
-    import sqlalchemy
-
-    url, engine = pg_admin
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with engine.connect() as c:
-        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
-@pytest.fixture
-def cluster(pg_admin, tmp_path, monkeypatch):
-    """A real mlflow server (PostgreSQL backend, proxied artifacts) and an Optuna database."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [MLFLOW, "server", "--backend-store-uri", fresh_db(pg_admin, "mlflow"), "--artifacts-destination",
-           str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with running_server(cmd, uri + "/health", cwd=tmp_path, env=subprocess_env(), timeout=120):
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        yield {"tracking": uri, "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path}
-
-
-def worker(cluster, study_file, study_name, n_trials, log_name):
-    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"],
-           "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": "8"}
-    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study_file),
-           "--study_name", study_name, "--storage", cluster["optuna"], "--n_trials", str(n_trials)]
-    log = open(cluster["tmp"] / log_name, "w")
-    return subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def all_runs():
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
-
-
-def trial_runs(runs):
-    return [r for r in runs if "optuna_trial" in r.data.tags and "final_of_trial" not in r.data.tags]
 
 
 def test_three_workers_share_one_study(cluster):
@@ -139,17 +66,7 @@ def test_killed_worker_trial_fails_and_is_retried(cluster):
     study_file.write_text(STUDY.format(epochs=12, samples=3000))
     victim = worker(cluster, study_file, "kill", 1, "victim.log")
     # wait until the victim's trial has trained at least one epoch, then kill it without warning
-    client = MlflowClient()
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        running = [r for r in trial_runs(all_runs()) if r.info.status == "RUNNING"]
-        if running and client.get_metric_history(running[0].info.run_id, "val_accuracy"):
-            break
-        time.sleep(0.5)
-    else:
-        victim.kill()
-        pytest.fail("the victim's trial never started:\n" + (cluster["tmp"] / "victim.log").read_text()[-3000:])
-    victim_run = running[0]
+    victim_run = wait_for_epoch(victim, cluster["tmp"] / "victim.log")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     time.sleep(9)  # past the grace period: the victim's heartbeat is stale now
@@ -171,7 +88,7 @@ def test_killed_worker_trial_fails_and_is_retried(cluster):
     victim_parent = runs[victim_run.data.tags["mlflow.parentRunId"]]
     assert victim_parent.info.status == "FAILED"
     assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
-    assert client.get_model_version_by_alias(MODEL, "champion")
+    assert MlflowClient().get_model_version_by_alias(MODEL, "champion")
 
 
 def test_second_worker_on_sqlite_is_refused(tmp_path, tracking):

@@ -22,11 +22,15 @@ import fcntl
 import functools
 import hashlib
 import os
+import sys
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlsplit
+from urllib.request import urlopen
 
 import mlflow
 import optuna
@@ -113,7 +117,8 @@ class StorageURL:
     @property
     def without_password(self) -> str:
         """The URL as a user should pass it: libpq finds the password in PGPASSWORD or ~/.pgpass."""
-        return self.url.set(password=None).render_as_string()
+        # URL.set(password=None) keeps the password (None means "unchanged" there)
+        return self.url._replace(password=None).render_as_string(hide_password=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -140,8 +145,6 @@ class StorageURL:
         pw = self.url.password
         if not pw:
             return text
-        from urllib.parse import quote
-
         for form in {str(pw), quote(str(pw), safe="")}:
             text = text.replace(form, "***")
         return text
@@ -264,18 +267,52 @@ class StorageURL:
             yield
 
 
+def preflight(text: str) -> StorageURL:
+    """The storage URL, once the tracking server and the storage have answered: seconds, before
+    TensorFlow is imported or any MLflow run is started. Under `mlflow run` with a password in
+    the URL, warns (once) that MLflow has recorded it."""
+    url = StorageURL.parse(text)
+    check_tracking_server()
+    flag_recorded_password(url)
+    url.check()
+    return url
+
+
+def check_tracking_server(timeout_s: float = 5.0) -> None:
+    """Refuse, within seconds, a tracking server that does not answer: MLflow's client would
+    retry each request for minutes, and a run it did manage to start would be left behind."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"  # no user:password
+    try:
+        urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except HTTPError:
+        return  # it answered (an auth proxy or an older server without /health): reachable
+    except (URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"the MLflow tracking server {shown} does not answer ({reason}). Start it (mlflow server ... "
+            "--host 0.0.0.0 --port 5000, see README 'Many workers') or point MLFLOW_TRACKING_URI at one that runs."
+        ) from None
+
+
+_flagged: set[str] = set()  # runs already warned about in this process
+
+
 def flag_recorded_password(url: StorageURL) -> bool:
     """Under `mlflow run -P storage=...` MLflow has logged the URL, password included, as the run's
     ``storage`` parameter before this process started. Parameters cannot be changed or deleted,
     so: say so once on stderr with the way to avoid it, and tag the run
     ``storage_password_exposed=true`` so an administrator can find it. Returns whether it did."""
-    import sys
-
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not (url.has_password and run_id):
+    if not (url.has_password and run_id) or run_id in _flagged:
         return False
+    _flagged.add(run_id)
     client = MlflowClient()
-    if str(url.url.password) not in client.get_run(run_id).data.params.get("storage", ""):
+    recorded = client.get_run(run_id).data.params.get("storage", "")
+    if url.scrub(recorded) == recorded:  # the password is not in it, raw or URL-encoded
         return False
     client.set_tag(run_id, "storage_password_exposed", "true")
     print(f"WARNING: the storage password is now stored in MLflow, in parameter 'storage' of run {run_id}: "

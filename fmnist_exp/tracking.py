@@ -122,26 +122,3 @@ def end_orphaned_children(parent_run_id: str, status: str = RunStatus.to_string(
         client.set_terminated(r.info.run_id, status=status)
     return len(runs)
 
-
-def check_server(timeout_s: float = 5.0) -> None:
-    """Refuse, within seconds, a tracking server that does not answer: MLflow's client would
-    retry each request for minutes, and a run it did manage to start would be left behind."""
-    from urllib.error import HTTPError, URLError
-    from urllib.parse import urlsplit
-    from urllib.request import urlopen
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    parts = urlsplit(uri)
-    shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"  # no user:password
-    try:
-        urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-    except HTTPError:
-        return  # it answered (an auth proxy or an older server without /health): reachable
-    except (URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise C.ConfigError(
-            f"the MLflow tracking server {shown} does not answer ({reason}). Start it (mlflow server ... "
-            "--host 0.0.0.0 --port 5000, see README 'Many workers') or point MLFLOW_TRACKING_URI at one that runs."
-        ) from None

@@ -158,10 +158,7 @@ class Setup:
 def prepare(args: dict, *, must_exist: bool = False) -> Setup:
     """Check everything that can be wrong (tracking server, storage, study, study file, budget,
     data) before any work, and before any MLflow run is started."""
-    url = storage.StorageURL.parse(args["storage"])
-    tracking.check_server()
-    storage.flag_recorded_password(url)
-    url.check()
+    url = storage.preflight(args["storage"])
     study_name = args["study_name"] or space.resolve_path(args["study"], args["family"]).stem
     opened = _until_no_race(url.open, url)
     try:

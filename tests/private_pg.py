@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,10 +26,12 @@ class PrivatePG:
     """``start()``/``stop()``/``restart()`` a cluster whose superuser ``user`` logs in with ``password``
     (scram-sha-256 over TCP on 127.0.0.1:``port``)."""
 
-    def __init__(self, folder: Path, port: int, user: str = "owner"):
-        self.bin, self.folder, self.port, self.user = pg_bin(), folder, port, user
-        self.password = f"pw@{uuid.uuid4().hex[:16]}"  # '@' must be URL-encoded: tests the encoded form too
-        self.data = folder / "data"
+    def __init__(self, port: int, user: str = "owner"):
+        # not under pytest's tmp_path: user postgres must be able to reach the folder
+        self.bin, self.folder, self.port, self.user = pg_bin(), Path(tempfile.mkdtemp(prefix="fmnist-pg-")), port, user
+        self.secret = uuid.uuid4().hex[:16]  # what a test looks for in the MLflow store
+        self.password = f"pw@{self.secret}"  # '@' must be URL-encoded: tests the encoded form too
+        self.data = self.folder / "data"
 
     def _run(self, *cmd: str, timeout: int = 120) -> None:
         line = " ".join(shlex.quote(c) for c in cmd)
@@ -37,7 +40,6 @@ class PrivatePG:
         subprocess.run(cmd, check=True, capture_output=True, timeout=timeout, cwd="/")
 
     def init(self) -> PrivatePG:
-        self.folder.mkdir(parents=True, exist_ok=True)
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password + "\n")
         if os.geteuid() == 0:
@@ -71,3 +73,6 @@ class PrivatePG:
             c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
         engine.dispose()
         return name
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

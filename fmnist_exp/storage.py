@@ -180,10 +180,10 @@ class StorageURL:
         finally:
             engine.dispose()
 
-    def config_error(self, e: BaseException, *, permanent=_PERMANENT) -> ConfigError:
+    def config_error(self, e: BaseException) -> ConfigError:
         """A connection failure as a message for people: where, what, and what to do."""
         text = _chain_text(e)
-        for needles, what, fix in permanent:
+        for needles, what, fix in _PERMANENT:
             if any(n in text.lower() for n in needles):
                 fix = fix.format(host=self.url.host or "localhost", port=self.url.port or 5432,
                                  user=self.url.username or "USER", database=self.url.database or "DATABASE")

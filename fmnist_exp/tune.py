@@ -151,8 +151,7 @@ class Setup:
     ds: D.Dataset
     study_name: str
     storage: storage.StorageURL
-    optuna_storage: optuna.storages.BaseStorage
-    existing: bool  # the study was in the storage before this invocation
+    optuna_storage: optuna.storages.BaseStorage  # opened once, shared by every step
 
 
 def prepare(args: dict, *, must_exist: bool = False) -> Setup:
@@ -173,7 +172,7 @@ def prepare(args: dict, *, must_exist: bool = False) -> Setup:
             "seed": args["seed"], "data_dir": args["data_dir"]}
     C.resolve(spec.family, base)
     ds = D.load(args["data_dir"] or None)
-    return Setup(spec, budget, base, ds, study_name, url, opened, stored is not None)
+    return Setup(spec, budget, base, ds, study_name, url, opened)
 
 
 def study_spec(args: dict, study_name: str, stored: dict | None) -> space.StudySpec:

@@ -198,6 +198,7 @@ def test_study_survives_a_postgresql_restart(pg, tracking, tmp_path):
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", study, "--study_name", "r", "--storage", url,
            "--n_trials", "2", "--register", "false"]
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    all_runs()  # make the MLflow sqlite store now: two workers creating it at once race in its migrations
     workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
                for log in logs]
     try:

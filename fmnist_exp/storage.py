@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import os
 import sys
-import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ import sqlalchemy
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from . import dbretry
 from .config import ConfigError
 
 # A live worker touches its running trial every HEARTBEAT_S; one silent for GRACE_S belongs to a
@@ -46,18 +44,15 @@ HEARTBEAT_S = int(os.environ.get("FMNIST_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("FMNIST_GRACE_S", "40"))
 MAX_RETRY = 2
 CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: an unreachable host is reported in seconds, not minutes
-# How long a storage call keeps retrying a lost connection (a database restart takes seconds;
-# a failover a minute or two) before the error reaches the trial.
-RETRY_FOR_S = float(os.environ.get("FMNIST_STORAGE_RETRY_S", "180"))
 
-# Connection failures that no retry can mend, each with what to do about it. The texts are
-# libpq's (psycopg 3 passes them through).
+# Why a first connection failed, in libpq's words (psycopg 3 passes them through), and what to do.
+# None is retried before a study starts; during one, a refused connection is a restart and is
+# retried (dbretry), a failed login or a missing database never.
 _PERMANENT = (
-    (("password authentication failed", "no password supplied", "peer authentication failed",
-      "no pg_hba.conf entry", "role \"") , "the server refused the login",
+    (dbretry.AUTH_FAILED, "the server refused the login",
      "check the user name and the password: put the password in PGPASSWORD or ~/.pgpass (mode 0600) "
      "rather than in the URL, see README 'Many workers'"),
-    (("database \"",), "the database does not exist",
+    (dbretry.NO_DATABASE, "the database does not exist",
      "create it (createdb -O {user} {database}) or fix the database name at the end of the URL"),
     (("failed to resolve host", "could not translate host name", "name or service not known",
       "nodename nor servname"), "the host name is unknown", "fix the host name in the URL"),
@@ -66,7 +61,6 @@ _PERMANENT = (
     (("timeout expired", "timed out"), f"no answer within {CONNECT_TIMEOUT_S} s",
      "check that {host}:{port} is reachable from this machine (firewall, VPN, listen_addresses)"),
 )
-_NEVER_RETRY = _PERMANENT[:2]  # a restarting server refuses connections for a while; a wrong password stays wrong
 
 
 @dataclass(frozen=True)
@@ -182,7 +176,7 @@ class StorageURL:
 
     def config_error(self, e: BaseException) -> ConfigError:
         """A connection failure as a message for people: where, what, and what to do."""
-        text = _chain_text(e)
+        text = dbretry.chain_text(e)
         for needles, what, fix in _PERMANENT:
             if any(n in text.lower() for n in needles):
                 fix = fix.format(host=self.url.host or "localhost", port=self.url.port or 5432,
@@ -197,13 +191,13 @@ class StorageURL:
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RetryingRDBStorage(
+                return dbretry.RetryingRDBStorage(
                     self.url.render_as_string(hide_password=False), heartbeat_interval=HEARTBEAT_S,
                     grace_period=GRACE_S, heartbeat_stale_trial_callback=on_stale_trial,
                     engine_kwargs=self._engine_kwargs() or None,
                 )
         except Exception as e:
-            if _is_permanent(e):
+            if dbretry.is_permanent(e):
                 raise self.config_error(e) from None
             raise  # e.g. two workers racing to create the tables: the caller tries again
 
@@ -243,7 +237,7 @@ class StorageURL:
         if self.is_postgresql:
             engine = self.engine()
             try:
-                conn = retry_transient(engine.connect, what="registration lock")
+                conn = dbretry.retry_transient(engine.connect, what="registration lock")
             except Exception as e:
                 engine.dispose()
                 raise self.config_error(e) from None
@@ -323,95 +317,6 @@ def flag_recorded_password(url: StorageURL) -> bool:
           "PostgreSQL's client through PGPASSWORD or ~/.pgpass (see README 'Many workers').",
           file=sys.stderr, flush=True)
     return True
-
-
-# ----------------------------------------------------------------------------- transient errors
-
-
-def _chain_text(e: BaseException) -> str:
-    """The messages of an exception and its causes (Optuna wraps SQLAlchemy wraps psycopg)."""
-    parts, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        parts.append(str(getattr(e, "orig", None) or e))
-        e = e.__cause__ or e.__context__
-    return "\n".join(parts)
-
-
-def _is_permanent(e: BaseException) -> bool:
-    text = _chain_text(e).lower()
-    return any(n in text for needles, _, _ in _NEVER_RETRY for n in needles)
-
-
-def is_transient(e: BaseException) -> bool:
-    """A lost or refused connection (server restarting, admin shutdown, network drop): worth
-    retrying. Wrong credentials or a missing database are not, nor is any SQL error."""
-    chain, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    lost = any(isinstance(x, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                              sqlalchemy.exc.DisconnectionError))
-               or (isinstance(x, sqlalchemy.exc.DBAPIError) and x.connection_invalidated) for x in chain)
-    return lost and not _is_permanent(chain[0])
-
-
-def retry_transient(fn, *args, what: str = "storage call", **kwargs):
-    """``fn(*args, **kwargs)``, retried with exponential backoff (0.5 s doubling to 15 s) while it
-    fails on a lost connection, for up to RETRY_FOR_S seconds."""
-    deadline, delay = time.monotonic() + RETRY_FOR_S, 0.5
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            if not is_transient(e) or time.monotonic() + delay > deadline:
-                raise
-            line = str(getattr(e, "orig", None) or e.__cause__ or e).strip().splitlines()
-            print(f"[storage] {what}: database connection lost ({line[0][:160] if line else type(e).__name__}); "
-                  f"retrying in {delay:.1f} s", flush=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-
-
-class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage whose calls survive a database restart: each call that fails on a
-    lost connection is retried (the pool's pre-ping then opens a fresh one). Subclassing, not
-    wrapping, keeps Optuna's cache (``_CachedStorage`` wraps RDBStorage instances only) and its
-    heartbeat thread, which calls ``record_heartbeat`` here and would otherwise die silently on
-    the first error, leaving the trial to be reaped as stale."""
-
-    _depth = threading.local()  # only the outermost call retries: inner calls share its attempt
-
-
-def _retrying(name: str):
-    inner = getattr(optuna.storages.RDBStorage, name)
-
-    @functools.wraps(inner)
-    def call(self, *args, **kwargs):
-        depth = getattr(RetryingRDBStorage._depth, "n", 0)
-        RetryingRDBStorage._depth.n = depth + 1
-        try:
-            if depth:
-                return inner(self, *args, **kwargs)
-            return retry_transient(inner, self, *args, what=name, **kwargs)
-        finally:
-            RetryingRDBStorage._depth.n = depth
-
-    return call
-
-
-# Every storage call Optuna makes during a study, including the private ones _CachedStorage uses.
-for _name in (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
-    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-    "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "_create_new_trial",
-    "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_state_values",
-    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
-    "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
-):
-    setattr(RetryingRDBStorage, _name, _retrying(_name))
 
 
 # ----------------------------------------------------------------------------- lost workers

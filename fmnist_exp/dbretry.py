@@ -78,7 +78,7 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage whose calls survive a database restart: each call that fails on a
     lost connection is retried (the pool's pre-ping then opens a fresh one). Subclassing, not
     wrapping, keeps Optuna's cache (``_CachedStorage`` wraps RDBStorage instances only) and its
-    heartbeat thread, which calls ``record_heartbeat`` here and would otherwise die silently on
+    heartbeat thread, which calls ``record_heartbeat`` here and would otherwise end at
     the first error, leaving the trial to be reaped as stale."""
 
     _depth = threading.local()  # only the outermost call retries: inner calls share its attempt

@@ -93,8 +93,17 @@ def _reproduce(params: dict) -> int:
 
 
 def _dispatch(command: str, params: dict) -> int:
-    from . import data, experiment, tracking
     from .config import ConfigError
+
+    if command in ("tune", "register"):
+        from . import storage
+
+        try:  # seconds, before TensorFlow is imported: a wrong password or a dead server is said at once
+            storage.preflight(params["storage"])
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    from . import data, experiment, tracking
 
     try:
         with tracking.interrupts_end_runs():

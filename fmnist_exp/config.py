@@ -16,6 +16,7 @@ MONITORS = ("val_loss", "val_accuracy")
 LR_SCHEDULES = ("plateau", "cosine")
 PRECISIONS = ("auto", "float32", "mixed_float16")
 FAMILIES = ("baseline", "mlp", "cnn")
+DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
 
 # Metric names, written once (lesson 6: the objective refers to these, not to strings).
 TRAIN_LOSS, TRAIN_ACC = "loss", "accuracy"
@@ -154,7 +155,8 @@ FAMILY_PARAMS = {
 
 
 TUNE_PARAMS = [
-    Param("family", "cnn", "model family to tune", one_of(("mlp", "cnn"))),
+    Param("family", "", "model family to tune: mlp or cnn ('' = the study's own: the family stored on an "
+          "existing study, else the study file's, else cnn)", one_of(("", "mlp", "cnn"))),
     Param("study", "", "study file: a path, or a name in experiments/ ('' = experiments/<family>.yaml)"),
     Param("n_trials", 0, "trials to run in this invocation (0 = the study file's budget)", in_range(0, 100_000)),
     Param("timeout", 0, "stop starting trials after this many seconds (0 = the study file's budget)",
@@ -163,7 +165,8 @@ TUNE_PARAMS = [
     Param("train_samples", -1, "training images per trial (-1 = the study file's budget, 0 = all)",
             in_range(-1, 10**6)),
     Param("study_name", "", "Optuna study name ('' = the study file's name)"),
-    Param("storage", "", "Optuna storage URL ('' = sqlite optuna.db beside mlflow.db)"),
+    Param("storage", "", "Optuna storage URL, e.g. postgresql://USER@HOST/DB with the password in PGPASSWORD "
+          "or ~/.pgpass ('' = sqlite optuna.db beside mlflow.db)"),
     Param("model_name", "fmnist-classifier", "registered model name"),
     Param("seed", 42, "seed of the sampler and of every trial's split and initialisation", in_range(0, 2**31 - 1)),
     Param("data_dir", "", "folder with the dataset ('' = search the usual places)"),

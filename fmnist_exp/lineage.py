@@ -130,7 +130,7 @@ def version_tags(source_run_id: str, parent_run_id: str | None = None) -> dict[s
     the data came from. The study, trial and test accuracy tags are the registry's own."""
     from mlflow.tracking import MlflowClient
 
-    from .storage import redact
+    from .storage import StorageURL
 
     client = MlflowClient()
     run = client.get_run(source_run_id)
@@ -141,7 +141,7 @@ def version_tags(source_run_id: str, parent_run_id: str | None = None) -> dict[s
     if parent_run_id:
         storage = client.get_run(parent_run_id).data.params.get("optuna_storage")
         if storage:
-            tags["optuna_storage"] = redact(storage)
+            tags["optuna_storage"] = str(StorageURL.parse(storage))  # logged redacted; never trust that twice
     return tags
 
 

@@ -133,7 +133,7 @@ def _kind(spec: dict, table: dict, what: str) -> tuple[str, dict]:
 def resolve_path(study: str, family: str) -> Path:
     """'' -> experiments/<family>.yaml; a bare name -> experiments/<name>.yaml; else a path."""
     if not study:
-        return EXPERIMENTS_DIR / f"{family}.yaml"
+        return EXPERIMENTS_DIR / f"{family or C.DEFAULT_FAMILY}.yaml"
     p = Path(study)
     if p.suffix not in (".yaml", ".yml") and not p.exists():
         p = EXPERIMENTS_DIR / f"{study}.yaml"
@@ -141,17 +141,23 @@ def resolve_path(study: str, family: str) -> Path:
 
 
 def load(study: str, family: str) -> StudySpec:
+    """The study file ``study`` (see :func:`resolve_path`); ``family`` '' means the file's own."""
     path = resolve_path(study, family)
     if not path.is_file():
         known = ", ".join(sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml")))
         raise ConfigError(f"study file {path} not found; the studies in experiments/ are: {known}")
-    text = path.read_text()
+    return parse(path.read_text(), path, family)
+
+
+def parse(text: str, path: Path, family: str = "") -> StudySpec:
+    """A StudySpec from a study file's text: read from ``path``, or stored on an Optuna study
+    (then ``path`` is the name the file had). ``family`` '' means the file's own (else cnn)."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    spec_family = raw.get("family", family)
-    if spec_family != family:
+    spec_family = raw.get("family") or family or C.DEFAULT_FAMILY
+    if family and spec_family != family:
         raise ConfigError(f"{path} tunes family {spec_family!r} but family={family!r} was asked for")
     unknown_budget = set(raw.get("budget", {})) - set(BUDGET_KEYS)
     if unknown_budget:
@@ -162,7 +168,7 @@ def load(study: str, family: str) -> StudySpec:
         path=path,
         text=text,
         description=str(raw.get("description", "")).strip(),
-        family=family,
+        family=spec_family,
         budget={**BUDGET_KEYS, **raw.get("budget", {})},
         fixed=dict(raw.get("fixed", {})),
         space=dict(raw.get("space", {})),

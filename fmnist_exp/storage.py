@@ -1,10 +1,18 @@
-"""Optuna storage for one worker or many: heartbeats, retries of lost trials, the SQLite
+"""Optuna storage for one worker or many: the storage URL as one value, fail-fast checks,
+retries of transient database errors, heartbeats, retries of lost trials, the SQLite
 single-worker guard and the lock that makes registration race-free.
+
+A storage URL may hold a database password. :class:`StorageURL` is the only holder of the
+raw text: it prints, logs and reports itself with the password replaced by ``***``, so the
+password reaches no MLflow parameter, tag, artifact, log line or error message. Better still,
+leave it out of the URL (``postgresql://user@host/db``) and let libpq find it in
+``PGPASSWORD`` or ``~/.pgpass``.
 
 Many workers share one study through an RDB storage (PostgreSQL for real parallelism):
 each worker heartbeats its running trial; when a worker dies (even SIGKILL), a surviving
 worker finds the stale trial, marks it FAIL, ends its MLflow runs as FAILED and enqueues a
-retry with the same parameters.
+retry with the same parameters. When the database itself restarts, every storage call that
+failed on the lost connection is retried (with backoff) until it is back.
 """
 
 from __future__ import annotations
@@ -13,15 +21,21 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlsplit
+from urllib.request import urlopen
 
 import mlflow
 import optuna
+import sqlalchemy
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from . import dbretry
 from .config import ConfigError
 
 # A live worker touches its running trial every HEARTBEAT_S; one silent for GRACE_S belongs to a
@@ -29,21 +43,283 @@ from .config import ConfigError
 HEARTBEAT_S = int(os.environ.get("FMNIST_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("FMNIST_GRACE_S", "40"))
 MAX_RETRY = 2
+CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: an unreachable host is reported in seconds, not minutes
+
+# Why a first connection failed, in libpq's words (psycopg 3 passes them through), and what to do.
+# None is retried before a study starts; during one, a refused connection is a restart and is
+# retried (dbretry), a failed login or a missing database never.
+_PERMANENT = (
+    (dbretry.AUTH_FAILED, "the server refused the login",
+     "check the user name and the password: put the password in PGPASSWORD or ~/.pgpass (mode 0600) "
+     "rather than in the URL, see README 'Many workers'"),
+    (dbretry.NO_DATABASE, "the database does not exist",
+     "create it (createdb -O {user} {database}) or fix the database name at the end of the URL"),
+    (("failed to resolve host", "could not translate host name", "name or service not known",
+      "nodename nor servname"), "the host name is unknown", "fix the host name in the URL"),
+    (("connection refused",), "nothing accepts connections there",
+     "start PostgreSQL on {host}:{port} (scripts/start_postgres.sh for a local one) or fix host and port"),
+    (("timeout expired", "timed out"), f"no answer within {CONNECT_TIMEOUT_S} s",
+     "check that {host}:{port} is reachable from this machine (firewall, VPN, listen_addresses)"),
+)
 
 
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite:")
+@dataclass(frozen=True)
+class StorageURL:
+    """An Optuna storage URL, parsed once; ``str`` and ``repr`` never show its password."""
+
+    url: sqlalchemy.engine.URL = field(repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> StorageURL:
+        """'' is the default storage; anything else must be a SQLAlchemy database URL."""
+        if not text:
+            return cls.default()
+        try:
+            url = sqlalchemy.engine.make_url(text)
+        except Exception:  # the text may hold a password: say what is wrong without quoting it
+            raise ConfigError("storage: not a database URL; use sqlite:///path/optuna.db or "
+                              "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+            raise ConfigError(f"storage={cls(url)}: {url.get_backend_name()!r} is not a database Optuna can use; "
+                              "use sqlite:///path/optuna.db or postgresql://USER@HOST:PORT/DATABASE")
+        if url.drivername == "postgresql":
+            # postgresql:// means psycopg2 to SQLAlchemy < 2.1 and psycopg 3 after; name the driver
+            # we install (psycopg 3) so the URL works with either.
+            url = url.set(drivername="postgresql+psycopg")
+        return cls(url)
+
+    @classmethod
+    def default(cls) -> StorageURL:
+        """sqlite optuna.db beside mlflow.db for a sqlite tracking store, else ./optuna.db."""
+        tracking_uri = mlflow.get_tracking_uri()
+        if tracking_uri.startswith("sqlite:"):
+            folder = Path(sqlalchemy.engine.make_url(tracking_uri).database or ".").parent
+        else:
+            folder = Path(".")
+        return cls(sqlalchemy.engine.make_url(f"sqlite:///{(folder / 'optuna.db').resolve()}"))
+
+    def __str__(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"StorageURL({str(self)!r})"
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.url.password)
+
+    @property
+    def without_password(self) -> str:
+        """The URL as a user should pass it: libpq finds the password in PGPASSWORD or ~/.pgpass."""
+        # URL.set(password=None) keeps the password (None means "unchanged" there)
+        return self.url._replace(password=None).render_as_string(hide_password=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url.database or "")
+
+    @property
+    def where(self) -> str:
+        """Host, port, database and user, for messages."""
+        if self.is_sqlite:
+            return f"SQLite file {self.sqlite_path}"
+        user = f" as user {self.url.username}" if self.url.username else ""
+        return f"database {self.url.database!r} on {self.url.host or 'localhost'}:{self.url.port or 5432}{user}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this URL's password (raw or URL-encoded) replaced by ***."""
+        pw = self.url.password
+        if not pw:
+            return text
+        for form in {str(pw), quote(str(pw), safe="")}:
+            text = text.replace(form, "***")
+        return text
+
+    def _engine_kwargs(self, *, pool: bool = True) -> dict:
+        if self.is_sqlite:
+            return {}
+        kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        if pool:
+            kwargs["pool_pre_ping"] = True  # a connection the server dropped (restart) is replaced, not used
+        else:
+            kwargs["poolclass"] = sqlalchemy.pool.NullPool
+        return kwargs
+
+    def engine(self) -> sqlalchemy.engine.Engine:
+        """A pool-less engine for one-off statements (the probe, the advisory lock)."""
+        return sqlalchemy.create_engine(self.url, **self._engine_kwargs(pool=False))
+
+    def check(self) -> None:
+        """Connect once, within seconds, and say what is wrong (host and database, never the
+        password) and how to fix it; called before any MLflow run is started."""
+        if self.is_sqlite:
+            folder = self.sqlite_path.parent
+            if not folder.is_dir():
+                raise ConfigError(f"storage={self}: folder {folder} does not exist; create it or choose another path")
+            return
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+        except Exception as e:
+            raise self.config_error(e) from None
+        finally:
+            engine.dispose()
+
+    def config_error(self, e: BaseException) -> ConfigError:
+        """A connection failure as a message for people: where, what, and what to do."""
+        text = dbretry.chain_text(e)
+        for needles, what, fix in _PERMANENT:
+            if any(n in text.lower() for n in needles):
+                fix = fix.format(host=self.url.host or "localhost", port=self.url.port or 5432,
+                                 user=self.url.username or "USER", database=self.url.database or "DATABASE")
+                detail = self.scrub(text.strip().splitlines()[0])[:300]
+                return ConfigError(f"cannot open the Optuna storage, {self.where}: {what} ({detail}). Fix: {fix}.")
+        return ConfigError(f"cannot open the Optuna storage, {self.where}: "
+                           f"{type(e).__name__}: {self.scrub(text)[:500]}")
+
+    def open(self) -> optuna.storages.RDBStorage:
+        """An RDB storage with heartbeats and retries (SQLite and PostgreSQL alike)."""
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return dbretry.RetryingRDBStorage(
+                    self.url.render_as_string(hide_password=False), heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S, heartbeat_stale_trial_callback=on_stale_trial,
+                    engine_kwargs=self._engine_kwargs() or None,
+                )
+        except Exception as e:
+            if dbretry.is_permanent(e):
+                raise self.config_error(e) from None
+            raise  # e.g. two workers racing to create the tables: the caller tries again
+
+    @contextlib.contextmanager
+    def single_worker_guard(self):
+        """Refuse a second worker on one SQLite storage: SQLite serialises writers and loses
+        heartbeats under contention, so parallel workers need PostgreSQL."""
+        if not self.is_sqlite:
+            yield
+            return
+        lock = self.sqlite_path.with_suffix(".worker.lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"another tune worker is already using {self.sqlite_path}. SQLite is not for parallel "
+                    "workers (one writer at a time, heartbeats lost under lock contention): run several "
+                    "workers against PostgreSQL (storage=postgresql://...), see README 'Many workers'."
+                ) from None
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def registration_lock(self, name: str):
+        """Serialise the champion decision for ``name`` across workers sharing this storage.
+
+        PostgreSQL: a session advisory lock in the study's own database. SQLite: a file lock
+        beside the database (one machine). Other storages: no lock, said once on the console.
+        """
+        key = int.from_bytes(hashlib.sha256(f"fmnist-exp:{name}".encode()).digest()[:8], "big", signed=True)
+        if self.is_postgresql:
+            engine = self.engine()
+            try:
+                conn = dbretry.retry_transient(engine.connect, what="registration lock")
+            except Exception as e:
+                engine.dispose()
+                raise self.config_error(e) from None
+            with conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            engine.dispose()
+        elif self.is_sqlite:
+            path = self.sqlite_path.with_suffix(f".register-{key & 0xFFFFFFFF:x}.lock")
+            with open(path, "w") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        else:
+            print(f"[tune] note: no registration lock for {self}; run `register` once after the workers", flush=True)
+            yield
 
 
-def sqlite_path(url: str) -> Path:
-    return Path(url[len("sqlite:///"):])
+def preflight(text: str) -> StorageURL:
+    """The storage URL, once the tracking server and the storage have answered: seconds, before
+    TensorFlow is imported or any MLflow run is started. Under `mlflow run` with a password in
+    the URL, warns (once) that MLflow has recorded it."""
+    url = StorageURL.parse(text)
+    check_tracking_server()
+    flag_recorded_password(url)
+    url.check()
+    return url
 
 
-def default_storage() -> str:
-    """sqlite:///<dir of mlflow.db>/optuna.db for a sqlite tracking store, else ./optuna.db."""
-    tracking_uri = mlflow.get_tracking_uri()
-    folder = sqlite_path(tracking_uri).parent if is_sqlite(tracking_uri) else Path(".")
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+def check_tracking_server(timeout_s: float = 5.0) -> None:
+    """Refuse, within seconds, a tracking server that does not answer: MLflow's client would
+    retry each request for minutes, and a run it did manage to start would be left behind."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"  # no user:password
+    try:
+        urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except HTTPError:
+        return  # it answered (an auth proxy or an older server without /health): reachable
+    except (URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"the MLflow tracking server {shown} does not answer ({reason}). Start it (mlflow server ... "
+            "--host 0.0.0.0 --port 5000, see README 'Many workers') or point MLFLOW_TRACKING_URI at one that runs."
+        ) from None
+
+
+_flagged: set[str] = set()  # runs already warned about in this process
+
+
+def flag_recorded_password(url: StorageURL) -> bool:
+    """Under `mlflow run -P storage=...` MLflow has logged the URL, password included, as the run's
+    ``storage`` parameter before this process started. Parameters cannot be changed or deleted,
+    so: say so once on stderr with the way to avoid it, and tag the run
+    ``storage_password_exposed=true`` so an administrator can find it. Returns whether it did."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not (url.has_password and run_id) or run_id in _flagged:
+        return False
+    _flagged.add(run_id)
+    client = MlflowClient()
+    recorded = client.get_run(run_id).data.params.get("storage", "")
+    if url.scrub(recorded) == recorded:  # the password is not in it, raw or URL-encoded
+        return False
+    client.set_tag(run_id, "storage_password_exposed", "true")
+    print(f"WARNING: the storage password is now stored in MLflow, in parameter 'storage' of run {run_id}: "
+          "`mlflow run` logs every -P value itself, before this program starts, and MLflow parameters "
+          "cannot be changed or deleted (the run is tagged storage_password_exposed=true: delete the run "
+          "with `mlflow runs delete` and `mlflow gc`, or change the password). Nothing else of this run holds it. "
+          f"To avoid this, leave the password out of the URL (-P storage={url.without_password}) and give it to "
+          "PostgreSQL's client through PGPASSWORD or ~/.pgpass (see README 'Many workers').",
+          file=sys.stderr, flush=True)
+    return True
+
+
+# ----------------------------------------------------------------------------- lost workers
 
 
 def _end_run(client: MlflowClient, run_id: str | None, reason: str) -> None:
@@ -68,90 +344,3 @@ def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     _end_run(client, run_id, reason)
     _end_run(client, trial.user_attrs.get("mlflow_parent_run_id"), "worker lost: no heartbeat")
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
-
-
-def sqlalchemy_url(url: str) -> str:
-    """postgresql:// means psycopg2 to SQLAlchemy < 2.1 and psycopg 3 after; name the driver
-    we install (psycopg 3) so the URL works with either."""
-    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
-
-
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats and retries (SQLite and PostgreSQL alike)."""
-    url = sqlalchemy_url(url)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=on_stale_trial,
-                engine_kwargs={"pool_pre_ping": True} if not is_sqlite(url) else None,
-            )
-    except Exception as e:
-        raise ConfigError(f"storage={redact(url)}: cannot open the Optuna storage ({type(e).__name__}: {e})") from None
-
-
-@contextlib.contextmanager
-def single_worker_guard(url: str):
-    """Refuse a second worker on one SQLite storage: SQLite serialises writers and loses
-    heartbeats under contention, so parallel workers need PostgreSQL."""
-    if not is_sqlite(url):
-        yield
-        return
-    lock = sqlite_path(url).with_suffix(".worker.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"another tune worker is already using {sqlite_path(url)}. SQLite is not for parallel "
-                "workers (one writer at a time, heartbeats lost under lock contention): run several "
-                "workers against PostgreSQL (storage=postgresql://...), see README 'Many workers'."
-            ) from None
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def registration_lock(url: str, name: str):
-    """Serialise the champion decision for ``name`` across workers sharing ``url``.
-
-    PostgreSQL: a session advisory lock in the study's own database. SQLite: a file lock
-    beside the database (one machine). Other storages: no lock, said once on the console.
-    """
-    key = int.from_bytes(hashlib.sha256(f"fmnist-exp:{name}".encode()).digest()[:8], "big", signed=True)
-    if url.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(sqlalchemy_url(url), poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        engine.dispose()
-    elif is_sqlite(url):
-        path = sqlite_path(url).with_suffix(f".register-{key & 0xFFFFFFFF:x}.lock")
-        with open(path, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-    else:
-        print(f"[tune] note: no registration lock for {redact(url)}; run `register` once after the workers",
-              flush=True)
-        yield
-
-
-def redact(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url

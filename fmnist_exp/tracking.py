@@ -140,3 +140,4 @@ def end_orphaned_children(parent_run_id: str, status: str = RunStatus.to_string(
     for r in runs:
         client.set_terminated(r.info.run_id, status=status)
     return len(runs)
+

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import mlflow
@@ -175,41 +176,85 @@ class Setup:
     base: dict
     ds: D.Dataset
     study_name: str
-    storage_url: str
+    storage: storage.StorageURL
+    optuna_storage: optuna.storages.BaseStorage  # opened once, shared by every step
 
 
-def prepare(args: dict) -> Setup:
-    """Check everything that can be wrong (study file, budget, data, storage) before any work."""
-    spec = space.load(args["study"], args["family"])
+def prepare(args: dict, *, must_exist: bool = False) -> Setup:
+    """Check everything that can be wrong (tracking server, storage, study, study file, budget,
+    data) before any work, and before any MLflow run is started."""
+    url = storage.preflight(args["storage"])
+    study_name = args["study_name"] or space.resolve_path(args["study"], args["family"]).stem
+    opened = _until_no_race(url.open, url)
+    try:
+        stored = optuna.load_study(study_name=study_name, storage=opened).user_attrs
+    except KeyError:
+        if must_exist:
+            raise C.ConfigError(f"no study {study_name!r} in {url.where}: check study_name and storage") from None
+        stored = None
+    spec = study_spec(args, study_name, stored)
     reference.check_run(spec)
     budget = resolve_budget(args, spec)
     base = {**spec.fixed, "epochs": budget["epochs"], "train_samples": budget["train_samples"],
             "seed": args["seed"], "data_dir": args["data_dir"]}
     C.resolve(spec.family, base)
     ds = D.load(args["data_dir"] or None)
-    return Setup(spec, budget, base, ds, args["study_name"] or spec.path.stem,
-                 args["storage"] or storage.default_storage())
+    return Setup(spec, budget, base, ds, study_name, url, opened)
+
+
+def study_spec(args: dict, study_name: str, stored: dict | None) -> space.StudySpec:
+    """The study file a command works with. An existing study carries its own (stored when it was
+    created): its family wins, a contradicting ``family`` is refused, and without a ``study``
+    argument its stored file is used, so `register` needs only study_name and storage."""
+    if not stored or STUDY_TEXT not in stored:
+        return space.load(args["study"], args["family"])  # a new study, or one made before files were stored
+    family = stored[STUDY_FAMILY]
+    if args["family"] and args["family"] != family:
+        raise C.ConfigError(f"study {study_name!r} tunes family {family!r} (recorded on the study when it was "
+                            f"created), not family={args['family']!r}: leave family empty to use the study's")
+    if args["study"]:
+        return space.load(args["study"], family)
+    return space.parse(stored[STUDY_TEXT], Path(stored[STUDY_FILE]), family)
+
+
+# Study user attributes that make a study self-describing.
+STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
+
+
+def _until_no_race(fn, url: storage.StorageURL):
+    """Workers that start together may race to create Optuna's tables or the study itself; the
+    loser of such a race simply tries again. Wrong credentials and the like are ConfigErrors
+    and pass straight through."""
+    for attempt in range(5):
+        try:
+            return fn()
+        except C.ConfigError:
+            raise
+        except Exception as e:
+            if attempt == 4:
+                raise url.config_error(e) from None
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def open_study(setup: Setup, seed: int) -> optuna.Study:
-    """Create or join the study. Workers that start together may race to create Optuna's tables
-    or the study itself; the loser of such a race simply tries again."""
+    """Create or join the study; a study created here records its family and study file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say it better
-    for attempt in range(5):
-        try:
-            study = optuna.create_study(
-                study_name=setup.study_name, storage=storage.make_storage(setup.storage_url),
-                direction="maximize", load_if_exists=True, sampler=setup.spec.make_sampler(seed),
-                pruner=setup.spec.make_pruner(),
-            )
-            for point in setup.spec.enqueue:  # known-good starting points, once per study
-                study.enqueue_trial(space.as_trial_params(setup.spec.space, point), skip_if_exists=True)
-            return study
-        except C.ConfigError:
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
+
+    def create() -> optuna.Study:
+        study = optuna.create_study(
+            study_name=setup.study_name, storage=setup.optuna_storage, direction="maximize", load_if_exists=True,
+            sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(),
+        )
+        if STUDY_TEXT not in study.user_attrs:
+            study.set_user_attr(STUDY_FAMILY, setup.spec.family)
+            study.set_user_attr(STUDY_FILE, setup.spec.path.name)
+            study.set_user_attr(STUDY_TEXT, setup.spec.text)
+        for point in setup.spec.enqueue:  # known-good starting points, once per study
+            study.enqueue_trial(space.as_trial_params(setup.spec.space, point), skip_if_exists=True)
+        return study
+
+    return _until_no_race(create, setup.storage)
 
 
 def trials_started(study: optuna.Study) -> int:
@@ -222,11 +267,12 @@ def _log_setup(setup: Setup, args: dict, before: int) -> None:
     mlflow.set_tags({"family": spec.family, "arch": f"optuna study {setup.study_name}",
                      "optuna_study": setup.study_name, "study_description": spec.description,
                      "resumed": str(before > 0).lower()})
-    tracking.log_params({**args, "study_file": str(spec.path)})
+    # storage: the redacted form (under `mlflow run` MLflow has logged the -P value itself already)
+    tracking.log_params({**args, "family": spec.family, "storage": str(setup.storage), "study_file": str(spec.path)})
     tracking.log_params({f"budget_{k}": v for k, v in setup.budget.items()})
     tracking.log_params({"pruner": spec.make_pruner().__class__.__name__, "pruner_config": spec.pruner,
                          "sampler": spec.make_sampler(0).__class__.__name__,
-                         "optuna_storage": storage.redact(setup.storage_url), "trials_before": before})
+                         "optuna_storage": str(setup.storage), "trials_before": before})
     tracking.log_params(setup.ds.describe())
     mlflow.log_text(spec.text, f"study/{spec.path.name}")
 
@@ -234,7 +280,7 @@ def _log_setup(setup: Setup, args: dict, before: int) -> None:
 def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str, promote_alpha: float) -> dict:
     """Pick the candidate (maybe retraining it), register it through the promotion gate and
     measure its gain over the reference, one worker at a time (so the reference is trained once)."""
-    with storage.registration_lock(setup.storage_url, model_name):
+    with setup.storage.registration_lock(model_name):
         candidate = pick_candidate(study, setup.spec, setup.base, setup.ds)
         if candidate is None:
             mlflow.set_tag("registration", "skipped: no complete trial")
@@ -248,14 +294,14 @@ def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str, prom
 def run(args: dict, *, train_fn=None) -> dict:
     """Run (or resume, or join) the study under one parent run, then register the best model."""
     setup = prepare(args)
-    with storage.single_worker_guard(setup.storage_url):
+    with setup.storage.single_worker_guard():
         study = open_study(setup, args["seed"])
         before = trials_started(study)
         with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {setup.study_name}") as parent:
             pid = parent.info.run_id
             _log_setup(setup, args, before)
             print(f"[tune] study {setup.study_name!r} ({setup.spec.description}) "
-                  f"storage={storage.redact(setup.storage_url)} trials so far={before}; "
+                  f"storage={setup.storage} trials so far={before}; "
                   f"running {setup.budget['n_trials']} more", flush=True)
             try:
                 study.optimize(
@@ -278,11 +324,8 @@ def run(args: dict, *, train_fn=None) -> dict:
 
 def register_only(args: dict) -> dict:
     """The `register` entry point: the champion decision for a study other workers ran."""
-    setup = prepare(args)
-    try:
-        study = optuna.load_study(study_name=setup.study_name, storage=storage.make_storage(setup.storage_url))
-    except KeyError:
-        raise C.ConfigError(f"no study {setup.study_name!r} in {storage.redact(setup.storage_url)}") from None
+    setup = prepare(args, must_exist=True)
+    study = optuna.load_study(study_name=setup.study_name, storage=setup.optuna_storage)
     with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"register {setup.study_name}") as parent:
         _log_setup(setup, args, trials_started(study))
         summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])

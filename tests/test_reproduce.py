@@ -123,7 +123,7 @@ def test_version_tags_redact_the_storage_password(tracking):
         mlflow.log_params({"data_sha256": "ab" * 32, "data_source": "/data"})
         mlflow.set_tag("mlflow.source.git.commit", "c0ffee")  # what `mlflow run` records
     tags = lineage.version_tags(source.info.run_id, parent.info.run_id)
-    assert tags["optuna_storage"] == "postgresql://fmnist:***@db.example:5432/optuna"
+    assert tags["optuna_storage"].startswith("postgresql") and tags["optuna_storage"].endswith("://fmnist:***@db.example:5432/optuna")
     assert "s3cret" not in json.dumps(tags)
     assert tags["git_commit"] == "c0ffee" and tags["git_dirty"] == "unknown"
     assert tags["data_sha256"] == "ab" * 32

@@ -93,12 +93,12 @@ def test_killed_worker_trial_fails_and_is_retried(cluster):
 
 def test_second_worker_on_sqlite_is_refused(tmp_path, tracking):
     from fmnist_exp import config as C
-    from fmnist_exp import storage
+    from fmnist_exp.storage import StorageURL
 
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    with storage.single_worker_guard(url):
+    url = StorageURL.parse(f"sqlite:///{tmp_path / 'optuna.db'}")
+    with url.single_worker_guard():
         with pytest.raises(C.ConfigError, match="SQLite is not for parallel workers"):
-            with storage.single_worker_guard(url):
+            with url.single_worker_guard():
                 pass
-    with storage.single_worker_guard(url):  # released: a later worker may start
+    with url.single_worker_guard():  # released: a later worker may start
         pass

@@ -103,7 +103,7 @@ def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp
     first = run_tune(study, n_trials=2)
     assert first["registered_version"] == 1 and first["alias"] == "champion"
     second = run_tune(study, n_trials=1)
-    trials = optuna.load_study(study_name="tiny", storage=storage.default_storage()).trials
+    trials = optuna.load_study(study_name="tiny", storage=storage.StorageURL.default().open()).trials
     assert [t.number for t in trials] == [0, 1, 2]
     assert trials[0].user_attrs["config"]["hidden_units"] == "64,32" and trials[0].params["dropout"] == 0.1
     assert sum(t.user_attrs.get("config") == trials[0].user_attrs["config"] for t in trials) == 1
@@ -210,7 +210,7 @@ def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
     statuses = {r.info.run_name: r.info.status for r in runs()}
     assert statuses["trial 0"] == "FAILED" and statuses["tune intr"] == "FAILED"
     summary = run_tune(study, n_trials=1)
-    trials = optuna.load_study(study_name="intr", storage=storage.default_storage()).trials
+    trials = optuna.load_study(study_name="intr", storage=storage.StorageURL.default().open()).trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert summary["alias"] == "champion"
     assert_nothing_running()

@@ -1,0 +1,239 @@
+"""The Optuna storage URL: its password reaches no MLflow record, an unusable storage or
+tracking server is refused within seconds with the reason, a study carries its own family and
+study file, and a study survives a PostgreSQL restart while a trial is in flight.
+
+Uses a private PostgreSQL cluster (tests/private_pg.py) with its own password, so the shared
+server is never restarted and the password is one no other text contains.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli, free_port, mlflow_run, subprocess_env
+from fmnist_exp.config import ConfigError
+from fmnist_exp.storage import StorageURL
+from private_pg import PrivatePG, pg_bin
+
+STUDY = """description: storage test study
+family: mlp
+budget: {{n_trials: 1, epochs: {epochs}, train_samples: {samples}, timeout: 0}}
+fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
+space:
+  dropout: {{type: float, low: 0.0, high: 0.3}}
+  hidden_units: {{type: widths, layers: [1, 1], units: [16, 32]}}
+pruner: {{type: none}}
+"""
+
+
+def study_file(tmp_path, *, epochs=1, samples=500) -> str:
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY.format(epochs=epochs, samples=samples))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A private PostgreSQL cluster; skipped where none can be made, a failure under CI=true."""
+    if pg_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's server binaries are missing -- CI must run these tests")
+        pytest.skip("no /usr/lib/postgresql/*/bin/pg_ctl (apt-get install postgresql)")
+    cluster = PrivatePG(free_port())
+    try:
+        cluster.init().start()
+    except (subprocess.CalledProcessError, OSError) as e:
+        cluster.remove()
+        msg = f"cannot start a private PostgreSQL: {e} {getattr(e, 'stderr', b'')!r}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield cluster
+    cluster.stop()
+    cluster.remove()
+
+
+def all_runs():
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def assert_no_secret_in_store(tmp_path, secret: str, *, allowed=()) -> None:
+    """The secret is in no param or tag (but the ``allowed`` (run_id, key) pairs), no artifact file,
+    and (when nothing is allowed) not in the sqlite store's bytes."""
+    copies = [(r.info.run_id, k) for r in all_runs() for k, v in {**r.data.params, **r.data.tags}.items()
+              if secret in v]
+    assert copies == list(allowed)
+    if not allowed:
+        assert secret.encode() not in (tmp_path / "mlflow.db").read_bytes()
+    for f in (tmp_path / "mlruns").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+
+def test_storage_url_never_shows_its_password(tracking, tmp_path):
+    url = StorageURL.parse("postgresql://alice:s3cr%40t@db.example:6543/optuna")
+    assert str(url) == f"{url}" == "postgresql+psycopg://alice:***@db.example:6543/optuna"
+    assert repr(url) == "StorageURL('postgresql+psycopg://alice:***@db.example:6543/optuna')"
+    assert url.without_password == "postgresql+psycopg://alice@db.example:6543/optuna"
+    assert url.where == "database 'optuna' on db.example:6543 as user alice"
+    assert url.scrub("raw s3cr@t, encoded s3cr%40t") == "raw ***, encoded ***"
+    assert "s3cr" not in str(url.config_error(RuntimeError("server said s3cr@t")))
+    for bad in ("redis://alice:s3cr3t@host/0", "::not a url s3cr3t"):
+        with pytest.raises(ConfigError) as e:
+            StorageURL.parse(bad)
+        assert "s3cr3t" not in str(e.value)
+    default = StorageURL.parse("")
+    assert default.is_sqlite and default.sqlite_path == (tmp_path / "optuna.db").resolve()
+    assert str(default) == f"sqlite:///{(tmp_path / 'optuna.db').resolve()}"
+    assert StorageURL.parse(str(default)) == default
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["wrong password", "unknown host", "refused", "missing database",
+                                  "tracking server down"])
+def test_unusable_storage_is_refused_at_once(case, pg, tracking, tmp_path, monkeypatch):
+    wrong = f"wrong-{uuid.uuid4().hex[:8]}"
+    port, db = pg.port, "postgres"
+    if case == "wrong password":
+        url, expected = f"postgresql://{pg.user}:{wrong}@127.0.0.1:{port}/{db}", "refused the login"
+    elif case == "unknown host":
+        url, expected = f"postgresql://{pg.user}:{wrong}@nonexistent.invalid:{port}/{db}", "host name is unknown"
+    elif case == "refused":
+        port = free_port()
+        url, expected = f"postgresql://{pg.user}:{wrong}@127.0.0.1:{port}/{db}", "nothing accepts connections"
+    elif case == "missing database":
+        db = "no_such_db"
+        url, expected = pg.url(db), "database does not exist"
+    else:
+        down = f"http://127.0.0.1:{free_port()}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+        url, expected = pg.url(), f"tracking server {down} does not answer"
+    out = cli(["tune", "--study", study_file(tmp_path), "--storage", url], tmp_path, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-3000:]
+    assert expected in text
+    if case != "tracking server down":
+        host = "nonexistent.invalid" if case == "unknown host" else "127.0.0.1"
+        assert f"database '{db}' on {host}:{port}" in text
+    assert wrong not in text and pg.secret not in text
+    assert "Traceback" not in text
+    # checked before any MLflow run was started: the CLI did not even create the tracking store
+    assert not (tmp_path / "mlflow.db").exists() or all_runs() == []
+
+
+@pytest.mark.slow
+def test_refused_storage_under_mlflow_run_ends_the_run_failed_and_warns(pg, tracking, tmp_path):
+    url = f"postgresql://{pg.user}:wrong-{pg.secret}@127.0.0.1:{pg.port}/postgres"
+    proc = mlflow_run("register", {"storage": url, "study_name": "none"}, tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert "refused the login" in proc.stderr and "storage password is now stored in MLflow" in proc.stderr
+    [run] = all_runs()  # made by `mlflow run` before our process started
+    assert run.info.status == "FAILED"
+    assert run.data.tags["storage_password_exposed"] == "true"
+
+
+@pytest.mark.slow
+def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, tracking, tmp_path, monkeypatch):
+    db = pg.create_database(f"pw_{uuid.uuid4().hex[:8]}")
+    url = pg.url(db)
+    out = cli(["tune", "--study", study_file(tmp_path), "--study_name", "s", "--storage", url,
+               "--register", "false"], tmp_path)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert pg.secret not in out.stdout + out.stderr
+    parent = next(r for r in all_runs() if r.info.run_name == "tune s")
+    assert parent.data.params["storage"] == str(StorageURL.parse(url)) and "***" in parent.data.params["storage"]
+    assert_no_secret_in_store(tmp_path, pg.secret)
+
+    # register with only study_name and a password-less URL: family and study file come from the study
+    monkeypatch.setenv("PGPASSWORD", pg.password)
+    bare = pg.url(db, password=False)
+    refused = cli(["register", "--study_name", "s", "--storage", bare, "--family", "cnn"], tmp_path)
+    assert refused.returncode == 2 and "tunes family 'mlp'" in refused.stderr, refused.stderr[-3000:]
+    done = cli(["register", "--study_name", "s", "--storage", bare], tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    champion = MlflowClient().get_model_version_by_alias("fmnist-classifier", "champion")
+    assert champion.tags["family"] == "mlp" and champion.tags["study"] == "s"
+    assert_no_secret_in_store(tmp_path, pg.secret)
+
+    # through `mlflow run -P storage=<password URL>`: MLflow records it itself; we warn, tag, add no copy
+    monkeypatch.delenv("PGPASSWORD")
+    proc = mlflow_run("register", {"storage": url, "study_name": "s"}, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "storage password is now stored in MLflow" in proc.stderr and "PGPASSWORD" in proc.stderr
+    assert pg.secret not in proc.stdout
+    ours = [line for line in proc.stderr.splitlines() if pg.secret in line and "=== Running command" not in line]
+    assert ours == []
+    run = next(r for r in all_runs() if r.info.run_name == "register s" and "storage_password_exposed" in r.data.tags)
+    assert_no_secret_in_store(tmp_path, pg.secret, allowed=[(run.info.run_id, "storage")])
+
+
+@pytest.mark.slow
+def test_passwordless_url_with_pgpassword_tunes_and_registers(pg, tracking, tmp_path, monkeypatch):
+    db = pg.create_database(f"bare_{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("PGPASSWORD", pg.password)
+    out = cli(["tune", "--study", study_file(tmp_path), "--study_name", "b", "--storage", pg.url(db, password=False)],
+              tmp_path)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert MlflowClient().get_model_version_by_alias("fmnist-classifier", "champion").tags["study"] == "b"
+    study = optuna.load_study(study_name="b", storage=StorageURL.parse(pg.url(db)).open())
+    assert study.user_attrs["family"] == "mlp" and study.user_attrs["study_file"] == "s.yaml"
+    assert study.user_attrs["study_file_text"] == (tmp_path / "s.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_study_survives_a_postgresql_restart(pg, tracking, tmp_path):
+    db = pg.create_database(f"restart_{uuid.uuid4().hex[:8]}")
+    url = pg.url(db)
+    study = study_file(tmp_path, epochs=25, samples=2000)
+    env = {**subprocess_env(), "FMNIST_HEARTBEAT_S": "1", "FMNIST_GRACE_S": "60"}
+    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", study, "--study_name", "r", "--storage", url,
+           "--n_trials", "2", "--register", "false"]
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    all_runs()  # make the MLflow sqlite store now: two workers creating it at once race in its migrations
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+               for log in logs]
+    try:
+        # provably in flight: a trial RUNNING with at least one epoch reported
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                trials = optuna.load_study(study_name="r", storage=StorageURL.parse(url).open()).trials
+            except (KeyError, ConfigError):
+                trials = []
+            if any(t.state.name == "RUNNING" and t.intermediate_values for t in trials):
+                break
+            assert all(w.poll() is None for w in workers), [log.read_text()[-3000:] for log in logs]
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial got under way:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
+        pg.stop()
+        time.sleep(5)
+        pg.start()
+        for w, log in zip(workers, logs):
+            assert w.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    text = "\n".join(log.read_text() for log in logs)
+    assert "database connection lost" in text  # the restart did hit storage calls, and they were retried
+
+    trials = optuna.load_study(study_name="r", storage=StorageURL.parse(url).open()).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    runs = all_runs()
+    assert [r.info.run_name for r in runs if r.info.status != "FINISHED"] == []
+    by_trial = {}
+    for r in runs:
+        if "optuna_trial" in r.data.tags:
+            by_trial.setdefault(int(r.data.tags["optuna_trial"]), []).append(r.info.run_id)
+    assert by_trial == {t.number: [t.user_attrs["mlflow_run_id"]] for t in trials}

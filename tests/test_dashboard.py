@@ -61,3 +61,14 @@ def test_bad_storage_refused_before_the_server_starts(tmp_path, storage, expecte
     assert expected in out.stderr and "secret" not in out.stderr
     assert "Listening" not in out.stdout + out.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_busy_port_refused_before_the_server_starts(study_store, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        out = cli(["dashboard", "--storage", study_store, "--port", str(taken.getsockname()[1])], tmp_path,
+                  timeout=120)
+    assert out.returncode == 2 and "pass another --port" in out.stderr, out.stdout + out.stderr

@@ -20,6 +20,7 @@ DESCRIPTIONS = {
     "register": "register the best model of a study that (other) tune workers ran",
     "predict": "classify PNG/JPEG files (or folders of them) with a registered model",
     "reproduce": "retrain a registered or logged model from its recorded parameters and data; compare the two",
+    "dashboard": "optuna-dashboard over the study store, on loopback (the studies as Optuna sees them)",
 }
 
 
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(images, params)
     if args.command == "reproduce":
         return _reproduce(params)
+    if args.command == "dashboard":
+        return _dashboard(params)
     return _dispatch(args.command, params)
 
 
@@ -90,6 +93,19 @@ def _reproduce(params: dict) -> int:
     except KeyboardInterrupt:
         print("interrupted: the MLflow run was ended as FAILED", file=sys.stderr)
         return 130
+
+
+def _dashboard(params: dict) -> int:
+    from . import dashboard
+
+    try:
+        dashboard.run(params)
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a dashboard stops
+    return 0
 
 
 def _dispatch(command: str, params: dict) -> int:

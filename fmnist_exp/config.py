@@ -198,6 +198,14 @@ REPRODUCE_PARAMS = [
 ]
 
 
+DASHBOARD_PARAMS = [
+    replace(next(p for p in TUNE_PARAMS if p.name == "storage"), help="Optuna storage URL to show ('' = sqlite "
+            "optuna.db beside mlflow.db, where tune writes by default)"),
+    Param("port", 8080, "port the dashboard listens on", in_range(1, 65535)),
+    Param("host", "127.0.0.1", "address to listen on (the dashboard has no login: keep it on loopback)"),
+]
+
+
 def family_params(family: str) -> list[Param]:
     """All parameters of one family's entry point, in CLI order."""
     if family not in FAMILY_PARAMS:
@@ -209,13 +217,13 @@ def family_params(family: str) -> list[Param]:
     return [*own.values(), *restated, *DATA_PARAMS]
 
 
-COMMANDS = (*FAMILIES, "tune", "register", "predict", "reproduce")
+COMMANDS = (*FAMILIES, "tune", "register", "predict", "reproduce", "dashboard")
 
 
 def command_params(command: str) -> list[Param]:
     """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
     special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS,
-               "reproduce": REPRODUCE_PARAMS}
+               "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS}
     return special[command] if command in special else family_params(command)
 
 

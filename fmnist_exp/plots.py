@@ -74,5 +74,18 @@ def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, max
     return fig
 
 
+def metric_curves(curves: dict[str, list[float]], metric: str, title: str = ""):
+    """One metric per epoch for several runs, one line each (e.g. the top trials of a study)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel=metric, title=title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

@@ -24,7 +24,7 @@ import optuna
 
 from . import config as C
 from . import data as D
-from . import experiment, reference, registry, space, storage, tracking
+from . import experiment, reference, registry, report, space, storage, tracking
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -318,6 +318,7 @@ def run(args: dict, *, train_fn=None) -> dict:
                 summary.update(_register(setup, study, pid, args["model_name"], args["promote_alpha"]))
             else:
                 mlflow.set_tag("registration", "skipped: register=false (run the register entry point)")
+            report.log_report(study, pid, setup.spec)
     print_summary(summary, setup.study_name)
     return summary
 
@@ -331,6 +332,7 @@ def register_only(args: dict) -> dict:
         summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])
         summary["model_name"] = args["model_name"]
         summary.update(_register(setup, study, parent.info.run_id, args["model_name"], args["promote_alpha"]))
+        report.log_report(study, parent.info.run_id, setup.spec)
     print_summary(summary, setup.study_name)
     return summary
 

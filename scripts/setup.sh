@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine: the real dataset (Debian package, where apt exists),
+# Set up everything on a fresh machine: the real dataset and chromium (Debian packages, where apt exists),
 # a Python 3.11 virtual environment in .venv, and the project with its test extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -7,11 +7,19 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
-  echo "[setup] installing Debian's dataset-fashion-mnist"
-  { as_root apt-get update -q && as_root apt-get install -y -q dataset-fashion-mnist; } >/dev/null \
-    || echo "[setup] warning: could not install dataset-fashion-mnist; put the IDX files in ./data instead"
-fi
+# apt_install PACKAGE WHY IF_NOT: install a Debian package quietly; on failure say what follows
+apt_install() {
+  command -v apt-get >/dev/null || { echo "[setup] warning: no apt-get to install $1; $3"; return 0; }
+  echo "[setup] installing Debian's $1 ($2)"
+  { as_root apt-get update -q && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1"; } \
+    >/dev/null 2>&1 || echo "[setup] warning: could not install $1; $3"
+}
+
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+  || apt_install dataset-fashion-mnist "the real dataset" "put the IDX files in ./data instead"
+# the dashboard and study-report tests open pages in it, driven by playwright (never `playwright install`)
+[ -x /usr/bin/chromium ] \
+  || apt_install chromium "a headless browser for the tests" "the browser tests skip (and fail under CI=true)"
 
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3

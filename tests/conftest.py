@@ -217,3 +217,37 @@ def wait_for_epoch(proc, log_path: Path, timeout: int = 300):
         time.sleep(0.5)
     proc.kill()
     pytest.fail("no trial got through an epoch:\n" + log_path.read_text()[-3000:])
+
+
+# --- a real headless browser: Debian's chromium driven by playwright ---
+
+CHROMIUM = "/usr/bin/chromium"  # scripts/setup.sh installs it; playwright's own download is not used
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless chromium; skips without it (or without playwright), fails under CI=true."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    missing = ("playwright is not installed (pip install -e '.[test]')" if sync_playwright is None else
+               f"no browser at {CHROMIUM} (apt-get install chromium; scripts/setup.sh does)"
+               if not Path(CHROMIUM).exists() else None)
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing + " -- CI must run the browser tests")
+        pytest.skip(missing)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context.new_page()
+    context.close()

@@ -15,7 +15,8 @@ def _mlproject():
     return yaml.safe_load((REPO / "MLproject").read_text())
 
 
-@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "predict", "reproduce"])
+@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "predict", "reproduce",
+                                   "dashboard"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]
     params = C.command_params(entry)

@@ -215,11 +215,14 @@ def test_study_survives_a_postgresql_restart(pg, tracking, tmp_path):
             time.sleep(0.5)
         else:
             pytest.fail("no trial got under way:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
+        t0 = time.monotonic()
         pg.stop()
         time.sleep(5)
         pg.start()
+        print(f"[restart] PostgreSQL stopped and started again in {time.monotonic() - t0:.1f} s")
         for w, log in zip(workers, logs):
             assert w.wait(timeout=600) == 0, log.read_text()[-3000:]
+            print(f"[restart] worker done {time.monotonic() - t0:.1f} s after the stop")
     finally:
         for w in workers:
             if w.poll() is None:

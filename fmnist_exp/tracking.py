@@ -52,7 +52,10 @@ def use_experiment(chosen: str, default: str) -> str:
                   f"{default!r}, add --experiment-name {default} to `mlflow run`", file=sys.stderr, flush=True)
         return experiment.name
     name = chosen or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    # When two workers create it at once, the loser's set_experiment returns the winner's
+    # experiment without making it active (MLflow 3.17): activate it by id either way.
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return name
 
 

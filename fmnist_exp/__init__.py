@@ -9,8 +9,6 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# TensorFlow's C++ start-up chatter (CUDA probes, CPU feature notes) hides the useful output.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # oneDNN kernels: TensorFlow turns them on by itself only on some Intel CPUs; on this project's
 # 2-core AMD machines they trained the CNN up to 1.36x faster (no gain in the machine's slow
 # phases; BENCHMARKS.md). Must be set
@@ -24,3 +22,9 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # backoff: a call may wait up to one step (up to 64 s for a 60-120 s outage) after the server is back.
 _os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
 _os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+
+# The console shows this project's lines, not TensorFlow's and MLflow's chatter (console.py;
+# --verbose or FMNIST_VERBOSE=1 brings it back). Must run before TensorFlow is imported.
+from . import console as _console  # noqa: E402
+
+_console.configure()

@@ -35,6 +35,9 @@ def _add_params(sub: argparse.ArgumentParser, params: list[C.Param]) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fmnist_exp",
                                  description="Fashion-MNIST experiments tracked in MLflow.")
+    ap.add_argument("--verbose", action="store_true",
+                    help="also show TensorFlow's and MLflow's own messages and progress bars (as FMNIST_VERBOSE=1, "
+                         "which works under `mlflow run` too)")
     subs = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(DESCRIPTIONS) + "}")
     for name, desc in DESCRIPTIONS.items():
         sub = subs.add_parser(name, help=desc, description=desc)
@@ -46,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    raw = {k: v for k, v in vars(args).items() if k != "command"}
+    if args.verbose:
+        from . import console
+
+        console.configure(verbose=True)
+    raw = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
     images = raw.pop("images", None)
     try:
         params = C.resolve_command(args.command, raw)

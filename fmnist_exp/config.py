@@ -154,6 +154,12 @@ FAMILY_PARAMS = {
 }
 
 
+# Where a command files its runs. Not a model parameter: not in family_params (so a reproduction
+# does not miss it), only on the commands (tracking.use_experiment says how it is chosen).
+EXPERIMENT = Param("experiment", "", "MLflow experiment for this command's runs ('' = $MLFLOW_EXPERIMENT_NAME, "
+                   "else fmnist-<family> for a single run, fmnist-study-<study name> for a study; under "
+                   "`mlflow run`, use its --experiment-name instead)")
+
 TUNE_PARAMS = [
     Param("family", "", "model family to tune: mlp or cnn ('' = the study's own: the family stored on an "
           "existing study, else the study file's, else cnn)", one_of(("", "mlp", "cnn"))),
@@ -173,12 +179,13 @@ TUNE_PARAMS = [
     Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
     Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "
           "exact McNemar p below this", in_range(0, 1, lo_open=True, hi_open=True)),
+    EXPERIMENT,
 ]
 
 
 REGISTER_PARAMS = [p for p in TUNE_PARAMS
                    if p.name in ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir",
-                                 "promote_alpha")]
+                                 "promote_alpha", "experiment")]
 
 PREDICT_PARAMS = [
     Param("model_uri", "models:/fmnist-classifier@champion", "model to answer with (any models:/ or runs:/ URI)"),
@@ -195,6 +202,7 @@ REPRODUCE_PARAMS = [
           "sha256 is the original's"),
     Param("exact", False, "true: pass only if the rebuild's test-set probabilities are bit-identical to the "
           "original's (same machine, code and data give that; tolerance is then not used)"),
+    EXPERIMENT,
 ]
 
 
@@ -224,7 +232,7 @@ def command_params(command: str) -> list[Param]:
     """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
     special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS,
                "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS}
-    return special[command] if command in special else family_params(command)
+    return special[command] if command in special else [*family_params(command), EXPERIMENT]
 
 
 def defaults(family: str) -> dict:

@@ -59,7 +59,8 @@ def _trained(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str) 
         print(f"[tune] reference: training {spec.reference.describe()} with epochs={p['epochs']} "
               f"train_samples={p['train_samples']} seed={p['seed']}", flush=True)
         with mlflow.start_run(run_name="reference", nested=True, tags=tags) as run:
-            res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags)
+            res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags,
+                                          echo="[tune] reference")
         run_id, classifier_uri = run.info.run_id, res.classifier_uri
     labels, _ = registry.score_on_test(run_id, classifier_uri, ds, "reference")
     return run_id, labels

@@ -137,11 +137,15 @@ def _log_optuna_plots(study: optuna.Study, run_id: str) -> list[str]:
 
 
 def leaderboard(experiment_id: str):
-    """Best run per family (by test accuracy) in the experiment, best first."""
+    """Best run per family (by test accuracy), best first, in the study's experiment and the
+    single runs' experiments fmnist-baseline, fmnist-mlp and fmnist-cnn (those that exist)."""
+    client = MlflowClient()
+    ids = [experiment_id] + [e.experiment_id for f in LEADERBOARD_FAMILIES
+                             if (e := client.get_experiment_by_name(f"fmnist-{f}")) is not None]
     rows = []
     for family in LEADERBOARD_FAMILIES:
         runs = mlflow.search_runs(
-            [experiment_id], filter_string=f"tags.family = '{family}' and metrics.{C.TEST_ACC} > 0",
+            list(dict.fromkeys(ids)), filter_string=f"tags.family = '{family}' and metrics.{C.TEST_ACC} > 0",
             order_by=[f"metrics.{C.TEST_ACC} DESC"], max_results=1,
         )
         if len(runs):
@@ -206,11 +210,21 @@ def already_registered(name: str, run_id: str):
     return found[0] if found else None
 
 
+def link_model(run_id: str, model_uri: str) -> None:
+    """Show a model logged by another run (the study's candidate) as this run's output: the
+    parent run's Models column then names the model its study registered, with its metrics."""
+    from mlflow.entities import LoggedModelOutput
+
+    if model_uri.startswith("models:/m-"):  # a LoggedModel id; older or registry URIs have none to link
+        MlflowClient().log_outputs(run_id, [LoggedModelOutput(model_uri.removeprefix("models:/"), step=0)])
+
+
 def register_candidate(cand: Candidate, ds: D.Dataset, *, model_name: str, study_name: str, family: str,
                        parent_run_id: str, promote_alpha: float) -> dict:
     """Score the candidate on the test split once, register it and let the gate decide its alias."""
     client = MlflowClient()
     score_candidate(cand, ds)
+    link_model(parent_run_id, cand.classifier_uri)
     out = {"model_name": model_name, "best_trial": cand.trial_number, "best_val_accuracy": cand.val_accuracy,
            "best_run_id": cand.run_id, "candidate": cand.origin, "test_accuracy": cand.test_metrics[C.TEST_ACC],
            "test_macro_f1": cand.test_metrics[C.TEST_F1]}

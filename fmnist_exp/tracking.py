@@ -1,14 +1,18 @@
-"""MLflow at the edges: the per-epoch callback, safe parameter logging, model logging,
-and the guarantee that no run is left RUNNING when a process is interrupted.
+"""MLflow at the edges: the experiment a command files its runs under, the per-epoch callback,
+safe parameter logging, model logging (each model a LoggedModel that carries its metrics), and
+the guarantee that no run is left RUNNING when a process is interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,6 +23,40 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from . import config as C
+
+
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
+
+
+def use_experiment(chosen: str, default: str) -> str:
+    """File this command's runs under an experiment and return its name: ``chosen`` (the
+    ``experiment`` parameter), else $MLFLOW_EXPERIMENT_NAME, else ``default`` (fmnist-<family>,
+    fmnist-study-<study>), created on first use.
+
+    Under `mlflow run` the run exists before this code starts, in the experiment `mlflow run`
+    chose (--experiment-name or --experiment-id, which also read $MLFLOW_EXPERIMENT_NAME / _ID;
+    else Default), and a run cannot move: that experiment is kept, and the nested runs follow it.
+    A ``chosen`` that differs is refused before any work (it could not be honoured); a run that
+    landed in Default gets a note saying how to file it under ``default`` next time.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` until start_run resumes the run
+    if run_id:
+        client = MlflowClient()
+        experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+        if chosen and chosen != experiment.name:
+            raise C.ConfigError(
+                f"experiment={chosen!r}: under `mlflow run` the run already exists in experiment "
+                f"{experiment.name!r} and cannot move; pass `mlflow run --experiment-name {chosen}` instead")
+        if experiment.experiment_id == DEFAULT_EXPERIMENT_ID and not chosen:
+            print(f"note: `mlflow run` filed this run under experiment {experiment.name!r}; to file it under "
+                  f"{default!r}, add --experiment-name {default} to `mlflow run`", file=sys.stderr, flush=True)
+        return experiment.name
+    name = chosen or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default
+    experiment = mlflow.set_experiment(name)
+    # When two workers create it at once, the loser's set_experiment returns the winner's
+    # experiment without making it active (MLflow 3.17): activate it by id either way.
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return name
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -70,24 +108,77 @@ def pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "tensorflow", "keras", "numpy", "pandas")]
 
 
-def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model") -> str:
+@dataclass(frozen=True)
+class LoggedModelRef:
+    """A model logged by this run: the URI to load it with and its MLflow 3 LoggedModel id (the
+    UI's Models tab, ``mlflow.search_logged_models``, metrics with ``model_id``)."""
+
+    uri: str
+    model_id: str
+
+
+def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0) -> LoggedModelRef:
     """Log with the keras flavor, a signature (raw 0-255 pixels, shape (-1, 28, 28)) and a
-    3-image input example; returns the ``runs:/`` URI.
+    3-image input example, as a LoggedModel of the active run; the URI is ``runs:/<run>/<name>``.
 
     ``mlflow.keras.log_model(input_example=...)`` fails on a directory it never creates
-    (mlflow/mlflow#16183, still open in 3.18), so the model is saved into a directory made
-    here and logged as the run's artifacts: same MLmodel, same URI scheme for loading and
-    registering.
+    (mlflow/mlflow#16183, still there in 3.17), so this does what ``Model.log`` does around the
+    flavor's ``save_model``: a PENDING LoggedModel, the model saved into a directory made here,
+    its files uploaded to the LoggedModel, the model recorded as the run's output, READY.
+    ``runs:/<run>/<name>`` resolves to the LoggedModel of that name and run, as for any MLflow 3 model.
+
+    ``step``: when a model is logged, MLflow copies the run's metrics logged at its step onto it.
+    A network's models are logged at step = epochs trained, past the last epoch's step, so epoch
+    0's val_accuracy does not become the model's; :func:`log_model_metrics` gives it its own.
     """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    run_id = mlflow.active_run().info.run_id
+    client = MlflowClient()
     example = x_example[:3].astype("float32")
     signature = infer_signature(example, model.predict(example, verbose=0))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.mkdir()
-        mlflow.keras.save_model(model, str(path), signature=signature, input_example=example,
-                                pip_requirements=pip_requirements())
-        mlflow.log_artifacts(str(path), name)
-    return f"runs:/{mlflow.active_run().info.run_id}/{name}"
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type="keras")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.mkdir()
+            meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                         model_id=logged.model_id)
+            mlflow.keras.save_model(model, str(path), mlflow_model=meta, signature=signature, input_example=example,
+                                    pip_requirements=pip_requirements())
+            client.log_model_artifacts(logged.model_id, str(path))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return LoggedModelRef(f"runs:/{run_id}/{name}", logged.model_id)
+
+
+def log_model_metrics(run_id: str, metrics: dict[str, float], *, digest: str = "",
+                      model_ids: list[str] | None = None) -> None:
+    """Log ``metrics`` on the run and on its models (``model_ids``, default: every model the run
+    logged), so the Models tab and ``mlflow.search_logged_models`` can rank models by them.
+
+    One batch, one timestamp: the run keeps one point per metric however many models share it.
+    ``digest`` names the split the metrics were measured on (a dataset input of the run, see
+    lineage.py): the UI shows a model's metrics per dataset.
+    """
+    from mlflow.entities import Metric
+
+    from .lineage import DATASET_NAME
+
+    client = MlflowClient()
+    if model_ids is None:
+        outputs = client.get_run(run_id).outputs
+        model_ids = [o.model_id for o in outputs.model_outputs] if outputs else []
+    ts = int(time.time() * 1000)
+    dataset = {"dataset_name": DATASET_NAME, "dataset_digest": digest} if digest else {}
+    batch = [Metric(k, float(v), ts, 0, model_id=mid, **dataset)
+             for k, v in metrics.items() if math.isfinite(v) for mid in (model_ids or [None])]
+    for i in range(0, len(batch), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
 
 
 def log_figure(fig, path: str) -> None:

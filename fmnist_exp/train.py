@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from . import config as C
+from .console import duration
 from .data import NUM_CLASSES, Splits
 from .models import build_augmenter
 
@@ -35,6 +36,30 @@ class FitResult:
     epochs_run: int
     wall_s: float
     images_per_s: float
+
+
+class EpochPrinter(keras.callbacks.Callback):
+    """One console line per epoch, instead of Keras' progress bar (fit runs with verbose=0):
+    ``[cnn] epoch 3/8  loss 0.4123  val_accuracy 0.8712  35.2 s  ETA 2.9 min``. The ETA is the
+    mean epoch time so far times the epochs left; early stopping may end sooner."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.durations: list[float] = []
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.durations.append(time.perf_counter() - self._t0)
+        logs = logs or {}
+        total = self.params.get("epochs") or epoch + 1
+        eta = sum(self.durations) / len(self.durations) * (total - epoch - 1)
+        shown = "  ".join(f"{k} {logs[k]:.4f}" for k in (C.TRAIN_LOSS, C.VAL_ACC) if k in logs)
+        print(f"{self.prefix} epoch {epoch + 1}/{total}  {shown}  {self.durations[-1]:.1f} s  ETA {duration(eta)}",
+              flush=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -25,6 +25,7 @@ import optuna
 from . import config as C
 from . import data as D
 from . import experiment, reference, registry, report, space, storage, tracking
+from .console import duration
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -46,7 +47,8 @@ class PruningCallback(keras.callbacks.Callback):
 
 
 class Progress:
-    """One console line per finished trial and the trial's state on its MLflow run."""
+    """One console line per finished trial (state, value, epochs trained, the trial's time, best
+    so far, time since start) and the trial's state on its MLflow run."""
 
     def __init__(self, n_trials: int, parent_run_id: str):
         self.n_trials, self.parent_run_id = n_trials, parent_run_id
@@ -64,10 +66,12 @@ class Progress:
         except ValueError:
             best = "none yet"
         value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
+        took = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
         elapsed = time.perf_counter() - self.t0
         total = self.n_trials or "?"
-        print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} "
-              f"best={best} elapsed={elapsed / 60:.1f} min", flush=True)
+        print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} epochs={epochs} "
+              f"time={duration(took)} best={best} elapsed={duration(elapsed)}", flush=True)
         if trial.state == optuna.trial.TrialState.COMPLETE:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
 
@@ -154,7 +158,7 @@ def final_run(study_name: str, spec: space.StudySpec, base: dict, best: optuna.t
     name = f"final (trial {best.number})" if spec.final_seeds == 1 else f"final (trial {best.number}, seed {seed})"
     print(f"[tune] {name}: retraining with {spec.final}", flush=True)
     with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
-        res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags)
+        res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags, echo="[tune] final")
     return registry.Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.metrics["val_final_accuracy"],
                               best.number, "final retrain")
 
@@ -297,6 +301,7 @@ def run(args: dict, *, train_fn=None) -> dict:
     with setup.storage.single_worker_guard():
         study = open_study(setup, args["seed"])
         before = trials_started(study)
+        tracking.use_experiment(args["experiment"], f"fmnist-study-{setup.study_name}")
         with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {setup.study_name}") as parent:
             pid = parent.info.run_id
             _log_setup(setup, args, before)
@@ -327,6 +332,7 @@ def register_only(args: dict) -> dict:
     """The `register` entry point: the champion decision for a study other workers ran."""
     setup = prepare(args, must_exist=True)
     study = optuna.load_study(study_name=setup.study_name, storage=setup.optuna_storage)
+    tracking.use_experiment(args["experiment"], f"fmnist-study-{setup.study_name}")
     with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"register {setup.study_name}") as parent:
         _log_setup(setup, args, trials_started(study))
         summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])

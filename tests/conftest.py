@@ -32,6 +32,19 @@ def dataset():
     return data.load()
 
 
+@pytest.fixture(autouse=True)
+def _no_active_experiment(monkeypatch):
+    """Commands pick their experiment with mlflow.set_experiment, which remembers its id in this
+    process and exports it (MLFLOW_EXPERIMENT_ID) to every subprocess: each test starts and ends
+    without one, so no test or `mlflow run` inherits an experiment id from another test's store."""
+    import mlflow.tracking.fluent
+
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
     """A fresh MLflow store (sqlite + ./mlruns) under tmp_path, used in-process and by subprocesses."""

@@ -51,6 +51,8 @@ def is_transient(e: BaseException) -> bool:
         seen.add(id(e))
         chain.append(e)
         e = e.__cause__ or e.__context__
+    if any(isinstance(x, (KeyboardInterrupt, SystemExit)) for x in chain):
+        return False  # Ctrl-C or SIGTERM inside a storage call broke the connection: stop, do not retry
     lost = any(isinstance(x, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                               sqlalchemy.exc.DisconnectionError))
                or (isinstance(x, sqlalchemy.exc.DBAPIError) and x.connection_invalidated) for x in chain)

@@ -67,9 +67,10 @@ def _trained(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str) 
 
 
 def _measured(run_id: str, ds: D.Dataset) -> np.ndarray:
-    """Test labels of an existing run's logged Keras model; nothing is trained or logged."""
-    model = mlflow.keras.load_model(mlflow.MlflowClient().get_run(run_id).data.tags["model_uri"])
-    return model.predict(ds.x_test.astype("float32"), batch_size=1024, verbose=0).argmax(axis=1)
+    """Test labels of an existing run's classifier (the path the candidate is scored through);
+    nothing is trained or logged."""
+    uri = mlflow.MlflowClient().get_run(run_id).data.tags["classifier_uri"]
+    return registry.classifier_answers(uri, ds.x_test)["label"].to_numpy()
 
 
 def report(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, candidate: registry.Candidate,

@@ -241,13 +241,18 @@ class StorageURL:
             except Exception as e:
                 engine.dispose()
                 raise self.config_error(e) from None
-            with conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            engine.dispose()
+            try:
+                with conn:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                    try:
+                        yield
+                    finally:
+                        try:
+                            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        except sqlalchemy.exc.DBAPIError:
+                            pass  # the session is gone (a database restart): its end released the lock
+            finally:
+                engine.dispose()
         elif self.is_sqlite:
             path = self.sqlite_path.with_suffix(f".register-{key & 0xFFFFFFFF:x}.lock")
             with open(path, "w") as f:

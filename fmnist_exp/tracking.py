@@ -188,7 +188,8 @@ def log_figure(fig, path: str) -> None:
     close(fig)
 
 
-_signalled: list[int] = []  # signals seen by _raise_interrupt in this process
+_signalled: list[int] = []  # signals seen by _raise_interrupt since the outermost interrupts_end_runs began
+_depth = [0]  # interrupts_end_runs blocks open (the CLI's around tune's)
 
 
 def _raise_interrupt(signum, frame):
@@ -201,13 +202,18 @@ def interrupts_end_runs():
     """Turn SIGTERM (and Ctrl-C, unless SIGINT is ignored) into KeyboardInterrupt so ``with
     mlflow.start_run()`` blocks unwind and end their runs (FAILED) instead of leaving them
     RUNNING, and remember it for :func:`raise_if_interrupted`."""
+    if _depth[0] == 0:
+        _signalled.clear()  # a signal from an earlier command in this process is not this one's
     handled = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         handled.append(signal.SIGINT)
     previous = {s: signal.signal(s, _raise_interrupt) for s in handled}
+    _depth[0] += 1
     try:
         yield
+        raise_if_interrupted()  # a swallowed signal still ends the command with exit code 130
     finally:
+        _depth[0] -= 1
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -215,7 +221,8 @@ def interrupts_end_runs():
 def raise_if_interrupted() -> None:
     """Raise KeyboardInterrupt again if a signal arrived and was swallowed: one that lands inside
     an Optuna RDB storage call (PostgreSQL) comes out as StorageInternalError, an ordinary
-    exception that the study would count as one failed trial before going on."""
+    exception that the study would count as one failed trial before going on; one that lands in a
+    finalizer (a ``__del__`` during garbage collection) is printed and dropped by Python."""
     if _signalled:
         raise KeyboardInterrupt(f"signal {_signalled[-1]} (arrived during a storage call)")
 

@@ -312,7 +312,7 @@ def run(args: dict, *, train_fn=None) -> dict:
                 study.optimize(
                     make_objective(setup.spec, setup.base, setup.ds, setup.study_name, pid, train_fn),
                     n_trials=setup.budget["n_trials"], timeout=setup.budget["timeout"] or None,
-                    catch=(Exception,), callbacks=[Progress(setup.budget["n_trials"], pid), stop_if_interrupted],
+                    catch=(Exception,), callbacks=[stop_if_interrupted, Progress(setup.budget["n_trials"], pid)],
                     gc_after_trial=True,
                 )
             finally:
@@ -324,6 +324,7 @@ def run(args: dict, *, train_fn=None) -> dict:
             else:
                 mlflow.set_tag("registration", "skipped: register=false (run the register entry point)")
             report.log_report(study, pid, setup.spec)
+            tracking.raise_if_interrupted()  # inside the run, so a swallowed signal ends it FAILED
     print_summary(summary, setup.study_name)
     return summary
 
@@ -339,6 +340,7 @@ def register_only(args: dict) -> dict:
         summary["model_name"] = args["model_name"]
         summary.update(_register(setup, study, parent.info.run_id, args["model_name"], args["promote_alpha"]))
         report.log_report(study, parent.info.run_id, setup.spec)
+        tracking.raise_if_interrupted()
     print_summary(summary, setup.study_name)
     return summary
 

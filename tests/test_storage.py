@@ -240,3 +240,35 @@ def test_study_survives_a_postgresql_restart(pg, tracking, tmp_path):
         if "optuna_trial" in r.data.tags:
             by_trial.setdefault(int(r.data.tags["optuna_trial"]), []).append(r.info.run_id)
     assert by_trial == {t.number: [t.user_attrs["mlflow_run_id"]] for t in trials}
+
+
+def test_only_a_lost_connection_is_retried():
+    """A dropped connection heals and is retried; a refused login, a missing database, an SQL error
+    and a Ctrl-C that broke the connection mid-call are not (the interrupt must stop the worker)."""
+    import sqlalchemy
+
+    from fmnist_exp import dbretry
+
+    def wrapped(cause: BaseException) -> sqlalchemy.exc.OperationalError:
+        try:
+            try:
+                raise cause
+            except BaseException as e:
+                raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")) from e
+        except sqlalchemy.exc.OperationalError as outer:
+            return outer
+
+    assert dbretry.is_transient(wrapped(ConnectionResetError("connection reset by peer")))
+    assert not dbretry.is_transient(wrapped(KeyboardInterrupt()))
+    assert not dbretry.is_transient(sqlalchemy.exc.OperationalError(
+        "SELECT 1", {}, Exception('password authentication failed for user "fmnist"')))
+    assert not dbretry.is_transient(sqlalchemy.exc.ProgrammingError("SELECT x", {}, Exception("syntax error")))
+    calls = []
+
+    def interrupted():
+        calls.append(1)
+        raise wrapped(KeyboardInterrupt())
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        dbretry.retry_transient(interrupted)
+    assert calls == [1]  # not retried

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark; JSON lands in bench/out/. About 75 minutes on a 2-core machine.
+# Run every benchmark; JSON lands in bench/out/. About 100 minutes on a 2-core machine.
 # The long study (experiments/cnn_long.yaml, about an hour more) runs only with --long.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,9 @@ $PY bench/bench_defaults.py --families baseline,mlp > bench/out/defaults.json  #
 $PY bench/bench_throughput.py > bench/out/throughput.json
 $PY bench/bench_overhead.py > bench/out/overhead.json
 $PY bench/bench_serving.py > bench/out/serving.json
-$PY bench/bench_tune.py > bench/out/tune.json
+$PY bench/bench_study_pays.py > bench/out/study_pays.json  # the default cnn run and the default study side by side
+$PY bench/bench_lineage.py > bench/out/lineage.json
+$PY bench/bench_determinism.py > bench/out/determinism.json
 FMNIST_TEST_PG="$(bash scripts/start_postgres.sh | tail -n 1)" $PY bench/bench_scaleout.py > bench/out/scaleout.json
 if nvidia-smi -L > /dev/null 2>&1; then  # GPU figures only where there is a GPU
   $PY bench/bench_gpu.py > bench/out/gpu.json

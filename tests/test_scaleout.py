@@ -24,14 +24,15 @@ def test_three_workers_share_one_study(cluster):
     study_file = cluster["tmp"] / "s.yaml"
     study_file.write_text(STUDY.format(epochs=2, samples=800))
     k = 2
-    procs = [worker(cluster, study_file, "shared", k, f"w{i}.log") for i in range(3)]
+    procs = [worker(cluster, study_file, "shared", k, f"w{i}.log", grace_s=120) for i in range(3)]
     for i, p in enumerate(procs):
         assert p.wait(timeout=900) == 0, (cluster["tmp"] / f"w{i}.log").read_text()[-3000:]
 
     study = optuna.load_study(study_name="shared", storage=cluster["optuna"])
     numbers = [t.number for t in study.trials]
     assert len(numbers) == 3 * k and sorted(numbers) == list(range(3 * k))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), \
+        [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
 
     runs = all_runs()
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []

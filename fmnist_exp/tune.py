@@ -285,14 +285,27 @@ def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str, prom
     """Pick the candidate (maybe retraining it), register it through the promotion gate and
     measure its gain over the reference, one worker at a time (so the reference is trained once)."""
     with setup.storage.registration_lock(model_name):
-        candidate = pick_candidate(study, setup.spec, setup.base, setup.ds)
-        if candidate is None:
-            mlflow.set_tag("registration", "skipped: no complete trial")
-            return {}
-        out = registry.register_candidate(candidate, setup.ds, model_name=model_name, study_name=setup.study_name,
-                                          family=setup.spec.family, parent_run_id=pid, promote_alpha=promote_alpha)
-        out.update(reference.report(setup.spec, setup.base, setup.ds, setup.study_name, candidate, pid))
-        return out
+        # a lone worker (SQLite) trains the reference beside the final retrain (reference.py)
+        background = (reference.start_background(setup.spec, setup.base, setup.study_name, pid)
+                      if setup.storage.is_sqlite and _any_complete(study) else None)
+        try:
+            candidate = pick_candidate(study, setup.spec, setup.base, setup.ds)
+            if candidate is None:
+                mlflow.set_tag("registration", "skipped: no complete trial")
+                return {}
+            out = registry.register_candidate(candidate, setup.ds, model_name=model_name,
+                                              study_name=setup.study_name, family=setup.spec.family,
+                                              parent_run_id=pid, promote_alpha=promote_alpha)
+            out.update(reference.report(setup.spec, setup.base, setup.ds, setup.study_name, candidate, pid,
+                                        background))
+            return out
+        finally:
+            if background is not None:
+                background.stop()
+
+
+def _any_complete(study: optuna.Study) -> bool:
+    return any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
 def run(args: dict, *, train_fn=None) -> dict:

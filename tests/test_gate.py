@@ -6,6 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import numpy as np
@@ -13,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
-from conftest import cli
+from conftest import cli, subprocess_env
 from fmnist_exp import config as C
 from fmnist_exp import reference, registry, serving, space, stats, tune
 
@@ -184,6 +189,8 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path):
     m, t = parent.data.metrics, parent.data.tags
     [ref] = [r for r in nested(parent.info.run_id) if r.info.run_name == "reference"]
     assert ref.data.tags["study_reference"] == "true" and ref.data.tags["optuna_study"] == "gain"
+    # a lone (SQLite) worker trains it in a second process, beside the final retrain, nested all the same
+    assert ref.data.tags["reference_background"] == "true" and ref.info.status == "FINISHED"
     # the default recipe (hidden_units 512,256, not the study's fixed 32) with the trials' budget
     p = ref.data.params
     assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "1", "1000", "42")
@@ -208,6 +215,39 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path):
     assert byrun["reference"] == f"run {ref.info.run_id}" and byrun["reference_run_id"] == ref.info.run_id
     assert byrun["gain_reference_test_accuracy"] == pytest.approx(m["gain_reference_test_accuracy"], abs=1e-6)
     assert [r.info.run_name for r in nested(parent_of("byrun").info.run_id)] == ["trial 0"]
+
+
+def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
+    """SIGTERM while the reference trains in its second process: both processes stop, the
+    reference run ends FAILED with the parent (the final, whichever state the signal found it in,
+    is not left RUNNING), and the second process is gone."""
+    study = study_file(tmp_path, "bgterm", extra="final: {epochs: 40, train_samples: 3000}")
+    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", study, "--n_trials", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # until the reference has trained an epoch
+        refs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string="tags.reference_background = 'true'") \
+            if (tmp_path / "mlflow.db").exists() else []
+        if refs and client.get_metric_history(refs[0].info.run_id, "val_accuracy"):
+            break
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("the background reference never trained an epoch:\n" + (proc.stdout.read() or "")[-3000:])
+    child = int(subprocess.run(["pgrep", "-f", "fmnist_exp.reference"], capture_output=True, text=True)
+                .stdout.split()[0])
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status["tune bgterm"] == "FAILED" and status["reference"] == "FAILED", status
+    assert status["final (trial 0)"] in ("FAILED", "FINISHED") and "RUNNING" not in status.values(), status
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
 
 
 def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):

@@ -6,7 +6,8 @@
 Reports each command's wall time end to end (process start to exit), their ratio (issue 16's
 budget: the study within 3.5x of one default `cnn` run), the default run's test accuracy, and
 what the study reports about itself: champion test accuracy, the reference's, the paired
-difference with its 95% bootstrap interval and the exact McNemar p-value. Both runs write into
+difference with its 95% bootstrap interval and the exact McNemar p-value, and where its time went
+(each nested run's start and length: trials, the final retrain and the reference beside it). Both runs write into
 one throwaway MLflow store and Optuna storage.
 """
 
@@ -60,6 +61,13 @@ def main() -> None:
         cnn = next(r for r in runs if r.data.tags.get("family") == "cnn" and "optuna_study" not in r.data.tags
                    and "mlflow.parentRunId" not in r.data.tags)
         parent = next(r for r in runs if r.data.tags.get("mlflow.runName", "").startswith("tune "))
+        # where the study's time went: each nested run's start and length, seconds from the parent's start
+        kids = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.start_time)
+        out["study_phases_s"] = {r.info.run_name: [round((r.info.start_time - parent.info.start_time) / 1000),
+                                                   round((r.info.end_time - r.info.start_time) / 1000)]
+                                 for r in kids}
+        out["study_parent_s"] = round((parent.info.end_time - parent.info.start_time) / 1000)
     out["ratio_tune_to_cnn"] = round(out["walls_s"]["tune"] / out["walls_s"]["cnn"], 2)
     out["walls_s"] = {k: round(v, 1) for k, v in out["walls_s"].items()}
     out["cnn_test_accuracy"] = round(cnn.data.metrics["test_accuracy"], 4)

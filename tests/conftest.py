@@ -196,15 +196,16 @@ def cluster(pg_admin, tmp_path, monkeypatch):
                "server": server, "server_cmd": cmd}
 
 
-def worker(cluster, study_file, study_name, n_trials, log_name, grace_s: int = 8):
+def worker(cluster, study_file, study_name, n_trials, log_name, grace_s: int = 8, storage: str = ""):
     """A `tune` worker process on the cluster, output to tmp/``log_name``. Heartbeats every 2 s;
     a trial silent for ``grace_s`` is taken for lost. The short default lets the kill tests see a
     SIGKILLed worker quickly; tests of healthy workers pass a long one, because several TensorFlow
-    workers on two busy cores can starve a heartbeat thread for longer than 8 s."""
+    workers on two busy cores can starve a heartbeat thread for longer than 8 s. ``storage``
+    (default: the cluster's Optuna database) may name a storage proxy, grpc://HOST:PORT."""
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"],
            "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": str(grace_s)}
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study_file),
-           "--study_name", study_name, "--storage", cluster["optuna"], "--n_trials", str(n_trials)]
+           "--study_name", study_name, "--storage", storage or cluster["optuna"], "--n_trials", str(n_trials)]
     log = open(cluster["tmp"] / log_name, "w")
     return subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "cnn": "train one convolutional network",
     "tune": "run or resume an Optuna study; register the best model",
     "register": "register the best model of a study that (other) tune workers ran",
+    "launch": "create a study once and start tune workers on it through a Dask cluster (workers=0: create only)",
     "predict": "classify PNG/JPEG files (or folders of them) with a registered model",
     "reproduce": "retrain a registered or logged model from its recorded parameters and data; compare the two",
     "dashboard": "optuna-dashboard over the study store, on loopback (the studies as Optuna sees them)",
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return _reproduce(params)
     if args.command == "dashboard":
         return _dashboard(params)
+    if args.command == "launch":
+        return _launch(params)
     return _dispatch(args.command, params)
 
 
@@ -113,6 +116,19 @@ def _dashboard(params: dict) -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a dashboard stops
     return 0
+
+
+def _launch(params: dict) -> int:
+    from . import data, launch
+
+    try:
+        return launch.run(params)
+    except (C.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(command: str, params: dict) -> int:

@@ -185,21 +185,21 @@ def connect(address: str):
             f"scheduler={address}: no Dask scheduler answers there within {CONNECT_TIMEOUT_S} s ({e}). "
             f"Fix: correct --scheduler, or start a scheduler there (`dask scheduler --port 8786`) and "
             f"{START_WORKERS.format(address=address)}") from None
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    if not any(w.get("resources", {}).get(RESOURCE, 0) >= 1 for w in workers):
+    if not slots(client):
+        n = len(client.scheduler_info(n_workers=-1)["workers"])
         client.close()
-        raise C.ConfigError(f"scheduler={address}: none of its {len(workers)} Dask workers offers the "
-                            f"{RESOURCE!r} resource, so no tune worker could start. Fix: start "
-                            + START_WORKERS.format(address=address))
+        raise C.ConfigError(f"scheduler={address}: none of its {n} Dask workers offers the {RESOURCE!r} resource, "
+                            "so no tune worker could start. Fix: start " + START_WORKERS.format(address=address))
     return client
 
 
 def slots(client) -> int:
+    """How many tune workers the cluster's Dask workers can run at once."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     return sum(int(w.get("resources", {}).get(RESOURCE, 0)) for w in workers)
 
 
-def check_storage(params: dict):
+def check_storage(params: dict) -> None:
     """A launch hands the storage URL to every worker as an argument, which Dask's dashboard and
     Kubernetes' pod specs show, and its workers run elsewhere: PostgreSQL, without a password."""
     from .storage import StorageURL
@@ -213,7 +213,6 @@ def check_storage(params: dict):
     if url.is_sqlite and params["workers"] > 0:
         raise C.ConfigError(f"storage={url}: workers on a Dask cluster share the study through PostgreSQL "
                             "(storage=postgresql://USER@HOST/DB); SQLite is for one worker on one machine")
-    return url
 
 
 def create_study(params: dict) -> str:

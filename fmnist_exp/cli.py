@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "cnn": "train one convolutional network",
     "tune": "run or resume an Optuna study; register the best model",
     "register": "register the best model of a study that (other) tune workers ran",
+    "launch": "create a study once and start tune workers on it through a Dask cluster (workers=0: create only)",
     "predict": "classify PNG/JPEG files (or folders of them) with a registered model",
     "reproduce": "retrain a registered or logged model from its recorded parameters and data; compare the two",
     "dashboard": "optuna-dashboard over the study store, on loopback (the studies as Optuna sees them)",
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dashboard(params)
     if args.command == "storage-proxy":
         return _storage_proxy(params)
+    if args.command == "launch":
+        return _launch(params)
     return _dispatch(args.command, params)
 
 
@@ -128,6 +131,19 @@ def _storage_proxy(params: dict) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _launch(params: dict) -> int:
+    from . import data, launch
+
+    try:
+        return launch.run(params)
+    except (C.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(command: str, params: dict) -> int:

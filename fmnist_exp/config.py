@@ -183,6 +183,17 @@ TUNE_PARAMS = [
 ]
 
 
+# `launch`: where the tune workers run; every tune parameter follows and is passed to each worker.
+LAUNCH_OWN_PARAMS = [
+    Param("scheduler", "tcp://127.0.0.1:8786", "address of the Dask scheduler whose workers run the tune workers "
+          "(`dask scheduler` listens on 8786)"),
+    Param("workers", 2, "tune workers to start, each in its own process on a Dask worker that offers the `tune` "
+          "resource (0 = create the study and print the worker command only, e.g. for a Kubernetes Job)",
+          in_range(0, 10_000)),
+]
+LAUNCH_PARAMS = [*LAUNCH_OWN_PARAMS, *TUNE_PARAMS]
+
+
 REGISTER_PARAMS = [p for p in TUNE_PARAMS
                    if p.name in ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir",
                                  "promote_alpha", "experiment")]
@@ -233,13 +244,14 @@ def family_params(family: str) -> list[Param]:
     return [*own.values(), *restated, *DATA_PARAMS]
 
 
-COMMANDS = (*FAMILIES, "tune", "register", "predict", "reproduce", "dashboard", "storage-proxy")
+COMMANDS = (*FAMILIES, "tune", "register", "launch", "predict", "reproduce", "dashboard", "storage-proxy")
 
 
 def command_params(command: str) -> list[Param]:
     """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
-    special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS,
-               "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS, "storage-proxy": PROXY_PARAMS}
+    special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "launch": LAUNCH_PARAMS,
+               "predict": PREDICT_PARAMS, "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS,
+               "storage-proxy": PROXY_PARAMS}
     return special[command] if command in special else [*family_params(command), EXPERIMENT]
 
 

@@ -15,8 +15,16 @@ def table(params: list[C.Param]) -> str:
 
 
 def tables() -> str:
-    order = ("tune", *C.FAMILIES, "register", "predict", "reproduce", "dashboard", "storage-proxy")
-    return "\n\n".join(f"### {name}\n\n{table(C.command_params(name))}" for name in order)
+    order = ("tune", *C.FAMILIES, "register", "launch", "predict", "reproduce", "dashboard", "storage-proxy")
+    return "\n\n".join(f"### {name}\n\n{section(name)}" for name in order)
+
+
+def section(name: str) -> str:
+    if name == "launch":  # its own two; the tune parameters are the table above
+        return table(C.LAUNCH_OWN_PARAMS) + (
+            "\n\nand every `tune` parameter above: the launcher creates the study with them and passes those that "
+            "differ from tune's defaults to each worker (`study` and `family` excepted: the study records them).")
+    return table(C.command_params(name))
 
 
 if __name__ == "__main__":

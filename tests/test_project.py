@@ -15,7 +15,7 @@ def _mlproject():
     return yaml.safe_load((REPO / "MLproject").read_text())
 
 
-@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "predict", "reproduce",
+@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "launch", "predict", "reproduce",
                                    "dashboard", "storage-proxy"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]

@@ -1,0 +1,129 @@
+"""`launch` on a real Dask cluster on loopback: a `dask scheduler` and two `dask worker`
+processes, a real `mlflow server` on PostgreSQL (conftest's ``cluster``), tune workers placed by
+Dask. The password reaches the tune processes only through the Dask workers' environment.
+
+Skips where PostgreSQL cannot be had; under CI=true that is a failure (conftest.pg_admin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import STUDY, all_runs, cli, free_port, stop_group, subprocess_env, trial_runs
+from fmnist_exp import config as C
+from fmnist_exp import launch
+from fmnist_exp.storage import StorageURL
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+@contextlib.contextmanager
+def dask_cluster(tmp: Path, env: dict, worker_args: list[str], n_workers: int):
+    """A `dask scheduler` and ``n_workers`` `dask worker` processes on loopback (output to tmp);
+    yields the scheduler's address and the workers' addresses by name once all have joined."""
+    from distributed import Client
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    procs = []
+
+    def start(cmd, log):
+        with open(tmp / log, "w") as out:
+            procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+
+    try:
+        start([DASK, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
+              "dask-scheduler.log")
+        for i in range(n_workers):
+            start([DASK, "worker", address, "--name", f"dw{i}", "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                   "--local-directory", str(tmp / "dask"), *worker_args], f"dask-worker{i}.log")
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+            workers = {w["name"]: a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        yield address, workers
+    finally:
+        for p in reversed(procs):
+            stop_group(p, signal.SIGTERM)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch):
+    tmp = cluster["tmp"]
+    study_file = tmp / "s.yaml"
+    study_file.write_text(STUDY.format(epochs=1, samples=800))
+    url = StorageURL.parse(cluster["optuna"])
+    monkeypatch.setenv("PGPASSWORD", url.url.password)  # the launcher's and, below, the Dask workers'
+    storage = url.without_password
+    overrides = {"study": str(study_file), "study_name": "dasked", "storage": storage, "n_trials": 2,
+                 "register": "false"}
+    flags = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
+
+    # workers=0 creates the study once (what the Kubernetes study Job runs) and names the worker command
+    made = cli(["launch", "--workers", "0", *flags], tmp)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    params = C.resolve_command("launch", overrides)
+    assert last_json(made.stdout)["worker_command"] == launch.worker_command(params)
+    assert "--study " not in " ".join(launch.worker_command(params)), "workers read the study from the database"
+
+    env = {**subprocess_env(), "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": "120"}
+    with dask_cluster(tmp, env, ["--resources", "tune=1"], 2) as (address, dask_workers):
+        out = cli(["launch", "--scheduler", address, "--workers", "2", *flags], tmp)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    assert "python -m fmnist_exp " + " ".join(launch.tune_flags(params)) in out.stdout
+    assert "[worker 0] [tune] trial" in out.stdout and "[worker 1] [tune] trial" in out.stdout, "lines streamed"
+    result = last_json(out.stdout)
+    assert result["failed_workers"] == 0
+    assert [w["exit_code"] for w in result["workers"]] == [0, 0]
+    assert [w["trials"] for w in result["workers"]] == [{"COMPLETE": 2}, {"COMPLETE": 2}]
+    placed = {w["dask_worker"] for w in result["workers"]}
+    assert placed == set(dask_workers.values()), "one tune worker on each Dask worker"
+
+    study = optuna.load_study(study_name="dasked", storage=cluster["optuna"])
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), \
+        [(t.number, t.state.name) for t in study.trials]
+
+    runs = all_runs()
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = {r.info.run_id: r for r in runs if r.info.run_name == "tune dasked"}
+    assert {p.data.tags["dask_worker"] for p in parents.values()} == placed, "each parent names its Dask worker"
+    assert len({p.data.tags["launch_id"] for p in parents.values()}) == 1
+    trials = trial_runs(runs)
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in trials) == [0, 1, 2, 3]
+    for r in trials:
+        parent = parents[r.data.tags["mlflow.parentRunId"]]
+        assert r.data.tags["dask_worker"] == parent.data.tags["dask_worker"]
+
+
+def test_unreachable_scheduler_is_named_with_the_fix(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    out = cli(["launch", "--scheduler", address, "--storage", "postgresql://fmnist@127.0.0.1:5432/optuna"], tmp_path,
+              timeout=120)
+    assert out.returncode == 2
+    assert f"scheduler={address}: no Dask scheduler answers there" in out.stderr
+    assert "dask scheduler --port 8786" in out.stderr and "--resources tune=1" in out.stderr
+
+
+def test_launch_refuses_what_workers_could_not_use(tmp_path):
+    env = subprocess_env()
+    with dask_cluster(tmp_path, env, [], 1) as (address, _):  # a worker without the tune resource
+        out = cli(["launch", "--scheduler", address, "--storage", "postgresql://fmnist@127.0.0.1:5432/optuna"],
+                  tmp_path)
+    assert out.returncode == 2
+    assert "none of its 1 Dask workers offers the 'tune' resource" in out.stderr and "--resources tune=1" in out.stderr
+    # a password in the storage URL would be a task argument on Dask's dashboard: refused before any connection
+    out = cli(["launch", "--storage", "postgresql://fmnist:s3cret@127.0.0.1:5432/optuna"], tmp_path)
+    assert out.returncode == 2 and "s3cret" not in out.stderr + out.stdout
+    assert "--storage postgresql+psycopg://fmnist@127.0.0.1:5432/optuna" in out.stderr and "PGPASSWORD" in out.stderr

@@ -174,7 +174,8 @@ TUNE_PARAMS = [
     Param("storage", "", "Optuna storage URL, e.g. postgresql://USER@HOST/DB with the password in PGPASSWORD "
           "or ~/.pgpass, or grpc://HOST:PORT for a storage-proxy ('' = sqlite optuna.db beside mlflow.db)"),
     Param("model_name", "fmnist-classifier", "registered model name"),
-    Param("seed", 42, "seed of the sampler and of every trial's split and initialisation", in_range(0, 2**31 - 1)),
+    Param("seed", 42, "seed of every trial's split and initialisation, and of the sampler of a lone (SQLite) "
+          "worker; workers sharing a database each draw their own (parameter sampler_seed)", in_range(0, 2**31 - 1)),
     Param("data_dir", "", "folder with the dataset ('' = search the usual places)"),
     Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
     Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "

@@ -13,6 +13,7 @@ compared with the study's reference (reference.py).
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,14 @@ def _until_no_race(fn, url: storage.StorageURL):
     raise AssertionError("unreachable")
 
 
+def sampler_seed(seed: int, url: storage.StorageURL) -> int:
+    """The sampler's seed. A lone worker (SQLite) uses ``seed``, so its search replays. Workers
+    sharing a database draw one each: with one seed they would all propose the same random startup
+    configurations, and TPE's the same answers to the same history, training each one N times.
+    The seed drawn is logged on the worker's parent run (``sampler_seed``)."""
+    return seed if url.is_sqlite else random.SystemRandom().randrange(2**31)
+
+
 def open_study(setup: Setup, seed: int) -> optuna.Study:
     """Create or join the study; a study created here records its family and study file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say it better
@@ -266,7 +275,7 @@ def trials_started(study: optuna.Study) -> int:
     return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
 
 
-def _log_setup(setup: Setup, args: dict, before: int) -> None:
+def _log_setup(setup: Setup, args: dict, before: int, sampler_seed: int | None = None) -> None:
     spec = setup.spec
     mlflow.set_tags({"family": spec.family, "arch": f"optuna study {setup.study_name}",
                      "optuna_study": setup.study_name, "study_description": spec.description,
@@ -276,7 +285,8 @@ def _log_setup(setup: Setup, args: dict, before: int) -> None:
     tracking.log_params({f"budget_{k}": v for k, v in setup.budget.items()})
     tracking.log_params({"pruner": spec.make_pruner().__class__.__name__, "pruner_config": spec.pruner,
                          "sampler": spec.make_sampler(0).__class__.__name__,
-                         "optuna_storage": str(setup.storage), "trials_before": before})
+                         "optuna_storage": str(setup.storage), "trials_before": before,
+                         **({"sampler_seed": sampler_seed} if sampler_seed is not None else {})})
     tracking.log_params(setup.ds.describe())
     mlflow.log_text(spec.text, f"study/{spec.path.name}")
 
@@ -312,12 +322,13 @@ def run(args: dict, *, train_fn=None) -> dict:
     """Run (or resume, or join) the study under one parent run, then register the best model."""
     setup = prepare(args)
     with setup.storage.single_worker_guard():
-        study = open_study(setup, args["seed"])
+        seed = sampler_seed(args["seed"], setup.storage)
+        study = open_study(setup, seed)
         before = trials_started(study)
         tracking.use_experiment(args["experiment"], f"fmnist-study-{setup.study_name}")
         with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {setup.study_name}") as parent:
             pid = parent.info.run_id
-            _log_setup(setup, args, before)
+            _log_setup(setup, args, before, seed)
             print(f"[tune] study {setup.study_name!r} ({setup.spec.description}) "
                   f"storage={setup.storage} trials so far={before}; "
                   f"running {setup.budget['n_trials']} more", flush=True)

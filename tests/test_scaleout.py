@@ -38,6 +38,9 @@ def test_three_workers_share_one_study(cluster):
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     parents = [r for r in runs if r.info.run_name == "tune shared"]
     assert len(parents) == 3
+    # each worker samples with its own seed: no configuration is trained twice
+    assert len({p.data.params["sampler_seed"] for p in parents}) == 3
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3 * k
     by_trial = {int(r.data.tags["optuna_trial"]): r for r in trial_runs(runs)}
     assert sorted(by_trial) == numbers
     for t in study.trials:

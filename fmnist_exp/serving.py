@@ -6,6 +6,12 @@ turns these errors into HTTP 400 and keeps serving:
 
     {"inputs": [[[0, 0, ..., 255], ...]]}       # (n, 28, 28) raw pixels 0-255
     {"inputs": [[0, 0, ..., 255]]}               # (n, 784) flattened rows also work
+    {"inputs": {"uint8_b64": "AAAA..."}}         # compact: base64 of n*784 bytes, one per pixel
+    {"inputs": {"png_b64": ["iVBORw0...", ...]}} # compact: base64 PNG/JPEG files, one per image
+
+The compact forms ride inside MLflow's own JSON, so the stock `mlflow models serve` takes them
+unchanged: a batch of 1,000 images is one 1 MB string to parse instead of 784,000 JSON numbers
+(3.1 MB) to parse and check one by one, which was what bound served throughput.
 
 No input schema is declared on purpose: a tensor schema would fix one of the two shapes and
 reject the other before these checks run. The input example shows the (n, 28, 28) form.
@@ -20,6 +26,9 @@ is unpickled on load.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import numbers
 import tempfile
@@ -61,6 +70,54 @@ class BadRequest(MlflowException):
 
 
 EXPECTED = "images of shape (n, 28, 28) or (n, 784) with raw pixel values 0-255"
+PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+UINT8_B64, PNG_B64 = "uint8_b64", "png_b64"  # the compact request keys inside "inputs"
+COMPACT = f'{{"inputs": {{"{UINT8_B64}": "<base64 of n*{PIXELS} bytes>"}}}} or {{"inputs": {{"{PNG_B64}": ["<base64 PNG>", ...]}}}}'
+
+
+def compact_request(images: np.ndarray) -> dict:
+    """The compact JSON body for uint8 images of shape (n, 28, 28) or (n, 784): what a client sends."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.size != len(images) * PIXELS:
+        raise ValueError(f"compact_request takes uint8 images of shape (n, 28, 28) or (n, 784); got {images.dtype} "
+                         f"{images.shape}: convert 0-255 pixels with .astype(np.uint8)")
+    return {"inputs": {UINT8_B64: base64.b64encode(images.tobytes()).decode("ascii")}}
+
+
+def _b64(text, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise BadRequest(f"{where} must be a base64 string; got {_json_name(type(text))}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{where} is not valid base64 ({e})") from None
+
+
+def compact_images(model_input: dict, max_batch: int = MAX_BATCH) -> np.ndarray:
+    """Decode a compact request's "inputs" object into uint8 images (n, 28, 28), or raise BadRequest."""
+    if list(model_input) == [UINT8_B64]:
+        raw = _b64(model_input[UINT8_B64], UINT8_B64)
+        n, extra = divmod(len(raw), PIXELS)
+        if extra:
+            raise BadRequest(f"{UINT8_B64} holds {len(raw)} bytes, not a multiple of {PIXELS}: send {PIXELS} bytes "
+                             f"(28x28 pixels, one byte each, row by row) per image")
+        images = np.frombuffer(raw, dtype=np.uint8).reshape(n, *IMAGE_SHAPE)
+    elif list(model_input) == [PNG_B64]:
+        files = model_input[PNG_B64]
+        if not isinstance(files, list):
+            raise BadRequest(f"{PNG_B64} must be a list of base64 strings, one PNG/JPEG file each")
+        if len(files) > max_batch:
+            raise BadRequest(f"{len(files)} images in one request; the limit is {max_batch}: split the batch")
+        images = np.stack([load_image(io.BytesIO(_b64(f, f"{PNG_B64}[{i}]")), f"{PNG_B64}[{i}]")
+                           for i, f in enumerate(files)]) if files else np.zeros((0, *IMAGE_SHAPE), np.uint8)
+    else:
+        raise BadRequest(f'"inputs" is an object with keys {sorted(model_input)}: send {COMPACT}, '
+                         f"or a tensor {{\"inputs\": [...]}} with {EXPECTED}")
+    if not len(images):
+        raise BadRequest("the batch is empty: send at least one image")
+    if len(images) > max_batch:
+        raise BadRequest(f"{len(images)} images in one request; the limit is {max_batch}: split the batch")
+    return images
 
 
 def _check_cells(model_input) -> None:
@@ -100,7 +157,7 @@ def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
     if model_input is None:
         raise BadRequest(f"\"inputs\" is null: send {EXPECTED}")
     if isinstance(model_input, dict):
-        raise BadRequest(f"\"inputs\" is an object {{...}}: send one tensor, {{\"inputs\": [...]}} with {EXPECTED}")
+        return compact_images(model_input, max_batch).astype("float32")  # uint8: in range by construction
     if isinstance(model_input, (str, bytes)):
         raise BadRequest(f"\"inputs\" is text: send {EXPECTED}")
     if isinstance(model_input, (list, tuple)):
@@ -160,9 +217,9 @@ class FashionClassifier(mlflow.pyfunc.PythonModel):
     # request's JSON value (see log_classifier), and to_images checks whatever arrives.
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         x = to_images(model_input, self.max_batch)
-        # predict() builds a dataset pipeline per call (~50 ms); one batch goes straight through
-        probs = np.asarray(self.model.predict_on_batch(x) if len(x) <= 256 else
-                           self.model.predict(x, batch_size=256, verbose=0))
+        # Keras's predict() builds a dataset pipeline per call (~50 ms single, 2.5x the time of
+        # 1,000 images); its compiled predict_on_batch does not, and one request is one batch.
+        probs = np.concatenate([self.model.predict_on_batch(x[i:i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)])
         assert probs.shape[1] == NUM_CLASSES
         return format_predictions(probs)
 
@@ -202,8 +259,8 @@ def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifie
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Read a PNG/JPEG as a 28x28 uint8 image in the dataset's convention.
+def load_image(path: Path | io.BytesIO, name: str = "") -> np.ndarray:
+    """Read a PNG/JPEG (a file, or its bytes) as a 28x28 uint8 image in the dataset's convention.
 
     Rule: convert to grayscale; a non-square image is padded to a square with its border
     colour; anything not 28x28 is resized (Lanczos); and since Fashion-MNIST is light garments
@@ -214,8 +271,8 @@ def load_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("L")
-    except (UnidentifiedImageError, OSError) as e:
-        raise BadRequest(f"{path}: not a readable PNG/JPEG image ({e})") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise BadRequest(f"{name or path}: not a readable PNG/JPEG image ({e})") from None
     a = np.asarray(im)
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     if a.shape != IMAGE_SHAPE:

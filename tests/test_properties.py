@@ -5,7 +5,9 @@ Budgets stay small (a few dozen examples each) so the suite stays fast."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import math
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from PIL import Image
 
 from fmnist_exp import data as D
 from fmnist_exp.serving import BadRequest, to_images
@@ -103,6 +106,29 @@ def test_to_images_accepts_exactly_the_clean_batches(images):
         assert clean
         want = np.array(images, dtype=np.float32).reshape(len(images), -1)
         np.testing.assert_array_equal(x.reshape(len(images), -1), want)
+
+
+@st.composite
+def compact_inputs(draw):
+    """The "inputs" object of a compact request: right or wrong keys, base64 of any bytes (often
+    a whole number of images), junk text, PNG bytes with damage, values of the wrong type."""
+    n = draw(st.integers(0, 3))
+    raw = draw(st.one_of(st.binary(max_size=3000), st.binary(min_size=784 * n, max_size=784 * n)))
+    text = draw(st.one_of(st.just(base64.b64encode(raw).decode()), st.text(max_size=12), CELLS))
+    png = io.BytesIO()
+    Image.fromarray(draw(hnp.arrays(np.uint8, draw(st.sampled_from([(28, 28), (5, 40), (1, 1)]))))).save(png, "PNG")
+    damaged = bytearray(png.getvalue())
+    for _ in range(draw(st.integers(0, 2))):
+        damaged[draw(st.integers(0, len(damaged) - 1))] = draw(st.integers(0, 255))
+    files = st.lists(st.one_of(st.just(base64.b64encode(bytes(damaged)).decode()), st.just(text)), max_size=4)
+    key = draw(st.sampled_from(["uint8_b64", "png_b64", "pixels"]))
+    return {key: draw(st.one_of(st.just(text), files))}
+
+
+@FAST
+@given(value=compact_inputs(), max_batch=st.sampled_from([1, 3, 1024]))
+def test_compact_requests_give_valid_images_or_bad_request(value, max_batch):
+    check_request(value, max_batch)
 
 
 # ----------------------------------------------------------------------------- dataset files

@@ -1,9 +1,12 @@
 """The registered classifier served by the real `mlflow models serve` on a loopback port:
-answers real test images exactly as the offline pyfunc does, and refuses bad requests with
-a 4xx that says what was wrong while it keeps answering."""
+answers real test images exactly as the offline pyfunc does, in JSON pixels and in the compact
+base64 forms alike, and refuses bad requests with a 4xx that says what was wrong while it keeps
+answering."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import urllib.error
@@ -107,6 +110,33 @@ def one_image(pixel=0) -> list:
     return image
 
 
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def png(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return b64(buf.getvalue())
+
+
+def test_compact_requests_answer_as_json_does(server, dataset):
+    """The same images as JSON pixels, as base64 uint8 bytes and as base64 PNGs get the same answers."""
+    images = dataset.x_test[:64]
+    status, by_json = post(server, {"inputs": images.tolist()})
+    assert status == 200, by_json
+    for body in (serving.compact_request(images), serving.compact_request(images.reshape(64, 784)),
+                 {"inputs": {serving.PNG_B64: [png(i) for i in images]}}):
+        status, answer = post(server, body)
+        assert status == 200, answer
+        assert answer == by_json  # labels, class names and probabilities, exactly
+    status, one = post(server, serving.compact_request(images[:1]))
+    assert status == 200, one
+    (got,), want = one["predictions"], by_json["predictions"][0]  # a batch of 1 rounds differently
+    assert got["label"] == want["label"]
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-6)
+
+
 JSON = "application/json"
 IN_RANGE = "pixel values must be raw 0-255 grey levels; got values from"
 NUMBERS = "pixel values must be numbers 0-255; got"
@@ -130,6 +160,20 @@ BAD_REQUESTS = {
     "one_number": ({"inputs": 5}, JSON, 400, '"inputs" is a single number'),
     "too_many": ({"inputs": np.zeros((serving.MAX_BATCH + 1, 784), int).tolist()}, JSON, 400,
                  f"{serving.MAX_BATCH + 1} images in one request; the limit is {serving.MAX_BATCH}"),
+    # the compact forms (inputs is an object)
+    "b64_length": ({"inputs": {"uint8_b64": b64(bytes(785))}}, JSON, 400,
+                   "uint8_b64 holds 785 bytes, not a multiple of 784"),
+    "b64_junk": ({"inputs": {"uint8_b64": "not base64!"}}, JSON, 400, "uint8_b64 is not valid base64"),
+    "b64_number": ({"inputs": {"uint8_b64": 7}}, JSON, 400, "uint8_b64 must be a base64 string; got int"),
+    "b64_empty": ({"inputs": {"uint8_b64": ""}}, JSON, 400, "the batch is empty"),
+    "b64_too_many": ({"inputs": {"uint8_b64": b64(bytes(784 * (serving.MAX_BATCH + 1)))}}, JSON, 400,
+                     f"{serving.MAX_BATCH + 1} images in one request; the limit is {serving.MAX_BATCH}"),
+    "png_not_png": ({"inputs": {"png_b64": [png(np.zeros((28, 28), np.uint8)), b64(b"GIF89a not a png")]}}, JSON, 400,
+                    "png_b64[1]: not a readable PNG/JPEG image"),
+    "png_not_list": ({"inputs": {"png_b64": b64(b"x")}}, JSON, 400, "png_b64 must be a list of base64 strings"),
+    "png_too_many": ({"inputs": {"png_b64": [""] * (serving.MAX_BATCH + 1)}}, JSON, 400,
+                     f"{serving.MAX_BATCH + 1} images in one request; the limit is {serving.MAX_BATCH}"),
+    "unknown_object": ({"inputs": {"pixels": []}}, JSON, 400, "\"inputs\" is an object with keys ['pixels']: send"),
     # refused by MLflow before predict() runs
     "unknown_key": ({"imgs": one_image()}, JSON, 400,
                     "Request payload must be a dictionary with 'inputs' key"),

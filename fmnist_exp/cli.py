@@ -21,6 +21,8 @@ DESCRIPTIONS = {
     "predict": "classify PNG/JPEG files (or folders of them) with a registered model",
     "reproduce": "retrain a registered or logged model from its recorded parameters and data; compare the two",
     "dashboard": "optuna-dashboard over the study store, on loopback (the studies as Optuna sees them)",
+    "storage-proxy": "serve a PostgreSQL study store to many workers over gRPC (--storage grpc://HOST:PORT); "
+                     "fails and retries the trials of workers that died",
 }
 
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return _reproduce(params)
     if args.command == "dashboard":
         return _dashboard(params)
+    if args.command == "storage-proxy":
+        return _storage_proxy(params)
     return _dispatch(args.command, params)
 
 
@@ -112,6 +116,17 @@ def _dashboard(params: dict) -> int:
         return 2
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a dashboard stops
+    return 0
+
+
+def _storage_proxy(params: dict) -> int:
+    from . import proxy
+
+    try:
+        proxy.run(params)  # until SIGTERM or Ctrl-C
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -172,7 +172,7 @@ TUNE_PARAMS = [
             in_range(-1, 10**6)),
     Param("study_name", "", "Optuna study name ('' = the study file's name)"),
     Param("storage", "", "Optuna storage URL, e.g. postgresql://USER@HOST/DB with the password in PGPASSWORD "
-          "or ~/.pgpass ('' = sqlite optuna.db beside mlflow.db)"),
+          "or ~/.pgpass, or grpc://HOST:PORT for a storage-proxy ('' = sqlite optuna.db beside mlflow.db)"),
     Param("model_name", "fmnist-classifier", "registered model name"),
     Param("seed", 42, "seed of the sampler and of every trial's split and initialisation", in_range(0, 2**31 - 1)),
     Param("data_dir", "", "folder with the dataset ('' = search the usual places)"),
@@ -214,6 +214,14 @@ DASHBOARD_PARAMS = [
 ]
 
 
+PROXY_PARAMS = [
+    replace(next(p for p in TUNE_PARAMS if p.name == "storage"), help="the PostgreSQL study store to serve, "
+            "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass); required"),
+    Param("host", "127.0.0.1", "address to listen on (plaintext gRPC without login: loopback or a private network)"),
+    Param("port", 13000, "port to listen on; workers then use --storage grpc://HOST:PORT", in_range(1, 65535)),
+]
+
+
 def family_params(family: str) -> list[Param]:
     """All parameters of one family's entry point, in CLI order."""
     if family not in FAMILY_PARAMS:
@@ -225,13 +233,13 @@ def family_params(family: str) -> list[Param]:
     return [*own.values(), *restated, *DATA_PARAMS]
 
 
-COMMANDS = (*FAMILIES, "tune", "register", "predict", "reproduce", "dashboard")
+COMMANDS = (*FAMILIES, "tune", "register", "predict", "reproduce", "dashboard", "storage-proxy")
 
 
 def command_params(command: str) -> list[Param]:
     """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
     special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS, "register": REGISTER_PARAMS, "predict": PREDICT_PARAMS,
-               "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS}
+               "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS, "storage-proxy": PROXY_PARAMS}
     return special[command] if command in special else [*family_params(command), EXPERIMENT]
 
 

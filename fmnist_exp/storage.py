@@ -13,6 +13,10 @@ each worker heartbeats its running trial; when a worker dies (even SIGKILL), a s
 worker finds the stale trial, marks it FAIL, ends its MLflow runs as FAILED and enqueues a
 retry with the same parameters. When the database itself restarts, every storage call that
 failed on the lost connection is retried (with backoff) until it is back.
+
+Workers may instead reach the study through Optuna's gRPC proxy (``grpc://HOST:PORT``, served by
+the `storage-proxy` entry point, proxy.py): they then hold no database connection, and the proxy
+judges stale trials for them.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .config import ConfigError
 HEARTBEAT_S = int(os.environ.get("FMNIST_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("FMNIST_GRACE_S", "40"))
 MAX_RETRY = 2
+DEFAULT_PROXY_PORT = 13000  # Optuna's
 CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: an unreachable host is reported in seconds, not minutes
 
 # Why a first connection failed, in libpq's words (psycopg 3 passes them through), and what to do.
@@ -71,17 +76,25 @@ class StorageURL:
 
     @classmethod
     def parse(cls, text: str) -> StorageURL:
-        """'' is the default storage; anything else must be a SQLAlchemy database URL."""
+        """'' is the default storage; grpc://HOST:PORT a storage proxy; anything else must be a
+        SQLAlchemy database URL."""
         if not text:
             return cls.default()
         try:
             url = sqlalchemy.engine.make_url(text)
         except Exception:  # the text may hold a password: say what is wrong without quoting it
-            raise ConfigError("storage: not a database URL; use sqlite:///path/optuna.db or "
-                              "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)") from None
+            raise ConfigError("storage: not a database URL; use sqlite:///path/optuna.db, "
+                              "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass) "
+                              "or grpc://HOST:PORT (a storage-proxy)") from None
+        if url.get_backend_name() == "grpc":
+            if not url.host or url.username or url.password or url.database or url.query:
+                raise ConfigError(f"storage={cls(url)}: a storage proxy URL is grpc://HOST:PORT and nothing more "
+                                  "(the proxy holds the database URL)")
+            return cls(url.set(port=url.port or DEFAULT_PROXY_PORT))
         if url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
             raise ConfigError(f"storage={cls(url)}: {url.get_backend_name()!r} is not a database Optuna can use; "
-                              "use sqlite:///path/optuna.db or postgresql://USER@HOST:PORT/DATABASE")
+                              "use sqlite:///path/optuna.db, postgresql://USER@HOST:PORT/DATABASE "
+                              "or grpc://HOST:PORT (a storage-proxy)")
         if url.drivername == "postgresql":
             # postgresql:// means psycopg2 to SQLAlchemy < 2.1 and psycopg 3 after; name the driver
             # we install (psycopg 3) so the URL works with either.
@@ -123,6 +136,10 @@ class StorageURL:
         return self.url.get_backend_name() == "postgresql"
 
     @property
+    def is_grpc(self) -> bool:
+        return self.url.get_backend_name() == "grpc"
+
+    @property
     def sqlite_path(self) -> Path:
         return Path(self.url.database or "")
 
@@ -131,6 +148,8 @@ class StorageURL:
         """Host, port, database and user, for messages."""
         if self.is_sqlite:
             return f"SQLite file {self.sqlite_path}"
+        if self.is_grpc:
+            return f"storage proxy {self.url.host}:{self.url.port}"
         user = f" as user {self.url.username}" if self.url.username else ""
         return f"database {self.url.database!r} on {self.url.host or 'localhost'}:{self.url.port or 5432}{user}"
 
@@ -143,10 +162,11 @@ class StorageURL:
             text = text.replace(form, "***")
         return text
 
-    def _engine_kwargs(self, *, pool: bool = True) -> dict:
+    def _engine_kwargs(self, *, pool: bool = True, application_name: str = "fmnist-exp") -> dict:
         if self.is_sqlite:
             return {}
-        kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        # application_name: pg_stat_activity says which connections are whose (worker or proxy)
+        kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": application_name}}
         if pool:
             kwargs["pool_pre_ping"] = True  # a connection the server dropped (restart) is replaced, not used
         else:
@@ -165,6 +185,11 @@ class StorageURL:
             if not folder.is_dir():
                 raise ConfigError(f"storage={self}: folder {folder} does not exist; create it or choose another path")
             return
+        if self.is_grpc:
+            from .proxy import probe
+
+            probe(self)
+            return
         engine = self.engine()
         try:
             with engine.connect() as conn:
@@ -177,6 +202,8 @@ class StorageURL:
     def config_error(self, e: BaseException) -> ConfigError:
         """A connection failure as a message for people: where, what, and what to do."""
         text = dbretry.chain_text(e)
+        if self.is_grpc:
+            return self.proxy_error(f"{type(e).__name__}: {text.strip()[:300]}")
         for needles, what, fix in _PERMANENT:
             if any(n in text.lower() for n in needles):
                 fix = fix.format(host=self.url.host or "localhost", port=self.url.port or 5432,
@@ -186,15 +213,30 @@ class StorageURL:
         return ConfigError(f"cannot open the Optuna storage, {self.where}: "
                            f"{type(e).__name__}: {self.scrub(text)[:500]}")
 
-    def open(self) -> optuna.storages.RDBStorage:
-        """An RDB storage with heartbeats and retries (SQLite and PostgreSQL alike)."""
+    def proxy_error(self, what: str) -> ConfigError:
+        """A storage proxy that cannot be used, as a message for people."""
+        return ConfigError(
+            f"cannot use the Optuna {self.where}: {what}. Fix: start it there (python -m fmnist_exp storage-proxy "
+            f"--storage postgresql://USER@DBHOST/DATABASE --host {self.url.host} --port {self.url.port}, see README "
+            "'Many workers') or fix host and port in the URL.")
+
+    def open(self, application_name: str = "fmnist-exp") -> optuna.storages.BaseStorage:
+        """An RDB storage with heartbeats and retries (SQLite and PostgreSQL alike), or for
+        grpc:// a proxy client that heartbeats through the proxy."""
+        if self.is_grpc:
+            from .proxy import HeartbeatingProxy
+
+            try:
+                return HeartbeatingProxy(self.url.host, self.url.port)
+            except Exception as e:
+                raise self.config_error(e) from None
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return dbretry.RetryingRDBStorage(
                     self.url.render_as_string(hide_password=False), heartbeat_interval=HEARTBEAT_S,
                     grace_period=GRACE_S, heartbeat_stale_trial_callback=on_stale_trial,
-                    engine_kwargs=self._engine_kwargs() or None,
+                    engine_kwargs=self._engine_kwargs(application_name=application_name) or None,
                 )
         except Exception as e:
             if dbretry.is_permanent(e):
@@ -231,7 +273,8 @@ class StorageURL:
         """Serialise the champion decision for ``name`` across workers sharing this storage.
 
         PostgreSQL: a session advisory lock in the study's own database. SQLite: a file lock
-        beside the database (one machine). Other storages: no lock, said once on the console.
+        beside the database (one machine). A storage proxy: a lock study through the proxy
+        (proxy.registration_lock). Other storages: no lock, said once on the console.
         """
         key = int.from_bytes(hashlib.sha256(f"fmnist-exp:{name}".encode()).digest()[:8], "big", signed=True)
         if self.is_postgresql:
@@ -253,6 +296,15 @@ class StorageURL:
                             pass  # the session is gone (a database restart): its end released the lock
             finally:
                 engine.dispose()
+        elif self.is_grpc:
+            from .proxy import registration_lock
+
+            client = self.open()
+            try:
+                with registration_lock(client, name):
+                    yield
+            finally:
+                client.close()
         elif self.is_sqlite:
             path = self.sqlite_path.with_suffix(f".register-{key & 0xFFFFFFFF:x}.lock")
             with open(path, "w") as f:

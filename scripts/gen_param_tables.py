@@ -15,7 +15,7 @@ def table(params: list[C.Param]) -> str:
 
 
 def tables() -> str:
-    order = ("tune", *C.FAMILIES, "register", "predict", "reproduce", "dashboard")
+    order = ("tune", *C.FAMILIES, "register", "predict", "reproduce", "dashboard", "storage-proxy")
     return "\n\n".join(f"### {name}\n\n{table(C.command_params(name))}" for name in order)
 
 

@@ -16,7 +16,7 @@ def _mlproject():
 
 
 @pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "predict", "reproduce",
-                                   "dashboard"])
+                                   "dashboard", "storage-proxy"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]
     params = C.command_params(entry)

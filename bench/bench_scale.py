@@ -24,6 +24,7 @@ two cores: the figures are an upper bound on coordination cost per trial, not a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -69,6 +70,7 @@ class Phase:
     storage: str = ""  # filled in by the controller: the URL workers use
     storage_direct: str = ""  # the same database, straight to PostgreSQL (for the checks afterwards)
     tracking: str = ""
+    tracking_db: str = ""  # the tracking server's database in the private cluster
     study_name: str = ""
     warmup_s: float = 0.0
     window_s: float = 0.0
@@ -186,18 +188,45 @@ def worker(phase: Phase, index: int, deadline: float, study_file: Path) -> int:
     return code
 
 
+def warm_up(phase: Phase, study_file: Path) -> None:
+    """One short study on throwaway SQLite stores, so that every module a worker imports lazily
+    (samplers, pruners, plots, the report, psycopg) is imported once here, not in each child:
+    the phases measure workers in their steady state."""
+    import mlflow
+    import psycopg  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+
+    from fmnist_exp import config as C
+    from fmnist_exp import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        quick = Phase(**{**asdict(phase), "epoch_s": (0.0, 0.01), "artifact_kb": 1})
+        args = C.resolve_tune({"study": str(study_file), "study_name": "warm-up", "storage": f"sqlite:///{tmp}/o.db",
+                               "n_trials": 3, "register": False, "experiment": "warm-up"})
+        tune.run(args, train_fn=synthetic_train(quick))
+    mlflow.set_tracking_uri(phase.tracking)
+    RECORDS.clear()
+
+
 def fleet(phase: Phase) -> None:
-    """Import once, load the dataset once, fork N workers, wait for them."""
+    """Import once, load the dataset once, warm up, fork N workers, wait for them."""
     import gc
 
     from fmnist_exp import data as D
-    from fmnist_exp import tune  # noqa: F401  (TensorFlow, MLflow, Optuna: imported once, shared by fork)
+    from fmnist_exp import registry, report
 
     ds = D.load(None)
     D.load = lambda *a, **k: ds  # every worker's prepare() gets the same (shared) arrays
-    time_optuna_calls()
     study_file = Path(phase.out, "scale.yaml")
     study_file.write_text(STUDY)
+    with contextlib.redirect_stdout(sys.stderr):
+        warm_up(phase, study_file)
+    time_optuna_calls()
+    # Each worker renders the study's plots and report when it stops (seconds of CPU each): worker
+    # 0 does so and is timed; the others skip it, or at N=64 the phase's tail takes minutes.
+    registry.log_study_artifacts = _timed("end_of_study", registry.log_study_artifacts)
+    report.log_report = _timed("end_of_study", report.log_report)
     gc.freeze()  # keep the imported objects' pages shared after fork
     deadline = time.time() + phase.warmup_s + phase.window_s
     Path(phase.out, "deadline").write_text(str(deadline))
@@ -205,6 +234,8 @@ def fleet(phase: Phase) -> None:
     for i in range(phase.n):
         pid = os.fork()
         if pid == 0:
+            if i:
+                registry._log_optuna_plots = report.log_report = lambda *a, **k: []
             os._exit(worker(phase, i, deadline, study_file))
         pids.append(pid)
     for pid in pids:
@@ -280,7 +311,7 @@ logfile = {folder}/pgbouncer.log
     return proc, port
 
 
-def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts: bool) -> tuple[subprocess.Popen, str]:
+def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts: bool) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     db = cluster.new_db("bench_mlflow")
     cmd = [MLFLOW, "server", "--backend-store-uri", cluster.url(db), "--host", "127.0.0.1", "--port", str(port),
@@ -289,9 +320,10 @@ def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts
         cmd += ["--artifacts-destination", str(folder / f"artifacts-{db}")]
     else:  # clients write straight to a folder they all see (on a cluster: an object store)
         cmd += ["--no-serve-artifacts", "--default-artifact-root", str(folder / f"artifacts-{db}")]
-    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     _wait_port(port, proc, "mlflow server", path="/health")
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}", db
 
 
 def start_grpc_proxy(storage: str, folder: Path) -> tuple[subprocess.Popen, str]:
@@ -373,13 +405,15 @@ class Sampler:
             t = time.time()
             conns = dict(self.cluster.query("SELECT coalesce(datname, '-'), count(*) FROM pg_stat_activity "
                                             "WHERE backend_type = 'client backend' GROUP BY 1"))
+            xacts = dict(self.cluster.query("SELECT datname, xact_commit + xact_rollback FROM pg_stat_database "
+                                            "WHERE datname IS NOT NULL"))
             t0 = time.perf_counter()
             try:
                 client.get_experiment("0")
                 latency = time.perf_counter() - t0
             except Exception:  # noqa: BLE001 - a failed probe is a figure, not a crash
                 latency = None
-            self.samples.append({"t": t, "conns": conns, "tracking_s": latency, "cpu": self.cpu()})
+            self.samples.append({"t": t, "conns": conns, "xacts": xacts, "tracking_s": latency, "cpu": self.cpu()})
             self._stop.wait(max(0.0, 1.0 - (time.time() - t)))
 
     def __enter__(self):
@@ -403,7 +437,7 @@ def run_phase(phase: Phase, cluster: Cluster, tracking_proc, extra_procs: dict) 
     import psutil
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": phase.tracking, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "FMNIST_HEARTBEAT_S": "10", "FMNIST_GRACE_S": "120",
+           "FMNIST_HEARTBEAT_S": "10", "FMNIST_GRACE_S": "120", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_ENABLE_ASYNC_LOGGING": "true" if phase.async_logging else "false"}
     Path(phase.out).mkdir(parents=True)
     log = open(Path(phase.out, "fleet.log"), "w")
@@ -412,7 +446,7 @@ def run_phase(phase: Phase, cluster: Cluster, tracking_proc, extra_procs: dict) 
                                   stdout=log, stderr=subprocess.STDOUT)
     procs = {"workers": psutil.Process(fleet_proc.pid), "mlflow_server": psutil.Process(tracking_proc.pid),
              "postgres": _postmaster(cluster), **{k: psutil.Process(p.pid) for k, p in extra_procs.items()}}
-    mem = []
+    mem: dict = {}
     with Sampler(cluster, phase.tracking, procs) as sampler:
         while fleet_proc.poll() is None:
             time.sleep(1)
@@ -474,15 +508,20 @@ def summarize(phase: Phase, cluster: Cluster, samples: list, mem: dict, wall: fl
     in_window = [s for s in samples if start <= s["t"] <= deadline]
     conns = [s["conns"] for s in in_window]
     optuna_db = phase.storage_direct.rsplit("/", 1)[1]
-    cpu = {}
+    cpu, xacts = {}, {}
+    mlflow_db = phase.tracking_db
     if len(in_window) >= 2:
         a, b = in_window[0], in_window[-1]
         cpu = {k: round((b["cpu"][k] - a["cpu"][k]) / max(len(done), 1), 4) for k in a["cpu"]}
+        xacts = {"optuna_db": (b["xacts"].get(optuna_db, 0) - a["xacts"].get(optuna_db, 0)) / max(len(done), 1),
+                 "mlflow_db": (b["xacts"].get(mlflow_db, 0) - a["xacts"].get(mlflow_db, 0)) / max(len(done), 1)}
     tracking = [s["tracking_s"] for s in in_window if s["tracking_s"] is not None]
     return {
         "phase": phase.label, "path": phase.path, "n": phase.n, "server_workers": phase.server_workers,
         "async_logging": phase.async_logging, "serve_artifacts": phase.serve_artifacts,
         "window_s": round(window, 1), "phase_wall_s": round(wall, 1),
+        "end_of_study_s_worker0": round(sum(r[2] for r in workers[0]["records"] if r[0] == "end_of_study"), 1)
+        if workers else None,
         "tail_s": round(max((r[1] for r in records if r[0] == "run_end"), default=deadline) - deadline, 1),
         "trials_in_window": len(done), "trials_per_s": round(len(done) / window, 3),
         "ideal_trials_per_s": round(phase.n / (4 * statistics.mean(phase.epoch_s)), 3),
@@ -499,6 +538,7 @@ def summarize(phase: Phase, cluster: Cluster, samples: list, mem: dict, wall: fl
             "optuna_db_mean": round(statistics.mean(c.get(optuna_db, 0) for c in conns), 1) if conns else 0,
             "all_max": max((sum(c.values()) for c in conns), default=0)},
         "cpu_s_per_trial": cpu,
+        "db_transactions_per_trial": {k: round(v, 1) for k, v in xacts.items()},
         "errors": {"worker_exit_nonzero": sum(w["exit"] != 0 for w in workers),
                    "workers_reported": len(workers), "failed_trials": sum(t.state == TS.FAIL for t in trials),
                    "error_lines": _error_lines(Path(phase.out, "fleet.log"))},
@@ -519,7 +559,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ns", default="1,8,32,64", help="worker counts per storage path")
     ap.add_argument("--paths", default="direct,pgbouncer,grpc")
-    ap.add_argument("--window", type=float, default=40, help="seconds measured per phase")
+    ap.add_argument("--window", type=float, default=25, help="seconds measured per phase")
     ap.add_argument("--tracking_n", type=int, default=32, help="N for the tracking-server phases (0 = skip them)")
     ap.add_argument("--fleet", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -552,8 +592,9 @@ def main() -> None:
                 servers[key] = start_tracking(cluster, tmp, phase.server_workers, phase.serve_artifacts)
             db = cluster.new_db("bench_optuna")
             direct = phase.storage_direct = cluster.url(db)
-            phase.study_name, phase.tracking, phase.out = f"scale{i}", servers[key][1], str(tmp / f"phase{i}")
-            phase.warmup_s, phase.window_s = 8 + 0.4 * phase.n, args.window
+            phase.study_name, phase.out = f"scale{i}", str(tmp / f"phase{i}")
+            phase.tracking, phase.tracking_db = servers[key][1:]
+            phase.warmup_s, phase.window_s = 6 + 0.25 * phase.n, args.window
             extra = {}
             proxy = None
             if phase.path == "direct":
@@ -578,8 +619,8 @@ def main() -> None:
                   f"errors {r['errors']}, lost {r['lost_trials']}, dup {r['duplicated_trials']}",
                   file=sys.stderr, flush=True)
     finally:
-        for proc, _ in servers.values():
-            stop(proc)
+        for server in servers.values():
+            stop(server[0])
         if bouncer:
             stop(bouncer[0])
         cluster.close()

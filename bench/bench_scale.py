@@ -72,7 +72,7 @@ class Phase:
     tracking: str = ""
     tracking_db: str = ""  # the tracking server's database in the private cluster
     study_name: str = ""
-    warmup_s: float = 0.0
+    warmup_s: float = 0.0  # the longest the window waits for every worker to be in its loop
     window_s: float = 0.0
     epoch_s: tuple[float, float] = (0.5, 1.5)
     artifact_kb: int = 1024  # what a completed trial logs (an MLP's saved model is ~1 MB)
@@ -90,6 +90,7 @@ class Phase:
 
 
 RECORDS: list[tuple[str, float, float]] = []  # (what, start time, seconds), per worker process
+READY_FILE = [""]  # touched by this worker's first ask
 
 
 def _timed(what: str, fn):
@@ -108,7 +109,16 @@ def time_optuna_calls() -> None:
     import optuna
     import optuna.study._optimize as opt
 
-    optuna.Study.ask = _timed("ask", optuna.Study.ask)
+    timed_ask = _timed("ask", optuna.Study.ask)
+
+    def ask(self, *args, **kwargs):
+        trial = timed_ask(self, *args, **kwargs)
+        if READY_FILE[0]:  # the fleet starts the window once every worker is in its loop
+            Path(READY_FILE[0]).touch()
+            READY_FILE[0] = ""
+        return trial
+
+    optuna.Study.ask = ask
     opt._tell_with_warning = _timed("tell", opt._tell_with_warning)
     optuna.storages.fail_stale_trials = _timed("stale_check", optuna.storages.fail_stale_trials)
 
@@ -168,16 +178,25 @@ def synthetic_train(phase: Phase):
     return train
 
 
-def worker(phase: Phase, index: int, deadline: float, study_file: Path) -> int:
-    """One worker (a forked child of the fleet): tune.run as the CLI runs it, until the deadline."""
+def worker(phase: Phase, index: int, study_file: Path) -> int:
+    """One worker (a forked child of the fleet): tune.run as the CLI runs it, until the fleet
+    says stop (after the trial in progress, through the callback tune.run passes to optimize)."""
     from fmnist_exp import config as C
     from fmnist_exp import tune
 
+    READY_FILE[0] = str(Path(phase.out, f"ready-{index}"))
+    stop_file, own_callback = Path(phase.out, "stop"), tune.stop_if_interrupted
+
+    def stop_when_told(study, trial):
+        own_callback(study, trial)
+        if stop_file.exists():
+            study.stop()
+
+    tune.stop_if_interrupted = stop_when_told
     code = 0
     try:
         args = C.resolve_tune({"study": str(study_file), "study_name": phase.study_name, "storage": phase.storage,
-                               "n_trials": 100000, "timeout": max(1, int(deadline - time.time())),
-                               "register": False, "experiment": f"bench-scale-{phase.study_name}"})
+                               "n_trials": 100000, "register": False, "experiment": f"bench-scale-{phase.study_name}"})
         tune.run(args, train_fn=synthetic_train(phase))
         RECORDS.append(("run_end", time.time(), 0.0))
     except BaseException as e:  # noqa: BLE001 - counted as an error by the controller
@@ -228,16 +247,22 @@ def fleet(phase: Phase) -> None:
     registry.log_study_artifacts = _timed("end_of_study", registry.log_study_artifacts)
     report.log_report = _timed("end_of_study", report.log_report)
     gc.freeze()  # keep the imported objects' pages shared after fork
-    deadline = time.time() + phase.warmup_s + phase.window_s
-    Path(phase.out, "deadline").write_text(str(deadline))
-    pids = []
+    pids, t_fork = [], time.time()
     for i in range(phase.n):
         pid = os.fork()
         if pid == 0:
             if i:
                 registry._log_optuna_plots = report.log_report = lambda *a, **k: []
-            os._exit(worker(phase, i, deadline, study_file))
+            os._exit(worker(phase, i, study_file))
         pids.append(pid)
+    # The window opens once every worker has asked for its first trial (start-up is not measured)
+    while len(list(Path(phase.out).glob("ready-*"))) < phase.n and time.time() < t_fork + phase.warmup_s:
+        time.sleep(0.5)
+    start = time.time()
+    Path(phase.out, "window.tmp").write_text(json.dumps([start, start + phase.window_s]))
+    Path(phase.out, "window.tmp").rename(Path(phase.out, "window"))  # whole, for the controller's reads
+    time.sleep(phase.window_s)
+    Path(phase.out, "stop").touch()
     for pid in pids:
         os.waitpid(pid, 0)
 
@@ -450,8 +475,8 @@ def run_phase(phase: Phase, cluster: Cluster, tracking_proc, extra_procs: dict) 
     with Sampler(cluster, phase.tracking, procs) as sampler:
         while fleet_proc.poll() is None:
             time.sleep(1)
-            deadline = Path(phase.out, "deadline")
-            if not mem and deadline.exists() and time.time() > float(deadline.read_text()) - phase.window_s / 2:
+            opened = Path(phase.out, "window")
+            if not mem and opened.exists() and time.time() > json.loads(opened.read_text())[0] + phase.window_s / 2:
                 mem = _worker_memory(procs["workers"])
     wall = time.time() - t_launch
     return summarize(phase, cluster, sampler.samples, mem, wall)
@@ -484,10 +509,9 @@ def summarize(phase: Phase, cluster: Cluster, samples: list, mem: dict, wall: fl
 
     workers = [json.loads(f.read_text()) for f in sorted(Path(phase.out).glob("worker-*.json"))]
     records = [r for w in workers for r in w["records"]]
-    deadline = float(Path(phase.out, "deadline").read_text())
-    first_asks = [min((r[1] for r in w["records"] if r[0] == "ask"), default=deadline) for w in workers]
-    start = max(first_asks) if first_asks else deadline
-    window = max(deadline - start, 1e-9)
+    start, deadline = json.loads(Path(phase.out, "window").read_text())
+    window = deadline - start
+    ready = len(list(Path(phase.out).glob("ready-*")))
     inside = lambda what: [r[2] for r in records if r[0] == what and start <= r[1] <= deadline]  # noqa: E731
 
     study = optuna.load_study(study_name=phase.study_name, storage=phase.storage_direct)
@@ -519,7 +543,7 @@ def summarize(phase: Phase, cluster: Cluster, samples: list, mem: dict, wall: fl
     return {
         "phase": phase.label, "path": phase.path, "n": phase.n, "server_workers": phase.server_workers,
         "async_logging": phase.async_logging, "serve_artifacts": phase.serve_artifacts,
-        "window_s": round(window, 1), "phase_wall_s": round(wall, 1),
+        "window_s": round(window, 1), "phase_wall_s": round(wall, 1), "workers_in_loop_at_start": ready,
         "end_of_study_s_worker0": round(sum(r[2] for r in workers[0]["records"] if r[0] == "end_of_study"), 1)
         if workers else None,
         "tail_s": round(max((r[1] for r in records if r[0] == "run_end"), default=deadline) - deadline, 1),
@@ -594,7 +618,7 @@ def main() -> None:
             direct = phase.storage_direct = cluster.url(db)
             phase.study_name, phase.out = f"scale{i}", str(tmp / f"phase{i}")
             phase.tracking, phase.tracking_db = servers[key][1:]
-            phase.warmup_s, phase.window_s = 6 + 0.25 * phase.n, args.window
+            phase.warmup_s, phase.window_s = 30 + 1.0 * phase.n, args.window  # the most start-up may take
             extra = {}
             proxy = None
             if phase.path == "direct":
@@ -606,7 +630,7 @@ def main() -> None:
                 proxy = start_grpc_proxy(direct, tmp)
                 phase.storage = proxy[1]
                 extra["grpc_proxy"] = proxy[0]
-            print(f"[bench_scale] {phase.label}: warmup {phase.warmup_s:.0f} s, window {phase.window_s:.0f} s",
+            print(f"[bench_scale] {phase.label}: window {phase.window_s:.0f} s once all workers are in their loop",
                   file=sys.stderr, flush=True)
             try:
                 results.append(run_phase(phase, cluster, servers[key][0], extra))

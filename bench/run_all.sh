@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark; JSON lands in bench/out/. About 100 minutes on a 2-core machine.
+# Run every benchmark; JSON lands in bench/out/. About 115 minutes on a 2-core machine.
 # The long study (experiments/cnn_long.yaml, about an hour more) runs only with --long.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ $PY bench/bench_study_pays.py > bench/out/study_pays.json  # the default cnn run
 $PY bench/bench_lineage.py > bench/out/lineage.json
 $PY bench/bench_determinism.py > bench/out/determinism.json
 FMNIST_TEST_PG="$(bash scripts/start_postgres.sh | tail -n 1)" $PY bench/bench_scaleout.py > bench/out/scaleout.json
+# 1-64 workers, synthetic sleeping trials, private PostgreSQL (~15 min); PgBouncer from `apt-get install pgbouncer`
+if [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer > /dev/null; then SCALE_PATHS=direct,pgbouncer,grpc; else SCALE_PATHS=direct,grpc; fi
+$PY bench/bench_scale.py --paths "$SCALE_PATHS" > bench/out/scale.json
 if nvidia-smi -L > /dev/null 2>&1; then  # GPU figures only where there is a GPU
   $PY bench/bench_gpu.py > bench/out/gpu.json
 fi

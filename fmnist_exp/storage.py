@@ -167,6 +167,12 @@ class StorageURL:
             return {}
         # application_name: pg_stat_activity says which connections are whose (worker or proxy)
         kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": application_name}}
+        if self.url.drivername == "postgresql+psycopg":
+            # No server-side prepared statements: psycopg 3 prepares a query on its 5th run, and behind
+            # PgBouncer's transaction pooling (Debian's 1.18) the next transaction may land on another
+            # server connection ("prepared statement _pg3_0 already exists / does not exist").
+            # bench/bench_scale.py measured no cost in a direct connection.
+            kwargs["connect_args"]["prepare_threshold"] = None
         if pool:
             kwargs["pool_pre_ping"] = True  # a connection the server dropped (restart) is replaced, not used
         else:

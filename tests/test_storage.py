@@ -272,3 +272,19 @@ def test_only_a_lost_connection_is_retried():
     with pytest.raises(sqlalchemy.exc.OperationalError):
         dbretry.retry_transient(interrupted)
     assert calls == [1]  # not retried
+
+
+def test_storage_connections_prepare_no_statements(pg):
+    """A storage connection never prepares a statement on the server, so a transaction pooler
+    (PgBouncer, pool_mode=transaction) may hand each transaction to another server connection."""
+    import sqlalchemy
+
+    url = StorageURL.parse(pg.url(pg.create_database(f"prep_{uuid.uuid4().hex[:8]}")))
+    storage = url.open()
+    study = optuna.create_study(storage=storage)
+    for _ in range(8):  # psycopg 3 would prepare a query run 5 times on one connection
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    with storage.engine.connect() as conn:
+        prepared = conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+    storage.engine.dispose()
+    assert prepared == 0

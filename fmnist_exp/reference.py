@@ -8,11 +8,11 @@ paired difference in test accuracy with its bootstrap 95% interval and exact McN
 (stats.py), on the parent run as ``gain_*`` metrics and in the summary.
 
 A lone worker trains the reference in a second process (:class:`Background`, started before the
-final retrain) so that the two trainings share the machine's cores: on 2 cores one TensorFlow
-process leaves about half of them idle (small kernels, per-step overhead), and the pair finishes
-in a little more than the time of one (BENCHMARKS.md). Workers that share a study through a
-database already fill the cores with each other; there the reference is trained in-process, once,
-under the registration lock.
+final retrain) so that the two trainings share the machine's cores. What that buys depends on how
+much of the machine one TensorFlow training leaves idle: on this project's 2-core Intel machine
+little (the pair ran at ~1.1x the throughput of one process; BENCHMARKS.md, issue 16 run 3). Workers
+that share a study through a database already fill the cores with each other; there the reference
+is trained in-process, once, under the registration lock.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Background:
     """The reference trained by ``python -m fmnist_exp.reference`` beside this process.
 
     The child gets one intra-op thread (TF_NUM_INTRAOP_THREADS), so that with this process's
-    two the cores stay busy without the pair fighting over them. It logs its nested run under the
+    two the pair does not oversubscribe two cores. It logs its nested run under the
     parent itself; :func:`report` waits for it, and trains in-process if it failed. It is sent
     SIGTERM (its run then ends FAILED) when this process stops first, and dies with this process
     (PR_SET_PDEATHSIG) when that is killed outright."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -59,9 +60,22 @@ def log_split_inputs(source: str, splits) -> dict[str, str]:
     """Attach the three splits to the active run; returns context -> digest."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     datasets = split_datasets(source, splits)
     contexts = list(datasets)
-    mlflow.log_inputs(datasets=[datasets[c] for c in contexts], contexts=contexts, tags_list=[None] * len(contexts))
+    for attempt in range(3):
+        try:
+            mlflow.log_inputs(datasets=[datasets[c] for c in contexts], contexts=contexts,
+                              tags_list=[None] * len(contexts))
+            break
+        except MlflowException as e:
+            # Two workers logging the same split into one experiment at once: the tracking server
+            # checks for the dataset, then inserts it, and the slower insert breaks the unique key
+            # (seen with PostgreSQL). The request is rolled back; again, it finds the winner's row.
+            if attempt == 2 or not any(k in str(e) for k in ("UniqueViolation", "UNIQUE constraint", "dataset_pk")):
+                raise
+            time.sleep(0.5 * (attempt + 1))
     return {c: datasets[c].digest for c in contexts}
 
 

@@ -99,7 +99,10 @@ def test_tracking_server_down_60s_mid_trial(cluster):
 def test_sigterm_ends_runs_failed_and_study_resumes(cluster):
     tmp = cluster["tmp"]
     study_file = tmp / "term.yaml"
-    study_file.write_text(STUDY.format(epochs=10, samples=2000))
+    # long enough that the trial is still training when SIGTERM lands (10 MLP epochs on 2,000 images
+    # could finish between the poll that saw epoch 1 and the signal on an idle machine)
+    epochs = 40
+    study_file.write_text(STUDY.format(epochs=epochs, samples=3000))
     proc = worker(cluster, study_file, "term", 2, "term.log")
     in_flight = wait_for_epoch(proc, tmp / "term.log")
     t_term = time.time()
@@ -122,5 +125,5 @@ def test_sigterm_ends_runs_failed_and_study_resumes(cluster):
     assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert [r.info.run_name for r in all_runs() if r.info.status == "RUNNING"] == []
     assert MlflowClient().get_model_version_by_alias(MODEL, "champion")
-    print(f"\n[faults] SIGTERM after {epochs_done} of 10 epochs: the worker exited {t_exit - t_term:.1f} s later with "
+    print(f"\n[faults] SIGTERM after {epochs_done} of {epochs} epochs: the worker exited {t_exit - t_term:.1f} s later with "
           f"its runs FAILED; a new worker resumed the study (trial 1, registration) in {t_resumed - t_exit:.0f} s")

@@ -67,7 +67,7 @@ def log_test_evaluation(run_id: str, x_test: np.ndarray, y_test: np.ndarray, pro
 
 def _start(name: str, nested: bool, tags: dict):
     # Under `mlflow run`, MLFLOW_RUN_ID is set and start_run() resumes that run.
-    return mlflow.start_run(run_name=name, nested=nested, tags=tags, log_system_metrics=False)
+    return tracking.run_that_ends(run_name=name, nested=nested, tags=tags, log_system_metrics=False)
 
 
 def train_run(family: str, p: dict, *, ds: D.Dataset | None = None, **kwargs) -> RunResult:

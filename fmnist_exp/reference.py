@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from . import config as C
 from . import data as D
-from . import experiment, registry, space, stats
+from . import experiment, registry, space, stats, tracking
 
 
 def recipe(spec: space.StudySpec, base: dict) -> dict:
@@ -83,8 +83,8 @@ class Job:
         p = self.params
         print(f"[tune] reference: training with epochs={p['epochs']} train_samples={p['train_samples']} "
               f"seed={p['seed']}", flush=True)
-        with mlflow.start_run(run_name="reference", nested=parent_run_id is None, parent_run_id=parent_run_id,
-                              tags=self.tags) as run:
+        with tracking.run_that_ends(run_name="reference", nested=parent_run_id is None, parent_run_id=parent_run_id,
+                                    tags=self.tags) as run:
             res = experiment.train_in_run(self.family, p, ds=ds, evaluate_test=False, extra_tags=self.tags,
                                           echo="[tune] reference")
         return run.info.run_id, res.classifier_uri
@@ -188,8 +188,6 @@ def report(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, ca
 
 def _child_main(order: dict) -> None:
     """The second process: train the reference as a nested run of the study's parent run."""
-    from . import tracking
-
     mlflow.set_tracking_uri(order["tracking_uri"])
     mlflow.set_experiment(experiment_id=order["experiment_id"])
     with tracking.interrupts_end_runs():

@@ -175,7 +175,7 @@ def run(params: dict) -> int:
         print(f"warning: {w}", file=sys.stderr, flush=True)
     link = {LINK_TAG: orig.run_id, LINK_URI_TAG: orig.uri}
     tracking.use_experiment(params["experiment"], f"fmnist-{orig.family}")
-    with mlflow.start_run(run_name=f"reproduce {orig.uri}", tags=link,
+    with tracking.run_that_ends(run_name=f"reproduce {orig.uri}", tags=link,
                           description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
         tracking.log_params({**params, LINK_TAG: orig.run_id})  # keys `mlflow run` logged stay as they are
         result = experiment.train_in_run(orig.family, p, ds=ds, extra_tags=link, echo="[reproduce]")

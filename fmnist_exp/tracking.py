@@ -227,6 +227,40 @@ def raise_if_interrupted() -> None:
         raise KeyboardInterrupt(f"signal {_signalled[-1]} (arrived during a storage call)")
 
 
+@contextlib.contextmanager
+def run_that_ends(**start_run_kwargs):
+    """``mlflow.start_run(**start_run_kwargs)`` for the run a process owns, with a second line of
+    defence: when the block fails or is interrupted, MLflow's own ``__exit__`` writes FAILED once;
+    if that write fails (a busy SQLite file, a dropped connection, another signal) or a nested run's
+    process was stopped before it could end its run, they would stay RUNNING. After the block this
+    checks the run and its nested runs and ends whatever is still RUNNING as FAILED, retrying
+    for about half a minute, then lets the original exception go on."""
+    run = mlflow.start_run(**start_run_kwargs)
+    try:
+        with run:
+            yield run
+    except BaseException:
+        _settle(run.info.run_id)
+        raise
+
+
+def _settle(run_id: str, attempts: int = 5) -> None:
+    failed = RunStatus.to_string(RunStatus.FAILED)
+    for attempt in range(attempts):
+        try:
+            end_orphaned_children(run_id)
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(failed)  # MLflow's __exit__ did not get to end it: also pops it
+            elif MlflowClient().get_run(run_id).info.status == "RUNNING":
+                MlflowClient().set_terminated(run_id, failed)
+            return
+        except Exception as e:  # noqa: BLE001 - reported, retried, and never hides the original error
+            print(f"[mlflow] run {run_id} is not marked FAILED yet ({type(e).__name__}: {e}); "
+                  f"retrying ({attempt + 1}/{attempts})", file=sys.stderr, flush=True)
+            time.sleep(2 ** attempt)
+
+
 def end_orphaned_children(parent_run_id: str, status: str = RunStatus.to_string(RunStatus.FAILED)) -> int:
     """Mark child runs of ``parent_run_id`` still RUNNING as ended (used after an interruption)."""
     client = MlflowClient()

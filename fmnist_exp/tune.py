@@ -326,7 +326,7 @@ def run(args: dict, *, train_fn=None) -> dict:
         study = open_study(setup, seed)
         before = trials_started(study)
         tracking.use_experiment(args["experiment"], f"fmnist-study-{setup.study_name}")
-        with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"tune {setup.study_name}") as parent:
+        with tracking.interrupts_end_runs(), tracking.run_that_ends(run_name=f"tune {setup.study_name}") as parent:
             pid = parent.info.run_id
             _log_setup(setup, args, before, seed)
             print(f"[tune] study {setup.study_name!r} ({setup.spec.description}) "
@@ -358,7 +358,7 @@ def register_only(args: dict) -> dict:
     setup = prepare(args, must_exist=True)
     study = optuna.load_study(study_name=setup.study_name, storage=setup.optuna_storage)
     tracking.use_experiment(args["experiment"], f"fmnist-study-{setup.study_name}")
-    with tracking.interrupts_end_runs(), mlflow.start_run(run_name=f"register {setup.study_name}") as parent:
+    with tracking.interrupts_end_runs(), tracking.run_that_ends(run_name=f"register {setup.study_name}") as parent:
         _log_setup(setup, args, trials_started(study))
         summary = registry.log_study_artifacts(study, parent.info.run_id, epochs_per_trial=setup.budget["epochs"])
         summary["model_name"] = args["model_name"]

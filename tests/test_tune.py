@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import mlflow_run, predict_in_batches, subprocess_env
 from fmnist_exp import config as C
-from fmnist_exp import experiment, storage, tune
+from fmnist_exp import experiment, storage, tracking as T, tune
 
 pytestmark = pytest.mark.slow
 MODEL = "fmnist-classifier"
@@ -187,16 +187,32 @@ def test_exception_in_one_trial_fails_only_that_run(tracking, tmp_path):
     assert_nothing_running()
 
 
+def test_an_interrupted_command_ends_its_run_and_the_runs_its_helpers_left(tracking):
+    """The second line of defence behind every command's run: when the block is interrupted, the run
+    ends FAILED, and so does a nested run that another process started and never ended (a reference
+    process stopped by SIGKILL leaves exactly this: a RUNNING child of the command's run)."""
+    client = MlflowClient()
+    with pytest.raises(KeyboardInterrupt):
+        with T.run_that_ends(run_name="owner") as run:
+            left = client.create_run(run.info.experiment_id, run_name="left by a killed process",
+                                     tags={"mlflow.parentRunId": run.info.run_id})
+            raise KeyboardInterrupt
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.get_run(left.info.run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
 def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
     study = study_file(tmp_path, "intr")
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", study,
            "--n_trials", "3", "--epochs", "30", "--train_samples", "3000"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    mlflow.search_experiments()  # the store's tables exist before the tune process opens it: no migration race
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     client = MlflowClient()
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until trial 0 has trained at least one epoch
-        started = (tmp_path / "mlflow.db").exists()
-        kids = [r for r in runs() if r.data.tags.get("optuna_trial") == "0"] if started else []
+        kids = [r for r in runs() if r.data.tags.get("optuna_trial") == "0"]
         if kids and client.get_metric_history(kids[0].info.run_id, "val_accuracy"):
             break
         time.sleep(1)
@@ -205,10 +221,10 @@ def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
         pytest.fail("trial 0 never started")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert_nothing_running()
+    assert proc.returncode != 0, out[-3000:]
     statuses = {r.info.run_name: r.info.status for r in runs()}
-    assert statuses["trial 0"] == "FAILED" and statuses["tune intr"] == "FAILED"
+    assert statuses["trial 0"] == "FAILED" and statuses["tune intr"] == "FAILED", (statuses, out[-3000:])
+    assert_nothing_running()
     summary = run_tune(study, n_trials=1)
     trials = optuna.load_study(study_name="intr", storage=storage.StorageURL.default().open()).trials
     assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]

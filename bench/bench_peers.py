@@ -44,8 +44,9 @@ from common import emit, machine, scratch_tracking  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 CONTESTANTS = ("ours", "hyperband", "tpe")
 # keras-tuner's default factor. Its top rung trains factor x our per-trial epochs (9 for 3): one
-# Hyperband iteration (brackets of 9x1, 5x3 and 3x9 epochs, ~75 epochs) then about fills the time a
-# peer has for its search on 2 CPU cores (B ~900 s less a ~370 s final, ~8 s per 10,000-image epoch).
+# Hyperband iteration (brackets 9x1 -> 3x3 -> 1x9, 5x3 -> 2x9 and 3x9 epochs: 23 trials, 75 epochs)
+# then about fills the time a peer has for its search on 2 CPU cores (B ~900 s less a ~370 s final,
+# ~8 s per 10,000-image epoch); a longer top rung would leave its widest bracket unfinished.
 HYPERBAND_FACTOR = 3
 
 

@@ -22,7 +22,6 @@ check this script end to end in a few minutes; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from fmnist_exp.space import StudySpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, scratch_tracking  # noqa: E402
+from common import emit, machine, scratch_tracking, stdout_to_stderr  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONTESTANTS = ("ours", "hyperband", "tpe")
@@ -94,7 +93,7 @@ def run_ours(study: str, ds) -> Entry:
     from fmnist_exp import config as C
     from fmnist_exp import registry, tune
 
-    with scratch_tracking(), contextlib.redirect_stdout(sys.stderr):
+    with scratch_tracking(), stdout_to_stderr():
         storage = f"sqlite:///{os.getcwd()}/optuna.db"
         t0 = time.perf_counter()
         summary = tune.run(C.resolve_tune({"study": study, "storage": storage}))
@@ -379,7 +378,8 @@ def main() -> None:
                        "test_ci95": [round(lo, 4), round(hi, 4)], "config": e.config}
         if e.name != "ours" and "ours" in entries:
             cmp = stats.compare(ds.y_test, entries["ours"].test_labels, e.test_labels)
-            out[f"ours_vs_{e.name}"] = {**{k: float(f"{v:.4g}") for k, v in cmp.fields("", "ours", e.name).items()},
+            out[f"ours_vs_{e.name}"] = {**{k: v if isinstance(v, int) else float(f"{v:.4g}")
+                                           for k, v in cmp.fields("", "ours", e.name).items()},
                                         "describe": cmp.describe()}
     print(table(out, order), file=sys.stderr)
     emit(out)

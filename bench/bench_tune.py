@@ -9,13 +9,12 @@ Runs in a throwaway MLflow store and Optuna storage.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, scratch_tracking  # noqa: E402
+from common import emit, machine, scratch_tracking, stdout_to_stderr  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     from fmnist_exp import config as C
     from fmnist_exp import tune
 
-    with scratch_tracking(), contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr, JSON to stdout
+    with scratch_tracking(), stdout_to_stderr():  # progress lines to stderr, JSON to stdout
         t0 = time.perf_counter()
         summary = tune.run(C.resolve_tune({"family": args.family, "study": args.study, "n_trials": args.n_trials}))
         wall = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,6 +44,22 @@ def scratch_tracking():
             yield uri
         finally:
             os.chdir(old_cwd)
+
+
+@contextmanager
+def stdout_to_stderr():
+    """Everything printed meanwhile, by this process and by the processes it starts (they inherit
+    file descriptor 1: a study's background reference), goes to stderr; stdout keeps the JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def median_time(fn, repeats: int) -> float:

@@ -19,6 +19,7 @@ import keras
 import mlflow
 import numpy as np
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -85,6 +86,7 @@ class EpochLogger(keras.callbacks.Callback):
         # MLflow refuses NaN in some stores; a diverged epoch is reported by the run's error instead.
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
         mlflow.log_metrics(finite, step=epoch, run_id=self.run_id, timestamp=int(time.time() * 1000))
+        raise_if_interrupted()  # a signal swallowed in a finalizer stops training within an epoch
 
 
 def log_params(params: dict, run_id: str | None = None) -> None:
@@ -227,38 +229,64 @@ def raise_if_interrupted() -> None:
         raise KeyboardInterrupt(f"signal {_signalled[-1]} (arrived during a storage call)")
 
 
+SETTLE_S = 30.0  # how long a run's final status is retried before the command gives up on it
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
 @contextlib.contextmanager
 def run_that_ends(**start_run_kwargs):
-    """``mlflow.start_run(**start_run_kwargs)`` for the run a process owns, with a second line of
-    defence: when the block fails or is interrupted, MLflow's own ``__exit__`` writes FAILED once;
-    if that write fails (a busy SQLite file, a dropped connection, another signal) or a nested run's
-    process was stopped before it could end its run, they would stay RUNNING. After the block this
-    checks the run and its nested runs and ends whatever is still RUNNING as FAILED, retrying
-    for about half a minute, then lets the original exception go on."""
+    """``mlflow.start_run(**start_run_kwargs)`` for the run a process owns, ended more firmly than
+    by MLflow's own ``with``, which writes the final status once: if that write fails (a busy
+    SQLite file, a dropped connection) the run stays RUNNING and the write's error replaces the
+    one that ended the block. Here the status is retried for up to ``SETTLE_S`` seconds; when the
+    block failed or was interrupted, nested runs still RUNNING (their process was stopped before it
+    could end them) end FAILED too, and the block's own exception goes on."""
     run = mlflow.start_run(**start_run_kwargs)
+    run_id = run.info.run_id
     try:
-        with run:
-            yield run
+        yield run
     except BaseException:
-        _settle(run.info.run_id)
+        _finish(run_id, RunStatus.FAILED)
+        _retrying(lambda: end_orphaned_children(run_id), f"the nested runs of run {run_id}")
         raise
+    _finish(run_id, RunStatus.FINISHED, must=True)  # a success that cannot be recorded is an error
 
 
-def _settle(run_id: str, attempts: int = 5) -> None:
-    failed = RunStatus.to_string(RunStatus.FAILED)
-    for attempt in range(attempts):
+def _finish(run_id: str, status: int, *, must: bool = False) -> None:
+    name = RunStatus.to_string(status)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        with contextlib.suppress(Exception):  # pops the run first, then writes; a failed write is retried below
+            mlflow.end_run(name)
+
+    def write() -> None:
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, name)
+
+    _retrying(write, f"run {run_id} as {name}", must=must)
+
+
+def _retrying(fn, what: str, *, must: bool = False) -> None:
+    """Call ``fn`` until it succeeds, a permanent error, or ``SETTLE_S`` seconds; say each failure."""
+    deadline, delay = time.monotonic() + SETTLE_S, 1.0
+    while True:
         try:
-            end_orphaned_children(run_id)
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == run_id:
-                mlflow.end_run(failed)  # MLflow's __exit__ did not get to end it: also pops it
-            elif MlflowClient().get_run(run_id).info.status == "RUNNING":
-                MlflowClient().set_terminated(run_id, failed)
+            fn()
             return
-        except Exception as e:  # noqa: BLE001 - reported, retried, and never hides the original error
-            print(f"[mlflow] run {run_id} is not marked FAILED yet ({type(e).__name__}: {e}); "
-                  f"retrying ({attempt + 1}/{attempts})", file=sys.stderr, flush=True)
-            time.sleep(2 ** attempt)
+        except Exception as e:  # noqa: BLE001 - said, retried, and never hides the block's own error
+            permanent = isinstance(e, MlflowException) and e.error_code in _PERMANENT
+            last = permanent or time.monotonic() + delay > deadline
+            with contextlib.suppress(OSError):  # stderr may be a closed pipe (a stopped parent's)
+                print(f"[mlflow] could not end {what} ({type(e).__name__}: {e}); "
+                      + ("gave up: it stays RUNNING" if last else f"retrying in {delay:.0f} s"),
+                      file=sys.stderr, flush=True)
+            if last:
+                if must:
+                    raise
+                return
+            time.sleep(delay)
+            delay *= 2
 
 
 def end_orphaned_children(parent_run_id: str, status: str = RunStatus.to_string(RunStatus.FAILED)) -> int:

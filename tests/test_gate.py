@@ -244,8 +244,10 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
     assert proc.returncode != 0, out[-3000:]
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     status = {r.info.run_name: r.info.status for r in runs}
-    assert status["tune bgterm"] == "FAILED" and status["reference"] == "FAILED", (status, out[-4000:])
-    assert status["final (trial 0)"] in ("FAILED", "FINISHED") and "RUNNING" not in status.values(), (status, out[-4000:])
+    assert status["tune bgterm"] == "FAILED" and status["reference"] == "FAILED", \
+        (proc.returncode, status, out[-4000:])
+    assert status["final (trial 0)"] in ("FAILED", "FINISHED") and "RUNNING" not in status.values(), \
+        (status, out[-4000:])
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
 

@@ -200,6 +200,14 @@ def test_an_interrupted_command_ends_its_run_and_the_runs_its_helpers_left(track
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert client.get_run(left.info.run_id).info.status == "FAILED"
     assert mlflow.active_run() is None
+    with pytest.raises(ValueError, match="the block's own"):  # the error that ended the block goes on
+        with T.run_that_ends(run_name="refused") as refused:
+            raise ValueError("the block's own error")
+    assert client.get_run(refused.info.run_id).info.status == "FAILED"
+    with T.run_that_ends(run_name="done") as done:  # success: FINISHED, and nested runs are the caller's
+        busy = client.create_run(done.info.experiment_id, tags={"mlflow.parentRunId": done.info.run_id})
+    assert client.get_run(done.info.run_id).info.status == "FINISHED"
+    assert client.get_run(busy.info.run_id).info.status == "RUNNING" and mlflow.active_run() is None
 
 
 def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):

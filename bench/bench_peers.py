@@ -11,8 +11,9 @@ the project's validation split, with the cnn entry point's default recipe fixed 
 the study file's ``fixed`` instead, so that only the search differs). It starts a trial only while that
 trial and then its final retrain are predicted to end within B (from the peer's own epoch times so
 far), then retrains its best configuration by validation accuracy like the study's ``final`` (12
-epochs, all 54,000 training images, same seed) and answers the 10,000 test images once. Reported per contestant: wall times, trials, validation accuracies, test accuracy
-with its 95% interval; and ours against each peer, paired on the same test images (stats.compare).
+epochs, all 54,000 training images, same seed) and answers the 10,000 test images once. Reported per
+contestant: wall times, trials, validation accuracies, test accuracy with its 95% interval; and ours
+against each peer, paired on the same test images (stats.compare).
 JSON to stdout, a markdown table for BENCHMARKS.md and progress to stderr.
 
 ``--smoke`` shrinks the study to 2 trials of 1 epoch on 2,000 images and the final to the same, to
@@ -193,23 +194,11 @@ class Peer:
         return Entry(self.name, search_s, wall - search_s, wall, trials, best_val, final_val, config, labels)
 
 
-def built(family: str, p: dict):
-    """The project's builder under its precision policy, from a clean, seeded session (as train_in_run)."""
-    import keras
-
-    from fmnist_exp import models, train
-
-    keras.utils.clear_session()
-    train.seed_everything(p["seed"])
-    with train.precision_policy(train.resolve_precision(p["precision"])):
-        return models.build(family, p)
-
-
 def trained(family: str, p: dict, s, callbacks=()):
     """Built, fitted by the project's fit, and answering flip-averaged where the recipe says so."""
     from fmnist_exp import models, train
 
-    model = built(family, p)
+    model, _ = train.fresh_model(family, p)
     train.fit(model, s, p, callbacks=list(callbacks))
     return models.with_flip_average(model) if p["tta_flip"] else model
 
@@ -272,7 +261,7 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
 
     def build(hp):
         q = peer.params(kt_values(hp, arena.spec.space), epochs=max_epochs)
-        model = built(arena.spec.family, q)
+        model, _ = train.fresh_model(arena.spec.family, q)
         train.compile_model(model, q, steps_per_epoch=steps)
         return model
 

@@ -96,8 +96,6 @@ def train_in_run(
     training, the result says so and no model is logged. ``echo`` (e.g. "[cnn]") prints one
     console line per epoch with that prefix; trials leave it empty (one line per trial instead).
     """
-    import keras
-
     from . import models, plots, train
 
     ds, s = load_splits(p, ds)
@@ -107,11 +105,7 @@ def train_in_run(
     tracking.log_params(ds.describe())
     digests = lineage.log_split_inputs(ds.source, s)
     lineage.log_code_version()
-    keras.utils.clear_session()
-    precision = train.resolve_precision(p["precision"])
-    train.seed_everything(p["seed"])  # initial weights draw from the seeded RNGs, not from what ran before
-    with train.precision_policy(precision):
-        model = models.build(family, p)
+    model, precision = train.fresh_model(family, p)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
     callbacks = [logger, *([prune_check] if prune_check else []), *([train.EpochPrinter(echo)] if echo else [])]

@@ -176,7 +176,7 @@ def run(params: dict) -> int:
     link = {LINK_TAG: orig.run_id, LINK_URI_TAG: orig.uri}
     tracking.use_experiment(params["experiment"], f"fmnist-{orig.family}")
     with tracking.run_that_ends(run_name=f"reproduce {orig.uri}", tags=link,
-                          description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
+                                description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
         tracking.log_params({**params, LINK_TAG: orig.run_id})  # keys `mlflow run` logged stay as they are
         result = experiment.train_in_run(orig.family, p, ds=ds, extra_tags=link, echo="[reproduce]")
         new_probs = train.predict_proba(mlflow.keras.load_model(result.model_uri), ds.x_test)

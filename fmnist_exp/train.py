@@ -17,7 +17,7 @@ import numpy as np
 from . import config as C
 from .console import duration
 from .data import NUM_CLASSES, Splits
-from .models import build_augmenter
+from .models import build, build_augmenter
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -100,6 +100,17 @@ def precision_policy(name: str):
         yield
     finally:
         keras.config.set_dtype_policy(old)
+
+
+def fresh_model(family: str, p: dict) -> tuple[keras.Model, str]:
+    """``family``'s network for params ``p`` from a clean Keras session, its initial weights drawn
+    from the seeded RNGs (not from what ran before), built under the precision it will train in;
+    returns the model and that precision's name."""
+    keras.utils.clear_session()
+    precision = resolve_precision(p["precision"])
+    seed_everything(p["seed"])
+    with precision_policy(precision):
+        return build(family, p), precision
 
 
 def pipeline_options() -> tf.data.Options:

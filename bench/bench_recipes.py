@@ -45,6 +45,15 @@ HALF = {
     "half:flips_tta_4ep": {**FLIPS_TTA, "epochs": 4},
     "half:flips_tta_batch256_lr4e-3_4ep": {**FLIPS_TTA, "epochs": 4, "batch_size": 256, "learning_rate": 0.004},
 }
+# bfloat16 on CPUs with AMX (Intel Sapphire Rapids and later); emulated, and slow, elsewhere:
+# python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list bf16)" --parallel 1
+BF16 = {"precision": "mixed_bfloat16"}
+HALF_BF16 = {
+    "bf16:default_8ep_float32 (today's cnn)": {},
+    "bf16:default_8ep": {**BF16},
+    "bf16:16_64_128_256_pool_first_6ep": {**BF16, "filters": "16,64,128,256", "pool_first": True, "epochs": 6},
+}
+RECIPES.update(HALF_BF16)
 RECIPES.update(HALF)
 
 

@@ -173,6 +173,7 @@ class Candidate:
     origin: str  # "best trial" or "final retrain"
     test_labels: np.ndarray | None = None  # its answers on the test split, once scored
     test_metrics: dict = field(default_factory=dict)
+    seed_stats: dict = field(default_factory=dict)  # of a final retrained with several seeds (tune.pick_candidate)
 
 
 def score_candidate(cand: Candidate, ds: D.Dataset) -> None:

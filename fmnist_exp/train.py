@@ -6,9 +6,11 @@ No MLflow here: tracking comes in as Keras callbacks from the caller (see tracki
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
@@ -74,6 +76,30 @@ def resolve_precision(choice: str) -> str:
     return "mixed_float16" if gpu_visible() else "float32"
 
 
+def cpu_has_bfloat16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16); None where it
+    cannot be told (no /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_warned_precisions: set[str] = set()
+
+
+def warn_if_slow(precision: str) -> None:
+    """mixed_bfloat16 without bfloat16 hardware is emulated and slower than float32: say so, once."""
+    if precision != "mixed_bfloat16" or precision in _warned_precisions or gpu_visible():
+        return
+    if cpu_has_bfloat16() is False:
+        _warned_precisions.add(precision)
+        print("[fmnist] warning: precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16 or "
+              "AMX) is emulated and slower than float32; pass precision=float32 (or auto) here", file=sys.stderr,
+              flush=True)
+
+
 def gpu_visible() -> bool:
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -108,6 +134,7 @@ def fresh_model(family: str, p: dict) -> tuple[keras.Model, str]:
     returns the model and that precision's name."""
     keras.utils.clear_session()
     precision = resolve_precision(p["precision"])
+    warn_if_slow(precision)
     seed_everything(p["seed"])
     with precision_policy(precision):
         return build(family, p), precision

@@ -133,13 +133,20 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
     first = {**base, **spec.final}["seed"]
     seeds = range(first, first + spec.final_seeds)
     finals = [final_run(study.study_name, spec, base, best, ds, seed) for seed in seeds]
+    chosen = max(finals, key=lambda cand: cand.val_accuracy)
     if len(finals) > 1:  # the spread a seed alone makes, next to the gain a study claims
         for cand in finals:
             registry.score_candidate(cand, ds)
         accs = [cand.test_metrics[C.TEST_ACC] for cand in finals]
-        mlflow.log_metrics({"final_seeds_n": len(accs), "final_seeds_test_accuracy_mean": float(np.mean(accs)),
-                            "final_seeds_test_accuracy_std": float(np.std(accs, ddof=1))})
-    return max(finals, key=lambda cand: cand.val_accuracy)
+        seed_stats = {"final_seeds": list(seeds), "final_seeds_val_accuracy": [c.val_accuracy for c in finals],
+                      "final_seeds_test_accuracy": accs, "final_seeds_test_accuracy_mean": float(np.mean(accs)),
+                      "final_seeds_test_accuracy_std": float(np.std(accs, ddof=1)),
+                      "final_seed_registered": seeds[finals.index(chosen)]}
+        mlflow.log_metrics({"final_seeds_n": len(accs), **{k: v for k, v in seed_stats.items()
+                                                            if k.endswith(("_mean", "_std"))}})
+        mlflow.set_tag("final_seed_registered", str(seed_stats["final_seed_registered"]))
+        chosen.seed_stats = seed_stats
+    return chosen
 
 
 def final_run(study_name: str, spec: space.StudySpec, base: dict, best: optuna.trial.FrozenTrial, ds: D.Dataset,
@@ -306,6 +313,7 @@ def _register(setup: Setup, study: optuna.Study, pid: str, model_name: str, prom
             out = registry.register_candidate(candidate, setup.ds, model_name=model_name,
                                               study_name=setup.study_name, family=setup.spec.family,
                                               parent_run_id=pid, promote_alpha=promote_alpha)
+            out.update(candidate.seed_stats)
             out.update(reference.report(setup.spec, setup.base, setup.ds, setup.study_name, candidate, pid,
                                         background))
             return out
@@ -384,6 +392,12 @@ def print_summary(summary: dict, study_name: str) -> None:
             f"as @{summary['alias']} ({summary['decision']})",
             f"[tune] load it with models:/{summary['model_name']}@champion",
         ]
+    if "final_seeds" in summary:
+        each = ", ".join(f"seed {s} {t:.4f} (val {v:.4f})" for s, t, v in zip(
+            summary["final_seeds"], summary["final_seeds_test_accuracy"], summary["final_seeds_val_accuracy"]))
+        lines.append(f"[tune] final retrain over {len(summary['final_seeds'])} seeds: test accuracy mean "
+                     f"{summary['final_seeds_test_accuracy_mean']:.4f}, sd {summary['final_seeds_test_accuracy_std']:.4f} "
+                     f"({each}); registered seed {summary['final_seed_registered']} (best validation accuracy)")
     if summary.get("reference") == "off":
         lines.append("[tune] reference: off (no gain measured)")
     elif "reference" in summary:

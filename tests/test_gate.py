@@ -255,7 +255,8 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
 def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     study = study_file(tmp_path, "seeds", extra="reference: off\nfinal: {epochs: 1, train_samples: 1000, seeds: 2}")
     summary = tune.run(C.resolve_tune({"family": "mlp", "study": study, "n_trials": 1}))
-    assert "[tune] reference: off" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[tune] reference: off" in out
     assert summary["reference"] == "off" and not any(k.startswith("gain_") for k in summary)
     parent = parent_of("seeds")
     assert parent.data.tags["gain_reference"] == "off"
@@ -273,6 +274,12 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     best_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
     mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
     assert mv.tags["source_run_id"] == best_val.info.run_id == summary["best_run_id"]
+    # the end-of-study summary names each seed, the spread and the seed registered
+    assert summary["final_seeds"] == [42, 43] and summary["final_seeds_test_accuracy"] == pytest.approx(accs)
+    assert summary["final_seed_registered"] == int(best_val.data.tags["final_seed"])
+    assert parent.data.tags["final_seed_registered"] == best_val.data.tags["final_seed"]
+    assert (f"final retrain over 2 seeds: test accuracy mean {np.mean(accs):.4f}, sd {np.std(accs, ddof=1):.4f}"
+            in out and f"registered seed {best_val.data.tags['final_seed']} (best validation accuracy)" in out)
 
 
 # ----------------------------------------------------------------------------- study files

@@ -78,6 +78,29 @@ def test_augmenter_follows_its_strengths_and_shifts_keep_pixels_sharp(dataset):
     assert {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom"} <= set(every)
 
 
+def test_random_erasing_blanks_one_rectangle_per_chosen_image(dataset):
+    p = C.resolve("cnn", {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0,
+                          "aug_erase": 1.0})
+    aug = models.build_augmenter(p)
+    x = dataset.x_test[:32].astype("float32")
+    out = np.asarray(aug(x, training=True))
+    changed_images = 0
+    for img, src in zip(out, x):
+        # flips are on: compare with whichever of the image and its mirror it came from
+        base = min((src, src[:, ::-1]), key=lambda b: np.abs(img - b).sum())
+        changed = img != base
+        assert (img[changed] == 0).all()  # erased to background, nothing else
+        if changed.any():
+            changed_images += 1
+            rows, cols = np.nonzero(changed)
+            # one rectangle of at most a quarter of the image: each side at most half of 28
+            assert rows.max() - rows.min() < 15 and cols.max() - cols.min() < 15
+    assert changed_images >= 24  # probability 1 (a rectangle over background changes nothing)
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+    none = models.build_augmenter(C.resolve("cnn", {"augment": True}))
+    assert "RandomErasing" not in [layer.__class__.__name__ for layer in none.layers]
+
+
 def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
     from fmnist_exp import train
 

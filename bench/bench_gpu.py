@@ -29,11 +29,12 @@ from common import machine  # noqa: E402
 
 
 def long_recipe() -> dict:
-    """experiments/cnn_long.yaml's fixed parameters + its enqueued point + its final budget."""
+    """experiments/cnn_long.yaml's fixed parameters + its enqueued point + its final budget (one seed)."""
     import yaml
 
     spec = yaml.safe_load((ROOT / "experiments" / "cnn_long.yaml").read_text())
-    return {**spec["fixed"], **spec["enqueue"][0], **spec["final"]}
+    final = {k: v for k, v in spec["final"].items() if k != "seeds"}  # seeds: the study's, not a parameter
+    return {**spec["fixed"], **spec["enqueue"][0], **final}
 
 
 RUNS = {

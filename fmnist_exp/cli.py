@@ -32,7 +32,7 @@ def _add_params(sub: argparse.ArgumentParser, params: list[C.Param]) -> None:
         flags = [f"--{p.name}"] + ([f"--{p.name.replace('_', '-')}"] if "_" in p.name else [])
         kind = {bool: "true|false", int: "int", float: "float"}.get(p.type, "text")
         sub.add_argument(*flags, dest=p.name, default=None, metavar=kind.upper(),
-                         help=f"{p.help} (default: {p.default!r})")
+                         help=f"{p.help} (default: {p.default!r})".replace("%", "%%"))  # argparse formats help with %
 
 
 def parser() -> argparse.ArgumentParser:

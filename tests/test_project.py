@@ -47,6 +47,17 @@ def test_cli_subcommands_match_entry_points(tmp_path):
     assert set(listed) == entries
 
 
+def test_every_subcommand_prints_its_help():
+    """argparse formats help texts with %: a parameter's "25%" once made `cnn --help` crash."""
+    import argparse
+
+    from fmnist_exp.cli import parser
+
+    subs = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        assert f"python -m fmnist_exp {name}" in sub.format_help()
+
+
 @pytest.mark.parametrize("family,args,expected", [
     ("mlp", ["--dropout", "1.5"], "dropout=1.5: must be in [0, 1)"),
     ("cnn", ["--epochs", "-3"], "epochs=-3: must be in [1, 1000]"),

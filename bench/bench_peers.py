@@ -282,9 +282,7 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
     oracle = DeadlineOracle(objective=kt.Objective(C.VAL_ACC, "max"), max_epochs=max_epochs,
                             factor=HYPERBAND_FACTOR, hyperband_iterations=1000, seed=seed)
     tuner = DeadlineHyperband(oracle, hypermodel=build, directory=workdir, project_name="hyperband", overwrite=True)
-    data = train.make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"],
-                              augmenter=models.build_augmenter(p) if p["augment"] else None)
-    val = train.make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p["seed"])
+    data, val = train.datasets(s, p)  # the entry point's own batches (tf.data under TensorFlow)
     tuner.search(data, validation_data=val, callbacks=[*train.standard_callbacks(p), peer.clock], verbose=0)
     best = tuner.oracle.get_best_trials(1)[0]
     config = {k: best.hyperparameters.values[k] for k in arena.spec.space}

@@ -102,12 +102,18 @@ def log_params(params: dict, run_id: str | None = None) -> None:
         mlflow.log_params(new, run_id=run_id)
 
 
+# The packages of each Keras backend a model may be trained under (and so served with).
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
 def pip_requirements() -> list[str]:
     """The model's requirements, stated: MLflow would otherwise infer them by loading the model
-    in a subprocess, which costs seconds per logged model."""
+    in a subprocess, which costs seconds per logged model. The backend is the one in use: a
+    machine with JAX and no TensorFlow logs jax, not a version of a package it lacks."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "tensorflow", "keras", "numpy", "pandas")]
+    backend = BACKEND_PACKAGES.get(keras.backend.backend(), ())
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", *backend, "keras", "numpy", "pandas")]
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from .models import build, build_augmenter
 if TYPE_CHECKING:
     import tensorflow as tf
 
-# TensorFlow is imported only by the input pipeline below: models, schedule, loss and scoring
-# run on any Keras 3 backend (bench/bench_gpu.py uses them under JAX on a GPU machine).
+# TensorFlow is imported only by the tf.data input pipeline below, and only under the TensorFlow
+# backend: under JAX or PyTorch, fit reads batches.ArrayBatches, so training needs no TensorFlow.
 
 
 class DivergedError(RuntimeError):
@@ -167,6 +167,20 @@ def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augmenter: 
     return ds.prefetch(2).with_options(pipeline_options())
 
 
+def datasets(s: Splits, p: dict):
+    """The training and validation batches: tf.data under TensorFlow (make_dataset), numpy
+    batches (batches.ArrayBatches) under any other backend, where TensorFlow may be absent."""
+    augmenter = build_augmenter(p) if p["augment"] else None
+    if keras.backend.backend() == "tensorflow":
+        return (make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"],
+                             augmenter=augmenter),
+                make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p["seed"]))
+    from .batches import ArrayBatches
+
+    return (ArrayBatches(s.x_train, s.y_train, batch_size=p["batch_size"], seed=p["seed"], augmenter=augmenter),
+            ArrayBatches(s.x_val, s.y_val, batch_size=1024))
+
+
 def learning_rate(p: dict, steps_per_epoch: int):
     """Adam's learning rate: constant (plateau reduces it from a callback) or a cosine decay
     to zero over all epochs, after ``warmup_epochs`` of linear warm-up from zero."""
@@ -211,13 +225,11 @@ def fit(model: keras.Model, s: Splits, p: dict, callbacks=()) -> FitResult:
     """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN.
     The caller scores the model it keeps (see experiment.train_in_run)."""
     seed_everything(p["seed"])
-    train = make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"],
-                         augmenter=build_augmenter(p) if p["augment"] else None)
-    val = make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p["seed"])
+    train, val = datasets(s, p)
     compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p["batch_size"]))
     t0 = time.perf_counter()
     hist = model.fit(
-        train, validation_data=val, epochs=p["epochs"], verbose=0, shuffle=False,  # tf.data shuffles
+        train, validation_data=val, epochs=p["epochs"], verbose=0, shuffle=False,  # the datasets shuffle
         callbacks=[*standard_callbacks(p), *callbacks],
     )
     wall = time.perf_counter() - t0

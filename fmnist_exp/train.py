@@ -5,6 +5,7 @@ No MLflow here: tracking comes in as Keras callbacks from the caller (see tracki
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -76,6 +77,7 @@ def resolve_precision(choice: str) -> str:
     return "mixed_float16" if gpu_visible() else "float32"
 
 
+@functools.cache  # the hardware does not change within a process
 def cpu_has_bfloat16() -> bool | None:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16); None where it
     cannot be told (no /proc/cpuinfo)."""
@@ -86,18 +88,17 @@ def cpu_has_bfloat16() -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-_warned_precisions: set[str] = set()
-
-
 def warn_if_slow(precision: str) -> None:
     """mixed_bfloat16 without bfloat16 hardware is emulated and slower than float32: say so, once."""
-    if precision != "mixed_bfloat16" or precision in _warned_precisions or gpu_visible():
-        return
-    if cpu_has_bfloat16() is False:
-        _warned_precisions.add(precision)
-        print("[fmnist] warning: precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16 or "
-              "AMX) is emulated and slower than float32; pass precision=float32 (or auto) here", file=sys.stderr,
-              flush=True)
+    if precision == "mixed_bfloat16" and cpu_has_bfloat16() is False and not gpu_visible():
+        _warn_bfloat16_emulated()
+
+
+@functools.cache  # once per process
+def _warn_bfloat16_emulated() -> None:
+    print("[fmnist] warning: precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AVX512-BF16 or "
+          "AMX) is emulated and slower than float32; pass precision=float32 (or auto) here", file=sys.stderr,
+          flush=True)
 
 
 def gpu_visible() -> bool:

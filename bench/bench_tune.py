@@ -1,9 +1,9 @@
 """The default `tune` (what `mlflow run .` runs), or any study file: wall time, champion test
 accuracy, and the epochs pruning saved against n_trials x epochs.
 
-    python bench/bench_tune.py [--family cnn] [--study cnn_long] [--n_trials N]
+    python bench/bench_tune.py [--family cnn] [--study cnn_long] [--n_trials N] [--keep DIR]
 
-Runs in a throwaway MLflow store and Optuna storage.
+Runs in a throwaway MLflow store and Optuna storage (``--keep DIR``: in DIR, kept).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ def main() -> None:
     ap.add_argument("--family", default="cnn")
     ap.add_argument("--study", default="", help="a study in experiments/ ('' = the family's default)")
     ap.add_argument("--n_trials", type=int, default=0, help="0 = the study file's budget")
+    ap.add_argument("--keep", default="", help="a new folder to keep the MLflow store and study in")
     args = ap.parse_args()
 
     from fmnist_exp import config as C
     from fmnist_exp import tune
 
-    with scratch_tracking(), stdout_to_stderr():  # progress lines to stderr, JSON to stdout
+    with scratch_tracking(args.keep), stdout_to_stderr():  # progress lines to stderr, JSON to stdout
         t0 = time.perf_counter()
         summary = tune.run(C.resolve_tune({"family": args.family, "study": args.study, "n_trials": args.n_trials}))
         wall = time.perf_counter() - t0

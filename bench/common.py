@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -31,12 +32,15 @@ def machine() -> dict:
 
 
 @contextmanager
-def scratch_tracking():
-    """A fresh sqlite MLflow store in a temp dir, so benchmarks never touch ./mlflow.db."""
+def scratch_tracking(keep: str = ""):
+    """A fresh sqlite MLflow store in a temp dir, so benchmarks never touch ./mlflow.db; in the
+    (new, empty) folder ``keep`` instead when given, to look at the runs and models afterwards."""
     import mlflow
 
     old_cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
+    if keep:
+        Path(keep).mkdir(parents=True)  # refuses an existing folder: a kept store is never mixed
+    with (contextlib.nullcontext(str(Path(keep).resolve())) if keep else tempfile.TemporaryDirectory()) as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         os.chdir(tmp)
         mlflow.set_tracking_uri(uri)

@@ -292,6 +292,13 @@ class Splits:
     y_test: np.ndarray
 
 
+def split_indices(y: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which training-set images :func:`split` keeps for training and which it holds out."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(len(y)), test_size=val_fraction, stratify=y, random_state=seed)
+
+
 def split(ds: Dataset, *, val_fraction: float, seed: int, train_samples: int = 0) -> Splits:
     """Stratified, seeded validation split out of the training set.
 
@@ -300,9 +307,8 @@ def split(ds: Dataset, *, val_fraction: float, seed: int, train_samples: int = 0
     """
     from sklearn.model_selection import train_test_split
 
-    x_tr, x_val, y_tr, y_val = train_test_split(
-        ds.x_train, ds.y_train, test_size=val_fraction, stratify=ds.y_train, random_state=seed
-    )
+    tr, val = split_indices(ds.y_train, val_fraction=val_fraction, seed=seed)
+    x_tr, x_val, y_tr, y_val = ds.x_train[tr], ds.x_train[val], ds.y_train[tr], ds.y_train[val]
     if train_samples and train_samples < len(y_tr):
         x_tr, _, y_tr, _ = train_test_split(
             x_tr, y_tr, train_size=train_samples, stratify=y_tr, random_state=seed
@@ -323,4 +329,5 @@ __all__ = [
     "read_csv",
     "read_idx",
     "split",
+    "split_indices",
 ]

@@ -126,6 +126,9 @@ def recorded_code_version(run) -> dict[str, str]:
 # ----------------------------------------------------------------------------- registered versions
 
 REPRODUCE_TAG = "reproduce_command"
+# On an ensemble's run (ensemble.py): its members' run ids, comma-separated, in seed order;
+# `reproduce` rebuilds each of them from its own run.
+MEMBERS_TAG = "ensemble_members"
 
 
 def split_digests(run) -> dict[str, str]:

@@ -56,6 +56,7 @@ class Original:
     keras_uri: str
     test_accuracy: float  # as logged (run metric, else the version's tag); nan if never scored
     precision_used: str
+    members: tuple[Original, ...] = ()  # of an ensemble (ensemble.py): each rebuilt, then averaged
 
 
 def source_run_id(uri: str) -> tuple[str, float]:
@@ -108,11 +109,12 @@ def read_original(uri: str) -> Original:
     if "data_sha256" not in params:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     logged = run.data.metrics.get(C.TEST_ACC, version_acc)
+    members = tuple(read_original(f"runs:/{rid}/model") for rid in tags.get(lineage.MEMBERS_TAG, "").split(",") if rid)
     return Original(uri=uri, run_id=run_id, family=family, params=C.resolve(family, recorded),
                     unrecorded=tuple(k for k in names if k not in params), data_sha256=params["data_sha256"],
                     data_source=params.get("data_source", "?"), split_digests=lineage.split_digests(run),
                     code=lineage.recorded_code_version(run), keras_uri=tags["model_uri"],
-                    test_accuracy=float(logged), precision_used=params.get("precision_used", ""))
+                    test_accuracy=float(logged), precision_used=params.get("precision_used", ""), members=members)
 
 
 def check_data(orig: Original, ds: D.Dataset) -> None:
@@ -168,17 +170,24 @@ def run(params: dict) -> int:
 
     orig = read_original(params["model_uri"])
     ds = D.load(params["data_dir"] or None)
-    check_data(orig, ds)
-    p = {**orig.params, "data_dir": params["data_dir"]}
-    _, splits = experiment.load_splits(p, ds)
-    for w in warnings_for(orig, splits, train.resolve_precision(p["precision"])):
+    trained = orig.members or (orig,)  # the networks to train again
+    warned = []
+    for one in trained:
+        check_data(one, ds)
+        p = {**one.params, "data_dir": params["data_dir"]}
+        _, splits = experiment.load_splits(p, ds)
+        warned += warnings_for(one, splits, train.resolve_precision(p["precision"]))
+    for w in dict.fromkeys(warned):  # an ensemble's members share most of theirs
         print(f"warning: {w}", file=sys.stderr, flush=True)
     link = {LINK_TAG: orig.run_id, LINK_URI_TAG: orig.uri}
     tracking.use_experiment(params["experiment"], f"fmnist-{orig.family}")
     with tracking.run_that_ends(run_name=f"reproduce {orig.uri}", tags=link,
                                 description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
         tracking.log_params({**params, LINK_TAG: orig.run_id})  # keys `mlflow run` logged stay as they are
-        result = experiment.train_in_run(orig.family, p, ds=ds, extra_tags=link, echo="[reproduce]")
+        if orig.members:
+            result = _rebuild_ensemble(orig, ds, params["data_dir"])
+        else:
+            result = experiment.train_in_run(orig.family, p, ds=ds, extra_tags=link, echo="[reproduce]")
         new_probs = train.predict_proba(mlflow.keras.load_model(result.model_uri), ds.x_test)
         orig_probs = train.predict_proba(mlflow.keras.load_model(orig.keras_uri), ds.x_test)
         report = compare(ds.y_test, orig_probs, new_probs)
@@ -195,6 +204,29 @@ def run(params: dict) -> int:
         print(f"error: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str):
+    """Each member trained again from its own run's record, in a nested run linked to it, then
+    averaged and logged into the active (reproduce) run as the original ensemble was."""
+    import mlflow
+
+    from . import ensemble, experiment
+
+    members, run_ids, seeds = [], [], []
+    for one in orig.members:
+        p = {**one.params, "data_dir": data_dir}
+        tags = {LINK_TAG: one.run_id}
+        with mlflow.start_run(run_name=f"reproduce member (seed {p['seed']})", nested=True, tags=tags) as run:
+            res = experiment.train_in_run(one.family, p, ds=ds, evaluate_test=False, extra_tags=tags,
+                                          echo=f"[reproduce] seed {p['seed']}")
+        members.append(mlflow.keras.load_model(res.model_uri))
+        run_ids.append(run.info.run_id)
+        seeds.append(p["seed"])
+    p = {**orig.members[0].params, "data_dir": data_dir}
+    result, _ = ensemble.log_in_run(orig.family, p, members, seeds, ds, member_run_ids=run_ids, evaluate_test=True,
+                                    echo="[reproduce]")
+    return result
 
 
 def judge(diff: float, report: dict, *, tolerance: float, exact: bool) -> str:

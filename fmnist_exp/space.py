@@ -22,7 +22,9 @@ An optional ``final`` budget (e.g. ``{epochs: 8, train_samples: 0}``) retrains t
 configuration after the search, so trials can be cheap (a subset, few epochs) while the
 registered model gets the full recipe. ``final: {seeds: k}`` (default 1) retrains it with k
 seeds (seed, seed+1, ...): the parent run gets the mean and standard deviation of their test
-accuracy, and the seed with the best *validation* accuracy is registered.
+accuracy, and the seed with the best *validation* accuracy is registered; with
+``final: {seeds: k, ensemble: true}`` the average of the k models is registered instead
+(ensemble.py: one model, k times the inference cost).
 
 ``reference`` says what the study's gain is measured against, on the same test images
 (the paired difference with a bootstrap 95% interval and an exact McNemar p-value):
@@ -105,6 +107,7 @@ class StudySpec:
     objective: str = C.VAL_ACC
     final: dict = field(default_factory=dict)  # family parameters of the final retrain
     final_seeds: int = 1
+    final_ensemble: bool = False  # register the average of the seeds' models
     enqueue: list = field(default_factory=list)
     reference: Reference = field(default_factory=lambda: Reference("default"))
 
@@ -164,6 +167,7 @@ def parse(text: str, path: Path, family: str = "") -> StudySpec:
         raise ConfigError(f"{path}: unknown budget key(s) {sorted(unknown_budget)}; known: {sorted(BUDGET_KEYS)}")
     final = dict(raw.get("final") or {})
     seeds = final.pop("seeds", 1)  # not a family parameter: how many times the final retrain runs
+    ensemble = final.pop("ensemble", False)  # nor this: what is registered of the seeds' models
     spec = StudySpec(
         path=path,
         text=text,
@@ -177,6 +181,7 @@ def parse(text: str, path: Path, family: str = "") -> StudySpec:
         objective=raw.get("objective", C.VAL_ACC),
         final=final,
         final_seeds=seeds,
+        final_ensemble=ensemble,
         enqueue=list(raw.get("enqueue") or []),
         reference=parse_reference(raw.get("reference", "default"), str(path)),
     )
@@ -203,6 +208,11 @@ def check(spec: StudySpec) -> None:
     if not isinstance(spec.final_seeds, int) or isinstance(spec.final_seeds, bool) or spec.final_seeds < 1:
         raise ConfigError(f"{where}: final.seeds={spec.final_seeds!r}: must be an integer >= 1 "
                           "(how many seeds the final retrain uses)")
+    if not isinstance(spec.final_ensemble, bool):
+        raise ConfigError(f"{where}: final.ensemble={spec.final_ensemble!r}: must be true or false")
+    if spec.final_ensemble and spec.final_seeds < 2:
+        raise ConfigError(f"{where}: final.ensemble averages the final retrain's seeds, but final.seeds is "
+                          f"{spec.final_seeds}: set final.seeds to 2 or more, or drop ensemble")
     check_reference(spec, where)
     for key, dist in spec.space.items():
         for value in corner_values(key, dist, where):

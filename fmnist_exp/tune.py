@@ -131,22 +131,40 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
         return registry.Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"],
                                   best.user_attrs["classifier_uri"], best.value, best.number, "best trial")
     first = {**base, **spec.final}["seed"]
-    seeds = range(first, first + spec.final_seeds)
+    seeds = list(range(first, first + spec.final_seeds))
     finals = [final_run(study.study_name, spec, base, best, ds, seed) for seed in seeds]
     chosen = max(finals, key=lambda cand: cand.val_accuracy)
+    if spec.final_ensemble:
+        chosen = ensemble_run(study.study_name, spec, base, best, finals, seeds, ds)
     if len(finals) > 1:  # the spread a seed alone makes, next to the gain a study claims
         for cand in finals:
             registry.score_candidate(cand, ds)
         accs = [cand.test_metrics[C.TEST_ACC] for cand in finals]
-        seed_stats = {"final_seeds": list(seeds), "final_seeds_val_accuracy": [c.val_accuracy for c in finals],
+        registered = ENSEMBLE if spec.final_ensemble else seeds[finals.index(chosen)]
+        seed_stats = {"final_seeds": seeds, "final_seeds_val_accuracy": [c.val_accuracy for c in finals],
                       "final_seeds_test_accuracy": accs, "final_seeds_test_accuracy_mean": float(np.mean(accs)),
                       "final_seeds_test_accuracy_std": float(np.std(accs, ddof=1)),
-                      "final_seed_registered": seeds[finals.index(chosen)]}
+                      "final_seed_registered": registered}
         mlflow.log_metrics({"final_seeds_n": len(accs), **{k: v for k, v in seed_stats.items()
                                                             if k.endswith(("_mean", "_std"))}})
-        mlflow.set_tag("final_seed_registered", str(seed_stats["final_seed_registered"]))
+        mlflow.set_tag("final_seed_registered", str(registered))
         chosen.seed_stats = seed_stats
     return chosen
+
+
+ENSEMBLE = "ensemble"  # final_seed_registered when the seeds' average is registered
+
+
+def _finished(filter_string: str, trial_number: int, origin: str) -> registry.Candidate | None:
+    """A finished run of a resumed study that logged its models, as the candidate it was."""
+    done = mlflow.search_runs(filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
+                              output_format="list")
+    done = [r for r in done if r.data.tags.get("model_uri")]
+    if not done:
+        return None
+    r = done[0]
+    return registry.Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
+                              r.data.metrics["val_final_accuracy"], trial_number, origin)
 
 
 def final_run(study_name: str, spec: space.StudySpec, base: dict, best: optuna.trial.FrozenTrial, ds: D.Dataset,
@@ -155,20 +173,38 @@ def final_run(study_name: str, spec: space.StudySpec, base: dict, best: optuna.t
     best reuses its finished run instead of training it again."""
     p = C.resolve(spec.family, {**base, **best.user_attrs["config"], **spec.final, "seed": seed})
     tags = {"optuna_study": study_name, "final_of_trial": str(best.number), "final_seed": str(seed)}
-    done = mlflow.search_runs(
-        filter_string=f"tags.optuna_study = '{study_name}' and tags.final_of_trial = '{best.number}' "
-                      f"and tags.final_seed = '{seed}' and attributes.status = 'FINISHED'", output_format="list")
-    done = [r for r in done if r.data.tags.get("model_uri")]
+    done = _finished(f"tags.optuna_study = '{study_name}' and tags.final_of_trial = '{best.number}' "
+                     f"and tags.final_seed = '{seed}'", best.number, "final retrain")
     if done:
-        r = done[0]
-        return registry.Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
-                                  r.data.metrics["val_final_accuracy"], best.number, "final retrain")
+        return done
     name = f"final (trial {best.number})" if spec.final_seeds == 1 else f"final (trial {best.number}, seed {seed})"
     print(f"[tune] {name}: retraining with {spec.final}", flush=True)
     with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
         res = experiment.train_in_run(spec.family, p, ds=ds, evaluate_test=False, extra_tags=tags, echo="[tune] final")
     return registry.Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.metrics["val_final_accuracy"],
                               best.number, "final retrain")
+
+
+def ensemble_run(study_name: str, spec: space.StudySpec, base: dict, best: optuna.trial.FrozenTrial,
+                 finals: list[registry.Candidate], seeds: list[int], ds: D.Dataset) -> registry.Candidate:
+    """The average of the final retrains' models (``final.ensemble``), logged in a nested run of
+    its own; a resumed study with the same members reuses it."""
+    from . import ensemble
+
+    members = ",".join(c.run_id for c in finals)
+    tags = {"optuna_study": study_name, "final_of_trial": str(best.number), ensemble.MEMBERS_TAG: members}
+    done = _finished(f"tags.optuna_study = '{study_name}' and tags.{ensemble.MEMBERS_TAG} = '{members}'",
+                     best.number, "ensemble of final retrains")
+    if done:
+        return done
+    p = C.resolve(spec.family, {**base, **best.user_attrs["config"], **spec.final, "seed": seeds[0]})
+    models = [mlflow.keras.load_model(c.model_uri) for c in finals]
+    with mlflow.start_run(run_name=f"ensemble (trial {best.number}, seeds {seeds[0]}-{seeds[-1]})", nested=True,
+                          tags=tags) as run:
+        res, _ = ensemble.log_in_run(spec.family, p, models, seeds, ds, member_run_ids=[c.run_id for c in finals],
+                                     echo="[tune]")
+    return registry.Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.metrics["val_final_accuracy"],
+                              best.number, "ensemble of final retrains")
 
 
 def resolve_budget(args: dict, spec: space.StudySpec) -> dict:
@@ -397,7 +433,8 @@ def print_summary(summary: dict, study_name: str) -> None:
             summary["final_seeds"], summary["final_seeds_test_accuracy"], summary["final_seeds_val_accuracy"]))
         lines.append(f"[tune] final retrain over {len(summary['final_seeds'])} seeds: test accuracy mean "
                      f"{summary['final_seeds_test_accuracy_mean']:.4f}, sd {summary['final_seeds_test_accuracy_std']:.4f} "
-                     f"({each}); registered seed {summary['final_seed_registered']} (best validation accuracy)")
+                     f"({each}); " + ("registered: their average (ensemble)" if summary["final_seed_registered"] == ENSEMBLE
+                                      else f"registered seed {summary['final_seed_registered']} (best validation accuracy)"))
     if summary.get("reference") == "off":
         lines.append("[tune] reference: off (no gain measured)")
     elif "reference" in summary:

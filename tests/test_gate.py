@@ -294,6 +294,8 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     ("reference: {params: {epochs: 3}}", "'epochs' is the candidate's"),
     ("final: {epochs: 2, seeds: 0}", "final.seeds=0: must be an integer >= 1"),
     ("final: {epochs: 2, seeds: two}", "final.seeds='two'"),
+    ("final: {epochs: 2, ensemble: true}", "final.ensemble averages the final retrain's seeds, but final.seeds is 1"),
+    ("final: {seeds: 2, ensemble: 2}", "final.ensemble=2: must be true or false"),
 ])
 def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
     with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -134,3 +135,44 @@ def test_unknown_model_refused_before_work(tracking, tmp_path):
     assert out.returncode == 2 and "model_uri=models:/no-such-model/3" in out.stderr
     out = cli(["reproduce", "--model_uri", "s3://bucket/model"], tmp_path)
     assert out.returncode == 2 and "not a models:/" in out.stderr
+
+
+def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, dataset, capsys):
+    """final.ensemble: the registered model is the average of the seeds' models, its validation
+    accuracy is measured on images no member trained on, and `reproduce` rebuilds every member."""
+    from fmnist_exp import ensemble, registry
+
+    study = tmp_path / "ens.yaml"
+    study.write_text(STUDY.replace("final: {epochs: 2}", "final: {epochs: 1, seeds: 2, ensemble: true}")
+                     + "reference: off\n")
+    summary = tune.run(C.resolve_tune({"family": "mlp", "study": str(study)}))
+    assert "registered: their average (ensemble)" in capsys.readouterr().out
+    assert summary["candidate"] == "ensemble of final retrains" and summary["final_seed_registered"] == "ensemble"
+    finals = sorted(runs("tags.final_seed != ''"), key=lambda r: r.data.tags["final_seed"])
+    [ens] = runs(f"tags.{lineage.MEMBERS_TAG} != '' and tags.optuna_study = 'ens'")
+    assert ens.info.run_name == "ensemble (trial 0, seeds 42-43)" and ens.info.status == "FINISHED"
+    assert ens.data.tags[lineage.MEMBERS_TAG] == ",".join(r.info.run_id for r in finals)
+    assert ens.data.params["ensemble_seeds"] == "42,43" and "seed" not in ens.data.params
+    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 43])
+    assert ens.data.metrics["val_final_images"] == len(y_val) and 0 < len(y_val) < 1000
+    mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
+    assert mv.tags["source_run_id"] == ens.info.run_id and mv.aliases == ["champion"]
+
+    # the served classifier answers the mean of the two members' probabilities
+    probs = lambda uri: np.stack(registry.classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731
+    members = [probs(r.data.tags["classifier_uri"]) for r in finals]
+    registered = probs(f"models:/{MODEL}/{mv.version}")
+    assert np.allclose(registered, (members[0] + members[1]) / 2, atol=1e-6)
+    assert not np.allclose(members[0], members[1])
+    assert ens.data.metrics["val_final_accuracy"] == pytest.approx(
+        float(np.mean(np.stack(registry.classifier_answers(ens.data.tags["classifier_uri"], x_val)["label"]) == y_val)))
+
+    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}@champion", "--exact", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [rebuild] = runs(f"tags.reproduces_run_id = '{ens.info.run_id}'")
+    kids = runs(f"tags.mlflow.parentRunId = '{rebuild.info.run_id}'")
+    assert sorted(r.data.tags["reproduces_run_id"] for r in kids) == sorted(r.info.run_id for r in finals)
+    assert sorted(r.data.params["seed"] for r in kids) == ["42", "43"]
+    report = last_json(proc.stdout)  # same machine, code, data and seeds: both members bit for bit, so the average
+    assert report["bit_identical"] == 1 and report["accuracy_difference"] == 0 and report["passed"] is True
+    assert report["original_test_accuracy"] == pytest.approx(float(mv.tags["test_accuracy"]), abs=1e-6)

@@ -422,8 +422,9 @@ def print_summary(summary: dict, study_name: str) -> None:
     ]
     if summary.get("registered_version"):
         lines += [
-            f"[tune] best trial {summary['best_trial']}: val_accuracy={summary['best_val_accuracy']:.4f} "
-            f"test_accuracy={summary['test_accuracy']:.4f}",
+            f"[tune] best trial {summary['best_trial']}"
+            + ("" if summary["candidate"] == "best trial" else f"'s {summary['candidate']}")
+            + f": val_accuracy={summary['best_val_accuracy']:.4f} test_accuracy={summary['test_accuracy']:.4f}",
             f"[tune] registered {summary['model_name']} version {summary['registered_version']} "
             f"as @{summary['alias']} ({summary['decision']})",
             f"[tune] load it with models:/{summary['model_name']}@champion",

@@ -66,6 +66,9 @@ def log_in_run(family: str, p: dict, members: list[keras.Model], seeds: list[int
     tracking.log_params(ds.describe())
     lineage.log_code_version()
     x_val, y_val = held_out_by_all(ds, p["val_fraction"], seeds)
+    # what the ensemble was validated and will be tested on; each member's run has its own three splits
+    digests = lineage.log_inputs(lineage.datasets(ds.source, {"validation": (x_val, y_val),
+                                                              "test": (ds.x_test, ds.y_test)}))
     member_acc = [train.evaluate(m, x_val, y_val, prefix="")["accuracy"] for m in members]
     model = combine(members)
     val = train.evaluate(model, x_val, y_val, prefix="val_final_")
@@ -73,7 +76,7 @@ def log_in_run(family: str, p: dict, members: list[keras.Model], seeds: list[int
     classifier_ref = log_classifier(model, x_val)
     mlflow.set_tags({"model_uri": keras_ref.uri, "classifier_uri": classifier_ref.uri})
     tracking.log_model_metrics(run_id, {**val, "val_final_images": float(len(y_val))},
-                               digest=lineage.split_digest(x_val, y_val))
+                               digest=digests["validation"])
     mlflow.log_metrics({f"val_final_accuracy_member_{i}": a for i, a in enumerate(member_acc)})
     if echo:
         each = ", ".join(f"seed {s} {a:.4f}" for s, a in zip(seeds, member_acc))

@@ -44,11 +44,15 @@ def _source(location: str) -> str:
 
 def split_datasets(source: str, splits) -> dict[str, object]:
     """The three splits as MLflow datasets keyed by context (training, validation, test)."""
+    return datasets(source, {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val),
+                             "test": (splits.x_test, splits.y_test)})
+
+
+def datasets(source: str, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
+    """context -> (images, labels) as MLflow datasets, each with its own full digest."""
     import mlflow
 
     src = _source(source)
-    parts = {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val),
-             "test": (splits.x_test, splits.y_test)}
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local folder
         warnings.simplefilter("ignore", UserWarning)
         return {ctx: mlflow.data.from_numpy(x, targets=y, source=src, name=DATASET_NAME,
@@ -58,15 +62,19 @@ def split_datasets(source: str, splits) -> dict[str, object]:
 
 def log_split_inputs(source: str, splits) -> dict[str, str]:
     """Attach the three splits to the active run; returns context -> digest."""
+    return log_inputs(split_datasets(source, splits))
+
+
+def log_inputs(by_context: dict[str, object]) -> dict[str, str]:
+    """Attach MLflow datasets (context -> dataset) to the active run; returns context -> digest."""
     import mlflow
 
     from mlflow.exceptions import MlflowException
 
-    datasets = split_datasets(source, splits)
-    contexts = list(datasets)
+    contexts = list(by_context)
     for attempt in range(3):
         try:
-            mlflow.log_inputs(datasets=[datasets[c] for c in contexts], contexts=contexts,
+            mlflow.log_inputs(datasets=[by_context[c] for c in contexts], contexts=contexts,
                               tags_list=[None] * len(contexts))
             break
         except MlflowException as e:
@@ -76,7 +84,7 @@ def log_split_inputs(source: str, splits) -> dict[str, str]:
             if attempt == 2 or not any(k in str(e) for k in ("UniqueViolation", "UNIQUE constraint", "dataset_pk")):
                 raise
             time.sleep(0.5 * (attempt + 1))
-    return {c: datasets[c].digest for c in contexts}
+    return {c: by_context[c].digest for c in contexts}
 
 
 # ----------------------------------------------------------------------------- code version

@@ -157,6 +157,10 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert ens.data.metrics["val_final_images"] == len(y_val) and 0 < len(y_val) < 1000
     mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
     assert mv.tags["source_run_id"] == ens.info.run_id and mv.aliases == ["champion"]
+    # lineage: the data, code and the two splits the ensemble itself was judged on
+    assert mv.tags["data_sha256"] == dataset.sha256 and mv.tags["git_commit"] == head_commit()
+    assert mv.tags["data_digest_validation"] == lineage.split_digest(x_val, y_val)
+    assert mv.tags["data_digest_test"] == lineage.split_digest(dataset.x_test, dataset.y_test)
 
     # the served classifier answers the mean of the two members' probabilities
     probs = lambda uri: np.stack(registry.classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731

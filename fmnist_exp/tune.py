@@ -133,14 +133,13 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
     first = {**base, **spec.final}["seed"]
     seeds = list(range(first, first + spec.final_seeds))
     finals = [final_run(study.study_name, spec, base, best, ds, seed) for seed in seeds]
-    chosen = max(finals, key=lambda cand: cand.val_accuracy)
-    if spec.final_ensemble:
-        chosen = ensemble_run(study.study_name, spec, base, best, finals, seeds, ds)
+    by_val = max(finals, key=lambda cand: cand.val_accuracy)
+    chosen = ensemble_run(study.study_name, spec, base, best, finals, seeds, ds) if spec.final_ensemble else by_val
     if len(finals) > 1:  # the spread a seed alone makes, next to the gain a study claims
         for cand in finals:
             registry.score_candidate(cand, ds)
         accs = [cand.test_metrics[C.TEST_ACC] for cand in finals]
-        registered = ENSEMBLE if spec.final_ensemble else seeds[finals.index(chosen)]
+        registered = ENSEMBLE if spec.final_ensemble else seeds[finals.index(by_val)]
         seed_stats = {"final_seeds": seeds, "final_seeds_val_accuracy": [c.val_accuracy for c in finals],
                       "final_seeds_test_accuracy": accs, "final_seeds_test_accuracy_mean": float(np.mean(accs)),
                       "final_seeds_test_accuracy_std": float(np.std(accs, ddof=1)),
@@ -148,8 +147,25 @@ def pick_candidate(study: optuna.Study, spec: space.StudySpec, base: dict, ds: D
         mlflow.log_metrics({"final_seeds_n": len(accs), **{k: v for k, v in seed_stats.items()
                                                             if k.endswith(("_mean", "_std"))}})
         mlflow.set_tag("final_seed_registered", str(registered))
+        if spec.final_ensemble:
+            seed_stats.update(ensemble_gain(chosen, by_val, seeds[finals.index(by_val)], ds))
         chosen.seed_stats = seed_stats
     return chosen
+
+
+def ensemble_gain(ens: registry.Candidate, seed_model: registry.Candidate, seed: int, ds: D.Dataset) -> dict:
+    """What averaging bought: the ensemble against the seed that would have been registered
+    without it (the best validation accuracy), paired on the test images, on the parent run.
+    A report, not a choice: ``final.ensemble`` was decided in the study file."""
+    from . import stats
+
+    registry.score_candidate(ens, ds)
+    cmp = stats.compare(ds.y_test, ens.test_labels, seed_model.test_labels)
+    fields = {**cmp.fields("ensemble_gain_", "ensemble", "seed"), "ensemble_gain_seed": seed}
+    mlflow.log_metrics(fields)
+    mlflow.set_tag("ensemble_gain", cmp.describe())
+    print(f"[tune] ensemble over seed {seed} (the best validation accuracy): {cmp.describe()}", flush=True)
+    return {**fields, "ensemble_gain": cmp.describe()}
 
 
 ENSEMBLE = "ensemble"  # final_seed_registered when the seeds' average is registered

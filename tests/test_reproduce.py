@@ -146,7 +146,8 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     study.write_text(STUDY.replace("final: {epochs: 2}", "final: {epochs: 1, seeds: 2, ensemble: true}")
                      + "reference: off\n")
     summary = tune.run(C.resolve_tune({"family": "mlp", "study": str(study)}))
-    assert "registered: their average (ensemble)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "registered: their average (ensemble)" in out
     assert summary["candidate"] == "ensemble of final retrains" and summary["final_seed_registered"] == "ensemble"
     finals = sorted(runs("tags.final_seed != ''"), key=lambda r: r.data.tags["final_seed"])
     [ens] = runs(f"tags.{lineage.MEMBERS_TAG} != '' and tags.optuna_study = 'ens'")
@@ -168,6 +169,18 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     registered = probs(f"models:/{MODEL}/{mv.version}")
     assert np.allclose(registered, (members[0] + members[1]) / 2, atol=1e-6)
     assert not np.allclose(members[0], members[1])
+    # what averaging bought over the seed that would have been registered alone, paired on test
+    by_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
+    seed_labels = registry.classifier_answers(by_val.data.tags["classifier_uri"], dataset.x_test)["label"].to_numpy()
+    ens_labels = registry.classifier_answers(f"models:/{MODEL}/{mv.version}", dataset.x_test)["label"].to_numpy()
+    parent = MlflowClient().get_run(ens.data.tags["mlflow.parentRunId"]).data
+    assert parent.metrics["ensemble_gain_seed"] == int(by_val.data.params["seed"]) == summary["ensemble_gain_seed"]
+    assert parent.metrics["ensemble_gain_diff"] == pytest.approx(
+        np.mean(ens_labels == dataset.y_test) - np.mean(seed_labels == dataset.y_test))
+    assert parent.metrics["ensemble_gain_b"] == np.sum((ens_labels == dataset.y_test) & (seed_labels != dataset.y_test))
+    assert parent.tags["ensemble_gain"] == summary["ensemble_gain"]
+    assert f"[tune] ensemble over seed {by_val.data.params['seed']} (the best validation accuracy): " \
+           f"{summary['ensemble_gain']}" in out
     assert ens.data.metrics["val_final_accuracy"] == pytest.approx(
         float(np.mean(np.stack(registry.classifier_answers(ens.data.tags["classifier_uri"], x_val)["label"]) == y_val)))
 

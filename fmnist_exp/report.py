@@ -72,6 +72,7 @@ class StudyReport:
     gain: Comparison | None
     gate: Comparison | None
     registration: str  # the parent run's decision sentence
+    ensemble: Comparison | None = None  # final.ensemble: the average against the best-validated seed
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
@@ -108,6 +109,7 @@ def gather(study: optuna.Study, parent_run_id: str, spec: space.StudySpec, top: 
         gain=comparison(metrics, "gain_", "candidate", "reference"),
         gate=comparison(metrics, "gate_", "candidate", "champion"),
         registration=tags.get("registration", "not registered"),
+        ensemble=comparison(metrics, "ensemble_gain_", "ensemble", "seed"),
     )
 
 
@@ -179,6 +181,7 @@ def render(r: StudyReport) -> str:
         f'{counts["FAIL"]} failed. Parent run {_run_link(r, r.experiment_id, r.parent_run_id)}. '
         f"Written {_e(r.created)}.</p>",
         "<h2>Champion against the reference</h2>", _gain(r),
+        *(["<h2>The seeds' average against one seed</h2>", _ensemble(r)] if r.ensemble else []),
         "<h2>Promotion gate</h2>", _gate(r),
         "<h2>Leaderboard</h2>", _leaderboard(r),
         *[part for title in FIGURES.values() for part in _figure(r, title)],
@@ -226,6 +229,12 @@ def _gain(r: StudyReport) -> str:
         return f'<p class="note">No gain measured: {_e(r.registration)}.</p>'
     return (f"<p>Reference: {_e(r.reference)}. Both models answered the same test images.</p>"
             + _comparison_table(r.gain))
+
+
+def _ensemble(r: StudyReport) -> str:
+    return ("<p>The registered model averages the final retrain's seeds (<code>final.ensemble</code>). Against "
+            "the seed that would have been registered alone (the best validation accuracy), on the same test "
+            "images:</p>" + _comparison_table(r.ensemble))
 
 
 def _gate(r: StudyReport) -> str:

@@ -181,6 +181,9 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert parent.tags["ensemble_gain"] == summary["ensemble_gain"]
     assert f"[tune] ensemble over seed {by_val.data.params['seed']} (the best validation accuracy): " \
            f"{summary['ensemble_gain']}" in out
+    page = MlflowClient().download_artifacts(ens.data.tags["mlflow.parentRunId"], "study/report.html", str(tmp_path))
+    html = open(page).read()  # the study's report shows the same comparison
+    assert "The seeds' average against one seed" in html and f"{100 * parent.metrics['ensemble_gain_diff']:+.2f} points" in html
     assert ens.data.metrics["val_final_accuracy"] == pytest.approx(
         float(np.mean(np.stack(registry.classifier_answers(ens.data.tags["classifier_uri"], x_val)["label"]) == y_val)))
 

@@ -21,8 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
-PREVIOUS = {"filters": "32,64,128", "label_smoothing": 0.0}  # the default before issue 6
-FOUR = {"filters": "32,64,128,256"}
+# The rows up to issue 14's "cpu2x" ran before fused batch norm and `auto` = bfloat16 on AMX CPUs;
+# TODAY pins how they trained then, so that they rerun as measured.
+TODAY = {"precision": "float32", "fused_batch_norm": False}
+PREVIOUS = {**TODAY, "filters": "32,64,128", "label_smoothing": 0.0}  # the default before issue 6
+FOUR = {**TODAY, "filters": "32,64,128,256"}
 RECIPES = {
     "baseline_8ep": {**PREVIOUS, "epochs": 8},
     "label_smoothing_8ep": {**PREVIOUS, "label_smoothing": 0.1, "epochs": 8},
@@ -32,47 +35,51 @@ RECIPES = {
     "four_blocks_8ep (the new default)": {**FOUR, "epochs": 8},
     "four_blocks_8ep_seed7": {**FOUR, "epochs": 8, "seed": 7},
     "four_blocks_dense256_8ep": {**FOUR, "dense_units": 256, "epochs": 8},
-    "two_convs_16_32_64_8ep": {"filters": "16,32,64", "convs_per_block": 2, "epochs": 8},
+    "two_convs_16_32_64_8ep": {**TODAY, "filters": "16,32,64", "convs_per_block": 2, "epochs": 8},
     "four_blocks_pool_first_10ep": {**FOUR, "pool_first": True, "epochs": 10},
-    "16_64_128_256_pool_first_10ep": {"filters": "16,64,128,256", "pool_first": True, "epochs": 10},
+    "16_64_128_256_pool_first_10ep": {**TODAY, "filters": "16,64,128,256", "pool_first": True, "epochs": 10},
 }
 # Issue 14: half the training time of today's default (8 epochs) at >= 93.0% test; run with --parallel 1,
 # so that wall_s is a speed: python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list half)" --parallel 1
-FLIPS_TTA = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0, "tta_flip": True}
+FLIPS_TTA = {**TODAY, "augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0, "tta_flip": True}
 HALF = {
-    "half:default_8ep (today's cnn)": {},
-    "half:default_4ep": {"epochs": 4},
+    "half:default_8ep (today's cnn)": TODAY,
+    "half:default_4ep": {**TODAY, "epochs": 4},
     "half:flips_tta_4ep": {**FLIPS_TTA, "epochs": 4},
     "half:flips_tta_batch256_lr4e-3_4ep": {**FLIPS_TTA, "epochs": 4, "batch_size": 256, "learning_rate": 0.004},
 }
-# bfloat16 on CPUs with AMX (Intel Sapphire Rapids and later); emulated, and slow, elsewhere:
-# python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list bf16)" --parallel 1
-BF16 = {"precision": "mixed_bfloat16"}
-HALF_BF16 = {
-    "bf16:default_8ep_float32 (today's cnn)": {},
-    "bf16:default_8ep": {**BF16},
-    "bf16:16_64_128_256_pool_first_6ep": {**BF16, "filters": "16,64,128,256", "pool_first": True, "epochs": 6},
+# Issue 14 after fused batch norm (models.FusedBatchNormalization) and `auto` = bfloat16 on AMX CPUs;
+# one at a time, so that wall_s is a speed:
+# python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list cpu2x)" --parallel 1
+CPU2X = {
+    "cpu2x:before (float32 + Keras batch norm)": TODAY,
+    "cpu2x:float32 + fused batch norm (a CPU without AMX)": {"precision": "float32"},
+    "cpu2x:defaults now (auto = bfloat16 here + fused batch norm)": {},
+    "cpu2x:defaults now (seed 7)": {"seed": 7},
+    "cpu2x:defaults now + pool_first (9 epochs)": {"pool_first": True, "epochs": 9},
 }
-RECIPES.update(HALF_BF16)
+RECIPES.update(CPU2X)
 RECIPES.update(HALF)
 
 
 def one(overrides: dict) -> dict:
-    import keras
-
     from fmnist_exp import config as C
     from fmnist_exp import data, models, train
 
+    overrides = dict(overrides)
+    fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before issue 14
     p = C.resolve("cnn", {"early_stopping_patience": 0, **overrides})
     s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"])
-    keras.utils.clear_session()
-    model = models.build("cnn", p)
+    model, precision = train.fresh_model("cnn", p, fused=fused)  # under the recipe's precision, as `cnn` builds it
     fit = train.fit(model, s, p)
+    if not models.is_portable(model):  # as experiment.py: scored as logged, float32 and Keras' own layers
+        model = models.portable_copy("cnn", p, model)
     if p["tta_flip"]:  # as experiment.py: the logged model answers with image + mirror image
         model = models.with_flip_average(model)
     test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")
     return {"overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
             "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
+            "precision_used": precision, "fused_batch_norm": fused,
             "val_final_accuracy": round(train.evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
             "wall_s_shared": round(fit.wall_s)}
 

@@ -105,8 +105,8 @@ FIT_PARAMS = [
     Param("monitor", "val_loss", "what early stopping and LR reduction watch", one_of(MONITORS)),
     Param("label_smoothing", 0.0, "share of each label spread over the other classes in the loss",
           in_range(0, 0.5, hi_open=True)),
-    Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, float32 on CPU; or name one "
-          "(mixed_bfloat16 runs convolutions on Intel AMX where the CPU has it: 1.6x on the long study's network)",
+    Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, mixed_bfloat16 on a CPU with "
+          "Intel AMX-BF16 (2.3x per epoch of the default cnn), float32 on other CPUs; or name one",
           one_of(PRECISIONS)),
     Param("augment", False, "random horizontal flips, shifts, rotations and zoom while training"),
     Param("aug_shift", 0.08, "largest random shift, as a share of the image side (augment)", in_range(0, 0.5)),

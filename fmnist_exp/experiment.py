@@ -114,8 +114,8 @@ def train_in_run(
     except train.DivergedError as e:
         mlflow.set_tag("failure", str(e))
         raise
-    if precision != "float32":  # the logged model is float32 whatever trained it, so any CPU serves it
-        model = _float32_copy(family, p, model)
+    if not models.is_portable(model):  # logged: float32 and Keras' own layers, whatever trained it
+        model = models.portable_copy(family, p, model)
     if p["tta_flip"]:  # from here on (validation score, test score, logged model) image + mirror image
         model = models.with_flip_average(model)
     val_metrics = train.evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged
@@ -144,14 +144,6 @@ def train_in_run(
         probs = train.predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(family, p)))
     return result
-
-
-def _float32_copy(family: str, p: dict, trained):
-    from . import models
-
-    copy = models.build(family, p)
-    copy.set_weights(trained.get_weights())  # mixed-precision variables are float32 already
-    return copy
 
 
 def baseline_run(p: dict, *, ds: D.Dataset | None = None) -> RunResult:

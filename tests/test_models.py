@@ -46,7 +46,61 @@ def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-3)
     assert models.build_cnn(p).get_layer("probs").compute_dtype == "float32"  # policy restored after
-    assert train.resolve_precision("auto") == "float32"  # no GPU on CI machines
+    # no GPU on CI machines: bfloat16 where the CPU has AMX (this project's machines), else float32
+    assert train.resolve_precision("auto") == ("mixed_bfloat16" if train.cpu_has_amx_bf16() else "float32")
+    assert train.resolve_precision("float32") == "float32"
+
+
+def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset):
+    """FusedBatchNormalization (training only, issue 14) computes what Keras' BatchNormalization
+    computes, forward, backward and moving statistics; the copy that is logged has Keras' layers,
+    float32, the same weights and the same answers."""
+    import keras
+
+    from fmnist_exp import train
+
+    p = C.resolve("cnn", {"filters": "8,16", "dense_units": 16, "dropout": 0.0})
+    x, y = dataset.x_train[:64].astype("float32"), keras.utils.to_categorical(dataset.y_train[:64], 10)
+    import tensorflow as tf
+
+    plain, fused = models.build("cnn", p), models.build("cnn", p, fused=True)
+    assert sum(isinstance(layer, models.FusedBatchNormalization) for layer in fused.layers) == 2
+    fused.set_weights(plain.get_weights())
+
+    def kernels(m):  # the op types a training step's forward pass runs
+        spec = tf.TensorSpec((None, 28, 28), tf.float32)
+        graph = tf.function(lambda a: m(a, training=True)).get_concrete_function(spec).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "FusedBatchNormV3" in kernels(fused) and "FusedBatchNormV3" not in kernels(plain)
+
+    def step(m):  # a training forward pass (it moves the statistics) and the loss's gradients
+        with tf.GradientTape() as tape:
+            out = m(x, training=True)
+            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(y, out))
+        return np.asarray(out), [np.asarray(g) for g in tape.gradient(loss, m.trainable_variables)]
+
+    (out_plain, grads_plain), (out_fused, grads_fused) = step(plain), step(fused)
+    np.testing.assert_allclose(out_fused, out_plain, rtol=1e-4, atol=1e-6)
+    for a, b in zip(grads_plain, grads_fused):  # kernels, gamma, beta, dense: backward as Keras' layer
+        assert np.linalg.norm(b - a) <= 1e-2 * np.linalg.norm(a)  # as a whole: BN's cancellations differ per element
+    for a, b in zip(plain.get_weights(), fused.get_weights()):  # incl. the moving mean and variance
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert not models.is_portable(fused) and models.is_portable(plain)
+    copy = models.portable_copy("cnn", p, fused)
+    assert models.is_portable(copy)
+    assert "FusedBatchNormalization" not in {layer.__class__.__name__ for layer in copy.layers}
+    np.testing.assert_allclose(np.asarray(copy(x, training=False)), np.asarray(fused(x, training=False)),
+                               rtol=1e-5, atol=1e-6)  # the same answers up to float32 rounding
+
+    q = {**p, "precision": "mixed_bfloat16"}
+    m, precision = train.fresh_model("cnn", q)
+    assert precision == "mixed_bfloat16" and not models.is_portable(m)
+    m.compile(optimizer="adam", loss="categorical_crossentropy")
+    assert np.isfinite(m.train_on_batch(x, y))
+    copy = models.portable_copy("cnn", q, m)
+    assert models.is_portable(copy) and copy.get_layer("probs").compute_dtype == "float32"
+    np.testing.assert_allclose(np.asarray(copy(x, training=False)), np.asarray(m(x, training=False)), atol=0.05)
 
 
 def test_flip_average_is_the_mean_over_image_and_mirror_and_survives_saving(dataset, tmp_path):

@@ -125,6 +125,22 @@ def check_data(orig: Original, ds: D.Dataset) -> None:
             "Point --data_dir (-P data_dir=...) at the original files")
 
 
+def rebuild_params(orig: Original, data_dir: str) -> dict:
+    """The original's parameters for the rebuild. ``precision=auto`` chooses by machine and by code
+    version (bfloat16 on AMX CPUs since issue 14), so the rebuild trains in the precision the
+    original actually used wherever this machine runs it natively; elsewhere ``auto`` stays and
+    ``warnings_for`` names the difference."""
+    from . import train
+
+    p = {**orig.params, "data_dir": data_dir}
+    used = orig.precision_used
+    native = {"float32": True, "mixed_bfloat16": train.gpu_visible() or bool(train.cpu_has_bfloat16()),
+              "mixed_float16": train.gpu_visible()}
+    if p.get("precision") == "auto" and native.get(used, False):
+        p["precision"] = used
+    return p
+
+
 def warnings_for(orig: Original, splits: D.Splits, precision_now: str) -> list[str]:
     """What may make the rebuild differ although the data is the same."""
     out = []
@@ -174,7 +190,7 @@ def run(params: dict) -> int:
     warned = []
     for one in trained:
         check_data(one, ds)
-        p = {**one.params, "data_dir": params["data_dir"]}
+        p = rebuild_params(one, params["data_dir"])
         _, splits = experiment.load_splits(p, ds)
         warned += warnings_for(one, splits, train.resolve_precision(p["precision"]))
     for w in dict.fromkeys(warned):  # an ensemble's members share most of theirs
@@ -215,7 +231,7 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str):
 
     members, run_ids, seeds = [], [], []
     for one in orig.members:
-        p = {**one.params, "data_dir": data_dir}
+        p = rebuild_params(one, data_dir)
         tags = {LINK_TAG: one.run_id}
         with mlflow.start_run(run_name=f"reproduce member (seed {p['seed']})", nested=True, tags=tags) as run:
             res = experiment.train_in_run(one.family, p, ds=ds, evaluate_test=False, extra_tags=tags,
@@ -223,7 +239,7 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str):
         members.append(mlflow.keras.load_model(res.model_uri))
         run_ids.append(run.info.run_id)
         seeds.append(p["seed"])
-    p = {**orig.members[0].params, "data_dir": data_dir}
+    p = rebuild_params(orig.members[0], data_dir)
     result, _ = ensemble.log_in_run(orig.family, p, members, seeds, ds, member_run_ids=run_ids, evaluate_test=True,
                                     echo="[reproduce]")
     return result

@@ -71,15 +71,16 @@ def seed_everything(seed: int) -> None:
 
 def resolve_precision(choice: str) -> str:
     """``auto``: the fastest precision that keeps the accuracy here. mixed_float16 where a GPU is
-    visible (tensor cores); mixed_bfloat16 on a CPU with AMX-BF16 (oneDNN runs convolutions and
-    matrix products on it: with fused batch norm the default cnn's epoch is 2.3x faster than in
-    float32, BENCHMARKS.md issue 14); float32 on other CPUs, where float16 has no fast kernels.
-    XLA follows Keras' own ``auto``: on for GPUs, off on CPU."""
+    visible (tensor cores); mixed_bfloat16 under TensorFlow on a CPU with AMX-BF16 (oneDNN runs
+    convolutions and matrix products on it: 1.6x faster than float32 on the cnn with fused batch
+    norm, BENCHMARKS.md issue 14); float32 on other CPUs and backends, where
+    neither has been measured to pay. XLA follows Keras' own ``auto``: on for GPUs, off on CPU."""
     if choice != "auto":
         return choice
     if gpu_visible():
         return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_amx_bf16() else "float32"
+    amx = keras.backend.backend() == "tensorflow" and cpu_has_amx_bf16()
+    return "mixed_bfloat16" if amx else "float32"
 
 
 @functools.cache  # the hardware does not change within a process

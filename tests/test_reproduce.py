@@ -130,6 +130,25 @@ def test_version_tags_redact_the_storage_password(tracking):
     assert tags["data_sha256"] == "ab" * 32
 
 
+def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
+    """``auto`` depends on the machine and, since issue 14 (bfloat16 on AMX CPUs), on the code
+    version: a rebuild trains in the precision the original used wherever it runs natively here."""
+    import dataclasses
+
+    from fmnist_exp import reproduce, train
+
+    orig = reproduce.Original(
+        uri="runs:/r/model", run_id="r", family="cnn", params={**C.defaults("cnn"), "precision": "auto"},
+        unrecorded=(), data_sha256="", data_source="", split_digests={}, code={}, keras_uri="",
+        test_accuracy=float("nan"), precision_used="float32")
+    assert reproduce.rebuild_params(orig, "d")["precision"] == "float32"  # auto meant float32 on a CPU then
+    assert reproduce.rebuild_params(orig, "d")["data_dir"] == "d"
+    gpu = dataclasses.replace(orig, precision_used="mixed_float16")  # trained on a GPU, rebuilt here
+    assert reproduce.rebuild_params(gpu, "")["precision"] == ("mixed_float16" if train.gpu_visible() else "auto")
+    named = dataclasses.replace(orig, params={**orig.params, "precision": "mixed_bfloat16"})
+    assert reproduce.rebuild_params(named, "")["precision"] == "mixed_bfloat16"  # what the user named stays
+
+
 def test_unknown_model_refused_before_work(tracking, tmp_path):
     out = cli(["reproduce", "--model_uri", "models:/no-such-model/3"], tmp_path)
     assert out.returncode == 2 and "model_uri=models:/no-such-model/3" in out.stderr

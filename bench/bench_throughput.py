@@ -3,9 +3,12 @@
     python bench/bench_throughput.py            # all variants, side by side, 3 timed epochs each
     python bench/bench_throughput.py --quick    # 1 timed epoch each
     python bench/bench_throughput.py --only default,onednn_off --rounds 3   # interleaved, medians
+    python bench/bench_throughput.py --only "$(python bench/bench_throughput.py --list issue14)" --rounds 2
 
-Variants differ in one thing from the default recipe: architecture, batch size, threads,
-oneDNN, the input pipeline, XLA. Each trains on 12,800 images after a short warm-up; images/s
+Variants differ in one thing from the default recipe of issue 6 (`default`: 32-64-128-256, pooled
+after batch norm, float32, Keras' own batch norm): architecture, batch size, threads, oneDNN, the
+input pipeline, XLA; the ``issue14:`` rows add fused batch norm (models.FusedBatchNormalization)
+and bfloat16, and ``issue14:defaults now`` is today's `cnn` as it trains. Each trains on 12,800 images after a short warm-up; images/s
 is over all timed epochs (a stalled epoch counts). FLOPs per image are counted from the layers
 (multiply-adds x 2, forward only), so GFLOP/s can be set against the CPU's peak.
 """
@@ -25,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+ISSUE_6 = {"pool_first": False, "precision": "float32"}  # the defaults the variants below differ from
+BF16 = {"precision": "mixed_bfloat16"}
 VARIANTS = {
     "default": {},
     "onednn_off": {"_env": ONEDNN_OFF},
@@ -40,6 +45,11 @@ VARIANTS = {
     "threads_intra1_inter1": {"_env": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}},
     "xla_jit_compile": {"_jit": True},
     "augment": {"augment": True},
+    "issue14:fused_batchnorm": {"_fused": True},
+    "issue14:bfloat16": BF16,
+    "issue14:bfloat16_fused_batchnorm": {**BF16, "_fused": True},
+    "issue14:pool_first_bfloat16": {**BF16, "pool_first": True},
+    "issue14:defaults now": {"_fused": True, "_defaults_now": True},
 }
 
 
@@ -77,10 +87,11 @@ def one(spec: dict, epochs: int) -> dict:
     from fmnist_exp import data, models, train
 
     overrides = {k: v for k, v in spec.items() if not k.startswith("_")}
-    p = C.resolve("cnn", {**overrides, "epochs": 1})
+    base = {} if spec.get("_defaults_now") else ISSUE_6
+    p = C.resolve("cnn", {**base, **overrides, "epochs": 1})
     ds = data.load()
     s = data.split(ds, val_fraction=0.1, seed=0, train_samples=12_800)
-    model = models.build("cnn", p)
+    model, precision = train.fresh_model("cnn", p, fused=spec.get("_fused", False))  # under p's precision
     train.compile_model(model, p, steps_per_epoch=100)
     if spec.get("_jit"):
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
@@ -106,7 +117,7 @@ def one(spec: dict, epochs: int) -> dict:
     # training ~ 3x forward FLOPs (forward, backward for inputs and for weights)
     return {"images_per_s": round(ips), "epoch_s": [round(t, 2) for t in times], "epoch_s_median": round(med, 2), "params": model.count_params(),
             "forward_mflops_per_image": round(flops / 1e6, 2), "train_gflops_per_s": round(3 * flops * ips / 1e9, 1),
-            "cpu_seconds_per_wall_second": None}
+            "cpu_seconds_per_wall_second": None, "precision_used": precision}
 
 
 def main() -> None:
@@ -115,7 +126,11 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the variants, alternating order; medians")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--list", default=None, help="print the variant names starting with this prefix and exit")
     args = ap.parse_args()
+    if args.list is not None:
+        print(",".join(n for n in VARIANTS if n.startswith(args.list)))
+        return
     epochs = 1 if args.quick else 3
     if args.one:
         print(json.dumps(one(json.loads(args.one), epochs)))

@@ -43,6 +43,7 @@ def build_mlp(p: dict) -> keras.Model:
     return keras.Model(inp, out, name="mlp_" + "-".join(map(str, widths)))
 
 
+@keras.saving.register_keras_serializable(package="fmnist_exp")  # a training model saved as is still loads
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' BatchNormalization computed by TensorFlow's fused kernel: one op forward and one
     backward (oneDNN on a CPU) instead of Keras 3's ~10 elementwise and reduction ops with

@@ -48,8 +48,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' BatchNormalization computed by TensorFlow's fused kernel: one op forward and one
     backward (oneDNN on a CPU) instead of Keras 3's ~10 elementwise and reduction ops with
     float32 casts. Same variables, same moving-average update, same answers up to rounding; on
-    this project's CPU it makes the default network's epoch 1.38x faster in float32 and 2.26x
-    with bfloat16 (BENCHMARKS.md, issue 14).
+    this project's CPU it makes the issue-6 network's epoch 1.41x faster in float32, and with
+    bfloat16 2.14x where bfloat16 alone gave 1.10x (BENCHMARKS.md, issue 14).
 
     For training only: ``build(..., fused=True)``. The logged model is rebuilt with Keras' own
     layer and given these weights (``portable_copy``), so it loads without this package. Under

@@ -108,7 +108,8 @@ def run_anchor(p: dict, s, *, bf16: bool, compile_: bool, channels_last: bool) -
     step_fn = torch.compile(net) if compile_ else net
 
     def on_device(x, y):
-        return (torch.as_tensor(x, device=device).unsqueeze(1), torch.as_tensor(y, device=device).long())
+        return (torch.as_tensor(np.array(x), device=device).unsqueeze(1),  # a copy: the split's arrays are read-only
+                torch.as_tensor(np.array(y), device=device).long())
 
     xtr, ytr = on_device(s.x_train, s.y_train)
     xva, yva = on_device(s.x_val, s.y_val)

@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
 # The rows up to issue 14's "cpu2x" ran before fused batch norm, `auto` = bfloat16 on AMX CPUs and
-# the cnn defaults of 69f9840 (pool_first, 9 epochs); TODAY pins how they trained then, so that they
-# rerun as measured.
-TODAY = {"precision": "float32", "fused_batch_norm": False, "pool_first": False, "epochs": 8}
+# the cnn defaults of 69f9840 (pool_first, 9 epochs) and 8 training steps per call (the avx2 rows);
+# TODAY pins how they trained then, so that they rerun as measured.
+TODAY = {"precision": "float32", "fused_batch_norm": False, "pool_first": False, "epochs": 8,
+         "steps_per_execution": 1}
 PREVIOUS = {**TODAY, "filters": "32,64,128", "label_smoothing": 0.0}  # the default before issue 6
 FOUR = {**TODAY, "filters": "32,64,128,256"}
 RECIPES = {
@@ -52,15 +53,25 @@ HALF = {
 # Issue 14 after fused batch norm (models.FusedBatchNormalization) and `auto` = bfloat16 on AMX CPUs;
 # one at a time, so that wall_s is a speed:
 # python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list cpu2x)" --parallel 1
+ONE_STEP = {"steps_per_execution": 1}  # how the cpu2x rows trained (one step per call)
 CPU2X = {
     "cpu2x:before (float32 + Keras batch norm)": TODAY,
-    "cpu2x:float32 + fused batch norm (a CPU without AMX)": {"precision": "float32", "pool_first": False,
-                                                             "epochs": 8},
-    "cpu2x:auto (bfloat16 on AMX) + fused batch norm": {"pool_first": False, "epochs": 8},
-    "cpu2x:auto + fused batch norm (seed 7)": {"pool_first": False, "epochs": 8, "seed": 7},
-    "cpu2x:defaults now (auto + fused batch norm + pool_first; 9 epochs)": {},
+    "cpu2x:float32 + fused batch norm (a CPU without AMX)": {**ONE_STEP, "precision": "float32",
+                                                             "pool_first": False, "epochs": 8},
+    "cpu2x:auto (bfloat16 on AMX) + fused batch norm": {**ONE_STEP, "pool_first": False, "epochs": 8},
+    "cpu2x:auto + fused batch norm (seed 7)": {**ONE_STEP, "pool_first": False, "epochs": 8, "seed": 7},
+    "cpu2x:defaults now (auto + fused batch norm + pool_first; 9 epochs)": ONE_STEP,
+}
+# Issue 14 on a CPU without bfloat16 units (float32 there): today's defaults (8 steps per call), then
+# cheaper networks; one at a time with the cpu2x:before row for the ratio
+AVX2 = {
+    "avx2:defaults now (8 steps per call)": {},
+    "avx2:filters 32-64-128 (three blocks)": {"filters": "32,64,128"},
+    "avx2:filters 32-64-128 (three blocks; seed 7)": {"filters": "32,64,128", "seed": 7},
+    "avx2:filters 24-48-96-192": {"filters": "24,48,96,192"},
 }
 RECIPES.update(CPU2X)
+RECIPES.update(AVX2)
 RECIPES.update(HALF)
 
 
@@ -70,10 +81,11 @@ def one(overrides: dict) -> dict:
 
     overrides = dict(overrides)
     fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before issue 14
+    spe = overrides.pop("steps_per_execution", train.STEPS_PER_EXECUTION)  # 1: as before the avx2 rows
     p = C.resolve("cnn", {"early_stopping_patience": 0, **overrides})
     s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"])
     model, precision = train.fresh_model("cnn", p, fused=fused)  # under the recipe's precision, as `cnn` builds it
-    fit = train.fit(model, s, p)
+    fit = train.fit(model, s, p, steps_per_execution=spe)
     if not models.is_portable(model):  # as experiment.py: scored as logged, float32 and Keras' own layers
         model = models.portable_copy("cnn", p, model)
     if p["tta_flip"]:  # as experiment.py: the logged model answers with image + mirror image
@@ -81,7 +93,7 @@ def one(overrides: dict) -> dict:
     test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")
     return {"overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
             "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
-            "precision_used": precision, "fused_batch_norm": fused,
+            "precision_used": precision, "fused_batch_norm": fused, "steps_per_execution": spe,
             "val_final_accuracy": round(train.evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
             "wall_s_shared": round(fit.wall_s)}
 

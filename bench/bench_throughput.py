@@ -8,7 +8,8 @@
 Variants differ in one thing from the default recipe of issue 6 (`default`: 32-64-128-256, pooled
 after batch norm, float32, Keras' own batch norm): architecture, batch size, threads, oneDNN, the
 input pipeline, XLA; the ``issue14:`` rows add fused batch norm (models.FusedBatchNormalization)
-and bfloat16, and ``issue14:defaults now`` is today's `cnn` as it trains. Each trains on 12,800 images after a short warm-up; images/s
+and bfloat16, and ``issue14:defaults now`` is the `cnn` as it trained at 374ef46 (one step per call);
+the ``avx2:`` rows change one thing from it, on CPUs without bfloat16 units in mind. Each trains on 12,800 images after a short warm-up; images/s
 is over all timed epochs (a stalled epoch counts). FLOPs per image are counted from the layers
 (multiply-adds x 2, forward only), so GFLOP/s can be set against the CPU's peak.
 """
@@ -50,6 +51,12 @@ VARIANTS = {
     "issue14:bfloat16_fused_batchnorm": {**BF16, "_fused": True},
     "issue14:pool_first_bfloat16": {**BF16, "pool_first": True},
     "issue14:defaults now": {"_fused": True, "_defaults_now": True},
+    # for CPUs without bfloat16 units (float32 there): today's defaults with one thing changed
+    "avx2:filters_24_48_96_192": {"_fused": True, "_defaults_now": True, "filters": "24,48,96,192"},
+    "avx2:filters_32_64_128": {"_fused": True, "_defaults_now": True, "filters": "32,64,128"},
+    "avx2:filters_32_64_128_128": {"_fused": True, "_defaults_now": True, "filters": "32,64,128,128"},
+    "avx2:batch_256": {"_fused": True, "_defaults_now": True, "batch_size": 256},
+    "avx2:steps_per_execution_8": {"_fused": True, "_defaults_now": True, "_spe": 8},
 }
 
 
@@ -92,7 +99,9 @@ def one(spec: dict, epochs: int) -> dict:
     ds = data.load()
     s = data.split(ds, val_fraction=0.1, seed=0, train_samples=12_800)
     model, precision = train.fresh_model("cnn", p, fused=spec.get("_fused", False))  # under p's precision
-    train.compile_model(model, p, steps_per_epoch=100)
+    # _spe: steps per call of the compiled train function (train.fit uses train.STEPS_PER_EXECUTION
+    # since issue 14's avx2 rows; the rows before them ran one step per call)
+    train.compile_model(model, p, steps_per_epoch=100, steps_per_execution=spec.get("_spe", 1))
     if spec.get("_jit"):
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
     if spec.get("_autotune"):

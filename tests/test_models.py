@@ -171,3 +171,29 @@ def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
     m = models.build_mlp(C.resolve("mlp", {"hidden_units": "8"}))
     train.compile_model(m, p, steps_per_epoch=10)
     assert m.loss.get_config()["label_smoothing"] == 0.1
+
+
+def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call(dataset, tmp_path):
+    """fit groups training steps per call (train.STEPS_PER_EXECUTION); an epoch whose steps are
+    not a multiple of the group still trains every step, and the fitted model predicts a single
+    image and saves, and loads, as one step per call."""
+    import keras
+
+    from fmnist_exp import data, train
+
+    assert train.STEPS_PER_EXECUTION > 1
+    s = data.split(dataset, val_fraction=0.1, seed=0, train_samples=1000)
+    p = C.resolve("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
+    steps = -(-len(s.x_train) // p["batch_size"])
+    assert steps % train.STEPS_PER_EXECUTION  # a last, shorter group in every epoch
+    model = models.build("mlp", p)
+    fit = train.fit(model, s, p)
+    assert fit.epochs_run == 2
+    assert int(model.optimizer.iterations) == 2 * steps
+    assert model.steps_per_execution == 1
+    assert model.predict_on_batch(s.x_test[:1].astype("float32")).shape == (1, 10)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.steps_per_execution == 1
+    np.testing.assert_allclose(loaded.predict_on_batch(s.x_test[:1].astype("float32")),
+                               model.predict_on_batch(s.x_test[:1].astype("float32")), rtol=1e-5)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, median_time, scratch_tracking  # noqa: E402
+from common import emit, machine, median_time, scratch_tracking, stdout_to_stderr  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     load_s = median_time(lambda: data.load(), repeats=5)
     ds = data.load()
     out = {"machine": machine(), "data": {"source": ds.source, "load_s_median_of_5": round(load_s, 3)}, "runs": {}}
-    with scratch_tracking():
+    with scratch_tracking(), stdout_to_stderr():  # the runs' progress lines; stdout is the JSON alone
         for family in args.families.split(","):
             p = C.defaults(family)
             res = (experiment.baseline_run(p, ds=ds) if family == "baseline"

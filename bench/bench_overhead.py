@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, machine, scratch_tracking  # noqa: E402
+from common import emit, machine, scratch_tracking, stdout_to_stderr  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +46,8 @@ def main() -> None:
         return fit.wall_s, fit.epochs_run, test["test_accuracy"]
 
     def tracked():
-        r = experiment.train_run("cnn", p, ds=ds)
+        with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
+            r = experiment.train_run("cnn", p, ds=ds)
         return r.metrics["train_wall_s"], r.metrics["epochs_run"], r.metrics["test_accuracy"]
 
     times = {"plain": [], "tracked": []}

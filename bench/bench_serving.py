@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MLFLOW, emit, free_port, machine, running_server, scratch_tracking  # noqa: E402
+from common import MLFLOW, emit, free_port, machine, running_server, scratch_tracking, stdout_to_stderr  # noqa: E402
 
 
 def percentile(xs, q):
@@ -105,7 +105,8 @@ def main() -> None:
     bodies = {name: ([enc(s) for s in singles], [enc(b) for b in batches]) for name, enc in bodies.items()}
     with scratch_tracking() as uri:
         p = C.resolve("cnn", {"epochs": 1, "train_samples": 2000})
-        res = experiment.train_run("cnn", p, ds=ds)
+        with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
+            res = experiment.train_run("cnn", p, ds=ds)
         mlflow.register_model(res.classifier_uri, "bench")
         model = mlflow.pyfunc.load_model("models:/bench/1")
         port = free_port()

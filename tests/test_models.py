@@ -175,8 +175,9 @@ def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
 
 def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call(dataset, tmp_path):
     """fit groups training steps per call (train.STEPS_PER_EXECUTION); an epoch whose steps are
-    not a multiple of the group still trains every step, and the fitted model predicts a single
-    image and saves, and loads, as one step per call."""
+    not a multiple of the group still trains every step, the weights are bit for bit those of one
+    step per call (so replays of models trained before the grouping stay exact), and the fitted
+    model predicts a single image and saves, and loads, as one step per call."""
     import keras
 
     from fmnist_exp import data, train
@@ -186,10 +187,14 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
     p = C.resolve("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
     steps = -(-len(s.x_train) // p["batch_size"])
     assert steps % train.STEPS_PER_EXECUTION  # a last, shorter group in every epoch
-    model = models.build("mlp", p)
+    model, _ = train.fresh_model("mlp", p)
     fit = train.fit(model, s, p)
     assert fit.epochs_run == 2
     assert int(model.optimizer.iterations) == 2 * steps
+    one_by_one, _ = train.fresh_model("mlp", p)
+    train.fit(one_by_one, s, p, steps_per_execution=1)
+    for grouped, single in zip(model.get_weights(), one_by_one.get_weights(), strict=True):
+        np.testing.assert_array_equal(grouped, single)
     assert model.steps_per_execution == 1
     assert model.predict_on_batch(s.x_test[:1].astype("float32")).shape == (1, 10)
     model.save(tmp_path / "m.keras")

@@ -213,7 +213,7 @@ def learning_rate(p: dict, steps_per_epoch: int):
 
 
 # Training steps per call of the compiled train function while `fit` runs: the same steps, fewer
-# trips through Python and the callbacks (1.10x per epoch of the default cnn on a 2-core CPU,
+# trips through Python and the callbacks (1.09x per epoch of the default cnn on a 2-core CPU,
 # bench_throughput's avx2 rows). Batch-level callbacks (TerminateOnNaN, a signal's check) see every
 # 8th step; epoch-level ones all epochs as before.
 STEPS_PER_EXECUTION = 8

@@ -88,6 +88,15 @@ def source_run_id(uri: str) -> tuple[str, float]:
                          "runs:/<run_id>/<path> URI")
 
 
+def read_member(ensemble_uri: str, run_id: str) -> Original:
+    """One member of an ensemble; a member that cannot be rebuilt is named with the ensemble asked for."""
+    try:
+        return read_original(f"runs:/{run_id}/model")
+    except ReproduceError as e:
+        raise ReproduceError(f"{ensemble_uri} is an ensemble (tag {lineage.MEMBERS_TAG}); one of its members "
+                             f"cannot be rebuilt: {e}") from None
+
+
 def read_original(uri: str) -> Original:
     """Everything the rebuild needs from the source run; refuses runs that trained no network."""
     from mlflow.exceptions import MlflowException
@@ -109,7 +118,7 @@ def read_original(uri: str) -> Original:
     if "data_sha256" not in params:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     logged = run.data.metrics.get(C.TEST_ACC, version_acc)
-    members = tuple(read_original(f"runs:/{rid}/model") for rid in tags.get(lineage.MEMBERS_TAG, "").split(",") if rid)
+    members = tuple(read_member(uri, rid) for rid in tags.get(lineage.MEMBERS_TAG, "").split(",") if rid)
     return Original(uri=uri, run_id=run_id, family=family, params=C.resolve(family, recorded),
                     unrecorded=tuple(k for k in names if k not in params), data_sha256=params["data_sha256"],
                     data_source=params.get("data_source", "?"), split_digests=lineage.split_digests(run),

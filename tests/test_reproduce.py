@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, cli, mlflow_run
 from fmnist_exp import config as C
-from fmnist_exp import data, experiment, lineage, tune
+from fmnist_exp import data, experiment, lineage, reproduce, tune
 
 pytestmark = pytest.mark.slow
 MODEL = "fmnist-classifier"
@@ -135,7 +135,7 @@ def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
     version: a rebuild trains in the precision the original used wherever it runs natively here."""
     import dataclasses
 
-    from fmnist_exp import reproduce, train
+    from fmnist_exp import train
 
     orig = reproduce.Original(
         uri="runs:/r/model", run_id="r", family="cnn", params={**C.defaults("cnn"), "precision": "auto"},
@@ -215,3 +215,7 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     report = last_json(proc.stdout)  # same machine, code, data and seeds: both members bit for bit, so the average
     assert report["bit_identical"] == 1 and report["accuracy_difference"] == 0 and report["passed"] is True
     assert report["original_test_accuracy"] == pytest.approx(float(mv.tags["test_accuracy"]), abs=1e-6)
+    # a member that is gone (an id no run has) is named together with the ensemble that was asked for
+    with pytest.raises(reproduce.ReproduceError, match=rf"models:/{MODEL}@champion is an ensemble .*"
+                                                       rf"runs:/{'0' * 32}/model: its source run .* cannot be read"):
+        reproduce.read_member(f"models:/{MODEL}@champion", "0" * 32)

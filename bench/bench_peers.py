@@ -262,7 +262,9 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
     def build(hp):
         q = peer.params(kt_values(hp, arena.spec.space), epochs=max_epochs)
         model, _ = train.fresh_model(arena.spec.family, q)
-        train.compile_model(model, q, steps_per_epoch=steps)
+        # as train.fit compiles for "ours" and TPE, so that the peers train alike
+        train.compile_model(model, q, steps_per_epoch=steps,
+                            steps_per_execution=train.default_steps_per_execution())
         return model
 
     class DeadlineOracle(kt.oracles.HyperbandOracle):

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
-# The rows up to issue 14's "cpu2x" ran before fused batch norm, `auto` = bfloat16 on AMX CPUs and
-# the cnn defaults of 69f9840 (pool_first, 9 epochs) and 8 training steps per call (the avx2 rows);
-# TODAY pins how they trained then, so that they rerun as measured.
+# The rows up to issue 14's "cpu2x" ran before fused batch norm, before `auto` = bfloat16 on AMX
+# CPUs, before the cnn defaults of 69f9840 (pool_first, 9 epochs) and with one training step per
+# call (8 since the avx2 rows); TODAY pins how they trained then, so that they rerun as measured.
 TODAY = {"precision": "float32", "fused_batch_norm": False, "pool_first": False, "epochs": 8,
          "steps_per_execution": 1}
 PREVIOUS = {**TODAY, "filters": "32,64,128", "label_smoothing": 0.0}  # the default before issue 6
@@ -81,7 +81,7 @@ def one(overrides: dict) -> dict:
 
     overrides = dict(overrides)
     fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before issue 14
-    spe = overrides.pop("steps_per_execution", train.STEPS_PER_EXECUTION)  # 1: as before the avx2 rows
+    spe = overrides.pop("steps_per_execution", None)  # 1: as before the avx2 rows; None: as train.fit does
     p = C.resolve("cnn", {"early_stopping_patience": 0, **overrides})
     s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"])
     model, precision = train.fresh_model("cnn", p, fused=fused)  # under the recipe's precision, as `cnn` builds it
@@ -93,7 +93,7 @@ def one(overrides: dict) -> dict:
     test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")
     return {"overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
             "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
-            "precision_used": precision, "fused_batch_norm": fused, "steps_per_execution": spe,
+            "precision_used": precision, "fused_batch_norm": fused, "steps_per_execution": spe or train.default_steps_per_execution(),
             "val_final_accuracy": round(train.evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
             "wall_s_shared": round(fit.wall_s)}
 

@@ -99,7 +99,7 @@ def one(spec: dict, epochs: int) -> dict:
     ds = data.load()
     s = data.split(ds, val_fraction=0.1, seed=0, train_samples=12_800)
     model, precision = train.fresh_model("cnn", p, fused=spec.get("_fused", False))  # under p's precision
-    # _spe: steps per call of the compiled train function (train.fit uses train.STEPS_PER_EXECUTION
+    # _spe: steps per call of the compiled train function (train.fit uses train.default_steps_per_execution()
     # since issue 14's avx2 rows; the rows before them ran one step per call)
     train.compile_model(model, p, steps_per_epoch=100, steps_per_execution=spec.get("_spe", 1))
     if spec.get("_jit"):

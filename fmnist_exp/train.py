@@ -212,11 +212,18 @@ def learning_rate(p: dict, steps_per_epoch: int):
                                                   warmup_steps=warmup)
 
 
-# Training steps per call of the compiled train function while `fit` runs: the same steps, fewer
-# trips through Python and the callbacks (1.09x per epoch of the default cnn on a 2-core CPU,
-# bench_throughput's avx2 rows). Batch-level callbacks (TerminateOnNaN, a signal's check) see every
-# 8th step; epoch-level ones all epochs as before.
+# Training steps per call of the compiled train function while `fit` runs under TensorFlow: the
+# same steps, fewer trips through Python and the callbacks (1.09x per epoch of the default cnn on a
+# 2-core CPU, bench_throughput's avx2 rows; weights bit-identical to one step per call, tested).
+# Batch-level callbacks (TerminateOnNaN) see every 8th step, and Ctrl-C or SIGTERM take effect when
+# a group of steps returns; epoch-level callbacks (logging, pruning, early stopping) are unchanged.
 STEPS_PER_EXECUTION = 8
+
+
+def default_steps_per_execution() -> int:
+    """What `fit` uses: STEPS_PER_EXECUTION under TensorFlow; 1 under other backends (Keras'
+    PyTorch trainer refuses more, and JAX's loops over the steps in Python, unmeasured)."""
+    return STEPS_PER_EXECUTION if keras.backend.backend() == "tensorflow" else 1
 
 
 def compile_model(model: keras.Model, p: dict, steps_per_epoch: int, *, steps_per_execution: int = 1) -> None:
@@ -258,14 +265,15 @@ def standard_callbacks(p: dict) -> list[keras.callbacks.Callback]:
 
 
 def fit(model: keras.Model, s: Splits, p: dict, callbacks=(), *,
-        steps_per_execution: int = STEPS_PER_EXECUTION) -> FitResult:
+        steps_per_execution: int | None = None) -> FitResult:
     """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN.
     The caller scores the model it keeps (see experiment.train_in_run). ``steps_per_execution``
-    changes how the steps are called, not which steps run (benchmarks pin 1 for older rows)."""
+    (default: :func:`default_steps_per_execution`) changes how the steps are called, not which steps run
+    (benchmarks pin 1 for rows measured before)."""
     seed_everything(p["seed"])
     train, val = datasets(s, p)
     compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p["batch_size"]),
-                  steps_per_execution=steps_per_execution)
+                  steps_per_execution=steps_per_execution or default_steps_per_execution())
     t0 = time.perf_counter()
     try:
         hist = model.fit(

@@ -182,7 +182,7 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
 
     from fmnist_exp import data, train
 
-    assert train.STEPS_PER_EXECUTION > 1
+    assert train.default_steps_per_execution() == train.STEPS_PER_EXECUTION > 1  # under TensorFlow
     s = data.split(dataset, val_fraction=0.1, seed=0, train_samples=1000)
     p = C.resolve("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
     steps = -(-len(s.x_train) // p["batch_size"])
@@ -194,6 +194,12 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
     one_by_one, _ = train.fresh_model("mlp", p)
     train.fit(one_by_one, s, p, steps_per_execution=1)
     for grouped, single in zip(model.get_weights(), one_by_one.get_weights(), strict=True):
+        np.testing.assert_array_equal(grouped, single)
+    q = C.resolve("cnn", {"filters": "8,16", "dense_units": 16, "epochs": 1, "batch_size": 100})
+    cnns = [train.fresh_model("cnn", q, fused=True)[0] for _ in range(2)]  # fused batch norm, as cnn trains
+    for cnn, spe in zip(cnns, (None, 1)):
+        train.fit(cnn, s, q, steps_per_execution=spe)
+    for grouped, single in zip(cnns[0].get_weights(), cnns[1].get_weights(), strict=True):
         np.testing.assert_array_equal(grouped, single)
     assert model.steps_per_execution == 1
     assert model.predict_on_batch(s.x_test[:1].astype("float32")).shape == (1, 10)

@@ -70,7 +70,22 @@ AVX2 = {
     "avx2:filters 32-64-128 (three blocks; seed 7)": {"filters": "32,64,128", "seed": 7},
     "avx2:filters 24-48-96-192": {"filters": "24,48,96,192"},
 }
+# Issue 14 on a CPU with AVX512-BF16 but no AMX (AMD Zen 4): today's defaults in float32 (what `auto`
+# chose there before) and in bfloat16; one at a time with the cpu2x:before row for the ratio
+AVX512BF16 = {
+    "avx512bf16:defaults in float32": {"precision": "float32"},
+    "avx512bf16:defaults in bfloat16": {"precision": "mixed_bfloat16"},
+    "avx512bf16:defaults in bfloat16 (seed 7)": {"precision": "mixed_bfloat16", "seed": 7},
+    "avx512bf16:bfloat16 8 epochs": {"precision": "mixed_bfloat16", "epochs": 8},
+    "avx512bf16:bfloat16 8 epochs (seed 7)": {"precision": "mixed_bfloat16", "epochs": 8, "seed": 7},
+    "avx512bf16:bfloat16 filters 32-64-128": {"precision": "mixed_bfloat16", "filters": "32,64,128"},
+    "avx512bf16:bfloat16 filters 32-64-128 (seed 7)": {"precision": "mixed_bfloat16", "filters": "32,64,128",
+                                                       "seed": 7},
+    "avx512bf16:mlp defaults in float32": {"family": "mlp", "precision": "float32"},
+    "avx512bf16:mlp defaults in bfloat16": {"family": "mlp", "precision": "mixed_bfloat16"},
+}
 RECIPES.update(CPU2X)
+RECIPES.update(AVX512BF16)
 RECIPES.update(AVX2)
 RECIPES.update(HALF)
 
@@ -80,18 +95,19 @@ def one(overrides: dict) -> dict:
     from fmnist_exp import data, models, train
 
     overrides = dict(overrides)
+    family = overrides.pop("family", "cnn")
     fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before issue 14
     spe = overrides.pop("steps_per_execution", None)  # 1: as before the avx2 rows; None: as train.fit does
-    p = C.resolve("cnn", {"early_stopping_patience": 0, **overrides})
+    p = C.resolve(family, {"early_stopping_patience": 0, **overrides})
     s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"])
-    model, precision = train.fresh_model("cnn", p, fused=fused)  # under the recipe's precision, as `cnn` builds it
+    model, precision = train.fresh_model(family, p, fused=fused)  # under the recipe's precision, as `cnn` builds it
     fit = train.fit(model, s, p, steps_per_execution=spe)
     if not models.is_portable(model):  # as experiment.py: scored as logged, float32 and Keras' own layers
-        model = models.portable_copy("cnn", p, model)
+        model = models.portable_copy(family, p, model)
     if p["tta_flip"]:  # as experiment.py: the logged model answers with image + mirror image
         model = models.with_flip_average(model)
     test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")
-    return {"overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
+    return {"family": family, "overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
             "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
             "precision_used": precision, "fused_batch_norm": fused, "steps_per_execution": spe or train.default_steps_per_execution(),
             "val_final_accuracy": round(train.evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),

@@ -57,6 +57,16 @@ VARIANTS = {
     "avx2:filters_32_64_128_128": {"_fused": True, "_defaults_now": True, "filters": "32,64,128,128"},
     "avx2:batch_256": {"_fused": True, "_defaults_now": True, "batch_size": 256},
     "avx2:steps_per_execution_8": {"_fused": True, "_defaults_now": True, "_spe": 8},
+    # a CPU with AVX512-BF16 but no AMX (AMD Zen 4): does bfloat16 pay without matrix tiles?
+    "avx512bf16:float32 (8 steps per call)": {"_fused": True, "_defaults_now": True, "_spe": 8, "precision": "float32"},
+    "avx512bf16:bfloat16 (8 steps per call)": {"_fused": True, "_defaults_now": True, "_spe": 8,
+                                               "precision": "mixed_bfloat16"},
+    "avx512bf16:bfloat16 batch 256": {"_fused": True, "_defaults_now": True, "_spe": 8, "precision": "mixed_bfloat16",
+                                      "batch_size": 256},
+    "avx512bf16:bfloat16 filters 32-64-128": {"_fused": True, "_defaults_now": True, "_spe": 8,
+                                              "precision": "mixed_bfloat16", "filters": "32,64,128"},
+    "avx512bf16:bfloat16 filters 24-48-96-192": {"_fused": True, "_defaults_now": True, "_spe": 8,
+                                                 "precision": "mixed_bfloat16", "filters": "24,48,96,192"},
 }
 
 

@@ -106,7 +106,8 @@ FIT_PARAMS = [
     Param("label_smoothing", 0.0, "share of each label spread over the other classes in the loss",
           in_range(0, 0.5, hi_open=True)),
     Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, mixed_bfloat16 on a CPU with "
-          "Intel AMX-BF16 under TensorFlow (1.6x faster than float32 on the cnn), else float32; or name one",
+          "bfloat16 instructions (AMX-BF16 or AVX512-BF16) under TensorFlow (1.4-1.6x faster than float32 on "
+          "the cnn), else float32; or name one",
           one_of(PRECISIONS)),
     Param("augment", False, "random horizontal flips, shifts, rotations and zoom while training"),
     Param("aug_shift", 0.08, "largest random shift, as a share of the image side (augment)", in_range(0, 0.5)),

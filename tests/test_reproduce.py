@@ -131,7 +131,7 @@ def test_version_tags_redact_the_storage_password(tracking):
 
 
 def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
-    """``auto`` depends on the machine and, since issue 14 (bfloat16 on AMX CPUs), on the code
+    """``auto`` depends on the machine and, since issue 14 (bfloat16 on CPUs that have it), on the code
     version: a rebuild trains in the precision the original used wherever it runs natively here."""
     import dataclasses
 

@@ -52,7 +52,7 @@ def _check_dataset_inputs(run, dataset, *, train_samples: int = 0):
     ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30",
              "precision": "mixed_float16", "label_smoothing": 0.1}),
     # tta_flip: the logged, scored and served model averages each image with its mirror image;
-    # bfloat16 (the long study's: AMX where the CPU has it) also logs a float32 model
+    # bfloat16 (the long study's: AMX or AVX512-BF16 where the CPU has it) also logs a float32 model
     ("cnn", {"epochs": 2, "train_samples": 2000, "filters": "8,16", "dense_units": 32, "augment": "true",
              "aug_erase": 0.5, "lr_schedule": "cosine", "batch_size": 32, "tta_flip": "true",
              "precision": "mixed_bfloat16"}),

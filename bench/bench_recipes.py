@@ -74,17 +74,17 @@ AVX2 = {
 }
 # Issue 14 on a CPU with AVX512-BF16 but no AMX (AMD Zen 4): today's defaults in float32 (what `auto`
 # chose there before) and in bfloat16; one at a time with the cpu2x:before row for the ratio
+BF16 = {"precision": "mixed_bfloat16"}
 AVX512BF16 = {
     "avx512bf16:defaults in float32": {"precision": "float32"},
-    "avx512bf16:defaults in bfloat16": {"precision": "mixed_bfloat16"},
-    "avx512bf16:defaults in bfloat16 (seed 7)": {"precision": "mixed_bfloat16", "seed": 7},
-    "avx512bf16:bfloat16 8 epochs": {"precision": "mixed_bfloat16", "epochs": 8},
-    "avx512bf16:bfloat16 8 epochs (seed 7)": {"precision": "mixed_bfloat16", "epochs": 8, "seed": 7},
-    "avx512bf16:bfloat16 filters 32-64-128": {"precision": "mixed_bfloat16", "filters": "32,64,128"},
-    "avx512bf16:bfloat16 filters 32-64-128 (seed 7)": {"precision": "mixed_bfloat16", "filters": "32,64,128",
-                                                       "seed": 7},
+    "avx512bf16:defaults in bfloat16": BF16,
+    "avx512bf16:defaults in bfloat16 (seed 7)": {**BF16, "seed": 7},
+    "avx512bf16:bfloat16 8 epochs": {**BF16, "epochs": 8},
+    "avx512bf16:bfloat16 8 epochs (seed 7)": {**BF16, "epochs": 8, "seed": 7},
+    "avx512bf16:bfloat16 filters 32-64-128": {**BF16, "filters": "32,64,128"},
+    "avx512bf16:bfloat16 filters 32-64-128 (seed 7)": {**BF16, "filters": "32,64,128", "seed": 7},
     "avx512bf16:mlp defaults in float32": {"family": "mlp", "precision": "float32"},
-    "avx512bf16:mlp defaults in bfloat16": {"family": "mlp", "precision": "mixed_bfloat16"},
+    "avx512bf16:mlp defaults in bfloat16": {"family": "mlp", **BF16},
 }
 RECIPES.update(CPU2X)
 RECIPES.update(AVX512BF16)

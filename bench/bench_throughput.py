@@ -31,6 +31,7 @@ from common import emit, machine  # noqa: E402
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 ISSUE_6 = {"pool_first": False, "precision": "float32"}  # the defaults the variants below differ from
 BF16 = {"precision": "mixed_bfloat16"}
+DEFAULTS_NOW = {"_fused": True, "_defaults_now": True, "_spe": 8}  # the cnn defaults as train.fit runs them
 VARIANTS = {
     "default": {},
     "onednn_off": {"_env": ONEDNN_OFF},
@@ -58,15 +59,11 @@ VARIANTS = {
     "avx2:batch_256": {"_fused": True, "_defaults_now": True, "batch_size": 256},
     "avx2:steps_per_execution_8": {"_fused": True, "_defaults_now": True, "_spe": 8},
     # a CPU with AVX512-BF16 but no AMX (AMD Zen 4): does bfloat16 pay without matrix tiles?
-    "avx512bf16:float32 (8 steps per call)": {"_fused": True, "_defaults_now": True, "_spe": 8, "precision": "float32"},
-    "avx512bf16:bfloat16 (8 steps per call)": {"_fused": True, "_defaults_now": True, "_spe": 8,
-                                               "precision": "mixed_bfloat16"},
-    "avx512bf16:bfloat16 batch 256": {"_fused": True, "_defaults_now": True, "_spe": 8, "precision": "mixed_bfloat16",
-                                      "batch_size": 256},
-    "avx512bf16:bfloat16 filters 32-64-128": {"_fused": True, "_defaults_now": True, "_spe": 8,
-                                              "precision": "mixed_bfloat16", "filters": "32,64,128"},
-    "avx512bf16:bfloat16 filters 24-48-96-192": {"_fused": True, "_defaults_now": True, "_spe": 8,
-                                                 "precision": "mixed_bfloat16", "filters": "24,48,96,192"},
+    "avx512bf16:float32 (8 steps per call)": {**DEFAULTS_NOW, "precision": "float32"},
+    "avx512bf16:bfloat16 (8 steps per call)": {**DEFAULTS_NOW, **BF16},
+    "avx512bf16:bfloat16 batch 256": {**DEFAULTS_NOW, **BF16, "batch_size": 256},
+    "avx512bf16:bfloat16 filters 32-64-128": {**DEFAULTS_NOW, **BF16, "filters": "32,64,128"},
+    "avx512bf16:bfloat16 filters 24-48-96-192": {**DEFAULTS_NOW, **BF16, "filters": "24,48,96,192"},
 }
 
 

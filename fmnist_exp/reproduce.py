@@ -136,9 +136,9 @@ def check_data(orig: Original, ds: D.Dataset) -> None:
 
 def rebuild_params(orig: Original, data_dir: str) -> dict:
     """The original's parameters for the rebuild. ``precision=auto`` chooses by machine and by code
-    version (bfloat16 on CPUs with bfloat16 instructions since issue 14), so the rebuild trains in the precision the
-    original actually used wherever this machine runs it natively; elsewhere ``auto`` stays and
-    ``warnings_for`` names the difference."""
+    version (bfloat16 on CPUs with bfloat16 instructions since issue 14), so the rebuild trains in
+    the precision the original actually used wherever this machine runs it natively; elsewhere
+    ``auto`` stays and ``warnings_for`` names the difference."""
     from . import train
 
     p = {**orig.params, "data_dir": data_dir}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from fmnist_exp import config as C
@@ -52,8 +50,7 @@ def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
     assert models.build_cnn(p).get_layer("probs").compute_dtype == "float32"  # policy restored after
     # no GPU on CI machines: bfloat16 where the CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16:
     # some of this project's machines), else float32
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    native = keras.backend.backend() == "tensorflow" and ("amx_bf16" in flags or "avx512_bf16" in flags)
+    native = keras.backend.backend() == "tensorflow" and bool(train.cpu_has_bfloat16())
     assert train.resolve_precision("auto") == ("mixed_bfloat16" if native else "float32")
     assert train.resolve_precision("float32") == "float32"
 

@@ -35,8 +35,8 @@ from . import experiment, registry, space, stats, tracking
 
 
 def recipe(spec: space.StudySpec, base: dict) -> dict:
-    """The reference's parameters: the family defaults (``fixed`` not applied) or the named ones,
-    with the candidate's budget and seed."""
+    """The reference's parameters: the family defaults (``fixed`` not applied) or the named ones, their
+    own epochs included, with the candidate's training images and seed."""
     budget = {**base, **spec.final}
     return C.resolve(spec.family, {**spec.reference.params, **{k: budget[k] for k in space.REFERENCE_BUDGET}})
 

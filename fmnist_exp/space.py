@@ -34,8 +34,12 @@ accuracy, and the seed with the best *validation* accuracy is registered; with
     reference: {run_id: "<run id>"}     # a run already measured: its logged Keras model is scored
     reference: off                      # no reference, no gain
 
-``default`` and ``params`` are trained with the candidate's budget (``final``'s epochs and
-train_samples, else the trials') and seed, in a nested run named ``reference``.
+``default`` and ``params`` are trained as the family's entry point trains them (its own epochs,
+early stopping and schedule: ``default`` is what ``mlflow run . -e <family>`` gives) on the
+candidate's images (``final``'s train_samples, else the trials') with its seed, in a nested run
+named ``reference``. A longer final retrain is part of what the study is measured for: the
+default recipe trained as long as the candidate can be worse than the recipe itself (the ``cnn``
+without augmentation overfits at 12 epochs). ``{params: {epochs: N}}`` names a length.
 """
 
 from __future__ import annotations
@@ -61,8 +65,9 @@ PRUNERS = {
 }
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 SPACE_TYPES = ("float", "int", "categorical", "widths")
-# a reference is trained with the candidate's budget and seed, so it may not set these
-REFERENCE_BUDGET = ("epochs", "train_samples", "seed", "data_dir")
+# a reference is trained on the candidate's images with its seed, so it may not set these (its epochs
+# are its own: the family's default, or what its params name)
+REFERENCE_BUDGET = ("train_samples", "seed", "data_dir")
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ def check(spec: StudySpec) -> None:
 
 
 def check_reference(spec: StudySpec, where: str) -> None:
-    """A named reference configuration is checked like ``fixed``; its budget is the candidate's."""
+    """A named reference configuration is checked like ``fixed``; its images and seed are the candidate's."""
     params = spec.reference.params
     names = {p.name for p in C.family_params(spec.family)}
     for key in params:
@@ -232,7 +237,7 @@ def check_reference(spec: StudySpec, where: str) -> None:
             raise ConfigError(f"{where}: reference params: {key!r} is not a {spec.family} parameter")
         if key in REFERENCE_BUDGET:
             raise ConfigError(f"{where}: reference params: {key!r} is the candidate's (the reference is trained "
-                              "with the same budget and seed); remove it")
+                              "on the same images with the same seed); remove it")
     C.resolve(spec.family, params)
 
 

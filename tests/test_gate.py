@@ -191,9 +191,10 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path):
     assert ref.data.tags["study_reference"] == "true" and ref.data.tags["optuna_study"] == "gain"
     # a lone (SQLite) worker trains it in a second process, beside the final retrain, nested all the same
     assert ref.data.tags["reference_background"] == "true" and ref.info.status == "FINISHED"
-    # the default recipe (hidden_units 512,256, not the study's fixed 32) with the trials' budget
+    # the default recipe as `mlp` trains it (hidden_units 512,256, not the study's fixed 32; its own 15
+    # epochs, not the trials' 1) on the trials' images with the study's seed
     p = ref.data.params
-    assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "1", "1000", "42")
+    assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "15", "1000", "42")
     assert t["gain_reference_run_id"] == ref.info.run_id and t["gain_reference"] == "the default recipe"
     assert m["gain_reference_test_accuracy"] == pytest.approx(ref.data.metrics["test_accuracy"], abs=1e-6)
     assert m["gain_candidate_test_accuracy"] == pytest.approx(m["best_test_accuracy"], abs=1e-6)
@@ -221,7 +222,9 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
     """SIGTERM while the reference trains in its second process: both processes stop, the
     reference run ends FAILED with the parent (the final, whichever state the signal found it in,
     is not left RUNNING), and the second process is gone."""
-    study = study_file(tmp_path, "bgterm", extra="final: {epochs: 40, train_samples: 3000}")
+    # a reference long enough to be stopped while it trains
+    study = study_file(tmp_path, "bgterm", extra="final: {epochs: 40, train_samples: 3000}\n"
+                                                  "reference: {params: {epochs: 40}}")
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", study, "--n_trials", "1"]
     mlflow.search_experiments()  # the store's tables exist before the tune process opens it: no migration race
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
@@ -291,7 +294,8 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     ("reference: {run_id: 12345}", "quote the id"),
     ("reference: {params: {dropuot: 0.1}}", "'dropuot' is not a mlp parameter"),
     ("reference: {params: {dropout: 1.5}}", "dropout=1.5: must be in"),
-    ("reference: {params: {epochs: 3}}", "'epochs' is the candidate's"),
+    ("reference: {params: {train_samples: 3}}", "'train_samples' is the candidate's"),
+    ("reference: {params: {seed: 3}}", "'seed' is the candidate's"),
     ("final: {epochs: 2, seeds: 0}", "final.seeds=0: must be an integer >= 1"),
     ("final: {epochs: 2, seeds: two}", "final.seeds='two'"),
     ("final: {epochs: 2, ensemble: true}", "final.ensemble averages the final retrain's seeds, but final.seeds is 1"),
@@ -302,13 +306,20 @@ def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
         space.load(study_file(tmp_path, "bad", extra), "mlp")
 
 
-def test_reference_recipe_is_named_params_with_the_candidates_budget(tmp_path):
+def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     spec = space.load(study_file(tmp_path, "named", "reference: {params: {dropout: 0.2}}\n"
-                                                   "final: {epochs: 3, seeds: 2}"), "mlp")
+                                                   "final: {epochs: 3, train_samples: 2000, seeds: 2}"), "mlp")
     assert spec.reference == space.Reference("params", params={"dropout": 0.2}) and spec.final_seeds == 2
     base = {"hidden_units": "32", "epochs": 1, "train_samples": 1000, "seed": 7, "data_dir": ""}
     p = reference.recipe(spec, base)
-    assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == (0.2, "512,256", 3, 1000, 7)
+    # the final retrain's images and the seed; the family's own epochs (15), not the final's 3
+    assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == (0.2, "512,256", 15, 2000, 7)
+    # a named length
+    spec = space.load(study_file(tmp_path, "long", "reference: {params: {epochs: 12}}\nfinal: {epochs: 3}"), "mlp")
+    assert reference.recipe(spec, base)["epochs"] == 12
+    # the default recipe: every default, the candidate's images and seed
+    spec = space.load(study_file(tmp_path, "default", "final: {epochs: 30}"), "mlp")
+    assert reference.recipe(spec, base) == C.resolve("mlp", {"train_samples": 1000, "seed": 7})
     assert space.load(study_file(tmp_path, "off", "reference: off"), "mlp").reference.kind == "off"
 
 

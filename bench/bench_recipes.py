@@ -44,7 +44,8 @@ RECIPES = {
 }
 # Issue 14: half the training time of today's default (8 epochs) at >= 93.0% test; run with --parallel 1,
 # so that wall_s is a speed: python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list half)" --parallel 1
-FLIPS_TTA = {**TODAY, "augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0, "tta_flip": True}
+FLIPS_NOW = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0, "tta_flip": True}  # issue 16's
+FLIPS_TTA = {**TODAY, **FLIPS_NOW}
 HALF = {
     "half:default_8ep (today's cnn)": TODAY,
     "half:default_4ep": {**TODAY, "epochs": 4},
@@ -86,7 +87,23 @@ AVX512BF16 = {
     "avx512bf16:mlp defaults in float32": {"family": "mlp", "precision": "float32"},
     "avx512bf16:mlp defaults in bfloat16": {"family": "mlp", **BF16},
 }
+# Today's defaults on whatever CPU runs them (`auto` picks the precision), for the ratio to cpu2x:before in
+# one invocation on any machine: python bench/bench_recipes.py --only "cpu2x:before (float32 + Keras batch
+# norm),$(python bench/bench_recipes.py --list now:)" --parallel 1
+NOW = {
+    "now:defaults": {},
+    "now:defaults (seed 7)": {"seed": 7},
+    "now:defaults in float32": {"precision": "float32"},
+    "now:defaults (seed 11)": {"seed": 11},
+    "now:12 epochs": {"epochs": 12},
+    "now:12 epochs (seed 7)": {"epochs": 12, "seed": 7},
+    "now:flips + flip-averaged answers": FLIPS_NOW,
+    "now:flips + flip-averaged answers (seed 7)": {**FLIPS_NOW, "seed": 7},
+    "now:flips + flip-averaged answers; 12 epochs": {**FLIPS_NOW, "epochs": 12},
+    "now:flips + flip-averaged answers; 12 epochs (seed 7)": {**FLIPS_NOW, "epochs": 12, "seed": 7},
+}
 RECIPES.update(CPU2X)
+RECIPES.update(NOW)
 RECIPES.update(AVX512BF16)
 RECIPES.update(AVX2)
 RECIPES.update(HALF)

@@ -1,9 +1,11 @@
 """What a study bought: its candidate against a reference on the same test images.
 
 The reference (study-file key ``reference``, see space.py) is the family's default recipe, a
-named configuration, an already-measured run, or off. A trained reference gets the candidate's
-budget (``final``'s epochs and train_samples, else the trials') and seed, in a nested run
-``reference``; a resumed study reuses a FINISHED one with the same recipe. The gain is the
+named configuration, an already-measured run, or off. A trained reference keeps its own epochs
+(the family default's, or the ones its params name) and gets the candidate's training images
+(``final``'s train_samples, else the trials', and val_fraction) and seed, in a nested run
+``reference``; a resumed study reuses a FINISHED one with the same recipe (a study begun before
+references kept their own epochs trains a new one). The gain is the
 paired difference in test accuracy with its bootstrap 95% interval and exact McNemar p-value
 (stats.py), on the parent run as ``gain_*`` metrics and in the summary.
 
@@ -37,7 +39,7 @@ from . import experiment, registry, space, stats, tracking
 def recipe(spec: space.StudySpec, base: dict) -> dict:
     """The reference's parameters: the family defaults (``fixed`` not applied) or the named ones, their
     own epochs included, with the candidate's training images and seed."""
-    budget = {**base, **spec.final}
+    budget = C.resolve(spec.family, {**base, **spec.final})
     return C.resolve(spec.family, {**spec.reference.params, **{k: budget[k] for k in space.REFERENCE_BUDGET}})
 
 
@@ -175,14 +177,17 @@ def report(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, ca
         return {"reference": "off"}
     if ref.kind == "run":
         run_id, labels = ref.run_id, _measured(ref.run_id, ds)
+        length = {}
     else:
         run_id, labels = _trained(spec, base, ds, study_name, background)
+        length = {"reference_epochs": recipe(spec, base)["epochs"]}  # the gain depends on it: say it
     cmp = stats.compare(ds.y_test, candidate.test_labels, labels)
     fields = cmp.fields("gain_", "candidate", "reference")
-    out = {"reference": ref.describe(), "reference_run_id": run_id, **fields, "gain": cmp.describe()}
+    out = {"reference": ref.describe(), "reference_run_id": run_id, **length, **fields, "gain": cmp.describe()}
     registry.record(parent_run_id, fields, {"gain_reference": ref.describe(), "gain_reference_run_id": run_id,
-                                            "gain": cmp.describe()})
-    print(f"[tune] gain over {ref.describe()} (run {run_id}): {cmp.describe()}", flush=True)
+                                            **{f"gain_{k}": str(v) for k, v in length.items()}, "gain": cmp.describe()})
+    trained = f", {length['reference_epochs']} epochs" if length else ""
+    print(f"[tune] gain over {ref.describe()} (run {run_id}{trained}): {cmp.describe()}", flush=True)
     return out
 
 

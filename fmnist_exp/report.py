@@ -105,7 +105,7 @@ def gather(study: optuna.Study, parent_run_id: str, spec: space.StudySpec, top: 
     return StudyReport(
         study_name=study.study_name, description=spec.description, experiment_id=parent.info.experiment_id,
         parent_run_id=parent_run_id, ui_url=ui_url(mlflow.get_tracking_uri()), trials=trials, figures=figures,
-        figures_skipped=skipped, curves=curves, reference=tags.get("gain_reference"),
+        figures_skipped=skipped, curves=curves, reference=_reference(tags),
         gain=comparison(metrics, "gain_", "candidate", "reference"),
         gate=comparison(metrics, "gate_", "candidate", "champion"),
         registration=tags.get("registration", "not registered"),
@@ -219,6 +219,12 @@ def _comparison_table(c: Comparison) -> str:
             (f"b: {c.a} right, {c.b} wrong", str(res.b)), (f"c: {c.a} wrong, {c.b} right", str(res.c)),
             ("test images", f"{res.n:,}")]
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td class=\"num\">{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _reference(tags: dict) -> str | None:
+    """What the gain was measured against, with a trained reference's length."""
+    ref = tags.get("gain_reference")
+    return f"{ref}, trained {tags['gain_reference_epochs']} epochs" if ref and "gain_reference_epochs" in tags else ref
 
 
 def _gain(r: StudyReport) -> str:

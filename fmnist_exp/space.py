@@ -34,10 +34,11 @@ accuracy, and the seed with the best *validation* accuracy is registered; with
     reference: {run_id: "<run id>"}     # a run already measured: its logged Keras model is scored
     reference: off                      # no reference, no gain
 
-``default`` and ``params`` are trained as the family's entry point trains them (its own epochs,
-early stopping and schedule: ``default`` is what ``mlflow run . -e <family>`` gives) on the
-candidate's images (``final``'s train_samples, else the trials') with its seed, in a nested run
-named ``reference``. A longer final retrain is part of what the study is measured for: the
+``default`` and ``params`` are trained with the recipe the family's entry point trains (its own
+epochs, early stopping and schedule: ``default`` is the recipe of ``mlflow run . -e <family>``;
+in a lone worker's second process with one TensorFlow thread, so not its bits) on the
+candidate's images (``final``'s train_samples, else the trials'; the same val_fraction) with its
+seed, in a nested run named ``reference``. A longer final retrain is part of what the study is measured for: the
 default recipe trained as long as the candidate can be worse than the recipe itself (the ``cnn``
 without augmentation overfits at 12 epochs). ``{params: {epochs: N}}`` names a length.
 """
@@ -67,7 +68,7 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
 SPACE_TYPES = ("float", "int", "categorical", "widths")
 # a reference is trained on the candidate's images with its seed, so it may not set these (its epochs
 # are its own: the family's default, or what its params name)
-REFERENCE_BUDGET = ("train_samples", "seed", "data_dir")
+REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "data_dir")
 
 
 @dataclass(frozen=True)

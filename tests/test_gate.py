@@ -196,6 +196,10 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path):
     p = ref.data.params
     assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "15", "1000", "42")
     assert t["gain_reference_run_id"] == ref.info.run_id and t["gain_reference"] == "the default recipe"
+    assert t["gain_reference_epochs"] == "15" == ref.data.params["epochs"] and printed["reference_epochs"] == 15
+    assert "gain over the default recipe (run " + ref.info.run_id + ", 15 epochs)" in proc.stdout
+    page = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/study/report.html")  # the study's own page
+    assert "Reference: the default recipe, trained 15 epochs." in page
     assert m["gain_reference_test_accuracy"] == pytest.approx(ref.data.metrics["test_accuracy"], abs=1e-6)
     assert m["gain_candidate_test_accuracy"] == pytest.approx(m["best_test_accuracy"], abs=1e-6)
     assert m["gain_diff"] == pytest.approx((m["gain_b"] - m["gain_c"]) / m["gain_n"])
@@ -224,7 +228,7 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
     is not left RUNNING), and the second process is gone."""
     # a reference long enough to be stopped while it trains
     study = study_file(tmp_path, "bgterm", extra="final: {epochs: 40, train_samples: 3000}\n"
-                                                  "reference: {params: {epochs: 40}}")
+                                                  "reference: {params: {epochs: 40, early_stopping_patience: 0}}")
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", study, "--n_trials", "1"]
     mlflow.search_experiments()  # the store's tables exist before the tune process opens it: no migration race
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
@@ -296,6 +300,7 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     ("reference: {params: {dropout: 1.5}}", "dropout=1.5: must be in"),
     ("reference: {params: {train_samples: 3}}", "'train_samples' is the candidate's"),
     ("reference: {params: {seed: 3}}", "'seed' is the candidate's"),
+    ("reference: {params: {val_fraction: 0.2}}", "'val_fraction' is the candidate's"),
     ("final: {epochs: 2, seeds: 0}", "final.seeds=0: must be an integer >= 1"),
     ("final: {epochs: 2, seeds: two}", "final.seeds='two'"),
     ("final: {epochs: 2, ensemble: true}", "final.ensemble averages the final retrain's seeds, but final.seeds is 1"),
@@ -310,7 +315,7 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     spec = space.load(study_file(tmp_path, "named", "reference: {params: {dropout: 0.2}}\n"
                                                    "final: {epochs: 3, train_samples: 2000, seeds: 2}"), "mlp")
     assert spec.reference == space.Reference("params", params={"dropout": 0.2}) and spec.final_seeds == 2
-    base = {"hidden_units": "32", "epochs": 1, "train_samples": 1000, "seed": 7, "data_dir": ""}
+    base = {"hidden_units": "32", "epochs": 1, "train_samples": 1000, "seed": 7, "data_dir": "", "val_fraction": 0.2}
     p = reference.recipe(spec, base)
     # the final retrain's images and the seed; the family's own epochs (15), not the final's 3
     assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == (0.2, "512,256", 15, 2000, 7)
@@ -319,7 +324,7 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     assert reference.recipe(spec, base)["epochs"] == 12
     # the default recipe: every default, the candidate's images and seed
     spec = space.load(study_file(tmp_path, "default", "final: {epochs: 30}"), "mlp")
-    assert reference.recipe(spec, base) == C.resolve("mlp", {"train_samples": 1000, "seed": 7})
+    assert reference.recipe(spec, base) == C.resolve("mlp", {"train_samples": 1000, "seed": 7, "val_fraction": 0.2})
     assert space.load(study_file(tmp_path, "off", "reference: off"), "mlp").reference.kind == "off"
 
 

@@ -143,8 +143,8 @@ def start_background(spec: space.StudySpec, base: dict, study_name: str, parent_
 
 
 def _trained(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str,
-             background: Background | None) -> tuple[str, np.ndarray]:
-    """(run id, test labels) of the study's reference run: the one a resumed study or the
+             background: Background | None) -> tuple[str, np.ndarray, int]:
+    """(run id, test labels, epochs) of the study's reference run: the one a resumed study or the
     background process finished, else trained now."""
     job = Job.of(spec, base, study_name)
     done = job.finished()
@@ -158,7 +158,7 @@ def _trained(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str,
     else:
         run_id, classifier_uri = job.train(ds)
     labels, _ = registry.score_on_test(run_id, classifier_uri, ds, "reference")
-    return run_id, labels
+    return run_id, labels, job.params["epochs"]
 
 
 def _measured(run_id: str, ds: D.Dataset) -> np.ndarray:
@@ -176,17 +176,16 @@ def report(spec: space.StudySpec, base: dict, ds: D.Dataset, study_name: str, ca
         registry.record(parent_run_id, {}, {"gain_reference": "off"})
         return {"reference": "off"}
     if ref.kind == "run":
-        run_id, labels = ref.run_id, _measured(ref.run_id, ds)
-        length = {}
-    else:
-        run_id, labels = _trained(spec, base, ds, study_name, background)
-        length = {"reference_epochs": recipe(spec, base)["epochs"]}  # the gain depends on it: say it
+        run_id, labels, epochs = ref.run_id, _measured(ref.run_id, ds), None
+    else:  # a trained reference: the gain depends on how long it trained, so say it
+        run_id, labels, epochs = _trained(spec, base, ds, study_name, background)
     cmp = stats.compare(ds.y_test, candidate.test_labels, labels)
     fields = cmp.fields("gain_", "candidate", "reference")
+    length = {} if epochs is None else {"reference_epochs": epochs}
     out = {"reference": ref.describe(), "reference_run_id": run_id, **length, **fields, "gain": cmp.describe()}
     registry.record(parent_run_id, fields, {"gain_reference": ref.describe(), "gain_reference_run_id": run_id,
                                             **{f"gain_{k}": str(v) for k, v in length.items()}, "gain": cmp.describe()})
-    trained = f", {length['reference_epochs']} epochs" if length else ""
+    trained = "" if epochs is None else f", {epochs} epochs"
     print(f"[tune] gain over {ref.describe()} (run {run_id}{trained}): {cmp.describe()}", flush=True)
     return out
 

@@ -318,7 +318,8 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     base = {"hidden_units": "32", "epochs": 1, "train_samples": 1000, "seed": 7, "data_dir": "", "val_fraction": 0.2}
     p = reference.recipe(spec, base)
     # the final retrain's images and the seed; the family's own epochs (15), not the final's 3
-    assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == (0.2, "512,256", 15, 2000, 7)
+    assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == \
+        (0.2, "512,256", 15, 2000, 7)
     # a named length
     spec = space.load(study_file(tmp_path, "long", "reference: {params: {epochs: 12}}\nfinal: {epochs: 3}"), "mlp")
     assert reference.recipe(spec, base)["epochs"] == 12

@@ -1,7 +1,7 @@
 # The image every manifest in deploy/k8s names (tune workers, the study Job, `mlflow server`); it can
 # also run `dask worker` for `launch`. Build it from the repository root:
 #   docker build -t fmnist-exp:0.1.0 .
-# and push it where the cluster pulls images from (README 'Clusters: Dask and Kubernetes').
+# and push it where the cluster pulls images from (docs/scale-out.md, 'Dask' and 'Kubernetes').
 FROM python:3.11-slim-bookworm
 
 # Fashion-MNIST from Debian, where the loader looks (/usr/share/datasets/fashion-mnist): no download at run time

@@ -1,18 +1,18 @@
-"""The default `cnn` network trained under each Keras 3 backend on this CPU (issue 14: CPU levers).
+"""The default `cnn` network trained under each Keras 3 backend on this CPU (BENCHMARKS.md, "Keras backends").
 
     python bench/bench_backends.py                                   # tensorflow, jax, torch, project_tf; 2 rounds
     python bench/bench_backends.py --backends tensorflow,jax --rounds 3
     python bench/bench_backends.py --epochs 2 --train_samples 5000 --rounds 1   # smoke: checks the script only
     python bench/bench_backends.py --backends tensorflow,jax --full  # + test accuracy after the whole recipe
 
-Every row is the same network, parameters and schedule: `fmnist_exp.config.resolve("cnn")`, built by
-`fmnist_exp.models.build` and compiled by `fmnist_exp.train.compile_model` (Adam 2e-3, cosine decay
+Every row is the same network, parameters and schedule: `fmnist_exp.params.network("cnn")`, built by
+`fmnist_exp.model.networks.build` and compiled by `fmnist_exp.train.fit.compile_model` (Adam 2e-3, cosine decay
 over the run's epochs, label smoothing 0.1, batch 128). Only the backend differs, and each runs in
 its own process, since KERAS_BACKEND is read once, when keras is first imported. All backends are fed
 alike: float32 numpy arrays and one-hot labels given to `fit()` (or, with ``--feed generator``, a
 plain Python generator of shuffled batches), so no row gets the project's tf.data pipeline. Keras'
 own TensorFlow trainer still wraps arrays in tf.data internally; that is part of that backend.
-``project_tf`` is the reference: TensorFlow fed by `train.make_dataset`, as the `cnn` entry point runs.
+``project_tf`` is the reference: TensorFlow fed by `train.inputs.make_dataset`, as the `cnn` entry point runs.
 
 Per backend: seconds per epoch (the first epoch holds tracing/XLA compilation and is reported
 apart; the steady figure is the median of the later epochs), CPU seconds per wall second over
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import emit, machine  # noqa: E402
 
-# row name -> (KERAS_BACKEND, feed): the feed "project" is train.make_dataset's tf.data pipeline
+# row name -> (KERAS_BACKEND, feed): the feed "project" is train.inputs.make_dataset's tf.data pipeline
 BACKENDS = {
     "tensorflow": ("tensorflow", None),
     "jax": ("jax", None),
@@ -81,18 +81,22 @@ def one(feed: str, epochs: int, train_samples: int, full: bool) -> dict:
     import keras
     import numpy as np
 
-    from fmnist_exp import config as C
-    from fmnist_exp import data, models, train
+    from fmnist_exp import data
+    from fmnist_exp import params as P
+    from fmnist_exp.model.networks import build
+    from fmnist_exp.train import fit as F
+    from fmnist_exp.train.evaluate import evaluate
+    from fmnist_exp.train.inputs import make_dataset
 
     overrides = {"epochs": epochs, "train_samples": train_samples}
     if not full:
         overrides["early_stopping_patience"] = 0  # timing runs train every epoch they are given
-    p = C.resolve("cnn", overrides)
-    s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"], train_samples=p["train_samples"])
-    train.seed_everything(p["seed"])
-    model = models.build("cnn", p)
-    steps = -(-len(s.x_train) // p["batch_size"])
-    train.compile_model(model, p, steps_per_epoch=steps)
+    p = P.network("cnn", overrides)
+    s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
+    F.seed_everything(p.seed)
+    model = build(p)
+    steps = -(-len(s.x_train) // p.batch_size)
+    F.compile_model(model, p, steps_per_epoch=steps)
     epoch_s: list[float] = []
     cpu_s: list[float] = []
 
@@ -106,24 +110,23 @@ def one(feed: str, epochs: int, train_samples: int, full: bool) -> dict:
             print(f"# {keras.backend.backend()}/{feed}: epoch {epoch + 1} {epoch_s[-1]:.1f} s", file=sys.stderr,
                   flush=True)
 
-    callbacks = [EpochClock(), *(train.standard_callbacks(p) if full else [])]
-    kw = dict(epochs=p["epochs"], verbose=0, callbacks=callbacks)
+    callbacks = [EpochClock(), *(F.standard_callbacks(p) if full else [])]
+    kw = dict(epochs=p.epochs, verbose=0, callbacks=callbacks)
     onehot = np.eye(10, dtype="float32")
     if full:
         kw["validation_data"] = (s.x_val.astype("float32"), onehot[s.y_val])
     if feed == "project":
-        ds = train.make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=p["seed"])
+        ds = make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=p.seed)
         if full:
-            kw["validation_data"] = train.make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False,
-                                                       seed=p["seed"])
+            kw["validation_data"] = make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p.seed)
         model.fit(ds, **kw)
     elif feed == "generator":
-        gen = batches(s.x_train.astype("float32"), onehot[s.y_train], p["batch_size"], p["seed"])
+        gen = batches(s.x_train.astype("float32"), onehot[s.y_train], p.batch_size, p.seed)
         model.fit(gen, steps_per_epoch=steps, **kw)
     else:
-        model.fit(s.x_train.astype("float32"), onehot[s.y_train], batch_size=p["batch_size"], shuffle=True, **kw)
+        model.fit(s.x_train.astype("float32"), onehot[s.y_train], batch_size=p.batch_size, shuffle=True, **kw)
     later = epoch_s[1:] or epoch_s
-    test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")["test_accuracy"]
+    test = evaluate(model, s.x_test, s.y_test, prefix="test_")["test_accuracy"]
     return {
         "backend": keras.backend.backend(), "feed": feed, "jit_compile": bool(model.jit_compile),
         "threads": threads(), "train_images": len(s.x_train), "epochs_run": len(epoch_s),

@@ -2,8 +2,8 @@
 
     python bench/bench_determinism.py [--epochs 3] [--train_samples 5000] [--repeats 2]
 
-Each setting trains the default CNN (seed 42, the project's own pipeline: fmnist_exp.models,
-fmnist_exp.train) in a fresh process ``--repeats`` times, then compares the final weights and
+Each setting trains the default CNN (seed 42, the project's own pipeline: fmnist_exp.model.networks,
+fmnist_exp.train.fit) in a fresh process ``--repeats`` times, then compares the final weights and
 the test-set probabilities bit for bit (sha256) across those processes. Settings are run in
 interleaved rounds, so their fit times are side by side on a shared, noisy machine. The
 spread of replays is the std of test accuracy within a setting (same bits: zero) and across the
@@ -46,15 +46,18 @@ def worker(name: str, epochs: int, train_samples: int) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     if determinism:
         tf.config.experimental.enable_op_determinism()  # also makes tf.data keep its order
-    from fmnist_exp import config as C
-    from fmnist_exp import data, models, train
+    from fmnist_exp import data
+    from fmnist_exp import params as P
+    from fmnist_exp.model.networks import build
+    from fmnist_exp.train import fit as F
+    from fmnist_exp.train.evaluate import predict_proba
 
-    p = C.resolve("cnn", {"epochs": epochs, "train_samples": train_samples})
-    s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"], train_samples=p["train_samples"])
-    train.seed_everything(p["seed"])
-    model = models.build("cnn", p)
-    fit = train.fit(model, s, p)
-    probs = train.predict_proba(model, s.x_test)
+    p = P.network("cnn", {"epochs": epochs, "train_samples": train_samples})
+    s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
+    F.seed_everything(p.seed)
+    model = build(p)
+    fit = F.fit(model, s, p)
+    probs = predict_proba(model, s.x_test)
     weights = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))
     return {"weights_sha256": weights.hexdigest()[:16],
             "probs_sha256": hashlib.sha256(probs.tobytes()).hexdigest()[:16],

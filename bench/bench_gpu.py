@@ -3,7 +3,8 @@
     KERAS_BACKEND=jax python bench/bench_gpu.py [--runs default_mixed,default_fp32,long] [--data_dir D]
 
 Uses the project's own parameter defaults, model builders, augmentation layers, learning-rate
-schedule, loss and scoring (`fmnist_exp.config/models/train`); only the input pipeline differs:
+schedule, loss and scoring (`fmnist_exp.params`, `.model`, `.train.fit`, `.train.evaluate`); only the input
+pipeline differs:
 arrays go to `fit()` and augmentation runs as the first layers of the training graph, instead of
 tf.data, so the script runs on any Keras 3 backend. The GPU machines lent to this project carry
 JAX and PyTorch and no network, and TensorFlow's CUDA wheels (~3 GB) cannot be carried there.
@@ -33,7 +34,8 @@ def long_recipe() -> dict:
     import yaml
 
     spec = yaml.safe_load((ROOT / "experiments" / "cnn_long.yaml").read_text())
-    final = {k: v for k, v in spec["final"].items() if k != "seeds"}  # seeds: the study's, not a parameter
+    # seeds and ensemble: how the study retrains and what it registers, not parameters of one run
+    final = {k: v for k, v in spec["final"].items() if k not in ("seeds", "ensemble")}
     return {**spec["fixed"], **spec["enqueue"][0], **final}
 
 
@@ -50,7 +52,7 @@ class EpochClock:
     def __init__(self, model, splits):
         import keras
 
-        from fmnist_exp.train import predict_proba
+        from fmnist_exp.train.evaluate import predict_proba
 
         clock = self
 
@@ -75,32 +77,28 @@ class EpochClock:
 def one(name: str, overrides: dict, splits_for) -> dict:
     import keras
 
-    from fmnist_exp import config as C
-    from fmnist_exp.models import build, build_augmenter
-    from fmnist_exp.train import (
-        compile_model,
-        precision_policy,
-        predict_proba,
-        resolve_precision,
-        scores,
-        seed_everything,
-    )
+    from fmnist_exp import params as P
+    from fmnist_exp.model.augment import build_augmenter
+    from fmnist_exp.model.networks import build
+    from fmnist_exp.train.evaluate import predict_proba, scores
+    from fmnist_exp.train.fit import compile_model, seed_everything
+    from fmnist_exp.train.precision import precision_policy, resolve_precision
 
-    p = C.resolve("cnn", overrides)
-    precision = resolve_precision(p["precision"])
+    p = P.network("cnn", overrides)
+    precision = resolve_precision(p.precision)
     s = splits_for(p)
-    seed_everything(p["seed"])
+    seed_everything(p.seed)
     with precision_policy(precision):
-        model = build("cnn", p)
+        model = build(p)
         inp = keras.Input(shape=s.x_train.shape[1:], dtype="float32")
-        h = build_augmenter(p)(inp) if p["augment"] else inp
+        h = build_augmenter(p)(inp) if p.augment else inp
         trainer = keras.Model(inp, model(h))
-    steps = -(-len(s.x_train) // p["batch_size"])
+    steps = -(-len(s.x_train) // p.batch_size)
     compile_model(trainer, p, steps_per_epoch=steps)
     clock = EpochClock(model, s)
     y1h = np.eye(10, dtype="float32")[s.y_train]
     t0 = time.perf_counter()
-    trainer.fit(s.x_train.astype("float32"), y1h, batch_size=p["batch_size"], epochs=p["epochs"], shuffle=True,
+    trainer.fit(s.x_train.astype("float32"), y1h, batch_size=p.batch_size, epochs=p.epochs, shuffle=True,
                 verbose=0, callbacks=[clock.callback])
     wall = time.perf_counter() - t0
     test = scores(s.y_test, predict_proba(model, s.x_test), prefix="test_")
@@ -108,11 +106,12 @@ def one(name: str, overrides: dict, splits_for) -> dict:
     steady = float(np.median(clock.epoch_s[1:])) if len(clock.epoch_s) > 1 else clock.epoch_s[0]
     cum = np.cumsum(clock.epoch_s)
     first_93 = next((i for i, a in enumerate(clock.acc["test"]) if a >= 0.93), None)
+    flat = p.flat()  # widths as "32,64,128,256", as the runs log them
     return {
         "run": name, "precision": precision, "backend": keras.backend.backend(),
-        "params": {k: p[k] for k in ("filters", "convs_per_block", "pool_first", "dense_units", "dropout", "l2",
-                                     "learning_rate", "batch_size", "epochs", "augment", "label_smoothing",
-                                     "warmup_epochs", "train_samples")},
+        "params": {k: flat[k] for k in ("filters", "convs_per_block", "pool_first", "dense_units", "dropout", "l2",
+                                        "learning_rate", "batch_size", "epochs", "augment", "label_smoothing",
+                                        "warmup_epochs", "train_samples")},
         "train_images": len(s.x_train), "model_params": int(model.count_params()),
         "test_accuracy": round(test["test_accuracy"], 4), "test_macro_f1": round(test["test_macro_f1"], 4),
         "train_s": round(train_s, 1), "fit_wall_s": round(wall, 1), "first_epoch_s": round(clock.epoch_s[0], 2),
@@ -156,7 +155,7 @@ def main() -> None:
     ds = data.load(args.data_dir)
 
     def splits_for(p):
-        return data.split(ds, val_fraction=p["val_fraction"], seed=p["seed"], train_samples=p["train_samples"])
+        return data.split(ds, val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
 
     results = []
     for name in names:

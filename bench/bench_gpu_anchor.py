@@ -1,15 +1,15 @@
-"""Issue 14, item 2: the project's own training path against a hand-written PyTorch loop of the
-same network and recipe, on the same machine, in one invocation.
+"""A GPU yardstick: the project's own training path against a hand-written PyTorch loop of the same
+network and recipe, on the same machine, in one invocation (BENCHMARKS.md, "GPU").
 
     python bench/bench_gpu_anchor.py [--batch_size 1024] [--learning_rate 0.0057] [--epochs 10]
         [--bf16] [--compile] [--channels_last] [--project jax|torch|none] [--data_dir D] [--smoke]
 
 **The anchor** is plain PyTorch, nothing of Keras: the default `cnn` network built from
-`config.resolve("cnn")` (conv 3x3 without bias, max-pool, batch norm (momentum 0.1 = Keras' 0.9,
+`params.network("cnn")` (conv 3x3 without bias, max-pool, batch norm (momentum 0.1 = Keras' 0.9,
 eps 1e-3), ReLU per block, `pool_first` as the default has it; dropout, a dense layer, dropout,
 softmax), Glorot-uniform kernels and zero biases as Keras initialises them, Adam (eps 1e-7) with
 the L2 penalty on the kernels (`weight_decay` = 2 x l2: the gradient of Keras' ``l2 * sum(w**2)``),
-label smoothing, linear warm-up then cosine decay to zero per step as `train.learning_rate` does.
+label smoothing, linear warm-up then cosine decay to zero per step as `train.fit.learning_rate` does.
 The whole split lives on the device as uint8; each epoch shuffles on the device, and scores the
 validation images inside the timed epoch (the project's `fit` does that too, for early stopping).
 Test accuracy is scored after each epoch outside the clock, for the time to 93%.
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,37 +44,37 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine  # noqa: E402
 
+if TYPE_CHECKING:
+    from fmnist_exp.params import CnnParams
 
-def anchor_network(p: dict):
+
+def anchor_network(p: CnnParams):
     """The default cnn as a torch.nn.Sequential over NCHW float pixels 0-255."""
-    import torch
     from torch import nn
-
-    from fmnist_exp.config import parse_int_list
 
     layers: list[nn.Module] = []
     channels = 1
-    for f in parse_int_list(p["filters"]):
-        for i in range(p["convs_per_block"]):
-            layers.append(nn.Conv2d(channels, f, 3, padding=1, bias=not p["batch_norm"]))
+    for f in p.filters:
+        for i in range(p.convs_per_block):
+            layers.append(nn.Conv2d(channels, f, 3, padding=1, bias=not p.batch_norm))
             channels = f
-            last = i == p["convs_per_block"] - 1
-            if p["pool_first"] and last:
+            last = i == p.convs_per_block - 1
+            if p.pool_first and last:
                 layers.append(nn.MaxPool2d(2))
-            if p["batch_norm"]:
+            if p.batch_norm:
                 layers.append(nn.BatchNorm2d(f, eps=1e-3, momentum=0.1))
             layers.append(nn.ReLU(inplace=True))
-        if not p["pool_first"]:
+        if not p.pool_first:
             layers.append(nn.MaxPool2d(2))  # Keras pools "valid": floor, as torch does
     side = 28
-    for _ in parse_int_list(p["filters"]):
+    for _ in p.filters:
         side //= 2
     head: list[nn.Module] = [nn.Flatten()]
     width = channels * side * side
-    if p["dense_units"]:
-        head += [nn.Dropout(p["dropout"]), nn.Linear(width, p["dense_units"]), nn.ReLU(inplace=True)]
-        width = p["dense_units"]
-    head += [nn.Dropout(p["dropout"]), nn.Linear(width, 10)]  # logits; the loss applies the softmax
+    if p.dense_units:
+        head += [nn.Dropout(p.dropout), nn.Linear(width, p.dense_units), nn.ReLU(inplace=True)]
+        width = p.dense_units
+    head += [nn.Dropout(p.dropout), nn.Linear(width, 10)]  # logits; the loss applies the softmax
     net = nn.Sequential(*layers, *head)
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -84,27 +85,27 @@ def anchor_network(p: dict):
 
 
 def lr_at(step: int, *, lr: float, total: int, warmup: int) -> float:
-    """train.learning_rate's schedule: linear from 0 over ``warmup`` steps, then cosine to 0."""
+    """train.fit.learning_rate's schedule: linear from 0 over ``warmup`` steps, then cosine to 0."""
     if step < warmup:
         return lr * step / warmup
     return lr * 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
 
 
-def run_anchor(p: dict, s, *, bf16: bool, compile_: bool, channels_last: bool) -> dict:
+def run_anchor(p: CnnParams, s, *, bf16: bool, compile_: bool, channels_last: bool) -> dict:
     import torch
     import torch.nn.functional as F
 
-    if p["lr_schedule"] != "cosine":
-        raise SystemExit(f"the anchor implements the cosine schedule only (lr_schedule={p['lr_schedule']!r})")
+    if p.lr_schedule != "cosine":
+        raise SystemExit(f"the anchor implements the cosine schedule only (lr_schedule={p.lr_schedule!r})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(p["seed"])
+    torch.manual_seed(p.seed)
     net, kernels = anchor_network(p)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device, memory_format=fmt)
     kernel_ids = {id(w) for w in kernels}
     others = [w for w in net.parameters() if id(w) not in kernel_ids]
-    opt = torch.optim.Adam([{"params": kernels, "weight_decay": 2 * p["l2"]}, {"params": others}],
-                           lr=p["learning_rate"], eps=1e-7, **({"fused": True} if device.type == "cuda" else {}))
+    opt = torch.optim.Adam([{"params": kernels, "weight_decay": 2 * p.l2}, {"params": others}],
+                           lr=p.learning_rate, eps=1e-7, **({"fused": True} if device.type == "cuda" else {}))
     step_fn = torch.compile(net) if compile_ else net
 
     def on_device(x, y):
@@ -131,24 +132,24 @@ def run_anchor(p: dict, s, *, bf16: bool, compile_: bool, channels_last: bool) -
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    n, bs = len(xtr), p["batch_size"]
+    n, bs = len(xtr), p.batch_size
     steps = math.ceil(n / bs)
-    total = p["epochs"] * steps
-    warmup = min(int(round(p["warmup_epochs"] * steps)), total - 1)
-    gen = torch.Generator(device=device).manual_seed(p["seed"])
+    total = p.epochs * steps
+    warmup = min(int(round(p.warmup_epochs * steps)), total - 1)
+    gen = torch.Generator(device=device).manual_seed(p.seed)
     epoch_s, test_acc, val_acc = [], [], []
     step = 0
-    for epoch in range(p["epochs"]):
+    for epoch in range(p.epochs):
         sync()
         t0 = time.perf_counter()
         order = torch.randperm(n, device=device, generator=gen)
         for i in range(steps):
             idx = order[i * bs:(i + 1) * bs]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, lr=p["learning_rate"], total=total, warmup=warmup)
+                g["lr"] = lr_at(step, lr=p.learning_rate, total=total, warmup=warmup)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 logits = step_fn(pixels(xtr[idx]) / 255.0)
-                loss = F.cross_entropy(logits.float(), ytr[idx], label_smoothing=p["label_smoothing"])
+                loss = F.cross_entropy(logits.float(), ytr[idx], label_smoothing=p.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,13 +177,14 @@ def run_anchor(p: dict, s, *, bf16: bool, compile_: bool, channels_last: bool) -
 PROJECT_KEYS = ("batch_size", "learning_rate", "epochs", "warmup_epochs", "train_samples", "seed")
 
 
-def run_project(p: dict, *, backend: str, bf16: bool, data_dir: str | None) -> dict:
+def run_project(p: CnnParams, *, backend: str, bf16: bool, data_dir: str | None) -> dict:
     """`python -m fmnist_exp cnn` with the anchor's recipe, in a child under KERAS_BACKEND=backend."""
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        flags = [arg for k in PROJECT_KEYS for arg in (f"--{k}", str(p[k]))]
+        flat = p.flat()
+        flags = [arg for k in PROJECT_KEYS for arg in (f"--{k}", str(flat[k]))]
         flags += ["--precision", "mixed_bfloat16" if bf16 else "float32"]
         flags += ["--data_dir", data_dir] if data_dir else []
         env = {**os.environ, "KERAS_BACKEND": backend, "MLFLOW_TRACKING_URI": uri,
@@ -196,7 +198,8 @@ def run_project(p: dict, *, backend: str, bf16: bool, data_dir: str | None) -> d
         mlflow.set_tracking_uri(uri)
         run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
         m = run.data.metrics
-        return {"backend": backend, "precision": run.data.params.get("precision_used", run.data.params.get("precision")),
+        params = run.data.params
+        return {"backend": backend, "precision": params.get("precision_used", params.get("precision")),
                 "test_accuracy": round(m["test_accuracy"], 4), "val_accuracy": round(m.get("val_accuracy", 0), 4),
                 "train_s": round(m["train_wall_s"], 2), "process_wall_s": round(wall, 1),
                 "command": f"KERAS_BACKEND={backend} python -m fmnist_exp cnn {' '.join(flags)}"}
@@ -219,25 +222,26 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="2 epochs on 2,000 images: checks the script, not a figure")
     args = ap.parse_args()
 
-    from fmnist_exp import config as C
     from fmnist_exp import data
+    from fmnist_exp import params as P
 
-    default = C.resolve("cnn", {})
-    lr = args.learning_rate or default["learning_rate"] * math.sqrt(args.batch_size / default["batch_size"])
-    p = C.resolve("cnn", {"batch_size": args.batch_size, "learning_rate": round(lr, 6), "epochs": args.epochs,
+    default = P.network("cnn")
+    lr = args.learning_rate or default.learning_rate * math.sqrt(args.batch_size / default.batch_size)
+    p = P.network("cnn", {"batch_size": args.batch_size, "learning_rate": round(lr, 6), "epochs": args.epochs,
                           "warmup_epochs": args.warmup_epochs, "train_samples": args.train_samples,
                           **({"epochs": 2, "train_samples": 2000} if args.smoke else {})})
     ds = data.load(args.data_dir)
-    s = data.split(ds, val_fraction=p["val_fraction"], seed=p["seed"], train_samples=p["train_samples"])
+    s = data.split(ds, val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
     anchor = run_anchor(p, s, bf16=args.bf16, compile_=args.compile, channels_last=args.channels_last)
     print(json.dumps({"anchor": anchor}), file=sys.stderr, flush=True)
     project = None if args.project == "none" else run_project(p, backend=args.project, bf16=args.bf16,
                                                                   data_dir=args.data_dir)
     ratio = (round(project["train_s"] / anchor["train_s"], 2)
              if project and "train_s" in project and anchor["train_s"] else None)
+    flat = p.flat()  # widths as "32,64,128,256", as the runs log them
     print(json.dumps({"machine": machine(), "data_source": ds.source, "smoke": args.smoke,
-                      "recipe": {k: p[k] for k in (*PROJECT_KEYS, "filters", "pool_first", "dropout", "l2",
-                                                   "label_smoothing", "lr_schedule")},
+                      "recipe": {k: flat[k] for k in (*PROJECT_KEYS, "filters", "pool_first", "dropout", "l2",
+                                                      "label_smoothing", "lr_schedule")},
                       "anchor": anchor, "project": project, "project_over_anchor": ratio}, indent=2))
 
 

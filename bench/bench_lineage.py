@@ -18,7 +18,8 @@ from common import emit, machine, median_time, scratch_tracking  # noqa: E402
 def main() -> None:
     import mlflow
 
-    from fmnist_exp import data, lineage
+    from fmnist_exp import data
+    from fmnist_exp.train import lineage
 
     ds = data.load()
     s = data.split(ds, val_fraction=0.1, seed=42)

@@ -1,4 +1,5 @@
-"""What tracking costs, and the default `cnn` run's time to accuracy (issue 6, targets 1-2).
+"""What tracking costs, and the default `cnn` run's time to accuracy (BENCHMARKS.md, "Single runs: baseline,
+MLP and CNN", tracking overhead).
 
     python bench/bench_overhead.py [--epochs 0] [--repeats 1]
 
@@ -30,25 +31,30 @@ def main() -> None:
 
     import keras
 
-    from fmnist_exp import config as C
-    from fmnist_exp import data, experiment, models, train
+    from fmnist_exp import data
+    from fmnist_exp import params as P
+    from fmnist_exp.metrics import EPOCHS_RUN, TEST_ACC
+    from fmnist_exp.model.networks import build
+    from fmnist_exp.train import fit as F
+    from fmnist_exp.train import job
+    from fmnist_exp.train.evaluate import evaluate, predict_proba, scores
 
     ds = data.load()
-    p = C.resolve("cnn", {"epochs": args.epochs} if args.epochs else {})
-    splits = data.split(ds, val_fraction=p["val_fraction"], seed=p["seed"])
+    p = P.network("cnn", {"epochs": args.epochs} if args.epochs else {})
+    splits = data.split(ds, val_fraction=p.val_fraction, seed=p.seed)
 
     def plain():
         keras.utils.clear_session()
-        model = models.build("cnn", p)
-        fit = train.fit(model, splits, p)
-        train.evaluate(model, splits.x_val, splits.y_val, prefix="val_final_")  # as the tracked run does
-        test = train.scores(splits.y_test, train.predict_proba(model, splits.x_test), prefix="test_")
-        return fit.wall_s, fit.epochs_run, test["test_accuracy"]
+        model = build(p)
+        fit = F.fit(model, splits, p)
+        evaluate(model, splits.x_val, splits.y_val, prefix="val_final_")  # as the tracked run does
+        test = scores(splits.y_test, predict_proba(model, splits.x_test), prefix="test_")
+        return fit.wall_s, fit.epochs_run, test[TEST_ACC]
 
     def tracked():
         with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
-            r = experiment.train_run("cnn", p, ds=ds)
-        return r.metrics["train_wall_s"], r.metrics["epochs_run"], r.metrics["test_accuracy"]
+            r = job.train_run(p, ds=ds)
+        return r.metrics["train_wall_s"], r.metrics[EPOCHS_RUN], r.metrics[TEST_ACC]
 
     times = {"plain": [], "tracked": []}
     runs = {"plain": [], "tracked": []}
@@ -62,7 +68,7 @@ def main() -> None:
                                    "test_accuracy": round(acc, 4)})
                 print(f"# {name}: {times[name][-1]:.1f}s, test {acc:.4f}", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    emit({"machine": machine(), "params": p, "runs": runs,
+    emit({"machine": machine(), "params": p.flat(), "runs": runs,
           "plain_s": [round(t, 1) for t in times["plain"]], "tracked_s": [round(t, 1) for t in times["tracked"]],
           "plain_median_s": round(med["plain"], 1), "tracked_median_s": round(med["tracked"], 1),
           "overhead_ratio": round(med["tracked"] / med["plain"], 3),

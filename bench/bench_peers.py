@@ -36,7 +36,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from fmnist_exp.data import Dataset
-    from fmnist_exp.space import StudySpec
+    from fmnist_exp.params import NetworkParams
+    from fmnist_exp.study.space import Dist
+    from fmnist_exp.study.spec import StudySpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine, scratch_tracking, stdout_to_stderr  # noqa: E402
@@ -91,23 +93,27 @@ def run_ours(study: str, ds) -> Entry:
     import mlflow
     import optuna
 
-    from fmnist_exp import config as C
-    from fmnist_exp import registry, tune
+    from fmnist_exp import params as P
+    from fmnist_exp.commands import tune
+    from fmnist_exp.train.evaluate import classifier_answers
 
     with scratch_tracking(), stdout_to_stderr():
         storage = f"sqlite:///{os.getcwd()}/optuna.db"
         t0 = time.perf_counter()
-        summary = tune.run(C.resolve_tune({"study": study, "storage": storage}))
+        summary = tune.run(P.tune_args({"study": study, "storage": storage}))
         wall = time.perf_counter() - t0
+        counts, registered = summary.counts, summary.registration
+        if registered is None:
+            raise SystemExit("ours registered no model (no complete trial): nothing to compare")
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         parent = next(r for r in runs if r.info.run_name.startswith("tune "))
         final = next(r for r in runs if r.info.run_name.startswith("final ("))
-        best = optuna.load_study(study_name=summary["study_name"], storage=storage).best_trial
-        uri = mlflow.get_run(summary["best_run_id"]).data.tags["classifier_uri"]
-        labels = registry.classifier_answers(uri, ds.x_test)["label"].to_numpy()
+        best = optuna.load_study(study_name=counts.study_name, storage=storage).best_trial
+        uri = mlflow.get_run(registered.best_run_id).data.tags["classifier_uri"]
+        labels = classifier_answers(uri, ds.x_test)["label"].to_numpy()
     return Entry("ours", (final.info.start_time - parent.info.start_time) / 1000,
                  (final.info.end_time - final.info.start_time) / 1000, wall,
-                 summary["n_complete"] + summary["n_pruned"], best.value, summary["best_val_accuracy"],
+                 counts.n_complete + counts.n_pruned, best.value, registered.best_val_accuracy,
                  best.user_attrs["config"], labels)
 
 
@@ -156,14 +162,14 @@ class Peer:
     """A search under a deadline, then the final retrain: the part both peers share."""
 
     def __init__(self, name: str, arena: Arena):
-        from fmnist_exp import config as C
-        from fmnist_exp import experiment
+        from fmnist_exp import params as P
+        from fmnist_exp.train import job
 
         self.name, self.arena, self.t0 = name, arena, time.perf_counter()
-        self.p = C.resolve(arena.spec.family, arena.base)
-        _, self.splits = experiment.load_splits(self.p, arena.ds)
-        self.final_p = C.resolve(arena.spec.family, {**arena.base, **arena.spec.final})
-        _, self.final_splits = experiment.load_splits(self.final_p, arena.ds)
+        self.p = P.network(arena.spec.family, arena.base)
+        _, self.splits = job.load_splits(self.p, arena.ds)
+        self.final_p = P.network(arena.spec.family, {**arena.base, **arena.spec.final.params})
+        _, self.final_splits = job.load_splits(self.final_p, arena.ds)
         self.clock = epoch_clock(len(self.splits.x_train), len(self.splits.x_val))
 
     def fits(self, epochs: int) -> bool:
@@ -171,75 +177,78 @@ class Peer:
         so far, still end within B (so that a peer does not buy time by overrunning it); before the
         first epoch there is nothing to predict from, and the trial starts."""
         trial = self.clock.predict_s(epochs, len(self.splits.x_train), len(self.splits.x_val))
-        final = self.clock.predict_s(self.final_p["epochs"], len(self.final_splits.x_train),
+        final = self.clock.predict_s(self.final_p.epochs, len(self.final_splits.x_train),
                                      len(self.final_splits.x_val))
         return time.perf_counter() - self.t0 + trial + final <= self.arena.budget_s
 
-    def params(self, config: dict, **over) -> dict:
-        from fmnist_exp import config as C
+    def params(self, config: dict, **over) -> NetworkParams:
+        from fmnist_exp import params as P
 
-        return C.resolve(self.arena.spec.family, {**self.arena.base, **config, **over})
+        return P.network(self.arena.spec.family, {**self.arena.base, **config, **over})
 
     def finish(self, config: dict, best_val: float, trials: int) -> Entry:
-        from fmnist_exp import train
+        from fmnist_exp.train.evaluate import evaluate, predict_proba
 
         search_s = time.perf_counter() - self.t0
         print(f"[{self.name}] search: {trials} trials in {search_s:.0f} s, best val {best_val:.4f} with {config}; "
               f"final retrain", file=sys.stderr, flush=True)
-        p, s = self.params(config, **self.arena.spec.final), self.final_splits
-        model = trained(self.arena.spec.family, p, s)
-        labels = train.predict_proba(model, s.x_test).argmax(axis=1)
-        final_val = train.evaluate(model, s.x_val, s.y_val, prefix="")["accuracy"]
+        p, s = self.params(config, **self.arena.spec.final.params), self.final_splits
+        model = trained(p, s)
+        labels = predict_proba(model, s.x_test).argmax(axis=1)
+        final_val = evaluate(model, s.x_val, s.y_val, prefix="")["accuracy"]
         wall = time.perf_counter() - self.t0
         return Entry(self.name, search_s, wall - search_s, wall, trials, best_val, final_val, config, labels)
 
 
-def trained(family: str, p: dict, s, callbacks=()):
+def trained(p: NetworkParams, s, callbacks=()):
     """Built, fitted by the project's fit, and answering flip-averaged where the recipe says so."""
-    from fmnist_exp import models, train
+    from fmnist_exp.model.wrappers import with_flip_average
+    from fmnist_exp.train import fit as F
 
-    model, _ = train.fresh_model(family, p)
-    train.fit(model, s, p, callbacks=list(callbacks))
-    return models.with_flip_average(model) if p["tta_flip"] else model
+    model, _ = F.fresh_model(p)
+    F.fit(model, s, p, callbacks=list(callbacks))
+    return with_flip_average(model) if p.tta_flip else model
 
 
 def run_tpe(arena: Arena, seed: int) -> Entry:
     """Optuna's TPE with its own defaults, no pruner, no enqueued point; each trial trained in full."""
     import optuna
 
-    from fmnist_exp import space, train
+    from fmnist_exp.study.space import suggest
+    from fmnist_exp.train.evaluate import evaluate
+    from fmnist_exp.train.fit import DivergedError
 
     peer = Peer("tpe", arena)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    while peer.fits(peer.p["epochs"]):
+    while peer.fits(peer.p.epochs):
         trial = study.ask()
-        config = space.suggest(trial, arena.spec.space)
+        config = suggest(trial, arena.spec.space)
         trial.set_user_attr("config", config)
         try:
-            model = trained(arena.spec.family, peer.params(config), peer.splits, [peer.clock])
-        except train.DivergedError:
+            model = trained(peer.params(config), peer.splits, [peer.clock])
+        except DivergedError:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
-        study.tell(trial, train.evaluate(model, peer.splits.x_val, peer.splits.y_val, prefix="")["accuracy"])
+        study.tell(trial, evaluate(model, peer.splits.x_val, peer.splits.y_val, prefix="")["accuracy"])
         print(f"[tpe] trial {trial.number}: {study.trials[-1].value:.4f} at {time.perf_counter() - peer.t0:.0f} s",
               file=sys.stderr, flush=True)
     return peer.finish(study.best_trial.user_attrs["config"], study.best_value, len(study.trials))
 
 
-def kt_values(hp, space: dict) -> dict:
+def kt_values(hp, space: dict[str, Dist]) -> dict:
     """The study file's space as keras-tuner hyperparameters."""
     out = {}
     for key, d in space.items():
-        sampling = "log" if d.get("log") else "linear"
-        if d["type"] == "float":
-            out[key] = hp.Float(key, d["low"], d["high"], sampling=sampling)
-        elif d["type"] == "int":
-            out[key] = hp.Int(key, d["low"], d["high"], sampling=sampling)
-        elif d["type"] == "categorical":
-            out[key] = hp.Choice(key, d["choices"])
+        sampling = "log" if d.log else "linear"
+        if d.kind == "float":
+            out[key] = hp.Float(key, d.low, d.high, sampling=sampling)
+        elif d.kind == "int":
+            out[key] = hp.Int(key, int(d.low), int(d.high), sampling=sampling)
+        elif d.kind == "categorical":
+            out[key] = hp.Choice(key, list(d.choices))
         else:
-            raise SystemExit(f"space entry {key!r} has type {d['type']!r}, which keras-tuner has no counterpart "
+            raise SystemExit(f"space entry {key!r} has type {d.kind!r}, which keras-tuner has no counterpart "
                              "for here: use a study whose space has float, int and categorical entries only")
     return out
 
@@ -251,20 +260,20 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
     its checkpoint, weights only: Adam's state and the decay start over, as keras-tuner does it."""
     import keras_tuner as kt
 
-    from fmnist_exp import config as C
-    from fmnist_exp import models, train
+    from fmnist_exp.metrics import VAL_ACC
+    from fmnist_exp.train import fit as F
+    from fmnist_exp.train.inputs import datasets
 
     peer = Peer("hyperband", arena)
     p, s = peer.p, peer.splits
-    max_epochs = HYPERBAND_FACTOR * p["epochs"]
-    steps = math.ceil(len(s.x_train) / p["batch_size"])
+    max_epochs = HYPERBAND_FACTOR * p.epochs
+    steps = math.ceil(len(s.x_train) / p.batch_size)
 
     def build(hp):
         q = peer.params(kt_values(hp, arena.spec.space), epochs=max_epochs)
-        model, _ = train.fresh_model(arena.spec.family, q)
+        model, _ = F.fresh_model(q)
         # as train.fit compiles for "ours" and TPE, so that the peers train alike
-        train.compile_model(model, q, steps_per_epoch=steps,
-                            steps_per_execution=train.default_steps_per_execution())
+        F.compile_model(model, q, steps_per_epoch=steps, steps_per_execution=F.default_steps_per_execution())
         return model
 
     class DeadlineOracle(kt.oracles.HyperbandOracle):
@@ -281,11 +290,11 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
         def __init__(self, oracle, **kwargs):  # Hyperband's own __init__ only builds its oracle
             kt.Tuner.__init__(self, oracle=oracle, **kwargs)
 
-    oracle = DeadlineOracle(objective=kt.Objective(C.VAL_ACC, "max"), max_epochs=max_epochs,
+    oracle = DeadlineOracle(objective=kt.Objective(VAL_ACC, "max"), max_epochs=max_epochs,
                             factor=HYPERBAND_FACTOR, hyperband_iterations=1000, seed=seed)
     tuner = DeadlineHyperband(oracle, hypermodel=build, directory=workdir, project_name="hyperband", overwrite=True)
-    data, val = train.datasets(s, p)  # the entry point's own batches (tf.data under TensorFlow)
-    tuner.search(data, validation_data=val, callbacks=[*train.standard_callbacks(p), peer.clock], verbose=0)
+    data, val = datasets(s, p)  # the entry point's own batches (tf.data under TensorFlow)
+    tuner.search(data, validation_data=val, callbacks=[*F.standard_callbacks(p), peer.clock], verbose=0)
     best = tuner.oracle.get_best_trials(1)[0]
     config = {k: best.hyperparameters.values[k] for k in arena.spec.space}
     return peer.finish(config, best.score, len(tuner.oracle.trials))
@@ -333,20 +342,20 @@ def main() -> None:
         except ImportError as e:
             raise SystemExit(f"{e}: install the bench extra, pip install -e '.[bench]'") from None
 
-    from fmnist_exp import config as C
     from fmnist_exp import data as D
-    from fmnist_exp import space, stats
+    from fmnist_exp import params as P
+    from fmnist_exp import stats
+    from fmnist_exp.study import spec as S
 
-    ds, seed = D.load(None), C.resolve_tune({})["seed"]  # the study's seed: split, initialisation, samplers
+    ds, seed = D.load(None), P.tune_args().seed  # the study's seed: split, initialisation, samplers
     with tempfile.TemporaryDirectory() as tmp:
         study = smoke_study(Path(tmp)) if args.smoke else str(REPO / "experiments" / "cnn.yaml")
-        spec = space.load(study, "")
+        spec = S.load(study, None)  # the file's own family
         fixed = spec.fixed if args.peer_fixed == "study" else {}
-        base = {**fixed, "epochs": spec.budget["epochs"], "train_samples": spec.budget["train_samples"],
-                "seed": seed}
+        base = {**fixed, "epochs": spec.budget.epochs, "train_samples": spec.budget.train_samples, "seed": seed}
         arena = Arena(spec, base, ds, args.budget_s)
         out = {"machine": machine(), "started": time.strftime("%H:%M"), "study": Path(study).name,
-               "peer_fixed": args.peer_fixed, "hyperband_max_epochs": HYPERBAND_FACTOR * spec.budget["epochs"]}
+               "peer_fixed": args.peer_fixed, "hyperband_max_epochs": HYPERBAND_FACTOR * spec.budget.epochs}
         entries: dict[str, Entry] = {}
         for name in order:
             print(f"# {name}: starting at {time.strftime('%H:%M:%S')}", file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
 """Accuracy per epoch of CNN recipes (and a few MLP rows, `family`): what the default `cnn` recipe was
-chosen from (issue 6) and what issue 14 timed.
+chosen from, and what made it cheaper on a CPU (BENCHMARKS.md, "Recipes: what each choice bought" and
+"Training speed on a CPU").
 
     python bench/bench_recipes.py                      # every recipe below, two processes at a time
     python bench/bench_recipes.py --only baseline_8ep,four_blocks_8ep --parallel 1
@@ -22,13 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
-# The rows up to issue 14's "cpu2x" ran before fused batch norm, before `auto` = bfloat16 on AMX
-# CPUs, before the cnn defaults of 69f9840 (pool_first, 9 epochs) and with one training step per
-# call (8 since the avx2 rows); TODAY pins how they trained then, so that they rerun as measured.
-TODAY = {"precision": "float32", "fused_batch_norm": False, "pool_first": False, "epochs": 8,
-         "steps_per_execution": 1}
-PREVIOUS = {**TODAY, "filters": "32,64,128", "label_smoothing": 0.0}  # the default before issue 6
-FOUR = {**TODAY, "filters": "32,64,128,256"}
+# The rows up to the cpu2x ones were measured before fused batch norm, before `auto` meant bfloat16,
+# before the cnn defaults pooled first and trained 9 epochs, and with one training step per call;
+# BEFORE pins how they trained then, so that they rerun as measured.
+BEFORE = {"precision": "float32", "fused_batch_norm": False, "pool_first": False, "epochs": 8,
+          "steps_per_execution": 1}
+PREVIOUS = {**BEFORE, "filters": "32,64,128", "label_smoothing": 0.0}  # the default before four blocks
+FOUR = {**BEFORE, "filters": "32,64,128,256"}
 RECIPES = {
     "baseline_8ep": {**PREVIOUS, "epochs": 8},
     "label_smoothing_8ep": {**PREVIOUS, "label_smoothing": 0.1, "epochs": 8},
@@ -38,34 +39,36 @@ RECIPES = {
     "four_blocks_8ep (the new default)": {**FOUR, "epochs": 8},
     "four_blocks_8ep_seed7": {**FOUR, "epochs": 8, "seed": 7},
     "four_blocks_dense256_8ep": {**FOUR, "dense_units": 256, "epochs": 8},
-    "two_convs_16_32_64_8ep": {**TODAY, "filters": "16,32,64", "convs_per_block": 2, "epochs": 8},
+    "two_convs_16_32_64_8ep": {**BEFORE, "filters": "16,32,64", "convs_per_block": 2, "epochs": 8},
     "four_blocks_pool_first_10ep": {**FOUR, "pool_first": True, "epochs": 10},
-    "16_64_128_256_pool_first_10ep": {**TODAY, "filters": "16,64,128,256", "pool_first": True, "epochs": 10},
+    "16_64_128_256_pool_first_10ep": {**BEFORE, "filters": "16,64,128,256", "pool_first": True, "epochs": 10},
 }
-# Issue 14: half the training time of today's default (8 epochs) at >= 93.0% test; run with --parallel 1,
-# so that wall_s is a speed: python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list half)" --parallel 1
-FLIPS_NOW = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0, "tta_flip": True}  # issue 16's
-FLIPS_TTA = {**TODAY, **FLIPS_NOW}
+# Half the training time of the before recipe (8 epochs) at >= 93.0% test; run with --parallel 1, so that
+# wall_s is a speed:
+# python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list half)" --parallel 1
+# FLIPS_NOW: the flips and flip-averaged answers of the default study (experiments/cnn.yaml's fixed)
+FLIPS_NOW = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0, "tta_flip": True}
+FLIPS_TTA = {**BEFORE, **FLIPS_NOW}
 HALF = {
-    "half:default_8ep (today's cnn)": TODAY,
-    "half:default_4ep": {**TODAY, "epochs": 4},
+    "half:default_8ep (today's cnn)": BEFORE,
+    "half:default_4ep": {**BEFORE, "epochs": 4},
     "half:flips_tta_4ep": {**FLIPS_TTA, "epochs": 4},
     "half:flips_tta_batch256_lr4e-3_4ep": {**FLIPS_TTA, "epochs": 4, "batch_size": 256, "learning_rate": 0.004},
 }
-# Issue 14 after fused batch norm (models.FusedBatchNormalization) and `auto` = bfloat16 on AMX CPUs (the
-# labels date from before `auto` also meant bfloat16 on AVX512-BF16 CPUs; kept, results carry them);
-# one at a time, so that wall_s is a speed:
+# After fused batch norm (model.layers.FusedBatchNormalization) and `auto` = bfloat16 on AMX CPUs (the
+# labels date from before `auto` also meant bfloat16 on AVX512-BF16 CPUs; kept, results and BENCHMARKS.md
+# carry them); one at a time, so that wall_s is a speed:
 # python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list cpu2x)" --parallel 1
 ONE_STEP = {"steps_per_execution": 1}  # how the cpu2x rows trained (one step per call)
 CPU2X = {
-    "cpu2x:before (float32 + Keras batch norm)": TODAY,
+    "cpu2x:before (float32 + Keras batch norm)": BEFORE,
     "cpu2x:float32 + fused batch norm (a CPU without AMX)": {**ONE_STEP, "precision": "float32",
                                                              "pool_first": False, "epochs": 8},
     "cpu2x:auto (bfloat16 on AMX) + fused batch norm": {**ONE_STEP, "pool_first": False, "epochs": 8},
     "cpu2x:auto + fused batch norm (seed 7)": {**ONE_STEP, "pool_first": False, "epochs": 8, "seed": 7},
     "cpu2x:defaults now (auto + fused batch norm + pool_first; 9 epochs)": ONE_STEP,
 }
-# Issue 14 on a CPU without bfloat16 units (float32 there): today's defaults (8 steps per call), then
+# On a CPU without bfloat16 units (float32 there): today's defaults (8 steps per call), then
 # cheaper networks; one at a time with the cpu2x:before row for the ratio
 AVX2 = {
     "avx2:defaults now (8 steps per call)": {},
@@ -73,7 +76,7 @@ AVX2 = {
     "avx2:filters 32-64-128 (three blocks; seed 7)": {"filters": "32,64,128", "seed": 7},
     "avx2:filters 24-48-96-192": {"filters": "24,48,96,192"},
 }
-# Issue 14 on a CPU with AVX512-BF16 but no AMX (AMD Zen 4): today's defaults in float32 (what `auto`
+# On a CPU with AVX512-BF16 but no AMX (AMD Zen 4): today's defaults in float32 (what `auto`
 # chose there before) and in bfloat16; one at a time with the cpu2x:before row for the ratio
 BF16 = {"precision": "mixed_bfloat16"}
 AVX512BF16 = {
@@ -110,26 +113,33 @@ RECIPES.update(HALF)
 
 
 def one(overrides: dict) -> dict:
-    from fmnist_exp import config as C
-    from fmnist_exp import data, models, train
+    from fmnist_exp import data
+    from fmnist_exp import params as P
+    from fmnist_exp.metrics import VAL_ACC
+    from fmnist_exp.model import networks
+    from fmnist_exp.model.wrappers import with_flip_average
+    from fmnist_exp.train import fit as F
+    from fmnist_exp.train.evaluate import evaluate
 
     overrides = dict(overrides)
     family = overrides.pop("family", "cnn")
-    fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before issue 14
+    fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before fused
     spe = overrides.pop("steps_per_execution", None)  # 1: as before the avx2 rows; None: as train.fit does
-    p = C.resolve(family, {"early_stopping_patience": 0, **overrides})
-    s = data.split(data.load(), val_fraction=p["val_fraction"], seed=p["seed"])
-    model, precision = train.fresh_model(family, p, fused=fused)  # under the recipe's precision, as `cnn` builds it
-    fit = train.fit(model, s, p, steps_per_execution=spe)
-    if not models.is_portable(model):  # as experiment.py: scored as logged, float32 and Keras' own layers
-        model = models.portable_copy(family, p, model)
-    if p["tta_flip"]:  # as experiment.py: the logged model answers with image + mirror image
-        model = models.with_flip_average(model)
-    test = train.evaluate(model, s.x_test, s.y_test, prefix="test_")
-    return {"family": family, "overrides": overrides, "val_accuracy_per_epoch": [round(v, 4) for v in fit.history["val_accuracy"]],
+    p = P.network(family, {"early_stopping_patience": 0, **overrides})
+    s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.seed)
+    model, precision = F.fresh_model(p, fused=fused)  # under the recipe's precision, as `cnn` builds it
+    fit = F.fit(model, s, p, steps_per_execution=spe)
+    if not networks.is_portable(model):  # as train.job: scored as logged, float32 and Keras' own layers
+        model = networks.portable_copy(p, model)
+    if p.tta_flip:  # as train.job: the logged model answers with image + mirror image
+        model = with_flip_average(model)
+    test = evaluate(model, s.x_test, s.y_test, prefix="test_")
+    return {"family": family, "overrides": overrides,
+            "val_accuracy_per_epoch": [round(v, 4) for v in fit.history[VAL_ACC]],
             "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
-            "precision_used": precision, "fused_batch_norm": fused and family == "cnn", "steps_per_execution": spe or train.default_steps_per_execution(),
-            "val_final_accuracy": round(train.evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
+            "precision_used": precision, "fused_batch_norm": fused and family == "cnn",
+            "steps_per_execution": spe or F.default_steps_per_execution(),
+            "val_final_accuracy": round(evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
             "wall_s_shared": round(fit.wall_s)}
 
 

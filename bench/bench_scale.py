@@ -1,10 +1,10 @@
-"""Scale benchmark: N workers on one study, each running the real worker loop (tune.run: ask,
+"""Scale benchmark: N workers on one study, each running the real worker loop (commands.tune.run: ask,
 per-epoch report and pruning, tell, a nested MLflow run with per-epoch metrics against a real
 `mlflow server` on PostgreSQL) around a SYNTHETIC objective that sleeps instead of training, so
 that coordination and tracking are what is measured, not training.
 
     apt-get install -y pgbouncer          # for the pgbouncer path (Debian's package)
-    python bench/bench_scale.py [--ns 1,8,32,64] [--paths direct,pgbouncer,grpc] [--window 40]
+    python bench/bench_scale.py [--ns 1,8,32,64] [--paths direct,pgbouncer,grpc] [--window 40] [--stagger 0.1]
 
 Everything runs in a private PostgreSQL cluster (initdb into a temp folder, its own port and
 max_connections), started and removed here; the shared server on 5432 is never touched. Three
@@ -13,10 +13,15 @@ storage proxy (`python -m fmnist_exp storage-proxy`). Then, at one N, the tracki
 `--workers 1` against MLflow's default 4, MLflow's async logging, and artifacts written by the
 clients to a shared folder (--no-serve-artifacts) instead of proxied through the server.
 
+A phase measures the steady state of all N workers: each worker waits in its first trial until
+every worker has asked for one (so that the ones in their loop leave the cores to the ones still
+starting), they go on at staggered moments, and the window opens once every worker has finished
+that first trial. Start-up is timed (startup_s), not measured in the window.
+
 Workers are forked from one "fleet" process that has imported fmnist_exp (TensorFlow included,
 ~0.9 GB resident, 5 s) and loaded the dataset once: 64 separately started workers would need
 ~57 GB and minutes of imports on this machine. Each forked worker is still its own process with
-its own database pool, heartbeat thread and HTTP session, calling tune.run() as the CLI does.
+its own database pool, heartbeat thread and HTTP session, calling commands.tune.run() as the CLI does.
 On a 2-core machine all N workers, PostgreSQL, PgBouncer, the proxy and the tracking server share
 two cores: the figures are an upper bound on coordination cost per trial, not a cluster measurement.
 """
@@ -56,6 +61,10 @@ pruner: {type: median, n_startup_trials: 4, n_warmup_steps: 1}
 sampler: {type: tpe, n_startup_trials: 5}
 reference: off
 """
+# Heartbeats and the grace after which a silent trial is failed, for the workers and for the
+# storage proxy that judges stale trials on the gRPC path: on two shared cores a heartbeat may be
+# late by more than the default 40 s without its worker being lost.
+HEARTBEAT_ENV = {"FMNIST_HEARTBEAT_S": "10", "FMNIST_GRACE_S": "120"}
 
 
 @dataclass
@@ -72,8 +81,9 @@ class Phase:
     tracking: str = ""
     tracking_db: str = ""  # the tracking server's database in the private cluster
     study_name: str = ""
-    warmup_s: float = 0.0  # the longest the window waits for every worker to be in its loop
+    warmup_s: float = 0.0  # the longest the fleet waits for all workers in their loop, then through a first trial
     window_s: float = 0.0
+    stagger_s: float = 0.0  # between two workers' starts
     epoch_s: tuple[float, float] = (0.5, 1.5)
     artifact_kb: int = 1024  # what a completed trial logs (an MLP's saved model is ~1 MB)
     out: str = ""
@@ -84,6 +94,11 @@ class Phase:
         extra += ["async_logging"] if self.async_logging else []
         extra += ["no_serve_artifacts"] if not self.serve_artifacts else []
         return f"{self.path} N={self.n}" + (f" ({', '.join(extra)})" if extra else "")
+
+    @property
+    def trial_s(self) -> float:
+        """A trial's mean length without coordination: the study's 4 epochs."""
+        return 4 * statistics.mean(self.epoch_s)
 
 
 # ----------------------------------------------------------------------------- the workers
@@ -123,45 +138,57 @@ def time_optuna_calls() -> None:
     optuna.storages.fail_stale_trials = _timed("stale_check", optuna.storages.fail_stale_trials)
 
 
-def synthetic_train(phase: Phase):
-    """A train_fn for tune.make_objective that logs what experiment.train_in_run logs (tags,
-    parameters, one log_metrics per epoch, final metrics, a model-sized artifact when not pruned)
-    but sleeps instead of training; accuracy is a smooth function of the parameters plus noise."""
+def synthetic_train(phase: Phase, index: int | None = None):
+    """A train_fn for study.objective.make_objective that logs what train.job.train_in_run logs
+    (tags, parameters, one log_metrics per epoch, final metrics, a model-sized artifact when not
+    pruned) but sleeps instead of training; accuracy is a smooth function of the parameters plus noise.
+    Worker ``index`` of a fleet waits in its first trial for the fleet's word, then a random part
+    of a trial (so that the workers do not go in step), and says when it starts its second."""
     import math
     import types
 
     import mlflow
 
-    from fmnist_exp import config as C
-    from fmnist_exp import models, tracking
-    from fmnist_exp.experiment import RunResult
+    from fmnist_exp import metrics as M
+    from fmnist_exp.model.networks import summary_tags
+    from fmnist_exp.train import tracking
+    from fmnist_exp.train.job import RunResult
 
-    def train(family, p, *, ds, evaluate_test, prune_check, extra_tags):
+    calls = [0]
+
+    def train(p, *, ds, evaluate_test, prune_check, extra_tags):
+        calls[0] += 1
+        if index is not None and calls[0] == 1:
+            while not Path(phase.out, "go").exists():
+                time.sleep(0.2)
+            time.sleep(random.uniform(0, phase.trial_s))
+        elif index is not None and calls[0] == 2:
+            Path(phase.out, f"looped-{index}").touch()
         run_id = mlflow.active_run().info.run_id
         RECORDS.append(("trial", time.time(), float(extra_tags["optuna_trial"])))
-        mlflow.set_tags({**models.summary_tags(family, p), **extra_tags})
-        tracking.log_params({**p, "family": family})
+        mlflow.set_tags({**summary_tags(p), **extra_tags})
+        tracking.log_params({**p.flat(), "family": p.FAMILY})
         tracking.log_params(ds.describe())
         rng = random.Random(f"{run_id}")
-        peak = 0.9 - 0.5 * (math.log10(p["learning_rate"]) + 2.8) ** 2 - 0.1 * p["dropout"]
+        peak = 0.9 - 0.5 * (math.log10(p.learning_rate) + 2.8) ** 2 - 0.1 * p.dropout
         prune_check.set_model(types.SimpleNamespace(stop_training=False))
         t_start, epoch, val = time.time(), 0, 0.0
-        for epoch in range(p["epochs"]):
+        for epoch in range(p.epochs):
             t0 = time.perf_counter()
             time.sleep(rng.uniform(*phase.epoch_s))
             val = peak * (1 - 0.5 ** (epoch + 1)) + rng.gauss(0, 0.005)
-            metrics = {C.VAL_ACC: val, C.VAL_LOSS: 1 - val, "accuracy": val + 0.01, "loss": 0.99 - val,
-                       C.LEARNING_RATE: p["learning_rate"], "epoch_time_s": time.perf_counter() - t0}
+            metrics = {M.VAL_ACC: val, M.VAL_LOSS: 1 - val, M.TRAIN_ACC: val + 0.01, M.TRAIN_LOSS: 0.99 - val,
+                       M.LEARNING_RATE: p.learning_rate, M.EPOCH_TIME: time.perf_counter() - t0}
             t1 = time.time()
             mlflow.log_metrics(metrics, step=epoch, run_id=run_id, timestamp=int(t1 * 1000))
             RECORDS.append(("log_epoch", t1, time.time() - t1))
-            prune_check.on_epoch_end(epoch, {C.VAL_ACC: val})
+            prune_check.on_epoch_end(epoch, {M.VAL_ACC: val})
             if prune_check.pruned:
                 break
         wall = time.time() - t_start
         t1 = time.time()
-        mlflow.log_metrics({C.BEST_VAL_ACC: val, "epochs_run": epoch + 1, "train_wall_s": wall})
-        result = RunResult(run_id, {"val_final_accuracy": val, "epochs_run": epoch + 1, "train_wall_s": wall},
+        mlflow.log_metrics({M.BEST_VAL_ACC: val, M.EPOCHS_RUN: epoch + 1, "train_wall_s": wall})
+        result = RunResult(run_id, {M.VAL_FINAL_ACC: val, M.EPOCHS_RUN: epoch + 1, "train_wall_s": wall},
                            pruned=prune_check.pruned)
         if not result.pruned:
             with tempfile.TemporaryDirectory() as tmp:
@@ -181,8 +208,8 @@ def synthetic_train(phase: Phase):
 def worker(phase: Phase, index: int, study_file: Path) -> int:
     """One worker (a forked child of the fleet): tune.run as the CLI runs it, until the fleet
     says stop (after the trial in progress, through the callback tune.run passes to optimize)."""
-    from fmnist_exp import config as C
-    from fmnist_exp import tune
+    from fmnist_exp import params as P
+    from fmnist_exp.commands import tune
 
     READY_FILE[0] = str(Path(phase.out, f"ready-{index}"))
     stop_file, own_callback = Path(phase.out, "stop"), tune.stop_if_interrupted
@@ -195,9 +222,9 @@ def worker(phase: Phase, index: int, study_file: Path) -> int:
     tune.stop_if_interrupted = stop_when_told
     code = 0
     try:
-        args = C.resolve_tune({"study": str(study_file), "study_name": phase.study_name, "storage": phase.storage,
-                               "n_trials": 100000, "register": False, "experiment": f"bench-scale-{phase.study_name}"})
-        tune.run(args, train_fn=synthetic_train(phase))
+        args = P.tune_args({"study": str(study_file), "study_name": phase.study_name, "storage": phase.storage,
+                            "n_trials": 100000, "register": False, "experiment": f"bench-scale-{phase.study_name}"})
+        tune.run(args, train_fn=synthetic_train(phase, index))
         RECORDS.append(("run_end", time.time(), 0.0))
     except BaseException as e:  # noqa: BLE001 - counted as an error by the controller
         print(f"[worker {index}] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -215,14 +242,14 @@ def warm_up(phase: Phase, study_file: Path) -> None:
     import psycopg  # noqa: F401
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-    from fmnist_exp import config as C
-    from fmnist_exp import tune
+    from fmnist_exp import params as P
+    from fmnist_exp.commands import tune
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         quick = Phase(**{**asdict(phase), "epoch_s": (0.0, 0.01), "artifact_kb": 1})
-        args = C.resolve_tune({"study": str(study_file), "study_name": "warm-up", "storage": f"sqlite:///{tmp}/o.db",
-                               "n_trials": 3, "register": False, "experiment": "warm-up"})
+        args = P.tune_args({"study": str(study_file), "study_name": "warm-up", "storage": f"sqlite:///{tmp}/o.db",
+                            "n_trials": 3, "register": False, "experiment": "warm-up"})
         tune.run(args, train_fn=synthetic_train(quick))
     mlflow.set_tracking_uri(phase.tracking)
     RECORDS.clear()
@@ -233,7 +260,7 @@ def fleet(phase: Phase) -> None:
     import gc
 
     from fmnist_exp import data as D
-    from fmnist_exp import registry, report
+    from fmnist_exp.commands import tune
 
     ds = D.load(None)
     D.load = lambda *a, **k: ds  # every worker's prepare() gets the same (shared) arrays
@@ -242,24 +269,34 @@ def fleet(phase: Phase) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         warm_up(phase, study_file)
     time_optuna_calls()
-    # Each worker renders the study's plots and report when it stops (seconds of CPU each): worker
-    # 0 does so and is timed; the others skip it, or at N=64 the phase's tail takes minutes.
-    registry.log_study_artifacts = _timed("end_of_study", registry.log_study_artifacts)
-    report.log_report = _timed("end_of_study", report.log_report)
+    # A worker's own end of study (its counts) is timed in every worker. The study-level plots and
+    # report are made once, by the process that registers; worker 0 renders them anyway, timed, so
+    # the phase shows what each worker saves now that it does not (every worker did until then).
+    tune.count_trials = _timed("end_of_study", tune.count_trials)
+    views = tune._study_views
     gc.freeze()  # keep the imported objects' pages shared after fork
     pids, t_fork = [], time.time()
     for i in range(phase.n):
         pid = os.fork()
         if pid == 0:
-            if i:
-                registry._log_optuna_plots = report.log_report = lambda *a, **k: []
+            if i == 0:
+                tune._study_views = _timed("render", lambda study, pid, setup, render: views(study, pid, setup, True))
             os._exit(worker(phase, i, study_file))
         pids.append(pid)
-    # The window opens once every worker has asked for its first trial (start-up is not measured)
-    while len(list(Path(phase.out).glob("ready-*"))) < phase.n and time.time() < t_fork + phase.warmup_s:
+        time.sleep(phase.stagger_s)  # a fleet's workers start over seconds, not in the same millisecond
+    # Start-up is not measured: the workers wait in their first trial until all have asked for one,
+    # and the window opens once each has finished that trial (the one they began in step).
+    count = lambda what: len(list(Path(phase.out).glob(f"{what}-*")))  # noqa: E731
+    while count("ready") < phase.n and time.time() < t_fork + phase.warmup_s:
+        time.sleep(0.5)
+    t_go, ready = time.time(), count("ready")
+    Path(phase.out, "go").touch()
+    while count("looped") < ready and time.time() < t_go + phase.warmup_s:
         time.sleep(0.5)
     start = time.time()
-    Path(phase.out, "window.tmp").write_text(json.dumps([start, start + phase.window_s]))
+    when = {"start": start, "end": start + phase.window_s, "forked": t_fork, "go": t_go, "ready_at_go": ready,
+            "looped_at_start": count("looped")}
+    Path(phase.out, "window.tmp").write_text(json.dumps(when))
     Path(phase.out, "window.tmp").rename(Path(phase.out, "window"))  # whole, for the controller's reads
     time.sleep(phase.window_s)
     Path(phase.out, "stop").touch()
@@ -336,7 +373,8 @@ logfile = {folder}/pgbouncer.log
     return proc, port
 
 
-def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts: bool) -> tuple[subprocess.Popen, str, str]:
+def start_tracking(cluster: Cluster, folder: Path, workers: int,
+                   serve_artifacts: bool) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     db = cluster.new_db("bench_mlflow")
     cmd = [MLFLOW, "server", "--backend-store-uri", cluster.url(db), "--host", "127.0.0.1", "--port", str(port),
@@ -345,7 +383,8 @@ def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts
         cmd += ["--artifacts-destination", str(folder / f"artifacts-{db}")]
     else:  # clients write straight to a folder they all see (on a cluster: an object store)
         cmd += ["--no-serve-artifacts", "--default-artifact-root", str(folder / f"artifacts-{db}")]
-    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(folder / f"mlflow-{port}.log", "w")  # uvicorn says there when it restarts a worker
+    proc = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     _wait_port(port, proc, "mlflow server", path="/health")
     return proc, f"http://127.0.0.1:{port}", db
@@ -357,7 +396,7 @@ def start_grpc_proxy(storage: str, folder: Path) -> tuple[subprocess.Popen, str]
            "--port", str(port)]
     log = open(folder / f"grpc-{port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **HEARTBEAT_ENV})
     _wait_port(port, proc, "storage-proxy")
     return proc, f"grpc://127.0.0.1:{port}"
 
@@ -414,7 +453,8 @@ class Sampler:
                 for p in [root, *root.children(recursive=True)]:
                     try:
                         t = p.cpu_times()
-                        total += t.user + t.system
+                        # children_*: what it has reaped (a closed PostgreSQL backend, a restarted server worker)
+                        total += t.user + t.system + t.children_user + t.children_system
                     except psutil.Error:
                         pass
             except psutil.Error:
@@ -462,7 +502,7 @@ def run_phase(phase: Phase, cluster: Cluster, tracking_proc, extra_procs: dict) 
     import psutil
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": phase.tracking, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "FMNIST_HEARTBEAT_S": "10", "FMNIST_GRACE_S": "120", "MLFLOW_DISABLE_TELEMETRY": "true",
+           **HEARTBEAT_ENV, "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_ENABLE_ASYNC_LOGGING": "true" if phase.async_logging else "false"}
     Path(phase.out).mkdir(parents=True)
     log = open(Path(phase.out, "fleet.log"), "w")
@@ -476,7 +516,8 @@ def run_phase(phase: Phase, cluster: Cluster, tracking_proc, extra_procs: dict) 
         while fleet_proc.poll() is None:
             time.sleep(1)
             opened = Path(phase.out, "window")
-            if not mem and opened.exists() and time.time() > json.loads(opened.read_text())[0] + phase.window_s / 2:
+            halfway = opened.exists() and time.time() > json.loads(opened.read_text())["start"] + phase.window_s / 2
+            if not mem and halfway:
                 mem = _worker_memory(procs["workers"])
     wall = time.time() - t_launch
     return summarize(phase, cluster, sampler.samples, mem, wall)
@@ -509,9 +550,9 @@ def summarize(phase: Phase, cluster: Cluster, samples: list, mem: dict, wall: fl
 
     workers = [json.loads(f.read_text()) for f in sorted(Path(phase.out).glob("worker-*.json"))]
     records = [r for w in workers for r in w["records"]]
-    start, deadline = json.loads(Path(phase.out, "window").read_text())
+    when = json.loads(Path(phase.out, "window").read_text())
+    start, deadline = when["start"], when["end"]
     window = deadline - start
-    ready = len(list(Path(phase.out).glob("ready-*")))
     inside = lambda what: [r[2] for r in records if r[0] == what and start <= r[1] <= deadline]  # noqa: E731
 
     study = optuna.load_study(study_name=phase.study_name, storage=phase.storage_direct)
@@ -543,8 +584,12 @@ def summarize(phase: Phase, cluster: Cluster, samples: list, mem: dict, wall: fl
     return {
         "phase": phase.label, "path": phase.path, "n": phase.n, "server_workers": phase.server_workers,
         "async_logging": phase.async_logging, "serve_artifacts": phase.serve_artifacts,
-        "window_s": round(window, 1), "phase_wall_s": round(wall, 1), "workers_in_loop_at_start": ready,
-        "end_of_study_s_worker0": round(sum(r[2] for r in workers[0]["records"] if r[0] == "end_of_study"), 1)
+        "window_s": round(window, 1), "phase_wall_s": round(wall, 1),
+        "startup_s": round(when["go"] - when["forked"], 1), "first_trial_s": round(start - when["go"], 1),
+        "workers_ready_at_go": when["ready_at_go"], "workers_in_loop_at_start": when["looped_at_start"],
+        "end_of_study_s_mean": round(statistics.mean(ends), 2) if (ends := [
+            r[2] for w in workers for r in w["records"] if r[0] == "end_of_study"]) else None,
+        "render_saved_s_per_worker": round(sum(r[2] for r in workers[0]["records"] if r[0] == "render"), 1)
         if workers else None,
         "tail_s": round(max((r[1] for r in records if r[0] == "run_end"), default=deadline) - deadline, 1),
         "trials_in_window": len(done), "trials_per_s": round(len(done) / window, 3),
@@ -584,6 +629,7 @@ def main() -> None:
     ap.add_argument("--ns", default="1,8,32,64", help="worker counts per storage path")
     ap.add_argument("--paths", default="direct,pgbouncer,grpc")
     ap.add_argument("--window", type=float, default=25, help="seconds measured per phase")
+    ap.add_argument("--stagger", type=float, default=0.1, help="seconds between two workers' starts")
     ap.add_argument("--tracking_n", type=int, default=32, help="N for the tracking-server phases (0 = skip them)")
     ap.add_argument("--fleet", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -618,7 +664,8 @@ def main() -> None:
             direct = phase.storage_direct = cluster.url(db)
             phase.study_name, phase.out = f"scale{i}", str(tmp / f"phase{i}")
             phase.tracking, phase.tracking_db = servers[key][1:]
-            phase.warmup_s, phase.window_s = 30 + 1.0 * phase.n, args.window  # the most start-up may take
+            # the most start-up may take (the first trial as long again): a safety net, reported if reached
+            phase.warmup_s, phase.window_s, phase.stagger_s = 60 + 3.0 * phase.n, args.window, args.stagger
             extra = {}
             proxy = None
             if phase.path == "direct":
@@ -630,7 +677,7 @@ def main() -> None:
                 proxy = start_grpc_proxy(direct, tmp)
                 phase.storage = proxy[1]
                 extra["grpc_proxy"] = proxy[0]
-            print(f"[bench_scale] {phase.label}: window {phase.window_s:.0f} s once all workers are in their loop",
+            print(f"[bench_scale] {phase.label}: window {phase.window_s:.0f} s once every worker has finished a trial",
                   file=sys.stderr, flush=True)
             try:
                 results.append(run_phase(phase, cluster, servers[key][0], extra))
@@ -638,8 +685,9 @@ def main() -> None:
                 if proxy:
                     stop(proxy[0])
             r = results[-1]
-            print(f"[bench_scale]   {r['trials_per_s']} trials/s, ask p50/p99 {r['ask_ms']['p50']}/{r['ask_ms']['p99']} "
-                  f"ms, tell {r['tell_ms']['p50']}/{r['tell_ms']['p99']} ms, conns {r['db_connections']}, "
+            print(f"[bench_scale]   {r['trials_per_s']} trials/s, "
+                  f"ask p50/p99 {r['ask_ms']['p50']}/{r['ask_ms']['p99']} ms, "
+                  f"tell {r['tell_ms']['p50']}/{r['tell_ms']['p99']} ms, conns {r['db_connections']}, "
                   f"errors {r['errors']}, lost {r['lost_trials']}, dup {r['duplicated_trials']}",
                   file=sys.stderr, flush=True)
     finally:
@@ -651,6 +699,7 @@ def main() -> None:
         if not os.environ.get("BENCH_SCALE_KEEP"):
             shutil.rmtree(tmp, ignore_errors=True)
     emit({"machine": machine(), "objective": "synthetic: sleeps 0.5-1.5 s per epoch, 4 epochs, no training",
+          "system_metrics": os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "the tune default"),
           "phases": results})
 
 

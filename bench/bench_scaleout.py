@@ -86,7 +86,8 @@ def main() -> None:
             for workers in (1, 2):
                 name = f"w{workers}"
                 wall = run_workers(workers, args.trials // workers, uri, create_db(admin, "bench_optuna"), tmp, name)
-                out[f"{workers}_worker"] = {"wall_s": round(wall, 1), "trials_per_hour": round(3600 * args.trials / wall),
+                out[f"{workers}_worker"] = {"wall_s": round(wall, 1),
+                                            "trials_per_hour": round(3600 * args.trials / wall),
                                             "median_trial_s": round(statistics.median(trial_seconds(uri, name)), 2)}
         local = f"sqlite:///{tmp / 'mlflow.db'}"
         run_workers(1, args.trials, local, f"sqlite:///{tmp / 'optuna.db'}", tmp, "local")

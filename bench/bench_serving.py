@@ -89,9 +89,10 @@ def main() -> None:
 
     import mlflow
 
-    from fmnist_exp import config as C
-    from fmnist_exp import data, experiment
-    from fmnist_exp.serving import PNG_B64, compact_request
+    from fmnist_exp import data
+    from fmnist_exp import params as P
+    from fmnist_exp.model.classifier import PNG_B64, compact_request
+    from fmnist_exp.train import job
 
     ds = data.load()
     x = ds.x_test
@@ -104,9 +105,9 @@ def main() -> None:
     }
     bodies = {name: ([enc(s) for s in singles], [enc(b) for b in batches]) for name, enc in bodies.items()}
     with scratch_tracking() as uri:
-        p = C.resolve("cnn", {"epochs": 1, "train_samples": 2000})
+        p = P.network("cnn", {"epochs": 1, "train_samples": 2000})
         with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
-            res = experiment.train_run("cnn", p, ds=ds)
+            res = job.train_run(p, ds=ds)
         mlflow.register_model(res.classifier_uri, "bench")
         model = mlflow.pyfunc.load_model("models:/bench/1")
         port = free_port()
@@ -118,10 +119,12 @@ def main() -> None:
             client = Client(port)
             want = model.predict(batches[0])["label"].tolist()
             for name, (_, batch_bodies) in bodies.items():
-                assert [p["label"] for p in client.post(batch_bodies[0])] == want, f"{name}: labels differ from in-process"
+                got = [answer["label"] for answer in client.post(batch_bodies[0])]
+                assert got == want, f"{name}: labels differ from in-process"
             for _ in range(args.rounds):
                 r = {"load_1m": round(os.getloadavg()[0], 2),
-                     "in_process": figures(timings(model.predict, singles), timings(model.predict, batches), args.batch)}
+                     "in_process": figures(timings(model.predict, singles), timings(model.predict, batches),
+                                           args.batch)}
                 for name, (single_bodies, batch_bodies) in bodies.items():
                     client = Client(port)  # uvicorn closes a connection idle for 5 s, as during the last format
                     r[f"served_{name}"] = figures(timings(client.post, single_bodies),
@@ -134,7 +137,7 @@ def main() -> None:
 
     emit({
         "machine": machine(), "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "model": f"cnn filters {p['filters']} dense {p['dense_units']} batch_norm {p['batch_norm']} (defaults)",
+        "model": f"cnn filters {p.flat()['filters']} dense {p.dense_units} batch_norm {p.batch_norm} (defaults)",
         "requests": args.requests, "batch_images": args.batch, "batches": args.batches,
         "request_bytes_per_batch": {name: len(b[1][0]) for name, b in bodies.items()},
         "median_over_rounds": results, "rounds": rounds,

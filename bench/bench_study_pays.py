@@ -3,12 +3,12 @@
 
     python bench/bench_study_pays.py [--order cnn,tune] [--study cnn]
 
-Reports each command's wall time end to end (process start to exit), their ratio (issue 16's
-budget: the study within 3.5x of one default `cnn` run), the default run's test accuracy, and
-what the study reports about itself: champion test accuracy, the reference's, the paired
-difference with its 95% bootstrap interval and the exact McNemar p-value, and where its time went
-(each nested run's start and length: trials, the final retrain and the reference beside it). Both runs write into
-one throwaway MLflow store and Optuna storage.
+Reports each command's wall time end to end (process start to exit), their ratio (the main job's
+budget: the study within 3.5x of one default `cnn` run; BENCHMARKS.md, "The main job"), the default
+run's test accuracy, and what the study reports about itself: champion test accuracy, the
+reference's, the paired difference with its 95% bootstrap interval and the exact McNemar p-value,
+and where its time went (each nested run's start and length: trials, the final retrain and the
+reference beside it). Both runs write into one throwaway MLflow store and Optuna storage.
 """
 
 from __future__ import annotations

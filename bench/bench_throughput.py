@@ -3,15 +3,17 @@
     python bench/bench_throughput.py            # all variants, side by side, 3 timed epochs each
     python bench/bench_throughput.py --quick    # 1 timed epoch each
     python bench/bench_throughput.py --only default,onednn_off --rounds 3   # interleaved, medians
-    python bench/bench_throughput.py --only "$(python bench/bench_throughput.py --list issue14)" --rounds 2
+    python bench/bench_throughput.py --only "$(python bench/bench_throughput.py --list fused_bf16)" --rounds 2
 
-Variants differ in one thing from the default recipe of issue 6 (`default`: 32-64-128-256, pooled
-after batch norm, float32, Keras' own batch norm): architecture, batch size, threads, oneDNN, the
-input pipeline, XLA; the ``issue14:`` rows add fused batch norm (models.FusedBatchNormalization)
-and bfloat16, and ``issue14:defaults now`` is the `cnn` as it trained at 374ef46 (one step per call);
-the ``avx2:`` rows change one thing from it, on CPUs without bfloat16 units in mind. Each trains on 12,800 images after a short warm-up; images/s
-is over all timed epochs (a stalled epoch counts). FLOPs per image are counted from the layers
-(multiply-adds x 2, forward only), so GFLOP/s can be set against the CPU's peak.
+Variants differ in one thing from the recipe the `cnn` defaults replaced (`default`: 32-64-128-256,
+pooled after batch norm, float32, Keras' own batch norm): architecture, batch size, threads, oneDNN,
+the input pipeline, XLA; the ``fused_bf16:`` rows add fused batch norm
+(model.layers.FusedBatchNormalization) and bfloat16, and ``fused_bf16:defaults now`` is today's `cnn`
+defaults trained one step per call; the ``avx2:`` rows change one thing from it, on CPUs without
+bfloat16 units in mind. Each trains on 12,800 images after a short warm-up; images/s is over all
+timed epochs (a stalled epoch counts). FLOPs per image are counted from the layers (multiply-adds x 2,
+forward only), so GFLOP/s can be set against the CPU's peak. The figures: BENCHMARKS.md, "Training
+speed on a CPU".
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, machine  # noqa: E402
 
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
-ISSUE_6 = {"pool_first": False, "precision": "float32"}  # the defaults the variants below differ from
+BEFORE = {"pool_first": False, "precision": "float32"}  # the recipe the variants below differ from
 BF16 = {"precision": "mixed_bfloat16"}
 DEFAULTS_NOW = {"_fused": True, "_defaults_now": True, "_spe": 8}  # the cnn defaults as train.fit runs them
 VARIANTS = {
@@ -47,11 +49,11 @@ VARIANTS = {
     "threads_intra1_inter1": {"_env": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}},
     "xla_jit_compile": {"_jit": True},
     "augment": {"augment": True},
-    "issue14:fused_batchnorm": {"_fused": True},
-    "issue14:bfloat16": BF16,
-    "issue14:bfloat16_fused_batchnorm": {**BF16, "_fused": True},
-    "issue14:pool_first_bfloat16": {**BF16, "pool_first": True},
-    "issue14:defaults now": {"_fused": True, "_defaults_now": True},
+    "fused_bf16:fused_batchnorm": {"_fused": True},
+    "fused_bf16:bfloat16": BF16,
+    "fused_bf16:bfloat16_fused_batchnorm": {**BF16, "_fused": True},
+    "fused_bf16:pool_first_bfloat16": {**BF16, "pool_first": True},
+    "fused_bf16:defaults now": {"_fused": True, "_defaults_now": True},
     # for CPUs without bfloat16 units (float32 there): today's defaults with one thing changed
     "avx2:filters_24_48_96_192": {"_fused": True, "_defaults_now": True, "filters": "24,48,96,192"},
     "avx2:filters_32_64_128": {"_fused": True, "_defaults_now": True, "filters": "32,64,128"},
@@ -68,7 +70,8 @@ VARIANTS = {
 
 
 def autotuned_dataset(x, y, batch_size: int):
-    """The input pipeline before issue 6: tf.data autotuning of the map and the prefetch."""
+    """The input pipeline before train.inputs.pipeline_options fixed its parallelism: tf.data autotuning
+    of the map and the prefetch."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))).shuffle(len(x), seed=0)
@@ -97,25 +100,28 @@ def one(spec: dict, epochs: int) -> dict:
 
     import keras
 
-    from fmnist_exp import config as C
-    from fmnist_exp import data, models, train
+    from fmnist_exp import data
+    from fmnist_exp import params as P
+    from fmnist_exp.model.augment import build_augmenter
+    from fmnist_exp.train import fit as F
+    from fmnist_exp.train.inputs import make_dataset
 
     overrides = {k: v for k, v in spec.items() if not k.startswith("_")}
-    base = {} if spec.get("_defaults_now") else ISSUE_6
-    p = C.resolve("cnn", {**base, **overrides, "epochs": 1})
+    base = {} if spec.get("_defaults_now") else BEFORE
+    p = P.network("cnn", {**base, **overrides, "epochs": 1})
     ds = data.load()
     s = data.split(ds, val_fraction=0.1, seed=0, train_samples=12_800)
-    model, precision = train.fresh_model("cnn", p, fused=spec.get("_fused", False))  # under p's precision
-    # _spe: steps per call of the compiled train function (train.fit uses train.default_steps_per_execution()
-    # since issue 14's avx2 rows; the rows before them ran one step per call)
-    train.compile_model(model, p, steps_per_epoch=100, steps_per_execution=spec.get("_spe", 1))
+    model, precision = F.fresh_model(p, fused=spec.get("_fused", False))  # under p's precision
+    # _spe: steps per call of the compiled train function (train.fit takes F.default_steps_per_execution());
+    # rows without _spe were measured one step per call and keep it, so that they rerun as measured
+    F.compile_model(model, p, steps_per_epoch=100, steps_per_execution=spec.get("_spe", 1))
     if spec.get("_jit"):
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
     if spec.get("_autotune"):
-        ds_train = autotuned_dataset(s.x_train, s.y_train, p["batch_size"])
+        ds_train = autotuned_dataset(s.x_train, s.y_train, p.batch_size)
     else:
-        ds_train = train.make_dataset(s.x_train, s.y_train, batch_size=p["batch_size"], shuffle=True, seed=0,
-                                      augmenter=models.build_augmenter(p) if p["augment"] else None)
+        ds_train = make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=0,
+                                augmenter=build_augmenter(p) if p.augment else None)
     model.fit(ds_train.take(20), epochs=1, verbose=0)  # warm-up: tracing and allocation
     times = []
 
@@ -131,7 +137,8 @@ def one(spec: dict, epochs: int) -> dict:
     flops = forward_flops(model)
     ips = len(s.x_train) * len(times) / sum(times)
     # training ~ 3x forward FLOPs (forward, backward for inputs and for weights)
-    return {"images_per_s": round(ips), "epoch_s": [round(t, 2) for t in times], "epoch_s_median": round(med, 2), "params": model.count_params(),
+    return {"images_per_s": round(ips), "epoch_s": [round(t, 2) for t in times], "epoch_s_median": round(med, 2),
+            "params": model.count_params(),
             "forward_mflops_per_image": round(flops / 1e6, 2), "train_gflops_per_s": round(3 * flops * ips / 1e9, 1),
             "cpu_seconds_per_wall_second": None, "precision_used": precision}
 

@@ -1,25 +1,25 @@
 """fmnist-exp: Fashion-MNIST experiments with MLflow tracking and Optuna tuning.
 
-Pipeline, one module per step: data -> models -> train -> experiment (one tracked run)
--> tune (Optuna study) -> registry (test score, register, aliases). config holds every
-default; cli exposes the MLproject entry points.
+The pipeline, one subpackage per stage, each importing only earlier ones: data -> model -> train
+(one tracked run) -> study (an Optuna study) -> registry (test score, register, aliases) ->
+serving. params holds every parameter once; scale holds the scale-out plumbing (storage, proxy,
+locks) that the study uses; commands are the entry points on top, and cli.py parses them.
 """
 
 __version__ = "0.1.0"
 
 import os as _os
 
-# oneDNN kernels: TensorFlow turns them on by itself only on some Intel CPUs; on this project's
-# 2-core AMD machines they trained the CNN up to 1.36x faster (no gain in the machine's slow
-# phases; BENCHMARKS.md). Must be set
-# before TensorFlow is imported; export TF_ENABLE_ONEDNN_OPTS=0 to compare.
+# oneDNN kernels: TensorFlow turns them on by itself only on some Intel CPUs; on AMD CPUs they
+# train the CNN faster too (BENCHMARKS.md, "Training speed on a CPU"). Must be set before
+# TensorFlow is imported; export TF_ENABLE_ONEDNN_OPTS=0 to compare.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # A study must survive its tracking server being down for 60 s (a restart, a redeploy): every MLflow
 # call retries a refused or failed request with exponential backoff, 2 * 2^(n-1) s capped at 120 s
 # (urllib3), so with 7 retries the last attempt goes out 244 s after the first failure (at 0, 0, 4,
 # 12, 28, 60, 124, 244 s). These are MLflow 3's defaults, pinned here so that the guarantee does
 # not rest on them (tests/test_faults.py checks the window MLflow builds from them). The price of
-# backoff: a call may wait up to one step (up to 64 s for a 60-120 s outage) after the server is back.
+# backoff: a call may wait up to one step after the server is back.
 _os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
 _os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 

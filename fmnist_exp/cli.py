@@ -1,16 +1,19 @@
 """The one CLI: ``python -m fmnist_exp <entry point> [--param value ...]``.
 
-Subcommands match the MLproject entry points one to one; their flags are built from the
-parameter lists in config.py (and tune.py), so defaults live in one place.
+Subcommands match the MLproject entry points one to one; their flags are built from the one
+parameter table (params/table.py), so defaults live in one place. Each command's values are
+resolved and checked once, here, before any work; the command itself (commands/) gets them typed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from . import config as C
+from . import params as P
+from .data import DataError
 
 DESCRIPTIONS = {
     "baseline": "majority-class and logistic-regression floor (scikit-learn)",
@@ -25,14 +28,17 @@ DESCRIPTIONS = {
     "storage-proxy": "serve a PostgreSQL study store to many workers over gRPC (--storage grpc://HOST:PORT); "
                      "fails and retries the trials of workers that died",
 }
+# Commands that own MLflow runs: SIGTERM and Ctrl-C end those runs FAILED (train.runs), exit code 130.
+ENDS_RUNS = (*P.FAMILIES, "tune", "register", "reproduce")
 
 
-def _add_params(sub: argparse.ArgumentParser, params: list[C.Param]) -> None:
+def _add_params(sub: argparse.ArgumentParser, params: list[P.Param]) -> None:
     for p in params:
         flags = [f"--{p.name}"] + ([f"--{p.name.replace('_', '-')}"] if "_" in p.name else [])
         kind = {bool: "true|false", int: "int", float: "float"}.get(p.type, "text")
+        default = "not given" if p.default is None else repr(p.default)
         sub.add_argument(*flags, dest=p.name, default=None, metavar=kind.upper(),
-                         help=f"{p.help} (default: {p.default!r})".replace("%", "%%"))  # argparse formats help with %
+                         help=f"{p.help} (default: {default})".replace("%", "%%"))  # argparse formats help with %
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,138 +52,84 @@ def parser() -> argparse.ArgumentParser:
         sub = subs.add_parser(name, help=desc, description=desc)
         if name == "predict":
             sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-        _add_params(sub, C.command_params(name))
+        _add_params(sub, P.table.command_params(name))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.verbose:
+    ns = parser().parse_args(argv)
+    if ns.verbose:
         from . import console
 
         console.configure(verbose=True)
-    raw = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
-    images = raw.pop("images", None)
+    raw = {k: v for k, v in vars(ns).items() if k not in ("command", "verbose", "images")}
     try:
-        params = C.resolve_command(args.command, raw)
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.command == "predict":
-        return _predict(images, params)
-    if args.command == "reproduce":
-        return _reproduce(params)
-    if args.command == "dashboard":
-        return _dashboard(params)
-    if args.command == "storage-proxy":
-        return _storage_proxy(params)
-    if args.command == "launch":
-        return _launch(params)
-    return _dispatch(args.command, params)
+        args = P.command(ns.command, raw)
+        if isinstance(args, P.TuneArgs):
+            from .scale.storage import preflight
 
+            preflight(args.storage)  # seconds, before TensorFlow is imported: a wrong password or a dead server
+        elif ns.command in ENDS_RUNS:
+            from .scale.locks import ready_tracking_store
 
-def _predict(images: list[str], params: dict) -> int:
-    from mlflow.exceptions import MlflowException
+            ready_tracking_store()  # single runs started together on a new store: its tables made once
+        run = _command(ns.command, getattr(ns, "images", None))
+        if ns.command not in ENDS_RUNS:
+            return run(args)
+        from .train.runs import interrupts_end_runs
 
-    from .serving import BadRequest, predict_files
-
-    try:
-        table = predict_files(images, params["model_uri"])
-    except BadRequest as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 2
-    except (MlflowException, OSError) as e:
-        print(f"error: could not load {params['model_uri']}: {e}\n"
-              "Run `mlflow run . -e tune` first, or pass --model_uri; check MLFLOW_TRACKING_URI.", file=sys.stderr)
-        return 2
-    for row in table.itertuples():
-        print(f"{row.file}\t{row.label}\t{row.class_name}\t{row.confidence:.3f}")
-    return 0
-
-
-def _reproduce(params: dict) -> int:
-    from . import data, reproduce, tracking
-
-    try:
-        with tracking.interrupts_end_runs():
-            return reproduce.run(params)
-    except (reproduce.ReproduceError, data.DataError, C.ConfigError) as e:
+        with interrupts_end_runs():
+            return run(args)
+    except (P.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the MLflow run was ended as FAILED", file=sys.stderr)
+        if ns.command == "dashboard":
+            return 0  # Ctrl-C is how a dashboard stops
+        ended = " the MLflow run was ended as FAILED" if ns.command in ENDS_RUNS else ""
+        print(f"interrupted:{ended}".rstrip(":"), file=sys.stderr)
         return 130
 
 
-def _dashboard(params: dict) -> int:
-    from . import dashboard
+def _command(name: str, images: list[str] | None) -> Callable[[Any], int]:
+    """The command's function, imported only now: most commands import TensorFlow."""
+    if name in P.FAMILIES:
+        from .commands import train
 
-    try:
-        dashboard.run(params)
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a dashboard stops
-    return 0
+        return train.main
+    if name == "tune":
+        from .commands import tune
 
+        return tune.main
+    if name == "register":
+        from .commands import tune
 
-def _storage_proxy(params: dict) -> int:
-    from . import proxy
+        return tune.main_register
+    if name == "launch":
+        from .commands import launch
 
-    try:
-        proxy.run(params)  # until SIGTERM or Ctrl-C
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return launch.main
+    if name == "predict":
+        from .commands import predict
 
+        return lambda args: predict.main(args, images or [])
+    if name == "reproduce":
+        from .commands import reproduce
 
-def _launch(params: dict) -> int:
-    from . import data, launch
+        return reproduce.main
+    if name == "dashboard":
+        from .scale import dashboard
 
-    try:
-        return launch.run(params)
-    except (C.ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _until_stopped(dashboard.run)
+    from .scale import proxy_server
+
+    return _until_stopped(proxy_server.run)
 
 
-def _dispatch(command: str, params: dict) -> int:
-    from .config import ConfigError
+def _until_stopped(serve: Callable[[Any], None]) -> Callable[[Any], int]:
+    """A server command: it serves until stopped, and then the command has succeeded."""
+    def run(args: Any) -> int:
+        serve(args)
+        return 0
 
-    if command in ("tune", "register"):
-        from . import storage
-
-        try:  # seconds, before TensorFlow is imported: a wrong password or a dead server is said at once
-            storage.preflight(params["storage"])
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    from . import data, experiment, tracking
-
-    try:
-        with tracking.interrupts_end_runs():
-            if command in ("tune", "register"):
-                from . import tune
-
-                summary = tune.run(params) if command == "tune" else tune.register_only(params)
-                print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
-                return 0
-            ds = data.load(params["data_dir"] or None)  # fail on missing data before importing TensorFlow
-            if command == "baseline":
-                result = experiment.baseline_run(params, ds=ds)
-            else:
-                result = experiment.train_run(command, params, ds=ds)
-    except (data.DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the MLflow run was ended as FAILED", file=sys.stderr)
-        return 130
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith("test_accuracy_class")}
-    print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **shown}))
-    return 0
+    return run

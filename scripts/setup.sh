@@ -20,6 +20,10 @@ apt_install() {
 # the dashboard and study-report tests open pages in it, driven by playwright (never `playwright install`)
 [ -x /usr/bin/chromium ] \
   || apt_install chromium "a headless browser for the tests" "the browser tests skip (and fail under CI=true)"
+# tests/test_pgbouncer.py starts its own in front of the test PostgreSQL (Debian's package also
+# enables a pgbouncer service on 6432; the tests never use it)
+[ -x /usr/sbin/pgbouncer ] \
+  || apt_install pgbouncer "a connection pooler for the PgBouncer tests" "the PgBouncer tests skip (and fail under CI=true)"
 
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3

@@ -65,6 +65,9 @@ def subprocess_env() -> dict:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # a test's `mlflow server` runs no server jobs: each would start a consumer process per job type
+    # (GenAI evaluation, prompt optimisation), unused here, as deploy/k8s/mlflow.yaml does too
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return env
 
 

@@ -10,7 +10,6 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-
 from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow

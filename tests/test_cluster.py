@@ -16,11 +16,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import STUDY, all_runs, cli, free_port, stop_group, subprocess_env, trial_runs
-from fmnist_exp import config as C
-from fmnist_exp import launch
-from fmnist_exp.storage import StorageURL
+
+from fmnist_exp import params as P
+from fmnist_exp.commands import launch
+from fmnist_exp.scale.storage import StorageURL
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -73,7 +73,7 @@ def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch):
     # workers=0 creates the study once (what the Kubernetes study Job runs) and names the worker command
     made = cli(["launch", "--workers", "0", *flags], tmp)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    params = C.resolve_command("launch", overrides)
+    params = P.command("launch", overrides).tune
     assert last_json(made.stdout)["worker_command"] == launch.worker_command(params)
     assert "--study " not in " ".join(launch.worker_command(params)), "workers read the study from the database"
 

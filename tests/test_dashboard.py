@@ -7,7 +7,6 @@ import sys
 
 import optuna
 import pytest
-
 from conftest import cli, free_port, running_server, subprocess_env
 
 VALUES = {0: 0.25, 1: 0.5, 2: 0.75}  # trial number -> value

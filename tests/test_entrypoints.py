@@ -6,9 +6,8 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import mlflow_run
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -32,7 +31,8 @@ def _check_finished(proc, run):
 def _check_dataset_inputs(run, dataset, *, train_samples: int = 0):
     """The three splits are the run's dataset inputs (the UI's Dataset column), each with a digest
     of its full content: the same digest a fresh split of the same data gives."""
-    from fmnist_exp import data, lineage
+    from fmnist_exp import data
+    from fmnist_exp.train import lineage
 
     s = data.split(dataset, val_fraction=0.1, seed=42, train_samples=train_samples)
     want = {"training": lineage.split_digest(s.x_train, s.y_train),

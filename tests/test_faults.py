@@ -16,12 +16,20 @@ import time
 
 import optuna
 import pytest
+from conftest import (
+    MODEL,
+    STUDY,
+    all_runs,
+    running_server,
+    stop_group,
+    subprocess_env,
+    trial_runs,
+    wait_for_epoch,
+    worker,
+)
 from mlflow.tracking import MlflowClient
 
-from conftest import (MODEL, STUDY, all_runs, running_server, stop_group, subprocess_env, trial_runs,
-                      wait_for_epoch, worker)
-
-OUTAGE_S = 60  # the outage issue 11 asks a study to survive
+OUTAGE_S = 60  # a minute down: an outage a study must ride out, inside the client's retry window
 RESTART_S = 60  # a generous allowance for the killed server to start again
 EPOCHS = 8  # ~1 s each: the trial is still training when the server dies
 
@@ -29,10 +37,11 @@ EPOCHS = 8  # ~1 s each: the trial is still training when the server dies
 def test_http_retries_outlast_the_outage():
     """The retry policy MLflow builds from the project's settings (fmnist_exp/__init__.py) keeps
     trying for longer than the outage plus a server restart, with no jitter to help it."""
-    import fmnist_exp  # noqa: F401  (sets the HTTP retry defaults)
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
     from mlflow.utils.request_utils import _get_request_session
     from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    import fmnist_exp  # noqa: F401  (sets the HTTP retry defaults)
 
     session = _get_request_session(MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get(),
                                    0.0, (500, 502, 503, 504), True, True)
@@ -125,5 +134,6 @@ def test_sigterm_ends_runs_failed_and_study_resumes(cluster):
     assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert [r.info.run_name for r in all_runs() if r.info.status == "RUNNING"] == []
     assert MlflowClient().get_model_version_by_alias(MODEL, "champion")
-    print(f"\n[faults] SIGTERM after {epochs_done} of {epochs} epochs: the worker exited {t_exit - t_term:.1f} s later with "
+    print(f"\n[faults] SIGTERM after {epochs_done} of {epochs} epochs: the worker exited {t_exit - t_term:.1f} s "
+          "later with "
           f"its runs FAILED; a new worker resumed the study (trial 1, registration) in {t_resumed - t_exit:.0f} s")

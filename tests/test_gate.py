@@ -15,12 +15,17 @@ import time
 import mlflow
 import numpy as np
 import pytest
+from conftest import cli, subprocess_env
 from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
-from conftest import cli, subprocess_env
-from fmnist_exp import config as C
-from fmnist_exp import reference, registry, serving, space, stats, tune
+from fmnist_exp import params as P
+from fmnist_exp import stats
+from fmnist_exp.commands import tune
+from fmnist_exp.model.classifier import format_predictions
+from fmnist_exp.registry import gate
+from fmnist_exp.study import reference, setup
+from fmnist_exp.study import spec as space
 
 MODEL = "fmnist-classifier"
 
@@ -83,7 +88,7 @@ class FixedAnswers(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         x = np.asarray(model_input, dtype=np.uint8)
         labels = np.array([self.answers[hashlib.sha1(img.tobytes()).hexdigest()] for img in x])
-        return serving.format_predictions(np.eye(10)[labels])
+        return format_predictions(np.eye(10)[labels])
 
 
 def log_fixed(dataset, wrong: set[int]) -> str:
@@ -91,9 +96,9 @@ def log_fixed(dataset, wrong: set[int]) -> str:
     keys = [hashlib.sha1(img.tobytes()).hexdigest() for img in dataset.x_test]
     assert len(set(keys)) == len(keys), "test images are distinct, so a hash names one image"
     labels = [int((y + 1) % 10) if i in wrong else int(y) for i, y in enumerate(dataset.y_test)]
+    answers = FixedAnswers(dict(zip(keys, labels, strict=True)))
     with mlflow.start_run():
-        return mlflow.pyfunc.log_model(name="classifier", python_model=FixedAnswers(dict(zip(keys, labels))),
-                                       pip_requirements=[]).model_uri
+        return mlflow.pyfunc.log_model(name="classifier", python_model=answers, pip_requirements=[]).model_uri
 
 
 def test_champion_moves_only_on_evidence(tracking, dataset):
@@ -102,7 +107,8 @@ def test_champion_moves_only_on_evidence(tracking, dataset):
     champion_wrong = set(range(700))  # 93.00%
 
     def register(wrong, alpha=0.05):
-        return registry.register(log_fixed(dataset, wrong), MODEL, dataset, {"study": "gate"}, promote_alpha=alpha)
+        d = gate.register(log_fixed(dataset, wrong), MODEL, dataset, {"study": "gate"}, promote_alpha=alpha)
+        return {"registered_version": d.version, "alias": d.alias, "decision": d.decision}
 
     def tags(version):
         return client.get_model_version(MODEL, str(version)).tags
@@ -203,11 +209,22 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path):
     assert m["gain_reference_test_accuracy"] == pytest.approx(ref.data.metrics["test_accuracy"], abs=1e-6)
     assert m["gain_candidate_test_accuracy"] == pytest.approx(m["best_test_accuracy"], abs=1e-6)
     assert m["gain_diff"] == pytest.approx((m["gain_b"] - m["gain_c"]) / m["gain_n"])
-    assert m["gain_ci_low"] <= m["gain_diff"] <= m["gain_ci_high"] and 0 <= m["gain_p_value"] <= 1  # underflows to 0 below 1e-308
+    assert m["gain_ci_low"] <= m["gain_diff"] <= m["gain_ci_high"]
+    assert 0 <= m["gain_p_value"] <= 1  # underflows to 0 below 1e-308
     assert m["gain_n"] == 10_000 and printed["gain_p_value"] == pytest.approx(m["gain_p_value"])
+    # the first champion carries its evidence itself, as tags and in its description
+    version = MlflowClient().get_model_version(printed["model_name"], str(printed["registered_version"]))
+    assert "no champion before" in version.tags["alias_decision"]
+    for k in ("gain_diff", "gain_ci_low", "gain_ci_high", "gain_p_value", "gain_b", "gain_c", "gain_n",
+              "gain_candidate_test_accuracy", "gain_reference_test_accuracy"):
+        assert float(version.tags[k]) == pytest.approx(m[k], rel=1e-5, abs=1e-12), k
+    assert version.tags["gain_reference_run_id"] == ref.info.run_id and version.tags["gain"] == t["gain"]
+    assert version.tags["gain_reference_epochs"] == "15"
+    assert t["gain"] in version.description and ref.info.run_id in version.description
+    assert "no champion before" in version.description
 
     # resumed: the finished reference is reused, not trained again; the gain is reported again
-    again = tune.run(C.resolve_tune({"family": "mlp", "study": study, "n_trials": 1}))
+    again = tune.run(P.tune_args({"family": "mlp", "study": study, "n_trials": 1})).flat()
     refs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string="tags.study_reference = 'true'")
     assert [r.info.run_id for r in refs] == [ref.info.run_id]
@@ -216,10 +233,15 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path):
 
     # a measured run as the reference: scored, nothing trained
     other = study_file(tmp_path, "byrun", extra=f'reference: {{run_id: "{ref.info.run_id}"}}')
-    byrun = tune.run(C.resolve_tune({"family": "mlp", "study": other, "n_trials": 1}))
+    byrun = tune.run(P.tune_args({"family": "mlp", "study": other, "n_trials": 1})).flat()
     assert byrun["reference"] == f"run {ref.info.run_id}" and byrun["reference_run_id"] == ref.info.run_id
     assert byrun["gain_reference_test_accuracy"] == pytest.approx(m["gain_reference_test_accuracy"], abs=1e-6)
     assert [r.info.run_name for r in nested(parent_of("byrun").info.run_id)] == ["trial 0"]
+    # a version that met a champion: the gate's comparison beside the gain, on the version
+    met = MlflowClient().get_model_version(byrun["model_name"], str(byrun["registered_version"]))
+    assert not byrun["decision"].startswith("unchanged"), byrun["decision"]
+    assert met.tags["gain_reference_run_id"] == ref.info.run_id
+    assert "against champion v" in met.description and met.tags["gain"] in met.description
 
 
 def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
@@ -244,7 +266,7 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
     else:
         proc.kill()
         pytest.fail("the background reference never trained an epoch:\n" + (proc.stdout.read() or "")[-3000:])
-    child = int(subprocess.run(["pgrep", "-f", "fmnist_exp.reference"], capture_output=True, text=True)
+    child = int(subprocess.run(["pgrep", "-f", "fmnist_exp.study.reference"], capture_output=True, text=True)
                 .stdout.split()[0])
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -261,7 +283,7 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
 
 def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     study = study_file(tmp_path, "seeds", extra="reference: off\nfinal: {epochs: 1, train_samples: 1000, seeds: 2}")
-    summary = tune.run(C.resolve_tune({"family": "mlp", "study": study, "n_trials": 1}))
+    summary = tune.run(P.tune_args({"family": "mlp", "study": study, "n_trials": 1})).flat()
     out = capsys.readouterr().out
     assert "[tune] reference: off" in out
     assert summary["reference"] == "off" and not any(k.startswith("gain_") for k in summary)
@@ -307,34 +329,40 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     ("final: {seeds: 2, ensemble: 2}", "final.ensemble=2: must be true or false"),
 ])
 def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
-    with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(P.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         space.load(study_file(tmp_path, "bad", extra), "mlp")
 
 
 def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
+    import dataclasses
+
     spec = space.load(study_file(tmp_path, "named", "reference: {params: {dropout: 0.2}}\n"
                                                    "final: {epochs: 3, train_samples: 2000, seeds: 2}"), "mlp")
-    assert spec.reference == space.Reference("params", params={"dropout": 0.2}) and spec.final_seeds == 2
-    base = {"hidden_units": "32", "epochs": 1, "train_samples": 1000, "seed": 7, "data_dir": "", "val_fraction": 0.2}
-    p = reference.recipe(spec, base)
+    assert spec.reference == space.Reference("params", params={"dropout": 0.2}) and spec.final.seeds == 2
+    # the trials': fixed hidden_units 32 and val_fraction 0.2, 1 epoch on 1,000 images, seed 7
+    args = P.tune_args({"epochs": 1, "train_samples": 1000, "seed": 7})
+
+    def recipe(spec):
+        return reference.recipe(args, dataclasses.replace(spec, fixed={**spec.fixed, "val_fraction": 0.2}))
+
+    p = recipe(spec)
     # the final retrain's images and the seed; the family's own epochs (15), not the final's 3
-    assert (p["dropout"], p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == \
-        (0.2, "512,256", 15, 2000, 7)
+    assert (p.dropout, p.hidden_units, p.epochs, p.train_samples, p.seed) == (0.2, (512, 256), 15, 2000, 7)
     # a named length
     spec = space.load(study_file(tmp_path, "long", "reference: {params: {epochs: 12}}\nfinal: {epochs: 3}"), "mlp")
-    assert reference.recipe(spec, base)["epochs"] == 12
+    assert recipe(spec).epochs == 12
     # the default recipe: every default, the candidate's images and seed
     spec = space.load(study_file(tmp_path, "default", "final: {epochs: 30}"), "mlp")
-    assert reference.recipe(spec, base) == C.resolve("mlp", {"train_samples": 1000, "seed": 7, "val_fraction": 0.2})
+    assert recipe(spec) == P.network("mlp", {"train_samples": 1000, "seed": 7, "val_fraction": 0.2})
     assert space.load(study_file(tmp_path, "off", "reference: off"), "mlp").reference.kind == "off"
 
 
 def test_reference_run_checked_before_the_search(tracking, tmp_path):
     spec = space.load(study_file(tmp_path, "ghost", 'reference: {run_id: "0123abcd"}'), "mlp")
-    with pytest.raises(C.ConfigError, match="reference run '0123abcd' is not in the tracking store"):
-        reference.check_run(spec)
+    with pytest.raises(P.ConfigError, match="reference run '0123abcd' is not in the tracking store"):
+        setup.check_reference_run(spec)
     with mlflow.start_run(tags={"family": "baseline", "model_uri": "runs:/x/model"}) as run:
         pass
     spec = space.load(study_file(tmp_path, "base", f'reference: {{run_id: "{run.info.run_id}"}}'), "mlp")
-    with pytest.raises(C.ConfigError, match="has no logged Keras model"):
-        reference.check_run(spec)
+    with pytest.raises(P.ConfigError, match="has no logged Keras model"):
+        setup.check_reference_run(spec)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmnist_exp import config as C
-from fmnist_exp import models
+from fmnist_exp import params as P
+from fmnist_exp.model import augment, layers, networks, wrappers
 
 
 def test_builders_take_raw_pixels_and_output_probabilities(dataset):
     x = dataset.x_test[:4].astype("float32")
     for family in ("mlp", "cnn"):
-        m = models.build(family, C.defaults(family))
+        m = networks.build(P.network(family))
         assert m.input_shape == (None, 28, 28)
         probs = np.asarray(m(x, training=False))
         assert probs.shape == (4, 10)
@@ -20,55 +20,56 @@ def test_builders_take_raw_pixels_and_output_probabilities(dataset):
 
 
 def test_builders_follow_parameters():
-    p = C.resolve("mlp", {"hidden_units": "64,32,16", "dropout": 0.0, "l2": 0.0})
-    m = models.build_mlp(p)
+    p = P.network("mlp", {"hidden_units": "64,32,16", "dropout": 0.0, "l2": 0.0})
+    m = networks.build_mlp(p)
     dense = [layer.units for layer in m.layers if layer.__class__.__name__ == "Dense"]
     assert dense == [64, 32, 16, 10]
-    p = C.resolve("cnn", {"filters": "8,16", "dense_units": 0, "batch_norm": False})
-    m = models.build_cnn(p)
+    p = P.network("cnn", {"filters": "8,16", "dense_units": 0, "batch_norm": False})
+    m = networks.build_cnn(p)
     convs = [layer.filters for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
     assert convs == [8, 16]
     assert not any(layer.__class__.__name__ == "BatchNormalization" for layer in m.layers)
-    kinds = [layer.__class__.__name__ for layer in models.build_cnn({**p, "pool_first": True, "batch_norm": True}).layers]
+    pooled_first = networks.build_cnn(P.replaced(p, pool_first=True, batch_norm=True))
+    kinds = [layer.__class__.__name__ for layer in pooled_first.layers]
     assert kinds[kinds.index("Conv2D"):][:4] == ["Conv2D", "MaxPooling2D", "BatchNormalization", "ReLU"]
 
 
 def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
     import keras
 
-    from fmnist_exp import train
+    from fmnist_exp.train import precision
 
-    p = C.resolve("cnn", {"filters": "8,16", "convs_per_block": 2, "dense_units": 16})
-    with train.precision_policy("mixed_float16"):
-        m = models.build_cnn(p)
+    p = P.network("cnn", {"filters": "8,16", "convs_per_block": 2, "dense_units": 16})
+    with precision.precision_policy("mixed_float16"):
+        m = networks.build_cnn(p)
     convs = [layer for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [8, 8, 16, 16]
     assert convs[0].compute_dtype == "float16" and m.get_layer("probs").compute_dtype == "float32"
     probs = np.asarray(m(dataset.x_test[:3].astype("float32"), training=False))
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-3)
-    assert models.build_cnn(p).get_layer("probs").compute_dtype == "float32"  # policy restored after
+    assert networks.build_cnn(p).get_layer("probs").compute_dtype == "float32"  # policy restored after
     # no GPU on CI machines: bfloat16 where the CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16:
     # some of this project's machines), else float32
-    native = keras.backend.backend() == "tensorflow" and bool(train.cpu_has_bfloat16())
-    assert train.resolve_precision("auto") == ("mixed_bfloat16" if native else "float32")
-    assert train.resolve_precision("float32") == "float32"
+    native = keras.backend.backend() == "tensorflow" and bool(precision.cpu_has_bfloat16())
+    assert precision.resolve_precision("auto") == ("mixed_bfloat16" if native else "float32")
+    assert precision.resolve_precision("float32") == "float32"
 
 
 def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset):
-    """FusedBatchNormalization (training only, issue 14) computes what Keras' BatchNormalization
+    """FusedBatchNormalization (training only) computes what Keras' BatchNormalization
     computes, forward, backward and moving statistics; the copy that is logged has Keras' layers,
     float32, the same weights and the same answers."""
     import keras
 
-    from fmnist_exp import train
+    from fmnist_exp.train import fit
 
-    p = C.resolve("cnn", {"filters": "8,16", "dense_units": 16, "dropout": 0.0})
+    p = P.network("cnn", {"filters": "8,16", "dense_units": 16, "dropout": 0.0})
     x, y = dataset.x_train[:64].astype("float32"), keras.utils.to_categorical(dataset.y_train[:64], 10)
     import tensorflow as tf
 
-    plain, fused = models.build("cnn", p), models.build("cnn", p, fused=True)
-    assert sum(isinstance(layer, models.FusedBatchNormalization) for layer in fused.layers) == 2
+    plain, fused = networks.build(p), networks.build(p, fused=True)
+    assert sum(isinstance(layer, layers.FusedBatchNormalization) for layer in fused.layers) == 2
     fused.set_weights(plain.get_weights())
 
     def kernels(m):  # the op types a training step's forward pass runs
@@ -86,24 +87,24 @@ def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset
 
     (out_plain, grads_plain), (out_fused, grads_fused) = step(plain), step(fused)
     np.testing.assert_allclose(out_fused, out_plain, rtol=1e-4, atol=1e-6)
-    for a, b in zip(grads_plain, grads_fused):  # kernels, gamma, beta, dense: backward as Keras' layer
+    for a, b in zip(grads_plain, grads_fused, strict=True):  # kernels, gamma, beta, dense: backward as Keras' layer
         assert np.linalg.norm(b - a) <= 1e-2 * np.linalg.norm(a)  # as a whole: BN's cancellations differ per element
-    for a, b in zip(plain.get_weights(), fused.get_weights()):  # incl. the moving mean and variance
+    for a, b in zip(plain.get_weights(), fused.get_weights(), strict=True):  # incl. the moving mean and variance
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-    assert not models.is_portable(fused) and models.is_portable(plain)
-    copy = models.portable_copy("cnn", p, fused)
-    assert models.is_portable(copy)
+    assert not networks.is_portable(fused) and networks.is_portable(plain)
+    copy = networks.portable_copy(p, fused)
+    assert networks.is_portable(copy)
     assert "FusedBatchNormalization" not in {layer.__class__.__name__ for layer in copy.layers}
     np.testing.assert_allclose(np.asarray(copy(x, training=False)), np.asarray(fused(x, training=False)),
                                rtol=1e-5, atol=1e-6)  # the same answers up to float32 rounding
 
-    q = {**p, "precision": "mixed_bfloat16"}
-    m, precision = train.fresh_model("cnn", q)
-    assert precision == "mixed_bfloat16" and not models.is_portable(m)
+    q = P.replaced(p, precision="mixed_bfloat16")
+    m, precision = fit.fresh_model(q)
+    assert precision == "mixed_bfloat16" and not networks.is_portable(m)
     m.compile(optimizer="adam", loss="categorical_crossentropy")
     assert np.isfinite(m.train_on_batch(x, y))
-    copy = models.portable_copy("cnn", q, m)
-    assert models.is_portable(copy) and copy.get_layer("probs").compute_dtype == "float32"
+    copy = networks.portable_copy(q, m)
+    assert networks.is_portable(copy) and copy.get_layer("probs").compute_dtype == "float32"
     np.testing.assert_allclose(np.asarray(copy(x, training=False)), np.asarray(m(x, training=False)), atol=0.05)
 
 
@@ -111,8 +112,8 @@ def test_flip_average_is_the_mean_over_image_and_mirror_and_survives_saving(data
     import keras
 
     x = dataset.x_test[:5].astype("float32")
-    m = models.build_cnn(C.resolve("cnn", {"filters": "8,16", "dense_units": 16}))
-    tta = models.with_flip_average(m)
+    m = networks.build_cnn(P.network("cnn", {"filters": "8,16", "dense_units": 16}))
+    tta = wrappers.with_flip_average(m)
     want = (np.asarray(m(x, training=False)) + np.asarray(m(x[:, :, ::-1], training=False))) / 2
     np.testing.assert_allclose(np.asarray(tta(x, training=False)), want, rtol=1e-5, atol=1e-7)
     tta.save(tmp_path / "tta.keras")
@@ -122,28 +123,28 @@ def test_flip_average_is_the_mean_over_image_and_mirror_and_survives_saving(data
 
 
 def test_augmenter_follows_its_strengths_and_shifts_keep_pixels_sharp(dataset):
-    p = C.resolve("cnn", {"augment": True, "aug_shift": 0.1, "aug_rotate": 0.0, "aug_zoom": 0.0})
-    aug = models.build_augmenter(p)
+    p = P.network("cnn", {"augment": True, "aug_shift": 0.1, "aug_rotate": 0.0, "aug_zoom": 0.0})
+    aug = augment.build_augmenter(p)
     kinds = [layer.__class__.__name__ for layer in aug.layers]
     assert "RandomRotation" not in kinds and "RandomZoom" not in kinds and "RandomTranslation" in kinds
     x = dataset.x_test[:16].astype("float32")
     out = np.asarray(aug(x, training=True))
     assert out.shape == x.shape and not np.array_equal(out, x)
-    for img, src in zip(out, x):  # nearest-pixel shifts and flips: no value that was not in the image
+    for img, src in zip(out, x, strict=True):  # nearest-pixel shifts and flips: no value that was not in the image
         assert np.isin(img, np.append(src, 0.0)).all()
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
-    every = [layer.__class__.__name__ for layer in models.build_augmenter(C.resolve("cnn", {"augment": True})).layers]
+    every = [layer.__class__.__name__ for layer in augment.build_augmenter(P.network("cnn", {"augment": True})).layers]
     assert {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom"} <= set(every)
 
 
 def test_random_erasing_blanks_one_rectangle_per_chosen_image(dataset):
-    p = C.resolve("cnn", {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0,
+    p = P.network("cnn", {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0,
                           "aug_erase": 1.0})
-    aug = models.build_augmenter(p)
+    aug = augment.build_augmenter(p)
     x = dataset.x_test[:32].astype("float32")
     out = np.asarray(aug(x, training=True))
     changed_images = 0
-    for img, src in zip(out, x):
+    for img, src in zip(out, x, strict=True):
         # flips are on: compare with whichever of the image and its mirror it came from
         base = min((src, src[:, ::-1]), key=lambda b: np.abs(img - b).sum())
         changed = img != base
@@ -155,51 +156,52 @@ def test_random_erasing_blanks_one_rectangle_per_chosen_image(dataset):
             assert rows.max() - rows.min() < 15 and cols.max() - cols.min() < 15
     assert changed_images >= 24  # probability 1 (a rectangle over background changes nothing)
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
-    none = models.build_augmenter(C.resolve("cnn", {"augment": True}))
+    none = augment.build_augmenter(P.network("cnn", {"augment": True}))
     assert "RandomErasing" not in [layer.__class__.__name__ for layer in none.layers]
 
 
 def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
-    from fmnist_exp import train
+    from fmnist_exp.train import fit
 
-    p = C.resolve("cnn", {"learning_rate": 0.004, "warmup_epochs": 1, "epochs": 4, "label_smoothing": 0.1})
-    schedule = train.learning_rate(p, steps_per_epoch=10)
+    p = P.network("cnn", {"learning_rate": 0.004, "warmup_epochs": 1, "epochs": 4, "label_smoothing": 0.1})
+    schedule = fit.learning_rate(p, steps_per_epoch=10)
     lrs = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
     assert lrs[0] == 0.0 and abs(lrs[1] - 0.002) < 1e-6 and abs(lrs[2] - 0.004) < 1e-6
     assert lrs[2] > lrs[3] > lrs[4] and lrs[4] < 1e-6
-    plain = train.learning_rate({**p, "warmup_epochs": 0.0}, steps_per_epoch=10)
+    plain = fit.learning_rate(P.replaced(p, warmup_epochs=0.0), steps_per_epoch=10)
     assert abs(float(plain(0)) - 0.004) < 1e-6
-    m = models.build_mlp(C.resolve("mlp", {"hidden_units": "8"}))
-    train.compile_model(m, p, steps_per_epoch=10)
+    m = networks.build_mlp(P.network("mlp", {"hidden_units": "8"}))
+    fit.compile_model(m, p, steps_per_epoch=10)
     assert m.loss.get_config()["label_smoothing"] == 0.1
 
 
 def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call(dataset, tmp_path):
-    """fit groups training steps per call (train.STEPS_PER_EXECUTION); an epoch whose steps are
+    """fit groups training steps per call (train.fit.STEPS_PER_EXECUTION); an epoch whose steps are
     not a multiple of the group still trains every step, the weights are bit for bit those of one
     step per call (so replays of models trained before the grouping stay exact), and the fitted
     model predicts a single image and saves, and loads, as one step per call."""
     import keras
 
-    from fmnist_exp import data, train
+    from fmnist_exp import data
+    from fmnist_exp.train import fit
 
-    assert train.default_steps_per_execution() == train.STEPS_PER_EXECUTION > 1  # under TensorFlow
+    assert fit.default_steps_per_execution() == fit.STEPS_PER_EXECUTION > 1  # under TensorFlow
     s = data.split(dataset, val_fraction=0.1, seed=0, train_samples=1000)
-    p = C.resolve("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
-    steps = -(-len(s.x_train) // p["batch_size"])
-    assert steps % train.STEPS_PER_EXECUTION  # a last, shorter group in every epoch
-    model, _ = train.fresh_model("mlp", p)
-    fit = train.fit(model, s, p)
-    assert fit.epochs_run == 2
+    p = P.network("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
+    steps = -(-len(s.x_train) // p.batch_size)
+    assert steps % fit.STEPS_PER_EXECUTION  # a last, shorter group in every epoch
+    model, _ = fit.fresh_model(p)
+    fitted = fit.fit(model, s, p)
+    assert fitted.epochs_run == 2
     assert int(model.optimizer.iterations) == 2 * steps
-    one_by_one, _ = train.fresh_model("mlp", p)
-    train.fit(one_by_one, s, p, steps_per_execution=1)
+    one_by_one, _ = fit.fresh_model(p)
+    fit.fit(one_by_one, s, p, steps_per_execution=1)
     for grouped, single in zip(model.get_weights(), one_by_one.get_weights(), strict=True):
         np.testing.assert_array_equal(grouped, single)
-    q = C.resolve("cnn", {"filters": "8,16", "dense_units": 16, "epochs": 1, "batch_size": 100})
-    cnns = [train.fresh_model("cnn", q, fused=True)[0] for _ in range(2)]  # fused batch norm, as cnn trains
-    for cnn, spe in zip(cnns, (None, 1)):
-        train.fit(cnn, s, q, steps_per_execution=spe)
+    q = P.network("cnn", {"filters": "8,16", "dense_units": 16, "epochs": 1, "batch_size": 100})
+    cnns = [fit.fresh_model(q, fused=True)[0] for _ in range(2)]  # fused batch norm, as cnn trains
+    for cnn, spe in zip(cnns, (None, 1), strict=True):
+        fit.fit(cnn, s, q, steps_per_execution=spe)
     for grouped, single in zip(cnns[0].get_weights(), cnns[1].get_weights(), strict=True):
         np.testing.assert_array_equal(grouped, single)
     assert model.steps_per_execution == 1

@@ -5,26 +5,31 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import REPO, cli
-from fmnist_exp import config as C
-from fmnist_exp import space
+
+from fmnist_exp import params as P
+from fmnist_exp.params import resolve
+from fmnist_exp.study import spec
 
 
 def _mlproject():
     return yaml.safe_load((REPO / "MLproject").read_text())
 
 
-@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "launch", "predict", "reproduce",
-                                   "dashboard", "storage-proxy"])
+@pytest.mark.parametrize("entry", ["main", "baseline", "mlp", "cnn", "tune", "register", "launch", "predict",
+                                   "reproduce", "dashboard", "storage-proxy"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]
-    params = C.command_params(entry)
+    params = P.table.command_params(entry)
     positional = ["images"] if entry == "predict" else []
     assert list(ep["parameters"]) == positional + [p.name for p in params]
     for p in params:
         declared = ep["parameters"][p.name]["default"]
-        assert C.coerce(p, declared) == p.default, f"{entry}.{p.name}: MLproject {declared!r} != code {p.default!r}"
+        if p.default is None:  # not given: MLproject forwards '', which the CLI reads as not given
+            assert declared == "", f"{entry}.{p.name}: MLproject {declared!r} != not given"
+        else:
+            assert resolve.coerce(p, declared) == p.default, \
+                f"{entry}.{p.name}: MLproject {declared!r} != code {p.default!r}"
         assert f"--{p.name} {{{p.name}}}" in ep["command"]
     sub = "tune" if entry == "main" else entry
     assert ep["command"].startswith(f"python -m fmnist_exp {sub} ")
@@ -81,29 +86,30 @@ def test_missing_data_dir_refused_with_fix(tmp_path):
 
 @pytest.mark.parametrize("name", ["cnn", "mlp", "cnn_long"])
 def test_shipped_study_files_are_valid(name):
-    spec = space.load(name, name.split("_")[0])
-    assert spec.description and spec.space
-    assert {"dropout", "l2", "learning_rate"} <= set(spec.space)
+    study = spec.load(name, name.split("_")[0])
+    assert study.description and study.space
+    assert {"dropout", "l2", "learning_rate"} <= set(study.space)
 
 
 def test_bad_study_file_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("description: x\nfamily: mlp\nspace:\n  dropout: {type: float, low: 0.1, high: 1.5}\n")
-    with pytest.raises(C.ConfigError, match="dropout=1.5: must be in"):
-        space.load(str(bad), "mlp")
+    with pytest.raises(P.ConfigError, match="dropout=1.5: must be in"):
+        spec.load(str(bad), "mlp")
     bad.write_text("description: x\nfamily: mlp\nspace:\n  dropuot: {type: float, low: 0.1, high: 0.5}\n")
-    with pytest.raises(C.ConfigError, match="'dropuot' is not a mlp parameter"):
-        space.load(str(bad), "mlp")
+    with pytest.raises(P.ConfigError, match="'dropuot' is not a mlp parameter"):
+        spec.load(str(bad), "mlp")
     bad.write_text("description: x\nfamily: mlp\nspace:\n  dropout: {type: float, low: 0.1, high: 0.5}\n"
                    "enqueue:\n  - {dropout: 0.7}\n")
-    with pytest.raises(C.ConfigError, match="enqueue gives dropout=0.7, outside the space"):
-        space.load(str(bad), "mlp")
+    with pytest.raises(P.ConfigError, match="enqueue gives dropout=0.7, outside the space"):
+        spec.load(str(bad), "mlp")
 
 
-def test_readme_parameter_tables_match_code():
+def test_parameter_tables_in_docs_match_code():
     import subprocess
     import sys
 
     tables = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_param_tables.py")], capture_output=True,
                             text=True, check=True, cwd=REPO, env={"PYTHONPATH": str(REPO)}).stdout.strip()
-    assert tables in (REPO / "README.md").read_text(), "run scripts/gen_param_tables.py and paste into README"
+    assert tables in (REPO / "docs" / "parameters.md").read_text(), \
+        "run python scripts/gen_param_tables.py --write (it rewrites docs/parameters.md's tables)"

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from fmnist_exp import data as D
-from fmnist_exp.serving import BadRequest, to_images
+from fmnist_exp.model.classifier import BadRequest, to_images
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.function_scoped_fixture])
@@ -195,7 +195,7 @@ def test_idx_reader_reads_the_uncorrupted_pair(tmp_path, small):
 
 def csv_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
     header = "label," + ",".join(f"pixel{i + 1}" for i in range(784))
-    rows = [f"{label}," + ",".join(map(str, image.ravel())) for image, label in zip(x, y)]
+    rows = [f"{label}," + ",".join(map(str, image.ravel())) for image, label in zip(x, y, strict=True)]
     return ("\n".join([header, *rows]) + "\n").encode()
 
 

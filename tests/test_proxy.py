@@ -14,51 +14,102 @@ import subprocess
 import sys
 import time
 
+import grpc
 import optuna
 import pytest
 import sqlalchemy
+from conftest import (
+    MODEL,
+    STUDY,
+    all_runs,
+    cli,
+    free_port,
+    fresh_db,
+    subprocess_env,
+    trial_runs,
+    wait_for_epoch,
+    worker,
+)
 from mlflow.tracking import MlflowClient
-
-from conftest import MODEL, STUDY, all_runs, cli, free_port, subprocess_env, trial_runs, wait_for_epoch, worker
 
 pytestmark = pytest.mark.slow
 PROXY_APP = "fmnist-exp storage-proxy"  # the application_name of the proxy's database connections
 
 
-@contextlib.contextmanager
-def storage_proxy(cluster, grace_s: int):
-    """`python -m fmnist_exp storage-proxy` over the cluster's Optuna database on a free port:
-    yields its grpc:// URL once it answers; stops it with SIGTERM and checks it stopped cleanly."""
-    from fmnist_exp.config import ConfigError
-    from fmnist_exp.storage import StorageURL
+def start_proxy(cluster, port: int, grace_s: int, log_name: str = "proxy.log") -> subprocess.Popen:
+    """`python -m fmnist_exp storage-proxy` over the cluster's Optuna database on ``port``, returned
+    once it answers there (output to tmp/``log_name``)."""
+    from fmnist_exp.params import ConfigError
+    from fmnist_exp.scale.storage import StorageURL
 
-    port = free_port()
-    log_path = cluster["tmp"] / "proxy.log"
+    log_path = cluster["tmp"] / log_name
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"], "FMNIST_HEARTBEAT_S": "2",
            "FMNIST_GRACE_S": str(grace_s)}
     cmd = [sys.executable, "-m", "fmnist_exp", "storage-proxy", "--storage", cluster["optuna"], "--port", str(port)]
-    url = f"grpc://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("storage-proxy exited:\n" + log_path.read_text()[-3000:])
-            try:
-                StorageURL.parse(url).check()
-                break
-            except ConfigError:
-                if time.time() > deadline:
-                    pytest.fail("storage-proxy never answered:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
+    deadline = time.time() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail("storage-proxy exited:\n" + log_path.read_text()[-3000:])
+        try:
+            StorageURL.parse(f"grpc://127.0.0.1:{port}").check()
+            return proc
+        except ConfigError:
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail("storage-proxy never answered:\n" + log_path.read_text()[-3000:])
+            time.sleep(0.5)
+
+
+def stop_proxy(proc: subprocess.Popen, log_path) -> None:
+    """SIGTERM, and check that it stopped cleanly."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
     text = log_path.read_text()
     assert rc == 0 and "[storage-proxy] stopped" in text, text[-3000:]
+
+
+@contextlib.contextmanager
+def storage_proxy(cluster, grace_s: int):
+    """A storage-proxy on a free port: yields its grpc:// URL; stops it with SIGTERM after."""
+    port = free_port()
+    proc = start_proxy(cluster, port, grace_s)
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        stop_proxy(proc, cluster["tmp"] / "proxy.log")
+
+
+def wait_in_flight(procs, logs, n: int, timeout: int = 300) -> list:
+    """Wait until ``n`` trials are provably in flight: RUNNING in MLflow, each with at least one
+    epoch's val_accuracy logged; return their runs. Fails if a worker exits first."""
+    client = MlflowClient()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p, log in zip(procs, logs, strict=True):
+            if p.poll() is not None:
+                pytest.fail(f"worker exited ({p.returncode}) before its trial was in flight:\n"
+                            + log.read_text()[-3000:])
+        running = [r for r in trial_runs(all_runs()) if r.info.status == "RUNNING"]
+        started = [r for r in running if client.get_metric_history(r.info.run_id, "val_accuracy")]
+        if len(started) >= n:
+            return started
+        time.sleep(0.5)
+    pytest.fail(f"fewer than {n} trials got through an epoch:\n" + "\n".join(log.read_text()[-1500:] for log in logs))
+
+
+@contextlib.contextmanager
+def stopped_at_exit(procs):
+    """Kill whatever worker or proxy a failing test leaves running."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
 
 
 def database_clients(pg_admin, db_url: str) -> set[str]:
@@ -145,10 +196,244 @@ def test_killed_worker_behind_the_proxy_is_reaped_and_retried(cluster):
     assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
 
 
+OUTAGE_S = 14  # how long the proxy stays down: longer than the grace the proxies below judge by
+GRACE_S = 10
+
+
+def assert_all_accounted_for(cluster, study_name: str, n_trials: int) -> optuna.Study:
+    """Every trial the workers started finished COMPLETE (no trial reaped or lost), none RUNNING in
+    Optuna or MLflow, and each trial's run FINISHED."""
+    study = optuna.load_study(study_name=study_name, storage=cluster["optuna"])
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == dict.fromkeys(range(n_trials), "COMPLETE"), states
+    runs = all_runs()
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    by_trial = {int(r.data.tags["optuna_trial"]): r for r in trial_runs(runs)}
+    assert sorted(by_trial) == list(range(n_trials))
+    assert all(r.info.status == "FINISHED" and r.data.tags["trial_state"] == "COMPLETE" for r in by_trial.values())
+    assert optuna.get_all_study_names(storage=cluster["optuna"]) == [study_name]  # no lock study left
+    return study
+
+
+def test_workers_wait_out_a_proxy_restart(cluster):
+    """The proxy SIGKILLed while two trials train and started again on its port after OUTAGE_S:
+    the workers retry until it answers, the restarted proxy carries on the same study (it keeps
+    no state of its own), and no trial is reaped although the outage outlasted the grace."""
+    study_file = cluster["tmp"] / "r.yaml"
+    study_file.write_text(STUDY.format(epochs=6, samples=2000))
+    port = free_port()
+    url = f"grpc://127.0.0.1:{port}"
+    procs = [start_proxy(cluster, port, GRACE_S, "proxy-1.log")]
+    logs = [cluster["tmp"] / f"w{i}.log" for i in range(2)]
+    with stopped_at_exit(procs):
+        workers = [worker(cluster, study_file, "restart", 2, log.name, storage=url) for log in logs]
+        procs += workers
+        in_flight = wait_in_flight(workers, logs, 2)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        time.sleep(OUTAGE_S)
+        procs.append(start_proxy(cluster, port, GRACE_S, "proxy-2.log"))
+        back = time.monotonic()
+        # each worker's next call or beat goes through within the retry's longest pause (5 s)
+        waiting = set(logs)
+        while waiting and time.monotonic() - back < 60:
+            waiting = {log for log in waiting if " again" not in log.read_text()}
+            time.sleep(0.2)
+        recovered = time.monotonic() - back
+        print(f"workers through again {recovered:.1f} s after the restarted proxy answered")
+        assert not waiting and recovered < 30, [log.read_text()[-2000:] for log in waiting]
+        for p, log in zip(workers, logs, strict=True):
+            assert p.wait(timeout=900) == 0, log.read_text()[-3000:]
+        stop_proxy(procs[-1], cluster["tmp"] / "proxy-2.log")
+
+    for log in logs:
+        text = log.read_text()
+        assert f"storage proxy 127.0.0.1:{port} does not answer" in text, text[-3000:]
+        assert f"storage proxy 127.0.0.1:{port} answers again" in text, text[-3000:]
+    assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()
+    assert_all_accounted_for(cluster, "restart", 4)
+    # the trials in flight at the kill were the first two
+    assert {int(r.data.tags["optuna_trial"]) for r in in_flight} == {0, 1}
+
+
+def test_workers_fail_over_to_the_next_proxy(cluster):
+    """Two proxies in the workers' URL; the first SIGKILLed while two trials train and not started
+    again: the workers carry on through the second, whose reaper (running all along) reaps
+    nothing, because the heartbeats follow the workers to it within one beat."""
+    study_file = cluster["tmp"] / "f.yaml"
+    study_file.write_text(STUDY.format(epochs=6, samples=2000))
+    first, second = two_ports()
+    url = f"grpc://127.0.0.1:{first},127.0.0.1:{second}"
+    procs = [start_proxy(cluster, first, GRACE_S, "proxy-1.log"), start_proxy(cluster, second, GRACE_S, "proxy-2.log")]
+    logs = [cluster["tmp"] / f"w{i}.log" for i in range(2)]
+    with stopped_at_exit(procs):
+        workers = [worker(cluster, study_file, "failover", 2, log.name, storage=url) for log in logs]
+        procs += workers
+        wait_in_flight(workers, logs, 2)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        for p, log in zip(workers, logs, strict=True):
+            assert p.wait(timeout=900) == 0, log.read_text()[-3000:]
+        stop_proxy(procs[1], cluster["tmp"] / "proxy-2.log")
+
+    for log in logs:
+        text = log.read_text()
+        assert f"switching from storage proxy 127.0.0.1:{first} to storage proxy 127.0.0.1:{second}" in text, \
+            text[-3000:]
+        assert f"storage proxy 127.0.0.1:{first} does not answer" in text
+    assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()
+    assert_all_accounted_for(cluster, "failover", 4)
+    parents = [r for r in all_runs() if r.info.run_name == "tune failover"]
+    assert [p.data.params["storage"] for p in parents] == [url, url]
+
+
+def test_a_worker_gives_up_on_a_proxy_that_stays_away(cluster, monkeypatch):
+    """The proxy SIGKILLed mid-trial and not started again: after FMNIST_PROXY_RETRY_S the worker
+    says so and stops (exit 1), its runs ended FAILED. The trial, which nobody could record,
+    stays RUNNING until a proxy runs again; that proxy's reaper then fails and retries it."""
+    monkeypatch.setenv("FMNIST_PROXY_RETRY_S", "10")
+    study_file = cluster["tmp"] / "g.yaml"
+    study_file.write_text(STUDY.format(epochs=12, samples=3000))
+    port = free_port()
+    procs = [start_proxy(cluster, port, GRACE_S, "proxy-1.log")]
+    log = cluster["tmp"] / "w.log"
+    with stopped_at_exit(procs):
+        lone = worker(cluster, study_file, "gone", 1, log.name, storage=f"grpc://127.0.0.1:{port}")
+        procs.append(lone)
+        [trial_run] = wait_in_flight([lone], [log], 1)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        killed = time.monotonic()
+        assert lone.wait(timeout=300) == 1, log.read_text()[-3000:]
+        took = time.monotonic() - killed
+        text = log.read_text()
+        assert f"[storage] giving up: no storage proxy answered at 127.0.0.1:{port} for 10 s" in text, text[-3000:]
+        assert "FMNIST_PROXY_RETRY_S" in text and took < 120, took
+        runs = {r.info.run_id: r for r in all_runs()}
+        assert runs[trial_run.info.run_id].info.status == "FAILED"
+        assert runs[trial_run.data.tags["mlflow.parentRunId"]].info.status == "FAILED"
+        assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
+        storage = optuna.storages.RDBStorage(cluster["optuna"])
+        study_id = storage.get_study_id_from_name("gone")
+        assert [t.state.name for t in storage.get_all_trials(study_id)] == ["RUNNING"]
+
+        procs.append(start_proxy(cluster, port, GRACE_S, "proxy-2.log"))
+        deadline = time.time() + 120
+        while storage.get_all_trials(study_id)[0].state.name == "RUNNING":
+            assert time.time() < deadline, (cluster["tmp"] / "proxy-2.log").read_text()[-3000:]
+            time.sleep(1)
+        stop_proxy(procs[-1], cluster["tmp"] / "proxy-2.log")
+    states = [t.state.name for t in storage.get_all_trials(study_id)]
+    storage.engine.dispose()
+    assert states == ["FAIL", "WAITING"]  # failed, and its retry queued for the next worker
+    assert "trial 0: worker lost: no heartbeat" in (cluster["tmp"] / "proxy-2.log").read_text()
+    assert MlflowClient().get_run(trial_run.info.run_id).data.tags["trial_state"] == "FAIL"
+
+
+@pytest.fixture
+def bare(pg_admin, tmp_path):
+    """An Optuna database and a local tracking store: enough for proxies and in-process clients."""
+    return {"tracking": f"sqlite:///{tmp_path / 'mlflow.db'}", "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path}
+
+
+def two_ports() -> tuple[int, int]:
+    first = free_port()
+    return first, next(p for p in iter(free_port, None) if p != first)
+
+
+def test_a_silent_proxy_is_left_for_the_next(bare):
+    """A proxy that stops answering without closing its connections (SIGSTOP: a host that froze or
+    dropped off the network) fails the call in flight within the keepalive's time, and the call
+    goes through the next proxy, which had never seen the trial."""
+    from fmnist_exp.scale.proxy_client import KEEPALIVE_S
+    from fmnist_exp.scale.storage import StorageURL
+
+    first, second = two_ports()
+    procs = [start_proxy(bare, first, 60, "proxy-1.log"), start_proxy(bare, second, 60, "proxy-2.log")]
+    with stopped_at_exit(procs):
+        storage = StorageURL.parse(f"grpc://127.0.0.1:{first},127.0.0.1:{second}").open()
+        study = optuna.create_study(study_name="silent", storage=storage, direction="maximize")
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        procs[0].send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        trial.suggest_float("y", 0.0, 1.0)  # its parameter write reaches the second proxy
+        took = time.monotonic() - frozen
+        study.tell(trial, 0.5)
+        storage.close()
+    assert took < 2 * KEEPALIVE_S + 10, took
+    [done] = optuna.load_study(study_name="silent", storage=bare["optuna"]).trials
+    assert done.state.name == "COMPLETE" and set(done.params) == {"x", "y"}
+
+
+def test_a_running_trial_that_never_beat_is_failed_and_retried(bare):
+    """What a trial creation retried after its answer was lost with a proxy leaves behind: a
+    RUNNING trial no worker knows, which never beats. Optuna's stale-trial query passes over
+    trials without a heartbeat; the proxy's reaper fails and retries it after a grace period."""
+    port = free_port()
+    procs = [start_proxy(bare, port, 3)]
+    with stopped_at_exit(procs):
+        study = optuna.create_study(study_name="orphan", storage=bare["optuna"])  # no heartbeat at all
+        study.ask()
+        deadline = time.time() + 60
+        while study.trials[0].state.name == "RUNNING":
+            assert time.time() < deadline, (bare["tmp"] / "proxy.log").read_text()[-3000:]
+            time.sleep(0.5)
+        stop_proxy(procs[0], bare["tmp"] / "proxy.log")
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert "trial 0 of 'orphan': RUNNING without a heartbeat for 3 s; failed" in (bare["tmp"] / "proxy.log").read_text()
+
+
+class AnswerLost(grpc.RpcError):
+    """What a client sees when the proxy dies after its write landed and before it answered."""
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "the answer was lost with the proxy (injected)"
+
+
+def test_a_write_whose_answer_was_lost_is_not_refused_as_done_twice(bare):
+    """A write that landed, its answer lost: the client sends it again. A parameter may be set twice;
+    a trial's final state may not, and the proxy refuses it: the client finds it written, which is
+    success, instead of failing the trial it has just finished."""
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import GrpcStorageProxy
+
+    from fmnist_exp.scale.storage import StorageURL
+
+    def answer_lost_once(write):
+        lost = [AnswerLost()]
+
+        def call(client, *args, **kwargs):
+            result = write(client, *args, **kwargs)  # through the real proxy into PostgreSQL
+            if lost:
+                raise lost.pop()
+            return result
+        return call
+
+    port = free_port()
+    procs = [start_proxy(bare, port, 60)]
+    with stopped_at_exit(procs):
+        client = StorageURL.parse(f"grpc://127.0.0.1:{port}").open()
+        trial_id = optuna.create_study(study_name="lost", storage=client).ask()._trial_id
+        client._retried("set_trial_param", answer_lost_once(GrpcStorageProxy.set_trial_param),
+                        trial_id, "x", 0.25, FloatDistribution(0.0, 1.0))
+        assert client._retried("set_trial_state_values", answer_lost_once(GrpcStorageProxy.set_trial_state_values),
+                               trial_id, state=optuna.trial.TrialState.COMPLETE, values=[0.5]) is True
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # a real second write is still refused
+            client.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        client.close()
+        stop_proxy(procs[0], bare["tmp"] / "proxy.log")
+    [trial] = optuna.load_study(study_name="lost", storage=bare["optuna"]).trials
+    assert trial.params == {"x": 0.25} and trial.state.name == "COMPLETE" and trial.values == [0.5]
+
+
 def test_proxy_urls_are_checked_before_any_run(tracking, tmp_path):
     import mlflow
 
-    from fmnist_exp.storage import StorageURL
+    from fmnist_exp.scale.storage import StorageURL
 
     url = StorageURL.parse("grpc://proxy-host")
     assert str(url) == "grpc://proxy-host:13000" and url.is_grpc and url.where == "storage proxy proxy-host:13000"

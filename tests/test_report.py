@@ -8,8 +8,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from fmnist_exp import config as C
-from fmnist_exp import report, stats, tune
+from fmnist_exp import params as P
+from fmnist_exp import stats
+from fmnist_exp.commands import tune
+from fmnist_exp.study import report
 
 STUDY = """description: Does a second hidden layer help a small MLP? (report test)
 family: mlp
@@ -34,8 +36,8 @@ def test_study_report_renders_offline(tracking, tmp_path, dataset, page):
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
     # both places that write the page: a tune run that leaves registration to `register`, then `register`
-    tune.run(C.resolve_tune({"family": "mlp", "study": str(study), "register": False}))
-    summary = tune.register_only(C.resolve_command("register", {"family": "mlp", "study": str(study)}))
+    tune.run(P.tune_args({"family": "mlp", "study": str(study), "register": False}))
+    summary = tune.register_only(P.command("register", {"family": "mlp", "study": str(study)})).flat()
     [tuned] = runs("attributes.run_name = 'tune tiny'")
     [parent] = runs("attributes.run_name = 'register tiny'")
     trials = runs(f"tags.mlflow.parentRunId = '{tuned.info.run_id}'")

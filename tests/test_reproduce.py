@@ -12,11 +12,15 @@ import subprocess
 import mlflow
 import numpy as np
 import pytest
+from conftest import REPO, cli, mlflow_run
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli, mlflow_run
-from fmnist_exp import config as C
-from fmnist_exp import data, experiment, lineage, reproduce, tune
+from fmnist_exp import data
+from fmnist_exp import params as P
+from fmnist_exp.commands import reproduce, tune
+from fmnist_exp.registry.versions import version_tags
+from fmnist_exp.train import job, lineage
+from fmnist_exp.train.evaluate import classifier_answers
 
 pytestmark = pytest.mark.slow
 MODEL = "fmnist-classifier"
@@ -49,7 +53,7 @@ def head_commit() -> str:
 def test_version_carries_lineage_and_mlflow_run_reproduces_it(tracking, tmp_path, dataset):
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
-    summary = tune.run(C.resolve_tune({"family": "mlp", "study": str(study)}))
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study)})).flat()
     assert summary["candidate"] == "final retrain" and summary["registered_version"] == 1
     client = MlflowClient()
     mv = client.get_model_version(MODEL, "1")
@@ -95,8 +99,8 @@ def _copy_with_one_label_changed(dst):
 def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, dataset):
     if not data.DEBIAN_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist to make a modified copy")
-    p = C.resolve("mlp", TINY_MLP)
-    original = experiment.train_run("mlp", p, ds=dataset)
+    p = P.network("mlp", TINY_MLP)
+    original = job.train_run(p, ds=dataset)
     uri = f"runs:/{original.run_id}/model"
     other = tmp_path / "other-data"
     _copy_with_one_label_changed(other)
@@ -123,7 +127,7 @@ def test_version_tags_redact_the_storage_password(tracking):
     with mlflow.start_run() as source:
         mlflow.log_params({"data_sha256": "ab" * 32, "data_source": "/data"})
         mlflow.set_tag("mlflow.source.git.commit", "c0ffee")  # what `mlflow run` records
-    tags = lineage.version_tags(source.info.run_id, parent.info.run_id)
+    tags = version_tags(source.info.run_id, parent.info.run_id)
     assert tags["optuna_storage"].startswith("postgresql") and tags["optuna_storage"].endswith("://fmnist:***@db.example:5432/optuna")
     assert "s3cret" not in json.dumps(tags)
     assert tags["git_commit"] == "c0ffee" and tags["git_dirty"] == "unknown"
@@ -131,22 +135,23 @@ def test_version_tags_redact_the_storage_password(tracking):
 
 
 def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
-    """``auto`` depends on the machine and, since issue 14 (bfloat16 on CPUs that have it), on the code
-    version: a rebuild trains in the precision the original used wherever it runs natively here."""
+    """``auto`` depends on the machine and on the code version (earlier code chose float32 where later
+    code chooses bfloat16 on CPUs that have it): a rebuild trains in the precision the original used
+    wherever it runs natively here."""
     import dataclasses
 
-    from fmnist_exp import train
+    from fmnist_exp.train.precision import gpu_visible
 
     orig = reproduce.Original(
-        uri="runs:/r/model", run_id="r", family="cnn", params={**C.defaults("cnn"), "precision": "auto"},
+        uri="runs:/r/model", run_id="r", family="cnn", params=P.network("cnn", {"precision": "auto"}),
         unrecorded=(), data_sha256="", data_source="", split_digests={}, code={}, keras_uri="",
         test_accuracy=float("nan"), precision_used="float32")
-    assert reproduce.rebuild_params(orig, "d")["precision"] == "float32"  # auto meant float32 on a CPU then
-    assert reproduce.rebuild_params(orig, "d")["data_dir"] == "d"
+    assert reproduce.rebuild_params(orig, "d").precision == "float32"  # auto meant float32 on a CPU then
+    assert reproduce.rebuild_params(orig, "d").data_dir == "d"
     gpu = dataclasses.replace(orig, precision_used="mixed_float16")  # trained on a GPU, rebuilt here
-    assert reproduce.rebuild_params(gpu, "")["precision"] == ("mixed_float16" if train.gpu_visible() else "auto")
-    named = dataclasses.replace(orig, params={**orig.params, "precision": "mixed_bfloat16"})
-    assert reproduce.rebuild_params(named, "")["precision"] == "mixed_bfloat16"  # what the user named stays
+    assert reproduce.rebuild_params(gpu, None).precision == ("mixed_float16" if gpu_visible() else "auto")
+    named = dataclasses.replace(orig, params=P.replaced(orig.params, precision="mixed_bfloat16"))
+    assert reproduce.rebuild_params(named, None).precision == "mixed_bfloat16"  # what the user named stays
 
 
 def test_unknown_model_refused_before_work(tracking, tmp_path):
@@ -159,12 +164,12 @@ def test_unknown_model_refused_before_work(tracking, tmp_path):
 def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, dataset, capsys):
     """final.ensemble: the registered model is the average of the seeds' models, its validation
     accuracy is measured on images no member trained on, and `reproduce` rebuilds every member."""
-    from fmnist_exp import ensemble, registry
+    from fmnist_exp.study import ensemble
 
     study = tmp_path / "ens.yaml"
     study.write_text(STUDY.replace("final: {epochs: 2}", "final: {epochs: 1, seeds: 2, ensemble: true}")
                      + "reference: off\n")
-    summary = tune.run(C.resolve_tune({"family": "mlp", "study": str(study)}))
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study)})).flat()
     out = capsys.readouterr().out
     assert "registered: their average (ensemble)" in out
     assert summary["candidate"] == "ensemble of final retrains" and summary["final_seed_registered"] == "ensemble"
@@ -183,15 +188,15 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert mv.tags["data_digest_test"] == lineage.split_digest(dataset.x_test, dataset.y_test)
 
     # the served classifier answers the mean of the two members' probabilities
-    probs = lambda uri: np.stack(registry.classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731
+    probs = lambda uri: np.stack(classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731
     members = [probs(r.data.tags["classifier_uri"]) for r in finals]
     registered = probs(f"models:/{MODEL}/{mv.version}")
     assert np.allclose(registered, (members[0] + members[1]) / 2, atol=1e-6)
     assert not np.allclose(members[0], members[1])
     # what averaging bought over the seed that would have been registered alone, paired on test
     by_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
-    seed_labels = registry.classifier_answers(by_val.data.tags["classifier_uri"], dataset.x_test)["label"].to_numpy()
-    ens_labels = registry.classifier_answers(f"models:/{MODEL}/{mv.version}", dataset.x_test)["label"].to_numpy()
+    seed_labels = classifier_answers(by_val.data.tags["classifier_uri"], dataset.x_test)["label"].to_numpy()
+    ens_labels = classifier_answers(f"models:/{MODEL}/{mv.version}", dataset.x_test)["label"].to_numpy()
     parent = MlflowClient().get_run(ens.data.tags["mlflow.parentRunId"]).data
     assert parent.metrics["ensemble_gain_seed"] == int(by_val.data.params["seed"]) == summary["ensemble_gain_seed"]
     assert parent.metrics["ensemble_gain_diff"] == pytest.approx(
@@ -202,9 +207,10 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
            f"{summary['ensemble_gain']}" in out
     page = MlflowClient().download_artifacts(ens.data.tags["mlflow.parentRunId"], "study/report.html", str(tmp_path))
     html = open(page).read()  # the study's report shows the same comparison
-    assert "The seeds' average against one seed" in html and f"{100 * parent.metrics['ensemble_gain_diff']:+.2f} points" in html
+    assert "The seeds' average against one seed" in html
+    assert f"{100 * parent.metrics['ensemble_gain_diff']:+.2f} points" in html
     assert ens.data.metrics["val_final_accuracy"] == pytest.approx(
-        float(np.mean(np.stack(registry.classifier_answers(ens.data.tags["classifier_uri"], x_val)["label"]) == y_val)))
+        float(np.mean(np.stack(classifier_answers(ens.data.tags["classifier_uri"], x_val)["label"]) == y_val)))
 
     proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}@champion", "--exact", "true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,9 +13,8 @@ import time
 import mlflow
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import MODEL, STUDY, all_runs, trial_runs, wait_for_epoch, worker
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +62,15 @@ def test_three_workers_share_one_study(cluster):
     [ref] = [r for r in runs if r.data.tags.get("study_reference") == "true"]
     assert {p.data.tags["gain_reference_run_id"] for p in parents} == {ref.info.run_id}
     assert mlflow.pyfunc.load_model(f"models:/{MODEL}@champion") is not None
+    # the study's report is made by the process that registers a new version or finishes last, not by
+    # every worker: the latest names a parent run whose page counts every trial
+    claim = study.user_attrs["study_report"]
+    assert claim["n_finished"] == 3 * k and claim["run_id"] in {p.info.run_id for p in parents}
+    page = mlflow.artifacts.load_text(f"runs:/{claim['run_id']}/study/report.html")
+    assert f"{3 * k} trials: {3 * k} complete" in page
+    for p in parents:  # each parent has the report or says where it is made
+        has = "study/report.html" in {a.path for a in client.list_artifacts(p.info.run_id, "study")}
+        assert has != ("study_report" in p.data.tags), p.info.run_id
 
 
 def test_killed_worker_trial_fails_and_is_retried(cluster):
@@ -96,8 +104,8 @@ def test_killed_worker_trial_fails_and_is_retried(cluster):
 
 
 def test_second_worker_on_sqlite_is_refused(tmp_path, tracking):
-    from fmnist_exp import config as C
-    from fmnist_exp.storage import StorageURL
+    from fmnist_exp import params as C
+    from fmnist_exp.scale.storage import StorageURL
 
     url = StorageURL.parse(f"sqlite:///{tmp_path / 'optuna.db'}")
     with url.single_worker_guard():

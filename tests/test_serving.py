@@ -1,27 +1,30 @@
 """The registered classifier served by the real `mlflow models serve` on a loopback port:
 answers real test images exactly as the offline pyfunc does, in JSON pixels and in the compact
 base64 forms alike, and refuses bad requests with a 4xx that says what was wrong while it keeps
-answering."""
+answering: hostile bodies too (nested 20,000 levels deep, numbers past any float, 50 MB), which
+MLflow's scoring server itself would answer with a 500 or parse for seconds."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
 import pytest
+from conftest import MLFLOW, REPO, cli, free_port, running_server, subprocess_env
 from PIL import Image
 
-from conftest import MLFLOW, REPO, cli, free_port, running_server, subprocess_env
-from fmnist_exp import config as C
 from fmnist_exp import data as D
-from fmnist_exp import serving, tune
+from fmnist_exp import params as P
+from fmnist_exp.commands import tune
+from fmnist_exp.model import classifier as serving
+from fmnist_exp.model import request_body
 
 pytestmark = pytest.mark.slow
 CHAMPION = "models:/fmnist-classifier@champion"
@@ -39,8 +42,8 @@ def store(tmp_path_factory):
     study = root / "serve.yaml"
     study.write_text("description: serving fixture\nfamily: mlp\nfixed: {hidden_units: '64', lr_schedule: cosine}\n"
                      "space:\n  dropout: {type: float, low: 0.0, high: 0.1}\n")
-    summary = tune.run(C.resolve_tune({"family": "mlp", "study": str(study), "n_trials": 1, "epochs": 2,
-                                       "train_samples": 3000}))
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "n_trials": 1, "epochs": 2,
+                                    "train_samples": 3000})).flat()
     yield {"root": root, "uri": uri, "summary": summary}
     os.chdir(old_cwd)
     if old_env is None:
@@ -60,19 +63,22 @@ def server(store):
         yield base
 
 
-def post(base: str, body, content_type: str = "application/json") -> tuple[int, dict]:
-    """POST to /invocations; a non-JSON answer (MLflow's 415) comes back as {"message": its text}."""
+def post(base: str, body, content_type: str | None = "application/json") -> tuple[int, dict]:
+    """POST to /invocations (with no Content-Type header when ``content_type`` is None); a non-JSON
+    answer (MLflow's 415) comes back as {"message": its text}."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(base + "/invocations", data=raw, headers={"Content-Type": content_type})
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        text = e.read()
-        try:
-            return e.code, json.loads(text)
-        except ValueError:
-            return e.code, {"message": text.decode(errors="replace")}
+        conn.request("POST", "/invocations", raw, {} if content_type is None else {"Content-Type": content_type})
+        answer = conn.getresponse()
+        status, text = answer.status, answer.read()
+    finally:
+        conn.close()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, {"message": text.decode(errors="replace")}
 
 
 def test_served_answers_equal_offline_and_logged_accuracy(server, store, dataset):
@@ -140,8 +146,31 @@ def test_compact_requests_answer_as_json_does(server, dataset):
 JSON = "application/json"
 IN_RANGE = "pixel values must be raw 0-255 grey levels; got values from"
 NUMBERS = "pixel values must be numbers 0-255; got"
-# (body, content type, status, start of the message). Our checks in serving.to_images answer all
-# but the last five, which MLflow's scoring server refuses before the model sees them.
+FINITE = "pixel values must be finite numbers 0-255; found NaN or infinity"
+TOO_DEEP = "the JSON body nests arrays or objects about"
+TOO_LARGE = "the request body is 52,428,"
+MB50 = 50 * 2**20
+ROW = ", 0" * 783  # the rest of a flat image after its first pixel
+
+
+def nested(depth: int, opening: bytes = b"[", inner: bytes = b"0", closing: bytes = b"]") -> bytes:
+    return b'{"inputs": ' + opening * depth + inner + closing * depth + b"}"
+
+
+def first_pixel(text: str) -> bytes:
+    """A one-image (n, 784) body whose first pixel is ``text`` as written, e.g. 1e400."""
+    return f'{{"inputs": [[{text}{ROW}]]}}'.encode()
+
+
+def pixels_50mb() -> bytes:
+    """A 50 MB body of JSON pixels (17 million zeros), built when a test runs."""
+    return b'{"inputs": [[' + b", ".join([b"0"] * (MB50 // 3)) + b"]]}"
+
+
+# (body or a function making it, content type, status, start of the message). Our checks in
+# serving.to_images answer the first group; request_body.py's, put in front of MLflow's scoring
+# server when it loads the classifier, answer the hostile bodies that fail in MLflow's own parse;
+# MLflow answers the last group itself.
 BAD_REQUESTS = {
     "nan": (b'{"inputs": [[NaN' + b", 0" * 783 + b"]]}", JSON, 400, "pixel values must be finite numbers"),
     "negative": ({"inputs": one_image(-1)}, JSON, 400, f"{IN_RANGE} -1"),
@@ -174,6 +203,26 @@ BAD_REQUESTS = {
     "png_too_many": ({"inputs": {"png_b64": [""] * (serving.MAX_BATCH + 1)}}, JSON, 400,
                      f"{serving.MAX_BATCH + 1} images in one request; the limit is {serving.MAX_BATCH}"),
     "unknown_object": ({"inputs": {"pixels": []}}, JSON, 400, "\"inputs\" is an object with keys ['pixels']: send"),
+    # numbers no pixel can be: parsed by json.loads as infinities or huge ints, refused by the model
+    "1e400": (first_pixel("1e400"), JSON, 400, FINITE),
+    "minus_1e400": (first_pixel("-1e400"), JSON, 400, FINITE),
+    "infinity": (first_pixel("Infinity"), JSON, 400, FINITE),
+    "minus_infinity": (first_pixel("-Infinity"), JSON, 400, FINITE),
+    "float_5000_digits": (first_pixel("1" + "0" * 5000 + ".5"), JSON, 400, FINITE),
+    "int_400_digits": (first_pixel("1" + "0" * 400), JSON, 400,
+                       "pixel values must be raw 0-255 grey levels; got an integer too large for any float"),
+    "nested_900": (nested(900), JSON, 400, '"inputs" nests lists 64 levels deep or more; images nest 2 or 3 levels'),
+    # hostile bodies that fail in MLflow's parse (500 or seconds of parsing), refused by request_body
+    "nested_20000": (nested(20_000), JSON, 400, TOO_DEEP),
+    "nested_objects_20000": (nested(20_000, b'{"a": ', b"0", b"}"), JSON, 400, TOO_DEEP),
+    "int_5000_digits": (first_pixel("1" + "0" * 5000), JSON, 400, "a number in the body has more than 4,300 digits"),
+    "body_50mb": (pixels_50mb, JSON, 413, TOO_LARGE),
+    "body_50mb_not_json": (lambda: b"x" * MB50, JSON, 413, TOO_LARGE),
+    "body_50mb_csv": (lambda: b"0," * (MB50 // 2), "text/csv", 413, TOO_LARGE),
+    "not_json_10mb": (lambda: b"x" * (10 * 2**20), JSON, 400,
+                      "Invalid input. Ensure that input is a valid JSON formatted string. Error: Expecting value"),
+    "list_body": (b"[1, 2]", JSON, 400, 'the body must be a JSON object {"inputs": ...}; got list'),
+    "no_content_type": ({"inputs": one_image()}, None, 415, "the request has no Content-Type"),
     # refused by MLflow before predict() runs
     "unknown_key": ({"imgs": one_image()}, JSON, 400,
                     "Request payload must be a dictionary with 'inputs' key"),
@@ -189,11 +238,52 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_requests_get_4xx_saying_what_was_wrong(server, dataset, case):
     body, content_type, want_status, message_start = BAD_REQUESTS[case]
-    status, answer = post(server, body, content_type)
+    status, answer = post(server, body() if callable(body) else body, content_type)
     assert status == want_status, (status, answer)
     assert answer["message"].startswith(message_start), answer["message"][:500]
+    assert len(answer["message"]) < 500, "the message says what was wrong, without echoing the request"
     status, ok = post(server, {"inputs": dataset.x_test[:1].tolist()})
     assert status == 200 and len(ok["predictions"]) == 1
+
+
+def test_body_limit_leaves_room_for_the_largest_batch(server, dataset):
+    """1,024 images as JSON floats of 17 digits (x.49999999999999994, 16 MB) fit the default body limit."""
+    images = np.nextafter(np.minimum(dataset.x_test[:serving.MAX_BATCH], 254) + 0.5, 0)
+    raw = json.dumps({"inputs": images.tolist()}).encode()
+    assert 15 * 2**20 < len(raw) < serving.MAX_BATCH * request_body.BODY_BYTES_PER_IMAGE
+    status, body = post(server, raw)
+    assert status == 200, body
+    assert len(body["predictions"]) == serving.MAX_BATCH
+
+
+def test_body_limit_follows_serving_model_config(store, dataset):
+    """`SERVING_MODEL_CONFIG='{"max_body_mb": 0.5}' mlflow models serve ...` refuses a 1 MB compact
+    request with a 413 naming the limit, and answers a 100 KB one; loaded in-process, the classifier
+    leaves MLflow's scoring server as it is."""
+    from mlflow.pyfunc import scoring_server
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [MLFLOW, "models", "serve", "-m", CHAMPION, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+           "-w", "1"]
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": store["uri"], "SERVING_MODEL_CONFIG": '{"max_body_mb": 0.5}'}
+    with running_server(cmd, base + "/ping", cwd=store["root"], env=env, log="server_small_limit.log"):
+        status, answer = post(base, serving.compact_request(dataset.x_test[:1000]))
+        assert status == 413, answer
+        assert answer["message"].startswith("the request body is 1,045,"), answer["message"]
+        assert "the limit is 524,288 bytes (0.5 MiB)" in answer["message"]
+        status, answer = post(base, serving.compact_request(dataset.x_test[:100]))
+        assert status == 200 and len(answer["predictions"]) == 100, answer
+    mlflow.pyfunc.load_model(CHAMPION)
+    assert scoring_server.invocations.__module__ == scoring_server.__name__
+
+
+def test_body_limit_setting_is_checked():
+    assert request_body.body_limit(None, serving.MAX_BATCH) == 32 * 2**20
+    assert request_body.body_limit(0.5, serving.MAX_BATCH) == 2**19
+    for bad in (0, -1, "64", True):
+        with pytest.raises(ValueError, match=f"max_body_mb={bad!r}: give the largest request body"):
+            request_body.body_limit(bad, serving.MAX_BATCH)
 
 
 def test_concurrent_clients_all_answered(server, dataset):

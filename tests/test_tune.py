@@ -10,11 +10,14 @@ import time
 import mlflow
 import optuna
 import pytest
+from conftest import mlflow_run, predict_in_batches, subprocess_env
 from mlflow.tracking import MlflowClient
 
-from conftest import mlflow_run, predict_in_batches, subprocess_env
-from fmnist_exp import config as C
-from fmnist_exp import experiment, storage, tracking as T, tune
+from fmnist_exp import params as P
+from fmnist_exp.commands import tune
+from fmnist_exp.scale import storage
+from fmnist_exp.train import job
+from fmnist_exp.train import runs as T
 
 pytestmark = pytest.mark.slow
 MODEL = "fmnist-classifier"
@@ -41,8 +44,9 @@ def study_file(tmp_path, name="tiny", *, pruner="{type: none}", fixed="",
 
 
 def run_tune(study, *, train_fn=None, **kw):
-    args = C.resolve_tune({"family": "mlp", "study": study, **kw})
-    return tune.run(args, train_fn=train_fn)
+    """The study's summary as the command prints it (its JSON keys)."""
+    args = P.tune_args({"family": "mlp", "study": study, **kw})
+    return tune.run(args, train_fn=train_fn).flat()
 
 
 def runs(filter_string=""):
@@ -171,10 +175,10 @@ def test_pruning_marks_trials_pruned(tracking, tmp_path):
 
 
 def test_exception_in_one_trial_fails_only_that_run(tracking, tmp_path):
-    def flaky(family, p, **kw):
+    def flaky(p, **kw):
         if kw["extra_tags"]["optuna_trial"] == "1":
             raise RuntimeError("disk full (injected)")
-        return experiment.train_in_run(family, p, **kw)
+        return job.train_in_run(p, **kw)
 
     summary = run_tune(study_file(tmp_path), n_trials=3, train_fn=flaky)
     assert (summary["n_complete"], summary["n_failed"]) == (2, 1)
@@ -242,3 +246,21 @@ def test_ctrl_c_leaves_no_running_run_and_study_resumes(tracking, tmp_path):
     assert [(t.number, t.state.name) for t in trials] == [(0, "FAIL"), (1, "COMPLETE")]
     assert summary["alias"] == "champion"
     assert_nothing_running()
+
+
+def test_study_report_is_claimed_once_per_state(tracking):
+    """Who renders the study's plots and report (study/artifacts.py claim_report): not a worker
+    while another trial runs, unless it registered a new version; the last worker once per set
+    of finished trials."""
+    from fmnist_exp.study.artifacts import claim_report
+
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(), 0.5)
+    running = study.ask()
+    assert not claim_report(study, "run-a", registered_new=False)  # another worker's trial still runs
+    assert claim_report(study, "run-b", registered_new=True)  # a new version: its page
+    study.tell(running, 0.6)
+    assert claim_report(study, "run-c", registered_new=False)  # the last one out, new trials finished
+    assert study.user_attrs["study_report"] == {"run_id": "run-c", "n_finished": 2}
+    assert not claim_report(study, "run-d", registered_new=False)  # nothing new since: not made again
+    assert study.user_attrs["study_report"]["run_id"] == "run-c"

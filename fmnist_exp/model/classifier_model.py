@@ -1,0 +1,11 @@
+"""The servable classifier as MLflow loads it: logged as code (MLflow's models-from-code), not
+pickled. train.model_logging.log_classifier logs this file; on load MLflow runs it with the package
+on the path (``code_paths``), and ``set_model`` names the object that answers. The class and all its
+request checks live in model/classifier.py.
+"""
+
+import mlflow
+
+from fmnist_exp.model.classifier import FashionClassifier
+
+mlflow.models.set_model(FashionClassifier())

@@ -1,0 +1,137 @@
+"""A request's body before MLflow's scoring server parses it, and the 4xx answer to a bad request.
+
+`mlflow models serve` (MLflow 3: FastAPI on uvicorn) reads the whole body, parses it with Python's
+``json.loads`` and only then calls the model; neither uvicorn nor the scoring server has a setting for
+a body's size or nesting. So some bodies fail in MLflow's parse, before the classifier sees them:
+arrays nested deeper than the parser's recursion limit (``[[[[...`` 20,000 levels is 40 KB) and an
+integer of more than 4,300 digits raise errors MLflow does not catch (HTTP 500); a body that is not
+JSON at all is echoed whole in MLflow's 400 (50 MB in, 50 MB out); and a 50 MB body is parsed, in
+seconds, before the classifier can say it holds too many pixels.
+
+The classifier, once a scoring server has loaded it, therefore puts :func:`install`'s checks in front
+of the server's request handler: the size limit first, then one parse of a JSON body that turns
+those errors into a 4xx with a short message. MLflow takes the parsed object as it is, so a JSON
+body is parsed once instead of the twice MLflow's own handler parses it. Loaded in-process,
+nothing is installed: there is no body. The checks replace a module attribute of MLflow's
+(``invocations``, which the /invocations route calls by name), since no setting or hook exists;
+should a later MLflow change its shape, install() logs a warning and serves without them, and
+the hostile-body cases of tests/test_serving.py fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+_logger = logging.getLogger(__name__)
+SCORING_SERVER = "mlflow.pyfunc.scoring_server"
+JSON_MIME = "application/json"
+# A body may be this large per image of the batch limit: room for 784 pixels written as JSON
+# floats of 17 digits and more, or for a small PNG/JPEG file in base64.
+BODY_BYTES_PER_IMAGE = 32 * 1024
+_MLFLOW_HANDLER: dict[str, Any] = {}
+
+
+class BadRequest(MlflowException):
+    """A request the classifier cannot answer; served as HTTP 400 (or ``status``) with this message."""
+
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.reason = message
+
+    def get_http_status_code(self) -> int:
+        return self.status
+
+    def serialize_as_json(self) -> str:
+        # The scoring server rewrites .message to "Failed to predict data '<the whole batch>'.
+        # Error: ..." before answering; the client gets what was wrong, first, instead.
+        return json.dumps({**json.loads(super().serialize_as_json()), "message": self.reason})
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
+
+
+class NoContentType(BadRequest):
+    status = 415
+
+
+def body_limit(max_body_mb, max_batch: int) -> int:
+    """The body limit in bytes: ``max_body_mb`` MiB, or room for ``max_batch`` images when it is None."""
+    if max_body_mb is None:
+        return max_batch * BODY_BYTES_PER_IMAGE
+    if isinstance(max_body_mb, bool) or not isinstance(max_body_mb, (int, float)) or not max_body_mb > 0:
+        raise ValueError(f"model_config max_body_mb={max_body_mb!r}: give the largest request body to take in MiB, "
+                         'a number above 0, e.g. SERVING_MODEL_CONFIG=\'{"max_body_mb": 64}\'')
+    return int(max_body_mb * 2**20)
+
+
+def check_size(body: bytes | str, limit: int) -> None:
+    """Refuse a body over ``limit`` bytes before any parsing."""
+    if len(body) > limit:
+        raise BodyTooLarge(f"the request body is {len(body):,} bytes; the limit is {limit:,} bytes "
+                           f"({limit / 2**20:g} MiB): split the batch into smaller requests, or send the "
+                           f'compact {{"inputs": {{"uint8_b64": ...}}}} form (784 bytes of base64 per image)')
+
+
+def parse_json(body: bytes | str) -> dict:
+    """The body as a JSON object, or BadRequest saying what was wrong (never echoing the body)."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise BadRequest(f"the JSON body nests arrays or objects about {sys.getrecursionlimit():,} levels deep or "
+                         "more, too deep to parse; images nest 2 or 3 levels: send {\"inputs\": ...} with "
+                         "pixels of shape (n, 28, 28) or (n, 784)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # MLflow's own words, less its copy of the whole body after them
+        raise BadRequest(f"Invalid input. Ensure that input is a valid JSON formatted string. Error: {e}") from None
+    except ValueError:  # json.loads reads integers as int, whose text Python limits to so many digits
+        raise BadRequest(f"a number in the body has more than {sys.get_int_max_str_digits():,} digits: "
+                         "pixel values are 0-255") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f'the body must be a JSON object {{"inputs": ...}}; got {type(value).__name__}')
+    return value
+
+
+def _is_plain_json(content_type: str) -> bool:
+    """application/json with no parameter but charset=utf-8: the type whose body MLflow parses as JSON
+    (it answers any other parameter with its own 415, which this leaves to it)."""
+    mime, *parameters = (part.strip().lower() for part in content_type.split(";"))
+    return mime == JSON_MIME and all(p == "charset=utf-8" for p in parameters)
+
+
+def install(max_body_bytes: int) -> bool:
+    """In a process a scoring server started (`mlflow models serve`, or the image of `mlflow models
+    build-docker`, the same server behind nginx), check each request's body before MLflow does;
+    return whether the checks are in place."""
+    server: Any = sys.modules.get(SCORING_SERVER)  # MLflow's module, as loaded by the server
+    if server is None or getattr(server, "_SERVER_MODEL_PATH", None) not in os.environ:
+        return False  # loaded in-process: requests are Python values, not bodies
+    # MLflow's own handler, kept from the first load: a second load replaces the checks, not stacks them
+    handler = _MLFLOW_HANDLER.setdefault("invocations", getattr(server, "invocations", None))
+    if handler is None or list(inspect.signature(handler).parameters)[:2] != ["data", "content_type"]:
+        _logger.warning("this MLflow's scoring server has no invocations(data, content_type, ...): serving "
+                        "without the checks on a request's size and JSON (see fmnist_exp.model.request_body)")
+        return False
+
+    @functools.wraps(handler)
+    def invocations(data, content_type, *args, **kwargs):
+        if content_type is None:  # MLflow's handler would fail on it with a 500
+            raise NoContentType("the request has no Content-Type: send the header Content-Type: application/json")
+        check_size(data, max_body_bytes)
+        if isinstance(data, (bytes, str)) and _is_plain_json(content_type):
+            data = parse_json(data)  # MLflow's handler takes a parsed object as it is
+        return handler(data, content_type, *args, **kwargs)
+
+    server.invocations = invocations
+    return True

@@ -1,0 +1,28 @@
+"""Parameters: the one table (:mod:`.table`), its typed values (:mod:`.typed`) and how overrides
+resolve into them (:mod:`.resolve`)."""
+
+from . import table
+from .resolve import Layers, command, compose, family, network, replaced, tune_args
+from .table import DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
+from .typed import (
+                    BaselineParams,
+                    CnnParams,
+                    CommandArgs,
+                    DashboardArgs,
+                    DataParams,
+                    FamilyParams,
+                    FitParams,
+                    LaunchArgs,
+                    MlpParams,
+                    NetworkParams,
+                    PredictArgs,
+                    ProxyArgs,
+                    ReproduceArgs,
+                    TrainArgs,
+                    TuneArgs,
+)
+
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "CnnParams", "CommandArgs",
+           "ConfigError", "DashboardArgs", "DataParams", "FamilyParams", "FitParams", "LaunchArgs", "Layers",
+           "MlpParams", "NetworkParams", "Param", "PredictArgs", "ProxyArgs", "ReproduceArgs", "TrainArgs", "TuneArgs",
+           "command", "compose", "family", "network", "parse_int_list", "replaced", "table", "tune_args"]

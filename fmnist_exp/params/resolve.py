@@ -1,0 +1,166 @@
+"""From text and study files to checked, typed values, in one documented order.
+
+:func:`values` coerces and checks overrides against a list of :class:`~.table.Param` (every error
+reported at once, before any work starts); :func:`family` and :func:`command` build the typed
+values of :mod:`.typed`; :func:`compose` owns the order in which a study's layers override each
+other (tests/test_params.py states it case by case).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar, cast
+
+from . import table as T
+from . import typed
+
+
+def coerce(param: T.Param, value: Any) -> Any:
+    """Turn a CLI/MLproject string into the parameter's type, with a clear error."""
+    kind = param.type
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if kind is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            f = float(text)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        return kind(text)
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise T.ConfigError(f"{param.name}={text!r}: must be {what}") from None
+
+
+def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: str) -> dict[str, Any]:
+    """Defaults <- overrides, coerced and checked; every error reported at once.
+
+    An override of None leaves the default. For a parameter whose default is None ("not given"),
+    an empty text is "not given" too: that is how MLproject forwards a parameter nobody set."""
+    by_name = {p.name: p for p in params}
+    unknown = set(overrides or {}) - set(by_name)
+    if unknown:
+        raise T.ConfigError(
+            f"unknown parameter(s) for {what}: {', '.join(sorted(unknown))}; known: {', '.join(by_name)}")
+    out = {p.name: p.default for p in params}
+    errors, unparsed = [], set()
+    for key, value in (overrides or {}).items():
+        if value is None or (by_name[key].default is None and str(value).strip() == ""):
+            continue
+        try:
+            out[key] = coerce(by_name[key], value)
+        except T.ConfigError as e:
+            errors.append(str(e))
+            unparsed.add(key)
+    for p in params:
+        v = out[p.name]
+        if p.check is not None and v is not None and p.name not in unparsed and (msg := p.check(v)):
+            errors.append(f"{p.name}={v!r}: {msg}")
+    if errors:
+        raise T.ConfigError(f"invalid {what} parameter(s):\n  " + "\n  ".join(errors))
+    return out
+
+
+def _build(cls: type, resolved: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    kw = {k: (tuple(T.parse_int_list(v)) if k in typed.WIDTH_FIELDS else v) for k, v in resolved.items() if k in names}
+    return cls(**kw)
+
+
+def family(name: str, overrides: Mapping[str, Any] | None = None) -> typed.FamilyParams:
+    """One family's parameters: the table's defaults updated by ``overrides``, checked."""
+    resolved = values(T.family_params(name), overrides, what=name)
+    return _build(typed.FAMILY_CLASSES[name], resolved)
+
+
+def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.NetworkParams:
+    """An mlp's or a cnn's parameters (what studies, trials and reproductions train)."""
+    if name not in T.NETWORK_FAMILIES:
+        raise T.ConfigError(f"family {name!r} trains no network: choose one of {', '.join(T.NETWORK_FAMILIES)}")
+    params = family(name, overrides)
+    assert isinstance(params, (typed.MlpParams, typed.CnnParams))
+    return params
+
+
+P = TypeVar("P", bound=typed.BaselineParams | typed.MlpParams | typed.CnnParams)
+
+
+def replaced(params: P, **changes: Any) -> P:
+    """``params`` with ``changes``, checked again (a dataclasses.replace that cannot break a rule)."""
+    return cast(P, family(params.FAMILY, {**params.flat(), **changes}))
+
+
+def tune_args(overrides: Mapping[str, Any] | None = None) -> typed.TuneArgs:
+    resolved = values(T.TUNE_PARAMS, _legacy(overrides), what="tune")
+    return _build(typed.TuneArgs, resolved)
+
+
+def _legacy(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Earlier spellings of "the study file's budget" (table.TUNE_LEGACY_NOT_GIVEN) read as not given."""
+    out = dict(overrides or {})
+    for key, old in T.TUNE_LEGACY_NOT_GIVEN.items():
+        if key in out and out[key] is not None and str(out[key]).strip() != "":
+            try:
+                if float(str(out[key])) == old:
+                    out[key] = None
+            except ValueError:
+                pass  # not a number: coerce says so
+    return out
+
+
+def command(name: str, overrides: Mapping[str, Any] | None = None) -> typed.CommandArgs:
+    """Any command's typed values (``main`` is ``tune``)."""
+    if name in T.FAMILIES:
+        resolved = values(T.command_params(name), overrides, what=name)
+        experiment, system_metrics = resolved.pop("experiment"), resolved.pop("system_metrics")
+        return typed.TrainArgs(params=_build(typed.FAMILY_CLASSES[name], resolved), experiment=experiment,
+                               system_metrics=system_metrics)
+    if name in ("tune", "main"):
+        return tune_args(overrides)
+    if name == "register":
+        # register takes tune's study and registry parameters and keeps tune's defaults for the rest
+        given = values(T.command_params("register"), _legacy(overrides), what="register")
+        return tune_args(given)
+    if name == "launch":
+        resolved = values(T.command_params("launch"), _legacy(overrides), what="launch")
+        own = {p.name: resolved.pop(p.name) for p in T.LAUNCH_OWN_PARAMS}
+        return typed.LaunchArgs(**own, tune=_build(typed.TuneArgs, resolved))
+    cls = {"predict": typed.PredictArgs, "reproduce": typed.ReproduceArgs, "dashboard": typed.DashboardArgs,
+           "storage-proxy": typed.ProxyArgs}[name]
+    return _build(cls, values(T.command_params(name), overrides, what=name))
+
+
+# ----------------------------------------------------------------------------- a study's layers
+
+
+@dataclass(frozen=True)
+class Layers:
+    """What a study run stacks on the family's defaults, lowest first (:func:`compose`)."""
+
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # the study file's ``fixed``
+    budget: Mapping[str, Any] = field(default_factory=dict)  # the study file's per-trial epochs, train_samples
+    sampled: Mapping[str, Any] = field(default_factory=dict)  # what the trial drew from the space
+    command_line: Mapping[str, Any] = field(default_factory=dict)  # the tune command's seed, data_dir, budget
+    final: Mapping[str, Any] = field(default_factory=dict)  # the study file's ``final`` (and the final's seed)
+
+    def merged(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for layer in (self.fixed, self.budget, self.sampled, self.command_line, self.final):
+            out.update(layer)
+        return out
+
+
+def compose(name: str, layers: Layers) -> typed.NetworkParams:
+    """A trial's (or final retrain's) parameters: the table's defaults, the family's own, then the
+    study file's fixed values and budget, the sampled values, the command line, the final retrain;
+    each layer overrides those before it."""
+    return network(name, layers.merged())

@@ -1,0 +1,282 @@
+"""The one parameter table: every parameter of every entry point, with its default, help and check.
+
+Each family (baseline, mlp, cnn) and each command is a list of :class:`Param`. The CLI builds its
+flags from these lists, MLproject forwards the same names (scripts/gen_mlproject.py writes it from
+here, a test keeps the two equal), and :mod:`.typed` turns them into frozen values. A default of
+``None`` means "not given": the command then takes the value from somewhere else (a study file,
+the environment), and the help text says where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..metrics import VAL_ACC, VAL_LOSS
+
+ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh")
+MONITORS = (VAL_LOSS, VAL_ACC)
+LR_SCHEDULES = ("plateau", "cosine")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+FAMILIES = ("baseline", "mlp", "cnn")
+NETWORK_FAMILIES = ("mlp", "cnn")
+DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
+
+
+class ConfigError(ValueError):
+    """A parameter is out of range or malformed; the message names it and the allowed values."""
+
+
+Check = Callable[[Any], "str | None"]  # returns what is wrong, or None
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any  # None: not given (see the module docstring)
+    help: str
+    check: Check | None = None
+    kind: type | None = None  # the value's type where the default (None) does not tell it
+
+    @property
+    def type(self) -> type:
+        return self.kind or type(self.default)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def in_range(lo, hi, *, lo_open=False, hi_open=False) -> Check:
+    def check(v):
+        too_low = v <= lo if lo_open else v < lo
+        too_high = v >= hi if hi_open else v > hi
+        if too_low or too_high:
+            lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+            return f"must be in {lb}{lo}, {hi}{rb}"
+        return None
+
+    return check
+
+
+def one_of(choices) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+
+
+def int_list(lo, hi, *, min_len=1, max_len=6) -> Check:
+    def check(v):
+        try:
+            items = parse_int_list(v)
+        except ValueError:
+            return "must be a comma-separated list of integers, e.g. 256,128"
+        if not min_len <= len(items) <= max_len:
+            return f"must list {min_len} to {max_len} integers"
+        if any(not lo <= i <= hi for i in items):
+            return f"every entry must be in [{lo}, {hi}]"
+        return None
+
+    return check
+
+
+def parse_int_list(text) -> list[int]:
+    """'64, 32' (or a list of integers) -> [64, 32]."""
+    if isinstance(text, (list, tuple)):
+        return [int(t) for t in text]
+    return [int(t) for t in str(text).replace(" ", "").split(",") if t]
+
+
+# ----------------------------------------------------------------------------- families
+
+DATA_PARAMS = [
+    Param("data_dir", None, "folder with the IDX files or CSV pair (not given: search the usual places, "
+          "docs/data.md)", kind=str),
+    Param("val_fraction", 0.1, "share of the training set held out for validation", in_range(0.01, 0.5)),
+    Param("train_samples", 0, "limit training images for quick runs (0 = all)",
+          lambda v: None if v == 0 or v >= 100 else "must be 0 (all) or at least 100"),
+    Param("seed", 42, "seed for the split, initialisation and shuffling", in_range(0, 2**31 - 1)),
+]
+
+FIT_PARAMS = [
+    Param("epochs", 15, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
+    Param("batch_size", 128, "images per gradient step", in_range(1, 8192)),
+    Param("learning_rate", 0.002, "Adam's initial learning rate", in_range(0, 1, lo_open=True)),
+    Param("lr_schedule", "cosine", "plateau: reduce on plateau; cosine: one cosine decay over all epochs",
+          one_of(LR_SCHEDULES)),
+    Param("warmup_epochs", 0.0, "epochs of linear learning-rate warm-up before the cosine decay (cosine)",
+          in_range(0, 100)),
+    Param("lr_patience", 2, "epochs without improvement before the LR is reduced (plateau)", in_range(1, 100)),
+    Param("lr_factor", 0.5, "factor the LR is multiplied by on a plateau", in_range(0, 1, lo_open=True, hi_open=True)),
+    Param("early_stopping_patience", 4, "epochs without improvement before training stops (0 = off)",
+          in_range(0, 1000)),
+    Param("monitor", "val_loss", "what early stopping and LR reduction watch", one_of(MONITORS)),
+    Param("label_smoothing", 0.0, "share of each label spread over the other classes in the loss",
+          in_range(0, 0.5, hi_open=True)),
+    Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, mixed_bfloat16 on a CPU with "
+          "bfloat16 instructions (AMX-BF16 or AVX512-BF16) under TensorFlow, else float32; or name one "
+          "(docs/speed.md)", one_of(PRECISIONS)),
+    Param("augment", False, "random horizontal flips, shifts, rotations and zoom while training"),
+    Param("aug_shift", 0.08, "largest random shift, as a share of the image side (augment)", in_range(0, 0.5)),
+    Param("aug_rotate", 0.03, "largest random rotation, as a share of a full turn (augment; 0 = none)",
+          in_range(0, 0.5)),
+    Param("aug_zoom", 0.08, "largest random zoom in or out, as a share of the image side (augment; 0 = none)",
+          in_range(0, 0.9, hi_open=True)),
+    Param("aug_erase", 0.0, "probability that a training image gets a random rectangle (2-25% of its area) "
+          "blanked to background (random erasing; augment; 0 = none)", in_range(0, 1)),
+    Param("tta_flip", False, "the trained model answers with the mean of its predictions for the image and "
+          "its mirror image (test-time augmentation; 2x inference cost; pair it with augment=true: a network "
+          "never shown mirror images loses accuracy)"),
+]
+
+NET_COMMON = [
+    Param("dropout", 0.3, "dropout rate before each dense layer", in_range(0, 1, hi_open=True)),
+    Param("l2", 1e-4, "L2 weight penalty on every kernel", in_range(0, 1)),
+]
+
+
+def restate(name: str, default: Any) -> Param:
+    """A shared fit parameter with a family's own default (same help, same check)."""
+    return replace(next(p for p in FIT_PARAMS if p.name == name), default=default)
+
+
+FAMILY_PARAMS = {
+    "baseline": [
+        Param("C", 1.0, "inverse regularisation strength of the logistic regression", in_range(0, 1e6, lo_open=True)),
+        Param("max_iter", 100, "most solver iterations of the logistic regression", in_range(1, 10_000)),
+    ],
+    "mlp": [
+        Param("hidden_units", "512,256", "widths of the hidden layers, comma-separated", int_list(1, 8192)),
+        Param("activation", "relu", "activation of the hidden layers", one_of(ACTIVATIONS)),
+        *NET_COMMON,
+    ],
+    "cnn": [
+        # chosen by validation accuracy per unit of training time (BENCHMARKS.md, "Recipes")
+        restate("epochs", 9),
+        Param("filters", "32,64,128,256", "conv filters per block (each block halves the image)",
+              int_list(1, 1024, max_len=4)),
+        Param("convs_per_block", 1, "3x3 convolutions before each pooling", in_range(1, 3)),
+        Param("pool_first", True, "max-pool before batch norm and ReLU (4x fewer of their operations)"),
+        Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
+        Param("batch_norm", True, "batch normalisation after every convolution"),
+        *NET_COMMON,
+        restate("label_smoothing", 0.1),
+    ],
+}
+
+
+def family_params(family: str) -> list[Param]:
+    """All parameters of one family's entry point, in CLI order."""
+    if family not in FAMILY_PARAMS:
+        raise ConfigError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    own = {p.name: p for p in FAMILY_PARAMS[family]}
+    shared = [] if family == "baseline" else FIT_PARAMS
+    # a family may restate a shared parameter with its own default; it keeps the shared place
+    restated = [own.pop(p.name) if p.name in own else p for p in shared]
+    return [*own.values(), *restated, *DATA_PARAMS]
+
+
+# ----------------------------------------------------------------------------- commands
+
+# Where a command files its runs. Not a model parameter: not in family_params (so a reproduction
+# does not miss it), only on the commands (train.tracking.use_experiment says how it is chosen).
+EXPERIMENT = Param("experiment", None, "MLflow experiment for this command's runs (not given: "
+                   "$MLFLOW_EXPERIMENT_NAME, else fmnist-<family> for a single run, fmnist-study-<study name> for "
+                   "a study; under `mlflow run`, use its --experiment-name instead)", kind=str)
+
+# Whether training runs record CPU, memory, disk, network (and GPU) use: MLflow's system metrics.
+# Not a model parameter either: how a run is watched, not what it trains (train.runs.system_metrics).
+SYSTEM_METRICS = Param("system_metrics", None, "training runs record CPU, memory, disk, network and GPU use as "
+                       "MLflow system metrics, every second or every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds "
+                       "(not given: $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING where set, else true)", kind=bool)
+
+TUNE_PARAMS = [
+    Param("family", None, "model family to tune: mlp or cnn (not given: the study's own: the family stored on an "
+          "existing study, else the study file's, else cnn)", one_of(NETWORK_FAMILIES), kind=str),
+    Param("study", None, "study file: a path, or a name in experiments/ (not given: experiments/<family>.yaml)",
+          kind=str),
+    Param("n_trials", None, "trials to run in this invocation (not given: the study file's budget)",
+          in_range(1, 100_000), kind=int),
+    Param("timeout", None, "stop starting trials after this many seconds, 0 = no limit (not given: the study "
+          "file's budget)", in_range(0, 10**7), kind=int),
+    Param("epochs", None, "most epochs per trial (not given: the study file's budget)", in_range(1, 1000), kind=int),
+    Param("train_samples", None, "training images per trial, 0 = all (not given: the study file's budget)",
+          in_range(0, 10**6), kind=int),
+    Param("study_name", None, "Optuna study name (not given: the study file's name)", kind=str),
+    Param("storage", None, "Optuna storage URL, e.g. postgresql://USER@HOST/DB with the password in PGPASSWORD "
+          "or ~/.pgpass, or grpc://HOST:PORT for a storage-proxy (grpc://HOST1:PORT1,HOST2:PORT2: several, tried in "
+          "order) (not given: sqlite optuna.db beside mlflow.db)",
+          kind=str),
+    Param("model_name", "fmnist-classifier", "registered model name"),
+    Param("seed", 42, "seed of every trial's split and initialisation, and of the sampler of a lone (SQLite) "
+          "worker; workers sharing a database each draw their own (parameter sampler_seed)", in_range(0, 2**31 - 1)),
+    Param("data_dir", None, "folder with the dataset (not given: search the usual places)", kind=str),
+    Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
+    Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "
+          "exact McNemar p below this", in_range(0, 1, lo_open=True, hi_open=True)),
+    EXPERIMENT,
+    SYSTEM_METRICS,
+]
+
+# Earlier command lines (and MLproject's forwarded defaults) wrote these values for "the study
+# file's budget"; they still mean that. timeout=0 means what it means in a study file: no limit.
+TUNE_LEGACY_NOT_GIVEN = {"n_trials": 0, "epochs": 0, "train_samples": -1}
+
+# `launch`: where the tune workers run; every tune parameter follows and is passed to each worker.
+LAUNCH_OWN_PARAMS = [
+    Param("scheduler", "tcp://127.0.0.1:8786", "address of the Dask scheduler whose workers run the tune workers "
+          "(`dask scheduler` listens on 8786)"),
+    Param("workers", 2, "tune workers to start, each in its own process on a Dask worker that offers the `tune` "
+          "resource (0 = create the study and print the worker command only, e.g. for a Kubernetes Job)",
+          in_range(0, 10_000)),
+]
+
+# register may train too (final retrains, the reference): system_metrics is its as well
+REGISTER_NAMES = ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir", "promote_alpha",
+                  "experiment", "system_metrics")
+
+PREDICT_PARAMS = [
+    Param("model_uri", "models:/fmnist-classifier@champion", "model to answer with (any models:/ or runs:/ URI)"),
+]
+
+REPRODUCE_PARAMS = [
+    replace(PREDICT_PARAMS[0], help="model to rebuild: models:/<name>/<version>, models:/<name>@<alias> "
+            "or runs:/<run_id>/<path>"),
+    Param("tolerance", 0.003, "largest accepted test-accuracy difference to the original, either way, as a fraction "
+          "(0.003 = 0.3 percentage points = 30 of the 10,000 test images); exit code 1 beyond it",
+          in_range(0, 1)),
+    Param("data_dir", None, "folder with the dataset (not given: search the usual places); refused unless its "
+          "sha256 is the original's", kind=str),
+    Param("exact", False, "true: pass only if the rebuild's test-set probabilities are bit-identical to the "
+          "original's (same machine, code and data give that; tolerance is then not used)"),
+    EXPERIMENT,
+]
+
+_STORAGE = next(p for p in TUNE_PARAMS if p.name == "storage")
+
+DASHBOARD_PARAMS = [
+    replace(_STORAGE, help="Optuna storage URL to show (not given: sqlite optuna.db beside mlflow.db, where tune "
+            "writes by default)"),
+    Param("port", 8080, "port the dashboard listens on", in_range(1, 65535)),
+    Param("host", "127.0.0.1", "address to listen on (the dashboard has no login: keep it on loopback)"),
+]
+
+PROXY_PARAMS = [
+    replace(_STORAGE, help="the PostgreSQL study store to serve, postgresql://USER@HOST:PORT/DATABASE "
+            "(password in PGPASSWORD or ~/.pgpass); required"),
+    Param("host", "127.0.0.1", "address to listen on (plaintext gRPC without login: loopback or a private network)"),
+    Param("port", 13000, "port to listen on; workers then use --storage grpc://HOST:PORT", in_range(1, 65535)),
+]
+
+COMMANDS = (*FAMILIES, "tune", "register", "launch", "predict", "reproduce", "dashboard", "storage-proxy")
+
+
+def command_params(command: str) -> list[Param]:
+    """The parameters of one CLI command / MLproject entry point (``main`` is ``tune``)."""
+    if command in FAMILIES:
+        return [*family_params(command), EXPERIMENT, SYSTEM_METRICS]
+    special = {"main": TUNE_PARAMS, "tune": TUNE_PARAMS,
+               "register": [p for p in TUNE_PARAMS if p.name in REGISTER_NAMES],
+               "launch": [*LAUNCH_OWN_PARAMS, *TUNE_PARAMS], "predict": PREDICT_PARAMS,
+               "reproduce": REPRODUCE_PARAMS, "dashboard": DASHBOARD_PARAMS, "storage-proxy": PROXY_PARAMS}
+    if command not in special:
+        raise ConfigError(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
+    return special[command]

@@ -1,0 +1,169 @@
+"""The checked parameters as frozen values: one class per family and per command.
+
+A command reads its values once (:mod:`.resolve` coerces and checks them against the table in
+:mod:`.table`) and from then on passes one of these, so a reader and a type checker see which
+fields a function uses. ``None`` means "not given". ``flat()`` is the one place a value becomes
+the flat dict that MLflow records (widths as "64,32", "not given" as '').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+
+def _flat_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class Values:
+    """Base of every parameter value: its flat form is what a run logs."""
+
+    def flat(self) -> dict[str, Any]:
+        return {f.name: _flat_value(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataParams(Values):
+    data_dir: str | None
+    val_fraction: float
+    train_samples: int  # 0 = all
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineParams(DataParams):
+    FAMILY: ClassVar[str] = "baseline"
+    C: float
+    max_iter: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitParams(DataParams):
+    """What every network's training takes (mlp and cnn alike)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str
+    warmup_epochs: float
+    lr_patience: int
+    lr_factor: float
+    early_stopping_patience: int  # 0 = off
+    monitor: str
+    label_smoothing: float
+    precision: str
+    augment: bool
+    aug_shift: float
+    aug_rotate: float
+    aug_zoom: float
+    aug_erase: float
+    tta_flip: bool
+    dropout: float
+    l2: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlpParams(FitParams):
+    FAMILY: ClassVar[str] = "mlp"
+    hidden_units: tuple[int, ...]
+    activation: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CnnParams(FitParams):
+    FAMILY: ClassVar[str] = "cnn"
+    filters: tuple[int, ...]
+    convs_per_block: int
+    pool_first: bool
+    dense_units: int  # 0 = no dense layer before the softmax
+    batch_norm: bool
+
+
+NetworkParams = MlpParams | CnnParams
+FamilyParams = BaselineParams | MlpParams | CnnParams
+FAMILY_CLASSES: dict[str, type[Values]] = {"baseline": BaselineParams, "mlp": MlpParams, "cnn": CnnParams}
+WIDTH_FIELDS = ("hidden_units", "filters")  # comma lists on the command line, tuples here
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainArgs(Values):
+    """baseline, mlp, cnn: one family's parameters and where the run is filed."""
+
+    params: FamilyParams
+    experiment: str | None
+    system_metrics: bool | None  # None: $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING where set, else on
+
+    def flat(self) -> dict[str, Any]:
+        return {**self.params.flat(), "experiment": _flat_value(self.experiment),
+                "system_metrics": _flat_value(self.system_metrics)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneArgs(Values):
+    """tune and register (register keeps tune's defaults for what it does not take)."""
+
+    family: str | None
+    study: str | None
+    n_trials: int | None
+    timeout: int | None  # 0 = no limit
+    epochs: int | None
+    train_samples: int | None  # 0 = all
+    study_name: str | None
+    storage: str | None
+    model_name: str
+    seed: int
+    data_dir: str | None
+    register: bool
+    promote_alpha: float
+    experiment: str | None
+    system_metrics: bool | None  # None: $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING where set, else on
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchArgs(Values):
+    scheduler: str
+    workers: int
+    tune: TuneArgs
+
+    def flat(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler, "workers": self.workers, **self.tune.flat()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictArgs(Values):
+    model_uri: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReproduceArgs(Values):
+    model_uri: str
+    tolerance: float
+    data_dir: str | None
+    exact: bool
+    experiment: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DashboardArgs(Values):
+    storage: str | None
+    port: int
+    host: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyArgs(Values):
+    storage: str | None
+    host: str
+    port: int
+
+
+CommandArgs = TrainArgs | TuneArgs | LaunchArgs | PredictArgs | ReproduceArgs | DashboardArgs | ProxyArgs

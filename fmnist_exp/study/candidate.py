@@ -1,0 +1,47 @@
+"""The model a study proposes for registration, and its answers on the test split (scored once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlflow
+import numpy as np
+
+from ..data import Dataset
+from ..metrics import VAL_FINAL_ACC
+from ..train.evaluate import score_on_test
+
+BEST_TRIAL, FINAL_RETRAIN, ENSEMBLE_OF_FINALS = "best trial", "final retrain", "ensemble of final retrains"
+
+
+@dataclass
+class Candidate:
+    """The model a study proposes: its run, model URIs, validation accuracy and origin."""
+
+    run_id: str
+    model_uri: str  # the Keras model
+    classifier_uri: str  # the servable pyfunc around it (scored on the test split, registered)
+    val_accuracy: float
+    trial_number: int
+    origin: str  # BEST_TRIAL, FINAL_RETRAIN or ENSEMBLE_OF_FINALS
+    test_labels: np.ndarray | None = None  # its answers on the test split, once scored
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+    def score(self, ds: Dataset) -> np.ndarray:
+        """Score the classifier on the test split, once per process and once per run; its answers."""
+        if self.test_labels is None:
+            self.test_labels, self.test_metrics = score_on_test(self.run_id, self.classifier_uri, ds, self.origin)
+        return self.test_labels
+
+
+def finished(filter_string: str, trial_number: int, origin: str) -> Candidate | None:
+    """A FINISHED run of a resumed study (matching ``filter_string``) that logged its models, as the
+    candidate it was; None when there is none and it must be trained."""
+    done = mlflow.search_runs(filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
+                              output_format="list")
+    done = [r for r in done if r.data.tags.get("model_uri")]
+    if not done:
+        return None
+    r = done[0]
+    return Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
+                     r.data.metrics[VAL_FINAL_ACC], trial_number, origin)

@@ -1,0 +1,171 @@
+"""Before a study runs: everything that can be wrong is checked (tracking server, storage, study,
+study file, budget, data) before any work and before any MLflow run starts; then the study is
+created or joined, once, and the parent run records how it was set up."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+
+from .. import data as D
+from .. import params as P
+from ..params import ConfigError, TuneArgs
+from ..scale.storage import StorageURL, preflight
+from ..train import tracking
+from . import spec as S
+from .space import as_trial_params
+
+# Study user attributes that make a study self-describing.
+STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A study ready to run: its file, budget, data and storage, checked."""
+
+    args: TuneArgs
+    spec: S.StudySpec
+    budget: S.Budget
+    ds: D.Dataset
+    study_name: str
+    storage: StorageURL
+    optuna_storage: optuna.storages.BaseStorage  # opened once, shared by every step
+
+    def layers(self, sampled: dict[str, Any] | None = None, final: dict[str, Any] | None = None) -> P.Layers:
+        return study_layers(self.args, self.spec, sampled, final)
+
+    def trial_params(self, sampled: dict[str, Any] | None = None) -> P.NetworkParams:
+        return P.compose(self.spec.family, self.layers(sampled))
+
+    def final_params(self, config: dict[str, Any], seed: int) -> P.NetworkParams:
+        """The best configuration retrained with the study file's ``final`` and ``seed``."""
+        return P.compose(self.spec.family, self.layers(config, {**self.spec.final.params, "seed": seed}))
+
+    def final_seeds(self) -> list[int]:
+        """seed, seed+1, ... for ``final.seeds`` retrains; ``final`` may name the first seed."""
+        first = self.spec.final.params.get("seed", self.args.seed)
+        return list(range(first, first + self.spec.final.seeds))
+
+
+def study_layers(args: TuneArgs, spec: S.StudySpec, sampled: dict[str, Any] | None = None,
+                 final: dict[str, Any] | None = None) -> P.Layers:
+    """A study's layers for a trial (``sampled``) or a final retrain (``final``), in the one order
+    :func:`params.compose` applies: the command line's budget only where it was given."""
+    given = {"epochs": args.epochs, "train_samples": args.train_samples}
+    return P.Layers(
+        fixed=spec.fixed,
+        budget={"epochs": spec.budget.epochs, "train_samples": spec.budget.train_samples},
+        sampled=sampled or {},
+        command_line={**{k: v for k, v in given.items() if v is not None}, "seed": args.seed,
+                      "data_dir": args.data_dir},
+        final=final or {},
+    )
+
+
+def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
+    """Check everything that can be wrong before any work, and before any MLflow run is started."""
+    url = preflight(args.storage)
+    study_name = args.study_name or S.resolve_path(args.study, args.family).stem
+    opened = url.open()  # under a lock: workers started together create the tables once (scale/locks.py)
+    try:
+        stored = optuna.load_study(study_name=study_name, storage=opened).user_attrs
+    except KeyError:
+        if must_exist:
+            raise ConfigError(f"no study {study_name!r} in {url.where}: check study_name and storage") from None
+        stored = None
+    spec = study_spec(args, study_name, stored)
+    check_reference_run(spec)
+    budget = spec.budget.with_command_line(args)
+    P.compose(spec.family, study_layers(args, spec))  # what every trial shares: refused now, not in trial 0
+    return Setup(args, spec, budget, D.load(args.data_dir), study_name, url, opened)
+
+
+def study_spec(args: TuneArgs, study_name: str, stored: dict[str, Any] | None) -> S.StudySpec:
+    """The study file a command works with. An existing study carries its own (stored when it was
+    created): its family wins, a contradicting ``family`` is refused, and without a ``study``
+    argument its stored file is used, so `register` needs only study_name and storage."""
+    if not stored or STUDY_TEXT not in stored:
+        return S.load(args.study, args.family)  # a new study, or one made before files were stored
+    family = stored[STUDY_FAMILY]
+    if args.family and args.family != family:
+        raise ConfigError(f"study {study_name!r} tunes family {family!r} (recorded on the study when it was "
+                          f"created), not family={args.family!r}: leave family empty to use the study's")
+    if args.study:
+        return S.load(args.study, family)
+    return S.parse(stored[STUDY_TEXT], Path(stored[STUDY_FILE]), family)
+
+
+def check_reference_run(spec: S.StudySpec) -> None:
+    """A ``{run_id: ...}`` reference must exist and carry a logged model; said before the search."""
+    from mlflow.exceptions import MlflowException
+
+    if spec.reference.kind != "run":
+        return
+    try:
+        run = mlflow.MlflowClient().get_run(spec.reference.run_id)
+    except MlflowException:
+        raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} is not in the tracking store "
+                          f"{mlflow.get_tracking_uri()}; give the id of a finished mlp or cnn run") from None
+    tags = run.data.tags
+    if not (tags.get("model_uri") and tags.get("classifier_uri")):  # e.g. a baseline run: no Keras model
+        raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} has no logged Keras model "
+                          "(model_uri and classifier_uri tags); give the id of a finished mlp or cnn run")
+
+
+def sampler_seed(seed: int, url: StorageURL) -> int:
+    """The sampler's seed. A lone worker (SQLite) uses ``seed``, so its search replays. Workers
+    sharing a database draw one each: with one seed they would all propose the same random startup
+    configurations, and TPE's the same answers to the same history, training each one N times.
+    The seed drawn is logged on the worker's parent run (``sampler_seed``)."""
+    return seed if url.is_sqlite else random.SystemRandom().randrange(2**31)
+
+
+def open_study(setup: Setup, seed: int) -> optuna.Study:
+    """Create or join the study; a study created here records its family and study file."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say it better
+
+    def create() -> optuna.Study:
+        study = optuna.create_study(
+            study_name=setup.study_name, storage=setup.optuna_storage, direction="maximize", load_if_exists=True,
+            sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(),
+        )
+        if STUDY_TEXT not in study.user_attrs:
+            study.set_user_attr(STUDY_FAMILY, setup.spec.family)
+            study.set_user_attr(STUDY_FILE, setup.spec.path.name)
+            study.set_user_attr(STUDY_TEXT, setup.spec.text)
+        for point in setup.spec.enqueue:  # known-good starting points, once per study
+            study.enqueue_trial(as_trial_params(setup.spec.space, point), skip_if_exists=True)
+        return study
+
+    # One worker at a time creates the study, records its file and enqueues its starting points
+    # (skip_if_exists reads, then writes: two at once would enqueue each point twice).
+    with setup.storage.lock(f"create study {setup.study_name}"):
+        return create()
+
+
+def trials_started(study: optuna.Study) -> int:
+    """Trials that ran or run; enqueued ones still WAITING do not make a study 'resumed'."""
+    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
+
+
+def log_setup(setup: Setup, before: int, sampler_seed: int | None = None) -> None:
+    """What the parent run records of the study's setup (the storage redacted)."""
+    spec = setup.spec
+    mlflow.set_tags({"family": spec.family, "arch": f"optuna study {setup.study_name}",
+                     "optuna_study": setup.study_name, "study_description": spec.description,
+                     "resumed": str(before > 0).lower()})
+    # storage: the redacted form (under `mlflow run` MLflow has logged the -P value itself already)
+    tracking.log_params({**setup.args.flat(), "family": spec.family, "storage": str(setup.storage),
+                         "study_file": str(spec.path)})
+    tracking.log_params({f"budget_{k}": v for k, v in setup.budget.flat().items()})
+    tracking.log_params({"pruner": spec.make_pruner().__class__.__name__, "pruner_config": spec.pruner,
+                         "sampler": spec.make_sampler(0).__class__.__name__,
+                         "optuna_storage": str(setup.storage), "trials_before": before,
+                         **({"sampler_seed": sampler_seed} if sampler_seed is not None else {})})
+    tracking.log_params(setup.ds.describe())
+    mlflow.log_text(spec.text, f"study/{spec.path.name}")

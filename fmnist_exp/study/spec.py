@@ -1,0 +1,284 @@
+"""Study files: ``experiments/<study>.yaml`` read, checked and turned into a typed :class:`StudySpec`.
+
+A study file says what it asks (``description``), which family it tunes, its budget, the
+parameters it fixes, the search space (study/space.py), the pruner and the sampler. Every range
+is checked against the family's own parameter checks before the first trial starts, so a typo
+costs seconds, not a study. docs/studies.md describes every key; in short:
+
+- ``enqueue``: points in the space tried first (e.g. the family's default recipe), once per study.
+- ``final``: a budget (e.g. ``{epochs: 8, train_samples: 0}``) the best configuration is retrained
+  with after the search, so trials can be cheap while the registered model gets the full recipe;
+  ``seeds: k`` retrains it with seeds seed..seed+k-1 and registers the one with the best
+  *validation* accuracy, or with ``ensemble: true`` their average (k times the inference cost).
+- ``reference``: what the study's gain is measured against, on the same test images (the paired
+  difference with a bootstrap 95% interval and an exact McNemar p-value)::
+
+    reference: default                  # the family's default recipe (``fixed`` not applied); the default
+    reference: {params: {dropout: 0.2}} # a named configuration, checked like ``fixed``
+    reference: {run_id: "<run id>"}     # a run already measured: its logged Keras model is scored
+    reference: off                      # no reference, no gain
+
+  ``default`` and ``params`` are trained with the recipe the family's entry point trains (its own
+  epochs, early stopping and schedule) on the candidate's images (``final``'s train_samples, else
+  the trials'; the same val_fraction) with its seed, in a nested run named ``reference`` (in a lone
+  worker's second process with one TensorFlow thread, so not its bits). The default recipe trained
+  as long as the candidate can be worse than the recipe itself (a network without augmentation
+  may overfit by then), hence its own epochs; ``{params: {epochs: N}}`` names a length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from .. import params as P
+from ..metrics import VAL_ACC
+from ..params import ConfigError, TuneArgs
+from ..params.table import family_params
+from .space import Dist, parse_space
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+BUDGET_DEFAULTS = {"n_trials": 10, "timeout": 0, "epochs": 5, "train_samples": 0}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "none": optuna.pruners.NopPruner,
+}
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+# a reference is trained on the candidate's images with its seed, so it may not set these (its epochs
+# are its own: the family's default, or what its params name)
+REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "data_dir")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a study invocation may spend: trials, seconds, and each trial's epochs and images."""
+
+    n_trials: int
+    timeout: int | None  # seconds after which no new trial starts; None: no limit
+    epochs: int  # per trial
+    train_samples: int  # per trial; 0 = all
+
+    @classmethod
+    def from_file(cls, raw: dict[str, Any]) -> Budget:
+        """The file's ``budget`` (keys already checked), where a timeout of 0 means no limit."""
+        given = cls(**{**BUDGET_DEFAULTS, **raw})
+        return replace(given, timeout=given.timeout or None)
+
+    def with_command_line(self, args: TuneArgs) -> Budget:
+        """The command line wins where it gives a value; its timeout 0 lifts the file's limit."""
+        timeout = self.timeout if args.timeout is None else (args.timeout or None)
+        return Budget(n_trials=self.n_trials if args.n_trials is None else args.n_trials, timeout=timeout,
+                      epochs=self.epochs if args.epochs is None else args.epochs,
+                      train_samples=self.train_samples if args.train_samples is None else args.train_samples)
+
+    def flat(self) -> dict[str, int]:
+        """As a study file writes it (timeout 0 = no limit), for the parent run's budget_* parameters."""
+        return {"n_trials": self.n_trials, "timeout": self.timeout or 0, "epochs": self.epochs,
+                "train_samples": self.train_samples}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a study's gain is measured against (the study file's ``reference``)."""
+
+    kind: str  # "default", "params", "run" or "off"
+    params: dict[str, Any] = field(default_factory=dict)  # kind "params": family parameters
+    run_id: str = ""  # kind "run"
+
+    def describe(self) -> str:
+        return {"default": "the default recipe", "params": f"params {self.params}",
+                "run": f"run {self.run_id}", "off": "off"}[self.kind]
+
+
+def parse_reference(value: Any, where: str) -> Reference:
+    """``default``, ``off``, ``{params: {...}}`` or ``{run_id: ...}``; anything else is refused."""
+    if value is False or value == "off":  # YAML reads a bare off as false
+        return Reference("off")
+    if value == "default":
+        return Reference("default")
+    if isinstance(value, dict) and set(value) == {"params"} and isinstance(value["params"], dict):
+        return Reference("params", params=dict(value["params"]))
+    if isinstance(value, dict) and set(value) == {"run_id"} and isinstance(value["run_id"], str) \
+            and value["run_id"].strip():
+        return Reference("run", run_id=value["run_id"].strip())
+    raise ConfigError(f"{where}: reference must be default, off, {{params: {{...}}}} or {{run_id: \"<MLflow run "
+                      f"id>\"}} (quote the id); got {value!r}")
+
+
+@dataclass(frozen=True)
+class Final:
+    """The study file's ``final``: family parameters of the retrain, how many seeds, and whether
+    their average is registered."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1
+    ensemble: bool = False
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    path: Path
+    text: str
+    description: str
+    family: str
+    budget: Budget
+    fixed: dict[str, Any]
+    space: dict[str, Dist]
+    pruner: dict[str, Any]
+    sampler: dict[str, Any]
+    objective: str = VAL_ACC
+    final: Final = field(default_factory=Final)
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    reference: Reference = field(default_factory=lambda: Reference("default"))
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the chosen configuration is retrained after the search (``final``)."""
+        return bool(self.final.params) or self.final.seeds > 1
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        kind, kwargs = _kind(self.pruner, PRUNERS, "pruner")
+        return PRUNERS[kind](**kwargs)
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        kind, kwargs = _kind(self.sampler, SAMPLERS, "sampler")
+        return SAMPLERS[kind](**{"seed": seed, **kwargs})
+
+
+def _kind(spec: dict[str, Any], table: dict[str, Any], what: str) -> tuple[str, dict[str, Any]]:
+    kwargs = dict(spec)
+    kind = kwargs.pop("type", None)
+    if kind not in table:
+        raise ConfigError(f"{what} type {kind!r}: choose one of {', '.join(table)}")
+    return kind, kwargs
+
+
+def resolve_path(study: str | None, family: str | None) -> Path:
+    """Not given -> experiments/<family>.yaml; a bare name -> experiments/<name>.yaml; else a path."""
+    if not study:
+        return EXPERIMENTS_DIR / f"{family or P.DEFAULT_FAMILY}.yaml"
+    p = Path(study)
+    if p.suffix not in (".yaml", ".yml") and not p.exists():
+        p = EXPERIMENTS_DIR / f"{study}.yaml"
+    return p
+
+
+def load(study: str | None, family: str | None) -> StudySpec:
+    """The study file ``study`` (see :func:`resolve_path`); ``family`` None means the file's own."""
+    path = resolve_path(study, family)
+    if not path.is_file():
+        known = ", ".join(sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml")))
+        raise ConfigError(f"study file {path} not found; the studies in experiments/ are: {known}")
+    return parse(path.read_text(), path, family)
+
+
+def parse(text: str, path: Path, family: str | None = None) -> StudySpec:
+    """A StudySpec from a study file's text: read from ``path``, or stored on an Optuna study
+    (then ``path`` is the name the file had). ``family`` None means the file's own (else cnn)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    spec_family = raw.get("family") or family or P.DEFAULT_FAMILY
+    if family and spec_family != family:
+        raise ConfigError(f"{path} tunes family {spec_family!r} but family={family!r} was asked for")
+    unknown_budget = set(raw.get("budget", {})) - set(BUDGET_DEFAULTS)
+    if unknown_budget:
+        raise ConfigError(f"{path}: unknown budget key(s) {sorted(unknown_budget)}; known: {sorted(BUDGET_DEFAULTS)}")
+    final = dict(raw.get("final") or {})
+    seeds = final.pop("seeds", 1)  # not a family parameter: how many times the final retrain runs
+    ensemble = final.pop("ensemble", False)  # nor this: what is registered of the seeds' models
+    spec = StudySpec(
+        path=path,
+        text=text,
+        description=str(raw.get("description", "")).strip(),
+        family=spec_family,
+        budget=Budget.from_file(raw.get("budget", {})),
+        fixed=dict(raw.get("fixed", {})),
+        space=parse_space(raw.get("space", {}), str(path)),
+        pruner=dict(raw.get("pruner", {"type": "median"})),
+        sampler=dict(raw.get("sampler", {"type": "tpe"})),
+        objective=raw.get("objective", VAL_ACC),
+        final=Final(final, seeds, ensemble),
+        enqueue=list(raw.get("enqueue") or []),
+        reference=parse_reference(raw.get("reference", "default"), str(path)),
+    )
+    check(spec)
+    return spec
+
+
+RUN_ONLY = ("seed", "data_dir")  # one per invocation: the command line's
+BUDGET_ONLY = ("epochs", "train_samples")  # per trial from the budget; searched, Optuna would record unused values
+
+
+def check(spec: StudySpec) -> None:
+    """Refuse a space whose names or bounds the family would refuse, before any trial runs."""
+    where = str(spec.path)
+    if not spec.description:
+        raise ConfigError(f"{where}: add a one-sentence 'description' of what the study asks")
+    if spec.objective != VAL_ACC:
+        raise ConfigError(f"{where}: objective {spec.objective!r} is not produced; trials report {VAL_ACC}")
+    names = {p.name for p in family_params(spec.family)}
+    overlap = set(spec.fixed) & set(spec.space)
+    if overlap:
+        raise ConfigError(f"{where}: {sorted(overlap)} both fixed and searched")
+    for key in [*spec.fixed, *spec.space, *spec.final.params]:
+        if key in RUN_ONLY:
+            raise ConfigError(f"{where}: {key!r} is the command line's, not the study file's (it would be "
+                              f"overridden unnoticed): give it as --{key} (mlflow run: -P {key}=...)")
+        if key in BUDGET_ONLY and key in spec.space:
+            raise ConfigError(f"{where}: {key!r} cannot be searched: it is the budget's (budget.{key} for trials, "
+                              f"final.{key} for the final retrain), and the command line's --{key} overrides it")
+        if key not in names:
+            raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
+    P.family(spec.family, spec.fixed)
+    P.family(spec.family, {**spec.fixed, **spec.final.params})
+    seeds = spec.final.seeds
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"{where}: final.seeds={seeds!r}: must be an integer >= 1 "
+                          "(how many seeds the final retrain uses)")
+    if not isinstance(spec.final.ensemble, bool):
+        raise ConfigError(f"{where}: final.ensemble={spec.final.ensemble!r}: must be true or false")
+    if spec.final.ensemble and seeds < 2:
+        raise ConfigError(f"{where}: final.ensemble averages the final retrain's seeds, but final.seeds is "
+                          f"{seeds}: set final.seeds to 2 or more, or drop ensemble")
+    check_reference(spec, where)
+    for key, dist in spec.space.items():
+        for value in dist.corners():
+            P.family(spec.family, {**spec.fixed, key: value})
+    for point in spec.enqueue:
+        check_point(spec, point, where)
+    spec.make_pruner()
+    spec.make_sampler(0)
+
+
+def check_reference(spec: StudySpec, where: str) -> None:
+    """A named reference configuration is checked like ``fixed``; its images and seed are the candidate's."""
+    names = {p.name for p in family_params(spec.family)}
+    for key in spec.reference.params:
+        if key not in names:
+            raise ConfigError(f"{where}: reference params: {key!r} is not a {spec.family} parameter")
+        if key in REFERENCE_BUDGET:
+            raise ConfigError(f"{where}: reference params: {key!r} is the candidate's (the reference is trained "
+                              "on the same images with the same seed); remove it")
+    P.family(spec.family, spec.reference.params)
+
+
+def check_point(spec: StudySpec, point: Any, where: str) -> None:
+    """An ``enqueue`` entry: every searched parameter given once, each inside its range."""
+    if not isinstance(point, dict) or set(point) != set(spec.space):
+        got = sorted(point) if isinstance(point, dict) else point
+        raise ConfigError(f"{where}: each enqueue entry must give exactly the searched parameters "
+                          f"{sorted(spec.space)}; got {got}")
+    for key, value in point.items():
+        if not spec.space[key].contains(value):
+            raise ConfigError(f"{where}: enqueue gives {key}={value!r}, outside the space {spec.space[key].as_file()}")
+    P.family(spec.family, {**spec.fixed, **point})

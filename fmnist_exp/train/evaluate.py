@@ -1,0 +1,83 @@
+"""Scoring a model on a split: class probabilities, accuracy, loss, macro-F1 and per-class
+accuracy; and the test evaluation a run records once (metrics on the run and its models, the
+confusion matrix and the most confident mistakes)."""
+
+from __future__ import annotations
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from ..data import CLASS_NAMES, NUM_CLASSES, Dataset
+from ..metrics import TEST_ACC
+from ..model.classifier import MAX_BATCH
+from . import lineage, plots, tracking
+
+
+def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return model.predict(x.astype("float32"), batch_size=1024, verbose=0)
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, prefix: str) -> dict[str, float]:
+    probs = predict_proba(model, x)
+    return scores(y, probs, prefix=prefix)
+
+
+def scores(y: np.ndarray, probs: np.ndarray, *, prefix: str) -> dict[str, float]:
+    """Accuracy, cross-entropy loss and macro-F1 of class probabilities."""
+    from sklearn.metrics import f1_score
+
+    pred = probs.argmax(axis=1)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1.0))))
+    return {
+        f"{prefix}accuracy": float((pred == y).mean()),
+        f"{prefix}loss": loss,
+        f"{prefix}macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(NUM_CLASSES)))),
+    }
+
+
+def per_class_accuracy(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    return np.array([(pred[y == c] == c).mean() if np.any(y == c) else np.nan for c in range(NUM_CLASSES)])
+
+
+def log_test_evaluation(run_id: str, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray,
+                        title: str = "", model_ids: list[str] | None = None) -> dict[str, float]:
+    """Test metrics (accuracy, loss, macro-F1, per class) on ``run_id`` and its models (default:
+    all it logged), and the two test plots on the run."""
+    client = MlflowClient()
+    metrics = scores(y_test, probs, prefix="test_")
+    pred = probs.argmax(axis=1)
+    for c, acc in enumerate(per_class_accuracy(y_test, pred)):
+        metrics[f"test_accuracy_class_{c}"] = float(acc)
+    tracking.log_model_metrics(run_id, metrics, digest=lineage.split_digest(x_test, y_test), model_ids=model_ids)
+    client.log_dict(run_id, {str(c): n for c, n in enumerate(CLASS_NAMES)}, "class_names.json")
+    for fig, path in (
+        (plots.confusion_matrix(y_test, pred, title=f"{title}: test confusion matrix"), "plots/confusion_matrix.png"),
+        (plots.misclassified_grid(x_test, y_test, probs), "plots/misclassified.png"),
+    ):
+        client.log_figure(run_id, fig, path)
+        plots.close(fig)
+    return metrics
+
+
+def classifier_answers(model_uri: str, x: np.ndarray) -> pd.DataFrame:
+    """A pyfunc classifier's answers (label, class_name, probabilities) for many images, in
+    batches it accepts: the served classifier refuses more than MAX_BATCH images at once."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    return pd.concat([model.predict(x[i:i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)], ignore_index=True)
+
+
+def score_on_test(run_id: str, classifier_uri: str, ds: Dataset, title: str) -> tuple[np.ndarray, dict]:
+    """The test labels a run's classifier answers, and its test metrics. The metrics and plots are
+    logged to the run the first time only, so a resumed study does not log them twice."""
+    answers = classifier_answers(classifier_uri, ds.x_test)
+    logged = MlflowClient().get_run(run_id).data.metrics
+    if TEST_ACC in logged:
+        metrics = {k: v for k, v in logged.items() if k.startswith("test_")}
+    else:
+        probs = np.stack([np.asarray(p) for p in answers["probabilities"]])
+        metrics = log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, title)
+    return answers["label"].to_numpy(), metrics

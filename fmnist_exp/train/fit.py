@@ -1,0 +1,169 @@
+"""Training a Keras model on the splits: seeding, the schedule, callbacks and `fit`.
+
+No MLflow here: tracking comes in as Keras callbacks from the caller (train.tracking).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import keras
+
+from ..console import duration
+from ..data import Splits
+from ..metrics import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from ..model.networks import build
+from ..params import FitParams, NetworkParams
+from .inputs import datasets
+from .precision import precision_policy, resolve_precision, warn_if_slow
+
+
+class DivergedError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]
+    epochs_run: int
+    wall_s: float
+    images_per_s: float
+
+
+class EpochPrinter(keras.callbacks.Callback):
+    """One console line per epoch, instead of Keras' progress bar (fit runs with verbose=0):
+    ``[cnn] epoch 3/8  loss 0.4123  val_accuracy 0.8712  35.2 s  ETA 2.9 min``. The ETA is the
+    mean epoch time so far times the epochs left; early stopping may end sooner."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.durations: list[float] = []
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.durations.append(time.perf_counter() - self._t0)
+        logs = logs or {}
+        total = self.params.get("epochs") or epoch + 1
+        eta = sum(self.durations) / len(self.durations) * (total - epoch - 1)
+        shown = "  ".join(f"{k} {logs[k]:.4f}" for k in (TRAIN_LOSS, VAL_ACC) if k in logs)
+        print(f"{self.prefix} epoch {epoch + 1}/{total}  {shown}  {self.durations[-1]:.1f} s  ETA {duration(eta)}",
+              flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # python, numpy and the backend in one call
+
+
+def fresh_model(p: NetworkParams, *, fused: bool = True) -> tuple[keras.Model, str]:
+    """The network ``p`` describes, from a clean Keras session, its initial weights drawn from the
+    seeded RNGs (not from what ran before), built under the precision it will train in; returns
+    the model and that precision's name. ``fused``: batch norm by TensorFlow's fused kernel
+    (model.layers.FusedBatchNormalization); the logged model is rebuilt without it."""
+    keras.utils.clear_session()
+    precision = resolve_precision(p.precision)
+    warn_if_slow(precision)
+    seed_everything(p.seed)
+    with precision_policy(precision):
+        return build(p, fused=fused), precision
+
+
+def learning_rate(p: FitParams, steps_per_epoch: int):
+    """Adam's learning rate: constant (plateau reduces it from a callback) or a cosine decay
+    to zero over all epochs, after ``warmup_epochs`` of linear warm-up from zero."""
+    lr = p.learning_rate
+    if p.lr_schedule != "cosine":
+        return lr
+    total = max(1, p.epochs * steps_per_epoch)
+    warmup = min(int(round(p.warmup_epochs * steps_per_epoch)), total - 1)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, warmup_target=lr,
+                                                  warmup_steps=warmup)
+
+
+# Training steps per call of the compiled train function while `fit` runs under TensorFlow: the
+# same steps, fewer trips through Python and the callbacks (BENCHMARKS.md, "Training speed on a
+# CPU"; weights bit-identical to one step per call, tested).
+# Batch-level callbacks (TerminateOnNaN) see every 8th step, and Ctrl-C or SIGTERM take effect when
+# a group of steps returns; epoch-level callbacks (logging, pruning, early stopping) are unchanged.
+STEPS_PER_EXECUTION = 8
+
+
+def default_steps_per_execution() -> int:
+    """What `fit` uses: STEPS_PER_EXECUTION under TensorFlow; 1 under other backends (Keras'
+    PyTorch trainer refuses more, and JAX's loops over the steps in Python, unmeasured)."""
+    return STEPS_PER_EXECUTION if keras.backend.backend() == "tensorflow" else 1
+
+
+def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(p, steps_per_epoch)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
+        metrics=[TRAIN_ACC],
+        steps_per_execution=steps_per_execution,
+    )
+
+
+def one_step_per_call(model: keras.Model) -> None:
+    """After `fit`: predict and evaluate one batch per call again, and save the model so. Keras
+    saves `steps_per_execution` in the compile config, so a model loaded for serving would
+    otherwise predict in groups of 8 batches, a training setting it has no use for."""
+    model.steps_per_execution = 1
+    model.train_function = model.test_function = model.predict_function = None
+    config = getattr(model, "_compile_config", None)
+    if config is not None and "steps_per_execution" in config.config:
+        config.config["steps_per_execution"] = 1
+
+
+def standard_callbacks(p: FitParams) -> list[keras.callbacks.Callback]:
+    mode = "min" if p.monitor == VAL_LOSS else "max"
+    cbs: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if p.early_stopping_patience:
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor=p.monitor, mode=mode, patience=p.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    if p.lr_schedule == "plateau":
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=p.monitor, mode=mode, factor=p.lr_factor, patience=p.lr_patience, min_lr=1e-6
+            )
+        )
+    return cbs
+
+
+def fit(model: keras.Model, s: Splits, p: FitParams, callbacks=(), *,
+        steps_per_execution: int | None = None) -> FitResult:
+    """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN.
+    The caller scores the model it keeps (see train.job.train_in_run). ``steps_per_execution``
+    (default: :func:`default_steps_per_execution`) changes how the steps are called, not which steps run
+    (benchmarks pin 1 for rows measured before)."""
+    seed_everything(p.seed)
+    train, val = datasets(s, p)
+    compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p.batch_size),
+                  steps_per_execution=steps_per_execution or default_steps_per_execution())
+    t0 = time.perf_counter()
+    try:
+        hist = model.fit(
+            train, validation_data=val, epochs=p.epochs, verbose=0, shuffle=False,  # the datasets shuffle
+            callbacks=[*standard_callbacks(p), *callbacks],
+        )
+    finally:
+        one_step_per_call(model)
+    wall = time.perf_counter() - t0
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    epochs_run = len(history.get(TRAIN_LOSS, []))
+    bad = [i for i, v in enumerate(history.get(TRAIN_LOSS, [])) if not math.isfinite(v)]
+    if bad:
+        raise DivergedError(
+            f"training diverged: the loss became NaN/inf in epoch {bad[0]}; "
+            f"lower learning_rate (was {p.learning_rate}) or raise l2"
+        )
+    return FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9))

@@ -1,0 +1,102 @@
+"""Batches for `fit`: a tf.data pipeline under TensorFlow, numpy batches under any other backend.
+
+:func:`make_dataset` builds the tf.data pipeline, which needs TensorFlow installed; the GPU
+machines this project is lent may carry JAX and PyTorch but no TensorFlow. :class:`ArrayBatches`
+feeds ``model.fit`` the same batches from numpy alone: float32 pixels, one-hot labels, a fresh
+seeded order each epoch and the augmenter applied per batch. Its shuffle order is numpy's, not
+tf.data's, so a JAX run and a TensorFlow run of the same seed see the images in different orders.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import keras
+import numpy as np
+
+from ..data import NUM_CLASSES, Splits
+from ..model.augment import build_augmenter
+from ..params import FitParams
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+_ONE_HOT = np.eye(NUM_CLASSES, dtype="float32")
+
+
+def pipeline_options() -> tf.data.Options:
+    """Fixed tf.data parallelism. With autotuning on, epochs on 2 cores stalled at random (the
+    same epoch at two speeds for the same CPU seconds, see
+    BENCHMARKS.md 'Input pipeline, oneDNN, XLA and threads'): its threads compete with the
+    training step for the cores. A cast and a prefetch need no tuning."""
+    import tensorflow as tf
+
+    opts = tf.data.Options()
+    opts.autotune.enabled = False
+    return opts
+
+
+def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augmenter: keras.Layer | None = None):
+    """uint8 arrays -> batched (float32 pixels, one-hot labels); augmentation runs per batch.
+
+    One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, NUM_CLASSES)))
+    if augmenter is not None:
+        ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
+    return ds.prefetch(2).with_options(pipeline_options())
+
+
+def datasets(s: Splits, p: FitParams):
+    """The training and validation batches: tf.data under TensorFlow (make_dataset), numpy
+    batches (ArrayBatches, below) under any other backend, where TensorFlow may be absent."""
+    augmenter = build_augmenter(p) if p.augment else None
+    if keras.backend.backend() == "tensorflow":
+        return (make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=p.seed,
+                             augmenter=augmenter),
+                make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p.seed))
+    return (ArrayBatches(s.x_train, s.y_train, batch_size=p.batch_size, seed=p.seed, augmenter=augmenter),
+            ArrayBatches(s.x_val, s.y_val, batch_size=1024))
+
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """uint8 images ``x`` and integer labels ``y`` as batches of (float32 pixels, one-hot labels).
+
+    ``seed`` None keeps the given order (validation); otherwise epoch ``e`` is a permutation drawn
+    from ``numpy.random.default_rng([seed, e])``, so a run reshuffles every epoch and a rerun with
+    the same seed repeats its orders. ``augmenter`` runs on each batch with ``training=True``.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int | None = None,
+                 augmenter: keras.Layer | None = None):
+        super().__init__()  # one worker, in the training thread: the augmenter's RNG state is not shared
+        self.x, self.y, self.batch_size, self.seed, self.augmenter = x, y, batch_size, seed, augmenter
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray | None:
+        if self.seed is None:
+            return None
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, i: int):
+        rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        index = rows if self.order is None else self.order[rows]
+        images = self.x[index].astype("float32")
+        if self.augmenter is not None:
+            images = self.augmenter(images, training=True)
+        return images, _ONE_HOT[self.y[index]]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self._order()

@@ -1,0 +1,184 @@
+"""One tracked training run, from typed parameters to a logged model.
+
+``train_run`` is what the ``mlp`` and ``cnn`` entry points call; ``train_in_run`` is what each
+tuning trial, final retrain and reference calls inside its own (nested) run, without touching the
+test split. ``baseline_run`` logs the floor every later model must beat. Every one of these runs
+records system metrics unless told not to (runs.system_metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+
+from .. import data as D
+from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
+from ..model import networks
+from ..model.wrappers import with_flip_average
+from ..params import BaselineParams, DataParams, NetworkParams
+from . import fit as F
+from . import lineage, plots, runs, tracking
+from .evaluate import evaluate, log_test_evaluation, predict_proba, scores
+from .model_logging import log_classifier, log_keras_model
+from .runs import active_run_id
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str = ""
+    classifier_uri: str = ""
+    history: dict[str, list[float]] = field(default_factory=dict)
+    pruned: bool = False
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.metrics[VAL_FINAL_ACC]
+
+
+def load_splits(p: DataParams, ds: D.Dataset | None = None) -> tuple[D.Dataset, D.Splits]:
+    ds = ds or D.load(p.data_dir)
+    return ds, D.split(ds, val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
+
+
+def run_name(p: NetworkParams) -> str:
+    return networks.summary_tags(p)["arch"]
+
+
+@contextlib.contextmanager
+def _start(name: str, tags: dict, system_metrics: bool | None):
+    """The command's own run, recording system metrics unless ``system_metrics`` or MLflow's
+    variable says not to (runs.system_metrics). Under `mlflow run`, MLFLOW_RUN_ID is set and
+    start_run() resumes that run."""
+    with runs.system_metrics(system_metrics), runs.run_that_ends(run_name=name, tags=tags) as run:
+        yield run
+
+
+def train_run(p: NetworkParams, *, experiment: str | None = None, ds: D.Dataset | None = None,
+              system_metrics: bool | None = None, **kwargs: Any) -> RunResult:
+    """Train the network ``p`` describes in a new (or `mlflow run`'s) MLflow run, in experiment
+    fmnist-<family> unless ``experiment`` or $MLFLOW_EXPERIMENT_NAME says otherwise."""
+    tracking.use_experiment(experiment, f"fmnist-{p.FAMILY}")
+    with _start(run_name(p), networks.summary_tags(p), system_metrics):
+        return train_in_run(p, ds=ds, echo=f"[{p.FAMILY}]", extra_params={"experiment": experiment or ""},
+                            **kwargs)
+
+
+def train_in_run(
+    p: NetworkParams,
+    *,
+    ds: D.Dataset | None = None,
+    evaluate_test: bool = True,
+    extra_tags: dict | None = None,
+    extra_params: dict | None = None,
+    prune_check: keras.callbacks.Callback | None = None,
+    echo: str = "",
+) -> RunResult:
+    """Train and log everything into the active run.
+
+    ``prune_check`` (tuning only) is a callback with a ``pruned`` attribute; when it stopped
+    training, the result says so and no model is logged. ``echo`` (e.g. "[cnn]") prints one
+    console line per epoch with that prefix; trials leave it empty (one line per trial instead).
+    """
+    ds, s = load_splits(p, ds)
+    run_id = active_run_id()
+    mlflow.set_tags({**networks.summary_tags(p), **(extra_tags or {})})
+    tracking.log_params({**p.flat(), **(extra_params or {}), "family": p.FAMILY})
+    tracking.log_params(ds.describe())
+    digests = lineage.log_split_inputs(ds.source, s)
+    lineage.log_code_version()
+    model, precision = F.fresh_model(p)
+    mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
+    logger = tracking.EpochLogger(run_id)
+    callbacks = [logger, *([prune_check] if prune_check else []), *([F.EpochPrinter(echo)] if echo else [])]
+    try:
+        fitted = F.fit(model, s, p, callbacks=callbacks)
+    except F.DivergedError as e:
+        mlflow.set_tag("failure", str(e))
+        raise
+    if not networks.is_portable(model):  # logged: float32 and Keras' own layers, whatever trained it
+        model = networks.portable_copy(p, model)
+    if p.tta_flip:  # from here on (validation score, test score, logged model) image + mirror image
+        model = with_flip_average(model)
+    val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged
+    mlflow.log_metrics({
+        BEST_VAL_ACC: max(fitted.history.get(VAL_ACC, [0.0])),
+        EPOCHS_RUN: fitted.epochs_run,
+        "train_wall_s": fitted.wall_s,
+        "train_images_per_s": fitted.images_per_s,
+    })
+    tracking.log_figure(plots.learning_curves(logger.history, title=run_name(p)), "plots/learning_curves.png")
+    result = RunResult(run_id, {**val_metrics, EPOCHS_RUN: fitted.epochs_run, "train_wall_s": fitted.wall_s},
+                       history=logger.history)
+    if prune_check is not None and getattr(prune_check, "pruned", False):
+        result.pruned = True
+        tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"])  # no model: on the run
+        return result
+    step = fitted.epochs_run  # past the last epoch's step: see model_logging.log_keras_model
+    keras_ref = log_keras_model(model, s.x_val, step=step)
+    classifier_ref = log_classifier(model, s.x_val, step=step)
+    result.model_uri, result.classifier_uri = keras_ref.uri, classifier_ref.uri
+    mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
+    tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"])  # on the run and both models
+    if evaluate_test:
+        probs = predict_proba(model, s.x_test)
+        result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(p)))
+    return result
+
+
+def baseline_run(p: BaselineParams, *, experiment: str | None = None, ds: D.Dataset | None = None,
+                 system_metrics: bool | None = None) -> RunResult:
+    """Majority class and a logistic regression on standardised pixels: the floor."""
+    from mlflow.models import infer_signature
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ds, s = load_splits(p, ds)
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1).astype("float32")
+
+    tracking.use_experiment(experiment, "fmnist-baseline")
+    with _start("baseline logreg", {"family": "baseline", "arch": "logreg+majority"}, system_metrics) as run:
+        mlflow.set_tags({"family": "baseline", "arch": "logreg+majority"})
+        tracking.log_params({**p.flat(), "experiment": experiment or "", "family": "baseline"})
+        tracking.log_params(ds.describe())
+        digests = lineage.log_split_inputs(ds.source, s)
+        lineage.log_code_version()
+        majority = DummyClassifier(strategy="most_frequent").fit(flat(s.x_train), s.y_train)
+        majority_scores = {
+            "majority_val_accuracy": float(majority.score(flat(s.x_val), s.y_val)),
+            "majority_test_accuracy": float(majority.score(flat(s.x_test), s.y_test)),
+        }
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=p.C, max_iter=p.max_iter))
+        t0 = time.perf_counter()
+        clf.fit(flat(s.x_train), s.y_train)
+        wall = time.perf_counter() - t0
+        val = scores(s.y_val, clf.predict_proba(flat(s.x_val)), prefix="val_final_")
+        # models first: MLflow would copy every run metric already logged at step 0 onto both (the
+        # system/ samples it has taken by then are copied all the same: MLflow's own doing)
+        example = flat(s.x_val[:3])
+        sig = infer_signature(example, clf.predict_proba(example))
+        info = mlflow.sklearn.log_model(clf, name="model", signature=sig, input_example=example,
+                                        pyfunc_predict_fn="predict_proba")
+        majority_info = mlflow.sklearn.log_model(majority, name="majority_model", signature=sig,
+                                                 input_example=example, pyfunc_predict_fn="predict_proba")
+        mlflow.set_tags({"model_uri": info.model_uri, "majority_model_uri": majority_info.model_uri})
+        run_id = run.info.run_id
+        tracking.log_model_metrics(run_id, {BEST_VAL_ACC: val[VAL_FINAL_ACC], "train_wall_s": wall,
+                                            "train_images_per_s": len(s.y_train) / wall}, model_ids=[])
+        tracking.log_model_metrics(run_id, majority_scores, model_ids=[majority_info.model_id])
+        tracking.log_model_metrics(run_id, val, digest=digests["validation"], model_ids=[info.model_id])
+        probs = clf.predict_proba(flat(s.x_test))
+        metrics = log_test_evaluation(run_id, s.x_test, s.y_test, probs, "logistic regression",
+                                      model_ids=[info.model_id])
+        return RunResult(run.info.run_id, {**val, **metrics}, model_uri=info.model_uri)

@@ -1,0 +1,109 @@
+"""Models logged by a run: the Keras model and the servable classifier around it, each an MLflow 3
+LoggedModel with its requirements stated."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.tracking import MlflowClient
+
+from ..model.classifier import MODEL_CONFIG, OUTPUT_SCHEMA
+from .runs import active_run_id
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fmnist_exp: logged with every classifier as its code
+
+# The packages of each Keras backend a model may be trained under (and so served with).
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+
+
+def pip_requirements() -> list[str]:
+    """The model's requirements, stated: MLflow would otherwise infer them by loading the model
+    in a subprocess, which costs seconds per logged model. The backend is the one in use: a
+    machine with JAX and no TensorFlow logs jax, not a version of a package it lacks."""
+    from importlib.metadata import version
+
+    backend = BACKEND_PACKAGES.get(keras.backend.backend(), ())
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", *backend, "keras", "numpy", "pandas")]
+
+
+@dataclass(frozen=True)
+class LoggedModelRef:
+    """A model logged by this run: the URI to load it with and its MLflow 3 LoggedModel id (the
+    UI's Models tab, ``mlflow.search_logged_models``, metrics with ``model_id``)."""
+
+    uri: str
+    model_id: str
+
+
+def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0) -> LoggedModelRef:
+    """Log with the keras flavor, a signature (raw 0-255 pixels, shape (-1, 28, 28)) and a
+    3-image input example, as a LoggedModel of the active run; the URI is ``runs:/<run>/<name>``.
+
+    ``mlflow.keras.log_model(input_example=...)`` fails on a directory it never creates
+    (mlflow/mlflow#16183, still there in 3.17), so this does what ``Model.log`` does around the
+    flavor's ``save_model``: a PENDING LoggedModel, the model saved into a directory made here,
+    its files uploaded to the LoggedModel, the model recorded as the run's output, READY.
+    ``runs:/<run>/<name>`` resolves to the LoggedModel of that name and run, as for any MLflow 3 model.
+
+    ``step``: when a model is logged, MLflow copies the run's metrics logged at its step onto it.
+    A network's models are logged at step = epochs trained, past the last epoch's step, so epoch
+    0's val_accuracy does not become the model's; :func:`log_model_metrics` gives it its own.
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    run_id = active_run_id()
+    client = MlflowClient()
+    example = x_example[:3].astype("float32")
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type="keras")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.mkdir()
+            meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                         model_id=logged.model_id)
+            mlflow.keras.save_model(model, str(path), mlflow_model=meta, signature=signature, input_example=example,
+                                    pip_requirements=pip_requirements())
+            client.log_model_artifacts(logged.model_id, str(path))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return LoggedModelRef(f"runs:/{run_id}/{name}", logged.model_id)
+
+
+def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifier",
+                   step: int = 0) -> LoggedModelRef:
+    """Log the servable pyfunc next to the Keras model of the active run (models-from-code:
+    model/classifier_model.py, with the package as code); ``step`` as in :func:`log_keras_model`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        keras_model.save(path)
+        signature = ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA)
+        # MLflow's own flag for "predict() validates its input": the scoring server then passes
+        # {"inputs": X} as the JSON value X instead of np.array(X), which would turn a JSON true
+        # into 1 and rows of unequal length into a numpy error before to_images could name them.
+        # It also makes the server answer a body without "inputs" with a 400 that says so.
+        # MLflow sets it only for a list[...] type hint, which would make MLflow refuse ndarrays
+        # in-process and answer null, text or a number with its own words, so it is set here.
+        signature._is_signature_from_type_hint = True
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(PACKAGE_DIR / "model" / "classifier_model.py"),
+            artifacts={"keras_model": str(path)},
+            code_paths=[str(PACKAGE_DIR)],  # the class lives there; serving needs no project install
+            signature=signature,
+            input_example=x_example[:2].astype("int64"),
+            pip_requirements=pip_requirements(),
+            model_config=dict(MODEL_CONFIG),
+            step=step,
+        )
+    return LoggedModelRef(info.model_uri, info.model_id)

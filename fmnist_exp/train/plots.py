@@ -1,0 +1,91 @@
+"""Figures a person looks at after a run: learning curves, confusion matrix, mistakes."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs log PNGs, nothing opens a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..data import CLASS_NAMES  # noqa: E402
+from ..metrics import LEARNING_RATE, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS  # noqa: E402
+
+
+def learning_curves(history: dict[str, list[float]], title: str = ""):
+    """Loss, accuracy and learning rate per epoch, train against validation."""
+    panels = [("loss", TRAIN_LOSS, VAL_LOSS), ("accuracy", TRAIN_ACC, VAL_ACC)]
+    has_lr = LEARNING_RATE in history
+    fig, axes = plt.subplots(1, len(panels) + has_lr, figsize=(5 * (len(panels) + has_lr), 4))
+    for ax, (name, tr, va) in zip(axes, panels, strict=False):  # the last axis may be the learning rate's
+        for key, label in ((tr, "train"), (va, "validation")):
+            if key in history:
+                ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if has_lr:
+        ax = axes[-1]
+        ax.plot(range(1, len(history[LEARNING_RATE]) + 1), history[LEARNING_RATE], marker="o")
+        lrs = history[LEARNING_RATE]
+        ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate",
+               yscale="log" if min(lrs) > 0 else "linear")  # a cosine schedule ends at 0
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str = ""):
+    """Row-normalised confusion matrix with counts, classes named."""
+    n = len(CLASS_NAMES)
+    cm = np.zeros((n, n), dtype=int)
+    np.add.at(cm, (y_true, y_pred), 1)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(9, 8))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(n), CLASS_NAMES)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, max_images: int = 36):
+    """The most confident mistakes, each titled true -> predicted (confidence)."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:max_images]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, i in zip(np.atleast_1d(axes).ravel(), wrong, strict=False):  # a grid may have spare axes
+        ax.imshow(x[i], cmap="gray_r")
+        ax.set_title(f"{CLASS_NAMES[y_true[i]]}\n-> {CLASS_NAMES[pred[i]]} ({probs[i, pred[i]]:.0%})", fontsize=8)
+    fig.suptitle(f"most confident mistakes ({len(wrong)} shown of {int((pred != y_true).sum())})")
+    fig.tight_layout()
+    return fig
+
+
+def metric_curves(curves: dict[str, list[float]], metric: str, title: str = ""):
+    """One metric per epoch for several runs, one line each (e.g. the top trials of a study)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel=metric, title=title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""The layout shows the pipeline: every import (function-level ones included) goes from a stage to
+itself or an earlier one, scale-out plumbing uses no stage, nothing imports in a circle, and no
+module outgrows a sitting's reading."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fmnist_exp"
+# Lowest first: a module may import its own layer and the layers before it. The bottom holds what
+# every stage shares (parameters, metric names, statistics, the console); scale-out is used by the
+# study stage and the commands and uses no stage; the commands and the CLI sit on top of all.
+LAYERS = [
+    {"__init__", "console", "metrics", "stats", "params"},
+    {"data"},
+    {"model"},
+    {"train"},
+    {"scale"},
+    {"study"},
+    {"registry"},
+    {"serving"},
+    {"commands"},
+    {"cli", "__main__"},
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+
+
+def _resolve(module: str, node: ast.ImportFrom | ast.Import, is_package: bool) -> list[str]:
+    """The package modules an import statement names (relative imports resolved)."""
+    if isinstance(node, ast.Import):
+        return [a.name.removeprefix("fmnist_exp.") for a in node.names if a.name.startswith("fmnist_exp.")]
+    if node.level == 0:
+        if not (node.module or "").startswith("fmnist_exp"):
+            return []
+        base = (node.module or "").removeprefix("fmnist_exp").lstrip(".")
+    else:
+        parts = module.split(".")
+        parts = parts if is_package else parts[:-1]
+        parts = parts[:len(parts) - (node.level - 1)]
+        base = ".".join([*parts, *([node.module] if node.module else [])])
+    known = _modules()
+    out = []
+    for alias in node.names:  # `from . import x` names a module; `from .x import y` names x
+        sub = f"{base}.{alias.name}" if base else alias.name
+        out.append(sub if sub in known or f"{sub}.__init__" in known else base)
+    return [o for o in out if o]
+
+
+def _imports() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, path in _modules().items():
+        is_package = path.name == "__init__.py"
+        module = name.removesuffix(".__init__")
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                targets.update(t.removesuffix(".__init__") for t in _resolve(module, node, is_package))
+        graph[module] = targets - {module}
+    return graph
+
+
+def _top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_every_import_goes_to_the_same_or_an_earlier_stage():
+    later = sorted(f"{m} -> {t}" for m, targets in _imports().items() for t in targets
+                   if RANK[_top(t)] > RANK[_top(m)])
+    assert later == [], "a stage imports a later one"
+
+
+def test_scale_out_uses_no_stage():
+    stages = {"data", "model", "train", "study", "registry", "serving", "commands", "cli"}
+    used = sorted(f"{m} -> {t}" for m, targets in _imports().items() if _top(m) == "scale"
+                  for t in targets if _top(t) in stages)
+    assert used == []
+
+
+def test_no_import_circle():
+    graph = _imports()
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join([*path[path.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert circles == []
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_modules_are_short(name):
+    lines = len(_modules()[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{name}: {lines} lines"
+
+
+def test_the_layers_cover_the_package():
+    assert {_top(m) for m in _modules()} <= set(RANK)
+
+
+def test_pointers_to_documents_name_sections_that_exist():
+    """Messages and manifests send people to "docs/x.md, 'Section'": the section must be there."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pointer = re.compile(r"(docs/[\w-]+\.md|README(?:\.md)?|BENCHMARKS\.md),? (?:section )?'([^']+)'")
+    files = [*root.glob("fmnist_exp/**/*.py"), *root.glob("deploy/**/*.yaml"), root / "Dockerfile",
+             *root.glob("scripts/*"), *root.glob("experiments/*.yaml")]
+    found, broken = 0, []
+    for f in files:
+        for doc, section in pointer.findall(f.read_text(errors="replace")):
+            doc = "README.md" if doc.startswith("README") else doc
+            headings = [h.lstrip("#").strip() for h in (root / doc).read_text().splitlines() if h.startswith("#")]
+            found += 1
+            if not any(h.startswith(section) for h in headings):
+                broken.append(f"{f.relative_to(root)}: {doc}, '{section}'")
+    assert found >= 5 and broken == [], broken

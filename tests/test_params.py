@@ -1,0 +1,121 @@
+"""Parameters are typed and resolved once, in one stated order.
+
+The tables below are the order, case by case: the table's defaults, then the family's own, the
+study file's fixed values and budget, the values a trial sampled, the command line, the final
+retrain; and, for a study's budget, what "not given" and 0 mean on the command line and in a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from fmnist_exp import params as P
+from fmnist_exp.params import typed
+from fmnist_exp.study.setup import study_layers
+from fmnist_exp.study.spec import Budget, parse
+
+
+@pytest.mark.parametrize("layers,epochs", [
+    (P.Layers(), 9),  # the cnn's own default (the table's shared default is 15)
+    (P.Layers(fixed={"epochs": 4}), 4),
+    (P.Layers(fixed={"epochs": 4}, budget={"epochs": 3}), 3),
+    (P.Layers(budget={"epochs": 3}, sampled={"epochs": 6}), 6),
+    (P.Layers(sampled={"epochs": 6}, command_line={"epochs": 2}), 2),
+    (P.Layers(fixed={"epochs": 4}, budget={"epochs": 3}, sampled={"epochs": 6}, command_line={"epochs": 2},
+              final={"epochs": 12}), 12),
+    (P.Layers(fixed={"epochs": 4}, command_line={"seed": 7}), 4),  # a layer that does not name it leaves it
+])
+def test_each_layer_overrides_those_before_it(layers, epochs):
+    assert P.compose("cnn", layers).epochs == epochs
+    assert P.network("mlp").epochs == 15  # the table's default, for a family without its own
+
+
+STUDY = """
+description: order test
+family: mlp
+budget: {{n_trials: 5, timeout: {timeout}, epochs: 3, train_samples: 2000}}
+fixed: {{epochs: 4, dropout: 0.1}}
+space:
+  l2: {{type: float, low: 0.0, high: 0.001}}
+"""
+
+
+def _spec(timeout: int):
+    return parse(STUDY.format(timeout=timeout), Path("order.yaml"))
+
+
+@pytest.mark.parametrize("given,n_trials,timeout,epochs,train_samples", [
+    ({}, 5, 300, 3, 2000),  # nothing given: the study file's budget
+    ({"n_trials": "", "timeout": "", "epochs": "", "train_samples": ""}, 5, 300, 3, 2000),  # MLproject's ''
+    ({"n_trials": 2, "epochs": 1, "train_samples": 500, "timeout": 60}, 2, 60, 1, 500),  # given: the command line
+    ({"timeout": 0}, 5, None, 3, 2000),  # 0 lifts the file's limit, as 0 means in a file
+    ({"train_samples": 0}, 5, 300, 3, 0),  # 0 = all images, as in a file
+    ({"n_trials": 0, "epochs": 0, "train_samples": -1}, 5, 300, 3, 2000),  # earlier spellings of "the file's"
+])
+def test_a_studys_budget_from_file_and_command_line(given, n_trials, timeout, epochs, train_samples):
+    spec = _spec(timeout=300)
+    args = P.tune_args(given)
+    assert spec.budget.with_command_line(args) == Budget(n_trials, timeout, epochs, train_samples)
+    # a trial's epochs and images: the budget (command line where given) over the file's fixed epochs
+    trial = P.compose("mlp", study_layers(args, spec, sampled={"l2": 1e-4}))
+    assert (trial.epochs, trial.train_samples, trial.dropout, trial.l2) == (epochs, train_samples, 0.1, 1e-4)
+
+
+def test_a_file_timeout_of_zero_is_no_limit():
+    assert _spec(timeout=0).budget.timeout is None
+    assert _spec(timeout=0).budget.with_command_line(P.tune_args({"timeout": 30})).timeout == 30
+
+
+def test_the_final_retrain_and_its_seed_come_last():
+    spec = _spec(timeout=0)
+    args = P.tune_args({"seed": 7, "epochs": 2})
+    final = P.compose("mlp", study_layers(args, spec, sampled={"l2": 1e-5}, final={"epochs": 20, "seed": 8}))
+    assert (final.epochs, final.seed, final.l2, final.train_samples) == (20, 8, 1e-5, 2000)
+
+
+@pytest.mark.parametrize("cls,params", [
+    (typed.BaselineParams, P.table.family_params("baseline")),
+    (typed.MlpParams, P.table.family_params("mlp")),
+    (typed.CnnParams, P.table.family_params("cnn")),
+    (typed.TuneArgs, P.table.TUNE_PARAMS),
+    (typed.ReproduceArgs, P.table.REPRODUCE_PARAMS),
+    (typed.DashboardArgs, P.table.DASHBOARD_PARAMS),
+    (typed.ProxyArgs, P.table.PROXY_PARAMS),
+    (typed.PredictArgs, P.table.PREDICT_PARAMS),
+])
+def test_typed_values_have_exactly_the_tables_parameters(cls, params):
+    assert {f.name for f in dataclasses.fields(cls)} == {p.name for p in params}
+
+
+def test_values_are_frozen_checked_and_flat_only_where_logged():
+    p = P.network("cnn", {"filters": "16, 32", "data_dir": ""})
+    assert p.filters == (16, 32) and p.data_dir is None  # '' from MLproject is "not given"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.epochs = 3  # type: ignore[misc]
+    flat = p.flat()
+    assert flat["filters"] == "16,32" and flat["data_dir"] == "" and flat["epochs"] == 9
+    assert P.network("cnn", flat) == p  # what a run logged resolves to the same value (reproduce reads it)
+    with pytest.raises(P.ConfigError, match="epochs=0: must be in"):
+        P.replaced(p, epochs=0)
+    with pytest.raises(P.ConfigError, match="timeout=-5: must be in"):
+        P.tune_args({"timeout": -5})
+
+
+@pytest.mark.parametrize("section,entry,message", [
+    ("space", "seed: {type: int, low: 1, high: 9}", "'seed' is the command line's"),
+    ("fixed", "seed: 3", "'seed' is the command line's"),
+    ("fixed", "data_dir: /tmp", "'data_dir' is the command line's"),
+    ("space", "epochs: {type: int, low: 2, high: 8}", "'epochs' cannot be searched: it is the budget's"),
+    ("space", "train_samples: {type: int, low: 500, high: 900}", "'train_samples' cannot be searched"),
+])
+def test_values_a_layer_above_would_override_are_refused_in_the_file(section, entry, message):
+    """A sampled seed would lose to the command line's (never "not given": 42 by default), so Optuna
+    would record a seed that did not train: the file may not name it."""
+    text = ("description: refused\nfamily: mlp\nbudget: {n_trials: 1, epochs: 1}\n"
+            f"{section}:\n  {entry}\n" + ("" if section == "space" else
+                                          "space:\n  l2: {type: float, low: 0.0, high: 0.001}\n"))
+    with pytest.raises(P.ConfigError, match=message):
+        parse(text, Path("refused.yaml"))

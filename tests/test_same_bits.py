@@ -1,0 +1,171 @@
+"""Same bits across a refactor: runs trained by the code of an earlier commit are rebuilt bit for
+bit by today's code, and a study that code started resumes and registers under today's.
+
+A restructure (modules moved into subpackages, names changed) is meant to change form only. If it
+changed behaviour as well (a default, a layer's initialiser, the order of random draws, the split),
+the rebuild of an old run would no longer give the same bits, or an old study would no longer
+open: both are what users of the registry and of long studies rely on. Tests of today's code
+against itself cannot see such a change, since both sides move together; so here the old side
+runs the baseline commit's own code, extracted with `git archive`, and the two sides meet only
+where users meet them: the CLI (`python -m fmnist_exp ...`) and the stores (MLflow's SQLite
+tracking store, Optuna's study database beside it), read with MLflow's and Optuna's own clients.
+Nothing here imports fmnist_exp, whose layout is what changes.
+
+Bit for bit is the right bar: on one machine the same code, data and seed give the same bits
+across processes (reproduce.py, bench/bench_determinism.py), so any difference is the code's.
+Needs the baseline commit in the clone's history (after a shallow clone: `git fetch --unshallow`).
+
+    pytest -q tests/test_same_bits.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from conftest import REPO, cli, subprocess_env
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+BASELINE = "861b7d0"  # the last commit before fmnist_exp/ was restructured into subpackages
+MODEL = "fmnist-classifier"
+
+# small enough for a 2-core CPU, big enough that a wrong initialiser or split would change the bits
+TRAIN = {
+    "cnn": ["--epochs", "1", "--train_samples", "2000", "--filters", "8,16", "--dense_units", "16", "--seed", "7"],
+    "mlp": ["--epochs", "2", "--train_samples", "2000", "--hidden_units", "64,32", "--seed", "7"],
+}
+STUDY = """description: a study started by the baseline's code and resumed by today's
+family: mlp
+budget: {n_trials: 2, epochs: 1, train_samples: 1000, timeout: 0}
+fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+space:
+  dropout: {type: float, low: 0.0, high: 0.3}
+  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
+  hidden_units: {type: widths, layers: [1, 2], units: [32, 64]}
+pruner: {type: none}
+reference: off  # a reference would train a second network per registration: not what is tested here
+"""
+
+
+@pytest.fixture(scope="session")
+def old_code(tmp_path_factory) -> Path:
+    """The baseline's fmnist_exp/ and experiments/ (its study files, found beside the package),
+    extracted once per session; fails if the commit is missing or its package is not the one imported."""
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BASELINE}^{{commit}}"],
+                      capture_output=True).returncode != 0:
+        shallow = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--is-shallow-repository"],
+                                 capture_output=True, text=True).stdout.strip() == "true"
+        missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip  # a tarball has no history
+        missing(f"the baseline commit {BASELINE} is not in the history of {REPO}"
+                    f"{' (a shallow clone)' if shallow else ''}: run `git fetch --unshallow` there "
+                    "(in CI: check out with the full history, e.g. fetch-depth: 0)")
+    old = tmp_path_factory.mktemp("old")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "fmnist_exp", "experiments"],
+                             capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    # the repo's package is installed (editable) and on conftest's PYTHONPATH: prove the old one wins
+    where = subprocess.run([sys.executable, "-c", "import fmnist_exp; print(fmnist_exp.__file__)"], cwd=old,
+                           env=old_env(old), capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr[-3000:]
+    assert Path(where.stdout.strip()).is_relative_to(old), f"imported {where.stdout.strip()}, not the baseline's"
+    return old
+
+
+def old_env(old: Path, tracking_uri: str | None = None) -> dict:
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(old) + os.pathsep + env["PYTHONPATH"]
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def old_cli(args: list[str], old: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    """``python -m fmnist_exp ...`` of the baseline's code, on the test's tracking store."""
+    return subprocess.run([sys.executable, "-m", "fmnist_exp", *args], cwd=old, env=old_env(old, tracking_uri),
+                          capture_output=True, text=True, timeout=600)
+
+
+def ok(proc: subprocess.CompletedProcess, who: str) -> dict:
+    """The JSON line a command prints last, once it has exited 0."""
+    assert proc.returncode == 0, f"{who} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    try:
+        return json.loads(last)
+    except json.JSONDecodeError:
+        pytest.fail(f"{who}: the last line of stdout is not its JSON summary: {last!r}")
+
+
+def assert_ran_from(run, code: Path) -> None:
+    """``python -m`` runs the __main__.py it found, and MLflow records that path as the run's source."""
+    source = run.data.tags["mlflow.source.name"]
+    assert Path(source).is_relative_to(code), f"run {run.info.run_name!r} ran {source}, not the code in {code}"
+
+
+def all_runs():
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+LOAD_OLD_CLASSIFIER = """
+import sys
+import mlflow, numpy as np
+import fmnist_exp.serving  # today's package first: the old model's code must not trip over it
+from fmnist_exp.data import load
+ds = load(None)
+model = mlflow.pyfunc.load_model(sys.argv[1])
+labels = np.concatenate([model.predict(ds.x_test[i:i + 1000])["label"].to_numpy() for i in range(0, 10000, 1000)])
+print(float(np.mean(labels == ds.y_test)))
+"""
+
+
+@pytest.mark.parametrize("family", ["cnn", "mlp"])
+def test_todays_code_rebuilds_a_baseline_run_bit_for_bit(family, old_code, tracking, tmp_path):
+    client = MlflowClient()
+    original = ok(old_cli([family, *TRAIN[family]], old_code, tracking), f"the baseline's {family}")
+    old_run = client.get_run(original["run_id"])
+    assert_ran_from(old_run, old_code)
+
+    proc = cli(["reproduce", "--model_uri", f"runs:/{original['run_id']}/model", "--exact", "true"], tmp_path)
+    report = ok(proc, "today's reproduce")
+    assert report["passed"] is True and report["bit_identical"] == 1.0, report
+    rebuild = client.get_run(report["run_id"])
+    assert_ran_from(rebuild, REPO)
+    assert rebuild.info.status == "FINISHED"
+    assert rebuild.data.tags["reproduces_run_id"] == original["run_id"]
+    assert rebuild.data.metrics["test_accuracy"] == old_run.data.metrics["test_accuracy"]  # exactly: same bits
+
+    # the served classifier the baseline logged (its own code inside it) loads and answers under today's
+    # install, today's package imported first: what a registered model of the earlier code meets
+    probe = subprocess.run([sys.executable, "-c", LOAD_OLD_CLASSIFIER, old_run.data.tags["classifier_uri"]],
+                           cwd=tmp_path, env={**subprocess_env(), "MLFLOW_TRACKING_URI": tracking},
+                           capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert float(probe.stdout.split()[-1]) == pytest.approx(old_run.data.metrics["test_accuracy"], abs=2e-4)
+
+
+def test_a_study_the_baseline_started_resumes_and_registers_under_todays_code(old_code, tracking, tmp_path):
+    study_file = tmp_path / "same-bits.yaml"
+    study_file.write_text(STUDY)
+    ok(old_cli(["tune", "--study", str(study_file), "--study_name", "same-bits", "--n_trials", "2",
+                "--register", "false"], old_code, tracking), "the baseline's tune")
+    # no study file: the study carries its own, stored on it when the baseline created it
+    ok(cli(["tune", "--study_name", "same-bits", "--n_trials", "1"], tmp_path), "today's tune")
+
+    study = optuna.load_study(study_name="same-bits", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    runs = all_runs()
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = {r.data.tags["resumed"]: r for r in runs if r.info.run_name == "tune same-bits"}
+    assert set(parents) == {"false", "true"}, [r.info.run_name for r in runs]
+    assert_ran_from(parents["false"], old_code)
+    assert_ran_from(parents["true"], REPO)
+    champion = MlflowClient().get_model_version_by_alias(MODEL, "champion")
+    trials = {r.info.run_id for r in runs if r.data.tags.get("optuna_study") == "same-bits"
+              and "optuna_trial" in r.data.tags}
+    assert champion.run_id in trials  # the best of all three trials, whichever code trained it

@@ -1,0 +1,196 @@
+"""Workers that start together all run: processes started at the same moment on new stores (a new
+SQLite tracking store file or PostgreSQL tracking database; a new PostgreSQL study database,
+directly or behind the storage proxy) make each store once, under a lock (scale/locks.py), and
+every one runs to the end. Without the locks MLflow's and Optuna's schema migrations run in every
+process at once, and all but one may die (``duplicate column name``, ``table _alembic_tmp_...
+already exists``, alembic's ``expected to match one row ... 0 found``).
+
+Real processes and real PostgreSQL (conftest.pg_admin: skipped without it, a failure under CI=true).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import sqlalchemy
+from conftest import all_runs, free_port, fresh_db, subprocess_env, trial_runs
+
+WORKERS = 4
+STUDY = """description: workers started together
+family: mlp
+budget: {n_trials: 1, epochs: 1, train_samples: 300, timeout: 0}
+fixed: {lr_schedule: cosine, early_stopping_patience: 0, hidden_units: "32"}
+space:
+  dropout: {type: float, low: 0.0, high: 0.3}
+  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
+enqueue:
+  - {dropout: 0.1, learning_rate: 2.0e-3}
+pruner: {type: none}
+"""
+ENQUEUED = {"dropout": 0.1, "learning_rate": 2.0e-3}
+
+# What a worker does before any work: the tracking store made, the study store opened. Each
+# process imports first, says so, and waits for the word: all open the stores within milliseconds.
+OPEN_STORES = """
+import sys, time
+from pathlib import Path
+from fmnist_exp.scale.storage import preflight
+Path(sys.argv[1]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.005)
+preflight(sys.argv[3]).open()
+"""
+
+
+def alembic_revisions(url: str) -> list[str]:
+    if url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+            return [r[0] for r in db.execute("SELECT version_num FROM alembic_version")]
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return [r[0] for r in c.execute(sqlalchemy.text("SELECT version_num FROM alembic_version"))]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("tracking_db", ["sqlite", "postgresql"])
+def test_new_stores_opened_at_the_same_moment_are_made_once(tracking_db, pg_admin, tmp_path):
+    tracking = (f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}" if tracking_db == "sqlite"
+                else fresh_db(pg_admin, "mlflow"))
+    storage = fresh_db(pg_admin, "optuna")
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(WORKERS)]
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORES, str(r), str(go), storage], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in ready]
+    try:
+        deadline = time.time() + 180
+        while not all(r.exists() for r in ready):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), [p.poll() for p in procs]
+            time.sleep(0.05)
+        go.touch()
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * WORKERS, "\n".join(o[-2000:] for o in outs)
+
+    # each store was made once: one schema revision, and it opens as its library expects
+    assert len(alembic_revisions(tracking)) == 1
+    assert [e.name for e in mlflow.MlflowClient(tracking).search_experiments()] == ["Default"]
+    assert len(alembic_revisions(storage)) == 1
+    assert optuna.get_all_study_names(storage=storage) == []
+
+
+def tune_worker(tmp: Path, env: dict, storage: str | None, n_trials: int, log: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", str(tmp / "s.yaml"), "--study_name", "together",
+           "--n_trials", str(n_trials), "--register", "false", *(["--storage", storage] if storage else [])]
+    with open(tmp / log, "w") as out:
+        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: int = 900) -> list[int]:
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def new_stores(pg_admin, tmp_path, monkeypatch):
+    """A tracking store that does not exist yet (a SQLite file), a new PostgreSQL study database,
+    the study file, and the workers' environment."""
+    (tmp_path / "s.yaml").write_text(STUDY)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    mlflow.set_tracking_uri(tracking)
+    env = {**subprocess_env(), "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": "120"}
+    return {"tmp": tmp_path, "tracking": tracking, "optuna": fresh_db(pg_admin, "optuna"), "env": env}
+
+
+@contextlib.contextmanager
+def storage_proxy(stores):
+    """`storage-proxy` over the new study database on a free port, until it answers; its grpc:// URL."""
+    from fmnist_exp.params import ConfigError
+    from fmnist_exp.scale.storage import StorageURL
+
+    url, log = f"grpc://127.0.0.1:{free_port()}", stores["tmp"] / "proxy.log"
+    cmd = [sys.executable, "-m", "fmnist_exp", "storage-proxy", "--storage", stores["optuna"],
+           "--port", url.rsplit(":", 1)[1]]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=stores["tmp"], env=stores["env"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            with contextlib.suppress(ConfigError):
+                StorageURL.parse(url).check()
+                break
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("via", ["postgresql", "storage-proxy"])
+def test_four_tune_workers_started_together_all_run(via, new_stores):
+    tmp, env = new_stores["tmp"], new_stores["env"]
+    assert not (tmp / "mlflow.db").exists()
+    with contextlib.ExitStack() as stack:
+        storage = stack.enter_context(storage_proxy(new_stores)) if via == "storage-proxy" else new_stores["optuna"]
+        procs = [tune_worker(tmp, env, storage, 1, f"w{i}.log") for i in range(WORKERS)]
+        codes = wait_all(procs)
+    assert codes == [0] * WORKERS, "\n".join(f"--- w{i}.log\n" + (tmp / f"w{i}.log").read_text()[-2500:]
+                                              for i, c in enumerate(codes) if c)
+
+    study = optuna.load_study(study_name="together", storage=new_stores["optuna"])
+    assert sorted(t.number for t in study.trials) == list(range(WORKERS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # the study was created once: its starting point enqueued (and trained) once
+    assert sum(t.params == pytest.approx(ENQUEUED) for t in study.trials) == 1
+
+    runs = all_runs()
+    assert [r.info.run_name for r in runs if r.info.status != "FINISHED"] == []
+    parents = [r for r in runs if r.info.run_name == "tune together"]
+    assert len(parents) == WORKERS
+    by_trial = {int(r.data.tags["optuna_trial"]): r for r in trial_runs(runs)}
+    assert sorted(by_trial) == list(range(WORKERS))
+    for t in study.trials:
+        assert by_trial[t.number].info.run_id == t.user_attrs["mlflow_run_id"]
+        assert by_trial[t.number].data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+    assert len(runs) == 2 * WORKERS
+
+
+@pytest.mark.slow
+def test_second_worker_on_a_new_sqlite_study_store_is_still_refused(new_stores):
+    tmp, env = new_stores["tmp"], new_stores["env"]
+    # no storage: SQLite optuna.db beside mlflow.db, neither there yet
+    procs = [tune_worker(tmp, env, None, 2, f"w{i}.log") for i in range(2)]
+    codes = wait_all(procs)
+    logs = [(tmp / f"w{i}.log").read_text() for i in range(2)]
+    assert sorted(codes) == [0, 2], logs
+    refused = logs[codes.index(2)]
+    assert "another tune worker is already using" in refused and "SQLite is not for parallel workers" in refused
+    assert "Traceback" not in refused
+
+    study = optuna.load_study(study_name="together", storage=f"sqlite:///{tmp / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    runs = all_runs()
+    assert sorted(r.info.run_name for r in runs) == ["trial 0", "trial 1", "tune together"]
+    assert all(r.info.status == "FINISHED" for r in runs)

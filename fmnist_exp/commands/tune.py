@@ -73,6 +73,9 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
                 summary = StudySummary(counts, args.model_name, *registered)
             else:
                 mlflow.set_tag("registration", "skipped: register=false (run the register entry point)")
+                # no version to explain, but the last worker out still makes the page for its trials
+                with setup.storage.registration_lock(args.model_name):
+                    render = claim_report(study, pid, registered_new=False)
             _study_views(study, pid, setup, render)
             runs.raise_if_interrupted()  # inside the run, so a swallowed signal ends it FAILED
     print_summary(summary)

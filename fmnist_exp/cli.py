@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = {k: v for k, v in vars(ns).items() if k not in ("command", "verbose", "images")}
     try:
         args = P.command(ns.command, raw)
+        if hasattr(args, "system_metrics"):
+            from .train.runs import system_metrics_on
+
+            system_metrics_on(args.system_metrics)  # a wrong $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, said at once
         if isinstance(args, P.TuneArgs):
             from .scale.storage import preflight
 

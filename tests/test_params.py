@@ -119,3 +119,33 @@ def test_values_a_layer_above_would_override_are_refused_in_the_file(section, en
                                           "space:\n  l2: {type: float, low: 0.0, high: 0.001}\n"))
     with pytest.raises(P.ConfigError, match=message):
         parse(text, Path("refused.yaml"))
+
+
+def test_the_final_retrain_may_name_its_first_seed():
+    """``final: {seed: N}`` (accepted before the restructuring) starts the final retrain's seeds at N;
+    the trials keep the command line's seed. ``final.data_dir`` stays the command line's."""
+    from fmnist_exp.study.setup import Setup
+
+    text = ("description: final seed\nfamily: mlp\nbudget: {n_trials: 1, epochs: 1}\n"
+            "space:\n  l2: {type: float, low: 0.0, high: 0.001}\nfinal: {epochs: 2, seed: 11, seeds: 2}\n")
+    spec = parse(text, Path("final_seed.yaml"))
+    args = P.tune_args({"seed": 7})
+    setup = Setup(args=args, spec=spec, **{f.name: None for f in dataclasses.fields(Setup)
+                                           if f.name not in ("args", "spec")})
+    assert setup.final_seeds() == [11, 12]
+    assert setup.final_params({"l2": 1e-4}, 11).seed == 11
+    with pytest.raises(P.ConfigError, match="'data_dir' is the command line's"):
+        parse(text.replace("seed: 11", "data_dir: /tmp"), Path("final_dir.yaml"))
+
+
+def test_a_study_stored_by_earlier_code_resumes_with_its_sampled_values():
+    """Earlier code let a study file search ``epochs`` and trained the sampled value; a study it
+    stored resumes, and its trials still train what they record. A new file is refused."""
+    text = ("description: old\nfamily: mlp\nbudget: {n_trials: 1, epochs: 1}\n"
+            "space:\n  epochs: {type: int, low: 2, high: 8}\n")
+    with pytest.raises(P.ConfigError, match="cannot be searched"):
+        parse(text, Path("old.yaml"))
+    spec = parse(text, Path("old.yaml"), stored=True)
+    args = P.tune_args({"epochs": 3})
+    assert P.compose("mlp", study_layers(args, spec, sampled={"epochs": 6})).epochs == 6
+    assert P.compose("mlp", study_layers(args, spec, sampled={})).epochs == 3

@@ -19,7 +19,7 @@ import optuna
 from ..params import TuneArgs
 from ..registry.versions import record_evidence, register_candidate
 from ..study import finals, reference, report
-from ..study.artifacts import claim_report, count_trials, log_study_inputs, log_study_views
+from ..study.artifacts import claim_report, count_trials, log_study_inputs, log_study_views, release_report
 from ..study.objective import Progress, TrainFn, make_objective, stop_if_interrupted
 from ..study.setup import Setup, log_setup, open_study, prepare, sampler_seed, trials_started
 from ..study.summary import Gain, Registration, SeedStats, StudySummary, print_summary
@@ -115,8 +115,12 @@ def _study_views(study: optuna.Study, pid: str, setup: Setup, render: bool) -> N
     """The study-level plots and report, on this parent run only when it is this process's turn
     (study/artifacts.py claim_report); otherwise the run says where they are made."""
     if render:
-        log_study_views(study, pid)
-        report.log_report(study, pid, setup.spec)
+        try:
+            log_study_views(study, pid)
+            report.log_report(study, pid, setup.spec)
+        except BaseException:
+            release_report(study, pid)
+            raise
     else:
         mlflow.set_tag("study_report", "made by the process that registers a new version or the last worker to "
                                        "finish (the study's user attribute study_report names its run), or by "

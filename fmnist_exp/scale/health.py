@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import socket
 from urllib.error import HTTPError, URLError
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from urllib.request import urlopen
 
 import mlflow
 
 from ..params import ConfigError
+
+
+def shown_uri(uri: str) -> str:
+    """A URI as printed: any password in it replaced by ***."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}"))
 
 
 def check_tracking_server(timeout_s: float = 5.0) -> None:

@@ -11,7 +11,10 @@ first creates the schema, the others find it made.
 
 A SQLite file is locked with a file lock beside it (fcntl: one machine, as SQLite itself); a
 PostgreSQL database with an advisory lock held in an open transaction on a connection of its
-own, in that database: a holder that dies ends its session, and with it the lock.
+own, in that database: a holder that dies ends its session, and with it the lock. While it is
+held, the connection says ``SELECT 1`` every few seconds, so that a server's or PgBouncer's idle
+transaction timeout does not end it; a lock lost anyway (the session killed, the server
+restarted) is said at once on stderr: what runs under it is no longer alone.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import contextlib
 import fcntl
 import hashlib
 import random
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +34,8 @@ import sqlalchemy
 
 from ..params import ConfigError
 from . import dbretry
+
+KEEPALIVE_S = 5.0  # far below the idle transaction timeouts people set (PgBouncer's idle_transaction_timeout, ...)
 
 
 def lock_key(name: str) -> int:
@@ -74,13 +81,41 @@ def advisory_lock(engine: sqlalchemy.engine.Engine, name: str, *, retry: bool = 
                 conn.rollback()  # the transaction's end gives PgBouncer its server connection back
                 time.sleep(wait * random.uniform(0.5, 1.5))  # spread out: waiters ask at different times
                 wait = min(2 * wait, 1.0)
+            keeper = _KeepAlive(conn, name)
+            keeper.start()
             try:
                 yield
             finally:
+                keeper.stop()
                 with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # a lost session took the lock along
                     conn.rollback()  # the transaction's end releases the lock
     finally:
         engine.dispose()
+
+
+class _KeepAlive(threading.Thread):
+    """Keeps a held lock's transaction busy; says so once when the lock is lost. Only this thread
+    uses the connection until :meth:`stop` returns."""
+
+    def __init__(self, conn: sqlalchemy.engine.Connection, name: str):
+        super().__init__(name=f"lock-keepalive-{name}", daemon=True)
+        self.conn, self.lock_name, self.lost = conn, name, False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(KEEPALIVE_S):
+            try:
+                self.conn.execute(sqlalchemy.text("SELECT 1"))
+            except sqlalchemy.exc.DBAPIError as e:
+                self.lost = True
+                why = (dbretry.chain_text(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                print(f"[lock] warning: the lock {self.lock_name!r} was lost with its database session ({why}); "
+                      "what runs under it may now run beside another worker's", file=sys.stderr, flush=True)
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 def beside(sqlite_file: Path, name: str) -> Path:

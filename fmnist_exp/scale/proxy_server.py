@@ -36,7 +36,7 @@ from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 
 from ..params import ConfigError, ProxyArgs
-from .health import check_bind, check_tracking_server
+from .health import check_bind, check_tracking_server, shown_uri
 from .heartbeat import GRACE_S, HEARTBEAT_S
 from .optuna_private import CachedStorage, OptunaStorageProxyService, api_pb2, api_pb2_grpc, never_beaten
 from .proxy_client import HEARTBEAT_KEY, KEEPALIVE_S, LOCK_PREFIX
@@ -193,8 +193,8 @@ def run(args: ProxyArgs) -> None:
     reaper.start()
     print(f"[storage-proxy] serving {url} at grpc://{host}:{port}; workers: --storage grpc://{host}:{port}. "
           f"Stale trials (no heartbeat for {GRACE_S} s) are failed, retried and their runs in "
-          f"{mlflow.get_tracking_uri()} ended FAILED, the first look in {GRACE_S} s (workers that lost a proxy "
-          "beat again first). SIGTERM or Ctrl-C stops it.", flush=True)
+          f"{shown_uri(mlflow.get_tracking_uri())} ended FAILED, the first look in {GRACE_S} s "
+          "(workers that lost a proxy beat again first). SIGTERM or Ctrl-C stops it.", flush=True)
     try:
         while not stop.wait(0.5):
             pass

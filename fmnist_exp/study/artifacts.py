@@ -84,6 +84,12 @@ def claim_report(study: optuna.Study, parent_run_id: str, *, registered_new: boo
     return True
 
 
+def release_report(study: optuna.Study, parent_run_id: str) -> None:
+    """Give back this run's claim when its rendering failed, so the next worker to finish makes the page."""
+    if (study.user_attrs.get(REPORT_ATTR) or {}).get("run_id") == parent_run_id:
+        study.set_user_attr(REPORT_ATTR, {})
+
+
 def log_study_views(study: optuna.Study, parent_run_id: str) -> None:
     """The study-level views on a parent run: the trials table and Optuna's plots."""
     MlflowClient().log_text(parent_run_id, study.trials_dataframe().to_csv(index=False), "study/trials.csv")

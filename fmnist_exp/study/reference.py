@@ -85,14 +85,14 @@ class Job:
 
 @dataclass(frozen=True)
 class Order:
-    """What the second process is told (as JSON on its command line): which reference, under which run."""
+    """What the second process is told (as JSON on its command line): which reference, under which run.
+    The tracking store goes through MLFLOW_TRACKING_URI instead."""
 
     family: str
     params: dict[str, Any]  # flat, as runs log them
     tags: dict[str, str]
     parent_run_id: str
     experiment_id: str
-    tracking_uri: str
 
 
 class Background:
@@ -107,9 +107,10 @@ class Background:
     def __init__(self, reference: Job, parent_run_id: str):
         self.job = reference
         order = Order(family=reference.params.FAMILY, params=reference.params.flat(), tags=reference.tags,
-                      parent_run_id=parent_run_id, experiment_id=mlflow.get_run(parent_run_id).info.experiment_id,
-                      tracking_uri=mlflow.get_tracking_uri())
+                      parent_run_id=parent_run_id, experiment_id=mlflow.get_run(parent_run_id).info.experiment_id)
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # set by `mlflow run`: the parent's
+        # through the environment, never argv: a tracking URI may hold a password, and `ps` shows argv
+        env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         env.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "fmnist_exp.study.reference", json.dumps(asdict(order))],
                                      env=env, preexec_fn=_die_with_parent)
@@ -193,7 +194,6 @@ def report(setup: Setup, candidate: Candidate, parent_run_id: str, background: B
 
 def _child_main(order: Order) -> None:
     """The second process: train the reference as a nested run of the study's parent run."""
-    mlflow.set_tracking_uri(order.tracking_uri)
     mlflow.set_experiment(experiment_id=order.experiment_id)
     with runs.interrupts_end_runs():
         tags = {**order.tags, "reference_background": "true"}  # found by reference_key like any other

@@ -15,6 +15,7 @@ import optuna
 from .. import data as D
 from .. import params as P
 from ..params import ConfigError, TuneArgs
+from ..scale.health import shown_uri
 from ..scale.storage import StorageURL, preflight
 from ..train import tracking
 from . import spec as S
@@ -57,12 +58,15 @@ def study_layers(args: TuneArgs, spec: S.StudySpec, sampled: dict[str, Any] | No
     """A study's layers for a trial (``sampled``) or a final retrain (``final``), in the one order
     :func:`params.compose` applies: the command line's budget only where it was given."""
     given = {"epochs": args.epochs, "train_samples": args.train_samples}
+    command_line = {**{k: v for k, v in given.items() if v is not None}, "seed": args.seed, "data_dir": args.data_dir}
+    # Only a study stored by earlier code samples these (a new file may not): there the sampled value
+    # trained, as it did then, so that a resumed study's recorded values stay true.
+    kept = set(sampled or {}) & {*S.RUN_ONLY, *S.BUDGET_ONLY}
     return P.Layers(
         fixed=spec.fixed,
         budget={"epochs": spec.budget.epochs, "train_samples": spec.budget.train_samples},
         sampled=sampled or {},
-        command_line={**{k: v for k, v in given.items() if v is not None}, "seed": args.seed,
-                      "data_dir": args.data_dir},
+        command_line={k: v for k, v in command_line.items() if k not in kept},
         final=final or {},
     )
 
@@ -97,7 +101,7 @@ def study_spec(args: TuneArgs, study_name: str, stored: dict[str, Any] | None) -
                           f"created), not family={args.family!r}: leave family empty to use the study's")
     if args.study:
         return S.load(args.study, family)
-    return S.parse(stored[STUDY_TEXT], Path(stored[STUDY_FILE]), family)
+    return S.parse(stored[STUDY_TEXT], Path(stored[STUDY_FILE]), family, stored=True)
 
 
 def check_reference_run(spec: S.StudySpec) -> None:
@@ -110,7 +114,7 @@ def check_reference_run(spec: S.StudySpec) -> None:
         run = mlflow.MlflowClient().get_run(spec.reference.run_id)
     except MlflowException:
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} is not in the tracking store "
-                          f"{mlflow.get_tracking_uri()}; give the id of a finished mlp or cnn run") from None
+                          f"{shown_uri(mlflow.get_tracking_uri())}; give the id of a finished mlp or cnn run") from None
     tags = run.data.tags
     if not (tags.get("model_uri") and tags.get("classifier_uri")):  # e.g. a baseline run: no Keras model
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} has no logged Keras model "

@@ -180,9 +180,11 @@ def load(study: str | None, family: str | None) -> StudySpec:
     return parse(path.read_text(), path, family)
 
 
-def parse(text: str, path: Path, family: str | None = None) -> StudySpec:
+def parse(text: str, path: Path, family: str | None = None, *, stored: bool = False) -> StudySpec:
     """A StudySpec from a study file's text: read from ``path``, or stored on an Optuna study
-    (then ``path`` is the name the file had). ``family`` None means the file's own (else cnn)."""
+    (``stored``; then ``path`` is the name the file had). ``family`` None means the file's own (else
+    cnn). A stored file is the one its trials ran with: what earlier code accepted and this code
+    refuses in a new file (a searched seed or epochs) is let through, so that the study resumes."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -211,7 +213,7 @@ def parse(text: str, path: Path, family: str | None = None) -> StudySpec:
         enqueue=list(raw.get("enqueue") or []),
         reference=parse_reference(raw.get("reference", "default"), str(path)),
     )
-    check(spec)
+    check(spec, stored=stored)
     return spec
 
 
@@ -219,7 +221,7 @@ RUN_ONLY = ("seed", "data_dir")  # one per invocation: the command line's
 BUDGET_ONLY = ("epochs", "train_samples")  # per trial from the budget; searched, Optuna would record unused values
 
 
-def check(spec: StudySpec) -> None:
+def check(spec: StudySpec, *, stored: bool = False) -> None:
     """Refuse a space whose names or bounds the family would refuse, before any trial runs."""
     where = str(spec.path)
     if not spec.description:
@@ -230,11 +232,14 @@ def check(spec: StudySpec) -> None:
     overlap = set(spec.fixed) & set(spec.space)
     if overlap:
         raise ConfigError(f"{where}: {sorted(overlap)} both fixed and searched")
-    for key in [*spec.fixed, *spec.space, *spec.final.params]:
-        if key in RUN_ONLY:
+    for section, key in [*(("fixed", k) for k in spec.fixed), *(("space", k) for k in spec.space),
+                         *(("final", k) for k in spec.final.params)]:
+        if stored and key in (*RUN_ONLY, *BUDGET_ONLY):  # a study earlier code ran: it trained the sampled
+            pass  # value, and still does (study.setup.study_layers)
+        elif key in RUN_ONLY and (section, key) != ("final", "seed"):  # final.seed: the retrain's first seed
             raise ConfigError(f"{where}: {key!r} is the command line's, not the study file's (it would be "
                               f"overridden unnoticed): give it as --{key} (mlflow run: -P {key}=...)")
-        if key in BUDGET_ONLY and key in spec.space:
+        elif key in BUDGET_ONLY and key in spec.space:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it is the budget's (budget.{key} for trials, "
                               f"final.{key} for the final retrain), and the command line's --{key} overrides it")
         if key not in names:

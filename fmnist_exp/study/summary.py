@@ -8,6 +8,7 @@ from typing import Any
 
 import mlflow
 
+from ..scale.health import shown_uri
 from ..stats import PairedComparison
 
 ENSEMBLE = "ensemble"  # SeedStats.registered when the seeds' average is registered
@@ -114,7 +115,7 @@ class StudySummary:
 
 def print_summary(s: StudySummary) -> None:
     """The end of a study on the console: counts, what was registered, seeds, the gain, where to look."""
-    uri = mlflow.get_tracking_uri()
+    uri = shown_uri(mlflow.get_tracking_uri())
     ui = uri if uri.startswith("http") else "http://127.0.0.1:5000"
     c = s.counts
     lines = [f"[tune] study {c.study_name!r}: {c.n_complete} complete, {c.n_pruned} pruned, "

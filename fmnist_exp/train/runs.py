@@ -158,16 +158,19 @@ SAMPLING_INTERVAL_S = 1.0
 
 def system_metrics_on(given: bool | None) -> bool:
     """``given`` (the command's ``system_metrics``), else $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
-    where it is set, else on."""
-    if given is not None:
-        return given
+    where it is set, else on; refused when on without psutil. The CLI asks before any work."""
     text = os.environ.get(ENABLE_ENV, "").strip().lower()
-    if text in ("", "true", "1"):
-        return True
-    if text in ("false", "0"):
-        return False
-    raise ConfigError(f"{ENABLE_ENV}={os.environ[ENABLE_ENV]!r}: must be true or false "
-                      "(or unset it and use the system_metrics parameter)")
+    if given is not None:
+        on = given
+    elif text in ("", "true", "1", "false", "0"):
+        on = text not in ("false", "0")
+    else:
+        raise ConfigError(f"{ENABLE_ENV}={os.environ[ENABLE_ENV]!r}: must be true or false "
+                          "(or unset it and use the system_metrics parameter)")
+    if on and importlib.util.find_spec("psutil") is None:  # MLflow would refuse the first run mid-command
+        raise ConfigError("system metrics need the psutil package: pip install psutil, "
+                          "or pass system_metrics=false")
+    return on
 
 
 @contextlib.contextmanager
@@ -178,9 +181,6 @@ def system_metrics(given: bool | None):
     says otherwise; processes started inside inherit it. The environment is restored afterwards.
     A run started before (a study's parent) keeps what it had: it trains nothing itself."""
     on = system_metrics_on(given)
-    if on and importlib.util.find_spec("psutil") is None:  # MLflow would refuse the first run mid-command
-        raise ConfigError("system metrics need the psutil package: pip install psutil, "
-                          "or pass system_metrics=false")
     saved = {k: os.environ.get(k) for k in (ENABLE_ENV, INTERVAL_ENV)}
     os.environ[ENABLE_ENV] = str(on).lower()
     os.environ.setdefault(INTERVAL_ENV, f"{SAMPLING_INTERVAL_S:g}")

@@ -13,4 +13,4 @@ if url="$(bash scripts/start_postgres.sh | tail -n 1)" && [[ "$url" == postgresq
 else
   echo "[test] PostgreSQL could not be started: the scale-out tests will skip (and fail under CI=true)" >&2
 fi
-.venv/bin/python -m pytest -q -rs "$@"
+.venv/bin/python -m pytest -q -rs --durations=30 "$@"

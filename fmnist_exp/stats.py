@@ -4,12 +4,15 @@ bootstrap confidence interval, and an exact McNemar test.
 Pairing matters: both models answer the same 10,000 images, so most images are right (or wrong)
 for both and only the images where they disagree carry evidence. On 10,000 images one standard
 error of a single accuracy near 93% is ~0.25 points, but the paired difference is much tighter
-when the models agree on most images. Pure numpy; no MLflow, so registry and tuning share it.
+when the models agree on most images. A cheaper model may also be shown *non-inferior*: at most a
+margin worse, by a one-sided paired test. Pure numpy; no MLflow, so registry and tuning share it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -94,3 +97,68 @@ def compare(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, **bootstrap) 
     acc_a, acc_b = float(right_a.mean()), float(right_b.mean())
     return PairedComparison(acc_a=acc_a, acc_b=acc_b, diff=(b - c) / len(y), ci_low=lo, ci_high=hi, b=b, c=c,
                             p_value=mcnemar_exact(b, c), n=len(y))
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """Is model A at most ``margin`` worse than model B on the same ``n`` images? One-sided:
+    H0 ``acc_a - acc_b <= -margin`` against H1 ``acc_a - acc_b > -margin``, by Tango's score test for
+    paired proportions (the discordant counts ``b``, ``c`` carry the evidence, as in McNemar's test).
+    ``lower`` is the one-sided ``1 - alpha`` lower confidence bound of the difference from the same
+    statistic, so ``p_value < alpha`` exactly when ``lower > -margin``."""
+
+    margin: float
+    alpha: float
+    diff: float
+    lower: float
+    z: float
+    p_value: float
+    b: int
+    c: int
+    n: int
+
+    @property
+    def non_inferior(self) -> bool:
+        return self.p_value < self.alpha
+
+    def describe(self) -> str:
+        verdict = "non-inferior" if self.non_inferior else "not shown non-inferior"
+        return (f"{verdict} within {100 * self.margin:.2f} points: {100 * self.diff:+.2f} points, one-sided "
+                f"{100 * (1 - self.alpha):g}% lower bound {100 * self.lower:+.2f}, Tango score p={self.p_value:.3g} "
+                f"(b={self.b}, c={self.c}, n={self.n})")
+
+    def fields(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}margin": self.margin, f"{prefix}alpha": self.alpha, f"{prefix}diff": self.diff,
+                f"{prefix}lower": self.lower, f"{prefix}z": self.z, f"{prefix}p_value": self.p_value,
+                f"{prefix}b": self.b, f"{prefix}c": self.c, f"{prefix}n": self.n}
+
+
+def tango_z(b: int, c: int, n: int, delta0: float) -> float:
+    """Tango's score statistic for ``diff == delta0`` with ``b`` (A right, B wrong) and ``c`` (the
+    reverse) of ``n`` pairs; the nuisance share of ``c`` at its maximum likelihood under the null."""
+    a2, bq = 2 * n, -b - c + (2 * n - b + c) * delta0
+    cq = -c * delta0 * (1 - delta0)
+    q = (math.sqrt(max(bq * bq - 4 * a2 * cq, 0.0)) - bq) / (2 * a2)
+    num, var = b - c - n * delta0, n * (2 * q + delta0 * (1 - delta0))
+    if var <= 0:  # no discordant pair and delta0 = 0: no evidence either way
+        return math.copysign(math.inf, num) if num else 0.0
+    return num / math.sqrt(var)
+
+
+def non_inferiority(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, margin: float,
+                    alpha: float) -> NonInferiority:
+    """The one-sided paired non-inferiority test of A against B within ``margin`` (a share of images)."""
+    y, pred_a, pred_b = (np.asarray(v).ravel() for v in (y, pred_a, pred_b))
+    if not len(y) == len(pred_a) == len(pred_b) or len(y) == 0:
+        raise ValueError(f"need one prediction per image from each model: {len(y)} labels, "
+                         f"{len(pred_a)} and {len(pred_b)} predictions")
+    right_a, right_b = pred_a == y, pred_b == y
+    b, c, n = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b)), len(y)
+    z = tango_z(b, c, n, -margin)
+    p = 0.5 * math.erfc(z / math.sqrt(2))  # upper tail of the standard normal
+    crit = NormalDist().inv_cdf(1 - alpha)
+    lo, hi = -1.0, (b - c) / n  # the statistic falls as delta0 rises: bisect for tango_z == crit
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tango_z(b, c, n, mid) > crit else (lo, mid)
+    return NonInferiority(margin=margin, alpha=alpha, diff=(b - c) / n, lower=lo, z=z, p_value=p, b=b, c=c, n=n)

@@ -18,7 +18,7 @@ import optuna
 
 from ..params import TuneArgs
 from ..registry.versions import record_evidence, register_candidate
-from ..study import finals, reference, report
+from ..study import finals, front, reference, report
 from ..study.artifacts import claim_report, count_trials, log_study_inputs, log_study_views, release_report
 from ..study.objective import Progress, TrainFn, make_objective, stop_if_interrupted
 from ..study.setup import Setup, log_setup, open_study, prepare, sampler_seed, trials_started
@@ -117,6 +117,8 @@ def _study_views(study: optuna.Study, pid: str, setup: Setup, render: bool) -> N
     if render:
         try:
             log_study_views(study, pid)
+            if setup.spec.goals.multi:
+                front.log_front(study, setup.spec.goals, pid)
             report.log_report(study, pid, setup.spec)
         except BaseException:
             release_report(study, pid)
@@ -141,9 +143,11 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
         try:
             picked = finals.pick_candidate(setup, study)
             if picked is None:
-                mlflow.set_tag("registration", "skipped: no complete trial")
+                none = "no complete trial" if setup.spec.goals.plain else "no feasible complete trial"
+                mlflow.set_tag("registration", f"skipped: {none}")
                 return (None, None, None), claim_report(study, pid, registered_new=by_name)
             candidate, seeds = picked
+            finals.check_budget(setup, candidate, pid)  # its measured cost, before the gate reads the verdict
             registration = register_candidate(candidate, setup.ds, model_name=setup.args.model_name,
                                               study_name=setup.study_name, family=setup.spec.family,
                                               parent_run_id=pid, promote_alpha=setup.args.promote_alpha)

@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
 
-from ..metrics import EPOCHS_RUN
+from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..train import job, lineage, plots
 from .setup import Setup
 from .summary import Counts
@@ -22,14 +22,17 @@ def log_optuna_plots(study: optuna.Study, run_id: str) -> list[str]:
     from optuna.visualization import matplotlib as ovm
 
     client, logged = MlflowClient(), []
-    for name, fn in (("optimization_history", ovm.plot_optimization_history),
-                     ("param_importances", ovm.plot_param_importances),
-                     ("parallel_coordinate", ovm.plot_parallel_coordinate),
-                     ("intermediate_values", ovm.plot_intermediate_values)):
+    # several objectives: Optuna draws one at a time; validation accuracy is the one these figures are about
+    multi = len(study.directions) > 1
+    target: dict[str, Any] = {"target": lambda t: t.values[0], "target_name": VAL_ACC} if multi else {}
+    for name, fn, kwargs in (("optimization_history", ovm.plot_optimization_history, target),
+                             ("param_importances", ovm.plot_param_importances, target),
+                             ("parallel_coordinate", ovm.plot_parallel_coordinate, target),
+                             ("intermediate_values", ovm.plot_intermediate_values, {})):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax: Any = fn(study)  # one Axes, or an array of them
+                ax: Any = fn(study, **kwargs)  # one Axes, or an array of them
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             client.set_tag(run_id, f"plot_skipped_{name}", str(e)[:500])
             continue

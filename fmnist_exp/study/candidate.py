@@ -45,3 +45,9 @@ def finished(filter_string: str, trial_number: int, origin: str) -> Candidate | 
     r = done[0]
     return Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
                      r.data.metrics[VAL_FINAL_ACC], trial_number, origin)
+
+
+def cost_metrics(run_id: str) -> dict[str, float]:
+    """The ``cost_*`` metrics a run logged (train.job, study/ensemble.py), by cost name."""
+    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    return {k.removeprefix("cost_"): v for k, v in metrics.items() if k.startswith("cost_")}

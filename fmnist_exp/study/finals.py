@@ -13,21 +13,20 @@ from .. import stats
 from ..data import Dataset
 from ..metrics import TEST_ACC
 from ..train import job
-from . import ensemble
-from .candidate import BEST_TRIAL, ENSEMBLE_OF_FINALS, FINAL_RETRAIN, Candidate, finished
+from . import ensemble, goals
+from .candidate import BEST_TRIAL, ENSEMBLE_OF_FINALS, FINAL_RETRAIN, Candidate, cost_metrics, finished
 from .setup import Setup
 from .summary import ENSEMBLE, SeedStats
 
 
 def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedStats | None] | None:
     """The candidate (None without a complete trial) and, for several final seeds, their spread."""
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = goals.choose(study, setup.spec.goals)
+    if best is None:
         return None
     if not setup.spec.retrains:
         return Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"],
-                         best.user_attrs["classifier_uri"], best.value or 0.0, best.number, BEST_TRIAL), None
+                         best.user_attrs["classifier_uri"], best.values[0], best.number, BEST_TRIAL), None
     seeds = setup.final_seeds()
     finals = [final_run(setup, best, seed) for seed in seeds]
     by_val = max(finals, key=lambda cand: cand.val_accuracy)
@@ -96,3 +95,22 @@ def ensemble_run(setup: Setup, best: optuna.trial.FrozenTrial, finals: list[Cand
                                      echo="[tune]")
     return Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.val_accuracy, best.number,
                      ENSEMBLE_OF_FINALS)
+
+
+def check_budget(setup: Setup, cand: Candidate, parent_run_id: str) -> str | None:
+    """The candidate's cost as measured on its own run (the final retrain's, after it trained) against
+    the study's budget, before registration: the verdict, and the promotion margin, go on the
+    candidate's run (the gate reads them there) and the verdict on the parent run. None: no budget."""
+    study_goals = setup.spec.goals
+    tags = study_goals.candidate_tags(cost_metrics(cand.run_id))
+    if not tags:
+        return None
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(cand.run_id, key, value)
+    verdict = tags.get(goals.BUDGET_VERDICT_TAG)
+    if verdict is not None:
+        client.set_tag(parent_run_id, goals.BUDGET_VERDICT_TAG, verdict)
+        print(f"[tune] candidate (run {cand.run_id}) {verdict}", flush=True)
+    return verdict
+

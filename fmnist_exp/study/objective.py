@@ -3,7 +3,10 @@
     python -m fmnist_exp tune --family cnn --n_trials 10
 
 Pruning watches per-epoch validation accuracy; a trial's run records its parameters, curves,
-final validation accuracy, state and (when complete) its models.
+final validation accuracy, state and (when complete) its models. A study with several objectives
+(study/goals.py) returns validation accuracy and the trial's measured costs and prunes nothing (Optuna
+prunes single-objective studies only); a study with budgets sets each trial's constraint values, and a
+network whose deterministic costs already break a budget is not trained (PRUNED, with the reason).
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ import keras
 import mlflow
 import optuna
 
+from .. import params as P
 from ..console import duration
 from ..metrics import EPOCHS_RUN, VAL_ACC
+from ..model import cost, networks
+from ..model.wrappers import with_flip_average
 from ..train import job, runs
+from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, Goals
 from .setup import Setup
 from .space import suggest
 
@@ -58,11 +65,16 @@ class Progress:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             mlflow.MlflowClient().set_tag(run_id, "trial_state", state)
-        try:
-            best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
-        except ValueError:
-            best = "none yet"
-        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        multi = len(study.directions) > 1
+        if multi:
+            best = f"front of {len(study.best_trials)}"
+            value = "/".join(f"{v:.4g}" for v in trial.values) if trial.values else "-"
+        else:
+            try:
+                best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
+            except ValueError:
+                best = "none yet"
+            value = f"{trial.value:.4f}" if trial.value is not None else "-"
         epochs = trial.user_attrs.get(EPOCHS_RUN, len(trial.intermediate_values))
         took = (trial.datetime_complete - trial.datetime_start).total_seconds() \
             if trial.datetime_complete and trial.datetime_start else 0.0
@@ -70,7 +82,7 @@ class Progress:
         total = self.n_trials or "?"
         print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} epochs={epochs} "
               f"time={duration(took)} best={best} elapsed={duration(elapsed)}", flush=True)
-        if trial.state == optuna.trial.TrialState.COMPLETE:
+        if trial.state == optuna.trial.TrialState.COMPLETE and not multi:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
 
 
@@ -80,36 +92,90 @@ def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
     runs.raise_if_interrupted()
 
 
+def static_costs(p: P.NetworkParams) -> dict[str, float]:
+    """The deterministic costs of the network ``p`` describes, built and untrained, as it would be served."""
+    model = networks.build(p)
+    return cost.static(with_flip_average(model) if p.tta_flip else model)
+
+
+def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams) -> str | None:
+    """Why the network ``p`` is not trained: its deterministic costs break a budget. Its constraint
+    values are set (the sampler learns from them) and the reason and costs recorded on the trial and
+    its run. None: train it."""
+    if not goals.static_constraints():
+        return None
+    static = static_costs(p)
+    broken = goals.broken(static)
+    if not broken:
+        return None
+    reason = f"{OVER}, not trained: " + "; ".join(broken)
+    for name, excess in goals.excess(static).items():
+        trial.set_constraint(name, excess)
+    trial.set_user_attr(COSTS_ATTR, static)
+    trial.set_user_attr(OVER_BUDGET_ATTR, reason)
+    mlflow.log_params({**p.flat(), "family": p.FAMILY})
+    mlflow.log_metrics({f"cost_{k}": v for k, v in static.items()})
+    mlflow.set_tags({"trial_state": "PRUNED", OVER_BUDGET_ATTR: reason})
+    return reason
+
+
+def record_costs(trial: optuna.Trial, goals: Goals, metrics: dict[str, float]) -> None:
+    """The trained model's costs (``cost_*`` metrics of train.job) on the trial and as its constraint values."""
+    costs = {name: metrics[f"cost_{name}"] for name in cost.COSTS if f"cost_{name}" in metrics}
+    missing = sorted({*goals.costs, *goals.constraints} - set(costs))
+    if missing:
+        raise RuntimeError(f"the trial's run logged no cost_{missing[0]} metric: train.job measures every "
+                           "completed run's cost; is this code older than the study file?")
+    trial.set_user_attr(COSTS_ATTR, costs)
+    for name, excess in goals.excess(costs).items():
+        trial.set_constraint(name, excess)
+
+
 def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = None):
-    """The objective: suggest, train one nested run, return validation accuracy.
+    """The objective: suggest, train one nested run, return validation accuracy (and, with several
+    objectives, the costs named after it).
 
     ``train_fn`` defaults to :func:`train.job.train_in_run`; tests pass a wrapper that
     raises in one trial to show the study survives it.
     """
     train = train_fn or job.train_in_run
+    goals = setup.spec.goals
 
-    def objective(trial: optuna.Trial) -> float:
+    def trained(trial: optuna.Trial, p: P.NetworkParams, tags: dict[str, str], suggestion: dict) -> job.RunResult:
+        prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
+        try:
+            result = train(p, ds=setup.ds, evaluate_test=False, prune_check=prune, extra_tags=tags)
+        except Exception as e:
+            mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
+            raise
+        trial.set_user_attr(EPOCHS_RUN, int(result.metrics[EPOCHS_RUN]))
+        if result.pruned:
+            mlflow.set_tag("trial_state", "PRUNED")
+        else:
+            trial.set_user_attr("model_uri", result.model_uri)
+            trial.set_user_attr("classifier_uri", result.classifier_uri)
+            trial.set_user_attr("config", suggestion)
+            if not goals.plain:
+                record_costs(trial, goals, result.metrics)
+        return result
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
         suggestion = suggest(trial, setup.spec.space)
         p = setup.trial_params(suggestion)
         tags = {"optuna_study": setup.study_name, "optuna_trial": str(trial.number), "trial_state": "RUNNING"}
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
-            prune = PruningCallback(trial)
-            try:
-                result = train(p, ds=setup.ds, evaluate_test=False, prune_check=prune, extra_tags=tags)
-            except Exception as e:
-                mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
-                raise
-            trial.set_user_attr(EPOCHS_RUN, int(result.metrics[EPOCHS_RUN]))
-            if result.pruned:
-                mlflow.set_tag("trial_state", "PRUNED")
-            else:
-                trial.set_user_attr("model_uri", result.model_uri)
-                trial.set_user_attr("classifier_uri", result.classifier_uri)
-                trial.set_user_attr("config", suggestion)
-        if result.pruned:  # raised after the run ended, so a pruned run is FINISHED, not FAILED
+            reason = over_budget(trial, goals, p)
+            result = None if reason else trained(trial, p, tags, suggestion)
+        # raised after the run ended, so a pruned run is FINISHED, not FAILED
+        if result is None:
+            raise optuna.TrialPruned(reason)
+        if result.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {result.metrics[EPOCHS_RUN]}")
+        if goals.multi:
+            costs = trial.user_attrs[COSTS_ATTR]
+            return [result.val_accuracy, *(costs[name] for name in goals.costs)]
         return result.val_accuracy
 
     return objective

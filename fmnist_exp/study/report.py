@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from .. import stats
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..train import plots
+from . import front as F
 from .space import suggest
 from .spec import StudySpec
 
@@ -76,6 +77,9 @@ class StudyReport:
     gate: Comparison | None
     registration: str  # the parent run's decision sentence
     ensemble: Comparison | None = None  # final.ensemble: the average against the best-validated seed
+    front: list[F.FrontPoint] | None = None  # several objectives: the complete trials as points
+    front_figure: bytes | None = None  # Optuna's Pareto plot as logged
+    constraints: dict[str, float] = field(default_factory=dict)  # the study's budget
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
@@ -100,11 +104,10 @@ def gather(study: optuna.Study, parent_run_id: str, spec: StudySpec, top: int = 
         for name, title in FIGURES.items():
             if f"plot_skipped_{name}" in tags:
                 continue
-            try:
-                local = client.download_artifacts(parent_run_id, f"study/{name}.png", tmp)
-            except (MlflowException, OSError):
-                continue  # not logged (e.g. a study with no finished trial)
-            figures[title] = Path(local).read_bytes()
+            png = _download(client, parent_run_id, f"study/{name}.png", tmp)
+            if png is not None:  # else not logged (e.g. a study with no finished trial)
+                figures[title] = png
+        front_figure = _download(client, parent_run_id, F.FRONT_PNG, tmp) if spec.goals.multi else None
     skipped = {title: tags[f"plot_skipped_{name}"] for name, title in FIGURES.items() if f"plot_skipped_{name}" in tags}
     return StudyReport(
         study_name=study.study_name, description=spec.description, experiment_id=parent.info.experiment_id,
@@ -114,7 +117,16 @@ def gather(study: optuna.Study, parent_run_id: str, spec: StudySpec, top: int = 
         gate=comparison(metrics, "gate_", "candidate", "champion"),
         registration=tags.get("registration", "not registered"),
         ensemble=comparison(metrics, "ensemble_gain_", "ensemble", "seed"),
+        front=F.points(study, spec.goals) if spec.goals.multi else None, front_figure=front_figure,
+        constraints=spec.goals.constraints,
     )
+
+
+def _download(client: MlflowClient, run_id: str, path: str, tmp: str) -> bytes | None:
+    try:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+    except (MlflowException, OSError):
+        return None  # not logged (e.g. Optuna could not draw it)
 
 
 def _row(t: optuna.trial.FrozenTrial, spec: StudySpec, experiment_of: dict) -> TrialRow:
@@ -123,7 +135,8 @@ def _row(t: optuna.trial.FrozenTrial, spec: StudySpec, experiment_of: dict) -> T
     except (ValueError, KeyError):  # a trial that failed before all its parameters were drawn
         params = dict(t.params)
     run_id = t.user_attrs.get("mlflow_run_id")
-    return TrialRow(t.number, t.state.name, t.value, params, int(t.user_attrs.get(EPOCHS_RUN,
+    value = t.values[0] if t.values else None  # validation accuracy, the first of several objectives
+    return TrialRow(t.number, t.state.name, value, params, int(t.user_attrs.get(EPOCHS_RUN,
                     len(t.intermediate_values))), run_id, experiment_of.get(run_id))
 
 
@@ -187,6 +200,7 @@ def render(r: StudyReport) -> str:
         "<h2>Champion against the reference</h2>", _gain(r),
         *(["<h2>The seeds' average against one seed</h2>", _ensemble(r)] if r.ensemble else []),
         "<h2>Promotion gate</h2>", _gate(r),
+        *(["<h2>Accuracy and cost: the front</h2>", _front(r)] if r.front is not None else []),
         "<h2>Leaderboard</h2>", _leaderboard(r),
         *[part for title in FIGURES.values() for part in _figure(r, title)],
         "<h2>Learning curves of the top trials</h2>", _curves(r),
@@ -254,6 +268,31 @@ def _gate(r: StudyReport) -> str:
         return decision + ('<p class="muted">No paired comparison with a previous champion (there was none, or no '
                            "candidate was registered).</p>")
     return decision + _comparison_table(r.gate)
+
+
+def _front(r: StudyReport) -> str:
+    """The complete trials as points of the accuracy-cost trade-off, front first, each linked to its run."""
+    assert r.front is not None, "shown only for a study with several objectives"
+    budget = ", ".join(f"{k} &le; {v:g}" for k, v in r.constraints.items()) or "none"
+    intro = (f"<p>On the front: feasible and no other feasible trial is as good on every objective and better "
+             f"on one (Optuna's <code>best_trials</code>). Budget: {budget}. Validation accuracy only; the test "
+             "split decides nothing here.</p>")
+    if not r.front:
+        return intro + '<p class="note">No complete trial.</p>'
+    names = list(r.front[0].objectives)
+    experiment_of = {t.number: t.experiment_id for t in r.trials}
+    extra = [c for c in r.constraints if c not in names]
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["trial", *names, *extra, "feasible", "on front", "MLflow run"])
+    rows = []
+    for p in r.front:
+        cells = [f'<td class="num">{p.trial}</td>', *(f'<td class="num">{_fmt(p.objectives[n])}</td>' for n in names),
+                 *(f'<td class="num">{_fmt(p.costs.get(c, "-"))}</td>' for c in extra),
+                 f"<td>{'yes' if p.feasible else 'no'}</td>", f"<td>{'yes' if p.on_front else ''}</td>",
+                 f"<td>{_run_link(r, experiment_of.get(p.trial), p.run_id)}</td>"]
+        best = ' class="best"' if p.on_front else ""
+        rows.append(f'<tr{best} data-front-trial="{p.trial}">' + "".join(cells) + "</tr>")
+    figure = _img(r.front_figure, "Pareto front") if r.front_figure else ""
+    return intro + f'<table class="front"><tr>{head}</tr>' + "".join(rows) + "</table>" + figure
 
 
 def _leaderboard(r: StudyReport) -> str:

@@ -133,10 +133,13 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
     """Create or join the study; a study created here records its family and study file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say it better
 
+    goals = setup.spec.goals
+    direction: dict[str, Any] = {"directions": goals.directions} if goals.multi else {"direction": "maximize"}
+
     def create() -> optuna.Study:
         study = optuna.create_study(
-            study_name=setup.study_name, storage=setup.optuna_storage, direction="maximize", load_if_exists=True,
-            sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(),
+            study_name=setup.study_name, storage=setup.optuna_storage, load_if_exists=True,
+            sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(), **direction,
         )
         if STUDY_TEXT not in study.user_attrs:
             study.set_user_attr(STUDY_FAMILY, setup.spec.family)
@@ -172,4 +175,6 @@ def log_setup(setup: Setup, before: int, sampler_seed: int | None = None) -> Non
                          "optuna_storage": str(setup.storage), "trials_before": before,
                          **({"sampler_seed": sampler_seed} if sampler_seed is not None else {})})
     tracking.log_params(setup.ds.describe())
+    if not spec.goals.plain:
+        tracking.log_params(spec.goals.flat())
     mlflow.log_text(spec.text, f"study/{spec.path.name}")

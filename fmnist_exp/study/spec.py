@@ -36,9 +36,9 @@ import optuna
 import yaml
 
 from .. import params as P
-from ..metrics import VAL_ACC
 from ..params import ConfigError, TuneArgs
 from ..params.table import family_params
+from .goals import Goals, check_search, parse_goals
 from .space import Dist, parse_space
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -51,7 +51,9 @@ PRUNERS = {
     "percentile": optuna.pruners.PercentilePruner,
     "none": optuna.pruners.NopPruner,
 }
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+            "nsga2": optuna.samplers.NSGAIISampler}
+CONSTRAINED_SAMPLERS = ("tpe", "nsga2")  # those that read the trials' constraint values
 # a reference is trained on the candidate's images with its seed, so it may not set these (its epochs
 # are its own: the family's default, or what its params name)
 REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "data_dir")
@@ -134,7 +136,7 @@ class StudySpec:
     space: dict[str, Dist]
     pruner: dict[str, Any]
     sampler: dict[str, Any]
-    objective: str = VAL_ACC
+    goals: Goals = field(default_factory=Goals)  # objectives, constraints, choice, promotion (study/goals.py)
     final: Final = field(default_factory=Final)
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     reference: Reference = field(default_factory=lambda: Reference("default"))
@@ -195,6 +197,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     unknown_budget = set(raw.get("budget", {})) - set(BUDGET_DEFAULTS)
     if unknown_budget:
         raise ConfigError(f"{path}: unknown budget key(s) {sorted(unknown_budget)}; known: {sorted(BUDGET_DEFAULTS)}")
+    goals = parse_goals(raw, str(path))
     final = dict(raw.get("final") or {})
     seeds = final.pop("seeds", 1)  # not a family parameter: how many times the final retrain runs
     ensemble = final.pop("ensemble", False)  # nor this: what is registered of the seeds' models
@@ -206,9 +209,9 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         budget=Budget.from_file(raw.get("budget", {})),
         fixed=dict(raw.get("fixed", {})),
         space=parse_space(raw.get("space", {}), str(path)),
-        pruner=dict(raw.get("pruner", {"type": "median"})),
+        pruner=dict(raw.get("pruner", {"type": "none" if goals.multi else "median"})),  # no pruning with several
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
-        objective=raw.get("objective", VAL_ACC),
+        goals=goals,
         final=Final(final, seeds, ensemble),
         enqueue=list(raw.get("enqueue") or []),
         reference=parse_reference(raw.get("reference", "default"), str(path)),
@@ -226,8 +229,6 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
     where = str(spec.path)
     if not spec.description:
         raise ConfigError(f"{where}: add a one-sentence 'description' of what the study asks")
-    if spec.objective != VAL_ACC:
-        raise ConfigError(f"{where}: objective {spec.objective!r} is not produced; trials report {VAL_ACC}")
     names = {p.name for p in family_params(spec.family)}
     overlap = set(spec.fixed) & set(spec.space)
     if overlap:
@@ -263,6 +264,7 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         check_point(spec, point, where)
     spec.make_pruner()
     spec.make_sampler(0)
+    check_search(spec.goals, str(spec.pruner.get("type")), str(spec.sampler.get("type")), CONSTRAINED_SAMPLERS, where)
 
 
 def check_reference(spec: StudySpec, where: str) -> None:

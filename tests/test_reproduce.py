@@ -186,6 +186,11 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert mv.tags["data_sha256"] == dataset.sha256 and mv.tags["git_commit"] == head_commit()
     assert mv.tags["data_digest_validation"] == lineage.split_digest(x_val, y_val)
     assert mv.tags["data_digest_test"] == lineage.split_digest(dataset.x_test, dataset.y_test)
+    # it costs what both members cost: every multiply-accumulate counted twice, and on the version
+    member_macs = [r.data.metrics["cost_mmacs_per_image"] for r in finals]
+    assert ens.data.metrics["cost_mmacs_per_image"] == pytest.approx(sum(member_macs)) == pytest.approx(
+        2 * member_macs[0])
+    assert float(mv.tags["cost_mmacs_per_image"]) == pytest.approx(ens.data.metrics["cost_mmacs_per_image"])
 
     # the served classifier answers the mean of the two members' probabilities
     probs = lambda uri: np.stack(classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731

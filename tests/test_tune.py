@@ -93,6 +93,14 @@ def test_tune_through_mlflow_run_registers_champion(tracking, tmp_path, dataset)
     best = max(kids, key=lambda k: k.data.metrics["val_final_accuracy"])
     assert mv.tags["source_run_id"] == best.info.run_id and mv.tags["study"] == "tiny"
     assert float(mv.tags["test_accuracy"]) == pytest.approx(best.data.metrics["test_accuracy"], abs=1e-6)
+    # what it costs to serve: on every trial's run, and on the version as tags and in its description
+    for k in kids:
+        widths = [784, *map(int, k.data.params["hidden_units"].split(",")), 10]
+        macs = sum(a * b for a, b in zip(widths, widths[1:], strict=False))  # the dense layers, nothing else
+        assert k.data.metrics["cost_mmacs_per_image"] == pytest.approx(macs / 1e6)
+    assert float(mv.tags["cost_mmacs_per_image"]) == pytest.approx(best.data.metrics["cost_mmacs_per_image"])
+    assert float(mv.tags["cost_ms_per_image_b1"]) == pytest.approx(best.data.metrics["cost_ms_per_image_b1"], rel=1e-5)
+    assert f"**Serving cost:** {float(mv.tags['cost_mmacs_per_image']):.1f} M multiply-accumulates" in mv.description
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     answers = predict_in_batches(model, dataset.x_test)
     assert list(answers.columns) == ["label", "class_name", "probabilities"]

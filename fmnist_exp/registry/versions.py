@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from ..data import Dataset
 from ..metrics import TEST_ACC, TEST_F1, VAL_FINAL_ACC
+from ..model.cost import Cost
 from ..params import FAMILIES
 from ..scale.storage import StorageURL
 from ..study.candidate import Candidate
@@ -34,6 +35,8 @@ def version_tags(source_run_id: str, parent_run_id: str | None = None) -> dict[s
     tags = {**lineage.recorded_code_version(run), "data_sha256": params.get("data_sha256", lineage.UNKNOWN),
             "data_source": params.get("data_source", lineage.UNKNOWN)}
     tags.update({f"data_digest_{ctx}": digest for ctx, digest in lineage.split_digests(run).items()})
+    # what it costs to serve (model/cost.py), as its run measured it: the registry page says it without a click
+    tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith("cost_")})
     if parent_run_id:
         storage = client.get_run(parent_run_id).data.params.get("optuna_storage")
         if storage:
@@ -162,11 +165,14 @@ def record_evidence(study_name: str, registration: Registration, gain: Gain | No
         tags = {"gain_reference": gain.reference}
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
-    decision = client.get_model_version(name, str(version)).tags.get("alias_decision", registration.decision)
-    client.update_model_version(name, str(version), description=describe(study_name, registration, gain, decision))
+    version_tags_now = client.get_model_version(name, str(version)).tags
+    decision = version_tags_now.get("alias_decision", registration.decision)
+    served = Cost.from_metrics({k: float(v) for k, v in version_tags_now.items() if k.startswith("cost_")})
+    client.update_model_version(name, str(version),
+                                description=describe(study_name, registration, gain, decision, served))
 
 
-def describe(study_name: str, r: Registration, gain: Gain | None, decision: str) -> str:
+def describe(study_name: str, r: Registration, gain: Gain | None, decision: str, served: Cost | None = None) -> str:
     """The version's description (markdown, as the registry page renders it)."""
     lines = [f"**Why this model.** Study `{study_name}`'s {r.candidate} "
              f"(trial {r.best_trial}, validation accuracy {r.best_val_accuracy:.4f}, chosen by validation), "
@@ -179,4 +185,9 @@ def describe(study_name: str, r: Registration, gain: Gain | None, decision: str)
         lines.append(f"**Gain over the study's reference** ({gain.reference}, run `{gain.reference_run_id}`"
                      f"{trained}): test accuracy {g.acc_a:.4f} against {g.acc_b:.4f}, {g.describe()}.")
     lines += ["", f"**Promotion gate:** {decision}"]
+    if served is not None:
+        lines += ["", f"**Serving cost:** {served.mmacs_per_image:.1f} M multiply-accumulates per image, "
+                      f"{served.params:,} parameters, {served.size_mb:.2f} MB of weights; "
+                      f"{served.ms_per_image_b1:.2f} ms per image at batch 1 and {served.ms_per_image_b256:.3f} ms "
+                      "at batch 256, measured in-process on the machine that trained it (tags cost_*)."]
     return "\n".join(lines)

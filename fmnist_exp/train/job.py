@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import data as D
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
-from ..model import networks
+from ..model import cost, networks
 from ..model.wrappers import with_flip_average
 from ..params import BaselineParams, DataParams, NetworkParams
 from . import fit as F
@@ -127,10 +127,28 @@ def train_in_run(
     result.model_uri, result.classifier_uri = keras_ref.uri, classifier_ref.uri
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
     tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"])  # on the run and both models
+    result.metrics.update(log_cost(run_id, model, echo).metrics())
     if evaluate_test:
         probs = predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(p)))
     return result
+
+
+def log_cost(run_id: str, model: keras.Model, echo: str = "") -> cost.Cost:
+    """Measure what the logged ``model`` costs to serve (the flip average runs its network twice,
+    an ensemble every member) and log it on the run and its models."""
+    served = cost.measure(model)
+    tracking.log_model_metrics(run_id, served.metrics())
+    if echo:
+        print(f"{echo} {cost_line(served)}", flush=True)
+    return served
+
+
+def cost_line(c: cost.Cost) -> str:
+    """What the logged model costs to serve, on one console line."""
+    return (f"serving cost: {c.mmacs_per_image:.1f} M multiply-accumulates/image, {c.params:,} parameters, "
+            f"{c.size_mb:.2f} MB; {c.ms_per_image_b1:.2f} ms/image at batch 1, "
+            f"{c.ms_per_image_b256:.3f} at batch {cost.BATCH} (this machine)")
 
 
 def baseline_run(p: BaselineParams, *, experiment: str | None = None, ds: D.Dataset | None = None,

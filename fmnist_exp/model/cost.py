@@ -1,0 +1,130 @@
+"""What a model costs to serve: its parameters, the size of its weights, multiply-accumulates per
+image, and the time per image it takes here at batch 1 and at a large batch.
+
+The first three are properties of the network (the same on every machine, known before training:
+a study refuses a network over its budget without training it); the times are measured in-process
+on this machine, warm, as the median and interquartile range of repeated calls, so they carry
+the machine's noise (BENCHMARKS.md says how much). A model made of models (the flip average runs
+its network twice per image, an ensemble every member) costs what all its passes cost.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..data import IMAGE_SHAPE
+
+BATCH = 256  # the large batch: a scoring server's batched requests, an offline job
+REPEATS_B1, REPEATS_BATCH, WARMUP = 30, 5, 3
+
+COSTS = ("params", "size_mb", "mmacs_per_image", "ms_per_image_b1", "ms_per_image_b256")
+DETERMINISTIC = ("params", "size_mb", "mmacs_per_image")
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    size_mb: float  # the weights alone (float32 as saved), without optimizer state
+    mmacs_per_image: float  # millions of multiply-accumulates per image, every pass counted
+    ms_per_image_b1: float  # median over warm calls, one image per call
+    ms_per_image_b1_iqr: float
+    ms_per_image_b256: float  # median over warm calls of BATCH images, per image
+    ms_per_image_b256_iqr: float
+
+    def metrics(self) -> dict[str, float]:
+        """As logged: ``cost_<field>``."""
+        return {f"cost_{k}": float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float]) -> Cost | None:
+        """The cost a run logged, or None when it logged none (a pruned trial, an earlier run)."""
+        try:
+            values: dict[str, Any] = {k: metrics[f"cost_{k}"] for k in cls.__dataclass_fields__}
+        except KeyError:
+            return None
+        values["params"] = int(values["params"])
+        return cls(**values)
+
+    def value(self, name: str) -> float:
+        """One of COSTS by name."""
+        return float(getattr(self, name))
+
+
+def _calls(layer: keras.layers.Layer) -> int:
+    """How many times a sub-model runs per image in the model that holds it (the flip average
+    calls its network twice). Keras keeps one node per call; it has no public accessor."""
+    return max(1, len(getattr(layer, "_inbound_nodes", [])))
+
+
+def _layer_macs(layer: keras.layers.Layer) -> float:
+    """Multiply-accumulates of one call of a built-in layer, per image; 0 for layers without weights
+    to multiply by (pooling, activations, batch normalisation folded into the convolution when served)."""
+    if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D):
+        out = layer.output.shape  # (None, h, w, c)
+        kh, kw = layer.kernel_size
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            per_position = kh * kw * out[-1]
+        else:
+            cin = layer.input.shape[-1]
+            per_position = kh * kw * (cin // getattr(layer, "groups", 1)) * out[-1]
+        return float(out[1] * out[2] * per_position)
+    if isinstance(layer, keras.layers.Dense):
+        shape = layer.input.shape  # (None, ..., units_in): applied at every leading position
+        positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+        return float(positions * shape[-1] * layer.units)
+    return 0.0
+
+
+def macs_per_image(model: keras.Model) -> float:
+    """Multiply-accumulates per image, every pass of every sub-model counted."""
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += _calls(layer) * macs_per_image(layer)
+        else:
+            total += _layer_macs(layer)
+    return total
+
+
+def weights_mb(model: keras.Model) -> float:
+    """Size of the saved weights, in MB (10^6 bytes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cost.weights.h5"
+        model.save_weights(path)
+        return path.stat().st_size / 1e6
+
+
+def static(model: keras.Model) -> dict[str, float]:
+    """The deterministic costs (DETERMINISTIC), of a built network, trained or not."""
+    return {"params": float(model.count_params()), "size_mb": weights_mb(model),
+            "mmacs_per_image": macs_per_image(model) / 1e6}
+
+
+def _ms_per_image(model: keras.Model, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    for _ in range(WARMUP):
+        model.predict_on_batch(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict_on_batch(x)
+        times.append((time.perf_counter() - t0) * 1000 / len(x))
+    q25, q50, q75 = np.percentile(times, [25, 50, 75])
+    return float(q50), float(q75 - q25)
+
+
+def measure(model: keras.Model, seed: int = 0) -> Cost:
+    """All costs of ``model`` (float32 pixels 0-255 in, class probabilities out), times measured now."""
+    x = np.random.default_rng(seed).integers(0, 256, size=(BATCH, *IMAGE_SHAPE)).astype("float32")
+    b1, b1_iqr = _ms_per_image(model, x[:1], REPEATS_B1)
+    batch, batch_iqr = _ms_per_image(model, x, REPEATS_BATCH)
+    s = static(model)
+    return Cost(params=int(s["params"]), size_mb=s["size_mb"], mmacs_per_image=s["mmacs_per_image"],
+                ms_per_image_b1=b1, ms_per_image_b1_iqr=b1_iqr,
+                ms_per_image_b256=batch, ms_per_image_b256_iqr=batch_iqr)

@@ -1,0 +1,60 @@
+"""What a model costs to serve (model/cost.py): multiply-accumulates counted as by hand, every pass
+of a flip average and every ensemble member included, and the figures on a real run's models."""
+
+from __future__ import annotations
+
+import keras
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fmnist_exp import params as P
+from fmnist_exp.model import cost, networks
+from fmnist_exp.model.wrappers import average, with_flip_average
+from fmnist_exp.train import job
+
+MIRROR_MACS = 28 * 28 * 28  # the flip average's mirror: a 28x28 matrix applied to each of 28 rows
+
+
+def tiny() -> keras.Model:
+    """A network whose multiply-accumulates are easy to count by hand."""
+    inp = keras.Input(shape=(28, 28), dtype="float32")
+    h = keras.layers.Reshape((28, 28, 1))(inp)
+    h = keras.layers.Conv2D(4, 3, padding="same")(h)  # 28*28 positions x 3*3*1 inputs x 4 outputs
+    h = keras.layers.MaxPooling2D()(h)  # nothing multiplied
+    h = keras.layers.Conv2D(8, 3, padding="valid")(h)  # 12*12 positions x 3*3*4 x 8
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(10, activation="softmax")(h)  # 12*12*8 x 10
+    return keras.Model(inp, out)
+
+
+def test_multiply_accumulates_as_counted_by_hand():
+    by_hand = 28 * 28 * 9 * 4 + 12 * 12 * 36 * 8 + 12 * 12 * 8 * 10
+    model = tiny()
+    assert cost.macs_per_image(model) == by_hand
+    flip = with_flip_average(model)
+    assert cost.macs_per_image(flip) == 2 * by_hand + MIRROR_MACS  # the network runs twice per image
+    members = [with_flip_average(tiny()) for _ in range(3)]
+    assert cost.macs_per_image(average(members)) == 3 * (2 * by_hand + MIRROR_MACS)
+    s = cost.static(model)
+    assert s["params"] == model.count_params() == 4 * 10 + 8 * 37 + 1152 * 10 + 10
+    assert s["params"] * 4 / 1e6 < s["size_mb"] < s["params"] * 4 / 1e6 + 0.05  # float32 weights and a header
+    # the default cnn: about 10 million, the figure issue 28's budget study is measured against
+    assert cost.static(networks.build(P.network("cnn")))["mmacs_per_image"] == pytest.approx(10.139392)
+
+
+def test_a_runs_models_carry_what_they_cost(tracking, dataset, capsys):
+    p = P.network("mlp", {"epochs": 1, "train_samples": 1000, "hidden_units": "32"})
+    result = job.train_run(p, ds=dataset, system_metrics=False)
+    run = mlflow.get_run(result.run_id)
+    m = run.data.metrics
+    assert m["cost_mmacs_per_image"] == pytest.approx((784 * 32 + 32 * 10) / 1e6)
+    assert m["cost_params"] == 784 * 32 + 32 + 32 * 10 + 10
+    assert 0 < m["cost_ms_per_image_b256"] < m["cost_ms_per_image_b1"]  # batching amortises each call's overhead
+    assert m["cost_ms_per_image_b1_iqr"] >= 0 and m["cost_ms_per_image_b256_iqr"] >= 0
+    assert cost.Cost.from_metrics(m) == cost.Cost.from_metrics(result.metrics)
+    client = MlflowClient()
+    for output in run.outputs.model_outputs:  # the Keras model and the servable classifier
+        logged = {x.key: x.value for x in client.get_logged_model(output.model_id).metrics}
+        assert logged["cost_mmacs_per_image"] == m["cost_mmacs_per_image"]
+    assert "serving cost: 0.0 M multiply-accumulates/image, 25,450 parameters" in capsys.readouterr().out

@@ -222,6 +222,7 @@ def test_two_objective_study(tracking, tmp_path):
     assert parent.data.params["objectives"] == "val_accuracy,mmacs_per_image"
     version = MlflowClient().get_model_version(summary["model_name"], str(summary["registered_version"]))
     assert version.tags["budget_verdict"] == parent.data.tags["budget_verdict"] and summary["alias"] == "champion"
+    assert f"**Study's budget:** {version.tags['budget_verdict']}." in version.description
 
     # the front on the parent run: a table and Optuna's plot, and in the report with links to the runs
     table = mlflow.artifacts.load_text(f"runs:/{pid}/{front.FRONT_CSV}").splitlines()

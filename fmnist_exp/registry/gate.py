@@ -123,16 +123,14 @@ def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, pr
     """Register ``model_uri`` (a pyfunc classifier) as a new version and decide champion vs challenger.
 
     ``labels`` are the candidate's test answers when the caller has them already; the current
-    champion is always asked on the spot. ``budget`` None: what the study recorded on the candidate's
-    run (the ``source_run_id`` tag), if anything.
+    champion is always asked on the spot. ``budget``: what the candidate's study asks (None: nothing).
     """
     client = MlflowClient()
     if labels is None:
         labels = classifier_answers(model_uri, ds.x_test)["label"].to_numpy()
     accuracy = float(np.mean(labels == ds.y_test))
     champ = current_champion(client, name)
-    if budget is None:
-        budget = Budget.of_run(tags["source_run_id"]) if tags.get("source_run_id") else Budget()
+    budget = budget or Budget()
     cmp, champ_labels = None, None
     if champ is not None:  # by version, not alias: the comparison is with exactly this model
         champ_labels = classifier_answers(f"models:/{name}/{champ.version}", ds.x_test)["label"].to_numpy()

@@ -18,9 +18,10 @@ from ..model.cost import Cost
 from ..params import FAMILIES
 from ..scale.storage import StorageURL
 from ..study.candidate import Candidate
+from ..study.goals import BUDGET_VERDICT_TAG
 from ..study.summary import Gain, Registration
 from ..train import lineage, tracking
-from .gate import register
+from .gate import Budget, register
 
 REPRODUCE_TAG = "reproduce_command"
 
@@ -133,7 +134,8 @@ def register_candidate(cand: Candidate, ds: Dataset, *, model_name: str, study_n
     tags = {"study": study_name, "trial_number": str(cand.trial_number), "val_accuracy": f"{cand.val_accuracy:.6f}",
             "source_run_id": cand.run_id, "family": family, "candidate": cand.origin,
             **version_tags(cand.run_id, parent_run_id)}
-    gate = register(cand.classifier_uri, model_name, ds, tags, promote_alpha=promote_alpha, labels=cand.test_labels)
+    gate = register(cand.classifier_uri, model_name, ds, tags, promote_alpha=promote_alpha, labels=cand.test_labels,
+                    budget=Budget.of_run(cand.run_id))  # as study/finals.py check_budget recorded it
     tag_reproduce_command(model_name, gate.version)
     link_model(parent_run_id, cand.classifier_uri, model_name, gate.version)
     gate_fields = gate.comparison.fields("gate_", "candidate", "champion") if gate.comparison else {}
@@ -169,10 +171,12 @@ def record_evidence(study_name: str, registration: Registration, gain: Gain | No
     decision = version_tags_now.get("alias_decision", registration.decision)
     served = Cost.from_metrics({k: float(v) for k, v in version_tags_now.items() if k.startswith("cost_")})
     client.update_model_version(name, str(version),
-                                description=describe(study_name, registration, gain, decision, served))
+                                description=describe(study_name, registration, gain, decision, served,
+                                                     version_tags_now.get(BUDGET_VERDICT_TAG)))
 
 
-def describe(study_name: str, r: Registration, gain: Gain | None, decision: str, served: Cost | None = None) -> str:
+def describe(study_name: str, r: Registration, gain: Gain | None, decision: str, served: Cost | None = None,
+             budget_verdict: str | None = None) -> str:
     """The version's description (markdown, as the registry page renders it)."""
     lines = [f"**Why this model.** Study `{study_name}`'s {r.candidate} "
              f"(trial {r.best_trial}, validation accuracy {r.best_val_accuracy:.4f}, chosen by validation), "
@@ -185,6 +189,8 @@ def describe(study_name: str, r: Registration, gain: Gain | None, decision: str,
         lines.append(f"**Gain over the study's reference** ({gain.reference}, run `{gain.reference_run_id}`"
                      f"{trained}): test accuracy {g.acc_a:.4f} against {g.acc_b:.4f}, {g.describe()}.")
     lines += ["", f"**Promotion gate:** {decision}"]
+    if budget_verdict:
+        lines += ["", f"**Study's budget:** {budget_verdict}."]
     if served is not None:
         lines += ["", f"**Serving cost:** {served.mmacs_per_image:.1f} M multiply-accumulates per image, "
                       f"{served.params:,} parameters, {served.size_mb:.2f} MB of weights; "

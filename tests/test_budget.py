@@ -193,6 +193,7 @@ def test_two_objective_study(tracking, tmp_path):
     summary = tune.run(P.tune_args({"family": "mlp", "study": str(path)})).flat()
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "mmacs_per_image"]  # optuna-dashboard's axis names
     by_width = {t.params["hidden_units"]: t for t in study.trials}
 
     # 784 x 1024 weights are over 1 MB before training: pruned, untrained, its constraint value set

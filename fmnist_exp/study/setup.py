@@ -5,6 +5,7 @@ created or joined, once, and the parent run records how it was set up."""
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,10 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
             study.set_user_attr(STUDY_FAMILY, setup.spec.family)
             study.set_user_attr(STUDY_FILE, setup.spec.path.name)
             study.set_user_attr(STUDY_TEXT, setup.spec.text)
+            if goals.multi:  # optuna-dashboard and Optuna's plots name the axes by them
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(goals.objectives))
         for point in setup.spec.enqueue:  # known-good starting points, once per study
             study.enqueue_trial(as_trial_params(setup.spec.space, point), skip_if_exists=True)
         return study

@@ -176,7 +176,7 @@ def test_gate_respects_budget_and_promotes_cheaper_non_inferior(tracking, datase
 
 TWO = """description: Which hidden width gives the best accuracy for its multiply-accumulates, within 1 MB?
 family: mlp
-budget: {n_trials: 3, epochs: 1, train_samples: 1000, timeout: 0}
+budget: {n_trials: 4, epochs: 1, train_samples: 1000, timeout: 0}
 fixed: {lr_schedule: cosine, early_stopping_patience: 0}
 space:
   hidden_units: {type: categorical, choices: ["32", "64", "1024"]}
@@ -194,7 +194,23 @@ def test_two_objective_study(tracking, tmp_path):
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val_accuracy", "mmacs_per_image"]  # optuna-dashboard's axis names
-    by_width = {t.params["hidden_units"]: t for t in study.trials}
+    by_width = {t.params["hidden_units"]: t for t in study.trials[:3]}
+
+    # the fourth trial draws one of the three points again (only three exist): not trained again, since
+    # the same seed and data would give the same bits; a pruned point is judged again (it costs nothing)
+    again = study.trials[3]
+    first = by_width[again.params["hidden_units"]]
+    if first.state == optuna.trial.TrialState.PRUNED:
+        assert again.state == optuna.trial.TrialState.PRUNED and "same_as_trial" not in again.user_attrs
+    else:
+        assert again.state == optuna.trial.TrialState.COMPLETE
+        assert again.user_attrs["same_as_trial"] == first.number
+        assert again.values == first.values and again.constraints == first.constraints
+        assert again.user_attrs["model_uri"] == first.user_attrs["model_uri"]
+        again_run = MlflowClient().get_run(again.user_attrs["mlflow_run_id"])
+        assert set(again_run.data.metrics) == {"val_accuracy"}, "no training curves, no cost measured again"
+        assert again_run.data.tags["same_as_run"] == first.user_attrs["mlflow_run_id"]
+        assert again_run.data.params["hidden_units"] == first.params["hidden_units"]
 
     # 784 x 1024 weights are over 1 MB before training: pruned, untrained, its constraint value set
     big = by_width["1024"]

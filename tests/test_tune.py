@@ -149,6 +149,31 @@ def test_resume_continues_numbers_and_worse_study_stays_challenger(tracking, tmp
     assert_nothing_running()
 
 
+def test_a_point_drawn_again_is_not_trained_again(tracking, tmp_path):
+    # one point in the whole space: the second trial redraws it; the study's one seed and data would
+    # train the same bits, so it takes the first trial's answer and model instead of training
+    study = tmp_path / "one.yaml"
+    study.write_text("description: one point\nfamily: mlp\nfixed: {lr_schedule: cosine, early_stopping_patience: 0}\n"
+                     "space:\n  hidden_units: {type: categorical, choices: ['32']}\npruner: {type: median}\n"
+                     "reference: off\n")
+    run_tune(str(study), n_trials=2, epochs=1, train_samples=300, register=False)
+    stored = optuna.load_study(study_name="one", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    [first, again] = stored.trials
+    assert again.state == optuna.trial.TrialState.COMPLETE and again.value == first.value
+    assert again.user_attrs["same_as_trial"] == 0 and again.user_attrs["model_uri"] == first.user_attrs["model_uri"]
+    [parent] = parents()
+    first_run, again_run = children_of(parent.info.run_id)
+    assert "epochs_run" in first_run.data.metrics and set(again_run.data.metrics) == {"val_accuracy"}
+    assert again_run.data.tags["same_as_run"] == first_run.info.run_id
+    assert stored.best_trial.number == 0, "a tie goes to the trial that trained the model"
+    # resumed with another budget, the same point is another recipe: trained
+    run_tune(str(study), n_trials=1, epochs=2, train_samples=300, register=False)
+    third = optuna.load_study(study_name="one", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[2]
+    assert "same_as_trial" not in third.user_attrs and third.user_attrs["epochs_run"] == 2
+    assert third.user_attrs["recipe_digest"] != first.user_attrs["recipe_digest"]
+    assert_nothing_running()
+
+
 def test_final_retrain_is_what_gets_registered(tracking, tmp_path):
     study = study_file(tmp_path, "fin")
     with open(study, "a") as f:

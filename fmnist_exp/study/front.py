@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from ..model.cost import COSTS
 from ..train import plots
-from .goals import COSTS_ATTR, Goals, feasible
+from .goals import COSTS_ATTR, TWIN_ATTR, Goals, feasible
 
 FRONT_CSV, FRONT_PNG = "study/front.csv", "study/pareto_front.png"
 
@@ -38,11 +38,13 @@ class FrontPoint:
 
 
 def points(study: optuna.Study, goals: Goals) -> list[FrontPoint]:
-    """The study's complete trials as points, front first, then by validation accuracy."""
+    """The study's complete trials as points, front first, then by validation accuracy; a trial that
+    redrew a trained point is that point, not another."""
     front = {t.number for t in study.best_trials}
     out = [FrontPoint(t.number, t.user_attrs.get("mlflow_run_id"), dict(zip(goals.objectives, t.values, strict=True)),
                       dict(t.user_attrs.get(COSTS_ATTR) or {}), feasible(t), t.number in front)
-           for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+           for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+           if TWIN_ATTR not in t.user_attrs]
     return sorted(out, key=lambda p: (not p.on_front, -p.objectives[goals.objectives[0]], p.trial))
 
 

@@ -30,6 +30,7 @@ CHOOSE = {
     "cheapest_feasible": "the lowest first cost objective among feasible complete trials (ties: more accurate)",
 }
 COSTS_ATTR, OVER_BUDGET_ATTR = "costs", "over_budget"  # trial user attributes
+TWIN_ATTR = "same_as_trial"  # a trial whose point an earlier trial trained (study/objective.py)
 # on the candidate's run, for the promotion gate (registry/gate.py): what the study asks of it
 BUDGET_VERDICT_TAG, MARGIN_TAG, CHEAPER_ON_TAG = "budget_verdict", "promote_non_inferior_margin", "promote_cheaper_on"
 OVER = "over budget"  # how a broken verdict starts

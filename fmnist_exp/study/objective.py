@@ -7,10 +7,14 @@ final validation accuracy, state and (when complete) its models. A study with se
 (study/goals.py) returns validation accuracy and the trial's measured costs and prunes nothing (Optuna
 prunes single-objective studies only); a study with budgets sets each trial's constraint values, and a
 network whose deterministic costs already break a budget is not trained (PRUNED, with the reason).
+A point the study has already trained to completion is not trained again: with the study's one seed
+and data it would give the same bits, and samplers redraw points of a small categorical space often.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -25,11 +29,12 @@ from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import with_flip_average
 from ..train import job, runs
-from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, Goals
+from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
 from .space import suggest
 
 TrainFn = Callable[..., job.RunResult]
+RECIPE_ATTR = "recipe_digest"  # trial user attribute: what recipe_digest() gave
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -80,8 +85,10 @@ class Progress:
             if trial.datetime_complete and trial.datetime_start else 0.0
         elapsed = time.perf_counter() - self.t0
         total = self.n_trials or "?"
+        twin = trial.user_attrs.get(TWIN_ATTR)
+        same = f" (the point of trial {twin}: not trained again)" if twin is not None else ""
         print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} epochs={epochs} "
-              f"time={duration(took)} best={best} elapsed={duration(elapsed)}", flush=True)
+              f"time={duration(took)} best={best} elapsed={duration(elapsed)}{same}", flush=True)
         if trial.state == optuna.trial.TrialState.COMPLETE and not multi:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
 
@@ -131,6 +138,35 @@ def record_costs(trial: optuna.Trial, goals: Goals, metrics: dict[str, float]) -
         trial.set_constraint(name, excess)
 
 
+def recipe_digest(p: P.NetworkParams) -> str:
+    """Everything a trial trains with (sampled, fixed, budget, seed), as one short digest: a command line
+    that changes epochs or the subset for a resumed study makes other recipes than the stored ones."""
+    return hashlib.sha256(json.dumps({**p.flat(), "family": p.FAMILY}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def earlier_twin(trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
+    """The first complete, trained trial of this study with the recipe ``trial`` drew, if any."""
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number != trial.number and t.user_attrs.get(RECIPE_ATTR) == digest and TWIN_ATTR not in t.user_attrs:
+            return t
+    return None
+
+
+def same_as(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, goals: Goals, p: P.NetworkParams) -> None:
+    """Record ``trial`` as its ``twin``: its answers, model and costs, and on its run the parameters
+    and which trial and run trained the model."""
+    for key in (EPOCHS_RUN, "model_uri", "classifier_uri", "config", COSTS_ATTR):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    trial.set_user_attr(TWIN_ATTR, twin.number)
+    if not goals.plain:
+        for name, excess in goals.excess(twin.user_attrs[COSTS_ATTR]).items():
+            trial.set_constraint(name, excess)
+    mlflow.log_params({**p.flat(), "family": p.FAMILY})
+    mlflow.log_metric(VAL_ACC, twin.values[0])
+    mlflow.set_tags({TWIN_ATTR: str(twin.number), "same_as_run": twin.user_attrs.get("mlflow_run_id", "")})
+
+
 def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = None):
     """The objective: suggest, train one nested run, return validation accuracy (and, with several
     objectives, the costs named after it).
@@ -166,6 +202,12 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
+            digest = recipe_digest(p)
+            twin = earlier_twin(trial, digest)
+            trial.set_user_attr(RECIPE_ATTR, digest)
+            if twin is not None:
+                same_as(trial, twin, goals, p)
+                return list(twin.values) if goals.multi else twin.values[0]
             reason = over_budget(trial, goals, p)
             result = None if reason else trained(trial, p, tags, suggestion)
         # raised after the run ended, so a pruned run is FINISHED, not FAILED

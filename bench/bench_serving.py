@@ -2,9 +2,12 @@
 request (base64 uint8, base64 PNG), against the same pyfunc in-process, in one invocation.
 
     python bench/bench_serving.py [--requests 200] [--batch 1000] [--batches 5] [--rounds 3]
+    MLFLOW_TRACKING_URI=... python bench/bench_serving.py --model small=models:/NAME/1 --model big=runs:/ID/classifier
 
 A CNN with the default architecture (trained briefly: speed does not depend on accuracy) is
-registered in a throwaway store and served on a loopback port with one worker. The client keeps
+registered in a throwaway store and served on a loopback port with one worker; with `--model`
+(repeatable), the given served classifiers of the tracking store in $MLFLOW_TRACKING_URI instead,
+each on its own port, measured one after the other in every round. The client keeps
 one HTTP/1.1 connection open (as any client sending thousands of images a second would) and
 times each request from sending the body to having parsed the JSON answer; request bodies are
 encoded before the clock starts. Single-image latency over a fresh connection per request is
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -84,7 +88,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000, help="images per batched request")
     ap.add_argument("--batches", type=int, default=5, help="batched requests per format and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=URI",
+                    help="a served classifier (pyfunc) to measure instead of a freshly trained one; repeatable")
     args = ap.parse_args()
+    given = dict(m.split("=", 1) for m in args.model)
     load_before = os.getloadavg()
 
     import mlflow
@@ -104,44 +111,58 @@ def main() -> None:
         "png_b64": lambda imgs: json.dumps({"inputs": {PNG_B64: [png_b64(i) for i in imgs]}}).encode(),
     }
     bodies = {name: ([enc(s) for s in singles], [enc(b) for b in batches]) for name, enc in bodies.items()}
-    with scratch_tracking() as uri:
-        p = P.network("cnn", {"epochs": 1, "train_samples": 2000})
-        with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
-            res = job.train_run(p, ds=ds)
-        mlflow.register_model(res.classifier_uri, "bench")
-        model = mlflow.pyfunc.load_model("models:/bench/1")
-        port = free_port()
+    with contextlib.ExitStack() as stack:
+        if given:
+            uri, models = mlflow.get_tracking_uri(), given
+            described = dict(given)
+        else:
+            uri = stack.enter_context(scratch_tracking())
+            p = P.network("cnn", {"epochs": 1, "train_samples": 2000})
+            with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
+                res = job.train_run(p, ds=ds)
+            mlflow.register_model(res.classifier_uri, "bench")
+            models = {"default cnn": "models:/bench/1"}
+            described = {"default cnn": f"cnn filters {p.flat()['filters']} dense {p.dense_units} "
+                                        f"batch_norm {p.batch_norm} (defaults)"}
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        cmd = [MLFLOW, "models", "serve", "-m", "models:/bench/1", "--env-manager", "local", "-h", "127.0.0.1",
-               "-p", str(port), "-w", "1"]
-        rounds = []
-        with running_server(cmd, f"http://127.0.0.1:{port}/ping", env=env):
-            client = Client(port)
+        served = {}
+        for name, model_uri in models.items():
+            port = free_port()
+            cmd = [MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+                   "-p", str(port), "-w", "1"]
+            stack.enter_context(running_server(cmd, f"http://127.0.0.1:{port}/ping", env=env))
+            model = mlflow.pyfunc.load_model(model_uri)
             want = model.predict(batches[0])["label"].tolist()
-            for name, (_, batch_bodies) in bodies.items():
-                got = [answer["label"] for answer in client.post(batch_bodies[0])]
-                assert got == want, f"{name}: labels differ from in-process"
-            for _ in range(args.rounds):
-                r = {"load_1m": round(os.getloadavg()[0], 2),
-                     "in_process": figures(timings(model.predict, singles), timings(model.predict, batches),
-                                           args.batch)}
-                for name, (single_bodies, batch_bodies) in bodies.items():
-                    client = Client(port)  # uvicorn closes a connection idle for 5 s, as during the last format
-                    r[f"served_{name}"] = figures(timings(client.post, single_bodies),
-                                                  timings(client.post, batch_bodies), args.batch)
-                fresh = timings(Client(port, keep_alive=False).post, bodies["uint8_b64"][0])
-                r["served_uint8_b64"]["single_p50_ms_new_connection"] = round(1000 * percentile(fresh, 0.5), 2)
-                rounds.append(r)
-    results = {way: {k: round(statistics.median(r[way][k] for r in rounds), 2) for k in rounds[0][way]}
-               for way in rounds[0] if way != "load_1m"}
+            for fmt, (_, batch_bodies) in bodies.items():
+                got = [answer["label"] for answer in Client(port).post(batch_bodies[0])]
+                assert got == want, f"{name}, {fmt}: labels differ from in-process"
+            served[name] = (model, port)
+        rounds: dict[str, list[dict]] = {name: [] for name in served}
+        for _ in range(args.rounds):
+            for name, (model, port) in served.items():
+                rounds[name].append(one_round(model, port, bodies, singles, batches, args.batch))
+    results = {name: {way: {k: round(statistics.median(r[way][k] for r in rs), 2) for k in rs[0][way]}
+                      for way in rs[0] if way != "load_1m"} for name, rs in rounds.items()}
 
     emit({
         "machine": machine(), "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "model": f"cnn filters {p.flat()['filters']} dense {p.dense_units} batch_norm {p.batch_norm} (defaults)",
-        "requests": args.requests, "batch_images": args.batch, "batches": args.batches,
+        "models": described, "requests": args.requests, "batch_images": args.batch, "batches": args.batches,
         "request_bytes_per_batch": {name: len(b[1][0]) for name, b in bodies.items()},
-        "median_over_rounds": results, "rounds": rounds,
+        "median_over_rounds": results if given else results["default cnn"],
+        "rounds": rounds if given else rounds["default cnn"],
     })
+
+
+def one_round(model, port: int, bodies: dict, singles: list, batches: list, batch: int) -> dict:
+    """Every format, in-process first, back to back on one served model."""
+    r = {"load_1m": round(os.getloadavg()[0], 2),
+         "in_process": figures(timings(model.predict, singles), timings(model.predict, batches), batch)}
+    for name, (single_bodies, batch_bodies) in bodies.items():
+        client = Client(port)  # uvicorn closes a connection idle for 5 s, as during the last format
+        r[f"served_{name}"] = figures(timings(client.post, single_bodies), timings(client.post, batch_bodies), batch)
+    fresh = timings(Client(port, keep_alive=False).post, bodies["uint8_b64"][0])
+    r["served_uint8_b64"]["single_p50_ms_new_connection"] = round(1000 * percentile(fresh, 0.5), 2)
+    return r
 
 
 if __name__ == "__main__":

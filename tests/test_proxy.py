@@ -252,8 +252,10 @@ def test_workers_wait_out_a_proxy_restart(cluster):
         assert f"storage proxy 127.0.0.1:{port} answers again" in text, text[-3000:]
     assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()
     assert_all_accounted_for(cluster, "restart", 4)
-    # the trials in flight at the kill were the first two
-    assert {int(r.data.tags["optuna_trial"]) for r in in_flight} == {0, 1}
+    # two trials were in flight at the kill (which two depends on how fast each worker started: under
+    # load one worker may finish trial 0 before the other's first epoch), and both finished COMPLETE
+    # as themselves, above: not reaped, not retried under another number
+    assert len({int(r.data.tags["optuna_trial"]) for r in in_flight}) == 2
 
 
 def test_workers_fail_over_to_the_next_proxy(cluster):

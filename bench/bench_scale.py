@@ -373,8 +373,9 @@ logfile = {folder}/pgbouncer.log
     return proc, port
 
 
-def start_tracking(cluster: Cluster, folder: Path, workers: int,
-                   serve_artifacts: bool) -> tuple[subprocess.Popen, str, str]:
+def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts: bool,
+                   pool: int = 0) -> tuple[subprocess.Popen, str, str]:
+    """``pool``: each server worker's database pool size and overflow (0: MLflow's 5 + 10)."""
     port = free_port()
     db = cluster.new_db("bench_mlflow")
     cmd = [MLFLOW, "server", "--backend-store-uri", cluster.url(db), "--host", "127.0.0.1", "--port", str(port),
@@ -385,7 +386,9 @@ def start_tracking(cluster: Cluster, folder: Path, workers: int,
         cmd += ["--no-serve-artifacts", "--default-artifact-root", str(folder / f"artifacts-{db}")]
     log = open(folder / f"mlflow-{port}.log", "w")  # uvicorn says there when it restarts a worker
     proc = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                                 **({"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(pool),
+                                     "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(pool)} if pool else {})})
     _wait_port(port, proc, "mlflow server", path="/health")
     return proc, f"http://127.0.0.1:{port}", db
 
@@ -631,6 +634,9 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=25, help="seconds measured per phase")
     ap.add_argument("--stagger", type=float, default=0.1, help="seconds between two workers' starts")
     ap.add_argument("--tracking_n", type=int, default=32, help="N for the tracking-server phases (0 = skip them)")
+    ap.add_argument("--tracking_pool", type=int, default=0,
+                    help="the tracking server's database pool size and overflow per server worker (0: MLflow's 5 + 10; "
+                         "docs/scale-out.md advises 20 beyond ~100 workers)")
     ap.add_argument("--fleet", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fleet:
@@ -648,7 +654,8 @@ def main() -> None:
     results = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     tmp.chmod(0o755)  # pgbouncer runs as user postgres and writes its log in there
-    cluster = Cluster(max_connections=max(ns + [args.tracking_n]) * 3 + 100)
+    # optuna 2 per worker, the tracking server's workers x (pool + overflow), PostgreSQL's own
+    cluster = Cluster(max_connections=max(ns + [args.tracking_n]) * 3 + 100 + 8 * max(0, args.tracking_pool - 8))
     bouncer = None
     servers: dict = {}
     try:
@@ -659,7 +666,8 @@ def main() -> None:
             for other in [k for k in servers if k != key]:  # one tracking server at a time
                 stop(servers.pop(other)[0])
             if key not in servers:
-                servers[key] = start_tracking(cluster, tmp, phase.server_workers, phase.serve_artifacts)
+                servers[key] = start_tracking(cluster, tmp, phase.server_workers, phase.serve_artifacts,
+                                              args.tracking_pool)
             db = cluster.new_db("bench_optuna")
             direct = phase.storage_direct = cluster.url(db)
             phase.study_name, phase.out = f"scale{i}", str(tmp / f"phase{i}")
@@ -700,6 +708,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     emit({"machine": machine(), "objective": "synthetic: sleeps 0.5-1.5 s per epoch, 4 epochs, no training",
           "system_metrics": os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "the tune default"),
+          "tracking_pool": args.tracking_pool or "MLflow default (5 + 10)",
           "phases": results})
 
 

@@ -72,7 +72,7 @@ class Progress:
             mlflow.MlflowClient().set_tag(run_id, "trial_state", state)
         multi = len(study.directions) > 1
         if multi:
-            best = f"front of {len(study.best_trials)}"
+            best = f"front of {sum(TWIN_ATTR not in t.user_attrs for t in study.best_trials)}"  # points, not draws
             value = "/".join(f"{v:.4g}" for v in trial.values) if trial.values else "-"
         else:
             try:

@@ -257,3 +257,19 @@ def test_two_objective_study(tracking, tmp_path):
     assert "Accuracy and cost: the front" in page and "size_mb &le; 1" in page
     for t in small:
         assert f'data-front-trial="{t.number}"' in page and t.user_attrs["mlflow_run_id"] in page
+
+
+def test_a_stored_study_keeps_its_objectives(tracking, tmp_path):
+    # a study created with one objective, then its file given a second: refused with what to do, before
+    # any trial, rather than trials that fail one after another on answers of the wrong length
+    path = tmp_path / "switch.yaml"
+    path.write_text(BASE.replace("n_trials: 2", "n_trials: 1") + "reference: off\n")
+    tune.run(P.tune_args({"family": "mlp", "study": str(path), "register": False}))
+    path.write_text(path.read_text() + "objectives: [val_accuracy, mmacs_per_image]\npruner: {type: none}\n")
+    with pytest.raises(ConfigError, match=r"created with 1 objective\(s\) \(maximize\).*new study_name"):
+        tune.run(P.tune_args({"family": "mlp", "study": str(path), "register": False}))
+    study = optuna.load_study(study_name="switch", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 1 and len(study.directions) == 1
+    running = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert running == []

@@ -157,7 +157,14 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
     # One worker at a time creates the study, records its file and enqueues its starting points
     # (skip_if_exists reads, then writes: two at once would enqueue each point twice).
     with setup.storage.lock(f"create study {setup.study_name}"):
-        return create()
+        study = create()
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [d.lower() for d in (goals.directions if goals.multi else ["maximize"])]:
+        raise ConfigError(
+            f"study {setup.study_name!r} was created with {len(stored)} objective(s) ({', '.join(stored)}) and "
+            f"{setup.spec.path.name} now asks for {', '.join(goals.objectives)}: a stored study keeps its objectives; "
+            "give this study file a new study_name, or go back to the file the study was created with")
+    return study
 
 
 def trials_started(study: optuna.Study) -> int:

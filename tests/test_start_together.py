@@ -194,3 +194,31 @@ def test_second_worker_on_a_new_sqlite_study_store_is_still_refused(new_stores):
     runs = all_runs()
     assert sorted(r.info.run_name for r in runs) == ["trial 0", "trial 1", "tune together"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_made_study_is_joined_without_the_creation_lock(tracking, tmp_path):
+    # a hundred workers joining a made study must not queue for the lock that makes it: hold that lock
+    # as another worker making it would, and a second worker still joins at once; a new study waits
+    import threading
+
+    from fmnist_exp import params as P
+    from fmnist_exp.study.setup import STUDY_TEXT, open_study, prepare
+
+    path = tmp_path / "made.yaml"
+    path.write_text(STUDY)
+    setup = prepare(P.tune_args({"family": "mlp", "study": str(path)}))
+    first = open_study(setup, 42)
+    assert STUDY_TEXT in first.user_attrs and [t.state.name for t in first.trials] == ["WAITING"]  # enqueued
+
+    def opened_while_locked(name: str) -> bool:
+        s = prepare(P.tune_args({"family": "mlp", "study": str(path), "study_name": name}))
+        done = threading.Event()
+        with s.storage.lock(f"create study {name}"):
+            threading.Thread(target=lambda: (open_study(s, 42), done.set()), daemon=True).start()
+            joined = done.wait(timeout=20)
+        done.wait(timeout=60)  # a new study is made once the lock is free
+        return joined
+
+    assert opened_while_locked("made"), "joining a made study waited for the creation lock"
+    assert not opened_while_locked("new"), "a new study was made without the lock"
+    assert len(optuna.load_study(study_name="made", storage=setup.optuna_storage).trials) == 1, "enqueued once"

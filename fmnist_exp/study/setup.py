@@ -137,27 +137,40 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
     goals = setup.spec.goals
     direction: dict[str, Any] = {"directions": goals.directions} if goals.multi else {"direction": "maximize"}
 
+    def created() -> optuna.Study | None:
+        """The study, if a worker has made it completely: its file is recorded last."""
+        try:
+            study = optuna.load_study(study_name=setup.study_name, storage=setup.optuna_storage,
+                                      sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner())
+        except KeyError:
+            return None
+        return study if STUDY_TEXT in study.user_attrs else None
+
     def create() -> optuna.Study:
         study = optuna.create_study(
             study_name=setup.study_name, storage=setup.optuna_storage, load_if_exists=True,
             sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(), **direction,
         )
         if STUDY_TEXT not in study.user_attrs:
-            study.set_user_attr(STUDY_FAMILY, setup.spec.family)
-            study.set_user_attr(STUDY_FILE, setup.spec.path.name)
-            study.set_user_attr(STUDY_TEXT, setup.spec.text)
+            for point in setup.spec.enqueue:  # known-good starting points, once per study
+                study.enqueue_trial(as_trial_params(setup.spec.space, point), skip_if_exists=True)
             if goals.multi:  # optuna-dashboard and Optuna's plots name the axes by them
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names(list(goals.objectives))
-        for point in setup.spec.enqueue:  # known-good starting points, once per study
-            study.enqueue_trial(as_trial_params(setup.spec.space, point), skip_if_exists=True)
+            study.set_user_attr(STUDY_FAMILY, setup.spec.family)
+            study.set_user_attr(STUDY_FILE, setup.spec.path.name)
+            study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
         return study
 
-    # One worker at a time creates the study, records its file and enqueues its starting points
-    # (skip_if_exists reads, then writes: two at once would enqueue each point twice).
-    with setup.storage.lock(f"create study {setup.study_name}"):
-        study = create()
+    # One worker at a time makes the study: creates it, enqueues its starting points (skip_if_exists
+    # reads, then writes: two at once would enqueue each point twice) and records its file. A study
+    # made already is joined without the lock: a hundred workers started together would otherwise
+    # queue for it one by one (through a busy storage proxy, seconds each).
+    study = created()
+    if study is None:
+        with setup.storage.lock(f"create study {setup.study_name}"):
+            study = create()
     stored = [d.name.lower() for d in study.directions]
     if stored != [d.lower() for d in (goals.directions if goals.multi else ["maximize"])]:
         raise ConfigError(

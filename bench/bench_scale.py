@@ -393,13 +393,15 @@ def start_tracking(cluster: Cluster, folder: Path, workers: int, serve_artifacts
     return proc, f"http://127.0.0.1:{port}", db
 
 
-def start_grpc_proxy(storage: str, folder: Path) -> tuple[subprocess.Popen, str]:
+def start_grpc_proxy(storage: str, folder: Path, tracking: str) -> tuple[subprocess.Popen, str]:
+    """The proxy, with the phase's tracking server: its reaper ends a lost trial's runs there."""
     port = free_port()
     cmd = [sys.executable, "-m", "fmnist_exp", "storage-proxy", "--storage", storage, "--host", "127.0.0.1",
            "--port", str(port)]
     log = open(folder / f"grpc-{port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **HEARTBEAT_ENV})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking,
+                                 **HEARTBEAT_ENV})
     _wait_port(port, proc, "storage-proxy")
     return proc, f"grpc://127.0.0.1:{port}"
 
@@ -682,7 +684,7 @@ def main() -> None:
                 phase.storage = cluster.url(db, port=bouncer[1])
                 extra["pgbouncer"] = bouncer[0]
             else:
-                proxy = start_grpc_proxy(direct, tmp)
+                proxy = start_grpc_proxy(direct, tmp, phase.tracking)
                 phase.storage = proxy[1]
                 extra["grpc_proxy"] = proxy[0]
             print(f"[bench_scale] {phase.label}: window {phase.window_s:.0f} s once every worker has finished a trial",

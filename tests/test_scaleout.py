@@ -114,3 +114,26 @@ def test_second_worker_on_sqlite_is_refused(tmp_path, tracking):
                 pass
     with url.single_worker_guard():  # released: a later worker may start
         pass
+
+
+def test_every_stale_trial_is_retried_though_one_run_cannot_be_ended(tmp_path, tracking):
+    # Optuna fails all stale trials at once and then calls the callback for each in turn: a run the
+    # tracking store does not hold (another store, deleted) must not leave the later trials unretried
+    from fmnist_exp.scale.heartbeat import on_stale_trial
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=1,
+                                         failed_trial_callback=on_stale_trial)
+    study = optuna.create_study(study_name="stale", storage=storage)
+    with mlflow.start_run(run_name="trial 1") as run:
+        pass
+    MlflowClient().update_run(run.info.run_id, status="RUNNING")
+    for run_id in ("no-such-run", run.info.run_id):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("mlflow_run_id", run_id)
+        storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "FAIL", "WAITING", "WAITING"], "both lost trials failed and queued again"
+    ended = MlflowClient().get_run(run.info.run_id)
+    assert ended.info.status == "FAILED" and ended.data.tags["trial_state"] == "FAIL"

@@ -28,25 +28,29 @@ GRACE_S = int(os.environ.get("FMNIST_GRACE_S", "40"))
 MAX_RETRY = 2
 
 
-def _end_run(client: MlflowClient, run_id: str | None, reason: str) -> None:
+def _end_run(client: MlflowClient, run_id: str | None, reason: str, tags: dict[str, str] | None = None) -> None:
     if not run_id:
         return
     try:
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, "failure", reason)
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-    except Exception as e:  # the tracking store may be gone too; the retry matters more
+    except Exception as e:  # the tracking store may be gone too, or not this one; the retry matters more
         print(f"[tune] could not end MLflow run {run_id}: {e}", flush=True)
 
 
 def on_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Called in a surviving worker for a trial whose worker stopped heartbeating."""
+    """Called in a surviving worker (or the storage proxy) for a trial whose worker stopped
+    heartbeating. Never raises: Optuna calls it for each stale trial in turn, and an error here
+    would leave the later ones failed without their retries."""
     reason = f"worker lost: no heartbeat for {GRACE_S}s (trial {trial.number} marked FAIL and retried)"
     print(f"[tune] trial {trial.number}: {reason}", flush=True)
+    try:
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+    except Exception as e:  # the storage failed under us: the next sweep finds the trial FAIL, not retried
+        print(f"[tune] could not queue the retry of trial {trial.number}: {type(e).__name__}: {e}", flush=True)
     client = MlflowClient()
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        client.set_tag(run_id, "trial_state", "FAIL")
-    _end_run(client, run_id, reason)
+    _end_run(client, trial.user_attrs.get("mlflow_run_id"), reason, tags={"trial_state": "FAIL"})
     _end_run(client, trial.user_attrs.get("mlflow_parent_run_id"), "worker lost: no heartbeat")
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)

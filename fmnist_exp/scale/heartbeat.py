@@ -9,7 +9,7 @@ Behind a storage proxy the beats travel through it. While no proxy answers, a li
 fail and its trial's last beat ages, so no proxy may judge by it at once: a proxy that (re)starts
 looks first after GRACE_S, by which time every live worker has beaten again (it tries every
 HEARTBEAT_S), and a worker that fails over to the next proxy of its list beats there within
-HEARTBEAT_S plus one beat's timeout (proxy_client.BEAT_TIMEOUT_S). So an outage as long as the
+HEARTBEAT_S plus one beat's timeout (proxy_client.BEAT_TIMEOUT_S, a third of GRACE_S). So an outage as long as the
 workers wait for a proxy (FMNIST_PROXY_RETRY_S) costs no trial of a live worker; only direct
 workers sharing the study, who know nothing of the outage, would fail those trials after GRACE_S.
 """

@@ -33,7 +33,7 @@ import grpc
 import optuna
 from optuna.storages import GrpcStorageProxy
 
-from .heartbeat import HEARTBEAT_S
+from .heartbeat import GRACE_S, HEARTBEAT_S
 from .optuna_private import BaseHeartbeat, GrpcClientCache, HeartbeatThread, api_pb2, api_pb2_grpc
 
 
@@ -56,7 +56,11 @@ PROBE_TIMEOUT_S = 5.0
 # this bound costs no trial.
 RETRY_FOR_S = float(os.environ.get("FMNIST_PROXY_RETRY_S", "120"))
 MAX_DELAY_S = 5.0  # backoff 0.5 s doubling to this: a restarted proxy is found within seconds
-BEAT_TIMEOUT_S = 5.0  # a heartbeat waits no longer for a proxy before it tries the next
+# How long a heartbeat waits for a proxy before it tries the next. A silent proxy is found by the
+# keepalive pings (below) sooner; this bounds a slow one, which still records the beat: at 128
+# workers on one busy proxy, calls took 4-10 s, beats given 5 s never arrived, and the reaper
+# failed 57 live trials. A third of the grace keeps a failed-over beat inside it.
+BEAT_TIMEOUT_S = max(5.0, GRACE_S / 3)
 KEEPALIVE_S = 10  # a connection with a call in flight is pinged this often (the proxy allows it)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),  # Optuna's: a study's trials come in one message

@@ -8,6 +8,8 @@ the flat dict that MLflow records (widths as "64,32", "not given" as '').
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -46,6 +48,17 @@ class BaselineParams(DataParams):
 @dataclass(frozen=True, kw_only=True)
 class FitParams(DataParams):
     """What every network's training takes (mlp and cnn alike)."""
+
+    FAMILY: ClassVar[str]
+
+    def logged(self) -> dict[str, Any]:
+        """The parameters as a training run logs them: the flat form and the family."""
+        return {**self.flat(), "family": self.FAMILY}
+
+    def digest(self) -> str:
+        """A short digest of :meth:`logged`: the same recipe gives the same digest in every version
+        that logs the same parameters (a study's reference and a trial are found again by it)."""
+        return hashlib.sha256(json.dumps(self.logged(), sort_keys=True).encode()).hexdigest()[:16]
 
     epochs: int
     batch_size: int

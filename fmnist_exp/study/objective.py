@@ -13,8 +13,6 @@ and data it would give the same bits, and samplers redraw points of a small cate
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +32,7 @@ from .setup import Setup
 from .space import suggest
 
 TrainFn = Callable[..., job.RunResult]
-RECIPE_ATTR = "recipe_digest"  # trial user attribute: what recipe_digest() gave
+RECIPE_ATTR = "recipe_digest"  # trial user attribute: the recipe it trained, NetworkParams.digest()
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -116,14 +114,19 @@ def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams) -> str | 
     if not broken:
         return None
     reason = f"{OVER}, not trained: " + "; ".join(broken)
-    for name, excess in goals.excess(static).items():
-        trial.set_constraint(name, excess)
-    trial.set_user_attr(COSTS_ATTR, static)
+    set_costs(trial, goals, static)
     trial.set_user_attr(OVER_BUDGET_ATTR, reason)
-    mlflow.log_params({**p.flat(), "family": p.FAMILY})
+    mlflow.log_params(p.logged())
     mlflow.log_metrics({f"cost_{k}": v for k, v in static.items()})
     mlflow.set_tags({"trial_state": "PRUNED", OVER_BUDGET_ATTR: reason})
     return reason
+
+
+def set_costs(trial: optuna.Trial, goals: Goals, costs: dict[str, float]) -> None:
+    """``costs`` on the trial, and the constraint values that follow from them (the sampler learns from both)."""
+    trial.set_user_attr(COSTS_ATTR, costs)
+    for name, excess in goals.excess(costs).items():
+        trial.set_constraint(name, excess)
 
 
 def record_costs(trial: optuna.Trial, goals: Goals, metrics: dict[str, float]) -> None:
@@ -133,15 +136,7 @@ def record_costs(trial: optuna.Trial, goals: Goals, metrics: dict[str, float]) -
     if missing:
         raise RuntimeError(f"the trial's run logged no cost_{missing[0]} metric: train.job measures every "
                            "completed run's cost; is this code older than the study file?")
-    trial.set_user_attr(COSTS_ATTR, costs)
-    for name, excess in goals.excess(costs).items():
-        trial.set_constraint(name, excess)
-
-
-def recipe_digest(p: P.NetworkParams) -> str:
-    """Everything a trial trains with (sampled, fixed, budget, seed), as one short digest: a command line
-    that changes epochs or the subset for a resumed study makes other recipes than the stored ones."""
-    return hashlib.sha256(json.dumps({**p.flat(), "family": p.FAMILY}, sort_keys=True).encode()).hexdigest()[:16]
+    set_costs(trial, goals, costs)
 
 
 def earlier_twin(trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
@@ -155,14 +150,13 @@ def earlier_twin(trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial |
 def same_as(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, goals: Goals, p: P.NetworkParams) -> None:
     """Record ``trial`` as its ``twin``: its answers, model and costs, and on its run the parameters
     and which trial and run trained the model."""
-    for key in (EPOCHS_RUN, "model_uri", "classifier_uri", "config", COSTS_ATTR):
+    for key in (EPOCHS_RUN, "model_uri", "classifier_uri", "config"):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
+    if COSTS_ATTR in twin.user_attrs:
+        set_costs(trial, goals, twin.user_attrs[COSTS_ATTR])
     trial.set_user_attr(TWIN_ATTR, twin.number)
-    if not goals.plain:
-        for name, excess in goals.excess(twin.user_attrs[COSTS_ATTR]).items():
-            trial.set_constraint(name, excess)
-    mlflow.log_params({**p.flat(), "family": p.FAMILY})
+    mlflow.log_params(p.logged())
     mlflow.log_metric(VAL_ACC, twin.values[0])
     mlflow.set_tags({TWIN_ATTR: str(twin.number), "same_as_run": twin.user_attrs.get("mlflow_run_id", "")})
 
@@ -202,7 +196,7 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
-            digest = recipe_digest(p)
+            digest = p.digest()  # everything it trains with: sampled, fixed, budget, seed
             twin = earlier_twin(trial, digest)
             trial.set_user_attr(RECIPE_ATTR, digest)
             if twin is not None:

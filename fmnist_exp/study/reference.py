@@ -18,7 +18,6 @@ is trained in-process, once, under the registration lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -60,9 +59,8 @@ class Job:
     @classmethod
     def of(cls, setup: Setup) -> Job:
         p = recipe(setup.args, setup.spec)
-        # the key hashes the flat parameters as runs log them, so a study resumed across versions finds its run
-        key = hashlib.sha256(json.dumps({"family": p.FAMILY, **p.flat()}, sort_keys=True).encode()).hexdigest()[:16]
-        return cls(p, {"optuna_study": setup.study_name, "study_reference": "true", "reference_key": key})
+        # the key hashes the parameters as runs log them, so a study resumed across versions finds its run
+        return cls(p, {"optuna_study": setup.study_name, "study_reference": "true", "reference_key": p.digest()})
 
     def finished(self) -> Any:
         """The study's FINISHED reference run with this recipe and a logged classifier, or None."""

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 from common import emit, machine  # noqa: E402
 
 # The rows up to the cpu2x ones were measured before fused batch norm, before `auto` meant bfloat16,
@@ -105,6 +108,22 @@ NOW = {
     "now:flips + flip-averaged answers; 12 epochs": {**FLIPS_NOW, "epochs": 12},
     "now:flips + flip-averaged answers; 12 epochs (seed 7)": {**FLIPS_NOW, "epochs": 12, "seed": 7},
 }
+# The main job's levers: what a final retrain of the default study buys at about its budget, each
+# one change from the study's fixed recipe at its enqueued point (experiments/cnn.yaml), `auto`
+# precision; every row also reports answers averaged over 1-pixel shifts on top of the flips, and
+# --probs keeps each row's answers for pairing and seed averages (--pair):
+# python bench/bench_recipes.py --only "$(python bench/bench_recipes.py --list lever:)" --probs bench/out/levers
+STUDY = {**FLIPS_NOW, "dropout": 0.3, "l2": 1e-4, "learning_rate": 0.002, "dense_units": 128}
+LEVERS = {
+    "lever:study recipe; 12 epochs (today's final retrain)": {**STUDY, "epochs": 12},
+    "lever:12 epochs (seed 7)": {**STUDY, "epochs": 12, "seed": 7},
+    "lever:20 epochs": {**STUDY, "epochs": 20},
+    "lever:20 epochs (seed 7)": {**STUDY, "epochs": 20, "seed": 7},
+    "lever:20 epochs; shifts of 1 pixel": {**STUDY, "epochs": 20, "aug_shift": 0.04},
+    "lever:20 epochs; weight average (ema 0.999)": {**STUDY, "epochs": 20, "ema": 0.999},
+    "lever:12 epochs; filters 48-96-192-384": {**STUDY, "epochs": 12, "filters": "48,96,192,384"},
+}
+RECIPES.update(LEVERS)
 RECIPES.update(CPU2X)
 RECIPES.update(NOW)
 RECIPES.update(AVX512BF16)
@@ -113,6 +132,8 @@ RECIPES.update(HALF)
 
 
 def one(overrides: dict) -> dict:
+    import keras
+
     from fmnist_exp import data
     from fmnist_exp import params as P
     from fmnist_exp.metrics import VAL_ACC
@@ -134,13 +155,66 @@ def one(overrides: dict) -> dict:
     if p.tta_flip:  # as train.job: the logged model answers with image + mirror image
         model = with_flip_average(model)
     test = evaluate(model, s.x_test, s.y_test, prefix="test_")
+    if os.environ.get("BENCH_PROBS"):  # the answers themselves, for paired comparisons and seed averages
+        from fmnist_exp.train.evaluate import predict_proba
+
+        np.savez_compressed(os.environ["BENCH_PROBS"], val=predict_proba(model, s.x_val),
+                            test=predict_proba(model, s.x_test), y_val=s.y_val, y_test=s.y_test)
+    multi_crop = {}
+    if p.tta_flip:  # what answers averaged over 1-pixel shifts on top of the flips would add (10 passes)
+        base = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)  # unwrapped
+        multi_crop = {f"{name}_accuracy_flips_shifts": round(shifted_answers_accuracy(base, x, y), 4)
+                      for name, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test))}
     return {"family": family, "overrides": overrides,
             "val_accuracy_per_epoch": [round(v, 4) for v in fit.history[VAL_ACC]],
             "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
             "precision_used": precision, "fused_batch_norm": fused and family == "cnn",
             "steps_per_execution": spe or F.default_steps_per_execution(),
             "val_final_accuracy": round(evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
-            "wall_s_shared": round(fit.wall_s)}
+            **multi_crop, "wall_s_shared": round(fit.wall_s)}
+
+
+def shifted_answers_accuracy(model, x, y) -> float:
+    """Accuracy of the mean answer over each image and its mirror image, each as it is and moved by
+    one pixel left, right, up and down (empty pixels 0, the background)."""
+    total = 0.0
+    for dy, dx in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)):
+        moved = np.roll(x, (dy, dx), axis=(1, 2))
+        if dy:
+            moved[:, 0 if dy > 0 else -1, :] = 0
+        if dx:
+            moved[:, :, 0 if dx > 0 else -1] = 0
+        for image in (moved, moved[:, :, ::-1]):
+            total = total + model.predict(np.ascontiguousarray(image), batch_size=512, verbose=0)
+    return float((total.argmax(1) == y).mean())
+
+
+def probs_file(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".npz")
+
+
+def pair(folder: Path, names: list[str]) -> dict:
+    """Each kept recipe against the first on the same test images, and the mean answer of the rest."""
+    from fmnist_exp.stats import compare
+
+    kept = {n: np.load(probs_file(folder, n)) for n in names}
+    y = kept[names[0]]["y_test"]
+    first = kept[names[0]]["test"].argmax(1)
+    out: dict = {"first": names[0]}
+    for n in names[1:]:
+        c = compare(y, kept[n]["test"].argmax(1), first)
+        out[n] = {"test_accuracy": round(float((kept[n]["test"].argmax(1) == y).mean()), 4),
+                  "minus_first": c.describe()}
+    if len(names) > 2:
+        mean = sum(kept[n]["test"] for n in names[1:]) / (len(names) - 1)
+        val_mean = sum(kept[n]["val"] for n in names[1:]) / (len(names) - 1)
+        c = compare(y, mean.argmax(1), first)
+        out["average of the others"] = {
+            "val_accuracy": round(float((val_mean.argmax(1) == kept[names[1]]["y_val"]).mean()), 4),
+            "test_accuracy": round(float((mean.argmax(1) == y).mean()), 4),
+            "minus_first": c.describe()}
+    return out
 
 
 def main() -> None:
@@ -149,7 +223,13 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--list", default=None, help="print the recipe names starting with this prefix and exit")
+    ap.add_argument("--probs", default="", help="folder to keep each recipe's validation and test answers in")
+    ap.add_argument("--pair", default="", help="with --probs: compare the kept answers of these recipes (A,B,..) "
+                    "paired with the first, and the average of the others (a seed ensemble); trains nothing")
     args = ap.parse_args()
+    if args.pair:
+        emit(pair(Path(args.probs), args.pair.split(",")))
+        return
     if args.list is not None:
         print(",".join(n for n in RECIPES if n.startswith(args.list)))
         return
@@ -162,8 +242,9 @@ def main() -> None:
         ap.error(f"unknown recipes {unknown}; --list '' prints every name")
 
     def run(name: str) -> tuple[str, dict]:
+        env = {**os.environ, "BENCH_PROBS": str(probs_file(Path(args.probs), name))} if args.probs else None
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(RECIPES[name])],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode:
             return name, {"error": proc.stderr[-500:]}
         print(f"# {name}: done", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Does the main job pay? One default `mlflow run . -e cnn` and one default `mlflow run .`
 (the `tune` study), side by side in one invocation, through the real `mlflow run` CLI.
 
-    python bench/bench_study_pays.py [--order cnn,tune] [--study cnn]
+    python bench/bench_study_pays.py [--order cnn,tune] [--study cnn] [--cnn_commit 861b7d0]
 
 Reports each command's wall time end to end (process start to exit), their ratio (the main job's
 budget: the study within 3.5x of one default `cnn` run; BENCHMARKS.md, "The main job"), the default
@@ -9,6 +9,8 @@ run's test accuracy, and what the study reports about itself: champion test accu
 reference's, the paired difference with its 95% bootstrap interval and the exact McNemar p-value,
 and where its time went (each nested run's start and length: trials, the final retrain and the
 reference beside it). Both runs write into one throwaway MLflow store and Optuna storage.
+``--cnn_commit`` runs the `cnn` side from that commit's own tree (extracted with `git archive`): the
+main job's budget is stated against one `mlflow run . -e cnn` of a fixed commit, measured the same day.
 """
 
 from __future__ import annotations
@@ -27,8 +29,16 @@ from common import MLFLOW, emit, machine  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
-def mlflow_run(entry: str, params: dict, cwd: str, env: dict) -> tuple[float, str]:
-    cmd = [MLFLOW, "run", str(REPO), "-e", entry, "--env-manager", "local"]
+def extract(commit: str, into: Path) -> Path:
+    """``commit``'s tree (what `mlflow run` needs of it) in ``into``."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def mlflow_run(entry: str, params: dict, cwd: str, env: dict, project: Path = REPO) -> tuple[float, str]:
+    cmd = [MLFLOW, "run", str(project), "-e", entry, "--env-manager", "local"]
     for k, v in params.items():
         cmd += ["-P", f"{k}={v}"]
     t0 = time.perf_counter()
@@ -44,18 +54,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--order", default="cnn,tune", help="which command runs first")
     ap.add_argument("--study", default="", help="study for the tune side ('' = the default, experiments/cnn.yaml)")
+    ap.add_argument("--cnn_commit", default="", help="run the cnn side from this commit's tree ('' = this one)")
     args = ap.parse_args()
 
     import mlflow
 
-    out = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {}}
+    out = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {},
+           "cnn_commit": args.cnn_commit or "this tree"}
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
                f"{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
+        old = extract(args.cnn_commit, Path(tmp) / "cnn_commit") if args.cnn_commit else REPO
         for entry in args.order.split(","):
             params = {"study": args.study} if entry == "tune" and args.study else {}
-            out["walls_s"][entry], _ = mlflow_run(entry, params, tmp, env)
+            project = old if entry == "cnn" else REPO
+            out["walls_s"][entry], _ = mlflow_run(entry, params, tmp, {**env, "PYTHONPATH": str(project)}, project)
         mlflow.set_tracking_uri(uri)
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         cnn = next(r for r in runs if r.data.tags.get("family") == "cnn" and "optuna_study" not in r.data.tags

@@ -34,6 +34,7 @@ ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 BEFORE = {"pool_first": False, "precision": "float32"}  # the recipe the variants below differ from
 BF16 = {"precision": "mixed_bfloat16"}
 DEFAULTS_NOW = {"_fused": True, "_defaults_now": True, "_spe": 8}  # the cnn defaults as train.fit runs them
+FLIPS = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0}
 VARIANTS = {
     "default": {},
     "onednn_off": {"_env": ONEDNN_OFF},
@@ -66,6 +67,14 @@ VARIANTS = {
     "avx512bf16:bfloat16 batch 256": {**DEFAULTS_NOW, **BF16, "batch_size": 256},
     "avx512bf16:bfloat16 filters 32-64-128": {**DEFAULTS_NOW, **BF16, "filters": "32,64,128"},
     "avx512bf16:bfloat16 filters 24-48-96-192": {**DEFAULTS_NOW, **BF16, "filters": "24,48,96,192"},
+    # the main job's candidate networks (flips as the default study trains them; `auto` precision)
+    "main:defaults with flips": {**DEFAULTS_NOW, **FLIPS},
+    "main:two convolutions per block": {**DEFAULTS_NOW, **FLIPS, "convs_per_block": 2},
+    "main:two convolutions per block; batch 256": {**DEFAULTS_NOW, **FLIPS, "convs_per_block": 2, "batch_size": 256},
+    "main:two convolutions per block; 24-48-96-192": {**DEFAULTS_NOW, **FLIPS, "convs_per_block": 2,
+                                                      "filters": "24,48,96,192"},
+    "main:two convolutions per block; 32-64-128": {**DEFAULTS_NOW, **FLIPS, "convs_per_block": 2,
+                                                   "filters": "32,64,128"},
 }
 
 

@@ -8,6 +8,8 @@ retrain; and, for a study's budget, what "not given" and 0 mean on the command l
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,17 @@ def test_values_are_frozen_checked_and_flat_only_where_logged():
         P.replaced(p, epochs=0)
     with pytest.raises(P.ConfigError, match="timeout=-5: must be in"):
         P.tune_args({"timeout": -5})
+
+
+def test_a_parameter_added_later_keeps_earlier_digests_while_off():
+    """Digests stored by code that predates `ema` (a study's reference key, a trial's recipe) are found
+    again while ema is off, and a recipe with it on is another recipe."""
+    p = P.network("cnn", {"epochs": 3})
+    before = {k: v for k, v in p.logged().items() if k != "ema"}  # what earlier code digested
+    assert p.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert P.replaced(p, ema=0.999).digest() != p.digest()
+    with pytest.raises(P.ConfigError, match="ema=0.2: must be 0"):
+        P.network("cnn", {"ema": 0.2})
 
 
 @pytest.mark.parametrize("section,entry,message", [

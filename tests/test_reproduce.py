@@ -121,6 +121,20 @@ def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, datas
     assert report["run_id"] == rebuild.info.run_id
 
 
+def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, tmp_path, dataset):
+    """ema: training ends on the moving average of the weights (not the last step's), the run logs
+    it, and `reproduce --exact` rebuilds it from what the run logged."""
+    plain = job.train_run(P.network("mlp", TINY_MLP), ds=dataset)
+    averaged = job.train_run(P.network("mlp", {**TINY_MLP, "ema": 0.9}), ds=dataset)
+    assert mlflow.get_run(averaged.run_id).data.params["ema"] == "0.9"
+    assert mlflow.get_run(plain.run_id).data.params["ema"] == "0.0"
+    assert averaged.metrics["test_loss"] != plain.metrics["test_loss"], "the same seed ended on other weights"
+    uri = f"runs:/{averaged.run_id}/model"
+    proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["bit_identical"] == 1
+
+
 def test_version_tags_redact_the_storage_password(tracking):
     with mlflow.start_run() as parent:
         mlflow.log_param("optuna_storage", "postgresql://fmnist:s3cret@db.example:5432/optuna")

@@ -122,6 +122,9 @@ FIT_PARAMS = [
           in_range(0, 0.9, hi_open=True)),
     Param("aug_erase", 0.0, "probability that a training image gets a random rectangle (2-25% of its area) "
           "blanked to background (random erasing; augment; 0 = none)", in_range(0, 1)),
+    Param("ema", 0.0, "keep an exponential moving average of the weights with this momentum per step and end "
+          "training on the average (Adam's use_ema; e.g. 0.999; 0 = off, the training weights)",
+          lambda v: None if v == 0 or 0.5 <= v < 1 else "must be 0 (off) or in [0.5, 1)"),
     Param("tta_flip", False, "the trained model answers with the mean of its predictions for the image and "
           "its mirror image (test-time augmentation; 2x inference cost; pair it with augment=true: a network "
           "never shown mirror images loses accuracy)"),

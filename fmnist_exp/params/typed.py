@@ -22,6 +22,10 @@ def _flat_value(v: Any) -> Any:
     return v
 
 
+# Fit parameters added after runs were logged without them, and the value that trains as those runs did.
+ADDED_LATER: dict[str, Any] = {"ema": 0.0}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Values:
     """Base of every parameter value: its flat form is what a run logs."""
@@ -57,8 +61,11 @@ class FitParams(DataParams):
 
     def digest(self) -> str:
         """A short digest of :meth:`logged`: the same recipe gives the same digest in every version
-        that logs the same parameters (a study's reference and a trial are found again by it)."""
-        return hashlib.sha256(json.dumps(self.logged(), sort_keys=True).encode()).hexdigest()[:16]
+        that logs the same parameters (a study's reference and a trial are found again by it).
+        Parameters added later are left out while they hold the value that trains as before, so the
+        digests stored by earlier versions still match."""
+        logged = {k: v for k, v in self.logged().items() if ADDED_LATER.get(k, ()) != v}
+        return hashlib.sha256(json.dumps(logged, sort_keys=True).encode()).hexdigest()[:16]
 
     epochs: int
     batch_size: int
@@ -76,6 +83,7 @@ class FitParams(DataParams):
     aug_rotate: float
     aug_zoom: float
     aug_erase: float
+    ema: float  # 0 = off
     tta_flip: bool
     dropout: float
     l2: float

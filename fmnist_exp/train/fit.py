@@ -103,7 +103,9 @@ def default_steps_per_execution() -> int:
 
 def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(p, steps_per_epoch)),
+        # with ema, fit ends by copying the average into the weights (the optimizer's finalize step)
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(p, steps_per_epoch), use_ema=bool(p.ema),
+                                        ema_momentum=p.ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
         metrics=[TRAIN_ACC],
         steps_per_execution=steps_per_execution,

@@ -29,7 +29,7 @@ def study_model(name: str):
     """The servable model study ``name`` registers, untrained: its architecture, flip average, ensemble."""
     from fmnist_exp import params as P
     from fmnist_exp.model import networks
-    from fmnist_exp.model.wrappers import average, with_flip_average
+    from fmnist_exp.model.wrappers import as_served, average
     from fmnist_exp.study.spec import load
 
     spec = load(name, None)
@@ -39,7 +39,7 @@ def study_model(name: str):
 
     def one():
         net = networks.build(p)
-        return with_flip_average(net) if p.tta_flip else net
+        return as_served(net, p)
 
     model = average([one() for _ in range(spec.final.seeds)]) if spec.final.ensemble else one()
     return model, networks.summary_tags(p)['arch'] + (

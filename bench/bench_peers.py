@@ -202,12 +202,12 @@ class Peer:
 
 def trained(p: NetworkParams, s, callbacks=()):
     """Built, fitted by the project's fit, and answering flip-averaged where the recipe says so."""
-    from fmnist_exp.model.wrappers import with_flip_average
+    from fmnist_exp.model.wrappers import as_served
     from fmnist_exp.train import fit as F
 
     model, _ = F.fresh_model(p)
     F.fit(model, s, p, callbacks=list(callbacks))
-    return with_flip_average(model) if p.tta_flip else model
+    return as_served(model, p)
 
 
 def run_tpe(arena: Arena, seed: int) -> Entry:

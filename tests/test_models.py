@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fmnist_exp import params as P
-from fmnist_exp.model import augment, layers, networks, wrappers
+from fmnist_exp.model import augment, cost, layers, networks, wrappers
 
 
 def test_builders_take_raw_pixels_and_output_probabilities(dataset):
@@ -120,6 +121,34 @@ def test_flip_average_is_the_mean_over_image_and_mirror_and_survives_saving(data
     loaded = keras.saving.load_model(tmp_path / "tta.keras")
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), want, rtol=1e-5, atol=1e-7)
     assert loaded.count_params() == m.count_params() + 28 * 28  # the mirror matrix, not trainable
+
+
+def _moved(x, dy, dx):
+    """x moved dy pixels down and dx right, the vacated pixels 0 (by hand, with numpy)."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[:, max(-dy, 0):h - max(dy, 0),
+                                                                      max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+@pytest.mark.parametrize("pixels,flip", [(1, True), (2, False)])
+def test_shift_average_is_the_mean_over_moved_images_and_survives_saving(dataset, tmp_path, pixels, flip):
+    import keras
+
+    x = dataset.x_test[:5].astype("float32")
+    p = P.network("cnn", {"filters": "8,16", "dense_units": 16, "tta_shift": pixels, "tta_flip": flip})
+    m = networks.build_cnn(p)
+    crops = wrappers.as_served(m, p)
+    views = [_moved(x, dy * pixels, dx * pixels) for dy, dx in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
+    views += [v[:, :, ::-1] for v in views] if flip else []
+    want = sum(np.asarray(m(v, training=False)) for v in views) / len(views)
+    np.testing.assert_allclose(np.asarray(crops(x, training=False)), want, rtol=1e-5, atol=1e-7)
+    crops.save(tmp_path / "crops.keras")
+    loaded = keras.saving.load_model(tmp_path / "crops.keras")
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), want, rtol=1e-5, atol=1e-7)
+    one_pass = cost.static(m)["mmacs_per_image"]  # every pass counted (and the mirrors' few)
+    assert len(views) * one_pass <= cost.static(crops)["mmacs_per_image"] < (len(views) + 1) * one_pass
 
 
 def test_augmenter_follows_its_strengths_and_shifts_keep_pixels_sharp(dataset):

@@ -125,6 +125,9 @@ FIT_PARAMS = [
     Param("ema", 0.0, "keep an exponential moving average of the weights with this momentum per step and end "
           "training on the average (Adam's use_ema; e.g. 0.999; 0 = off, the training weights)",
           lambda v: None if v == 0 or 0.5 <= v < 1 else "must be 0 (off) or in [0.5, 1)"),
+    Param("tta_shift", 0, "the trained model also answers for the image moved this many pixels left, right, up "
+          "and down, and averages (multi-crop test-time augmentation: 5x the passes, 10x with tta_flip; pair it "
+          "with aug_shift; 0 = off)", in_range(0, 4)),
     Param("tta_flip", False, "the trained model answers with the mean of its predictions for the image and "
           "its mirror image (test-time augmentation; 2x inference cost; pair it with augment=true: a network "
           "never shown mirror images loses accuracy)"),

@@ -23,7 +23,7 @@ def _flat_value(v: Any) -> Any:
 
 
 # Fit parameters added after runs were logged without them, and the value that trains as those runs did.
-ADDED_LATER: dict[str, Any] = {"ema": 0.0}
+ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +84,7 @@ class FitParams(DataParams):
     aug_zoom: float
     aug_erase: float
     ema: float  # 0 = off
+    tta_shift: int  # 0 = off
     tta_flip: bool
     dropout: float
     l2: float

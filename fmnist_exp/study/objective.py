@@ -25,7 +25,7 @@ from .. import params as P
 from ..console import duration
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..model import cost, networks
-from ..model.wrappers import with_flip_average
+from ..model.wrappers import as_served
 from ..train import job, runs
 from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
@@ -100,7 +100,7 @@ def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
 def static_costs(p: P.NetworkParams) -> dict[str, float]:
     """The deterministic costs of the network ``p`` describes, built and untrained, as it would be served."""
     model = networks.build(p)
-    return cost.static(with_flip_average(model) if p.tta_flip else model)
+    return cost.static(as_served(model, p))
 
 
 def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import data as D
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
-from ..model.wrappers import with_flip_average
+from ..model.wrappers import as_served
 from ..params import BaselineParams, DataParams, NetworkParams
 from . import fit as F
 from . import lineage, plots, runs, tracking
@@ -105,8 +105,8 @@ def train_in_run(
         raise
     if not networks.is_portable(model):  # logged: float32 and Keras' own layers, whatever trained it
         model = networks.portable_copy(p, model)
-    if p.tta_flip:  # from here on (validation score, test score, logged model) image + mirror image
-        model = with_flip_average(model)
+    # from here on (validation score, test score, logged model) as it answers: flips, shifts averaged
+    model = as_served(model, p)
     val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged
     mlflow.log_metrics({
         BEST_VAL_ACC: max(fitted.history.get(VAL_ACC, [0.0])),

@@ -43,7 +43,8 @@ def study_model(name: str):
 
     model = average([one() for _ in range(spec.final.seeds)]) if spec.final.ensemble else one()
     return model, networks.summary_tags(p)['arch'] + (
-        ", tta_flip" if p.tta_flip else "") + (f", ensemble of {spec.final.seeds}" if spec.final.ensemble else "")
+        ", tta_flip" if p.tta_flip else "") + (f", tta_shift {p.tta_shift}" if p.tta_shift else "") + (
+        f", ensemble of {spec.final.seeds}" if spec.final.ensemble else "")
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
     python bench/bench_study_pays.py [--order cnn,tune] [--study cnn] [--cnn_commit 861b7d0]
 
 Reports each command's wall time end to end (process start to exit), their ratio (the main job's
-budget: the study within 3.5x of one default `cnn` run; BENCHMARKS.md, "The main job"), the default
+budget: the study within 4x of one default `cnn` run of a fixed commit; BENCHMARKS.md, "The main job"), the default
 run's test accuracy, and what the study reports about itself: champion test accuracy, the
 reference's, the paired difference with its 95% bootstrap interval and the exact McNemar p-value,
 and where its time went (each nested run's start and length: trials, the final retrain and the

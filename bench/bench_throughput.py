@@ -34,7 +34,7 @@ ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 BEFORE = {"pool_first": False, "precision": "float32"}  # the recipe the variants below differ from
 BF16 = {"precision": "mixed_bfloat16"}
 DEFAULTS_NOW = {"_fused": True, "_defaults_now": True, "_spe": 8}  # the cnn defaults as train.fit runs them
-FLIPS = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0}
+FLIPS = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0}  # the default study's, before shifts
 VARIANTS = {
     "default": {},
     "onednn_off": {"_env": ONEDNN_OFF},

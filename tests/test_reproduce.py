@@ -122,17 +122,31 @@ def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, datas
 
 
 def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, tmp_path, dataset):
-    """ema: training ends on the moving average of the weights (not the last step's), the run logs
+    """ema: training ends on the moving average of the weights (not the last step's), also when early
+    stopping watches the run (it would otherwise put the best epoch's own weights back), the run logs
     it, and `reproduce --exact` rebuilds it from what the run logged."""
     plain = job.train_run(P.network("mlp", TINY_MLP), ds=dataset)
     averaged = job.train_run(P.network("mlp", {**TINY_MLP, "ema": 0.9}), ds=dataset)
     assert mlflow.get_run(averaged.run_id).data.params["ema"] == "0.9"
     assert mlflow.get_run(plain.run_id).data.params["ema"] == "0.0"
     assert averaged.metrics["test_loss"] != plain.metrics["test_loss"], "the same seed ended on other weights"
+    watched = {**TINY_MLP, "early_stopping_patience": 3}
+    assert job.train_run(P.network("mlp", {**watched, "ema": 0.9}), ds=dataset).metrics["test_loss"] == \
+        averaged.metrics["test_loss"], "early stopping kept the average"
+    assert job.train_run(P.network("mlp", watched), ds=dataset).metrics["test_loss"] == plain.metrics["test_loss"]
     uri = f"runs:/{averaged.run_id}/model"
     proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert last_json(proc.stdout)["bit_identical"] == 1
+
+
+def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded():
+    """A run logged before ema and tta_shift existed trained as their defaults do: reproduce does not
+    warn that it fills them in; a parameter whose default could differ is still reported."""
+    logged = {k: str(v) for k, v in P.network("mlp", TINY_MLP).flat().items() if k not in ("ema", "tta_shift")}
+    names = [p.name for p in P.table.family_params("mlp")]
+    assert reproduce.unrecorded(names, logged) == ()
+    assert reproduce.unrecorded(names, {k: v for k, v in logged.items() if k != "aug_erase"}) == ("aug_erase",)
 
 
 def test_version_tags_redact_the_storage_password(tracking):

@@ -33,7 +33,9 @@ from .. import data as D
 from .. import params as P
 from ..metrics import TEST_ACC
 from ..params import ConfigError, NetworkParams, ReproduceArgs
+from ..params.table import FIT_PARAMS as PARAMS
 from ..params.table import family_params
+from ..params.typed import ADDED_LATER
 from ..train import lineage
 
 LINK_TAG, LINK_URI_TAG = "reproduces_run_id", "reproduces_model_uri"
@@ -100,6 +102,13 @@ def read_member(ensemble_uri: str, run_id: str) -> Original:
                              f"cannot be rebuilt: {e}") from None
 
 
+def unrecorded(names: list[str], logged: dict[str, str]) -> tuple[str, ...]:
+    """Parameters the run did not record whose default may train otherwise than it did: a parameter
+    added later whose default trains as before (ADDED_LATER) is not one of them."""
+    defaults = {p.name: p.default for p in PARAMS}
+    return tuple(k for k in names if k not in logged and not (k in ADDED_LATER and ADDED_LATER[k] == defaults[k]))
+
+
 def read_original(uri: str) -> Original:
     """Everything the rebuild needs from the source run; refuses runs that trained no network."""
     from mlflow.exceptions import MlflowException
@@ -123,7 +132,7 @@ def read_original(uri: str) -> Original:
     test_acc = run.data.metrics.get(TEST_ACC, version_acc)
     members = tuple(read_member(uri, rid) for rid in tags.get(lineage.MEMBERS_TAG, "").split(",") if rid)
     return Original(uri=uri, run_id=run_id, family=family, params=P.network(family, recorded),
-                    unrecorded=tuple(k for k in names if k not in logged), data_sha256=logged["data_sha256"],
+                    unrecorded=unrecorded(names, logged), data_sha256=logged["data_sha256"],
                     data_source=logged.get("data_source", "?"), split_digests=lineage.split_digests(run),
                     code=lineage.recorded_code_version(run), keras_uri=tags["model_uri"],
                     test_accuracy=float(test_acc), precision_used=logged.get("precision_used", ""), members=members)

@@ -123,7 +123,8 @@ FIT_PARAMS = [
     Param("aug_erase", 0.0, "probability that a training image gets a random rectangle (2-25% of its area) "
           "blanked to background (random erasing; augment; 0 = none)", in_range(0, 1)),
     Param("ema", 0.0, "keep an exponential moving average of the weights with this momentum per step and end "
-          "training on the average (Adam's use_ema; e.g. 0.999; 0 = off, the training weights)",
+          "training on the average, also when early stopping ends it (which then keeps the average, not the best "
+          "epoch's weights) (Adam's use_ema; e.g. 0.999; 0 = off, the training weights)",
           lambda v: None if v == 0 or 0.5 <= v < 1 else "must be 0 (off) or in [0.5, 1)"),
     Param("tta_shift", 0, "the trained model also answers for the image moved this many pixels left, right, up "
           "and down, and averages (multi-crop test-time augmentation: 5x the passes, 10x with tta_flip; pair it "

@@ -129,7 +129,8 @@ def standard_callbacks(p: FitParams) -> list[keras.callbacks.Callback]:
     if p.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
-                monitor=p.monitor, mode=mode, patience=p.early_stopping_patience, restore_best_weights=True
+                # with ema the run ends on the average, not on the best epoch's last weights
+                monitor=p.monitor, mode=mode, patience=p.early_stopping_patience, restore_best_weights=not p.ema
             )
         )
     if p.lr_schedule == "plateau":

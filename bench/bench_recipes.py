@@ -149,7 +149,7 @@ def one(overrides: dict) -> dict:
     from fmnist_exp.model import networks
     from fmnist_exp.model.wrappers import as_served, with_shift_average
     from fmnist_exp.train import fit as F
-    from fmnist_exp.train.evaluate import evaluate
+    from fmnist_exp.train.evaluate import evaluate, predict_proba, scores
 
     overrides = dict(overrides)
     family = overrides.pop("family", "cnn")
@@ -162,12 +162,9 @@ def one(overrides: dict) -> dict:
     if not networks.is_portable(model):  # as train.job: scored as logged, float32 and Keras' own layers
         model = networks.portable_copy(p, model)
     net, model = model, as_served(model, p)  # as train.job: scored as the logged model answers
-    test = evaluate(model, s.x_test, s.y_test, prefix="test_")
+    val_probs, test_probs = predict_proba(model, s.x_val), predict_proba(model, s.x_test)
     if os.environ.get("BENCH_PROBS"):  # the answers themselves, for paired comparisons and seed averages
-        from fmnist_exp.train.evaluate import predict_proba
-
-        np.savez_compressed(os.environ["BENCH_PROBS"], val=predict_proba(model, s.x_val),
-                            test=predict_proba(model, s.x_test), y_val=s.y_val, y_test=s.y_test)
+        np.savez_compressed(os.environ["BENCH_PROBS"], val=val_probs, test=test_probs, y_val=s.y_val, y_test=s.y_test)
     multi_crop = {}
     if p.tta_flip and not p.tta_shift:  # what answers averaged over 1-pixel shifts too would add (10 passes)
         crops = with_shift_average(net, 1, flip=True)
@@ -175,10 +172,11 @@ def one(overrides: dict) -> dict:
                       for name, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test))}
     return {"family": family, "overrides": overrides,
             "val_accuracy_per_epoch": [round(v, 4) for v in fit.history[VAL_ACC]],
-            "test_accuracy": round(test["test_accuracy"], 4), "params": model.count_params(),
+            "test_accuracy": round(scores(s.y_test, test_probs, prefix="")["accuracy"], 4),
+            "params": model.count_params(),
             "precision_used": precision, "fused_batch_norm": fused and family == "cnn",
             "steps_per_execution": spe or F.default_steps_per_execution(),
-            "val_final_accuracy": round(evaluate(model, s.x_val, s.y_val, prefix="v_")["v_accuracy"], 4),
+            "val_final_accuracy": round(scores(s.y_val, val_probs, prefix="")["accuracy"], 4),
             **multi_crop, "wall_s_shared": round(fit.wall_s)}
 
 

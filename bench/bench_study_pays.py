@@ -64,11 +64,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-               f"{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO)}
+               f"{os.environ.get('PATH', '')}"}
         old = extract(args.cnn_commit, Path(tmp) / "cnn_commit") if args.cnn_commit else REPO
         for entry in args.order.split(","):
             params = {"study": args.study} if entry == "tune" and args.study else {}
-            project = old if entry == "cnn" else REPO
+            project = old if entry == "cnn" else REPO  # its package first on the path, before the installed one
             out["walls_s"][entry], _ = mlflow_run(entry, params, tmp, {**env, "PYTHONPATH": str(project)}, project)
         mlflow.set_tracking_uri(uri)
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")

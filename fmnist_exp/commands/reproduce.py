@@ -26,6 +26,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,6 @@ from .. import data as D
 from .. import params as P
 from ..metrics import TEST_ACC
 from ..params import ConfigError, NetworkParams, ReproduceArgs
-from ..params.table import FIT_PARAMS as PARAMS
 from ..params.table import family_params
 from ..params.typed import ADDED_LATER
 from ..train import lineage
@@ -102,11 +102,10 @@ def read_member(ensemble_uri: str, run_id: str) -> Original:
                              f"cannot be rebuilt: {e}") from None
 
 
-def unrecorded(names: list[str], logged: dict[str, str]) -> tuple[str, ...]:
-    """Parameters the run did not record whose default may train otherwise than it did: a parameter
-    added later whose default trains as before (ADDED_LATER) is not one of them."""
-    defaults = {p.name: p.default for p in PARAMS}
-    return tuple(k for k in names if k not in logged and not (k in ADDED_LATER and ADDED_LATER[k] == defaults[k]))
+def as_trained(names: list[str], logged: dict[str, str]) -> dict[str, Any]:
+    """What the run logged of ``names``, and for a parameter added after it (ADDED_LATER) the value it
+    trained with: known without a record, so the rebuild does not depend on today's default."""
+    return {**{k: v for k, v in ADDED_LATER.items() if k in names}, **{k: logged[k] for k in names if k in logged}}
 
 
 def read_original(uri: str) -> Original:
@@ -126,13 +125,13 @@ def read_original(uri: str) -> Original:
             f"{uri}: run {run_id} ({tags.get('mlflow.runName', '?')}) holds no trained mlp or cnn model "
             f"(family {family or 'unknown'!r}); pass a training run, a trial or a registered version")
     names = [p.name for p in family_params(family)]
-    recorded = {k: logged[k] for k in names if k in logged}
+    recorded = as_trained(names, logged)
     if "data_sha256" not in logged:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     test_acc = run.data.metrics.get(TEST_ACC, version_acc)
     members = tuple(read_member(uri, rid) for rid in tags.get(lineage.MEMBERS_TAG, "").split(",") if rid)
     return Original(uri=uri, run_id=run_id, family=family, params=P.network(family, recorded),
-                    unrecorded=unrecorded(names, logged), data_sha256=logged["data_sha256"],
+                    unrecorded=tuple(k for k in names if k not in recorded), data_sha256=logged["data_sha256"],
                     data_source=logged.get("data_source", "?"), split_digests=lineage.split_digests(run),
                     code=lineage.recorded_code_version(run), keras_uri=tags["model_uri"],
                     test_accuracy=float(test_acc), precision_used=logged.get("precision_used", ""), members=members)

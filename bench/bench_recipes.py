@@ -133,6 +133,14 @@ LEVERS = {
                                                                    "filters": "32,64,192,384"},
     "lever:20 epochs; shifts of 1 pixel; filters 48-96-192-384": {**STUDY, "epochs": 20, "aug_shift": 0.04,
                                                                    "filters": "48,96,192,384"},
+    # the wider network within the main job's 4x: fewer epochs, and a second seed
+    "lever:16 epochs; shifts of 1 pixel": {**STUDY, "epochs": 16, "aug_shift": 0.04},
+    "lever:16 epochs; shifts of 1 pixel; filters 32-64-192-384": {**STUDY, "epochs": 16, "aug_shift": 0.04,
+                                                                   "filters": "32,64,192,384"},
+    "lever:16 epochs; shifts of 1 pixel; filters 32-64-192-384 (seed 43)": {
+        **STUDY, "epochs": 16, "aug_shift": 0.04, "filters": "32,64,192,384", "seed": 43},
+    "lever:20 epochs; shifts of 1 pixel; filters 32-64-192-384 (seed 43)": {
+        **STUDY, "epochs": 20, "aug_shift": 0.04, "filters": "32,64,192,384", "seed": 43},
 }
 RECIPES.update(LEVERS)
 RECIPES.update(CPU2X)

@@ -75,6 +75,11 @@ VARIANTS = {
                                                       "filters": "24,48,96,192"},
     "main:two convolutions per block; 32-64-128": {**DEFAULTS_NOW, **FLIPS, "convs_per_block": 2,
                                                    "filters": "32,64,128"},
+    "main:flips and 1-pixel shifts": {**DEFAULTS_NOW, **FLIPS, "aug_shift": 0.04},
+    "main:flips and 1-pixel shifts; 32-64-192-384": {**DEFAULTS_NOW, **FLIPS, "aug_shift": 0.04,
+                                                     "filters": "32,64,192,384"},
+    "main:flips and 1-pixel shifts; 48-96-192-384": {**DEFAULTS_NOW, **FLIPS, "aug_shift": 0.04,
+                                                     "filters": "48,96,192,384"},
 }
 
 

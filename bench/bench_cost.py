@@ -41,10 +41,11 @@ def study_model(name: str):
         net = networks.build(p)
         return as_served(net, p)
 
-    model = average([one() for _ in range(spec.final.seeds)]) if spec.final.ensemble else one()
+    averaged = spec.final.ensemble and not spec.final.distill  # a distilled study registers one network
+    model = average([one() for _ in range(spec.final.seeds)]) if averaged else one()
     return model, networks.summary_tags(p)['arch'] + (
         ", tta_flip" if p.tta_flip else "") + (f", tta_shift {p.tta_shift}" if p.tta_shift else "") + (
-        f", ensemble of {spec.final.seeds}" if spec.final.ensemble else "")
+        f", ensemble of {spec.final.seeds}" if averaged else "") + (", distilled" if spec.final.distill else "")
 
 
 def main() -> None:

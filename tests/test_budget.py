@@ -69,7 +69,7 @@ def test_a_plain_study_file_stays_plain(tmp_path):
     spec = parsed(tmp_path, "")
     assert spec.goals.plain and spec.goals == goals.Goals() and spec.pruner == {"type": "median"}
     assert parsed(tmp_path, "objective: val_accuracy\n").goals.plain
-    for name in ("cnn", "cnn_long", "mlp"):  # the shipped files
+    for name in ("cnn", "cnn_long", "cnn_long_distill", "mlp"):  # the shipped files
         assert S.load(name, None).goals.plain
 
 

@@ -327,6 +327,10 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     ("final: {epochs: 2, seeds: two}", "final.seeds='two'"),
     ("final: {epochs: 2, ensemble: true}", "final.ensemble averages the final retrain's seeds, but final.seeds is 1"),
     ("final: {seeds: 2, ensemble: 2}", "final.ensemble=2: must be true or false"),
+    ("final: {seeds: 2, distill: 0.8}", "final.distill trains one network on the answers of the seeds' average, "
+                                        "but final.ensemble is off"),
+    ("final: {seeds: 2, ensemble: true, distill: 1.5}", "final.distill=1.5: must be a number from 0 (off) to 1"),
+    ("final: {seeds: 2, ensemble: true, distill: yes}", "final.distill=True: must be a number"),
 ])
 def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
     with pytest.raises(P.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -84,7 +84,7 @@ def test_missing_data_dir_refused_with_fix(tmp_path):
     assert "no Fashion-MNIST IDX files" in out.stderr and "apt-get install" in out.stderr
 
 
-@pytest.mark.parametrize("name", ["cnn", "mlp", "cnn_long", "cnn_budget"])
+@pytest.mark.parametrize("name", ["cnn", "mlp", "cnn_long", "cnn_budget", "cnn_long_distill"])
 def test_shipped_study_files_are_valid(name):
     study = spec.load(name, name.split("_")[0])
     assert study.description and study.space

@@ -191,16 +191,20 @@ def test_unknown_model_refused_before_work(tracking, tmp_path):
     assert out.returncode == 2 and "not a models:/" in out.stderr
 
 
+def seeds_study(tmp_path, capsys, name: str, final: str) -> tuple[dict, str]:
+    """The tiny study with ``final`` and no reference, run: its summary and what it printed."""
+    study = tmp_path / f"{name}.yaml"
+    study.write_text(STUDY.replace("final: {epochs: 2}", f"final: {final}") + "reference: off\n")
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study)})).flat()
+    return summary, capsys.readouterr().out
+
+
 def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, dataset, capsys):
     """final.ensemble: the registered model is the average of the seeds' models, its validation
     accuracy is measured on images no member trained on, and `reproduce` rebuilds every member."""
     from fmnist_exp.study import ensemble
 
-    study = tmp_path / "ens.yaml"
-    study.write_text(STUDY.replace("final: {epochs: 2}", "final: {epochs: 1, seeds: 2, ensemble: true}")
-                     + "reference: off\n")
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study)})).flat()
-    out = capsys.readouterr().out
+    summary, out = seeds_study(tmp_path, capsys, "ens", "{epochs: 1, seeds: 2, ensemble: true}")
     assert "registered: their average (ensemble)" in out
     assert summary["candidate"] == "ensemble of final retrains" and summary["final_seed_registered"] == "ensemble"
     finals = sorted(runs("tags.final_seed != ''"), key=lambda r: r.data.tags["final_seed"])
@@ -260,3 +264,82 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     with pytest.raises(reproduce.ReproduceError, match=rf"models:/{MODEL}@champion is an ensemble .*"
                                                        rf"runs:/{'0' * 32}/model: its source run .* cannot be read"):
         reproduce.read_member(f"models:/{MODEL}@champion", "0" * 32)
+
+
+def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_path, dataset, capsys):
+    """final.distill: one more network (the first seed's images and start) is fitted to the seeds'
+    average, registered at one network's cost, compared with its teacher and the best-validated seed
+    on the parent run and in the report, and `reproduce` trains it again from the same teacher."""
+    from fmnist_exp.study.candidate import DISTILLED_NETWORK
+    from fmnist_exp.train.distill import DISTILL_WEIGHT, DISTILLED_FROM, TEACHER_URI
+
+    summary, out = seeds_study(tmp_path, capsys, "dis", "{epochs: 1, seeds: 2, ensemble: true, distill: 0.8}")
+    assert "registered: one network distilled from their average" in out
+    assert summary["candidate"] == DISTILLED_NETWORK and summary["final_seed_registered"] == "distilled"
+    [ens] = runs(f"tags.{lineage.MEMBERS_TAG} != '' and tags.optuna_study = 'dis'")
+    [student] = runs(f"tags.{DISTILLED_FROM} != ''")
+    finals = sorted(runs("tags.final_seed != ''"), key=lambda r: r.data.tags["final_seed"])
+    assert [r.data.tags["final_seed"] for r in finals] == ["42", "43"]  # the student is not taken for a seed
+    assert student.info.run_name == "distilled (trial 0, seed 42)" and student.info.status == "FINISHED"
+    assert student.data.tags[DISTILLED_FROM] == ens.info.run_id
+    assert student.data.tags[TEACHER_URI] == ens.data.tags["model_uri"]
+    assert student.data.params[DISTILL_WEIGHT] == "0.8" and student.data.params["seed"] == "42"
+    assert student.data.tags["mlflow.parentRunId"] == ens.data.tags["mlflow.parentRunId"]
+    # validation beside the ensemble's, on the images no seed trained on
+    from fmnist_exp.study import ensemble
+    from fmnist_exp.study.finals import VAL_HELD_OUT_BY_ALL
+
+    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 43])
+    held_out = np.mean(classifier_answers(student.data.tags["classifier_uri"], x_val)["label"].to_numpy() == y_val)
+    assert student.data.metrics[VAL_HELD_OUT_BY_ALL] == pytest.approx(held_out)
+    assert summary["best_val_accuracy"] == pytest.approx(held_out)  # as a candidate: the ensemble's kind of figure
+    assert (f"[tune] distilled network: validation accuracy {held_out:.4f} on the {len(y_val)} images no seed trained "
+            f"on (the ensemble's {ens.data.metrics['val_final_accuracy']:.4f})") in out
+    mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
+    assert mv.tags["source_run_id"] == student.info.run_id and mv.aliases == ["champion"]
+    # one network's cost, half the ensemble's
+    assert student.data.metrics["cost_mmacs_per_image"] == pytest.approx(finals[0].data.metrics["cost_mmacs_per_image"])
+    assert ens.data.metrics["cost_mmacs_per_image"] == pytest.approx(2 * student.data.metrics["cost_mmacs_per_image"])
+    # the same seed, images and start as the first member: only the targets differ
+    labels = lambda uri: classifier_answers(uri, dataset.x_test)["label"].to_numpy()  # noqa: E731
+    student_labels, ens_labels = labels(f"models:/{MODEL}/{mv.version}"), labels(ens.data.tags["classifier_uri"])
+    probs = lambda uri: np.stack(classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731
+    assert not np.allclose(probs(student.data.tags["classifier_uri"]), probs(finals[0].data.tags["classifier_uri"]))
+    # against the teacher and the best-validated seed, paired on the test images, on the parent run
+    parent = MlflowClient().get_run(student.data.tags["mlflow.parentRunId"]).data
+    by_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
+    seed_labels = labels(by_val.data.tags["classifier_uri"])
+    right = lambda a: a == dataset.y_test  # noqa: E731
+    assert parent.metrics["distilled_vs_ensemble_diff"] == pytest.approx(
+        np.mean(right(student_labels)) - np.mean(right(ens_labels)))
+    assert parent.metrics["distilled_vs_ensemble_b"] == np.sum(right(student_labels) & ~right(ens_labels))
+    assert parent.metrics["distilled_vs_seed_diff"] == pytest.approx(
+        np.mean(right(student_labels)) - np.mean(right(seed_labels)))
+    assert parent.metrics["distilled_vs_seed_c"] == np.sum(~right(student_labels) & right(seed_labels))
+    assert parent.tags["distilled_vs_ensemble"] == summary["distilled_vs_ensemble"]
+    assert f"[tune] distilled network against the ensemble: {summary['distilled_vs_ensemble']}" in out
+    page = MlflowClient().download_artifacts(student.data.tags["mlflow.parentRunId"], "study/report.html",
+                                             str(tmp_path))
+    html = open(page).read()
+    assert "The distilled network's teacher averages" in html
+    section = html.split("One network distilled from the average")[1].split("<h2>")[0]
+    assert f"best-validated seed ({by_val.data.params['seed']})" in section
+    for key in ("distilled_vs_ensemble_diff", "distilled_vs_seed_diff"):
+        assert f"{100 * parent.metrics[key]:+.2f} points" in section
+
+    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}@champion", "--exact", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [rebuild] = runs(f"tags.reproduces_run_id = '{student.info.run_id}'")
+    assert rebuild.data.tags[DISTILLED_FROM] == ens.info.run_id and rebuild.data.params[DISTILL_WEIGHT] == "0.8"
+    report = last_json(proc.stdout)  # the same teacher's answers, seed and data: the same student, bit for bit
+    assert report["bit_identical"] == 1 and report["passed"] is True
+
+
+def test_distill_targets_mix_the_teacher_and_the_label():
+    from fmnist_exp.train.distill import distill_targets
+
+    teacher = np.full((2, 10), 0.1, dtype="float32")
+    mixed = distill_targets(teacher, np.array([3, 7]), 0.8)
+    assert mixed.dtype == np.float32 and np.allclose(mixed.sum(1), 1.0)
+    assert mixed[0, 3] == pytest.approx(0.8 * 0.1 + 0.2) and mixed[0, 4] == pytest.approx(0.08)
+    assert np.array_equal(distill_targets(teacher, np.array([3, 7]), 1.0), teacher)

@@ -37,6 +37,7 @@ from ..params import ConfigError, NetworkParams, ReproduceArgs
 from ..params.table import family_params
 from ..params.typed import ADDED_LATER
 from ..train import lineage
+from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, TEACHER_URI, Teacher
 
 LINK_TAG, LINK_URI_TAG = "reproduces_run_id", "reproduces_model_uri"
 
@@ -62,6 +63,7 @@ class Original:
     test_accuracy: float  # as logged (run metric, else the version's tag); nan if never scored
     precision_used: str
     members: tuple[Original, ...] = ()  # of an ensemble (study/ensemble.py): each rebuilt, then averaged
+    teacher: Teacher | None = None  # of a distilled network (study/finals.py): the logged teacher, reused
 
 
 def source_run_id(uri: str) -> tuple[str, float]:
@@ -130,11 +132,18 @@ def read_original(uri: str) -> Original:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     test_acc = run.data.metrics.get(TEST_ACC, version_acc)
     members = tuple(read_member(uri, rid) for rid in tags.get(lineage.MEMBERS_TAG, "").split(",") if rid)
+    teacher = None
+    if DISTILLED_FROM in tags:
+        if TEACHER_URI not in tags or DISTILL_WEIGHT not in logged:
+            raise ReproduceError(f"{uri}: run {run_id} was distilled from run {tags[DISTILLED_FROM]} but recorded no "
+                                 f"{TEACHER_URI} tag or {DISTILL_WEIGHT} parameter, so its targets cannot be rebuilt")
+        teacher = Teacher(tags[TEACHER_URI], tags[DISTILLED_FROM], float(logged[DISTILL_WEIGHT]))
     return Original(uri=uri, run_id=run_id, family=family, params=P.network(family, recorded),
                     unrecorded=tuple(k for k in names if k not in recorded), data_sha256=logged["data_sha256"],
                     data_source=logged.get("data_source", "?"), split_digests=lineage.split_digests(run),
                     code=lineage.recorded_code_version(run), keras_uri=tags["model_uri"],
-                    test_accuracy=float(test_acc), precision_used=logged.get("precision_used", ""), members=members)
+                    test_accuracy=float(test_acc), precision_used=logged.get("precision_used", ""), members=members,
+                    teacher=teacher)
 
 
 def check_data(orig: Original, ds: D.Dataset) -> None:
@@ -225,7 +234,7 @@ def main(args: ReproduceArgs) -> int:
         if orig.members:
             result = _rebuild_ensemble(orig, ds, args.data_dir)
         else:
-            result = job.train_in_run(p, ds=ds, extra_tags=link, echo="[reproduce]")
+            result = job.train_in_run(p, ds=ds, extra_tags=link, echo="[reproduce]", teacher=orig.teacher)
         new_probs = predict_proba(mlflow.keras.load_model(result.model_uri), ds.x_test)
         orig_probs = predict_proba(mlflow.keras.load_model(orig.keras_uri), ds.x_test)
         report = compare(ds.y_test, orig_probs, new_probs)

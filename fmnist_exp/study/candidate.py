@@ -12,6 +12,7 @@ from ..metrics import VAL_FINAL_ACC
 from ..train.evaluate import score_on_test
 
 BEST_TRIAL, FINAL_RETRAIN, ENSEMBLE_OF_FINALS = "best trial", "final retrain", "ensemble of final retrains"
+DISTILLED_NETWORK = "network distilled from the ensemble"
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Candidate:
     classifier_uri: str  # the servable pyfunc around it (scored on the test split, registered)
     val_accuracy: float
     trial_number: int
-    origin: str  # BEST_TRIAL, FINAL_RETRAIN or ENSEMBLE_OF_FINALS
+    origin: str  # BEST_TRIAL, FINAL_RETRAIN, ENSEMBLE_OF_FINALS or DISTILLED_NETWORK
     test_labels: np.ndarray | None = None  # its answers on the test split, once scored
     test_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -34,9 +35,9 @@ class Candidate:
         return self.test_labels
 
 
-def finished(filter_string: str, trial_number: int, origin: str) -> Candidate | None:
+def finished(filter_string: str, trial_number: int, origin: str, val_metric: str = VAL_FINAL_ACC) -> Candidate | None:
     """A FINISHED run of a resumed study (matching ``filter_string``) that logged its models, as the
-    candidate it was; None when there is none and it must be trained."""
+    candidate it was (its validation accuracy: ``val_metric``); None when there is none and it must be trained."""
     done = mlflow.search_runs(filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
                               output_format="list")
     done = [r for r in done if r.data.tags.get("model_uri")]
@@ -44,7 +45,7 @@ def finished(filter_string: str, trial_number: int, origin: str) -> Candidate | 
         return None
     r = done[0]
     return Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
-                     r.data.metrics[VAL_FINAL_ACC], trial_number, origin)
+                     r.data.metrics[val_metric], trial_number, origin)
 
 
 def cost_metrics(run_id: str) -> dict[str, float]:

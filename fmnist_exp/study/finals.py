@@ -1,7 +1,8 @@
 """After the search: the candidate a study proposes. The best trial's model, or (when the study
 file has a ``final``) the best configuration retrained in nested ``final`` runs, one per seed, and
 maybe their average (an ensemble). Of several seeds the one with the best *validation* accuracy
-is the candidate, never the best test accuracy. A resumed study reuses finished retrains."""
+is the candidate, never the best test accuracy; ``final.distill`` registers one network trained on
+the average's answers instead. A resumed study reuses finished retrains."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ from .. import stats
 from ..data import Dataset
 from ..metrics import TEST_ACC
 from ..train import job
+from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, Teacher
+from ..train.evaluate import evaluate
 from . import ensemble, goals
-from .candidate import BEST_TRIAL, ENSEMBLE_OF_FINALS, FINAL_RETRAIN, Candidate, cost_metrics, finished
+from .candidate import (
+    BEST_TRIAL,
+    DISTILLED_NETWORK,
+    ENSEMBLE_OF_FINALS,
+    FINAL_RETRAIN,
+    Candidate,
+    cost_metrics,
+    finished,
+)
 from .setup import Setup
-from .summary import ENSEMBLE, SeedStats
+from .summary import DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED, DISTILLED, ENSEMBLE, SeedStats
 
 
 def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedStats | None] | None:
@@ -31,22 +42,30 @@ def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedSt
     finals = [final_run(setup, best, seed) for seed in seeds]
     by_val = max(finals, key=lambda cand: cand.val_accuracy)
     chosen = ensemble_run(setup, best, finals, seeds) if setup.spec.final.ensemble else by_val
+    teacher = chosen
+    if setup.spec.final.distill:
+        chosen = distilled_run(setup, best, teacher, seeds[0])
     if len(finals) <= 1:
         return chosen, None
     # the spread a seed alone makes, next to the gain a study claims
     for cand in finals:
         cand.score(setup.ds)
     accs = [cand.test_metrics[TEST_ACC] for cand in finals]
-    registered: int | str = ENSEMBLE if setup.spec.final.ensemble else seeds[finals.index(by_val)]
+    registered: int | str = (DISTILLED if setup.spec.final.distill else ENSEMBLE if setup.spec.final.ensemble
+                             else seeds[finals.index(by_val)])
     mean, std = float(np.mean(accs)), float(np.std(accs, ddof=1))
     mlflow.log_metrics({"final_seeds_n": len(accs), "final_seeds_test_accuracy_mean": mean,
                         "final_seeds_test_accuracy_std": std})
     mlflow.set_tag("final_seed_registered", str(registered))
-    gain, gain_seed = None, None
+    gain, gain_seed, vs_ensemble, vs_seed = None, None, None, None
     if setup.spec.final.ensemble:
         gain_seed = seeds[finals.index(by_val)]
-        gain = ensemble_gain(chosen, by_val, gain_seed, setup.ds)
-    return chosen, SeedStats(seeds, [c.val_accuracy for c in finals], accs, mean, std, registered, gain, gain_seed)
+        gain = ensemble_gain(teacher, by_val, gain_seed, setup.ds)
+    if setup.spec.final.distill:
+        vs_ensemble = distilled_against(chosen, teacher, DISTILL_VS_ENSEMBLE, "ensemble", setup.ds)
+        vs_seed = distilled_against(chosen, by_val, DISTILL_VS_SEED, f"seed {gain_seed}", setup.ds)
+    return chosen, SeedStats(seeds, [c.val_accuracy for c in finals], accs, mean, std, registered, gain, gain_seed,
+                             vs_ensemble, vs_seed)
 
 
 def ensemble_gain(ens: Candidate, seed_model: Candidate, seed: int, ds: Dataset) -> stats.PairedComparison:
@@ -58,6 +77,50 @@ def ensemble_gain(ens: Candidate, seed_model: Candidate, seed: int, ds: Dataset)
     mlflow.set_tag("ensemble_gain", cmp.describe())
     print(f"[tune] ensemble over seed {seed} (the best validation accuracy): {cmp.describe()}", flush=True)
     return cmp
+
+
+def distilled_against(student: Candidate, other: Candidate, prefix: str, name: str,
+                      ds: Dataset) -> stats.PairedComparison:
+    """The distilled network against its teacher or a seed, paired on the test images, on the
+    parent run: what one network kept of the average. A report, not a choice."""
+    cmp = stats.compare(ds.y_test, student.score(ds), other.score(ds))
+    other_key = "ensemble" if prefix == DISTILL_VS_ENSEMBLE else "seed"
+    mlflow.log_metrics(cmp.fields(prefix, "distilled", other_key))
+    mlflow.set_tag(prefix.rstrip("_"), cmp.describe())
+    print(f"[tune] distilled network against the {name}: {cmp.describe()}", flush=True)
+    return cmp
+
+
+VAL_HELD_OUT_BY_ALL = "val_accuracy_held_out_by_all_seeds"
+
+
+def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candidate, seed: int) -> Candidate:
+    """One network of the final recipe (``seed``: the first seed's images and start) fitted to the
+    ensemble's answers (``final.distill``), in a nested run of its own; a resumed study reuses it
+    (same teacher, same weight). As a candidate its validation accuracy is that on the images no
+    seed trained on, like the ensemble's: the other seeds trained on most of its own split."""
+    study_name = setup.study_name
+    weight = float(setup.spec.final.distill)
+    tags = {"optuna_study": study_name, "final_of_trial": str(best.number), "distilled_seed": str(seed),
+            DISTILLED_FROM: teacher.run_id}
+    done = finished(f"tags.optuna_study = '{study_name}' and tags.{DISTILLED_FROM} = '{teacher.run_id}' "
+                    f"and params.{DISTILL_WEIGHT} = '{weight}'", best.number, DISTILLED_NETWORK, VAL_HELD_OUT_BY_ALL)
+    if done:
+        return done
+    p = setup.final_params(best.user_attrs["config"], seed)
+    print(f"[tune] distilling the ensemble (run {teacher.run_id}) into one network, seed {seed}: targets "
+          f"{weight:g} its answers, {1 - weight:g} the labels", flush=True)
+    with mlflow.start_run(run_name=f"distilled (trial {best.number}, seed {seed})", nested=True, tags=tags) as run:
+        res = job.train_in_run(p, ds=setup.ds, evaluate_test=False, extra_tags=tags, echo="[tune] distilled",
+                               teacher=Teacher(teacher.model_uri, teacher.run_id, weight))
+        # beside the ensemble's, on the same images: those no seed trained on (study/ensemble.py)
+        x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_seeds())
+        val = evaluate(mlflow.keras.load_model(res.model_uri), x_val, y_val, prefix="")["accuracy"]
+        mlflow.log_metric(VAL_HELD_OUT_BY_ALL, val)
+    print(f"[tune] distilled network: validation accuracy {val:.4f} on the {len(y_val)} images no seed trained on "
+          f"(the ensemble's {teacher.val_accuracy:.4f})", flush=True)
+    # its validation accuracy as a candidate is the ensemble's kind: on images no seed trained on
+    return Candidate(run.info.run_id, res.model_uri, res.classifier_uri, val, best.number, DISTILLED_NETWORK)
 
 
 def final_run(setup: Setup, best: optuna.trial.FrozenTrial, seed: int) -> Candidate:

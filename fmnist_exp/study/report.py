@@ -34,6 +34,7 @@ from ..train import plots
 from . import front as F
 from .space import suggest
 from .spec import StudySpec
+from .summary import DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED
 
 ARTIFACT = "study/report.html"
 TOP = 5  # trials whose learning curves are drawn
@@ -77,6 +78,8 @@ class StudyReport:
     gate: Comparison | None
     registration: str  # the parent run's decision sentence
     ensemble: Comparison | None = None  # final.ensemble: the average against the best-validated seed
+    distilled: list[Comparison] = field(default_factory=list)  # final.distill: the student against both
+    distilled_seed: int = -1  # the best-validated seed it is compared with
     front: list[F.FrontPoint] | None = None  # several objectives: the complete trials as points
     front_figure: bytes | None = None  # Optuna's Pareto plot as logged
     constraints: dict[str, float] = field(default_factory=dict)  # the study's budget
@@ -117,6 +120,9 @@ def gather(study: optuna.Study, parent_run_id: str, spec: StudySpec, top: int = 
         gate=comparison(metrics, "gate_", "candidate", "champion"),
         registration=tags.get("registration", "not registered"),
         ensemble=comparison(metrics, "ensemble_gain_", "ensemble", "seed"),
+        distilled=[c for c in (comparison(metrics, DISTILL_VS_ENSEMBLE, "distilled", "ensemble"),
+                               comparison(metrics, DISTILL_VS_SEED, "distilled", "seed")) if c is not None],
+        distilled_seed=int(metrics.get("ensemble_gain_seed", -1)),
         front=F.points(study, spec.goals) if spec.goals.multi else None, front_figure=front_figure,
         constraints=spec.goals.constraints,
     )
@@ -199,6 +205,7 @@ def render(r: StudyReport) -> str:
         f"Written {_e(r.created)}.</p>",
         "<h2>Champion against the reference</h2>", _gain(r),
         *(["<h2>The seeds' average against one seed</h2>", _ensemble(r)] if r.ensemble else []),
+        *(["<h2>One network distilled from the average</h2>", _distilled(r)] if r.distilled else []),
         "<h2>Promotion gate</h2>", _gate(r),
         *(["<h2>Accuracy and cost: the front</h2>", _front(r)] if r.front is not None else []),
         "<h2>Leaderboard</h2>", _leaderboard(r),
@@ -257,9 +264,17 @@ def _gain(r: StudyReport) -> str:
 
 def _ensemble(r: StudyReport) -> str:
     assert r.ensemble is not None, "shown only when the study registered an ensemble"
-    return ("<p>The registered model averages the final retrain's seeds (<code>final.ensemble</code>). Against "
+    what = ("The distilled network's teacher averages" if r.distilled else "The registered model averages")
+    return (f"<p>{what} the final retrain's seeds (<code>final.ensemble</code>). Against "
             "the seed that would have been registered alone (the best validation accuracy), on the same test "
             "images:</p>" + _comparison_table(r.ensemble))
+
+
+def _distilled(r: StudyReport) -> str:
+    return ("<p>The registered model is one network of the final recipe fitted to the average's answers "
+            "(<code>final.distill</code>): one network's inference cost. Against its teacher and against the "
+            f"best-validated seed ({r.distilled_seed}), on the same test images:</p>"
+            + "".join(_comparison_table(c) for c in r.distilled))
 
 
 def _gate(r: StudyReport) -> str:

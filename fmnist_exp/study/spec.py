@@ -9,7 +9,9 @@ costs seconds, not a study. docs/studies.md describes every key; in short:
 - ``final``: a budget (e.g. ``{epochs: 8, train_samples: 0}``) the best configuration is retrained
   with after the search, so trials can be cheap while the registered model gets the full recipe;
   ``seeds: k`` retrains it with seeds seed..seed+k-1 and registers the one with the best
-  *validation* accuracy, or with ``ensemble: true`` their average (k times the inference cost).
+  *validation* accuracy, or with ``ensemble: true`` their average (k times the inference cost);
+  ``distill: w`` then trains one more network (the first seed) on the average's answers (share w of
+  each target, the label the rest) and registers it: one network's inference cost (study/finals.py).
 - ``reference``: what the study's gain is measured against, on the same test images (the paired
   difference with a bootstrap 95% interval and an exact McNemar p-value)::
 
@@ -123,6 +125,7 @@ class Final:
     params: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1
     ensemble: bool = False
+    distill: float = 0.0  # > 0: one more network fitted to the ensemble's answers (this share) is registered
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     final = dict(raw.get("final") or {})
     seeds = final.pop("seeds", 1)  # not a family parameter: how many times the final retrain runs
     ensemble = final.pop("ensemble", False)  # nor this: what is registered of the seeds' models
+    distill = final.pop("distill", 0.0)  # nor this: a student of the ensemble registered instead
     spec = StudySpec(
         path=path,
         text=text,
@@ -212,7 +216,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         pruner=dict(raw.get("pruner", {"type": "none" if goals.multi else "median"})),  # no pruning with several
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
         goals=goals,
-        final=Final(final, seeds, ensemble),
+        final=Final(final, seeds, ensemble, distill),
         enqueue=list(raw.get("enqueue") or []),
         reference=parse_reference(raw.get("reference", "default"), str(path)),
     )
@@ -256,6 +260,7 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
     if spec.final.ensemble and seeds < 2:
         raise ConfigError(f"{where}: final.ensemble averages the final retrain's seeds, but final.seeds is "
                           f"{seeds}: set final.seeds to 2 or more, or drop ensemble")
+    check_distill(spec.final, where)
     check_reference(spec, where)
     for key, dist in spec.space.items():
         for value in dist.corners():
@@ -265,6 +270,17 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
     spec.make_pruner()
     spec.make_sampler(0)
     check_search(spec.goals, str(spec.pruner.get("type")), str(spec.sampler.get("type")), CONSTRAINED_SAMPLERS, where)
+
+
+def check_distill(final: Final, where: str) -> None:
+    """``final.distill``: the teacher's share of each training target, in (0, 1], of an ensemble."""
+    weight = final.distill
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise ConfigError(f"{where}: final.distill={weight!r}: must be a number from 0 (off) to 1, the share of "
+                          "the ensemble's answers in each training target of the distilled network (e.g. 0.8)")
+    if weight and not final.ensemble:
+        raise ConfigError(f"{where}: final.distill trains one network on the answers of the seeds' average, but "
+                          "final.ensemble is off: set ensemble: true (and seeds: 2 or more), or drop distill")
 
 
 def check_reference(spec: StudySpec, where: str) -> None:

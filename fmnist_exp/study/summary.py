@@ -12,6 +12,8 @@ from ..scale.health import shown_uri
 from ..stats import PairedComparison
 
 ENSEMBLE = "ensemble"  # SeedStats.registered when the seeds' average is registered
+DISTILLED = "distilled"  # SeedStats.registered when a network distilled from that average is
+DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED = "distilled_vs_ensemble_", "distilled_vs_seed_"  # metric prefixes
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class SeedStats:
     registered: int | str  # the seed registered, or ENSEMBLE
     ensemble_gain: PairedComparison | None = None  # the average against the best-validated seed
     ensemble_gain_seed: int | None = None
+    distilled_vs_ensemble: PairedComparison | None = None  # final.distill: the student against its teacher
+    distilled_vs_seed: PairedComparison | None = None  # ... and against the best-validated seed
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,6 +81,10 @@ class SeedStats:
         if self.ensemble_gain is not None:
             out.update({**self.ensemble_gain.fields("ensemble_gain_", "ensemble", "seed"),
                         "ensemble_gain_seed": self.ensemble_gain_seed, "ensemble_gain": self.ensemble_gain.describe()})
+        for prefix, other, cmp in ((DISTILL_VS_ENSEMBLE, "ensemble", self.distilled_vs_ensemble),
+                                   (DISTILL_VS_SEED, "seed", self.distilled_vs_seed)):
+            if cmp is not None:
+                out.update({**cmp.fields(prefix, "distilled", other), prefix.rstrip("_"): cmp.describe()})
         return out
 
 
@@ -131,8 +139,9 @@ def print_summary(s: StudySummary) -> None:
     if s.seeds is not None:
         each = ", ".join(f"seed {seed} {t:.4f} (val {v:.4f})"
                          for seed, t, v in zip(s.seeds.seeds, s.seeds.test_accuracy, s.seeds.val_accuracy, strict=True))
-        registered = ("registered: their average (ensemble)" if s.seeds.registered == ENSEMBLE
-                      else f"registered seed {s.seeds.registered} (best validation accuracy)")
+        registered = {ENSEMBLE: "registered: their average (ensemble)",
+                      DISTILLED: "registered: one network distilled from their average"}.get(
+            str(s.seeds.registered), f"registered seed {s.seeds.registered} (best validation accuracy)")
         lines.append(f"[tune] final retrain over {len(s.seeds.seeds)} seeds: test accuracy mean {s.seeds.mean:.4f}, "
                      f"sd {s.seeds.std:.4f} ({each}); {registered}")
     if s.gain is not None and s.gain.comparison is None:

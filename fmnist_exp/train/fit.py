@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from ..console import duration
 from ..data import Splits
@@ -143,13 +144,14 @@ def standard_callbacks(p: FitParams) -> list[keras.callbacks.Callback]:
 
 
 def fit(model: keras.Model, s: Splits, p: FitParams, callbacks=(), *,
-        steps_per_execution: int | None = None) -> FitResult:
+        steps_per_execution: int | None = None, targets: np.ndarray | None = None) -> FitResult:
     """Compile and fit; early stopping restores the best weights. Raises DivergedError on NaN.
     The caller scores the model it keeps (see train.job.train_in_run). ``steps_per_execution``
     (default: :func:`default_steps_per_execution`) changes how the steps are called, not which steps run
-    (benchmarks pin 1 for rows measured before)."""
+    (benchmarks pin 1 for rows measured before). ``targets``: class probabilities the training
+    images are fitted to instead of their labels (distillation: train.distill)."""
     seed_everything(p.seed)
-    train, val = datasets(s, p)
+    train, val = datasets(s, p, targets)
     compile_model(model, p, steps_per_epoch=math.ceil(len(s.x_train) / p.batch_size),
                   steps_per_execution=steps_per_execution or default_steps_per_execution())
     t0 = time.perf_counter()

@@ -37,37 +37,44 @@ def pipeline_options() -> tf.data.Options:
     return opts
 
 
-def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augmenter: keras.Layer | None = None):
+def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augmenter: keras.Layer | None = None,
+                 targets: np.ndarray | None = None):
     """uint8 arrays -> batched (float32 pixels, one-hot labels); augmentation runs per batch.
 
     One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
+    ``targets`` (n x 10 probabilities, e.g. a teacher's for distillation) replace the one-hot labels.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32") if targets is None else targets.astype("float32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, NUM_CLASSES)))
+    target = (lambda b: tf.one_hot(b, NUM_CLASSES)) if targets is None else (lambda b: b)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), target(b)))
     if augmenter is not None:
         ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
     return ds.prefetch(2).with_options(pipeline_options())
 
 
-def datasets(s: Splits, p: FitParams):
+def datasets(s: Splits, p: FitParams, targets: np.ndarray | None = None):
     """The training and validation batches: tf.data under TensorFlow (make_dataset), numpy
-    batches (ArrayBatches, below) under any other backend, where TensorFlow may be absent."""
+    batches (ArrayBatches, below) under any other backend, where TensorFlow may be absent.
+    ``targets``: what the training images are fitted to instead of their one-hot labels
+    (validation keeps its labels)."""
     augmenter = build_augmenter(p) if p.augment else None
     if keras.backend.backend() == "tensorflow":
         return (make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=p.seed,
-                             augmenter=augmenter),
+                             augmenter=augmenter, targets=targets),
                 make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p.seed))
-    return (ArrayBatches(s.x_train, s.y_train, batch_size=p.batch_size, seed=p.seed, augmenter=augmenter),
+    return (ArrayBatches(s.x_train, s.y_train, batch_size=p.batch_size, seed=p.seed, augmenter=augmenter,
+                         targets=targets),
             ArrayBatches(s.x_val, s.y_val, batch_size=1024))
 
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """uint8 images ``x`` and integer labels ``y`` as batches of (float32 pixels, one-hot labels).
+    """uint8 images ``x`` and integer labels ``y`` as batches of (float32 pixels, one-hot labels,
+    or rows of ``targets`` where given).
 
     ``seed`` None keeps the given order (validation); otherwise epoch ``e`` is a permutation drawn
     from ``numpy.random.default_rng([seed, e])``, so a run reshuffles every epoch and a rerun with
@@ -75,9 +82,10 @@ class ArrayBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int | None = None,
-                 augmenter: keras.Layer | None = None):
+                 augmenter: keras.Layer | None = None, targets: np.ndarray | None = None):
         super().__init__()  # one worker, in the training thread: the augmenter's RNG state is not shared
         self.x, self.y, self.batch_size, self.seed, self.augmenter = x, y, batch_size, seed, augmenter
+        self.targets = _ONE_HOT[y] if targets is None else targets.astype("float32")
         self.epoch = 0
         self.order = self._order()
 
@@ -95,7 +103,7 @@ class ArrayBatches(keras.utils.PyDataset):
         images = self.x[index].astype("float32")
         if self.augmenter is not None:
             images = self.augmenter(images, training=True)
-        return images, _ONE_HOT[self.y[index]]
+        return images, self.targets[index]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

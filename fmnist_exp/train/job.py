@@ -24,6 +24,7 @@ from ..model.wrappers import as_served
 from ..params import BaselineParams, DataParams, NetworkParams
 from . import fit as F
 from . import lineage, plots, runs, tracking
+from .distill import DISTILL_WEIGHT, Teacher
 from .evaluate import evaluate, log_test_evaluation, predict_proba, scores
 from .model_logging import log_classifier, log_keras_model
 from .runs import active_run_id
@@ -80,26 +81,31 @@ def train_in_run(
     extra_params: dict | None = None,
     prune_check: keras.callbacks.Callback | None = None,
     echo: str = "",
+    teacher: Teacher | None = None,
 ) -> RunResult:
     """Train and log everything into the active run.
 
     ``prune_check`` (tuning only) is a callback with a ``pruned`` attribute; when it stopped
     training, the result says so and no model is logged. ``echo`` (e.g. "[cnn]") prints one
     console line per epoch with that prefix; trials leave it empty (one line per trial instead).
+    ``teacher``: distil it: the training images are fitted to its answers mixed with their labels
+    (fit.distill_targets), and the run records which model taught it and with what weight.
     """
     ds, s = load_splits(p, ds)
     run_id = active_run_id()
-    mlflow.set_tags({**networks.summary_tags(p), **(extra_tags or {})})
-    tracking.log_params({**p.flat(), **(extra_params or {}), "family": p.FAMILY})
+    mlflow.set_tags({**networks.summary_tags(p), **(extra_tags or {}), **(teacher.tags() if teacher else {})})
+    tracking.log_params({**p.flat(), **(extra_params or {}), "family": p.FAMILY,
+                         **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
     tracking.log_params(ds.describe())
     digests = lineage.log_split_inputs(ds.source, s)
     lineage.log_code_version()
+    targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
     model, precision = F.fresh_model(p)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
     callbacks = [logger, *([prune_check] if prune_check else []), *([F.EpochPrinter(echo)] if echo else [])]
     try:
-        fitted = F.fit(model, s, p, callbacks=callbacks)
+        fitted = F.fit(model, s, p, callbacks=callbacks, targets=targets)
     except F.DivergedError as e:
         mlflow.set_tag("failure", str(e))
         raise

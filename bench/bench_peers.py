@@ -10,8 +10,9 @@ per-trial data (the study's epochs and training images per trial), objective val
 the project's validation split, with the cnn entry point's default recipe fixed (``--peer_fixed study``:
 the study file's ``fixed`` instead, so that only the search differs). It starts a trial only while that
 trial and then its final retrain are predicted to end within B (from the peer's own epoch times so
-far), then retrains its best configuration by validation accuracy like the study's ``final`` (12
-epochs, all 54,000 training images, same seed) and answers the 10,000 test images once. Reported per
+far), then retrains its best configuration by validation accuracy for the study's ``final`` epochs
+on all 54,000 training images with the same seed (with ``--peer_fixed study`` also the rest of
+``final``, e.g. its 10-view answers) and answers the 10,000 test images once. Reported per
 contestant: wall times, trials, validation accuracies, test accuracy with its 95% interval; and ours
 against each peer, paired on the same test images (stats.compare).
 JSON to stdout, a markdown table for BENCHMARKS.md and progress to stderr.
@@ -47,8 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONTESTANTS = ("ours", "hyperband", "tpe")
 # keras-tuner's default factor. Its top rung trains factor x our per-trial epochs (9 for 3): one
 # Hyperband iteration (brackets 9x1 -> 3x3 -> 1x9, 5x3 -> 2x9 and 3x9 epochs: 23 trials, 75 epochs)
-# then about fills the time a peer has for its search on 2 CPU cores (B ~900 s less a ~370 s final,
-# ~8 s per 10,000-image epoch); a longer top rung would leave its widest bracket unfinished.
+# about filled a peer's search time when B was ~900 s (2026-11-23); a shorter B ends it inside the
+# widest bracket, which is Hyperband's own order of work.
 HYPERBAND_FACTOR = 3
 
 
@@ -73,6 +74,7 @@ class Arena:
 
     spec: StudySpec
     base: dict  # fixed recipe + the per-trial budget; the search's knobs go on top
+    final: dict  # what the final retrain changes: the study's `final`, or only its length and images
     ds: Dataset
     budget_s: float
 
@@ -123,11 +125,14 @@ def epoch_clock(n_train: int, n_val: int):
 
     class EpochClock(keras.callbacks.Callback):
         """Seconds per training and per validation image, from every epoch but a fit's first (which
-        traces the graph; used only while there is no other)."""
+        traces the graph). Of a fit's first epoch only the training steps after the first call count
+        (``warm``): Hyperband's first rung trains one epoch per trial, so without them it would
+        predict from tracing times alone and refuse every later trial."""
 
         def __init__(self):
             super().__init__()
             self.steady: list[tuple[float, float]] = []
+            self.warm: list[tuple[float, float]] = []
             self.first: list[tuple[float, float]] = []
 
         def __deepcopy__(self, memo):  # keras-tuner deep-copies callbacks per trial; keep one clock
@@ -138,18 +143,27 @@ def epoch_clock(n_train: int, n_val: int):
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t = [time.perf_counter()]
+            self.after_first_call: tuple[float, float] | None = None  # (time, images done)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.after_first_call is None:  # called after each group of steps; the first one traced
+                steps = self.params.get("steps") or 1
+                self.after_first_call = (time.perf_counter(), min(1.0, (batch + 1) / steps) * n_train)
 
         def on_test_begin(self, logs=None):
             self.t.append(time.perf_counter())
 
         def on_epoch_end(self, epoch, logs=None):
             t0, t1 = self.t[0], self.t[-1]
-            rates = ((t1 - t0) / n_train, (time.perf_counter() - t1) / n_val)
-            (self.steady if self.epochs_seen else self.first).append(rates)
+            per_val = (time.perf_counter() - t1) / n_val
+            (self.steady if self.epochs_seen else self.first).append(((t1 - t0) / n_train, per_val))
+            if not self.epochs_seen and self.after_first_call and self.after_first_call[1] < n_train:
+                tb, done = self.after_first_call
+                self.warm.append(((t1 - tb) / (n_train - done), per_val))
             self.epochs_seen += 1
 
         def predict_s(self, epochs: int, train_images: int, val_images: int) -> float:
-            rows = self.steady or self.first
+            rows = self.steady or self.warm or self.first
             if not rows:
                 return 0.0
             per_train, per_val = np.median(rows, axis=0)
@@ -168,7 +182,7 @@ class Peer:
         self.name, self.arena, self.t0 = name, arena, time.perf_counter()
         self.p = P.network(arena.spec.family, arena.base)
         _, self.splits = job.load_splits(self.p, arena.ds)
-        self.final_p = P.network(arena.spec.family, {**arena.base, **arena.spec.final.params})
+        self.final_p = P.network(arena.spec.family, {**arena.base, **arena.final})
         _, self.final_splits = job.load_splits(self.final_p, arena.ds)
         self.clock = epoch_clock(len(self.splits.x_train), len(self.splits.x_val))
 
@@ -192,7 +206,7 @@ class Peer:
         search_s = time.perf_counter() - self.t0
         print(f"[{self.name}] search: {trials} trials in {search_s:.0f} s, best val {best_val:.4f} with {config}; "
               f"final retrain", file=sys.stderr, flush=True)
-        p, s = self.params(config, **self.arena.spec.final.params), self.final_splits
+        p, s = self.params(config, **self.arena.final), self.final_splits
         model = trained(p, s)
         labels = predict_proba(model, s.x_test).argmax(axis=1)
         final_val = evaluate(model, s.x_val, s.y_val, prefix="")["accuracy"]
@@ -353,7 +367,10 @@ def main() -> None:
         spec = S.load(study, None)  # the file's own family
         fixed = spec.fixed if args.peer_fixed == "study" else {}
         base = {**fixed, "epochs": spec.budget.epochs, "train_samples": spec.budget.train_samples, "seed": seed}
-        arena = Arena(spec, base, ds, args.budget_s)
+        # the entry point's recipe keeps its own answers: the study's final answers (tta_shift) are its recipe
+        final = spec.final.params if args.peer_fixed == "study" else {
+            k: v for k, v in spec.final.params.items() if k in ("epochs", "train_samples")}
+        arena = Arena(spec, base, final, ds, args.budget_s)
         out = {"machine": machine(), "started": time.strftime("%H:%M"), "study": Path(study).name,
                "peer_fixed": args.peer_fixed, "hyperband_max_epochs": HYPERBAND_FACTOR * spec.budget.epochs}
         entries: dict[str, Entry] = {}

@@ -62,8 +62,11 @@ def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedSt
         gain_seed = seeds[finals.index(by_val)]
         gain = ensemble_gain(teacher, by_val, gain_seed, setup.ds)
     if setup.spec.final.distill:
-        vs_ensemble = distilled_against(chosen, teacher, DISTILL_VS_ENSEMBLE, "ensemble", setup.ds)
-        vs_seed = distilled_against(chosen, by_val, DISTILL_VS_SEED, f"seed {gain_seed}", setup.ds)
+        # what one network kept of the average, against it and against the best-validated seed
+        vs_ensemble = paired_report(chosen, teacher, setup.ds, DISTILL_VS_ENSEMBLE, ("distilled", "ensemble"),
+                                    "distilled network against the ensemble")
+        vs_seed = paired_report(chosen, by_val, setup.ds, DISTILL_VS_SEED, ("distilled", "seed"),
+                                f"distilled network against the seed {gain_seed}")
     return chosen, SeedStats(seeds, [c.val_accuracy for c in finals], accs, mean, std, registered, gain, gain_seed,
                              vs_ensemble, vs_seed)
 
@@ -72,22 +75,19 @@ def ensemble_gain(ens: Candidate, seed_model: Candidate, seed: int, ds: Dataset)
     """What averaging bought: the ensemble against the seed that would have been registered
     without it (the best validation accuracy), paired on the test images, on the parent run.
     A report, not a choice: ``final.ensemble`` was decided in the study file."""
-    cmp = stats.compare(ds.y_test, ens.score(ds), seed_model.score(ds))
-    mlflow.log_metrics({**cmp.fields("ensemble_gain_", "ensemble", "seed"), "ensemble_gain_seed": seed})
-    mlflow.set_tag("ensemble_gain", cmp.describe())
-    print(f"[tune] ensemble over seed {seed} (the best validation accuracy): {cmp.describe()}", flush=True)
-    return cmp
+    mlflow.log_metric("ensemble_gain_seed", seed)
+    return paired_report(ens, seed_model, ds, "ensemble_gain_", ("ensemble", "seed"),
+                         f"ensemble over seed {seed} (the best validation accuracy)")
 
 
-def distilled_against(student: Candidate, other: Candidate, prefix: str, name: str,
-                      ds: Dataset) -> stats.PairedComparison:
-    """The distilled network against its teacher or a seed, paired on the test images, on the
-    parent run: what one network kept of the average. A report, not a choice."""
-    cmp = stats.compare(ds.y_test, student.score(ds), other.score(ds))
-    other_key = "ensemble" if prefix == DISTILL_VS_ENSEMBLE else "seed"
-    mlflow.log_metrics(cmp.fields(prefix, "distilled", other_key))
+def paired_report(a: Candidate, b: Candidate, ds: Dataset, prefix: str, names: tuple[str, str],
+                  line: str) -> stats.PairedComparison:
+    """``a`` against ``b`` on the test images, on the parent run (metrics ``prefix...``, tag
+    ``prefix`` without its underscore) and on the console after ``line``: a report, not a choice."""
+    cmp = stats.compare(ds.y_test, a.score(ds), b.score(ds))
+    mlflow.log_metrics(cmp.fields(prefix, *names))
     mlflow.set_tag(prefix.rstrip("_"), cmp.describe())
-    print(f"[tune] distilled network against the {name}: {cmp.describe()}", flush=True)
+    print(f"[tune] {line}: {cmp.describe()}", flush=True)
     return cmp
 
 

@@ -273,7 +273,7 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
 
 
 def check_distill(final: Final, where: str) -> None:
-    """``final.distill``: the teacher's share of each training target, in (0, 1], of an ensemble."""
+    """``final.distill``: the teacher's share of each training target, 0 (off) to 1; the teacher is the ensemble."""
     weight = final.distill
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
         raise ConfigError(f"{where}: final.distill={weight!r}: must be a number from 0 (off) to 1, the share of "

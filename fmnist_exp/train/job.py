@@ -89,7 +89,7 @@ def train_in_run(
     training, the result says so and no model is logged. ``echo`` (e.g. "[cnn]") prints one
     console line per epoch with that prefix; trials leave it empty (one line per trial instead).
     ``teacher``: distil it: the training images are fitted to its answers mixed with their labels
-    (fit.distill_targets), and the run records which model taught it and with what weight.
+    (train.distill), and the run records which model taught it and with what weight.
     """
     ds, s = load_splits(p, ds)
     run_id = active_run_id()

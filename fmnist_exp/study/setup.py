@@ -87,7 +87,27 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     check_reference_run(spec)
     budget = spec.budget.with_command_line(args)
     P.compose(spec.family, study_layers(args, spec))  # what every trial shares: refused now, not in trial 0
-    return Setup(args, spec, budget, D.load(args.data_dir), study_name, url, opened)
+    setup = Setup(args, spec, budget, D.load(args.data_dir), study_name, url, opened)
+    check_ensemble_validation(setup)
+    return setup
+
+
+def check_ensemble_validation(setup: Setup) -> None:
+    """An ensemble (and a network distilled from it) is validated on the images that no seed's
+    split trained on (study/ensemble.py); each seed holds out its own ``val_fraction``, so k seeds
+    leave about ``val_fraction ** k`` of the training set (584 images for 2 seeds at 0.1, 51 for 3,
+    7 for 4, none for 5). Refuse, before any training, seeds that leave none."""
+    if not setup.spec.final.ensemble:
+        return
+    from .ensemble import held_out_by_all
+
+    seeds = setup.final_seeds()
+    val_fraction = setup.final_params({}, seeds[0]).val_fraction
+    if not len(held_out_by_all(setup.ds, val_fraction, seeds)[1]):
+        raise ConfigError(
+            f"{setup.spec.path}: final.seeds={len(seeds)} with ensemble: no training image is held out by all "
+            f"{len(seeds)} seeds' validation splits (each seed holds out its own {val_fraction:g}), so the ensemble "
+            "could not be validated: use fewer seeds, or a larger val_fraction in the study file's fixed")
 
 
 def study_spec(args: TuneArgs, study_name: str, stored: dict[str, Any] | None) -> S.StudySpec:

@@ -337,7 +337,7 @@ def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
         space.load(study_file(tmp_path, "bad", extra), "mlp")
 
 
-def test_ensemble_that_no_image_validates_is_refused_before_training(tracking, tmp_path):
+def test_ensemble_that_no_image_validates_is_refused_before_training(tracking, tmp_path, capsys):
     """Each seed holds out its own validation split; an ensemble is validated on the images all of
     them held out, and five splits of a tenth leave none: refused before any run starts."""
     from fmnist_exp.study import ensemble
@@ -348,10 +348,12 @@ def test_ensemble_that_no_image_validates_is_refused_before_training(tracking, t
                                             r"seeds' validation splits \(each seed holds out its own 0.1\)"):
         tune.run(P.tune_args({"study": path}))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list"), "refused before any run"
-    # three seeds leave a few: allowed, and those are the images the ensemble is scored on
+    # three seeds leave a few: allowed with a warning; those are the images the ensemble is scored on
     s = study_setup.prepare(P.tune_args({"study": study_file(tmp_path, "three", "final: {seeds: 3, ensemble: true}")}))
     x, y = ensemble.held_out_by_all(s.ds, 0.1, s.final_seeds())
     assert 0 < len(y) < 100 and len(x) == len(y)
+    assert (f"warning: final.seeds=3 with ensemble: only {len(y)} training images are held out by all 3 seeds' "
+            "validation splits" in capsys.readouterr().err)
 
 
 def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):

@@ -5,6 +5,7 @@ created or joined, once, and the parent run records how it was set up."""
 from __future__ import annotations
 
 import random
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,18 +93,27 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     return setup
 
 
+FEW_HELD_OUT = 200  # one standard error of a ~95% accuracy is ~1.5 points on 200 images
+
+
 def check_ensemble_validation(setup: Setup) -> None:
     """An ensemble (and a network distilled from it) is validated on the images that no seed's
     split trained on (study/ensemble.py); each seed holds out its own ``val_fraction``, so k seeds
     leave about ``val_fraction ** k`` of the training set (584 images for 2 seeds at 0.1, 51 for 3,
-    7 for 4, none for 5). Refuse, before any training, seeds that leave none."""
+    7 for 4, none for 5). Refuse, before any training, seeds that leave none; warn when they leave
+    so few that the ensemble's validation accuracy tells little."""
     if not setup.spec.final.ensemble:
         return
     from .ensemble import held_out_by_all
 
     seeds = setup.final_seeds()
     val_fraction = setup.final_params({}, seeds[0]).val_fraction
-    if not len(held_out_by_all(setup.ds, val_fraction, seeds)[1]):
+    n = len(held_out_by_all(setup.ds, val_fraction, seeds)[1])
+    if n and n < FEW_HELD_OUT:
+        print(f"[tune] warning: final.seeds={len(seeds)} with ensemble: only {n} training images are held out by all "
+              f"{len(seeds)} seeds' validation splits; the ensemble's (and a distilled network's) validation accuracy "
+              "rests on them alone", file=sys.stderr, flush=True)
+    if not n:
         raise ConfigError(
             f"{setup.spec.path}: final.seeds={len(seeds)} with ensemble: no training image is held out by all "
             f"{len(seeds)} seeds' validation splits (each seed holds out its own {val_fraction:g}), so the ensemble "

@@ -123,6 +123,8 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     ("fixed", "data_dir: /tmp", "'data_dir' is the command line's"),
     ("space", "epochs: {type: int, low: 2, high: 8}", "'epochs' cannot be searched: it is the budget's"),
     ("space", "train_samples: {type: int, low: 500, high: 900}", "'train_samples' cannot be searched"),
+    ("space", "val_fraction: {type: float, low: 0.1, high: 0.3}", "'val_fraction' cannot be searched: it decides "
+                                                                  "which images validate each trial"),
 ])
 def test_values_a_layer_above_would_override_are_refused_in_the_file(section, entry, message):
     """A sampled seed would lose to the command line's (never "not given": 42 by default), so Optuna

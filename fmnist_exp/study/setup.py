@@ -109,15 +109,19 @@ def check_ensemble_validation(setup: Setup) -> None:
     seeds = setup.final_seeds()
     val_fraction = setup.final_params({}, seeds[0]).val_fraction
     n = len(held_out_by_all(setup.ds, val_fraction, seeds)[1])
-    if n and n < FEW_HELD_OUT:
-        print(f"[tune] warning: final.seeds={len(seeds)} with ensemble: only {n} training images are held out by all "
-              f"{len(seeds)} seeds' validation splits; the ensemble's (and a distilled network's) validation accuracy "
-              "rests on them alone", file=sys.stderr, flush=True)
+    k = len(seeds)
+    # about len(y_train) * f**k images are held out by all k splits: the f that leaves FEW_HELD_OUT
+    enough = (FEW_HELD_OUT / len(setup.ds.y_train)) ** (1 / k)
+    said = (f"final.seeds={k} with ensemble: {n or 'no'} training images are held out by all {k} seeds' validation "
+            f"splits (each seed holds out its own {val_fraction:.0%}, val_fraction {val_fraction:g})")
+    advice = "use fewer seeds" + (f", or give the retrains a larger share, e.g. final: {{val_fraction: {enough:.2f}}} "
+                                  f"(about {FEW_HELD_OUT} images held out by all {k}; the trials keep theirs)"
+                                  if enough <= 0.5 else "")
     if not n:
-        raise ConfigError(
-            f"{setup.spec.path}: final.seeds={len(seeds)} with ensemble: no training image is held out by all "
-            f"{len(seeds)} seeds' validation splits (each seed holds out its own {val_fraction:g}), so the ensemble "
-            "could not be validated: use fewer seeds, or a larger val_fraction in the study file's fixed")
+        raise ConfigError(f"{setup.spec.path}: {said}, so the ensemble could not be validated: {advice}")
+    if n < FEW_HELD_OUT:
+        print(f"[tune] warning: {said}: the ensemble's (and a distilled network's) validation accuracy rests on "
+              f"them alone; {advice}", file=sys.stderr, flush=True)
 
 
 def study_spec(args: TuneArgs, study_name: str, stored: dict[str, Any] | None) -> S.StudySpec:

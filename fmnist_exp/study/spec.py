@@ -247,6 +247,9 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in BUDGET_ONLY and key in spec.space:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it is the budget's (budget.{key} for trials, "
                               f"final.{key} for the final retrain), and the command line's --{key} overrides it")
+        elif key == "val_fraction" and section == "space" and not stored:
+            raise ConfigError(f"{where}: 'val_fraction' cannot be searched: it decides which images validate each "
+                              "trial, so the trials would be compared on different images; fix it in 'fixed'")
         if key not in names:
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     P.family(spec.family, spec.fixed)

@@ -34,7 +34,8 @@ def study_model(name: str):
 
     spec = load(name, None)
     point = (spec.enqueue or [{}])[0]
-    values = {k: v for k, v in {**spec.fixed, **point, **spec.final.params}.items() if k not in RUN_ONLY}
+    student = spec.final.student if spec.final.distill else {}  # a distilled study registers its student
+    values = {k: v for k, v in {**spec.fixed, **point, **spec.final.params, **student}.items() if k not in RUN_ONLY}
     p = P.network(spec.family, values)
 
     def one():

@@ -331,6 +331,15 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
                                         "but final.ensemble is off"),
     ("final: {seeds: 2, ensemble: true, distill: 1.5}", "final.distill=1.5: must be a number from 0 (off) to 1"),
     ("final: {seeds: 2, ensemble: true, distill: yes}", "final.distill=True: must be a number"),
+    ("final: {seeds: 2, ensemble: true, student: {hidden_units: '128'}}",
+     "final.student sets the distilled network's parameters, but final.distill is off"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: 128}", "final.student=128: must be a mapping"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {seed: 3}}", "final.student: 'seed' is not the "
+                                                                            "student's to change"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {val_fraction: 0.2}}", "'val_fraction' is not the "
+                                                                                      "student's to change"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {widht: 3}}", "final.student: 'widht' is not a mlp"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {dropout: 1.5}}", "dropout=1.5: must be in"),
 ])
 def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
     with pytest.raises(P.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -335,6 +335,43 @@ def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_p
     assert report["bit_identical"] == 1 and report["passed"] is True
 
 
+def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, tmp_path, dataset, capsys):
+    """final.student: the distilled network trains with its own parameters (a wider layer here) on the
+    first seed's images; its run, the parent run, the console and the report say which, it costs what
+    its shape costs, a resumed study reuses it only for the same student, and `reproduce` rebuilds it."""
+    from fmnist_exp.train.distill import DISTILLED_FROM
+
+    final = "{epochs: 1, seeds: 2, ensemble: true, distill: 0.8, student: {hidden_units: '128'}}"
+    summary, out = seeds_study(tmp_path, capsys, "stu", final)
+    [student] = runs(f"tags.{DISTILLED_FROM} != ''")
+    finals = runs("tags.final_seed != ''")
+    assert student.data.params["hidden_units"] == "128" and student.data.params["seed"] == "42"
+    assert [r.data.params["hidden_units"] for r in finals] == ["64", "64"]
+    assert student.data.tags["distill_student"] == "hidden_units=128"
+    parent = MlflowClient().get_run(student.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["distill_student"] == "hidden_units=128"
+    assert "into one network (hidden_units=128), seed 42: targets 0.8 its answers" in out
+    assert student.data.metrics["cost_mmacs_per_image"] > 1.9 * finals[0].data.metrics["cost_mmacs_per_image"]
+    mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
+    assert mv.tags["source_run_id"] == student.info.run_id
+    page = MlflowClient().download_artifacts(parent.info.run_id, "study/report.html", str(tmp_path))
+    assert "one network of the final recipe with hidden_units=128 (<code>final.student</code>)" in open(page).read()
+
+    study = tmp_path / "stu.yaml"  # resumed: the same student is not trained again; without one it is
+    tune.register_only(P.command("register", {"family": "mlp", "study": str(study)}))
+    assert [r.info.run_id for r in runs(f"tags.{DISTILLED_FROM} != ''")] == [student.info.run_id]
+    study.write_text(study.read_text().replace(", student: {hidden_units: '128'}", ""))
+    tune.register_only(P.command("register", {"family": "mlp", "study": str(study)}))
+    [plain] = [r for r in runs(f"tags.{DISTILLED_FROM} != ''") if r.info.run_id != student.info.run_id]
+    assert plain.data.params["hidden_units"] == "64" and "distill_student" not in plain.data.tags
+
+    proc = cli(["reproduce", "--model_uri", student.data.tags["model_uri"], "--exact", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [rebuild] = runs(f"tags.reproduces_run_id = '{student.info.run_id}'")
+    assert rebuild.data.params["hidden_units"] == "128"
+    assert last_json(proc.stdout)["bit_identical"] == 1
+
+
 def test_distill_targets_mix_the_teacher_and_the_label():
     from fmnist_exp.train.distill import distill_targets
 

@@ -35,12 +35,14 @@ class Candidate:
         return self.test_labels
 
 
-def finished(filter_string: str, trial_number: int, origin: str, val_metric: str = VAL_FINAL_ACC) -> Candidate | None:
-    """A FINISHED run of a resumed study (matching ``filter_string``) that logged its models, as the
-    candidate it was (its validation accuracy: ``val_metric``); None when there is none and it must be trained."""
+def finished(filter_string: str, trial_number: int, origin: str, val_metric: str = VAL_FINAL_ACC,
+             without_tag: str | None = None) -> Candidate | None:
+    """A FINISHED run of a resumed study (matching ``filter_string``, and without a value for tag
+    ``without_tag``) that logged its models, as the candidate it was (its validation accuracy:
+    ``val_metric``); None when there is none and it must be trained."""
     done = mlflow.search_runs(filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
                               output_format="list")
-    done = [r for r in done if r.data.tags.get("model_uri")]
+    done = [r for r in done if r.data.tags.get("model_uri") and not (without_tag and r.data.tags.get(without_tag))]
     if not done:
         return None
     r = done[0]

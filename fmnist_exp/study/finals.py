@@ -6,10 +6,13 @@ the average's answers instead. A resumed study reuses finished retrains."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow
 import numpy as np
 import optuna
 
+from .. import params as P
 from .. import stats
 from ..data import Dataset
 from ..metrics import TEST_ACC
@@ -27,7 +30,7 @@ from .candidate import (
     finished,
 )
 from .setup import Setup
-from .summary import DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED, DISTILLED, ENSEMBLE, SeedStats
+from .summary import DISTILL_STUDENT, DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED, DISTILLED, ENSEMBLE, SeedStats
 
 
 def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedStats | None] | None:
@@ -94,21 +97,37 @@ def paired_report(a: Candidate, b: Candidate, ds: Dataset, prefix: str, names: t
 VAL_HELD_OUT_BY_ALL = "val_accuracy_held_out_by_all_seeds"
 
 
+def student_tag(p: P.NetworkParams, student: dict[str, Any]) -> str:
+    """``final.student``'s parameters as the student trained with them ("filters=32,64,192,384"):
+    the resolved values, so that two spellings of one value are one student."""
+    flat = p.flat()
+    return ", ".join(f"{key}={flat[key]}" for key in sorted(student))
+
+
 def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candidate, seed: int) -> Candidate:
-    """One network of the final recipe (``seed``: the first seed's images and start) fitted to the
-    ensemble's answers (``final.distill``), in a nested run of its own; a resumed study reuses it
-    (same teacher, same weight). As a candidate its validation accuracy is that on the images no
-    seed trained on, like the ensemble's: the other seeds trained on most of its own split."""
+    """One network of the final recipe with ``final.student``'s changes (``seed``: the first seed's
+    images and start) fitted to the ensemble's answers (``final.distill``), in a nested run of its
+    own; a resumed study reuses it (same teacher, weight and student). As a candidate its validation
+    accuracy is that on the images no seed trained on, like the ensemble's: the other seeds trained on
+    most of its own split."""
     study_name = setup.study_name
     weight = float(setup.spec.final.distill)
+    p = setup.student_params(best.user_attrs["config"], seed)
+    student = student_tag(p, setup.spec.final.student)
     tags = {"optuna_study": study_name, "final_of_trial": str(best.number), "distilled_seed": str(seed),
-            DISTILLED_FROM: teacher.run_id}
+            DISTILLED_FROM: teacher.run_id, **({DISTILL_STUDENT: student} if student else {})}
+    if student:  # on the parent run too, for the report
+        mlflow.set_tag(DISTILL_STUDENT, student)
+    # the same teacher, weight and student's own parameters (a run that had none has no such tag)
     done = finished(f"tags.optuna_study = '{study_name}' and tags.{DISTILLED_FROM} = '{teacher.run_id}' "
-                    f"and params.{DISTILL_WEIGHT} = '{weight}'", best.number, DISTILLED_NETWORK, VAL_HELD_OUT_BY_ALL)
+                    f"and params.{DISTILL_WEIGHT} = '{weight}'"
+                    + (f" and tags.{DISTILL_STUDENT} = '{student}'" if student else ""),
+                    best.number, DISTILLED_NETWORK, VAL_HELD_OUT_BY_ALL,
+                    without_tag=None if student else DISTILL_STUDENT)
     if done:
         return done
-    p = setup.final_params(best.user_attrs["config"], seed)
-    print(f"[tune] distilling the ensemble (run {teacher.run_id}) into one network, seed {seed}: targets "
+    shape = f" ({student})" if student else ""
+    print(f"[tune] distilling the ensemble (run {teacher.run_id}) into one network{shape}, seed {seed}: targets "
           f"{weight:g} its answers, {1 - weight:g} the labels", flush=True)
     with mlflow.start_run(run_name=f"distilled (trial {best.number}, seed {seed})", nested=True, tags=tags) as run:
         res = job.train_in_run(p, ds=setup.ds, evaluate_test=False, extra_tags=tags, echo="[tune] distilled",

@@ -34,7 +34,7 @@ from ..train import plots
 from . import front as F
 from .space import suggest
 from .spec import StudySpec
-from .summary import DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED
+from .summary import DISTILL_STUDENT, DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED
 
 ARTIFACT = "study/report.html"
 TOP = 5  # trials whose learning curves are drawn
@@ -80,6 +80,7 @@ class StudyReport:
     ensemble: Comparison | None = None  # final.ensemble: the average against the best-validated seed
     distilled: list[Comparison] = field(default_factory=list)  # final.distill: the student against both
     distilled_seed: int = -1  # the best-validated seed it is compared with
+    distilled_student: str = ""  # what it changed of the final recipe (final.student), as its run's tag says
     front: list[F.FrontPoint] | None = None  # several objectives: the complete trials as points
     front_figure: bytes | None = None  # Optuna's Pareto plot as logged
     constraints: dict[str, float] = field(default_factory=dict)  # the study's budget
@@ -122,7 +123,7 @@ def gather(study: optuna.Study, parent_run_id: str, spec: StudySpec, top: int = 
         ensemble=comparison(metrics, "ensemble_gain_", "ensemble", "seed"),
         distilled=[c for c in (comparison(metrics, DISTILL_VS_ENSEMBLE, "distilled", "ensemble"),
                                comparison(metrics, DISTILL_VS_SEED, "distilled", "seed")) if c is not None],
-        distilled_seed=int(metrics.get("ensemble_gain_seed", -1)),
+        distilled_seed=int(metrics.get("ensemble_gain_seed", -1)), distilled_student=tags.get(DISTILL_STUDENT, ""),
         front=F.points(study, spec.goals) if spec.goals.multi else None, front_figure=front_figure,
         constraints=spec.goals.constraints,
     )
@@ -271,7 +272,8 @@ def _ensemble(r: StudyReport) -> str:
 
 
 def _distilled(r: StudyReport) -> str:
-    return ("<p>The registered model is one network of the final recipe fitted to the average's answers "
+    student = f" with {_e(r.distilled_student)} (<code>final.student</code>)" if r.distilled_student else ""
+    return (f"<p>The registered model is one network of the final recipe{student} fitted to the average's answers "
             "(<code>final.distill</code>): one network's inference cost. Against its teacher and against the "
             f"best-validated seed ({r.distilled_seed}), on the same test images:</p>"
             + "".join(_comparison_table(c) for c in r.distilled))

@@ -49,6 +49,11 @@ class Setup:
         """The best configuration retrained with the study file's ``final`` and ``seed``."""
         return P.compose(self.spec.family, self.layers(config, {**self.spec.final.params, "seed": seed}))
 
+    def student_params(self, config: dict[str, Any], seed: int) -> P.NetworkParams:
+        """The distilled network's: the final retrain's with the study file's ``final.student``."""
+        final = {**self.spec.final.params, **self.spec.final.student, "seed": seed}
+        return P.compose(self.spec.family, self.layers(config, final))
+
     def final_seeds(self) -> list[int]:
         """seed, seed+1, ... for ``final.seeds`` retrains; ``final`` may name the first seed."""
         first = self.spec.final.params.get("seed", self.args.seed)

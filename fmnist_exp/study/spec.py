@@ -11,7 +11,8 @@ costs seconds, not a study. docs/studies.md describes every key; in short:
   ``seeds: k`` retrains it with seeds seed..seed+k-1 and registers the one with the best
   *validation* accuracy, or with ``ensemble: true`` their average (k times the inference cost);
   ``distill: w`` then trains one more network (the first seed) on the average's answers (share w of
-  each target, the label the rest) and registers it: one network's inference cost (study/finals.py).
+  each target, the label the rest) and registers it: one network's inference cost (study/finals.py);
+  ``student: {...}`` gives that network its own parameters (e.g. wider ``filters``).
 - ``reference``: what the study's gain is measured against, on the same test images (the paired
   difference with a bootstrap 95% interval and an exact McNemar p-value)::
 
@@ -126,6 +127,7 @@ class Final:
     seeds: int = 1
     ensemble: bool = False
     distill: float = 0.0  # > 0: one more network fitted to the ensemble's answers (this share) is registered
+    student: dict[str, Any] = field(default_factory=dict)  # what that network changes of the final recipe
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     seeds = final.pop("seeds", 1)  # not a family parameter: how many times the final retrain runs
     ensemble = final.pop("ensemble", False)  # nor this: what is registered of the seeds' models
     distill = final.pop("distill", 0.0)  # nor this: a student of the ensemble registered instead
+    student = final.pop("student", None)  # the student's own family parameters (e.g. wider filters)
     spec = StudySpec(
         path=path,
         text=text,
@@ -216,7 +219,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         pruner=dict(raw.get("pruner", {"type": "none" if goals.multi else "median"})),  # no pruning with several
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
         goals=goals,
-        final=Final(final, seeds, ensemble, distill),
+        final=Final(final, seeds, ensemble, distill, {} if student is None else student),
         enqueue=list(raw.get("enqueue") or []),
         reference=parse_reference(raw.get("reference", "default"), str(path)),
     )
@@ -264,6 +267,7 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         raise ConfigError(f"{where}: final.ensemble averages the final retrain's seeds, but final.seeds is "
                           f"{seeds}: set final.seeds to 2 or more, or drop ensemble")
     check_distill(spec.final, where)
+    check_student(spec, where)
     check_reference(spec, where)
     for key, dist in spec.space.items():
         for value in dist.corners():
@@ -284,6 +288,31 @@ def check_distill(final: Final, where: str) -> None:
     if weight and not final.ensemble:
         raise ConfigError(f"{where}: final.distill trains one network on the answers of the seeds' average, but "
                           "final.ensemble is off: set ensemble: true (and seeds: 2 or more), or drop distill")
+
+
+STUDENT_KEEPS = ("seed", "data_dir", "val_fraction", "train_samples")  # the first seed's images and split
+
+
+def check_student(spec: StudySpec, where: str) -> None:
+    """``final.student``: family parameters in which the distilled network differs from the final
+    recipe (its shape, its schedule); not its images, split or seed, which are the first seed's: the
+    teacher answers on those images and the ensemble is validated on what no seed trained on."""
+    student = spec.final.student
+    if not isinstance(student, dict):
+        raise ConfigError(f"{where}: final.student={student!r}: must be a mapping of {spec.family} parameters "
+                          "the distilled network changes, e.g. {filters: \"32,64,192,384\"}")
+    if student and not spec.final.distill:
+        raise ConfigError(f"{where}: final.student sets the distilled network's parameters, but final.distill is "
+                          "off: set distill (e.g. 0.8), or drop student")
+    names = {p.name for p in family_params(spec.family)}
+    for key in student:
+        if key in STUDENT_KEEPS:
+            raise ConfigError(f"{where}: final.student: {key!r} is not the student's to change: it trains on the "
+                              f"first seed's images, split and start (the teacher answers on those); remove it")
+        if key not in names:
+            raise ConfigError(f"{where}: final.student: {key!r} is not a {spec.family} parameter; known: "
+                              f"{', '.join(sorted(names))}")
+    P.family(spec.family, {**spec.fixed, **spec.final.params, **student})
 
 
 def check_reference(spec: StudySpec, where: str) -> None:

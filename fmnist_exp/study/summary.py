@@ -14,6 +14,7 @@ from ..stats import PairedComparison
 ENSEMBLE = "ensemble"  # SeedStats.registered when the seeds' average is registered
 DISTILLED = "distilled"  # SeedStats.registered when a network distilled from that average is
 DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED = "distilled_vs_ensemble_", "distilled_vs_seed_"  # metric prefixes
+DISTILL_STUDENT = "distill_student"  # tag: what the distilled network changed of the final recipe (final.student)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ def study_model(name: str):
     model = average([one() for _ in range(spec.final.seeds)]) if averaged else one()
     return model, networks.summary_tags(p)['arch'] + (
         ", tta_flip" if p.tta_flip else "") + (f", tta_shift {p.tta_shift}" if p.tta_shift else "") + (
-        f", ensemble of {spec.final.seeds}" if averaged else "") + (", distilled" if spec.final.distill else "")
+        f", ensemble of {spec.final.seeds}" if averaged else "") + (", distilled" if spec.final.distill else "") + (
+        "".join(f", student {k}={v}" for k, v in sorted(student.items())))
 
 
 def main() -> None:

@@ -37,8 +37,8 @@ def main() -> None:
             "best_val_accuracy", "test_accuracy", "test_macro_f1", "candidate", "alias", "decision",
             "final_seeds", "final_seeds_val_accuracy", "final_seeds_test_accuracy", "final_seeds_test_accuracy_mean",
             "final_seeds_test_accuracy_std", "final_seed_registered", "ensemble_gain",
-            "ensemble_gain_ensemble_test_accuracy", "distilled_vs_ensemble", "distilled_vs_seed", "reference",
-            "reference_epochs",
+            "ensemble_gain_ensemble_test_accuracy", "distilled_vs_ensemble", "distilled_vs_seed",
+            "distill_student", "reference", "reference_epochs",
             "gain",
             "gain_candidate_test_accuracy", "gain_reference_test_accuracy")
     out = {"machine": machine(), "family": args.family, "study": args.study or args.family,

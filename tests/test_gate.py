@@ -339,6 +339,10 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {val_fraction: 0.2}}", "'val_fraction' is not the "
                                                                                       "student's to change"),
     ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {widht: 3}}", "final.student: 'widht' is not a mlp"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {train_samples: 100}}", "'train_samples' is not the "
+                                                                                       "student's to change"),
+    ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {data_dir: /tmp}}", "'data_dir' is not the "
+                                                                                   "student's to change"),
     ("final: {seeds: 2, ensemble: true, distill: 0.8, student: {dropout: 1.5}}", "dropout=1.5: must be in"),
 ])
 def test_bad_reference_or_seeds_refused(tmp_path, extra, message):

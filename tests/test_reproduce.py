@@ -357,19 +357,43 @@ def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, 
     page = MlflowClient().download_artifacts(parent.info.run_id, "study/report.html", str(tmp_path))
     assert "one network of the final recipe with hidden_units=128 (<code>final.student</code>)" in open(page).read()
 
-    study = tmp_path / "stu.yaml"  # resumed: the same student is not trained again; without one it is
-    tune.register_only(P.command("register", {"family": "mlp", "study": str(study)}))
-    assert [r.info.run_id for r in runs(f"tags.{DISTILLED_FROM} != ''")] == [student.info.run_id]
-    study.write_text(study.read_text().replace(", student: {hidden_units: '128'}", ""))
-    tune.register_only(P.command("register", {"family": "mlp", "study": str(study)}))
+    assert "registered: one network (hidden_units=128) distilled from their average" in out
+    assert summary["distill_student"] == "hidden_units=128"
+
+    study = tmp_path / "stu.yaml"
+    first = study.read_text()
+
+    def resumed(student: str) -> list[str]:
+        """The study registered again with ``student`` in its file: the distilled runs there are then."""
+        study.write_text(first.replace(", student: {hidden_units: '128'}", student))
+        tune.register_only(P.command("register", {"family": "mlp", "study": str(study)}))
+        return sorted(r.info.run_id for r in runs(f"tags.{DISTILLED_FROM} != ''"))
+
+    # the same student (spelt otherwise) is not trained again; without one a network of the final
+    # recipe is, and a student that changes nothing is that network
+    assert resumed(", student: {hidden_units: 128}") == [student.info.run_id]
+    assert len(resumed("")) == 2
     [plain] = [r for r in runs(f"tags.{DISTILLED_FROM} != ''") if r.info.run_id != student.info.run_id]
     assert plain.data.params["hidden_units"] == "64" and "distill_student" not in plain.data.tags
+    assert resumed(", student: {hidden_units: '64'}") == sorted([student.info.run_id, plain.info.run_id])
 
     proc = cli(["reproduce", "--model_uri", student.data.tags["model_uri"], "--exact", "true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [rebuild] = runs(f"tags.reproduces_run_id = '{student.info.run_id}'")
     assert rebuild.data.params["hidden_units"] == "128"
     assert last_json(proc.stdout)["bit_identical"] == 1
+
+
+def test_student_over_the_cost_bounds_is_refused_before_the_retrains(tracking, tmp_path, capsys):
+    """A student the study's cost bounds (known before training) would not let be registered is
+    refused after the search, before any final retrain trains."""
+    study = tmp_path / "big.yaml"
+    final = "final: {epochs: 1, seeds: 2, ensemble: true, distill: 0.8, student: {hidden_units: '1024'}}"
+    study.write_text(STUDY.replace("final: {epochs: 2}", final) + "reference: off\nconstraints: {params: 100000}\n")
+    with pytest.raises(P.ConfigError, match=r"final.student \(hidden_units=1024\) would cost params 8\.\d+e\+05 > "
+                                            r"100000, over the study's constraints"):
+        tune.run(P.tune_args({"family": "mlp", "study": str(study)}))
+    assert runs("tags.trial_state = 'COMPLETE'") and not runs("tags.final_seed != ''")
 
 
 def test_distill_targets_mix_the_teacher_and_the_label():

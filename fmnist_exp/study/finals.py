@@ -12,10 +12,10 @@ import mlflow
 import numpy as np
 import optuna
 
-from .. import params as P
 from .. import stats
 from ..data import Dataset
 from ..metrics import TEST_ACC
+from ..params import ConfigError
 from ..train import job
 from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, Teacher
 from ..train.evaluate import evaluate
@@ -29,6 +29,7 @@ from .candidate import (
     cost_metrics,
     finished,
 )
+from .objective import static_costs
 from .setup import Setup
 from .summary import DISTILL_STUDENT, DISTILL_VS_ENSEMBLE, DISTILL_VS_SEED, DISTILLED, ENSEMBLE, SeedStats
 
@@ -42,12 +43,13 @@ def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedSt
         return Candidate(best.user_attrs["mlflow_run_id"], best.user_attrs["model_uri"],
                          best.user_attrs["classifier_uri"], best.values[0], best.number, BEST_TRIAL), None
     seeds = setup.final_seeds()
+    student = student_tag(setup, best.user_attrs["config"], seeds[0]) if setup.spec.final.distill else ""
     finals = [final_run(setup, best, seed) for seed in seeds]
     by_val = max(finals, key=lambda cand: cand.val_accuracy)
     chosen = ensemble_run(setup, best, finals, seeds) if setup.spec.final.ensemble else by_val
     teacher = chosen
     if setup.spec.final.distill:
-        chosen = distilled_run(setup, best, teacher, seeds[0])
+        chosen = distilled_run(setup, best, teacher, seeds[0], student)
     if len(finals) <= 1:
         return chosen, None
     # the spread a seed alone makes, next to the gain a study claims
@@ -71,7 +73,7 @@ def pick_candidate(setup: Setup, study: optuna.Study) -> tuple[Candidate, SeedSt
         vs_seed = paired_report(chosen, by_val, setup.ds, DISTILL_VS_SEED, ("distilled", "seed"),
                                 f"distilled network against the seed {gain_seed}")
     return chosen, SeedStats(seeds, [c.val_accuracy for c in finals], accs, mean, std, registered, gain, gain_seed,
-                             vs_ensemble, vs_seed)
+                             vs_ensemble, vs_seed, student)
 
 
 def ensemble_gain(ens: Candidate, seed_model: Candidate, seed: int, ds: Dataset) -> stats.PairedComparison:
@@ -97,23 +99,34 @@ def paired_report(a: Candidate, b: Candidate, ds: Dataset, prefix: str, names: t
 VAL_HELD_OUT_BY_ALL = "val_accuracy_held_out_by_all_seeds"
 
 
-def student_tag(p: P.NetworkParams, student: dict[str, Any]) -> str:
-    """``final.student``'s parameters as the student trained with them ("filters=32,64,192,384"):
-    the resolved values, so that two spellings of one value are one student."""
-    flat = p.flat()
-    return ", ".join(f"{key}={flat[key]}" for key in sorted(student))
+def student_tag(setup: Setup, config: dict[str, Any], seed: int) -> str:
+    """What ``final.student`` changes of the final recipe, as the student trains with it
+    ("filters=32,64,192,384"; "" for no change): resolved values, so that two spellings of one value
+    are one student. Refused before the final retrains when the study's cost bounds that are known
+    before training (e.g. ``mmacs_per_image``) would not let the student be registered."""
+    p = setup.student_params(config, seed)
+    student, final = p.flat(), setup.final_params(config, seed).flat()
+    changed = ", ".join(f"{key}={student[key]}" for key in sorted(setup.spec.final.student)
+                        if student[key] != final[key])
+    study_goals = setup.spec.goals
+    broken = study_goals.broken(static_costs(p)) if changed and study_goals.static_constraints() else []
+    if broken:
+        raise ConfigError(f"{setup.spec.path}: final.student ({changed}) would cost {'; '.join(broken)}, over the "
+                          "study's constraints, so the network distilled with it could not be registered; nothing "
+                          "was retrained: give final.student a network within them, or drop it, and run again")
+    return changed
 
 
-def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candidate, seed: int) -> Candidate:
+def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candidate, seed: int,
+                  student: str) -> Candidate:
     """One network of the final recipe with ``final.student``'s changes (``seed``: the first seed's
     images and start) fitted to the ensemble's answers (``final.distill``), in a nested run of its
-    own; a resumed study reuses it (same teacher, weight and student). As a candidate its validation
-    accuracy is that on the images no seed trained on, like the ensemble's: the other seeds trained on
-    most of its own split."""
+    own (``student``: what it changes, :func:`student_tag`); a resumed study reuses it (same teacher,
+    weight and student). As a candidate its validation accuracy is that on the images no seed trained
+    on, like the ensemble's: the other seeds trained on most of its own split."""
     study_name = setup.study_name
     weight = float(setup.spec.final.distill)
     p = setup.student_params(best.user_attrs["config"], seed)
-    student = student_tag(p, setup.spec.final.student)
     tags = {"optuna_study": study_name, "final_of_trial": str(best.number), "distilled_seed": str(seed),
             DISTILLED_FROM: teacher.run_id, **({DISTILL_STUDENT: student} if student else {})}
     if student:  # on the parent run too, for the report

@@ -272,9 +272,11 @@ def _ensemble(r: StudyReport) -> str:
 
 
 def _distilled(r: StudyReport) -> str:
-    student = f" with {_e(r.distilled_student)} (<code>final.student</code>)" if r.distilled_student else ""
+    # a student of its own shape costs what that shape costs (its run's cost_* metrics), not a seed's
+    student, cost = ((f" with {_e(r.distilled_student)} (<code>final.student</code>)", "one forward pass per image")
+                     if r.distilled_student else ("", "one network's inference cost"))
     return (f"<p>The registered model is one network of the final recipe{student} fitted to the average's answers "
-            "(<code>final.distill</code>): one network's inference cost. Against its teacher and against the "
+            f"(<code>final.distill</code>): {cost}. Against its teacher and against the "
             f"best-validated seed ({r.distilled_seed}), on the same test images:</p>"
             + "".join(_comparison_table(c) for c in r.distilled))
 

@@ -12,7 +12,7 @@ costs seconds, not a study. docs/studies.md describes every key; in short:
   *validation* accuracy, or with ``ensemble: true`` their average (k times the inference cost);
   ``distill: w`` then trains one more network (the first seed) on the average's answers (share w of
   each target, the label the rest) and registers it: one network's inference cost (study/finals.py);
-  ``student: {...}`` gives that network its own parameters (e.g. wider ``filters``).
+  ``student: {...}`` gives that network its own parameters (e.g. wider ``filters``), and its own cost.
 - ``reference``: what the study's gain is measured against, on the same test images (the paired
   difference with a bootstrap 95% interval and an exact McNemar p-value)::
 

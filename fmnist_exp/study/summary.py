@@ -73,6 +73,7 @@ class SeedStats:
     ensemble_gain_seed: int | None = None
     distilled_vs_ensemble: PairedComparison | None = None  # final.distill: the student against its teacher
     distilled_vs_seed: PairedComparison | None = None  # ... and against the best-validated seed
+    distill_student: str = ""  # what the distilled network changed of the final recipe (final.student)
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -86,6 +87,8 @@ class SeedStats:
                                    (DISTILL_VS_SEED, "seed", self.distilled_vs_seed)):
             if cmp is not None:
                 out.update({**cmp.fields(prefix, "distilled", other), prefix.rstrip("_"): cmp.describe()})
+        if self.distill_student:
+            out[DISTILL_STUDENT] = self.distill_student
         return out
 
 
@@ -140,8 +143,9 @@ def print_summary(s: StudySummary) -> None:
     if s.seeds is not None:
         each = ", ".join(f"seed {seed} {t:.4f} (val {v:.4f})"
                          for seed, t, v in zip(s.seeds.seeds, s.seeds.test_accuracy, s.seeds.val_accuracy, strict=True))
+        student = f" ({s.seeds.distill_student})" if s.seeds.distill_student else ""
         registered = {ENSEMBLE: "registered: their average (ensemble)",
-                      DISTILLED: "registered: one network distilled from their average"}.get(
+                      DISTILLED: f"registered: one network{student} distilled from their average"}.get(
             str(s.seeds.registered), f"registered seed {s.seeds.registered} (best validation accuracy)")
         lines.append(f"[tune] final retrain over {len(s.seeds.seeds)} seeds: test accuracy mean {s.seeds.mean:.4f}, "
                      f"sd {s.seeds.std:.4f} ({each}); {registered}")

@@ -355,7 +355,8 @@ def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, 
     mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
     assert mv.tags["source_run_id"] == student.info.run_id
     page = MlflowClient().download_artifacts(parent.info.run_id, "study/report.html", str(tmp_path))
-    assert "one network of the final recipe with hidden_units=128 (<code>final.student</code>)" in open(page).read()
+    assert ("one network of the final recipe with hidden_units=128 (<code>final.student</code>) fitted to the "
+            "average's answers (<code>final.distill</code>): its own shape's inference cost") in open(page).read()
 
     assert "registered: one network (hidden_units=128) distilled from their average" in out
     assert summary["distill_student"] == "hidden_units=128"

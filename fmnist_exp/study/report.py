@@ -273,7 +273,7 @@ def _ensemble(r: StudyReport) -> str:
 
 def _distilled(r: StudyReport) -> str:
     # a student of its own shape costs what that shape costs (its run's cost_* metrics), not a seed's
-    student, cost = ((f" with {_e(r.distilled_student)} (<code>final.student</code>)", "one forward pass per image")
+    student, cost = ((f" with {_e(r.distilled_student)} (<code>final.student</code>)", "its own shape's inference cost")
                      if r.distilled_student else ("", "one network's inference cost"))
     return (f"<p>The registered model is one network of the final recipe{student} fitted to the average's answers "
             f"(<code>final.distill</code>): {cost}. Against its teacher and against the "

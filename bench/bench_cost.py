@@ -34,7 +34,7 @@ def study_model(name: str):
 
     spec = load(name, None)
     point = (spec.enqueue or [{}])[0]
-    student = spec.final.student if spec.final.distill else {}  # a distilled study registers its student
+    student = spec.final.student  # a distilled study registers its student (spec.check: empty without distill)
     values = {k: v for k, v in {**spec.fixed, **point, **spec.final.params, **student}.items() if k not in RUN_ONLY}
     p = P.network(spec.family, values)
 

@@ -57,6 +57,29 @@ def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
     assert precision.resolve_precision("float32") == "float32"
 
 
+def test_residual_blocks_add_each_input_pooled_alongside_and_projected_where_the_width_changes(dataset):
+    import keras
+
+    p = P.network("cnn", {"filters": "8,16,16", "convs_per_block": 2, "dense_units": 0, "residual": True})
+    m = networks.build_cnn(p)
+    adds = [layer for layer in m.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 3
+    projections = [layer.filters for layer in m.layers if isinstance(layer, keras.layers.Conv2D)
+                   and layer.kernel_size == (1, 1)]
+    assert projections == [8, 16]  # 1 -> 8 and 8 -> 16 channels; the third block's 16 -> 16 is the identity
+    assert networks.summary_tags(p)["arch"] == "cnn 8,16,16 x2 res d0 bn"
+    x = dataset.x_test[:3].astype("float32")
+    last = adds[-1]
+    main_path, shortcut = (keras.Model(m.input, t)(x) for t in last.input)
+    block_out = keras.Model(m.input, last.output)(x)
+    np.testing.assert_allclose(np.asarray(block_out), np.asarray(main_path) + np.asarray(shortcut), rtol=1e-6)
+    # the identity shortcut is the previous block's output, max-pooled as the main path is (pool_first)
+    previous = keras.Model(m.input, adds[1].output)(x)
+    pooled = keras.layers.MaxPooling2D()(keras.layers.ReLU()(previous))
+    np.testing.assert_allclose(np.asarray(shortcut), np.asarray(pooled), rtol=1e-6)
+    assert networks.build_cnn(P.replaced(p, residual=False)).count_params() < m.count_params()
+
+
 def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset):
     """FusedBatchNormalization (training only) computes what Keras' BatchNormalization
     computes, forward, backward and moving statistics; the copy that is logged has Keras' layers,

@@ -149,6 +149,10 @@ def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded()
     recorded = reproduce.as_trained(names, logged)
     assert recorded["ema"] == 0.0 and recorded["tta_shift"] == 0 and set(names) <= set(recorded)
     assert "aug_erase" not in reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase"})
+    cnn = P.network("cnn")
+    before = {k: str(v) for k, v in cnn.flat().items() if k != "residual"}
+    assert reproduce.as_trained([p.name for p in P.table.family_params("cnn")], before)["residual"] is False
+    assert P.replaced(cnn, residual=False).digest() == cnn.digest() != P.replaced(cnn, residual=True).digest()
 
 
 def test_version_tags_redact_the_storage_password(tracking):

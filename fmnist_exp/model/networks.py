@@ -51,6 +51,8 @@ def build_cnn(p: CnnParams, *, fused: bool = False) -> keras.Model:
     block (VGG style) cost ~4x the FLOPs and buy accuracy only with long, augmented training.
     ``pool_first`` pools right after a block's last convolution, so batch norm and ReLU touch a
     quarter of the values (max-pooling commutes with ReLU; BN sees pooled statistics).
+    ``residual`` adds each block's input to its last convolution's output before that ReLU (a
+    ResNet shortcut: pooled alongside, projected by a 1x1 convolution where the width changes).
     """
     batch_norm = FusedBatchNormalization if fused else layers.BatchNormalization
     inp, h = _inputs()
@@ -58,13 +60,21 @@ def build_cnn(p: CnnParams, *, fused: bool = False) -> keras.Model:
     reg = regularizers.L2(p.l2) if p.l2 else None
     n = p.convs_per_block
     for f in p.filters:
+        block_in = h
         for i in range(n):
             h = layers.Conv2D(f, 3, padding="same", use_bias=not p.batch_norm, kernel_regularizer=reg)(h)
             if p.pool_first and i == n - 1:
                 h = layers.MaxPooling2D()(h)
             if p.batch_norm:
                 h = batch_norm(momentum=0.9)(h)  # stats settle within ~30 steps, not ~300
-            h = layers.ReLU()(h)
+            if not (p.residual and i == n - 1):
+                h = layers.ReLU()(h)
+        if p.residual:
+            s = layers.MaxPooling2D()(block_in) if p.pool_first else block_in
+            if s.shape[-1] != f:
+                s = layers.Conv2D(f, 1, use_bias=not p.batch_norm, kernel_regularizer=reg)(s)
+                s = batch_norm(momentum=0.9)(s) if p.batch_norm else s
+            h = layers.ReLU()(layers.Add()([h, s]))
         if not p.pool_first:
             h = layers.MaxPooling2D()(h)
     h = layers.Flatten()(h)
@@ -97,7 +107,8 @@ def summary_tags(p: NetworkParams) -> dict[str, str]:
         return {"family": "mlp", "arch": f"mlp {_widths(p.hidden_units)} {p.activation}"}
     bn = " bn" if p.batch_norm else ""
     depth = f" x{p.convs_per_block}" if p.convs_per_block != 1 else ""
-    return {"family": "cnn", "arch": f"cnn {_widths(p.filters)}{depth} d{p.dense_units}{bn}"}
+    res = " res" if p.residual else ""
+    return {"family": "cnn", "arch": f"cnn {_widths(p.filters)}{depth}{res} d{p.dense_units}{bn}"}
 
 
 def _widths(widths: tuple[int, ...]) -> str:

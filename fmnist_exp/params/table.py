@@ -162,6 +162,8 @@ FAMILY_PARAMS = {
               int_list(1, 1024, max_len=4)),
         Param("convs_per_block", 1, "3x3 convolutions before each pooling", in_range(1, 3)),
         Param("pool_first", True, "max-pool before batch norm and ReLU (4x fewer of their operations)"),
+        Param("residual", False, "add each block's input to its output (a ResNet shortcut, 1x1-projected where "
+              "the width changes)"),
         Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
         Param("batch_norm", True, "batch normalisation after every convolution"),
         *NET_COMMON,

@@ -23,7 +23,7 @@ def _flat_value(v: Any) -> Any:
 
 
 # Fit parameters added after runs were logged without them, and the value that trains as those runs did.
-ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0}
+ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +103,7 @@ class CnnParams(FitParams):
     filters: tuple[int, ...]
     convs_per_block: int
     pool_first: bool
+    residual: bool
     dense_units: int  # 0 = no dense layer before the softmax
     batch_norm: bool
 

@@ -352,22 +352,24 @@ def test_bad_reference_or_seeds_refused(tmp_path, extra, message):
 
 def test_ensemble_that_no_image_validates_is_refused_before_training(tracking, tmp_path, capsys):
     """Each seed holds out its own validation split; an ensemble is validated on the images all of
-    them held out, and five splits of a tenth leave none: refused before any run starts, with the
-    share that would leave enough."""
+    them held out, and five splits of a tenth leave none: refused before any run starts, with one
+    shared split or the share that would leave enough."""
     from fmnist_exp.study import ensemble
     from fmnist_exp.study import setup as study_setup
 
     path = study_file(tmp_path, "five", "final: {epochs: 1, seeds: 5, ensemble: true}")
     with pytest.raises(P.ConfigError, match=r"final.seeds=5 with ensemble: no training images are held out by all 5 "
                                             r"seeds' validation splits \(each seed holds out its own 10%, "
-                                            r"val_fraction 0.1\), so the ensemble could not be validated: use fewer "
-                                            r"seeds, or .* final: \{val_fraction: 0.32\}"):
+                                            r"val_fraction 0.1\), so the ensemble could not be validated: share one "
+                                            r"split, final: \{split_seed: 42\} \(every seed then holds out the same "
+                                            r"6,000 images\), use fewer seeds, or .* final: \{val_fraction: 0.32\}"):
         tune.run(P.tune_args({"study": path}))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list"), "refused before any run"
 
     def held_out(final):
         s = study_setup.prepare(P.tune_args({"study": study_file(tmp_path, "s", f"final: {final}")}))
-        return s, ensemble.held_out_by_all(s.ds, s.final_params({}, 42).val_fraction, s.final_seeds())[1]
+        first = s.final_params({}, 42)
+        return s, ensemble.held_out_by_all(s.ds, first.val_fraction, s.final_seeds(), split_seed=first.split_seed)[1]
 
     # the retrains' own share (final.val_fraction) is the one counted: five at 35% leave enough
     s, y = held_out("{seeds: 5, ensemble: true, val_fraction: 0.35}")
@@ -378,6 +380,9 @@ def test_ensemble_that_no_image_validates_is_refused_before_training(tracking, t
     assert 0 < len(y) < 100
     assert (f"warning: final.seeds=3 with ensemble: {len(y)} training images are held out by all 3 seeds' "
             "validation splits" in capsys.readouterr().err)
+    # five seeds sharing one split: every one of its images
+    s, y = held_out("{seeds: 5, ensemble: true, split_seed: 42}")
+    assert len(y) == 6000 and "warning" not in capsys.readouterr().err
 
 
 def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):

@@ -108,11 +108,17 @@ def test_values_are_frozen_checked_and_flat_only_where_logged():
 
 def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     """Digests stored by code that predates `ema` (a study's reference key, a trial's recipe) are found
-    again while ema is off, and a recipe with it on is another recipe."""
+    again while ema is off, and a recipe with it on is another recipe. A split seed equal to the seed
+    draws the split the seed alone draws: the same recipe."""
     p = P.network("cnn", {"epochs": 3})
-    before = {k: v for k, v in p.logged().items() if k not in ("ema", "tta_shift")}  # what earlier code digested
+    added = ("ema", "tta_shift", "residual", "split_seed")
+    before = {k: v for k, v in p.logged().items() if k not in added}  # what earlier code digested
     assert p.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert P.replaced(p, ema=0.999).digest() != p.digest() != P.replaced(p, tta_shift=1).digest()
+    assert P.replaced(p, residual=True).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
+    shared = P.replaced(p, seed=43, split_seed=42)
+    assert shared.split_by() == 42 and P.replaced(p, seed=43).split_by() == 43
+    assert shared.digest() != P.replaced(p, seed=43).digest()
     with pytest.raises(P.ConfigError, match="ema=0.2: must be 0"):
         P.network("cnn", {"ema": 0.2})
 
@@ -125,6 +131,8 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     ("space", "train_samples: {type: int, low: 500, high: 900}", "'train_samples' cannot be searched"),
     ("space", "val_fraction: {type: float, low: 0.1, high: 0.3}", "'val_fraction' cannot be searched: it decides "
                                                                   "which images validate each trial"),
+    ("space", "split_seed: {type: int, low: 1, high: 9}", "'split_seed' cannot be searched: it decides which "
+                                                         "images validate each trial"),
 ])
 def test_values_a_layer_above_would_override_are_refused_in_the_file(section, entry, message):
     """A sampled seed would lose to the command line's (never "not given": 42 by default), so Optuna

@@ -94,6 +94,8 @@ DATA_PARAMS = [
     Param("train_samples", 0, "limit training images for quick runs (0 = all)",
           lambda v: None if v == 0 or v >= 100 else "must be 0 (all) or at least 100"),
     Param("seed", 42, "seed for the split, initialisation and shuffling", in_range(0, 2**31 - 1)),
+    Param("split_seed", None, "seed for the validation split alone (not given: seed); an ensemble's seeds that "
+          "share one split are validated on all of it (docs/studies.md)", in_range(0, 2**31 - 1), kind=int),
 ]
 
 FIT_PARAMS = [

@@ -23,7 +23,7 @@ def _flat_value(v: Any) -> Any:
 
 
 # Fit parameters added after runs were logged without them, and the value that trains as those runs did.
-ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False}
+ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +40,11 @@ class DataParams(Values):
     val_fraction: float
     train_samples: int  # 0 = all
     seed: int
+    split_seed: int | None  # None: the seed draws the split
+
+    def split_by(self) -> int:
+        """The seed that draws the validation split and a quick run's subset."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +69,9 @@ class FitParams(DataParams):
         that logs the same parameters (a study's reference and a trial are found again by it).
         Parameters added later are left out while they hold the value that trains as before, so the
         digests stored by earlier versions still match."""
-        logged = {k: v for k, v in self.logged().items() if ADDED_LATER.get(k, ()) != v}
+        logged = {k: v for k, v in self.logged().items() if k not in ADDED_LATER or _flat_value(ADDED_LATER[k]) != v}
+        if self.split_seed == self.seed:  # the split the seed alone draws: the same recipe
+            logged.pop("split_seed")
         return hashlib.sha256(json.dumps(logged, sort_keys=True).encode()).hexdigest()[:16]
 
     epochs: int

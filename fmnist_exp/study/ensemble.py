@@ -32,8 +32,13 @@ from ..train.runs import active_run_id
 MEMBERS_TAG = lineage.MEMBERS_TAG
 
 
-def held_out_by_all(ds: D.Dataset, val_fraction: float, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The validation images (and labels) that none of the members (one per seed) trained on."""
+def held_out_by_all(ds: D.Dataset, val_fraction: float, seeds: list[int], *,
+                    split_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The validation images (and labels) that none of the members (one per seed) trained on: all
+    of the one split they share where ``split_seed`` is given, else what their own splits share."""
+    if split_seed is not None:  # in the split's own order: the members' validation data, digest alike
+        _, val = D.split_indices(ds.y_train, val_fraction=val_fraction, seed=split_seed)
+        return ds.x_train[val], ds.y_train[val]
     common: set[int] | None = None
     for seed in seeds:
         _, val = D.split_indices(ds.y_train, val_fraction=val_fraction, seed=seed)
@@ -56,7 +61,7 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
                          "ensemble_seeds": ",".join(map(str, seeds)), "ensemble_size": len(members)})
     tracking.log_params(ds.describe())
     lineage.log_code_version()
-    x_val, y_val = held_out_by_all(ds, p.val_fraction, seeds)
+    x_val, y_val = held_out_by_all(ds, p.val_fraction, seeds, split_seed=p.split_seed)
     # what the ensemble was validated and will be tested on; each member's run has its own three splits
     digests = lineage.log_inputs(lineage.datasets(ds.source, {"validation": (x_val, y_val),
                                                               "test": (ds.x_test, ds.y_test)}))

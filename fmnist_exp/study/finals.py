@@ -146,7 +146,7 @@ def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candida
         res = job.train_in_run(p, ds=setup.ds, evaluate_test=False, extra_tags=tags, echo="[tune] distilled",
                                teacher=Teacher(teacher.model_uri, teacher.run_id, weight))
         # beside the ensemble's, on the same images: those no seed trained on (study/ensemble.py)
-        x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_seeds())
+        x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_seeds(), split_seed=p.split_seed)
         val = evaluate(mlflow.keras.load_model(res.model_uri), x_val, y_val, prefix="")["accuracy"]
         mlflow.log_metric(VAL_HELD_OUT_BY_ALL, val)
     print(f"[tune] distilled network: validation accuracy {val:.4f} on the {len(y_val)} images no seed trained on "

@@ -103,25 +103,28 @@ FEW_HELD_OUT = 200  # one standard error of a ~95% accuracy is ~1.5 points on 20
 
 def check_ensemble_validation(setup: Setup) -> None:
     """An ensemble (and a network distilled from it) is validated on the images that no seed's
-    split trained on (study/ensemble.py); each seed holds out its own ``val_fraction``, so k seeds
-    leave about ``val_fraction ** k`` of the training set (584 images for 2 seeds at 0.1, 51 for 3,
-    7 for 4, none for 5). Refuse, before any training, seeds that leave none; warn when they leave
-    so few that the ensemble's validation accuracy tells little."""
+    split trained on (study/ensemble.py); unless they share one (``split_seed``), each seed holds out
+    its own ``val_fraction``, so k seeds leave about ``val_fraction ** k`` of the training set (584
+    images for 2 seeds at 0.1, 51 for 3, 7 for 4, none for 5). Refuse, before any training, seeds
+    that leave none; warn when they leave so few that the ensemble's validation accuracy tells little."""
     if not setup.spec.final.ensemble:
         return
     from .ensemble import held_out_by_all
 
     seeds = setup.final_seeds()
-    val_fraction = setup.final_params({}, seeds[0]).val_fraction
-    n = len(held_out_by_all(setup.ds, val_fraction, seeds)[1])
+    first = setup.final_params({}, seeds[0])
+    val_fraction = first.val_fraction
+    n = len(held_out_by_all(setup.ds, val_fraction, seeds, split_seed=first.split_seed)[1])
     k = len(seeds)
     # about len(y_train) * f**k images are held out by all k splits: the f that leaves FEW_HELD_OUT
     enough = (FEW_HELD_OUT / len(setup.ds.y_train)) ** (1 / k)
     said = (f"final.seeds={k} with ensemble: {n or 'no'} training images are held out by all {k} seeds' validation "
             f"splits (each seed holds out its own {val_fraction:.0%}, val_fraction {val_fraction:g})")
-    advice = "use fewer seeds" + (f", or give the retrains a larger share, e.g. final: {{val_fraction: {enough:.2f}}} "
-                                  f"(about {FEW_HELD_OUT} images held out by all {k}; the trials keep theirs)"
-                                  if enough <= 0.5 else "")
+    shared = round(len(setup.ds.y_train) * val_fraction)
+    larger = (f", or give the retrains a larger share, e.g. final: {{val_fraction: {enough:.2f}}} (about "
+              f"{FEW_HELD_OUT} images held out by all {k}; the trials keep theirs)" if enough <= 0.5 else "")
+    advice = (f"share one split, final: {{split_seed: {seeds[0]}}} (every seed then holds out the same {shared:,} "
+              f"images), use fewer seeds{larger}")
     if not n:
         raise ConfigError(f"{setup.spec.path}: {said}, so the ensemble could not be validated: {advice}")
     if n < FEW_HELD_OUT:

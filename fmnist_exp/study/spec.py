@@ -250,8 +250,8 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in BUDGET_ONLY and key in spec.space:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it is the budget's (budget.{key} for trials, "
                               f"final.{key} for the final retrain), and the command line's --{key} overrides it")
-        elif key == "val_fraction" and section == "space" and not stored:
-            raise ConfigError(f"{where}: 'val_fraction' cannot be searched: it decides which images validate each "
+        elif key in ("val_fraction", "split_seed") and section == "space" and not stored:
+            raise ConfigError(f"{where}: {key!r} cannot be searched: it decides which images validate each "
                               "trial, so the trials would be compared on different images; fix it in 'fixed'")
         if key not in names:
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
@@ -290,7 +290,7 @@ def check_distill(final: Final, where: str) -> None:
                           "final.ensemble is off: set ensemble: true (and seeds: 2 or more), or drop distill")
 
 
-STUDENT_KEEPS = ("seed", "data_dir", "val_fraction", "train_samples")  # the first seed's images and split
+STUDENT_KEEPS = ("seed", "split_seed", "data_dir", "val_fraction", "train_samples")  # the first seed's images and split
 
 
 def check_student(spec: StudySpec, where: str) -> None:

@@ -46,7 +46,7 @@ class RunResult:
 
 def load_splits(p: DataParams, ds: D.Dataset | None = None) -> tuple[D.Dataset, D.Splits]:
     ds = ds or D.load(p.data_dir)
-    return ds, D.split(ds, val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
+    return ds, D.split(ds, val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
 
 
 def run_name(p: NetworkParams) -> str:

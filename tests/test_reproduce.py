@@ -271,19 +271,26 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
 
 def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(tracking, tmp_path, dataset, capsys):
     """final.split_seed: every seed trains on the same images and holds out the same validation
-    split (so three seeds leave all of it, not ~1/1000), starting from its own initialisation; a
+    split (so three seeds leave all of it, not ~1/1000), starting from its own initialisation. The
+    study registered again with it reuses only the seed whose split it already was, and a
     reproduction rebuilds the members on that split."""
     from fmnist_exp.study import ensemble
 
-    summary, out = seeds_study(tmp_path, capsys, "shared", "{epochs: 1, seeds: 3, ensemble: true, split_seed: 42}")
+    seeds_study(tmp_path, capsys, "shared", "{epochs: 1, seeds: 2, ensemble: true}")
+    before = {r.data.tags["final_seed"]: r.info.run_id for r in runs("tags.final_seed != ''")}
+    study = tmp_path / "shared.yaml"
+    study.write_text(study.read_text().replace("seeds: 2, ensemble: true", "seeds: 3, ensemble: true, split_seed: 42"))
+    summary = tune.register_only(P.command("register", {"family": "mlp", "study": str(study)})).flat()
     assert summary["final_seed_registered"] == "ensemble"
-    finals = sorted(runs("tags.final_seed != ''"), key=lambda r: r.data.tags["final_seed"])
-    assert [(r.data.params["seed"], r.data.params["split_seed"]) for r in finals] == [
-        ("42", "42"), ("43", "42"), ("44", "42")]
+    finals = [r for r in runs("tags.final_seed != ''") if r.info.run_id != before["43"]]
+    finals.sort(key=lambda r: r.data.tags["final_seed"])
+    assert finals[0].info.run_id == before["42"]  # split 42 is seed 42's own: the same recipe, not trained again
+    assert [(r.data.params["seed"], r.data.params.get("split_seed")) for r in finals] == [
+        ("42", ""), ("43", "42"), ("44", "42")]
     digests = [lineage.split_digests(r) for r in finals]
     assert digests[0]["validation"] == digests[1]["validation"] == digests[2]["validation"]
     assert digests[0]["training"] == digests[2]["training"]
-    [ens] = runs(f"tags.{lineage.MEMBERS_TAG} != ''")
+    [ens] = runs(f"tags.{lineage.MEMBERS_TAG} = '{','.join(r.info.run_id for r in finals)}'")
     x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 43, 44], split_seed=42)
     assert len(y_val) == round(0.1 * len(dataset.y_train)) == ens.data.metrics["val_final_images"]
     assert lineage.split_digests(ens)["validation"] == digests[0]["validation"] == lineage.split_digest(x_val, y_val)
@@ -292,7 +299,8 @@ def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(track
                for r in finals]
     assert not np.allclose(answers[0], answers[1])  # each seed its own start and order
 
-    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}@champion", "--exact", "true"], tmp_path)
+    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}/{summary['registered_version']}", "--exact", "true"],
+               tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = last_json(proc.stdout)
     assert report["bit_identical"] == 1 and report["passed"] is True

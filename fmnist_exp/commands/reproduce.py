@@ -26,7 +26,6 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -34,8 +33,8 @@ from .. import data as D
 from .. import params as P
 from ..metrics import TEST_ACC
 from ..params import ConfigError, NetworkParams, ReproduceArgs
+from ..params.resolve import as_trained
 from ..params.table import family_params
-from ..params.typed import ADDED_LATER
 from ..train import lineage
 from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, TEACHER_URI, Teacher
 
@@ -102,12 +101,6 @@ def read_member(ensemble_uri: str, run_id: str) -> Original:
     except ReproduceError as e:
         raise ReproduceError(f"{ensemble_uri} is an ensemble (tag {lineage.MEMBERS_TAG}); one of its members "
                              f"cannot be rebuilt: {e}") from None
-
-
-def as_trained(names: list[str], logged: dict[str, str]) -> dict[str, Any]:
-    """What the run logged of ``names``, and for a parameter added after it (ADDED_LATER) the value it
-    trained with: known without a record, so the rebuild does not depend on today's default."""
-    return {**{k: v for k, v in ADDED_LATER.items() if k in names}, **{k: logged[k] for k in names if k in logged}}
 
 
 def read_original(uri: str) -> Original:

@@ -2,7 +2,7 @@
 resolve into them (:mod:`.resolve`)."""
 
 from . import table
-from .resolve import Layers, command, compose, family, network, replaced, tune_args
+from .resolve import Layers, as_trained, command, compose, family, network, replaced, trained, tune_args
 from .table import DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
 from .typed import (
                     BaselineParams,
@@ -25,4 +25,5 @@ from .typed import (
 __all__ = ["DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "CnnParams", "CommandArgs",
            "ConfigError", "DashboardArgs", "DataParams", "FamilyParams", "FitParams", "LaunchArgs", "Layers",
            "MlpParams", "NetworkParams", "Param", "PredictArgs", "ProxyArgs", "ReproduceArgs", "TrainArgs", "TuneArgs",
-           "command", "compose", "family", "network", "parse_int_list", "replaced", "table", "tune_args"]
+           "as_trained", "command", "compose", "family", "network", "parse_int_list", "replaced", "table", "trained",
+           "tune_args"]

@@ -91,6 +91,18 @@ def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Netw
     return params
 
 
+def as_trained(names: list[str], logged: Mapping[str, str]) -> dict[str, Any]:
+    """What a run logged of ``names``, and for a parameter added after it (ADDED_LATER) the value it
+    trained with: known without a record, so a rebuild does not depend on today's default."""
+    before = {k: v for k, v in typed.ADDED_LATER.items() if k in names}
+    return {**before, **{k: logged[k] for k in names if k in logged}}
+
+
+def trained(family_name: str, logged: Mapping[str, str]) -> typed.NetworkParams:
+    """The parameters a network's run trained with, from what it logged (:func:`as_trained`)."""
+    return network(family_name, as_trained([p.name for p in T.family_params(family_name)], logged))
+
+
 P = TypeVar("P", bound=typed.BaselineParams | typed.MlpParams | typed.CnnParams)
 
 

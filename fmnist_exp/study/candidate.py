@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 
+from .. import params as P
 from ..data import Dataset
 from ..metrics import VAL_FINAL_ACC
+from ..params import ConfigError, FitParams
 from ..train.evaluate import score_on_test
 
 BEST_TRIAL, FINAL_RETRAIN, ENSEMBLE_OF_FINALS = "best trial", "final retrain", "ensemble of final retrains"
@@ -36,18 +38,28 @@ class Candidate:
 
 
 def finished(filter_string: str, trial_number: int, origin: str, val_metric: str = VAL_FINAL_ACC,
-             without_tag: str | None = None) -> Candidate | None:
-    """A FINISHED run of a resumed study (matching ``filter_string``, and without a value for tag
-    ``without_tag``) that logged its models, as the candidate it was (its validation accuracy:
-    ``val_metric``); None when there is none and it must be trained."""
+             without_tag: str | None = None, recipe: FitParams | None = None) -> Candidate | None:
+    """A FINISHED run of a resumed study (matching ``filter_string``, without a value for tag
+    ``without_tag``, and trained with ``recipe`` where given) that logged its models, as the
+    candidate it was (its validation accuracy: ``val_metric``); None when there is none and it must
+    be trained. A study file whose final recipe changed since (more epochs, one shared split) thus
+    trains again instead of reusing what another recipe trained."""
     done = mlflow.search_runs(filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
                               output_format="list")
-    done = [r for r in done if r.data.tags.get("model_uri") and not (without_tag and r.data.tags.get(without_tag))]
+    done = [r for r in done if r.data.tags.get("model_uri") and not (without_tag and r.data.tags.get(without_tag))
+            and (recipe is None or _trained_digest(recipe.FAMILY, r.data.params) == recipe.digest())]
     if not done:
         return None
     r = done[0]
     return Candidate(r.info.run_id, r.data.tags["model_uri"], r.data.tags["classifier_uri"],
                      r.data.metrics[val_metric], trial_number, origin)
+
+
+def _trained_digest(family: str, logged: dict[str, str]) -> str | None:
+    try:
+        return P.trained(family, logged).digest()
+    except ConfigError:  # a value today's checks refuse: not today's recipe
+        return None
 
 
 def cost_metrics(run_id: str) -> dict[str, float]:

@@ -136,7 +136,7 @@ def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candida
                     f"and params.{DISTILL_WEIGHT} = '{weight}'"
                     + (f" and tags.{DISTILL_STUDENT} = '{student}'" if student else ""),
                     best.number, DISTILLED_NETWORK, VAL_HELD_OUT_BY_ALL,
-                    without_tag=None if student else DISTILL_STUDENT)
+                    without_tag=None if student else DISTILL_STUDENT, recipe=p)
     if done:
         return done
     shape = f" ({student})" if student else ""
@@ -162,7 +162,7 @@ def final_run(setup: Setup, best: optuna.trial.FrozenTrial, seed: int) -> Candid
     p = setup.final_params(best.user_attrs["config"], seed)
     tags = {"optuna_study": study_name, "final_of_trial": str(best.number), "final_seed": str(seed)}
     done = finished(f"tags.optuna_study = '{study_name}' and tags.final_of_trial = '{best.number}' "
-                    f"and tags.final_seed = '{seed}'", best.number, FINAL_RETRAIN)
+                    f"and tags.final_seed = '{seed}'", best.number, FINAL_RETRAIN, recipe=p)
     if done:
         return done
     name = f"final (trial {best.number})" if spec.final.seeds == 1 else f"final (trial {best.number}, seed {seed})"

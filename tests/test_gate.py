@@ -368,8 +368,7 @@ def test_ensemble_that_no_image_validates_is_refused_before_training(tracking, t
 
     def held_out(final):
         s = study_setup.prepare(P.tune_args({"study": study_file(tmp_path, "s", f"final: {final}")}))
-        first = s.final_params({}, 42)
-        return s, ensemble.held_out_by_all(s.ds, first.val_fraction, s.final_seeds(), split_seed=first.split_seed)[1]
+        return s, ensemble.held_out_by_all(s.ds, s.final_params({}, 42).val_fraction, s.final_split_seeds())[1]
 
     # the retrains' own share (final.val_fraction) is the one counted: five at 35% leave enough
     s, y = held_out("{seeds: 5, ensemble: true, val_fraction: 0.35}")
@@ -389,7 +388,8 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     import dataclasses
 
     spec = space.load(study_file(tmp_path, "named", "reference: {params: {dropout: 0.2}}\n"
-                                                   "final: {epochs: 3, train_samples: 2000, seeds: 2}"), "mlp")
+                                                   "final: {epochs: 3, train_samples: 2000, seeds: 2, "
+                                                   "split_seed: 9}"), "mlp")
     assert spec.reference == space.Reference("params", params={"dropout": 0.2}) and spec.final.seeds == 2
     # the trials': fixed hidden_units 32 and val_fraction 0.2, 1 epoch on 1,000 images, seed 7
     args = P.tune_args({"epochs": 1, "train_samples": 1000, "seed": 7})
@@ -400,6 +400,7 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     p = recipe(spec)
     # the final retrain's images and the seed; the family's own epochs (15), not the final's 3
     assert (p.dropout, p.hidden_units, p.epochs, p.train_samples, p.seed) == (0.2, (512, 256), 15, 2000, 7)
+    assert p.split_by() == 9  # and the final retrain's split
     # a named length
     spec = space.load(study_file(tmp_path, "long", "reference: {params: {epochs: 12}}\nfinal: {epochs: 3}"), "mlp")
     assert recipe(spec).epochs == 12

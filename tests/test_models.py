@@ -78,6 +78,15 @@ def test_residual_blocks_add_each_input_pooled_alongside_and_projected_where_the
     pooled = keras.layers.MaxPooling2D()(keras.layers.ReLU()(previous))
     np.testing.assert_allclose(np.asarray(shortcut), np.asarray(pooled), rtol=1e-6)
     assert networks.build_cnn(P.replaced(p, residual=False)).count_params() < m.count_params()
+    # pooling after the sum, no batch norm: the shortcut joins unpooled and unnormalised
+    late = networks.build_cnn(P.replaced(p, pool_first=False, batch_norm=False))
+    assert sum(isinstance(layer, keras.layers.Add) for layer in late.layers) == 3
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in late.layers)
+    assert np.asarray(late(x)).shape == (3, 10)
+    # trained with fused batch norm, logged with Keras' layers: the same weights in the same order
+    fused = networks.build(p, fused=True)
+    np.testing.assert_allclose(np.asarray(networks.portable_copy(p, fused)(x)), np.asarray(fused(x)),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset):

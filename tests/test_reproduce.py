@@ -291,7 +291,7 @@ def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(track
     assert digests[0]["validation"] == digests[1]["validation"] == digests[2]["validation"]
     assert digests[0]["training"] == digests[2]["training"]
     [ens] = runs(f"tags.{lineage.MEMBERS_TAG} = '{','.join(r.info.run_id for r in finals)}'")
-    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 43, 44], split_seed=42)
+    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 42, 42])
     assert len(y_val) == round(0.1 * len(dataset.y_train)) == ens.data.metrics["val_final_images"]
     assert lineage.split_digests(ens)["validation"] == digests[0]["validation"] == lineage.split_digest(x_val, y_val)
     assert "warning" not in capsys.readouterr().err
@@ -304,6 +304,8 @@ def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(track
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = last_json(proc.stdout)
     assert report["bit_identical"] == 1 and report["passed"] is True
+    [rebuild] = runs(f"tags.reproduces_run_id = '{ens.info.run_id}'")  # validated on all of the one split again
+    assert rebuild.data.metrics["val_final_images"] == len(y_val)
 
 
 def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_path, dataset, capsys):

@@ -254,7 +254,7 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str | None):
     from ..study import ensemble
     from ..train import job
 
-    members, run_ids, seeds = [], [], []
+    members, run_ids, seeds, split_seeds = [], [], [], []
     for one in orig.members:
         p = rebuild_params(one, data_dir)
         tags = {LINK_TAG: one.run_id}
@@ -263,9 +263,10 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str | None):
         members.append(mlflow.keras.load_model(res.model_uri))
         run_ids.append(run.info.run_id)
         seeds.append(p.seed)
+        split_seeds.append(p.split_by())
     p = rebuild_params(orig.members[0], data_dir)
-    result, _ = ensemble.log_in_run(p, members, seeds, ds, member_run_ids=run_ids, evaluate_test=True,
-                                    echo="[reproduce]")
+    result, _ = ensemble.log_in_run(p, members, seeds, ds, split_seeds=split_seeds, member_run_ids=run_ids,
+                                    evaluate_test=True, echo="[reproduce]")
     return result
 
 

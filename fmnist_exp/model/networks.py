@@ -51,8 +51,11 @@ def build_cnn(p: CnnParams, *, fused: bool = False) -> keras.Model:
     block (VGG style) cost ~4x the FLOPs and buy accuracy only with long, augmented training.
     ``pool_first`` pools right after a block's last convolution, so batch norm and ReLU touch a
     quarter of the values (max-pooling commutes with ReLU; BN sees pooled statistics).
-    ``residual`` adds each block's input to its last convolution's output before that ReLU (a
-    ResNet shortcut: pooled alongside, projected by a 1x1 convolution where the width changes).
+    ``residual`` adds each block's input to its last convolution's output before that ReLU: an
+    identity shortcut where the width stays, else a 1x1 projection (with one convolution per block
+    and growing widths, every block projects). With ``pool_first`` the shortcut is pooled before it
+    joins, so the two branches are pooled apart: another network than pooling their sum, not only a
+    cheaper one.
     """
     batch_norm = FusedBatchNormalization if fused else layers.BatchNormalization
     inp, h = _inputs()

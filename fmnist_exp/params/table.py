@@ -93,9 +93,11 @@ DATA_PARAMS = [
     Param("val_fraction", 0.1, "share of the training set held out for validation", in_range(0.01, 0.5)),
     Param("train_samples", 0, "limit training images for quick runs (0 = all)",
           lambda v: None if v == 0 or v >= 100 else "must be 0 (all) or at least 100"),
-    Param("seed", 42, "seed for the split, initialisation and shuffling", in_range(0, 2**31 - 1)),
-    Param("split_seed", None, "seed for the validation split alone (not given: seed); an ensemble's seeds that "
-          "share one split are validated on all of it (docs/studies.md)", in_range(0, 2**31 - 1), kind=int),
+    Param("seed", 42, "seed for the initialisation, shuffling and (unless split_seed) the split",
+          in_range(0, 2**31 - 1)),
+    Param("split_seed", None, "seed for the validation split and a quick run's subset alone (not given: seed); an "
+          "ensemble's seeds that share one split are validated on all of it (docs/studies.md)",
+          in_range(0, 2**31 - 1), kind=int),
 ]
 
 FIT_PARAMS = [
@@ -164,8 +166,8 @@ FAMILY_PARAMS = {
               int_list(1, 1024, max_len=4)),
         Param("convs_per_block", 1, "3x3 convolutions before each pooling", in_range(1, 3)),
         Param("pool_first", True, "max-pool before batch norm and ReLU (4x fewer of their operations)"),
-        Param("residual", False, "add each block's input to its output (a ResNet shortcut, 1x1-projected where "
-              "the width changes)"),
+        Param("residual", False, "add each block's input to its output: a shortcut, identity where the width "
+              "stays, else a 1x1 projection (ResNet-style blocks with convs_per_block 2 or more)"),
         Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
         Param("batch_norm", True, "batch normalisation after every convolution"),
         *NET_COMMON,

@@ -22,7 +22,7 @@ def _flat_value(v: Any) -> Any:
     return v
 
 
-# Fit parameters added after runs were logged without them, and the value that trains as those runs did.
+# Parameters added after runs were logged without them, and the value that trains as those runs did.
 ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None}
 
 

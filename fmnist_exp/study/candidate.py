@@ -10,7 +10,6 @@ import numpy as np
 from .. import params as P
 from ..data import Dataset
 from ..metrics import VAL_FINAL_ACC
-from ..params import ConfigError, FitParams
 from ..train.evaluate import score_on_test
 
 BEST_TRIAL, FINAL_RETRAIN, ENSEMBLE_OF_FINALS = "best trial", "final retrain", "ensemble of final retrains"
@@ -38,7 +37,7 @@ class Candidate:
 
 
 def finished(filter_string: str, trial_number: int, origin: str, val_metric: str = VAL_FINAL_ACC,
-             without_tag: str | None = None, recipe: FitParams | None = None) -> Candidate | None:
+             without_tag: str | None = None, recipe: P.FitParams | None = None) -> Candidate | None:
     """A FINISHED run of a resumed study (matching ``filter_string``, without a value for tag
     ``without_tag``, and trained with ``recipe`` where given) that logged its models, as the
     candidate it was (its validation accuracy: ``val_metric``); None when there is none and it must
@@ -46,8 +45,12 @@ def finished(filter_string: str, trial_number: int, origin: str, val_metric: str
     trains again instead of reusing what another recipe trained."""
     done = mlflow.search_runs(filter_string=f"{filter_string} and attributes.status = 'FINISHED'",
                               output_format="list")
-    done = [r for r in done if r.data.tags.get("model_uri") and not (without_tag and r.data.tags.get(without_tag))
-            and (recipe is None or _trained_digest(recipe.FAMILY, r.data.params) == recipe.digest())]
+
+    def reusable(r) -> bool:
+        return bool(r.data.tags.get("model_uri")) and not (without_tag and r.data.tags.get(without_tag)) and (
+            recipe is None or _trained(recipe, r.data.params))
+
+    done = [r for r in done if reusable(r)]
     if not done:
         return None
     r = done[0]
@@ -55,11 +58,14 @@ def finished(filter_string: str, trial_number: int, origin: str, val_metric: str
                      r.data.metrics[val_metric], trial_number, origin)
 
 
-def _trained_digest(family: str, logged: dict[str, str]) -> str | None:
+def _trained(recipe: P.FitParams, logged: dict[str, str]) -> bool:
+    """Whether a run that logged ``logged`` trained ``recipe``, wherever it read the data from (the
+    workers of one study may each have their own data_dir)."""
     try:
-        return P.trained(family, logged).digest()
-    except ConfigError:  # a value today's checks refuse: not today's recipe
-        return None
+        trained = P.replaced(P.trained(recipe.FAMILY, logged), data_dir=recipe.data_dir)
+    except P.ConfigError:  # a value today's checks refuse: not today's recipe
+        return False
+    return trained.digest() == recipe.digest()
 
 
 def cost_metrics(run_id: str) -> dict[str, float]:

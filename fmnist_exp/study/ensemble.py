@@ -32,15 +32,15 @@ from ..train.runs import active_run_id
 MEMBERS_TAG = lineage.MEMBERS_TAG
 
 
-def held_out_by_all(ds: D.Dataset, val_fraction: float, seeds: list[int], *,
-                    split_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The validation images (and labels) that none of the members (one per seed) trained on: all
-    of the one split they share where ``split_seed`` is given, else what their own splits share."""
-    if split_seed is not None:  # in the split's own order: the members' validation data, digest alike
-        _, val = D.split_indices(ds.y_train, val_fraction=val_fraction, seed=split_seed)
+def held_out_by_all(ds: D.Dataset, val_fraction: float, split_seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The validation images (and labels) that none of the members trained on, given the seed each
+    drew its split with (DataParams.split_by): all of the split where they share one, else what
+    their own splits share."""
+    if len(set(split_seeds)) == 1:  # in the split's own order: the members' validation data, digest alike
+        _, val = D.split_indices(ds.y_train, val_fraction=val_fraction, seed=split_seeds[0])
         return ds.x_train[val], ds.y_train[val]
     common: set[int] | None = None
-    for seed in seeds:
+    for seed in split_seeds:
         _, val = D.split_indices(ds.y_train, val_fraction=val_fraction, seed=seed)
         common = set(val.tolist()) if common is None else common & set(val.tolist())
     idx = np.array(sorted(common or ()), dtype=np.int64)
@@ -48,7 +48,8 @@ def held_out_by_all(ds: D.Dataset, val_fraction: float, seeds: list[int], *,
 
 
 def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], ds: D.Dataset, *,
-               member_run_ids: list[str], evaluate_test: bool = False, echo: str = "") -> tuple[RunResult, keras.Model]:
+               split_seeds: list[int], member_run_ids: list[str], evaluate_test: bool = False,
+               echo: str = "") -> tuple[RunResult, keras.Model]:
     """Average ``members`` (trained with ``p`` and one seed each) and log the ensemble into the
     active run: parameters (``ensemble_seeds`` instead of ``seed``), data facts, code version,
     both models (Keras and servable classifier), validation accuracy on the images no member
@@ -61,7 +62,7 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
                          "ensemble_seeds": ",".join(map(str, seeds)), "ensemble_size": len(members)})
     tracking.log_params(ds.describe())
     lineage.log_code_version()
-    x_val, y_val = held_out_by_all(ds, p.val_fraction, seeds, split_seed=p.split_seed)
+    x_val, y_val = held_out_by_all(ds, p.val_fraction, split_seeds)
     # what the ensemble was validated and will be tested on; each member's run has its own three splits
     digests = lineage.log_inputs(lineage.datasets(ds.source, {"validation": (x_val, y_val),
                                                               "test": (ds.x_test, ds.y_test)}))

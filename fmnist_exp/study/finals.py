@@ -123,7 +123,7 @@ def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candida
     images and start) fitted to the ensemble's answers (``final.distill``), in a nested run of its
     own (``student``: what it changes, :func:`student_tag`); a resumed study reuses it (same teacher,
     weight and student). As a candidate its validation accuracy is that on the images no seed trained
-    on, like the ensemble's: the other seeds trained on most of its own split."""
+    on, like the ensemble's: unless the seeds share one split, the others trained on most of its own."""
     study_name = setup.study_name
     weight = float(setup.spec.final.distill)
     p = setup.student_params(best.user_attrs["config"], seed)
@@ -146,7 +146,7 @@ def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candida
         res = job.train_in_run(p, ds=setup.ds, evaluate_test=False, extra_tags=tags, echo="[tune] distilled",
                                teacher=Teacher(teacher.model_uri, teacher.run_id, weight))
         # beside the ensemble's, on the same images: those no seed trained on (study/ensemble.py)
-        x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_seeds(), split_seed=p.split_seed)
+        x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_split_seeds())
         val = evaluate(mlflow.keras.load_model(res.model_uri), x_val, y_val, prefix="")["accuracy"]
         mlflow.log_metric(VAL_HELD_OUT_BY_ALL, val)
     print(f"[tune] distilled network: validation accuracy {val:.4f} on the {len(y_val)} images no seed trained on "
@@ -186,8 +186,8 @@ def ensemble_run(setup: Setup, best: optuna.trial.FrozenTrial, finals: list[Cand
     models = [mlflow.keras.load_model(c.model_uri) for c in finals]
     with mlflow.start_run(run_name=f"ensemble (trial {best.number}, seeds {seeds[0]}-{seeds[-1]})", nested=True,
                           tags=tags) as run:
-        res, _ = ensemble.log_in_run(p, models, seeds, setup.ds, member_run_ids=[c.run_id for c in finals],
-                                     echo="[tune]")
+        res, _ = ensemble.log_in_run(p, models, seeds, setup.ds, split_seeds=setup.final_split_seeds(),
+                                     member_run_ids=[c.run_id for c in finals], echo="[tune]")
     return Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.val_accuracy, best.number,
                      ENSEMBLE_OF_FINALS)
 

@@ -59,6 +59,10 @@ class Setup:
         first = self.spec.final.params.get("seed", self.args.seed)
         return list(range(first, first + self.spec.final.seeds))
 
+    def final_split_seeds(self) -> list[int]:
+        """The seed each final retrain draws its validation split with (one for all with ``split_seed``)."""
+        return [self.final_params({}, seed).split_by() for seed in self.final_seeds()]
+
 
 def study_layers(args: TuneArgs, spec: S.StudySpec, sampled: dict[str, Any] | None = None,
                  final: dict[str, Any] | None = None) -> P.Layers:
@@ -112,9 +116,8 @@ def check_ensemble_validation(setup: Setup) -> None:
     from .ensemble import held_out_by_all
 
     seeds = setup.final_seeds()
-    first = setup.final_params({}, seeds[0])
-    val_fraction = first.val_fraction
-    n = len(held_out_by_all(setup.ds, val_fraction, seeds, split_seed=first.split_seed)[1])
+    val_fraction = setup.final_params({}, seeds[0]).val_fraction
+    n = len(held_out_by_all(setup.ds, val_fraction, setup.final_split_seeds())[1])
     k = len(seeds)
     # about len(y_train) * f**k images are held out by all k splits: the f that leaves FEW_HELD_OUT
     enough = (FEW_HELD_OUT / len(setup.ds.y_train)) ** (1 / k)
@@ -124,7 +127,7 @@ def check_ensemble_validation(setup: Setup) -> None:
     larger = (f", or give the retrains a larger share, e.g. final: {{val_fraction: {enough:.2f}}} (about "
               f"{FEW_HELD_OUT} images held out by all {k}; the trials keep theirs)" if enough <= 0.5 else "")
     advice = (f"share one split, final: {{split_seed: {seeds[0]}}} (every seed then holds out the same {shared:,} "
-              f"images), use fewer seeds{larger}")
+              f"images){',' if larger else ' or'} use fewer seeds{larger}")
     if not n:
         raise ConfigError(f"{setup.spec.path}: {said}, so the ensemble could not be validated: {advice}")
     if n < FEW_HELD_OUT:

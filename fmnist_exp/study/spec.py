@@ -59,7 +59,7 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
 CONSTRAINED_SAMPLERS = ("tpe", "nsga2")  # those that read the trials' constraint values
 # a reference is trained on the candidate's images with its seed, so it may not set these (its epochs
 # are its own: the family's default, or what its params name)
-REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "data_dir")
+REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "split_seed", "data_dir")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ def run_anchor(p: CnnParams, s, *, bf16: bool, compile_: bool, channels_last: bo
         raise SystemExit(f"the anchor implements the cosine schedule only (lr_schedule={p.lr_schedule!r})")
     if p.residual:
         raise SystemExit("the anchor's network is a Sequential: it implements residual=false only")
+    if p.optimizer != "adam":
+        raise SystemExit(f"the anchor implements Adam only (optimizer={p.optimizer!r})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(p.seed)
     net, kernels = anchor_network(p)

@@ -1,7 +1,7 @@
 """Does the main job pay? One default `mlflow run . -e cnn` and one default `mlflow run .`
 (the `tune` study), side by side in one invocation, through the real `mlflow run` CLI.
 
-    python bench/bench_study_pays.py [--order cnn,tune] [--study cnn] [--cnn_commit 861b7d0]
+    python bench/bench_study_pays.py [--order cnn,tune] [--study cnn] [--cnn_commit 861b7d0] [--keep DIR]
 
 Reports each command's wall time end to end (process start to exit), their ratio (the main job's
 budget: the study within 4x of one default `cnn` run of a fixed commit; BENCHMARKS.md, "The main job"), the default
@@ -11,17 +11,21 @@ and where its time went (each nested run's start and length: trials, the final r
 reference beside it). Both runs write into one throwaway MLflow store and Optuna storage.
 ``--cnn_commit`` runs the `cnn` side from that commit's own tree (extracted with `git archive`): the
 main job's budget is stated against one `mlflow run . -e cnn` of a fixed commit, measured the same day.
+``--keep`` writes the store into an empty folder that stays, so two invocations' champions can be
+compared on the same test images afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MLFLOW, emit, machine  # noqa: E402
@@ -55,13 +59,18 @@ def main() -> None:
     ap.add_argument("--order", default="cnn,tune", help="which command runs first")
     ap.add_argument("--study", default="", help="study for the tune side ('' = the default, experiments/cnn.yaml)")
     ap.add_argument("--cnn_commit", default="", help="run the cnn side from this commit's tree ('' = this one)")
+    ap.add_argument("--keep", default="", help="an empty folder to keep the store in ('' = a throwaway one)")
     args = ap.parse_args()
+    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
+        raise SystemExit(f"--keep {args.keep}: not empty; name a new or empty folder for the store")
 
     import mlflow
 
-    out = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {},
-           "cnn_commit": args.cnn_commit or "this tree"}
-    with tempfile.TemporaryDirectory() as tmp:
+    out: dict[str, Any] = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {},
+                           "cnn_commit": args.cnn_commit or "this tree", "store": args.keep or None}
+    kept = contextlib.nullcontext(str(Path(args.keep).resolve())) if args.keep else None
+    with kept or tempfile.TemporaryDirectory() as tmp:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{tmp}/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
                f"{os.environ.get('PATH', '')}"}

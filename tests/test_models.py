@@ -221,7 +221,7 @@ def test_random_erasing_blanks_one_rectangle_per_chosen_image(dataset):
     assert "RandomErasing" not in [layer.__class__.__name__ for layer in none.layers]
 
 
-def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
+def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels_under_either_optimizer():
     from fmnist_exp.train import fit
 
     p = P.network("cnn", {"learning_rate": 0.004, "warmup_epochs": 1, "epochs": 4, "label_smoothing": 0.1})
@@ -234,6 +234,11 @@ def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
     m = networks.build_mlp(P.network("mlp", {"hidden_units": "8"}))
     fit.compile_model(m, p, steps_per_epoch=10)
     assert m.loss.get_config()["label_smoothing"] == 0.1
+    assert type(m.optimizer).__name__ == "Adam"
+    fit.compile_model(m, P.replaced(p, optimizer="sgd", learning_rate=0.05), steps_per_epoch=10)
+    sgd = m.optimizer.get_config()
+    assert type(m.optimizer).__name__ == "SGD" and sgd["momentum"] == 0.9 and sgd["nesterov"] is True
+    assert sgd["learning_rate"]["config"]["warmup_target"] == 0.05  # the same warm-up and decay
 
 
 def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call(dataset, tmp_path):

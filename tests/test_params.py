@@ -111,16 +111,19 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     again while ema is off, and a recipe with it on is another recipe. A split seed equal to the seed
     draws the split the seed alone draws: the same recipe."""
     p = P.network("cnn", {"epochs": 3})
-    added = ("ema", "tta_shift", "residual", "split_seed")
+    added = ("ema", "tta_shift", "residual", "split_seed", "optimizer")
     before = {k: v for k, v in p.logged().items() if k not in added}  # what earlier code digested
     assert p.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert P.replaced(p, ema=0.999).digest() != p.digest() != P.replaced(p, tta_shift=1).digest()
     assert P.replaced(p, residual=True).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
+    assert P.replaced(p, optimizer="sgd").digest() != p.digest()
     shared = P.replaced(p, seed=43, split_seed=42)
     assert shared.split_by() == 42 and P.replaced(p, seed=43).split_by() == 43
     assert shared.digest() != P.replaced(p, seed=43).digest()
     with pytest.raises(P.ConfigError, match="ema=0.2: must be 0"):
         P.network("cnn", {"ema": 0.2})
+    with pytest.raises(P.ConfigError, match="optimizer='adamw'"):
+        P.network("cnn", {"optimizer": "adamw"})
 
 
 @pytest.mark.parametrize("section,entry,message", [

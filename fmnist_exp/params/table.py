@@ -18,6 +18,7 @@ from ..metrics import VAL_ACC, VAL_LOSS
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh")
 MONITORS = (VAL_LOSS, VAL_ACC)
 LR_SCHEDULES = ("plateau", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 FAMILIES = ("baseline", "mlp", "cnn")
 NETWORK_FAMILIES = ("mlp", "cnn")
@@ -103,7 +104,9 @@ DATA_PARAMS = [
 FIT_PARAMS = [
     Param("epochs", 15, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
     Param("batch_size", 128, "images per gradient step", in_range(1, 8192)),
-    Param("learning_rate", 0.002, "Adam's initial learning rate", in_range(0, 1, lo_open=True)),
+    Param("optimizer", "adam", "adam; or sgd: stochastic gradient descent with Nesterov momentum 0.9 (give it a "
+          "learning rate some 20-50x Adam's, e.g. 0.05)", one_of(OPTIMIZERS)),
+    Param("learning_rate", 0.002, "the optimizer's initial learning rate", in_range(0, 1, lo_open=True)),
     Param("lr_schedule", "cosine", "plateau: reduce on plateau; cosine: one cosine decay over all epochs",
           one_of(LR_SCHEDULES)),
     Param("warmup_epochs", 0.0, "epochs of linear learning-rate warm-up before the cosine decay (cosine)",
@@ -128,7 +131,7 @@ FIT_PARAMS = [
           "blanked to background (random erasing; augment; 0 = none)", in_range(0, 1)),
     Param("ema", 0.0, "keep an exponential moving average of the weights with this momentum per step and end "
           "training on the average, also when early stopping ends it (which then keeps the average, not the best "
-          "epoch's weights) (Adam's use_ema; e.g. 0.999; 0 = off, the training weights)",
+          "epoch's weights) (the optimizer's use_ema; e.g. 0.999; 0 = off, the training weights)",
           lambda v: None if v == 0 or 0.5 <= v < 1 else "must be 0 (off) or in [0.5, 1)"),
     Param("tta_shift", 0, "the trained model also answers for the image moved this many pixels left, right, up "
           "and down, and averages (multi-crop test-time augmentation: 5x the passes, 10x with tta_flip; pair it "

@@ -23,7 +23,8 @@ def _flat_value(v: Any) -> Any:
 
 
 # Parameters added after runs were logged without them, and the value that trains as those runs did.
-ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None}
+ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None,
+                               "optimizer": "adam"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +77,7 @@ class FitParams(DataParams):
 
     epochs: int
     batch_size: int
+    optimizer: str
     learning_rate: float
     lr_schedule: str
     warmup_epochs: float

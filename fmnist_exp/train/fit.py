@@ -75,7 +75,7 @@ def fresh_model(p: NetworkParams, *, fused: bool = True) -> tuple[keras.Model, s
 
 
 def learning_rate(p: FitParams, steps_per_epoch: int):
-    """Adam's learning rate: constant (plateau reduces it from a callback) or a cosine decay
+    """The optimizer's learning rate: constant (plateau reduces it from a callback) or a cosine decay
     to zero over all epochs, after ``warmup_epochs`` of linear warm-up from zero."""
     lr = p.learning_rate
     if p.lr_schedule != "cosine":
@@ -102,11 +102,17 @@ def default_steps_per_execution() -> int:
     return STEPS_PER_EXECUTION if keras.backend.backend() == "tensorflow" else 1
 
 
+def optimizer(p: FitParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    # with ema, fit ends by copying the average into the weights (the optimizer's finalize step)
+    common = {"learning_rate": learning_rate(p, steps_per_epoch), "use_ema": bool(p.ema), "ema_momentum": p.ema or 0.99}
+    if p.optimizer == "sgd":
+        return keras.optimizers.SGD(momentum=0.9, nesterov=True, **common)
+    return keras.optimizers.Adam(**common)
+
+
 def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1) -> None:
     model.compile(
-        # with ema, fit ends by copying the average into the weights (the optimizer's finalize step)
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate(p, steps_per_epoch), use_ema=bool(p.ema),
-                                        ema_momentum=p.ema or 0.99),
+        optimizer=optimizer(p, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
         metrics=[TRAIN_ACC],
         steps_per_execution=steps_per_execution,

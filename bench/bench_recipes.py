@@ -143,9 +143,9 @@ LEVERS = {
         **STUDY, "epochs": 20, "aug_shift": 0.04, "filters": "32,64,192,384", "seed": 43},
     # what more training images buy, on the same validation images: the learning curve's last step
     # (48,600 of the 54,000) says on validation what training on 59,400 (final val_fraction 0.01) may
-    "lever:20 epochs; shifts of 1 pixel; 48,600 images": {**STUDY, "epochs": 20, "aug_shift": 0.04,
+    "lever:20 epochs; shifts of 1 pixel; 48600 images": {**STUDY, "epochs": 20, "aug_shift": 0.04,
                                                           "train_samples": 48600},
-    "lever:20 epochs; shifts of 1 pixel; 48,600 images (seed 43)": {
+    "lever:20 epochs; shifts of 1 pixel; 48600 images (seed 43)": {
         **STUDY, "epochs": 20, "aug_shift": 0.04, "train_samples": 48600, "seed": 43},
     # SGD with Nesterov momentum instead of Adam (L2 then acts as plain weight decay)
     "lever:20 epochs; shifts of 1 pixel; sgd 0.05": {**STUDY, "epochs": 20, "aug_shift": 0.04, "optimizer": "sgd",
@@ -175,7 +175,7 @@ def one(overrides: dict) -> dict:
     fused = overrides.pop("fused_batch_norm", True)  # False: Keras' own BatchNormalization, as before fused
     spe = overrides.pop("steps_per_execution", None)  # 1: as before the avx2 rows; None: as train.fit does
     p = P.network(family, {"early_stopping_patience": 0, **overrides})
-    s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
+    s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
     model, precision = F.fresh_model(p, fused=fused)  # under the recipe's precision, as `cnn` builds it
     fit = F.fit(model, s, p, steps_per_execution=spe)
     if not networks.is_portable(model):  # as train.job: scored as logged, float32 and Keras' own layers

@@ -8,7 +8,7 @@ budget: the study within 4x of one default `cnn` run of a fixed commit; BENCHMAR
 run's test accuracy, and what the study reports about itself: champion test accuracy, the
 reference's, the paired difference with its 95% bootstrap interval and the exact McNemar p-value,
 and where its time went (each nested run's start and length: trials, the final retrain and the
-reference beside it). Both runs write into one throwaway MLflow store and Optuna storage.
+reference beside it). Both runs write into one MLflow store and Optuna storage, thrown away unless ``--keep``.
 ``--cnn_commit`` runs the `cnn` side from that commit's own tree (extracted with `git archive`): the
 main job's budget is stated against one `mlflow run . -e cnn` of a fixed commit, measured the same day.
 ``--keep`` writes the store into an empty folder that stays, so two invocations' champions can be
@@ -61,14 +61,15 @@ def main() -> None:
     ap.add_argument("--cnn_commit", default="", help="run the cnn side from this commit's tree ('' = this one)")
     ap.add_argument("--keep", default="", help="an empty folder to keep the store in ('' = a throwaway one)")
     args = ap.parse_args()
-    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
-        raise SystemExit(f"--keep {args.keep}: not empty; name a new or empty folder for the store")
+    keep = Path(args.keep).resolve() if args.keep else None
+    if keep and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise SystemExit(f"--keep {args.keep}: not an empty folder; name a new or empty folder for the store")
 
     import mlflow
 
     out: dict[str, Any] = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {},
-                           "cnn_commit": args.cnn_commit or "this tree", "store": args.keep or None}
-    kept = contextlib.nullcontext(str(Path(args.keep).resolve())) if args.keep else None
+                           "cnn_commit": args.cnn_commit or "this tree", "store": str(keep) if keep else None}
+    kept = contextlib.nullcontext(str(keep)) if keep else None
     with kept or tempfile.TemporaryDirectory() as tmp:
         Path(tmp).mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{tmp}/mlflow.db"

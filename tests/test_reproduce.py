@@ -141,13 +141,15 @@ def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, tmp_p
 
 
 def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded():
-    """A run logged before ema and tta_shift existed trained without them: reproduce fills in the
+    """A run logged before ema, tta_shift and optimizer existed trained without them: reproduce fills in the
     values it trained with (not today's defaults) and does not warn that it filled them in; a
     parameter whose default could differ is still left to the default."""
-    logged = {k: str(v) for k, v in P.network("mlp", TINY_MLP).flat().items() if k not in ("ema", "tta_shift")}
+    logged = {k: str(v) for k, v in P.network("mlp", TINY_MLP).flat().items()
+              if k not in ("ema", "tta_shift", "optimizer")}
     names = [p.name for p in P.table.family_params("mlp")]
     recorded = reproduce.as_trained(names, logged)
-    assert recorded["ema"] == 0.0 and recorded["tta_shift"] == 0 and set(names) <= set(recorded)
+    assert recorded["ema"] == 0.0 and recorded["tta_shift"] == 0 and recorded["optimizer"] == "adam"
+    assert set(names) <= set(recorded)
     assert "aug_erase" not in reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase"})
     cnn = P.network("cnn")
     before = {k: str(v) for k, v in cnn.flat().items() if k != "residual"}

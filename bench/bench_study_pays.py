@@ -11,24 +11,22 @@ and where its time went (each nested run's start and length: trials, the final r
 reference beside it). Both runs write into one MLflow store and Optuna storage, thrown away unless ``--keep``.
 ``--cnn_commit`` runs the `cnn` side from that commit's own tree (extracted with `git archive`): the
 main job's budget is stated against one `mlflow run . -e cnn` of a fixed commit, measured the same day.
-``--keep`` writes the store into an empty folder that stays, so two invocations' champions can be
+``--keep`` writes the store into a new folder that stays, so two invocations' champions can be
 compared on the same test images afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MLFLOW, emit, machine  # noqa: E402
+from common import MLFLOW, emit, machine, scratch_tracking  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,20 +57,16 @@ def main() -> None:
     ap.add_argument("--order", default="cnn,tune", help="which command runs first")
     ap.add_argument("--study", default="", help="study for the tune side ('' = the default, experiments/cnn.yaml)")
     ap.add_argument("--cnn_commit", default="", help="run the cnn side from this commit's tree ('' = this one)")
-    ap.add_argument("--keep", default="", help="an empty folder to keep the store in ('' = a throwaway one)")
+    ap.add_argument("--keep", default="", help="a new folder to keep the store in ('' = a throwaway one)")
     args = ap.parse_args()
-    keep = Path(args.keep).resolve() if args.keep else None
-    if keep and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
-        raise SystemExit(f"--keep {args.keep}: not an empty folder; name a new or empty folder for the store")
 
     import mlflow
 
     out: dict[str, Any] = {"machine": machine(), "started": time.strftime("%H:%M"), "walls_s": {},
-                           "cnn_commit": args.cnn_commit or "this tree", "store": str(keep) if keep else None}
-    kept = contextlib.nullcontext(str(keep)) if keep else None
-    with kept or tempfile.TemporaryDirectory() as tmp:
-        Path(tmp).mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{tmp}/mlflow.db"
+                           "cnn_commit": args.cnn_commit or "this tree",
+                           "store": str(Path(args.keep).resolve()) if args.keep else None}
+    with scratch_tracking(args.keep) as uri:  # the store's folder is the working directory meanwhile
+        tmp = os.getcwd()
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
                f"{os.environ.get('PATH', '')}"}
         old = extract(args.cnn_commit, Path(tmp) / "cnn_commit") if args.cnn_commit else REPO
@@ -80,7 +74,6 @@ def main() -> None:
             params = {"study": args.study} if entry == "tune" and args.study else {}
             project = old if entry == "cnn" else REPO  # its package first on the path, before the installed one
             out["walls_s"][entry], _ = mlflow_run(entry, params, tmp, {**env, "PYTHONPATH": str(project)}, project)
-        mlflow.set_tracking_uri(uri)
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         cnn = next(r for r in runs if r.data.tags.get("family") == "cnn" and "optuna_study" not in r.data.tags
                    and "mlflow.parentRunId" not in r.data.tags)

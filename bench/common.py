@@ -39,7 +39,9 @@ def scratch_tracking(keep: str = ""):
 
     old_cwd = os.getcwd()
     if keep:
-        Path(keep).mkdir(parents=True)  # refuses an existing folder: a kept store is never mixed
+        if Path(keep).exists():  # a kept store is never mixed with another
+            raise SystemExit(f"--keep {keep}: already exists; name a new folder for the store")
+        Path(keep).mkdir(parents=True)
     with (contextlib.nullcontext(str(Path(keep).resolve())) if keep else tempfile.TemporaryDirectory()) as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         os.chdir(tmp)

@@ -1,5 +1,6 @@
 """Metric names, written once: what training logs, what a study's objective reads, what the
-registry and the reports look up (STYLE lesson 6)."""
+registry and the reports look up. MLflow takes any string and a search for a name nobody logged
+finds nothing, so a misspelt copy of a name would fail silently; a misspelt constant raises."""
 
 TRAIN_LOSS, TRAIN_ACC = "loss", "accuracy"
 VAL_LOSS, VAL_ACC = "val_loss", "val_accuracy"

@@ -37,16 +37,24 @@ def test_a_held_lock_outlives_the_idle_transaction_timeout(pg_admin, monkeypatch
     with locks.advisory_lock(_engine(url, 1000), "held"):
         time.sleep(3.0)  # three idle transaction timeouts: without the keep-alive the server ends the session
         assert _holders(admin) == 1
-        # a second holder waits while the first holds it
-        entered = threading.Event()
+        # a second holder waits while the first holds it: once it asks again, it was refused
+        entered, asks = threading.Event(), threading.Semaphore(0)
+        engine = _engine(url, 1000)
+
+        def asked(conn, cursor, statement, *args):
+            if "advisory" in statement:
+                asks.release()
+
+        sqlalchemy.event.listen(engine, "after_cursor_execute", asked)
 
         def second():
-            with locks.advisory_lock(_engine(url, 1000), "held"):
+            with locks.advisory_lock(engine, "held"):
                 entered.set()
 
         t = threading.Thread(target=second)
         t.start()
-        assert not entered.wait(1.5)
+        assert asks.acquire(timeout=30) and asks.acquire(timeout=30), "the second holder never asked twice"
+        assert not entered.is_set()
     t.join(timeout=30)
     assert entered.is_set() and _holders(admin) == 0
     assert "was lost" not in capsys.readouterr().err

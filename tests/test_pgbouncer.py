@@ -34,31 +34,41 @@ MODEL = "fmnist-classifier"
 
 # One worker's turn under the lock (``how``: StorageURL.registration_lock, or StorageURL.lock, the
 # one workers open the study store and create the study under): wait for the word, ask, and once
-# in, call the storage through PgBouncer on a connection of its own (as the work under either
-# lock does) after ``query_after`` s, then hold on. Writes when it asked, got in and left.
+# in, wait for the file ``query_when`` (if named), call the storage through PgBouncer on a
+# connection of its own (as the work under either lock does), then hold on for ``hold`` s, so that
+# a turn that overlapped another would show in the times. Touches <out>.asked as its lock request
+# goes to the database, and writes when it asked, got in, how long its call took and when it left.
 HOLD = """
 import json, sys, time
 from pathlib import Path
 import sqlalchemy
 from fmnist_exp.scale.storage import StorageURL
-url, name, go, out, query_after, hold, how = sys.argv[1:8]
+url, name, go, out, query_when, hold, how = sys.argv[1:8]
 storage = StorageURL.parse(url)
+
+def asking(conn, cursor, statement, *args):
+    if "advisory" in statement:
+        Path(out + ".asked").touch()
+
+sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", asking)
 Path(out + ".ready").touch()
 while not Path(go).exists():
     time.sleep(0.005)
 asked = time.time()
 with getattr(storage, how)(name):
     entered = time.time()
-    time.sleep(float(query_after))
+    while query_when and not Path(query_when).exists():
+        time.sleep(0.005)
+    called = time.time()
     engine = storage.engine()
     with engine.connect() as c:
         c.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity")).scalar()
     engine.dispose()
+    call_s = time.time() - called
     time.sleep(float(hold))
     left = time.time()
-Path(out).write_text(json.dumps({"asked": asked, "entered": entered, "left": left}))
+Path(out).write_text(json.dumps({"asked": asked, "entered": entered, "call_s": call_s, "left": left}))
 """
-
 
 @contextlib.contextmanager
 def pgbouncer(pg_url: str, pool_size: int, query_wait_timeout: int = 120):
@@ -121,10 +131,10 @@ def bounced(pg_url: str, port: int, database: str) -> str:
         hide_password=False)
 
 
-def start(url: str, folder: Path, who: str, go: Path, query_after: float, hold: float,
+def start(url: str, folder: Path, who: str, go: Path, hold: float, query_when: Path | None = None,
           how: str = "registration_lock") -> subprocess.Popen:
     out = folder / f"{who}.json"
-    cmd = [sys.executable, "-c", HOLD, url, MODEL, str(go), str(out), str(query_after), str(hold), how]
+    cmd = [sys.executable, "-c", HOLD, url, MODEL, str(go), str(out), str(query_when or ""), str(hold), how]
     return subprocess.Popen(cmd, env=subprocess_env(), stdout=open(folder / f"{who}.log", "w"),
                             stderr=subprocess.STDOUT)
 
@@ -135,6 +145,11 @@ def wait_ready(folder: Path, who: list[str], procs: list[subprocess.Popen], time
         if time.time() > deadline or any(p.poll() is not None for p in procs):
             pytest.fail("a worker never got ready:\n" + logs(folder))
         time.sleep(0.05)
+
+
+def asked(folder: Path, who: list[str]) -> bool:
+    """Whether each of ``who`` has sent its lock request to the database."""
+    return all((folder / f"{w}.json.asked").exists() for w in who)
 
 
 def advisory_locks(direct: sqlalchemy.engine.Engine, granted: bool) -> int:
@@ -198,14 +213,16 @@ def test_registration_lock_excludes_through_pgbouncer(db, tmp_path):
     pg_url, name, direct = db
     with pgbouncer(pg_url, pool_size=4) as port:
         url = bounced(pg_url, port, name)
-        go_ab, go_c = tmp_path / "go-ab", tmp_path / "go-c"
-        procs = {w: start(url, tmp_path, w, go, query_after=0.2, hold=2.0)
+        go_ab, go_c, go_on = tmp_path / "go-ab", tmp_path / "go-c", tmp_path / "go-on"
+        procs = {w: start(url, tmp_path, w, go, hold=0.5, query_when=go_on)
                  for w, go in (("a", go_ab), ("b", go_ab), ("c", go_c))}
         wait_ready(tmp_path, list(procs), list(procs.values()))
         go_ab.touch()
         wait_for("a worker holding the lock", lambda: advisory_locks(direct, granted=True) == 1,
                  list(procs.values()), tmp_path)
         go_c.touch()
+        wait_for("c asking for the lock", lambda: asked(tmp_path, ["c"]), list(procs.values()), tmp_path)
+        go_on.touch()  # only now may the holder go on and leave
         times = finish(procs, tmp_path, timeout=120)
         assert_one_at_a_time(times)
         first_out = min(t["left"] for t in times.values())
@@ -222,17 +239,19 @@ def test_waiters_beyond_the_pool_leave_the_holder_a_connection(db, tmp_path, how
     pg_url, name, direct = db
     with pgbouncer(pg_url, pool_size=2, query_wait_timeout=15) as port:
         url = bounced(pg_url, port, name)
-        go_h, go_w = tmp_path / "go-h", tmp_path / "go-w"
-        procs = {"holder": start(url, tmp_path, "holder", go_h, query_after=4.0, hold=0.5, how=how)}
-        procs |= {w: start(url, tmp_path, w, go_w, query_after=0.0, hold=0.3, how=how) for w in ("w1", "w2", "w3")}
+        go_h, go_w, go_call = tmp_path / "go-h", tmp_path / "go-w", tmp_path / "go-call"
+        waiters = ["w1", "w2", "w3"]
+        procs = {"holder": start(url, tmp_path, "holder", go_h, hold=0.5, query_when=go_call, how=how)}
+        procs |= {w: start(url, tmp_path, w, go_w, hold=0.3, how=how) for w in waiters}
         wait_ready(tmp_path, list(procs), list(procs.values()))
         go_h.touch()
         wait_for("the holder holding the lock", lambda: advisory_locks(direct, granted=True) == 1,
                  list(procs.values()), tmp_path)
-        go_w.touch()  # the waiters ask while the holder sleeps, before its storage call
+        go_w.touch()
+        wait_for("every waiter asking for the lock", lambda: asked(tmp_path, waiters), list(procs.values()), tmp_path)
+        go_call.touch()  # the holder's storage call, now that every waiter is asking
         times = finish(procs, tmp_path, timeout=90)
         assert_one_at_a_time(times)
         assert min(times, key=lambda w: times[w]["entered"]) == "holder"
-        assert times["holder"]["left"] - times["holder"]["entered"] < 4.0 + 0.5 + 10, (
-            f"the holder's storage call waited for a server connection: {times}")
+        assert times["holder"]["call_s"] < 10, f"the holder's storage call waited for a server connection: {times}"
         assert advisory_locks(direct, granted=True) == 0

@@ -116,3 +116,21 @@ def test_parameter_tables_in_docs_match_code():
                             text=True, check=True, cwd=REPO, env={"PYTHONPATH": str(REPO)}).stdout.strip()
     assert tables in (REPO / "docs" / "parameters.md").read_text(), \
         "run python scripts/gen_param_tables.py --write (it rewrites docs/parameters.md's tables)"
+
+
+def test_every_environment_variable_the_package_reads_is_documented():
+    import importlib.util
+    import re
+
+    spec_ = importlib.util.spec_from_file_location("gen_param_tables", REPO / "scripts" / "gen_param_tables.py")
+    gen = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(gen)
+    listed = dict(gen.ENV_VARS)
+    source = "\n".join(f.read_text() for f in sorted((REPO / "fmnist_exp").rglob("*.py")))
+    read = set(re.findall(r"\bFMNIST_[A-Z_]+\b", source))
+    assert read, "the pattern found no FMNIST_* name in fmnist_exp/: has the prefix changed?"
+    missing = sorted(read - set(listed))
+    assert not missing, f"add {missing} to ENV_VARS in scripts/gen_param_tables.py, then run it with --write"
+    # a default written as a literal in the code must be the one the page states
+    for name, default in re.findall(r'environ\.get\(\s*"(FMNIST_[A-Z_]+)"\s*,\s*"([^"]*)"', source):
+        assert f"default `{default}`" in listed[name], f"{name}: the code's default is {default!r}"

@@ -131,7 +131,7 @@ def test_every_stale_trial_is_retried_though_one_run_cannot_be_ended(tmp_path, t
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         trial.set_user_attr("mlflow_run_id", run_id)
         storage.record_heartbeat(trial._trial_id)
-    time.sleep(2.5)
+    time.sleep(2.5)  # past the 1 s grace period: both heartbeats are stale now
     optuna.storages.fail_stale_trials(study)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "FAIL", "WAITING", "WAITING"], "both lost trials failed and queued again"

@@ -218,7 +218,7 @@ def test_study_survives_a_postgresql_restart(pg, tracking, tmp_path):
             pytest.fail("no trial got under way:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
         t0 = time.monotonic()
         pg.stop()
-        time.sleep(5)
+        time.sleep(5)  # down as long as a restart takes: the workers' storage calls (beats every 1 s) meet it
         pg.start()
         print(f"[restart] PostgreSQL stopped and started again in {time.monotonic() - t0:.1f} s")
         for w, log in zip(workers, logs, strict=True):

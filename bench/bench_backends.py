@@ -94,7 +94,7 @@ def one(feed: str, epochs: int, train_samples: int, full: bool) -> dict:
     p = P.network("cnn", overrides)
     s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
     F.seed_everything(p.seed)
-    model = build(p)
+    model = build(p, s.info)
     steps = -(-len(s.x_train) // p.batch_size)
     F.compile_model(model, p, steps_per_epoch=steps)
     epoch_s: list[float] = []
@@ -112,13 +112,15 @@ def one(feed: str, epochs: int, train_samples: int, full: bool) -> dict:
 
     callbacks = [EpochClock(), *(F.standard_callbacks(p) if full else [])]
     kw = dict(epochs=p.epochs, verbose=0, callbacks=callbacks)
-    onehot = np.eye(10, dtype="float32")
+    onehot = np.eye(s.info.num_classes, dtype="float32")
     if full:
         kw["validation_data"] = (s.x_val.astype("float32"), onehot[s.y_val])
     if feed == "project":
-        ds = make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=p.seed)
+        classes = s.info.num_classes
+        ds = make_dataset(s.x_train, s.y_train, num_classes=classes, batch_size=p.batch_size, shuffle=True, seed=p.seed)
         if full:
-            kw["validation_data"] = make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p.seed)
+            kw["validation_data"] = make_dataset(s.x_val, s.y_val, num_classes=classes, batch_size=1024, shuffle=False,
+                                                 seed=p.seed)
         model.fit(ds, **kw)
     elif feed == "generator":
         gen = batches(s.x_train.astype("float32"), onehot[s.y_train], p.batch_size, p.seed)

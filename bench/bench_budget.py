@@ -71,7 +71,7 @@ def main() -> None:
         registered_uri = f"models:/{summary['model_name']}/{summary['registered_version']}"
         labels = {"plain cnn (reference)": answers(ref_uri), "(a) small": answers(retrained.classifier_uri),
                   "(b) registered": answers(registered_uri)}
-        models = {"plain cnn (reference)": networks.build(P.network("cnn")),
+        models = {"plain cnn (reference)": networks.build(P.network("cnn"), setup.ds.info),
                   "(a) small": mlflow.keras.load_model(retrained.model_uri),
                   "(b) registered": mlflow.keras.load_model(
                       mlflow.get_run(summary["best_run_id"]).data.tags["model_uri"])}

@@ -28,6 +28,7 @@ RUN_ONLY = ("epochs", "train_samples", "seed")
 def study_model(name: str):
     """The servable model study ``name`` registers, untrained: its architecture, flip average, ensemble."""
     from fmnist_exp import params as P
+    from fmnist_exp.data import FASHION_MNIST
     from fmnist_exp.model import networks
     from fmnist_exp.model.wrappers import as_served, average
     from fmnist_exp.study.spec import load
@@ -36,14 +37,14 @@ def study_model(name: str):
     point = (spec.enqueue or [{}])[0]
     student = spec.final.student  # a distilled study registers its student (spec.check: empty without distill)
     values = {k: v for k, v in {**spec.fixed, **point, **spec.final.params, **student}.items() if k not in RUN_ONLY}
-    p = P.network(spec.family, values)
+    p = networks.fit_to_data(P.network(spec.family, values), FASHION_MNIST)[0]  # the widths it trains, as logged
 
     def one():
-        net = networks.build(p)
-        return as_served(net, p)
+        net = networks.build(p, FASHION_MNIST)
+        return as_served(net, p, FASHION_MNIST)
 
     averaged = spec.final.ensemble and not spec.final.distill  # a distilled study registers one network
-    model = average([one() for _ in range(spec.final.seeds)]) if averaged else one()
+    model = average([one() for _ in range(spec.final.seeds)], FASHION_MNIST) if averaged else one()
     return model, networks.summary_tags(p)['arch'] + (
         ", tta_flip" if p.tta_flip else "") + (f", tta_shift {p.tta_shift}" if p.tta_shift else "") + (
         f", ensemble of {spec.final.seeds}" if averaged else "") + (", distilled" if spec.final.distill else "") + (
@@ -60,9 +61,10 @@ def main() -> None:
     import mlflow
 
     from fmnist_exp import params as P
+    from fmnist_exp.data import FASHION_MNIST
     from fmnist_exp.model import cost, networks
 
-    models = {"cnn (plain recipe)": (networks.build(P.network("cnn")), "cnn defaults")}
+    models = {"cnn (plain recipe)": (networks.build(P.network("cnn"), FASHION_MNIST), "cnn defaults")}
     for name in filter(None, a.studies.split(",")):
         models[f"study {name}"] = study_model(name)
     for spec in a.model:

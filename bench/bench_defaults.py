@@ -25,6 +25,7 @@ def main() -> None:
     from fmnist_exp import data
     from fmnist_exp import params as P
     from fmnist_exp.metrics import EPOCHS_RUN, TEST_ACC
+    from fmnist_exp.model.networks import fit_to_data
     from fmnist_exp.train import job
 
     load_s = median_time(lambda: data.load(), repeats=5)
@@ -33,6 +34,8 @@ def main() -> None:
     with scratch_tracking(), stdout_to_stderr():  # the runs' progress lines; stdout is the JSON alone
         for family in args.families.split(","):
             p = P.family(family)
+            if not isinstance(p, P.BaselineParams):
+                p = fit_to_data(p, ds.info)[0]  # the widths the run trains and logs
             res = job.baseline_run(p, ds=ds) if isinstance(p, P.BaselineParams) else job.train_run(p, ds=ds)
             m = mlflow.get_run(res.run_id).data.metrics
             epochs = int(m.get(EPOCHS_RUN, 1))

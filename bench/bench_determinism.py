@@ -55,7 +55,7 @@ def worker(name: str, epochs: int, train_samples: int) -> dict:
     p = P.network("cnn", {"epochs": epochs, "train_samples": train_samples})
     s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
     F.seed_everything(p.seed)
-    model = build(p)
+    model = build(p, s.info)
     fit = F.fit(model, s, p)
     probs = predict_proba(model, s.x_test)
     weights = hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))

@@ -79,24 +79,25 @@ def one(name: str, overrides: dict, splits_for) -> dict:
 
     from fmnist_exp import params as P
     from fmnist_exp.model.augment import build_augmenter
-    from fmnist_exp.model.networks import build
+    from fmnist_exp.model.networks import build, fit_to_data
     from fmnist_exp.train.evaluate import predict_proba, scores
     from fmnist_exp.train.fit import compile_model, seed_everything
     from fmnist_exp.train.precision import precision_policy, resolve_precision
 
     p = P.network("cnn", overrides)
-    precision = resolve_precision(p.precision)
     s = splits_for(p)
+    p = fit_to_data(p, s.info)[0]  # filters not given: the default widths, as the runs log them
+    precision = resolve_precision(p.precision)
     seed_everything(p.seed)
     with precision_policy(precision):
-        model = build(p)
+        model = build(p, s.info)
         inp = keras.Input(shape=s.x_train.shape[1:], dtype="float32")
-        h = build_augmenter(p)(inp) if p.augment else inp
+        h = build_augmenter(p, s.info)(inp) if p.augment else inp
         trainer = keras.Model(inp, model(h))
     steps = -(-len(s.x_train) // p.batch_size)
     compile_model(trainer, p, steps_per_epoch=steps)
     clock = EpochClock(model, s)
-    y1h = np.eye(10, dtype="float32")[s.y_train]
+    y1h = np.eye(s.info.num_classes, dtype="float32")[s.y_train]
     t0 = time.perf_counter()
     trainer.fit(s.x_train.astype("float32"), y1h, batch_size=p.batch_size, epochs=p.epochs, shuffle=True,
                 verbose=0, callbacks=[clock.callback])

@@ -228,12 +228,16 @@ def main() -> None:
 
     from fmnist_exp import data
     from fmnist_exp import params as P
+    from fmnist_exp.params.table import CNN_FILTERS
 
     default = P.network("cnn")
     lr = args.learning_rate or default.learning_rate * math.sqrt(args.batch_size / default.batch_size)
     p = P.network("cnn", {"batch_size": args.batch_size, "learning_rate": round(lr, 6), "epochs": args.epochs,
                           "warmup_epochs": args.warmup_epochs, "train_samples": args.train_samples,
                           **({"epochs": 2, "train_samples": 2000} if args.smoke else {})})
+    if p.filters is None:  # not given: the family's widths, all four blocks on 28x28 images, as
+        # model.networks.fit_to_data(p, FASHION_MNIST) makes them (not called: it imports Keras; the anchor does not)
+        p = P.replaced(p, filters=CNN_FILTERS)
     ds = data.load(args.data_dir)
     s = data.split(ds, val_fraction=p.val_fraction, seed=p.seed, train_samples=p.train_samples)
     anchor = run_anchor(p, s, bf16=args.bf16, compile_=args.compile, channels_last=args.channels_last)

@@ -34,18 +34,18 @@ def main() -> None:
     from fmnist_exp import data
     from fmnist_exp import params as P
     from fmnist_exp.metrics import EPOCHS_RUN, TEST_ACC
-    from fmnist_exp.model.networks import build
+    from fmnist_exp.model.networks import build, fit_to_data
     from fmnist_exp.train import fit as F
     from fmnist_exp.train import job
     from fmnist_exp.train.evaluate import evaluate, predict_proba, scores
 
     ds = data.load()
-    p = P.network("cnn", {"epochs": args.epochs} if args.epochs else {})
+    p = fit_to_data(P.network("cnn", {"epochs": args.epochs} if args.epochs else {}), ds.info)[0]  # widths as logged
     splits = data.split(ds, val_fraction=p.val_fraction, seed=p.seed)
 
     def plain():
         keras.utils.clear_session()
-        model = build(p)
+        model = build(p, ds.info)
         fit = F.fit(model, splits, p)
         evaluate(model, splits.x_val, splits.y_val, prefix="val_final_")  # as the tracked run does
         test = scores(splits.y_test, predict_proba(model, splits.x_test), prefix="test_")

@@ -219,9 +219,9 @@ def trained(p: NetworkParams, s, callbacks=()):
     from fmnist_exp.model.wrappers import as_served
     from fmnist_exp.train import fit as F
 
-    model, _ = F.fresh_model(p)
+    model, _ = F.fresh_model(p, s.info)
     F.fit(model, s, p, callbacks=list(callbacks))
-    return as_served(model, p)
+    return as_served(model, p, s.info)
 
 
 def run_tpe(arena: Arena, seed: int) -> Entry:
@@ -285,7 +285,7 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
 
     def build(hp):
         q = peer.params(kt_values(hp, arena.spec.space), epochs=max_epochs)
-        model, _ = F.fresh_model(q)
+        model, _ = F.fresh_model(q, s.info)
         # as train.fit compiles for "ours" and TPE, so that the peers train alike
         F.compile_model(model, q, steps_per_epoch=steps, steps_per_execution=F.default_steps_per_execution())
         return model

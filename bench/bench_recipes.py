@@ -176,17 +176,17 @@ def one(overrides: dict) -> dict:
     spe = overrides.pop("steps_per_execution", None)  # 1: as before the avx2 rows; None: as train.fit does
     p = P.network(family, {"early_stopping_patience": 0, **overrides})
     s = data.split(data.load(), val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
-    model, precision = F.fresh_model(p, fused=fused)  # under the recipe's precision, as `cnn` builds it
+    model, precision = F.fresh_model(p, s.info, fused=fused)  # under the recipe's precision, as `cnn` builds it
     fit = F.fit(model, s, p, steps_per_execution=spe)
     if not networks.is_portable(model):  # as train.job: scored as logged, float32 and Keras' own layers
-        model = networks.portable_copy(p, model)
-    net, model = model, as_served(model, p)  # as train.job: scored as the logged model answers
+        model = networks.portable_copy(p, s.info, model)
+    net, model = model, as_served(model, p, s.info)  # as train.job: scored as the logged model answers
     val_probs, test_probs = predict_proba(model, s.x_val), predict_proba(model, s.x_test)
     if os.environ.get("BENCH_PROBS"):  # the answers themselves, for paired comparisons and seed averages
         np.savez_compressed(os.environ["BENCH_PROBS"], val=val_probs, test=test_probs, y_val=s.y_val, y_test=s.y_test)
     multi_crop = {}
     if p.tta_flip and not p.tta_shift:  # what answers averaged over 1-pixel shifts too would add (10 passes)
-        crops = with_shift_average(net, 1, flip=True)
+        crops = with_shift_average(net, s.info, 1, flip=True)
         multi_crop = {f"{name}_accuracy_flips_shifts": round(evaluate(crops, x, y, prefix="m_")["m_accuracy"], 4)
                       for name, x, y in (("val", s.x_val, s.y_val), ("test", s.x_test, s.y_test))}
     return {"family": family, "overrides": overrides,

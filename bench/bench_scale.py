@@ -262,8 +262,8 @@ def fleet(phase: Phase) -> None:
     from fmnist_exp import data as D
     from fmnist_exp.commands import tune
 
-    ds = D.load(None)
-    D.load = lambda *a, **k: ds  # every worker's prepare() gets the same (shared) arrays
+    ds = D.load_dataset(None, None)  # Fashion-MNIST, as the study's default data
+    D.load_dataset = lambda *a, **k: ds  # every worker's prepare() gets the same (shared) arrays
     study_file = Path(phase.out, "scale.yaml")
     study_file.write_text(STUDY)
     with contextlib.redirect_stdout(sys.stderr):

@@ -99,6 +99,7 @@ def main() -> None:
     from fmnist_exp import data
     from fmnist_exp import params as P
     from fmnist_exp.model.classifier import PNG_B64, compact_request
+    from fmnist_exp.model.networks import fit_to_data
     from fmnist_exp.train import job
 
     ds = data.load()
@@ -117,7 +118,7 @@ def main() -> None:
             described = dict(given)
         else:
             uri = stack.enter_context(scratch_tracking())
-            p = P.network("cnn", {"epochs": 1, "train_samples": 2000})
+            p = fit_to_data(P.network("cnn", {"epochs": 1, "train_samples": 2000}), ds.info)[0]  # widths as logged
             with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
                 res = job.train_run(p, ds=ds)
             mlflow.register_model(res.classifier_uri, "bench")

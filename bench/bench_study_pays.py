@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MLFLOW, emit, machine, scratch_tracking  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO, emit, machine, mlflow_run, scratch_tracking  # noqa: E402
 
 
 def extract(commit: str, into: Path) -> Path:
@@ -37,19 +35,6 @@ def extract(commit: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
-
-
-def mlflow_run(entry: str, params: dict, cwd: str, env: dict, project: Path = REPO) -> tuple[float, str]:
-    cmd = [MLFLOW, "run", str(project), "-e", entry, "--env-manager", "local"]
-    for k, v in params.items():
-        cmd += ["-P", f"{k}={v}"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[1:5])} failed:\n{proc.stderr[-3000:]}")
-    print(f"# {entry}: {wall:.0f} s", file=sys.stderr, flush=True)
-    return wall, proc.stdout
 
 
 def main() -> None:

@@ -125,7 +125,7 @@ def one(spec: dict, epochs: int) -> dict:
     p = P.network("cnn", {**base, **overrides, "epochs": 1})
     ds = data.load()
     s = data.split(ds, val_fraction=0.1, seed=0, train_samples=12_800)
-    model, precision = F.fresh_model(p, fused=spec.get("_fused", False))  # under p's precision
+    model, precision = F.fresh_model(p, s.info, fused=spec.get("_fused", False))  # under p's precision
     # _spe: steps per call of the compiled train function (train.fit takes F.default_steps_per_execution());
     # rows without _spe were measured one step per call and keep it, so that they rerun as measured
     F.compile_model(model, p, steps_per_epoch=100, steps_per_execution=spec.get("_spe", 1))
@@ -134,8 +134,8 @@ def one(spec: dict, epochs: int) -> dict:
     if spec.get("_autotune"):
         ds_train = autotuned_dataset(s.x_train, s.y_train, p.batch_size)
     else:
-        ds_train = make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=0,
-                                augmenter=build_augmenter(p) if p.augment else None)
+        ds_train = make_dataset(s.x_train, s.y_train, num_classes=s.info.num_classes, batch_size=p.batch_size,
+                                shuffle=True, seed=0, augmenter=build_augmenter(p, s.info) if p.augment else None)
     model.fit(ds_train.take(20), epochs=1, verbose=0)  # warm-up: tracing and allocation
     times = []
 

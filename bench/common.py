@@ -18,6 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the CLI of this interpreter's MLflow
+REPO = Path(__file__).resolve().parent.parent
 
 
 def machine() -> dict:
@@ -105,3 +106,18 @@ def running_server(cmd: list[str], ready_url: str, *, env: dict | None = None, c
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def mlflow_run(entry: str, params: dict, cwd: str, env: dict, project: Path = REPO) -> tuple[float, str]:
+    """`mlflow run PROJECT -e ENTRY --env-manager local -P k=v ...`: its wall time (process start to exit)
+    and stdout; a failure stops the benchmark with the command's stderr."""
+    cmd = [MLFLOW, "run", str(project), "-e", entry, "--env-manager", "local"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[1:5])} failed:\n{proc.stderr[-3000:]}")
+    print(f"# {entry}: {wall:.0f} s", file=sys.stderr, flush=True)
+    return wall, proc.stdout

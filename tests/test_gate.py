@@ -22,9 +22,10 @@ from scipy.stats import binomtest
 from fmnist_exp import params as P
 from fmnist_exp import stats
 from fmnist_exp.commands import tune
+from fmnist_exp.data import FASHION_MNIST
 from fmnist_exp.model.classifier import format_predictions
 from fmnist_exp.registry import gate
-from fmnist_exp.study import reference, setup
+from fmnist_exp.study import setup
 from fmnist_exp.study import spec as space
 
 MODEL = "fmnist-classifier"
@@ -88,7 +89,7 @@ class FixedAnswers(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         x = np.asarray(model_input, dtype=np.uint8)
         labels = np.array([self.answers[hashlib.sha1(img.tobytes()).hexdigest()] for img in x])
-        return format_predictions(np.eye(10)[labels])
+        return format_predictions(np.eye(10)[labels], FASHION_MNIST)
 
 
 def log_fixed(dataset, wrong: set[int]) -> str:
@@ -395,7 +396,8 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     args = P.tune_args({"epochs": 1, "train_samples": 1000, "seed": 7})
 
     def recipe(spec):
-        return reference.recipe(args, dataclasses.replace(spec, fixed={**spec.fixed, "val_fraction": 0.2}))
+        return setup.reference_recipe(args, dataclasses.replace(spec, fixed={**spec.fixed, "val_fraction": 0.2}),
+                                FASHION_MNIST)
 
     p = recipe(spec)
     # the final retrain's images and the seed; the family's own epochs (15), not the final's 3

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from fmnist_exp import params as P
+from fmnist_exp.data import FASHION_MNIST as FM
 from fmnist_exp.model import augment, cost, layers, networks, wrappers
 
 
 def test_builders_take_raw_pixels_and_output_probabilities(dataset):
     x = dataset.x_test[:4].astype("float32")
     for family in ("mlp", "cnn"):
-        m = networks.build(P.network(family))
+        m = networks.build(P.network(family), FM)
         assert m.input_shape == (None, 28, 28)
         probs = np.asarray(m(x, training=False))
         assert probs.shape == (4, 10)
@@ -22,15 +23,15 @@ def test_builders_take_raw_pixels_and_output_probabilities(dataset):
 
 def test_builders_follow_parameters():
     p = P.network("mlp", {"hidden_units": "64,32,16", "dropout": 0.0, "l2": 0.0})
-    m = networks.build_mlp(p)
+    m = networks.build_mlp(p, FM)
     dense = [layer.units for layer in m.layers if layer.__class__.__name__ == "Dense"]
     assert dense == [64, 32, 16, 10]
     p = P.network("cnn", {"filters": "8,16", "dense_units": 0, "batch_norm": False})
-    m = networks.build_cnn(p)
+    m = networks.build_cnn(p, FM)
     convs = [layer.filters for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
     assert convs == [8, 16]
     assert not any(layer.__class__.__name__ == "BatchNormalization" for layer in m.layers)
-    pooled_first = networks.build_cnn(P.replaced(p, pool_first=True, batch_norm=True))
+    pooled_first = networks.build_cnn(P.replaced(p, pool_first=True, batch_norm=True), FM)
     kinds = [layer.__class__.__name__ for layer in pooled_first.layers]
     assert kinds[kinds.index("Conv2D"):][:4] == ["Conv2D", "MaxPooling2D", "BatchNormalization", "ReLU"]
 
@@ -42,14 +43,14 @@ def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
 
     p = P.network("cnn", {"filters": "8,16", "convs_per_block": 2, "dense_units": 16})
     with precision.precision_policy("mixed_float16"):
-        m = networks.build_cnn(p)
+        m = networks.build_cnn(p, FM)
     convs = [layer for layer in m.layers if layer.__class__.__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [8, 8, 16, 16]
     assert convs[0].compute_dtype == "float16" and m.get_layer("probs").compute_dtype == "float32"
     probs = np.asarray(m(dataset.x_test[:3].astype("float32"), training=False))
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-3)
-    assert networks.build_cnn(p).get_layer("probs").compute_dtype == "float32"  # policy restored after
+    assert networks.build_cnn(p, FM).get_layer("probs").compute_dtype == "float32"  # policy restored after
     # no GPU on CI machines: bfloat16 where the CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16:
     # some of this project's machines), else float32
     native = keras.backend.backend() == "tensorflow" and bool(precision.cpu_has_bfloat16())
@@ -61,7 +62,7 @@ def test_residual_blocks_add_each_input_pooled_alongside_and_projected_where_the
     import keras
 
     p = P.network("cnn", {"filters": "8,16,16", "convs_per_block": 2, "dense_units": 0, "residual": True})
-    m = networks.build_cnn(p)
+    m = networks.build_cnn(p, FM)
     adds = [layer for layer in m.layers if isinstance(layer, keras.layers.Add)]
     assert len(adds) == 3
     projections = [layer.filters for layer in m.layers if isinstance(layer, keras.layers.Conv2D)
@@ -77,15 +78,15 @@ def test_residual_blocks_add_each_input_pooled_alongside_and_projected_where_the
     previous = keras.Model(m.input, adds[1].output)(x)
     pooled = keras.layers.MaxPooling2D()(keras.layers.ReLU()(previous))
     np.testing.assert_allclose(np.asarray(shortcut), np.asarray(pooled), rtol=1e-6)
-    assert networks.build_cnn(P.replaced(p, residual=False)).count_params() < m.count_params()
+    assert networks.build_cnn(P.replaced(p, residual=False), FM).count_params() < m.count_params()
     # pooling after the sum, no batch norm: the shortcut joins unpooled and unnormalised
-    late = networks.build_cnn(P.replaced(p, pool_first=False, batch_norm=False))
+    late = networks.build_cnn(P.replaced(p, pool_first=False, batch_norm=False), FM)
     assert sum(isinstance(layer, keras.layers.Add) for layer in late.layers) == 3
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in late.layers)
     assert np.asarray(late(x)).shape == (3, 10)
     # trained with fused batch norm, logged with Keras' layers: the same weights in the same order
-    fused = networks.build(p, fused=True)
-    np.testing.assert_allclose(np.asarray(networks.portable_copy(p, fused)(x)), np.asarray(fused(x)),
+    fused = networks.build(p, FM, fused=True)
+    np.testing.assert_allclose(np.asarray(networks.portable_copy(p, FM, fused)(x)), np.asarray(fused(x)),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -101,7 +102,7 @@ def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset
     x, y = dataset.x_train[:64].astype("float32"), keras.utils.to_categorical(dataset.y_train[:64], 10)
     import tensorflow as tf
 
-    plain, fused = networks.build(p), networks.build(p, fused=True)
+    plain, fused = networks.build(p, FM), networks.build(p, FM, fused=True)
     assert sum(isinstance(layer, layers.FusedBatchNormalization) for layer in fused.layers) == 2
     fused.set_weights(plain.get_weights())
 
@@ -125,18 +126,18 @@ def test_fused_batch_norm_trains_as_keras_layer_and_logs_as_keras_layers(dataset
     for a, b in zip(plain.get_weights(), fused.get_weights(), strict=True):  # incl. the moving mean and variance
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert not networks.is_portable(fused) and networks.is_portable(plain)
-    copy = networks.portable_copy(p, fused)
+    copy = networks.portable_copy(p, FM, fused)
     assert networks.is_portable(copy)
     assert "FusedBatchNormalization" not in {layer.__class__.__name__ for layer in copy.layers}
     np.testing.assert_allclose(np.asarray(copy(x, training=False)), np.asarray(fused(x, training=False)),
                                rtol=1e-5, atol=1e-6)  # the same answers up to float32 rounding
 
     q = P.replaced(p, precision="mixed_bfloat16")
-    m, precision = fit.fresh_model(q)
+    m, precision = fit.fresh_model(q, FM)
     assert precision == "mixed_bfloat16" and not networks.is_portable(m)
     m.compile(optimizer="adam", loss="categorical_crossentropy")
     assert np.isfinite(m.train_on_batch(x, y))
-    copy = networks.portable_copy(q, m)
+    copy = networks.portable_copy(q, FM, m)
     assert networks.is_portable(copy) and copy.get_layer("probs").compute_dtype == "float32"
     np.testing.assert_allclose(np.asarray(copy(x, training=False)), np.asarray(m(x, training=False)), atol=0.05)
 
@@ -145,8 +146,8 @@ def test_flip_average_is_the_mean_over_image_and_mirror_and_survives_saving(data
     import keras
 
     x = dataset.x_test[:5].astype("float32")
-    m = networks.build_cnn(P.network("cnn", {"filters": "8,16", "dense_units": 16}))
-    tta = wrappers.with_flip_average(m)
+    m = networks.build_cnn(P.network("cnn", {"filters": "8,16", "dense_units": 16}), FM)
+    tta = wrappers.with_flip_average(m, FM)
     want = (np.asarray(m(x, training=False)) + np.asarray(m(x[:, :, ::-1], training=False))) / 2
     np.testing.assert_allclose(np.asarray(tta(x, training=False)), want, rtol=1e-5, atol=1e-7)
     tta.save(tmp_path / "tta.keras")
@@ -170,8 +171,8 @@ def test_shift_average_is_the_mean_over_moved_images_and_survives_saving(dataset
 
     x = dataset.x_test[:5].astype("float32")
     p = P.network("cnn", {"filters": "8,16", "dense_units": 16, "tta_shift": pixels, "tta_flip": flip})
-    m = networks.build_cnn(p)
-    crops = wrappers.as_served(m, p)
+    m = networks.build_cnn(p, FM)
+    crops = wrappers.as_served(m, p, FM)
     views = [_moved(x, dy * pixels, dx * pixels) for dy, dx in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
     views += [v[:, :, ::-1] for v in views] if flip else []
     want = sum(np.asarray(m(v, training=False)) for v in views) / len(views)
@@ -185,7 +186,7 @@ def test_shift_average_is_the_mean_over_moved_images_and_survives_saving(dataset
 
 def test_augmenter_follows_its_strengths_and_shifts_keep_pixels_sharp(dataset):
     p = P.network("cnn", {"augment": True, "aug_shift": 0.1, "aug_rotate": 0.0, "aug_zoom": 0.0})
-    aug = augment.build_augmenter(p)
+    aug = augment.build_augmenter(p, FM)
     kinds = [layer.__class__.__name__ for layer in aug.layers]
     assert "RandomRotation" not in kinds and "RandomZoom" not in kinds and "RandomTranslation" in kinds
     x = dataset.x_test[:16].astype("float32")
@@ -194,14 +195,15 @@ def test_augmenter_follows_its_strengths_and_shifts_keep_pixels_sharp(dataset):
     for img, src in zip(out, x, strict=True):  # nearest-pixel shifts and flips: no value that was not in the image
         assert np.isin(img, np.append(src, 0.0)).all()
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
-    every = [layer.__class__.__name__ for layer in augment.build_augmenter(P.network("cnn", {"augment": True})).layers]
+    every = [layer.__class__.__name__
+             for layer in augment.build_augmenter(P.network("cnn", {"augment": True}), FM).layers]
     assert {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom"} <= set(every)
 
 
 def test_random_erasing_blanks_one_rectangle_per_chosen_image(dataset):
     p = P.network("cnn", {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0,
                           "aug_erase": 1.0})
-    aug = augment.build_augmenter(p)
+    aug = augment.build_augmenter(p, FM)
     x = dataset.x_test[:32].astype("float32")
     out = np.asarray(aug(x, training=True))
     changed_images = 0
@@ -217,7 +219,7 @@ def test_random_erasing_blanks_one_rectangle_per_chosen_image(dataset):
             assert rows.max() - rows.min() < 15 and cols.max() - cols.min() < 15
     assert changed_images >= 24  # probability 1 (a rectangle over background changes nothing)
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
-    none = augment.build_augmenter(P.network("cnn", {"augment": True}))
+    none = augment.build_augmenter(P.network("cnn", {"augment": True}), FM)
     assert "RandomErasing" not in [layer.__class__.__name__ for layer in none.layers]
 
 
@@ -231,7 +233,7 @@ def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels_under_either
     assert lrs[2] > lrs[3] > lrs[4] and lrs[4] < 1e-6
     plain = fit.learning_rate(P.replaced(p, warmup_epochs=0.0), steps_per_epoch=10)
     assert abs(float(plain(0)) - 0.004) < 1e-6
-    m = networks.build_mlp(P.network("mlp", {"hidden_units": "8"}))
+    m = networks.build_mlp(P.network("mlp", {"hidden_units": "8"}), FM)
     fit.compile_model(m, p, steps_per_epoch=10)
     assert m.loss.get_config()["label_smoothing"] == 0.1
     assert type(m.optimizer).__name__ == "Adam"
@@ -256,16 +258,16 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
     p = P.network("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
     steps = -(-len(s.x_train) // p.batch_size)
     assert steps % fit.STEPS_PER_EXECUTION  # a last, shorter group in every epoch
-    model, _ = fit.fresh_model(p)
+    model, _ = fit.fresh_model(p, FM)
     fitted = fit.fit(model, s, p)
     assert fitted.epochs_run == 2
     assert int(model.optimizer.iterations) == 2 * steps
-    one_by_one, _ = fit.fresh_model(p)
+    one_by_one, _ = fit.fresh_model(p, FM)
     fit.fit(one_by_one, s, p, steps_per_execution=1)
     for grouped, single in zip(model.get_weights(), one_by_one.get_weights(), strict=True):
         np.testing.assert_array_equal(grouped, single)
     q = P.network("cnn", {"filters": "8,16", "dense_units": 16, "epochs": 1, "batch_size": 100})
-    cnns = [fit.fresh_model(q, fused=True)[0] for _ in range(2)]  # fused batch norm, as cnn trains
+    cnns = [fit.fresh_model(q, FM, fused=True)[0] for _ in range(2)]  # fused batch norm, as cnn trains
     for cnn, spe in zip(cnns, (None, 1), strict=True):
         fit.fit(cnn, s, q, steps_per_execution=spe)
     for grouped, single in zip(cnns[0].get_weights(), cnns[1].get_weights(), strict=True):

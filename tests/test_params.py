@@ -110,13 +110,14 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     """Digests stored by code that predates `ema` (a study's reference key, a trial's recipe) are found
     again while ema is off, and a recipe with it on is another recipe. A split seed equal to the seed
     draws the split the seed alone draws: the same recipe."""
-    p = P.network("cnn", {"epochs": 3})
-    added = ("ema", "tta_shift", "residual", "split_seed", "optimizer")
+    p = P.network("cnn", {"epochs": 3, "filters": "32,64,128,256"})  # filters not given: these, on 28x28 images
+    added = ("ema", "tta_shift", "residual", "split_seed", "optimizer", "data")
     before = {k: v for k, v in p.logged().items() if k not in added}  # what earlier code digested
     assert p.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert P.replaced(p, ema=0.999).digest() != p.digest() != P.replaced(p, tta_shift=1).digest()
     assert P.replaced(p, residual=True).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
     assert P.replaced(p, optimizer="sgd").digest() != p.digest()
+    assert P.replaced(p, data="digits").digest() != p.digest() == P.replaced(p, data="fashion-mnist").digest()
     shared = P.replaced(p, seed=43, split_seed=42)
     assert shared.split_by() == 42 and P.replaced(p, seed=43).split_by() == 43
     assert shared.digest() != P.replaced(p, seed=43).digest()
@@ -147,7 +148,7 @@ def test_values_a_layer_above_would_override_are_refused_in_the_file(section, en
         parse(text, Path("refused.yaml"))
 
 
-def test_the_final_retrain_may_name_its_first_seed():
+def test_the_final_retrain_may_name_its_first_seed(dataset):
     """``final: {seed: N}`` (accepted before the restructuring) starts the final retrain's seeds at N;
     the trials keep the command line's seed. ``final.data_dir`` stays the command line's."""
     from fmnist_exp.study.setup import Setup
@@ -156,8 +157,8 @@ def test_the_final_retrain_may_name_its_first_seed():
             "space:\n  l2: {type: float, low: 0.0, high: 0.001}\nfinal: {epochs: 2, seed: 11, seeds: 2}\n")
     spec = parse(text, Path("final_seed.yaml"))
     args = P.tune_args({"seed": 7})
-    setup = Setup(args=args, spec=spec, **{f.name: None for f in dataclasses.fields(Setup)
-                                           if f.name not in ("args", "spec")})
+    setup = Setup(args=args, spec=spec, ds=dataset, **{f.name: None for f in dataclasses.fields(Setup)
+                                                       if f.name not in ("args", "spec", "ds")})
     assert setup.final_seeds() == [11, 12]
     assert setup.final_params({"l2": 1e-4}, 11).seed == 11
     with pytest.raises(P.ConfigError, match="'data_dir' is the command line's"):

@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from fmnist_exp import data as D
+from fmnist_exp.data import FASHION_MNIST as FM
 from fmnist_exp.model.classifier import BadRequest, to_images
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -32,7 +33,7 @@ def assert_valid_images(x: np.ndarray, max_batch: int) -> None:
 
 def check_request(value, max_batch: int) -> None:
     try:
-        x = to_images(value, max_batch)
+        x = to_images(value, FM, max_batch)
     except BadRequest as e:
         assert e.reason and not e.reason.startswith(("Traceback", "Failed")), e.reason
     else:
@@ -99,7 +100,7 @@ def test_to_images_accepts_exactly_the_clean_batches(images):
     clean = (len(images) > 0 and cells.shape[1:] in ((784,), (28, 28))
              and all(type(v) in (int, float) and math.isfinite(v) and 0 <= v <= 255 for v in cells.ravel()))
     try:
-        x = to_images(images)
+        x = to_images(images, FM)
     except BadRequest:
         assert not clean
     else:

@@ -105,7 +105,7 @@ def test_flat_rows_and_example_file(server, dataset):
     example = json.loads((REPO / "examples" / "request.json").read_text())
     status, body = post(server, example)
     assert status == 200
-    assert body["predictions"][0]["class_name"] == D.CLASS_NAMES[dataset.y_test[0]]
+    assert body["predictions"][0]["class_name"] == D.FASHION_CLASSES[dataset.y_test[0]]
     assert len(body["predictions"][0]["probabilities"]) == 10
 
 
@@ -302,7 +302,7 @@ def test_concurrent_clients_all_answered(server, dataset):
     assert not errors, errors[:3]
     for _, body in results:
         (pred,) = body["predictions"]
-        assert 0 <= pred["label"] < 10 and pred["class_name"] == D.CLASS_NAMES[pred["label"]]
+        assert 0 <= pred["label"] < 10 and pred["class_name"] == D.FASHION_CLASSES[pred["label"]]
         assert len(pred["probabilities"]) == 10 and sum(pred["probabilities"]) == pytest.approx(1, abs=1e-4)
 
 
@@ -319,7 +319,7 @@ def test_predict_command_on_image_files(store, tmp_path, dataset):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split("\t") for line in out.stdout.strip().splitlines()]
     assert [r[2] for r in rows[:4]] == expect and len(rows) == 5
-    converted = serving.load_image(folder / "z_big.jpg")
+    converted = serving.load_image(folder / "z_big.jpg", D.FASHION_MNIST)
     assert converted.shape == (28, 28) and np.median(converted[0]) < 128, "inverted to light-on-dark"
     bad = cli(["predict", str(tmp_path / "missing.png")], store["root"])
     assert bad.returncode == 2 and "no such file" in bad.stderr

@@ -141,20 +141,29 @@ def read_original(uri: str) -> Original:
 
 def check_data(orig: Original, ds: D.Dataset) -> None:
     if ds.sha256 != orig.data_sha256:
+        where = "--data_dir (-P data_dir=...)" if ds.info.name == D.FASHION_MNIST.name else "--data (-P data=...)"
         raise ReproduceError(
             f"the data found now ({ds.source}, sha256 {ds.sha256[:16]}...) is not the data run {orig.run_id} "
             f"trained on ({orig.data_source}, sha256 {orig.data_sha256[:16]}...); nothing was trained. "
-            "Point --data_dir (-P data_dir=...) at the original files")
+            f"Point {where} at the original files")
 
 
-def rebuild_params(orig: Original, data_dir: str | None) -> NetworkParams:
-    """The original's parameters for the rebuild. ``precision=auto`` chooses by machine and by code
-    version (earlier code chose float32 where later code chooses bfloat16), so the rebuild trains in
-    the precision the original actually used wherever this machine runs it natively; elsewhere
-    ``auto`` stays and ``warnings_for`` names the difference."""
+def load_data(orig: Original, args: ReproduceArgs) -> D.Dataset:
+    """The images the original trained on: ``data`` where the user says they are now, else where its run
+    recorded them (data=fashion-mnist for a run that predates the parameter)."""
+    return D.load_dataset(args.data or orig.params.data, args.data_dir)
+
+
+def rebuild_params(orig: Original, args: ReproduceArgs, info: D.DatasetInfo) -> NetworkParams:
+    """The original's parameters for the rebuild, concrete for its images (a cnn run by `mlflow run` that
+    was not given filters recorded none: it trained the default widths that fit). ``precision=auto``
+    chooses by machine and by code version (earlier code chose float32 where later code chooses
+    bfloat16), so the rebuild trains in the precision the original actually used wherever this
+    machine runs it natively; elsewhere ``auto`` stays and ``warnings_for`` names the difference."""
+    from ..model.networks import fit_to_data
     from ..train.precision import cpu_has_bfloat16, gpu_visible
 
-    p = P.replaced(orig.params, data_dir=data_dir)
+    p = fit_to_data(P.replaced(orig.params, data=args.data or orig.params.data, data_dir=args.data_dir), info)[0]
     used = orig.precision_used
     native = {"float32": True, "mixed_bfloat16": gpu_visible() or bool(cpu_has_bfloat16()),
               "mixed_float16": gpu_visible()}
@@ -209,12 +218,12 @@ def main(args: ReproduceArgs) -> int:
     from ..train.precision import resolve_precision
 
     orig = read_original(args.model_uri)
-    ds = D.load(args.data_dir)
     trained = orig.members or (orig,)  # the networks to train again
+    ds = load_data(trained[0], args)
     warned = []
     for one in trained:
         check_data(one, ds)
-        p = rebuild_params(one, args.data_dir)
+        p = rebuild_params(one, args, ds.info)
         _, splits = job.load_splits(p, ds)
         warned += warnings_for(one, splits, resolve_precision(p.precision))
     for w in dict.fromkeys(warned):  # an ensemble's members share most of theirs
@@ -225,7 +234,7 @@ def main(args: ReproduceArgs) -> int:
                             description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
         tracking.log_params({**args.flat(), LINK_TAG: orig.run_id})  # keys `mlflow run` logged stay as they are
         if orig.members:
-            result = _rebuild_ensemble(orig, ds, args.data_dir)
+            result = _rebuild_ensemble(orig, ds, args)
         else:
             result = job.train_in_run(p, ds=ds, extra_tags=link, echo="[reproduce]", teacher=orig.teacher)
         new_probs = predict_proba(mlflow.keras.load_model(result.model_uri), ds.x_test)
@@ -246,7 +255,7 @@ def main(args: ReproduceArgs) -> int:
     return 0
 
 
-def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str | None):
+def _rebuild_ensemble(orig: Original, ds: D.Dataset, args: ReproduceArgs):
     """Each member trained again from its own run's record, in a nested run linked to it, then
     averaged and logged into the active (reproduce) run as the original ensemble was."""
     import mlflow
@@ -256,7 +265,7 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str | None):
 
     members, run_ids, seeds, split_seeds = [], [], [], []
     for one in orig.members:
-        p = rebuild_params(one, data_dir)
+        p = rebuild_params(one, args, ds.info)
         tags = {LINK_TAG: one.run_id}
         with mlflow.start_run(run_name=f"reproduce member (seed {p.seed})", nested=True, tags=tags) as run:
             res = job.train_in_run(p, ds=ds, evaluate_test=False, extra_tags=tags, echo=f"[reproduce] seed {p.seed}")
@@ -264,7 +273,7 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, data_dir: str | None):
         run_ids.append(run.info.run_id)
         seeds.append(p.seed)
         split_seeds.append(p.split_by())
-    p = rebuild_params(orig.members[0], data_dir)
+    p = rebuild_params(orig.members[0], args, ds.info)
     result, _ = ensemble.log_in_run(p, members, seeds, ds, split_seeds=split_seeds, member_run_ids=run_ids,
                                     evaluate_test=True, echo="[reproduce]")
     return result

@@ -1,6 +1,7 @@
-"""`baseline`, `mlp`, `cnn`: one tracked training run of one family.
+"""`baseline`, `mlp`, `cnn`: one tracked training run of one family, on any dataset (``--data``).
 
     python -m fmnist_exp cnn --epochs 10 --filters 32,64,128
+    python -m fmnist_exp cnn --data digits
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ from ..params import BaselineParams, TrainArgs
 
 def main(args: TrainArgs) -> int:
     """Train, log, and print the run's id, model URI and metrics as one JSON line."""
-    ds = data.load(args.params.data_dir)  # a missing dataset is said before TensorFlow is imported
+    p = args.params
+    ds = data.load_dataset(p.data, p.data_dir)  # bad data is said before TensorFlow is imported
+    data.check_split(ds, p.val_fraction)
+    for said in ds.notes:
+        print(f"[data] {said}", flush=True)
     from ..train import job
 
-    if isinstance(args.params, BaselineParams):
-        result = job.baseline_run(args.params, experiment=args.experiment, ds=ds, system_metrics=args.system_metrics)
+    if isinstance(p, BaselineParams):
+        result = job.baseline_run(p, experiment=args.experiment, ds=ds, system_metrics=args.system_metrics)
     else:
-        result = job.train_run(args.params, experiment=args.experiment, ds=ds, system_metrics=args.system_metrics)
+        from ..model.networks import fit_to_data
+
+        net, note = fit_to_data(p, ds.info)  # before any run: what the data does not allow is refused
+        if note:
+            print(f"[{net.FAMILY}] {note}", flush=True)
+        result = job.train_run(net, experiment=args.experiment, ds=ds, system_metrics=args.system_metrics)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith("test_accuracy_class")}
     print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **shown}))
     return 0

@@ -67,14 +67,14 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
             finally:
                 runs.end_orphaned_children(pid)
             counts = count_trials(study, pid, epochs_per_trial=setup.budget.epochs)
-            summary, render = StudySummary(counts, args.model_name), False
+            summary, render = StudySummary(counts, setup.model_name), False
             if args.register:
                 registered, render = _register(setup, study, pid)
-                summary = StudySummary(counts, args.model_name, *registered)
+                summary = StudySummary(counts, setup.model_name, *registered)
             else:
                 mlflow.set_tag("registration", "skipped: register=false (run the register entry point)")
                 # no version to explain, but the last worker out still makes the page for its trials
-                with setup.storage.registration_lock(args.model_name):
+                with setup.storage.registration_lock(setup.model_name):
                     render = claim_report(study, pid, registered_new=False)
             _study_views(study, pid, setup, render)
             runs.raise_if_interrupted()  # inside the run, so a swallowed signal ends it FAILED
@@ -104,7 +104,7 @@ def register_only(args: TuneArgs) -> StudySummary:
         log_study_inputs(setup)
         counts = count_trials(study, pid, epochs_per_trial=setup.budget.epochs)
         registered, render = _register(setup, study, pid, by_name=True)  # asked for by name: always made
-        summary = StudySummary(counts, args.model_name, *registered)
+        summary = StudySummary(counts, setup.model_name, *registered)
         _study_views(study, pid, setup, render)
         runs.raise_if_interrupted()
     print_summary(summary)
@@ -136,7 +136,7 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
     """Pick the candidate (maybe retraining it), register it through the promotion gate and
     measure its gain over the reference, one worker at a time (so the reference is trained once);
     and, under the same lock, whether this process makes the study's report."""
-    with setup.storage.registration_lock(setup.args.model_name):
+    with setup.storage.registration_lock(setup.model_name):
         # a lone worker (SQLite) trains the reference beside the final retrain (study/reference.py)
         background = (reference.start_background(setup, pid)
                       if setup.storage.is_sqlite and _any_complete(study) else None)
@@ -148,7 +148,7 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
                 return (None, None, None), claim_report(study, pid, registered_new=by_name)
             candidate, seeds = picked
             finals.check_budget(setup, candidate, pid)  # its measured cost, before the gate reads the verdict
-            registration = register_candidate(candidate, setup.ds, model_name=setup.args.model_name,
+            registration = register_candidate(candidate, setup.ds, model_name=setup.model_name,
                                               study_name=setup.study_name, family=setup.spec.family,
                                               parent_run_id=pid, promote_alpha=setup.args.promote_alpha)
             gain = reference.report(setup, candidate, pid, background)

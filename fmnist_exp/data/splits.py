@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import Dataset
+from .dataset import Dataset, DatasetInfo
 
 
 @dataclass
@@ -18,6 +18,7 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    info: DatasetInfo  # the dataset's description: shape, classes, flips
 
 
 def split_indices(y: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,4 +42,4 @@ def split(ds: Dataset, *, val_fraction: float, seed: int, train_samples: int = 0
         x_tr, _, y_tr, _ = train_test_split(
             x_tr, y_tr, train_size=train_samples, stratify=y_tr, random_state=seed
         )
-    return Splits(x_tr, y_tr, x_val, y_val, ds.x_test, ds.y_test)
+    return Splits(x_tr, y_tr, x_val, y_val, ds.x_test, ds.y_test, ds.info)

@@ -1,26 +1,31 @@
-"""The servable classifier: a pyfunc around the Keras model that takes raw images and
-answers label, class name and the 10 class probabilities.
+"""The servable classifier: a pyfunc around the Keras model that takes raw images of its dataset
+and answers label, class name and the class probabilities.
 
 Requests are checked here, with messages that say what was wrong; MLflow's scoring server
-turns these errors into HTTP 400 and keeps serving:
+turns these errors into HTTP 400 and keeps serving. For a dataset of HxW grayscale images
+(Fashion-MNIST: 28x28):
 
-    {"inputs": [[[0, 0, ..., 255], ...]]}       # (n, 28, 28) raw pixels 0-255
-    {"inputs": [[0, 0, ..., 255]]}               # (n, 784) flattened rows also work
-    {"inputs": {"uint8_b64": "AAAA..."}}         # compact: base64 of n*784 bytes, one per pixel
+    {"inputs": [[[0, 0, ..., 255], ...]]}       # (n, H, W) raw pixels 0-255; (n, H, W, 1) too
+    {"inputs": [[0, 0, ..., 255]]}               # (n, H*W) flattened rows also work
+    {"inputs": {"uint8_b64": "AAAA..."}}         # compact: base64 of n*H*W bytes, one per pixel
     {"inputs": {"png_b64": ["iVBORw0...", ...]}} # compact: base64 PNG/JPEG files, one per image
+
+and for colour images (n, H, W, C), (n, H*W*C) and n*H*W*C bytes. The model knows its dataset
+(``dataset.json`` beside the Keras model: data.DatasetInfo); a model logged before datasets were
+values has none and is Fashion-MNIST's.
 
 The compact forms ride inside MLflow's own JSON, so the stock `mlflow models serve` takes them
 unchanged: a batch of 1,000 images is one 1 MB string to parse instead of 784,000 JSON numbers
 (3.1 MB) to parse and check one by one, which was what bound served throughput.
 
-No input schema is declared on purpose: a tensor schema would fix one of the two shapes and
-reject the other before these checks run. The input example shows the (n, 28, 28) form.
-The signature is marked as one whose inputs the model checks itself, so the scoring server
-hands predict() the request's JSON value as it came (see ``train.model_logging.log_classifier``): only then
-can a JSON ``true`` or ``null`` among the pixels, or rows of unequal length, be told apart
-and named, instead of being turned into 1, an object array or a numpy error first.
-What fails before predict() runs (a body too large, nested too deep, or not JSON) is refused by
-the checks request_body.py puts in front of the scoring server when it loads the classifier.
+The signature states the image shape as a tensor schema, but the model is marked as one whose
+inputs it checks itself (see ``train.model_logging.log_classifier``): MLflow then enforces no
+schema and the scoring server hands predict() the request's JSON value as it came, so the other
+accepted shapes are not rejected first, and a JSON ``true`` or ``null`` among the pixels, or rows
+of unequal length, can be told apart and named instead of being turned into 1, an object array
+or a numpy error first. What fails before predict() runs (a body too large, nested too deep, or
+not JSON) is refused by the checks request_body.py puts in front of the scoring server when it
+loads the classifier.
 
 The classifier is logged as code (classifier_model.py), the way MLflow recommends, so nothing
 is unpickled on load.
@@ -37,13 +42,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
-from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 from mlflow.types.schema import Array
 
-from ..data import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
+from ..data import FASHION_MNIST, DataError, DatasetInfo, decode_image
 from . import request_body
 from .request_body import BadRequest
 
+DATASET_ARTIFACT = "dataset"  # the pyfunc artifact that holds the model's DatasetInfo as JSON
 # Images per request; larger batches are refused, not truncated. In-process users can raise it:
 # mlflow.pyfunc.load_model(uri, model_config={"max_batch": 100_000}).
 MAX_BATCH = 1024
@@ -57,19 +63,35 @@ OUTPUT_SCHEMA = Schema([
 ])
 
 
-EXPECTED = "images of shape (n, 28, 28) or (n, 784) with raw pixel values 0-255"
-PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 UINT8_B64, PNG_B64 = "uint8_b64", "png_b64"  # the compact request keys inside "inputs"
-COMPACT = (f'{{"inputs": {{"{UINT8_B64}": "<base64 of n*{PIXELS} bytes>"}}}} '
-           f'or {{"inputs": {{"{PNG_B64}": ["<base64 PNG>", ...]}}}}')
+
+
+def input_schema(info: DatasetInfo) -> Schema:
+    """What the signature says the model takes: raw integer pixels 0-255 in the dataset's layout (as the
+    input example holds them; floats 0-255 and the other shapes of :func:`expected` are taken too)."""
+    return Schema([TensorSpec(np.dtype("int64"), (-1, *info.array_shape))])
+
+
+def expected(info: DatasetInfo) -> str:
+    """The accepted tensor shapes, as a refusal states them."""
+    h, w, c = info.shape
+    if c == 1:
+        return f"images of shape (n, {h}, {w}), (n, {h}, {w}, 1) or (n, {h * w}) with raw pixel values 0-255"
+    return f"images of shape (n, {h}, {w}, {c}) or (n, {h * w * c}) with raw pixel values 0-255"
+
+
+def compact_forms(info: DatasetInfo) -> str:
+    return (f'{{"inputs": {{"{UINT8_B64}": "<base64 of n*{info.pixels} bytes>"}}}} '
+            f'or {{"inputs": {{"{PNG_B64}": ["<base64 PNG>", ...]}}}}')
 
 
 def compact_request(images: np.ndarray) -> dict:
-    """The compact JSON body for uint8 images of shape (n, 28, 28) or (n, 784): what a client sends."""
+    """The compact JSON body for a batch of uint8 images (n, ...) in the model's layout: what a client sends."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.size != len(images) * PIXELS:
-        raise ValueError(f"compact_request takes uint8 images of shape (n, 28, 28) or (n, 784); got {images.dtype} "
-                         f"{images.shape}: convert 0-255 pixels with .astype(np.uint8)")
+    if images.dtype != np.uint8 or images.ndim < 2:
+        raise ValueError(f"compact_request takes a batch of uint8 images, shape (n, H, W) or (n, H*W) (colour: "
+                         f"(n, H, W, C)); got {images.dtype} {images.shape}: convert 0-255 pixels with "
+                         ".astype(np.uint8)")
     return {"inputs": {UINT8_B64: base64.b64encode(images.tobytes()).decode("ascii")}}
 
 
@@ -82,26 +104,29 @@ def _b64(text, where: str) -> bytes:
         raise BadRequest(f"{where} is not valid base64 ({e})") from None
 
 
-def compact_images(model_input: dict, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """Decode a compact request's "inputs" object into uint8 images (n, 28, 28), or raise BadRequest."""
+def compact_images(model_input: dict, info: DatasetInfo, max_batch: int = MAX_BATCH) -> np.ndarray:
+    """Decode a compact request's "inputs" object into uint8 images (n, *info.array_shape), or raise BadRequest."""
+    pixels = info.pixels
     if list(model_input) == [UINT8_B64]:
         raw = _b64(model_input[UINT8_B64], UINT8_B64)
-        n, extra = divmod(len(raw), PIXELS)
+        n, extra = divmod(len(raw), pixels)
         if extra:
-            raise BadRequest(f"{UINT8_B64} holds {len(raw)} bytes, not a multiple of {PIXELS}: send {PIXELS} bytes "
-                             f"(28x28 pixels, one byte each, row by row) per image")
-        images = np.frombuffer(raw, dtype=np.uint8).reshape(n, *IMAGE_SHAPE)
+            h, w, c = info.shape
+            each = f"{h}x{w} pixels" + (f" of {c} channels" if c > 1 else "")
+            raise BadRequest(f"{UINT8_B64} holds {len(raw)} bytes, not a multiple of {pixels}: send {pixels} bytes "
+                             f"({each}, one byte each, row by row) per image")
+        images = np.frombuffer(raw, dtype=np.uint8).reshape(n, *info.array_shape)
     elif list(model_input) == [PNG_B64]:
         files = model_input[PNG_B64]
         if not isinstance(files, list):
             raise BadRequest(f"{PNG_B64} must be a list of base64 strings, one PNG/JPEG file each")
         if len(files) > max_batch:
             raise BadRequest(f"{len(files)} images in one request; the limit is {max_batch}: split the batch")
-        images = np.stack([load_image(io.BytesIO(_b64(f, f"{PNG_B64}[{i}]")), f"{PNG_B64}[{i}]")
-                           for i, f in enumerate(files)]) if files else np.zeros((0, *IMAGE_SHAPE), np.uint8)
+        images = np.stack([load_image(io.BytesIO(_b64(f, f"{PNG_B64}[{i}]")), info, f"{PNG_B64}[{i}]")
+                           for i, f in enumerate(files)]) if files else np.zeros((0, *info.array_shape), np.uint8)
     else:
-        raise BadRequest(f'"inputs" is an object with keys {sorted(model_input)}: send {COMPACT}, '
-                         f"or a tensor {{\"inputs\": [...]}} with {EXPECTED}")
+        raise BadRequest(f'"inputs" is an object with keys {sorted(model_input)}: send {compact_forms(info)}, '
+                         f"or a tensor {{\"inputs\": [...]}} with {expected(info)}")
     if not len(images):
         raise BadRequest("the batch is empty: send at least one image")
     if len(images) > max_batch:
@@ -109,7 +134,7 @@ def compact_images(model_input: dict, max_batch: int = MAX_BATCH) -> np.ndarray:
     return images
 
 
-def _check_cells(model_input) -> None:
+def _check_cells(model_input, info: DatasetInfo) -> None:
     """Refuse nested lists (or object arrays) that hold anything but numbers, naming what."""
     try:
         cells = np.array(model_input, dtype=object)
@@ -117,10 +142,10 @@ def _check_cells(model_input) -> None:
         cells = None
     kinds = set() if cells is None else {type(v) for v in cells.ravel()}
     if cells is None or kinds & {list, tuple, np.ndarray}:
-        if cells is not None and cells.ndim > len(IMAGE_SHAPE) + 1:  # numpy stops at 64 levels, lists inside
-            raise BadRequest(f"\"inputs\" nests lists {cells.ndim} levels deep or more; images nest 2 or 3 "
-                             f"levels: send {EXPECTED}")
-        raise BadRequest(f"rows of unequal length: send {EXPECTED}")
+        if cells is not None and cells.ndim > 4:  # numpy stops at 64 levels, lists inside
+            raise BadRequest(f"\"inputs\" nests lists {cells.ndim} levels deep or more; images nest 2 to 4 "
+                             f"levels: send {expected(info)}")
+        raise BadRequest(f"rows of unequal length: send {expected(info)}")
     bad = sorted({_json_name(k) for k in kinds if not issubclass(k, numbers.Real) or issubclass(k, (bool, np.bool_))})
     if bad:
         raise BadRequest(f"pixel values must be numbers 0-255; got {' and '.join(bad)}")
@@ -138,32 +163,33 @@ def _json_name(kind: type) -> str:
     return kind.__name__
 
 
-def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
-    """Check a batch and return float32 images of shape (n, 28, 28), or raise BadRequest.
+def to_images(model_input, info: DatasetInfo, max_batch: int = MAX_BATCH) -> np.ndarray:
+    """Check a batch and return float32 images of shape (n, *info.array_shape), or raise BadRequest.
 
     ``model_input`` is a numpy array or DataFrame in-process, the request's JSON value
     (nested lists, possibly with null, true or text inside) when served.
     """
+    want = expected(info)
     if isinstance(model_input, pd.DataFrame):
         model_input = model_input.to_numpy()
     if model_input is None:
-        raise BadRequest(f"\"inputs\" is null: send {EXPECTED}")
+        raise BadRequest(f"\"inputs\" is null: send {want}")
     if isinstance(model_input, dict):
-        return compact_images(model_input, max_batch).astype("float32")  # uint8: in range by construction
+        return compact_images(model_input, info, max_batch).astype("float32")  # uint8: in range by construction
     if isinstance(model_input, (str, bytes)):
-        raise BadRequest(f"\"inputs\" is text: send {EXPECTED}")
+        raise BadRequest(f"\"inputs\" is text: send {want}")
     if isinstance(model_input, (list, tuple)):
         if len(model_input) > max_batch:  # before any per-pixel work
             raise BadRequest(f"{len(model_input)} images in one request; the limit is {max_batch}: split the batch")
-        _check_cells(model_input)
+        _check_cells(model_input, info)
     elif isinstance(model_input, np.ndarray) and model_input.dtype == object:
-        _check_cells(model_input)
+        _check_cells(model_input, info)
     try:
         x = np.asarray(model_input)
         if x.dtype == object:  # numbers only (checked above), but too large for any numpy number
             x = x.astype(np.float64)
     except OverflowError:  # an integer of hundreds of digits, which no float holds
-        raise BadRequest("pixel values must be raw 0-255 grey levels; got an integer too large for any float") from None
+        raise BadRequest("pixel values must be raw 0-255 levels; got an integer too large for any float") from None
     except (ValueError, TypeError) as e:
         raise BadRequest(f"pixel values must be numbers 0-255 ({e})") from None
     if x.dtype.kind == "b":
@@ -171,13 +197,10 @@ def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
     if x.dtype.kind not in "iuf":
         raise BadRequest(f"pixel values must be numbers 0-255; got values of type {x.dtype}")
     if x.ndim == 0:
-        raise BadRequest(f"\"inputs\" is a single number: send {EXPECTED}")
+        raise BadRequest(f"\"inputs\" is a single number: send {want}")
     if x.shape[0] == 0:
         raise BadRequest("the batch is empty: send at least one image")
-    if x.ndim == 2 and x.shape[1] == IMAGE_SHAPE[0] * IMAGE_SHAPE[1]:
-        x = x.reshape(-1, *IMAGE_SHAPE)
-    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-        raise BadRequest(f"each image must be 28x28 pixels (shape (n, 28, 28) or (n, 784)); got shape {x.shape}")
+    x = _as_layout(x, info)
     if len(x) > max_batch:
         raise BadRequest(f"{len(x)} images in one request; the limit is {max_batch}: split the batch")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -185,26 +208,53 @@ def to_images(model_input, max_batch: int = MAX_BATCH) -> np.ndarray:
                          "or a number too large for a float, such as 1e400)")
     lo, hi = x.min(), x.max()  # in the sent dtype, before float32 could round 255.00001 or overflow 1e300
     if lo < 0 or hi > 255:
-        raise BadRequest(f"pixel values must be raw 0-255 grey levels; got values from {lo:g} to {hi:g}")
+        raise BadRequest(f"pixel values must be raw 0-255 levels; got values from {lo:g} to {hi:g}")
     return x.astype("float32")
 
 
-def format_predictions(probs: np.ndarray) -> pd.DataFrame:
+def _as_layout(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
+    """``x`` in the model's layout (n, *info.array_shape): flattened rows unfolded, a grayscale batch's
+    trailing channel axis of 1 dropped; any other shape refused, naming the image size."""
+    if x.ndim == 2 and x.shape[1] == info.pixels:
+        return x.reshape(-1, *info.array_shape)
+    if info.channels == 1 and x.ndim == 4 and x.shape[1:] == info.shape:
+        return x.reshape(-1, *info.array_shape)
+    if x.shape[1:] != info.array_shape:
+        h, w, c = info.shape
+        size = f"{h}x{w} pixels" + (f" of {c} channels" if c > 1 else "")
+        raise BadRequest(f"each image must be {size} ({expected(info)}); got shape {x.shape}")
+    return x
+
+
+def format_predictions(probs: np.ndarray, info: DatasetInfo) -> pd.DataFrame:
     labels = probs.argmax(axis=1)
     return pd.DataFrame({
         "label": labels.astype("int64"),
-        "class_name": [CLASS_NAMES[i] for i in labels],
+        "class_name": [info.class_names[i] for i in labels],
         "probabilities": [row.astype("float64").tolist() for row in probs],
     })
 
 
-class FashionClassifier(PythonModel):
-    """Raw images in; label, class name and probabilities out."""
+def read_info(context) -> DatasetInfo:
+    """The dataset a logged classifier was trained on: its ``dataset`` artifact, else Fashion-MNIST (a
+    model logged before datasets were values)."""
+    import json
+
+    path = (context.artifacts or {}).get(DATASET_ARTIFACT)
+    if path is None:
+        return FASHION_MNIST
+    with open(path) as f:
+        return DatasetInfo.from_json(json.load(f))
+
+
+class ImageClassifier(PythonModel):
+    """Raw images in; label, class name and probabilities out, as the model's dataset names them."""
 
     def load_context(self, context):
         import keras
 
         self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        self.info = read_info(context)
         config = context.model_config or {}
         self.max_batch = int(config.get("max_batch", MAX_BATCH))
         # Served, `SERVING_MODEL_CONFIG='{"max_batch": ..., "max_body_mb": ...}'` sets these.
@@ -214,40 +264,57 @@ class FashionClassifier(PythonModel):
     # neither checks nor converts an ndarray-annotated input; served, model_input is the
     # request's JSON value (see train.model_logging.log_classifier); to_images checks what arrives.
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        x = to_images(model_input, self.max_batch)
+        x = to_images(model_input, self.info, self.max_batch)
         # Keras's predict() builds a dataset pipeline per call, which costs more than a small batch
         # itself; its compiled predict_on_batch does not, and one request is one batch.
         probs = np.concatenate([self.model.predict_on_batch(x[i:i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)])
-        assert probs.shape[1] == NUM_CLASSES
-        return format_predictions(probs)
+        assert probs.shape[1] == self.info.num_classes
+        return format_predictions(probs, self.info)
+
+
+FashionClassifier = ImageClassifier  # the name models logged by earlier code load (their classifier_model.py)
 
 
 # ----------------------------------------------------------------------------- image files
 
 
-def load_image(path: Path | io.BytesIO, name: str = "") -> np.ndarray:
-    """Read a PNG/JPEG (a file, or its bytes) as a 28x28 uint8 image in the dataset's convention.
+def load_image(path: Path | io.BytesIO, info: DatasetInfo, name: str = "") -> np.ndarray:
+    """Read a PNG/JPEG (a file, or its bytes) as one uint8 image of ``info``'s size and channels, in the
+    dataset's convention.
 
-    Rule: convert to grayscale; a non-square image is padded to a square with its border
-    colour; anything not 28x28 is resized (Lanczos); and since Fashion-MNIST is light garments
-    on a black background, an image whose border is mostly light is inverted.
+    A folder dataset's images (background "as-is") are decoded exactly as its loader read the
+    training images (data.decode_image: resized to the size, converted to the channels). For
+    datasets that came as arrays of objects on a dark background (Fashion-MNIST, digits; background
+    "dark"): convert to grayscale (or RGB); an image of another aspect ratio is padded to the
+    dataset's with its border colour; anything not the dataset's size is resized (Lanczos); and a
+    grayscale image whose border is mostly light is inverted, to light on dark.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    where = name or str(path)
+    if info.background == "as-is":
+        try:
+            return decode_image(path, info.shape, where)
+        except DataError as e:
+            raise BadRequest(str(e)) from None
+    mode = "L" if info.channels == 1 else "RGB"
     try:
         with Image.open(path) as opened:
-            im = ImageOps.exif_transpose(opened).convert("L")
+            im = ImageOps.exif_transpose(opened).convert(mode)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise BadRequest(f"{name or path}: not a readable PNG/JPEG image ({e})") from None
+        raise BadRequest(f"{where}: not a readable PNG/JPEG image ({e})") from None
     a = np.asarray(im)
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    if a.shape != IMAGE_SHAPE:
-        h, w = a.shape
-        side = max(h, w)
-        fill = int(np.median(border))
-        square = Image.new("L", (side, side), fill)
-        square.paste(im, ((side - w) // 2, (side - h) // 2))
-        a = np.asarray(square.resize(IMAGE_SHAPE[::-1], Image.Resampling.LANCZOS))
-    if np.median(border) > 127:
+    target_h, target_w = info.shape[:2]
+    if a.shape[:2] != (target_h, target_w):
+        h, w = a.shape[:2]
+        # the smallest canvas of the dataset's aspect ratio that holds the image (a square for 28x28)
+        scale = max(h / target_h, w / target_w)
+        canvas_h, canvas_w = max(h, round(target_h * scale)), max(w, round(target_w * scale))
+        fill = tuple(int(v) for v in np.median(border.reshape(len(border), -1), axis=0))
+        canvas = Image.new(mode, (canvas_w, canvas_h), fill[0] if mode == "L" else fill)
+        canvas.paste(im, ((canvas_w - w) // 2, (canvas_h - h) // 2))
+        a = np.asarray(canvas.resize((target_w, target_h), Image.Resampling.LANCZOS))
+    if info.channels == 1 and np.median(border) > 127:
         a = 255 - a
     return a.astype(np.uint8)

@@ -6,6 +6,6 @@ request checks live in model/classifier.py.
 
 import mlflow
 
-from fmnist_exp.model.classifier import FashionClassifier
+from fmnist_exp.model.classifier import ImageClassifier
 
-mlflow.models.set_model(FashionClassifier())
+mlflow.models.set_model(ImageClassifier())

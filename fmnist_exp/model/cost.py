@@ -19,8 +19,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..data import IMAGE_SHAPE
-
 BATCH = 256  # the large batch: a scoring server's batched requests, an offline job
 REPEATS_B1, REPEATS_BATCH, WARMUP = 30, 5, 3
 
@@ -120,8 +118,9 @@ def _ms_per_image(model: keras.Model, x: np.ndarray, repeats: int) -> tuple[floa
 
 
 def measure(model: keras.Model, seed: int = 0) -> Cost:
-    """All costs of ``model`` (float32 pixels 0-255 in, class probabilities out), times measured now."""
-    x = np.random.default_rng(seed).integers(0, 256, size=(BATCH, *IMAGE_SHAPE)).astype("float32")
+    """All costs of ``model`` (float32 pixels 0-255 in, class probabilities out), times measured now on
+    random images of the shape it takes."""
+    x = np.random.default_rng(seed).integers(0, 256, size=(BATCH, *model.input_shape[1:])).astype("float32")
     b1, b1_iqr = _ms_per_image(model, x[:1], REPEATS_B1)
     batch, batch_iqr = _ms_per_image(model, x, REPEATS_BATCH)
     s = static(model)

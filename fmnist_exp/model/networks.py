@@ -1,48 +1,52 @@
 """Network builders: pure functions from typed parameters to an uncompiled Keras model.
 
-Every network takes raw pixels 0-255 of shape (n, 28, 28); scaling to 0-1 is the first
-layer, so a saved model needs no preprocessing. Builders never see Optuna or MLflow.
+Every network takes raw pixels 0-255 in its dataset's layout (DatasetInfo.array_shape: (n, height,
+width) for grayscale, (n, height, width, channels) for colour); scaling to 0-1 is the first layer,
+so a saved model needs no preprocessing. Builders never see Optuna or MLflow.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import keras
 from keras import layers, regularizers
 
-from ..data import IMAGE_SHAPE, NUM_CLASSES
-from ..params import CnnParams, MlpParams, NetworkParams
+from ..data import DatasetInfo
+from ..params import CnnParams, ConfigError, MlpParams, NetworkParams, parse_int_list, replaced
+from ..params.table import CNN_FILTERS
 from .layers import FusedBatchNormalization
 
 
-def _inputs():
-    inp = keras.Input(shape=IMAGE_SHAPE, dtype="float32", name="pixels")
+def _inputs(info: DatasetInfo):
+    inp = keras.Input(shape=info.array_shape, dtype="float32", name="pixels")
     return inp, layers.Rescaling(1.0 / 255, name="scale_0_1")(inp)
 
 
-def _head(h, *, dense_units: int, dropout: float, l2: float, activation: str = "relu"):
+def _head(h, num_classes: int, *, dense_units: int, dropout: float, l2: float, activation: str = "relu"):
     reg = regularizers.L2(l2) if l2 else None
     if dense_units:
         h = layers.Dropout(dropout)(h) if dropout else h
         h = layers.Dense(dense_units, activation=activation, kernel_regularizer=reg)(h)
     h = layers.Dropout(dropout)(h) if dropout else h
     # float32 softmax even under a mixed-precision policy: float16 probabilities round to 0/1
-    return layers.Dense(NUM_CLASSES, activation="softmax", kernel_regularizer=reg, name="probs", dtype="float32")(h)
+    return layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, name="probs", dtype="float32")(h)
 
 
-def build_mlp(p: MlpParams) -> keras.Model:
+def build_mlp(p: MlpParams, info: DatasetInfo) -> keras.Model:
     """Dense layers of ``hidden_units`` widths with dropout and L2 between them."""
-    inp, h = _inputs()
+    inp, h = _inputs(info)
     h = layers.Flatten()(h)
     reg = regularizers.L2(p.l2) if p.l2 else None
     for i, units in enumerate(p.hidden_units):
         if i and p.dropout:
             h = layers.Dropout(p.dropout)(h)
         h = layers.Dense(units, activation=p.activation, kernel_regularizer=reg)(h)
-    out = _head(h, dense_units=0, dropout=p.dropout, l2=p.l2)
+    out = _head(h, info.num_classes, dense_units=0, dropout=p.dropout, l2=p.l2)
     return keras.Model(inp, out, name="mlp_" + "-".join(map(str, p.hidden_units)))
 
 
-def build_cnn(p: CnnParams, *, fused: bool = False) -> keras.Model:
+def build_cnn(p: CnnParams, info: DatasetInfo, *, fused: bool = False) -> keras.Model:
     """Blocks of ``convs_per_block`` x (conv3x3 (+BN) + ReLU), then a 2x2 max-pool; then a
     dense layer and the softmax.
 
@@ -57,12 +61,14 @@ def build_cnn(p: CnnParams, *, fused: bool = False) -> keras.Model:
     joins, so the two branches are pooled apart: another network than pooling their sum, not only a
     cheaper one.
     """
+    filters = p.filters if p.filters is not None else default_widths(info)
+    check_fits(replace(p, filters=filters), info)
     batch_norm = FusedBatchNormalization if fused else layers.BatchNormalization
-    inp, h = _inputs()
-    h = layers.Reshape((*IMAGE_SHAPE, 1))(h)
+    inp, h = _inputs(info)
+    h = layers.Reshape(info.shape)(h)
     reg = regularizers.L2(p.l2) if p.l2 else None
     n = p.convs_per_block
-    for f in p.filters:
+    for f in filters:
         block_in = h
         for i in range(n):
             h = layers.Conv2D(f, 3, padding="same", use_bias=not p.batch_norm, kernel_regularizer=reg)(h)
@@ -81,20 +87,70 @@ def build_cnn(p: CnnParams, *, fused: bool = False) -> keras.Model:
         if not p.pool_first:
             h = layers.MaxPooling2D()(h)
     h = layers.Flatten()(h)
-    out = _head(h, dense_units=p.dense_units, dropout=p.dropout, l2=p.l2)
-    return keras.Model(inp, out, name="cnn_" + "-".join(map(str, p.filters)))
+    out = _head(h, info.num_classes, dense_units=p.dense_units, dropout=p.dropout, l2=p.l2)
+    return keras.Model(inp, out, name="cnn_" + "-".join(map(str, filters)))
 
 
-def build(p: NetworkParams, *, fused: bool = False) -> keras.Model:
-    """The network ``p`` describes; ``fused`` (training only) uses FusedBatchNormalization."""
-    return build_cnn(p, fused=fused) if isinstance(p, CnnParams) else build_mlp(p)
+def blocks_that_fit(info: DatasetInfo) -> int:
+    """How many 2x2 poolings the image survives with at least one pixel left (28x28: 4; 8x8: 3)."""
+    side, blocks = min(info.shape[:2]), 0
+    while side // 2 >= 1:
+        side, blocks = side // 2, blocks + 1
+    return blocks
 
 
-def portable_copy(p: NetworkParams, trained: keras.Model) -> keras.Model:
+def check_fits(p: NetworkParams, info: DatasetInfo) -> None:
+    """Refuse a network whose pooling would shrink the image below one pixel, saying what fits."""
+    if isinstance(p, CnnParams) and p.filters and len(p.filters) > (fit := blocks_that_fit(info)):
+        h, w, _ = info.shape
+        raise ConfigError(f"filters={_widths(p.filters)}: {len(p.filters)} blocks, each halving the image, would "
+                          f"shrink the {h}x{w} images of {info.name} below one pixel; {fit} fit: give at most {fit} "
+                          f"widths, e.g. filters={_widths(p.filters[:fit])}")
+
+
+def check_recipe(p: NetworkParams, info: DatasetInfo) -> None:
+    """Refuse, before any training, what ``info``'s data does not allow: a network its images are too
+    small for, answers averaged with a mirror image where a mirror changes the label."""
+    check_fits(p, info)
+    if p.tta_flip and not info.flips:
+        raise ConfigError(f"tta_flip=true: in {info.name}, a mirror image may not keep its label (the dataset says "
+                          "flips: false), so answers may not be averaged with one: set tta_flip to false, or use a "
+                          "study without it (e.g. study=digits); if mirror images do keep their labels, say flips: "
+                          "true in the folder's dataset.yaml")
+
+
+def default_widths(info: DatasetInfo) -> tuple[int, ...]:
+    """The cnn family's widths (CNN_FILTERS) cut to the blocks ``info``'s images fit."""
+    return tuple(parse_int_list(CNN_FILTERS))[:blocks_that_fit(info)]
+
+
+def fit_to_data(p: NetworkParams, info: DatasetInfo) -> tuple[NetworkParams, str | None]:
+    """``p`` made concrete for ``info``'s images and checked (:func:`check_recipe`): a cnn whose filters
+    were not given gets the family's widths that fit, with a sentence when they were cut (else None).
+    Every command does this before its run starts, so that the run logs the widths it trains."""
+    note = None
+    if isinstance(p, CnnParams) and p.filters is None:
+        widths, full = default_widths(info), parse_int_list(CNN_FILTERS)
+        if len(widths) < len(full):
+            h, w, _ = info.shape
+            note = (f"the {h}x{w} images of {info.name} fit {len(widths)} pooling blocks, not the default's "
+                    f"{len(full)}: training filters={_widths(widths)}")
+        p = replaced(p, filters=_widths(widths))
+    check_recipe(p, info)
+    return p, note
+
+
+def build(p: NetworkParams, info: DatasetInfo, *, fused: bool = False) -> keras.Model:
+    """The network ``p`` describes for ``info``'s images and classes; ``fused`` (training only) uses
+    FusedBatchNormalization."""
+    return build_cnn(p, info, fused=fused) if isinstance(p, CnnParams) else build_mlp(p, info)
+
+
+def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> keras.Model:
     """``trained`` as the model to log: float32 and built from Keras' own layers only, whatever
     precision and layers trained it (same weights: mixed-precision variables are float32 already,
     FusedBatchNormalization holds Keras' variables)."""
-    copy = build(p)
+    copy = build(p, info)
     copy.set_weights(trained.get_weights())
     return copy
 
@@ -114,5 +170,5 @@ def summary_tags(p: NetworkParams) -> dict[str, str]:
     return {"family": "cnn", "arch": f"cnn {_widths(p.filters)}{depth}{res} d{p.dense_units}{bn}"}
 
 
-def _widths(widths: tuple[int, ...]) -> str:
-    return ",".join(map(str, widths))
+def _widths(widths: tuple[int, ...] | None) -> str:
+    return ",".join(map(str, widths)) if widths is not None else "default"

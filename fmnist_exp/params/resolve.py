@@ -72,7 +72,8 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
 
 def _build(cls: type, resolved: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cls)}
-    kw = {k: (tuple(T.parse_int_list(v)) if k in typed.WIDTH_FIELDS else v) for k, v in resolved.items() if k in names}
+    kw = {k: (tuple(T.parse_int_list(v)) if k in typed.WIDTH_FIELDS and v is not None else v)
+          for k, v in resolved.items() if k in names}
     return cls(**kw)
 
 

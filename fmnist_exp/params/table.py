@@ -88,9 +88,17 @@ def parse_int_list(text) -> list[int]:
 
 # ----------------------------------------------------------------------------- families
 
+DATA = Param("data", "fashion-mnist", "the images: fashion-mnist; digits (scikit-learn's 1,797 8x8 digits); or a "
+             "path: an image folder (DIR/<class>/*.png|jpg, or DIR/train/<class>/... with DIR/test/<class>/...), a "
+             ".npz with x_train, y_train, x_test, y_test, or a folder of IDX or CSV files; DIR/dataset.yaml may name "
+             "the classes, the image size and flips (docs/data.md). It wins over data_dir, which only says where "
+             "Fashion-MNIST's own files are")
+DATA_DIR = Param("data_dir", None, "where Fashion-MNIST's files are (data=fashion-mnist only): a folder with the IDX "
+                 "files or CSV pair (not given: $FMNIST_DATA_DIR, then the usual places, docs/data.md)", kind=str)
+
 DATA_PARAMS = [
-    Param("data_dir", None, "folder with the IDX files or CSV pair (not given: search the usual places, "
-          "docs/data.md)", kind=str),
+    DATA,
+    DATA_DIR,
     Param("val_fraction", 0.1, "share of the training set held out for validation", in_range(0.01, 0.5)),
     Param("train_samples", 0, "limit training images for quick runs (0 = all)",
           lambda v: None if v == 0 or v >= 100 else "must be 0 (all) or at least 100"),
@@ -121,7 +129,8 @@ FIT_PARAMS = [
     Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, mixed_bfloat16 on a CPU with "
           "bfloat16 instructions (AMX-BF16 or AVX512-BF16) under TensorFlow, else float32; or name one "
           "(docs/speed.md)", one_of(PRECISIONS)),
-    Param("augment", False, "random horizontal flips, shifts, rotations and zoom while training"),
+    Param("augment", False, "random horizontal flips (where the dataset says a mirror image keeps its label), "
+          "shifts, rotations and zoom while training"),
     Param("aug_shift", 0.08, "largest random shift, as a share of the image side (augment)", in_range(0, 0.5)),
     Param("aug_rotate", 0.03, "largest random rotation, as a share of a full turn (augment; 0 = none)",
           in_range(0, 0.5)),
@@ -138,7 +147,7 @@ FIT_PARAMS = [
           "with aug_shift; 0 = off)", in_range(0, 4)),
     Param("tta_flip", False, "the trained model answers with the mean of its predictions for the image and "
           "its mirror image (test-time augmentation; 2x inference cost; pair it with augment=true: a network "
-          "never shown mirror images loses accuracy)"),
+          "never shown mirror images loses accuracy; refused on data whose mirror images change their label)"),
 ]
 
 NET_COMMON = [
@@ -151,6 +160,8 @@ def restate(name: str, default: Any) -> Param:
     """A shared fit parameter with a family's own default (same help, same check)."""
     return replace(next(p for p in FIT_PARAMS if p.name == name), default=default)
 
+
+CNN_FILTERS = "32,64,128,256"  # the cnn family's widths where the images allow four blocks (28x28 and larger)
 
 FAMILY_PARAMS = {
     "baseline": [
@@ -165,8 +176,9 @@ FAMILY_PARAMS = {
     "cnn": [
         # chosen by validation accuracy per unit of training time (BENCHMARKS.md, "Recipes")
         restate("epochs", 9),
-        Param("filters", "32,64,128,256", "conv filters per block (each block halves the image)",
-              int_list(1, 1024, max_len=4)),
+        Param("filters", None, f"conv filters per block (each block halves the image) (not given: {CNN_FILTERS}, or "
+              "on images too small for four halvings the first widths that fit, e.g. 32,64,128 on 8x8 digits)",
+              int_list(1, 1024, max_len=4), kind=str),
         Param("convs_per_block", 1, "3x3 convolutions before each pooling", in_range(1, 3)),
         Param("pool_first", True, "max-pool before batch norm and ReLU (4x fewer of their operations)"),
         Param("residual", False, "add each block's input to its output: a shortcut, identity where the width "
@@ -221,10 +233,12 @@ TUNE_PARAMS = [
           "or ~/.pgpass, or grpc://HOST:PORT for a storage-proxy (grpc://HOST1:PORT1,HOST2:PORT2: several, tried in "
           "order) (not given: sqlite optuna.db beside mlflow.db)",
           kind=str),
-    Param("model_name", "fmnist-classifier", "registered model name"),
+    Param("model_name", None, "registered model name; one name holds one dataset's models (not given: "
+          "fmnist-classifier for Fashion-MNIST, else <dataset name>-classifier, e.g. digits-classifier)", kind=str),
     Param("seed", 42, "seed of every trial's split and initialisation, and of the sampler of a lone (SQLite) "
           "worker; workers sharing a database each draw their own (parameter sampler_seed)", in_range(0, 2**31 - 1)),
-    Param("data_dir", None, "folder with the dataset (not given: search the usual places)", kind=str),
+    DATA,
+    DATA_DIR,
     Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
     Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "
           "exact McNemar p below this", in_range(0, 1, lo_open=True, hi_open=True)),
@@ -246,7 +260,8 @@ LAUNCH_OWN_PARAMS = [
 ]
 
 # register may train too (final retrains, the reference): system_metrics is its as well
-REGISTER_NAMES = ("family", "study", "study_name", "storage", "model_name", "seed", "data_dir", "promote_alpha",
+REGISTER_NAMES = ("family", "study", "study_name", "storage", "model_name", "seed", "data", "data_dir",
+                  "promote_alpha",
                   "experiment", "system_metrics")
 
 PREDICT_PARAMS = [
@@ -259,8 +274,10 @@ REPRODUCE_PARAMS = [
     Param("tolerance", 0.003, "largest accepted test-accuracy difference to the original, either way, as a fraction "
           "(0.003 = 0.3 percentage points = 30 of the 10,000 test images); exit code 1 beyond it",
           in_range(0, 1)),
-    Param("data_dir", None, "folder with the dataset (not given: search the usual places); refused unless its "
-          "sha256 is the original's", kind=str),
+    Param("data", None, "the images the original trained on, if they moved: as `data` on the training entry points "
+          "(not given: what the original run recorded); refused unless its sha256 is the original's", kind=str),
+    Param("data_dir", None, "where Fashion-MNIST's files are (not given: search the usual places); refused unless "
+          "its sha256 is the original's", kind=str),
     Param("exact", False, "true: pass only if the rebuild's test-set probabilities are bit-identical to the "
           "original's (same machine, code and data give that; tolerance is then not used)"),
     EXPERIMENT,

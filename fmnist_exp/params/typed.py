@@ -24,7 +24,7 @@ def _flat_value(v: Any) -> Any:
 
 # Parameters added after runs were logged without them, and the value that trains as those runs did.
 ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None,
-                               "optimizer": "adam"}
+                               "optimizer": "adam", "data": "fashion-mnist"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,8 @@ class Values:
 
 @dataclass(frozen=True, kw_only=True)
 class DataParams(Values):
-    data_dir: str | None
+    data: str  # what: fashion-mnist, digits or a path (data.load_dataset)
+    data_dir: str | None  # where Fashion-MNIST's files are
     val_fraction: float
     train_samples: int  # 0 = all
     seed: int
@@ -109,7 +110,7 @@ class MlpParams(FitParams):
 @dataclass(frozen=True, kw_only=True)
 class CnnParams(FitParams):
     FAMILY: ClassVar[str] = "cnn"
-    filters: tuple[int, ...]
+    filters: tuple[int, ...] | None  # None: CNN_FILTERS cut to the images (model.networks.fit_to_data)
     convs_per_block: int
     pool_first: bool
     residual: bool
@@ -151,8 +152,9 @@ class TuneArgs(Values):
     train_samples: int | None  # 0 = all
     study_name: str | None
     storage: str | None
-    model_name: str
+    model_name: str | None  # None: the dataset's (study.setup.prepare resolves it)
     seed: int
+    data: str
     data_dir: str | None
     register: bool
     promote_alpha: float
@@ -179,6 +181,7 @@ class PredictArgs(Values):
 class ReproduceArgs(Values):
     model_uri: str
     tolerance: float
+    data: str | None  # None: what the original recorded
     data_dir: str | None
     exact: bool
     experiment: str | None

@@ -34,7 +34,8 @@ def version_tags(source_run_id: str, parent_run_id: str | None = None) -> dict[s
     run = client.get_run(source_run_id)
     params = run.data.params
     tags = {**lineage.recorded_code_version(run), "data_sha256": params.get("data_sha256", lineage.UNKNOWN),
-            "data_source": params.get("data_source", lineage.UNKNOWN)}
+            "data_source": params.get("data_source", lineage.UNKNOWN),
+            "data_name": params.get("data_name", "fashion-mnist"), "data_shape": params.get("data_shape", "28x28x1")}
     tags.update({f"data_digest_{ctx}": digest for ctx, digest in lineage.split_digests(run).items()})
     # what it costs to serve (model/cost.py), as its run measured it: the registry page says it without a click
     tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith("cost_")})

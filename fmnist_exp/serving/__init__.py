@@ -5,6 +5,6 @@ before the package took this layout import it from here (their classifier_model.
 ``from fmnist_exp.serving import FashionClassifier``), so this name stays.
 """
 
-from ..model.classifier import FashionClassifier, compact_request
+from ..model.classifier import FashionClassifier, ImageClassifier, compact_request
 
-__all__ = ["FashionClassifier", "compact_request"]
+__all__ = ["FashionClassifier", "ImageClassifier", "compact_request"]

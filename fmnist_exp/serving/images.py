@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from ..data import FASHION_MNIST, DatasetInfo
 from ..model.classifier import MAX_BATCH, BadRequest, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -31,10 +32,21 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
+def model_info(model) -> DatasetInfo:
+    """The dataset a loaded classifier answers for (Fashion-MNIST for a model that does not say)."""
+    try:
+        return getattr(model.unwrap_python_model(), "info", FASHION_MNIST)
+    except mlflow.exceptions.MlflowException:  # not a python model: no dataset of its own
+        return FASHION_MNIST
+
+
 def predict_files(paths: list[str], model_uri: str) -> pd.DataFrame:
+    """The model's answers for image files (and folders of them), each decoded to its dataset's size
+    and channels as the served model decodes a PNG/JPEG request."""
     files = image_files(paths)
-    images = np.stack([load_image(f) for f in files])
     model = mlflow.pyfunc.load_model(model_uri)
+    info = model_info(model)
+    images = np.stack([load_image(f, info) for f in files])
     out = pd.concat([model.predict(images[i:i + MAX_BATCH]) for i in range(0, len(images), MAX_BATCH)],
                     ignore_index=True)
     out.insert(0, "file", [str(f) for f in files])

@@ -100,8 +100,8 @@ def log_study_views(study: optuna.Study, parent_run_id: str) -> None:
 
 
 # What each split depends on: a space that samples one of these gives each trial a split of its own.
-SPLIT_INPUTS = {"training": {"data_dir", "val_fraction", "seed", "split_seed", "train_samples"},
-                "validation": {"data_dir", "val_fraction", "seed", "split_seed"}, "test": {"data_dir"}}
+SPLIT_INPUTS = {"training": {"data", "data_dir", "val_fraction", "seed", "split_seed", "train_samples"},
+                "validation": {"data", "data_dir", "val_fraction", "seed", "split_seed"}, "test": {"data", "data_dir"}}
 
 
 def log_study_inputs(setup: Setup) -> dict[str, str]:

@@ -25,7 +25,7 @@ from ..model.wrappers import average
 from ..params import NetworkParams
 from ..train import lineage, tracking
 from ..train.evaluate import evaluate, log_test_evaluation, predict_proba
-from ..train.job import RunResult, log_cost
+from ..train.job import RunResult, log_cost, log_data_facts
 from ..train.model_logging import log_classifier, log_keras_model
 from ..train.runs import active_run_id
 
@@ -60,20 +60,20 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
                      MEMBERS_TAG: ",".join(member_run_ids)})
     tracking.log_params({**{k: v for k, v in p.flat().items() if k != "seed"}, "family": p.FAMILY,
                          "ensemble_seeds": ",".join(map(str, seeds)), "ensemble_size": len(members)})
-    tracking.log_params(ds.describe())
+    log_data_facts(ds)
     lineage.log_code_version()
     x_val, y_val = held_out_by_all(ds, p.val_fraction, split_seeds)
     # what the ensemble was validated and will be tested on; each member's run has its own three splits
     digests = lineage.log_inputs(lineage.datasets(ds.source, {"validation": (x_val, y_val),
-                                                              "test": (ds.x_test, ds.y_test)}))
+                                                              "test": (ds.x_test, ds.y_test)}, ds.info.name))
     member_acc = [evaluate(m, x_val, y_val, prefix="")["accuracy"] for m in members]
-    model = average(members)
+    model = average(members, ds.info)
     val = evaluate(model, x_val, y_val, prefix="val_final_")
     keras_ref = log_keras_model(model, x_val)
-    classifier_ref = log_classifier(model, x_val)
+    classifier_ref = log_classifier(model, x_val, ds.info)
     mlflow.set_tags({"model_uri": keras_ref.uri, "classifier_uri": classifier_ref.uri})
     tracking.log_model_metrics(run_id, {**val, "val_final_images": float(len(y_val))},
-                               digest=digests["validation"])
+                               digest=digests["validation"], dataset=ds.info.name)
     mlflow.log_metrics({f"val_final_accuracy_member_{i}": a for i, a in enumerate(member_acc)})
     if echo:
         each = ", ".join(f"seed {s} {a:.4f}" for s, a in zip(seeds, member_acc, strict=True))
@@ -82,5 +82,6 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
     result = RunResult(run_id, {**val, **log_cost(run_id, model, echo).metrics()}, keras_ref.uri, classifier_ref.uri)
     if evaluate_test:
         probs = predict_proba(model, ds.x_test)
-        result.metrics.update(log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, f"{arch['arch']} ensemble"))
+        result.metrics.update(log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, ds.info,
+                                                  f"{arch['arch']} ensemble"))
     return result, model

@@ -109,7 +109,7 @@ def student_tag(setup: Setup, config: dict[str, Any], seed: int) -> str:
     changed = ", ".join(f"{key}={student[key]}" for key in sorted(setup.spec.final.student)
                         if student[key] != final[key])
     study_goals = setup.spec.goals
-    broken = study_goals.broken(static_costs(p)) if changed and study_goals.static_constraints() else []
+    broken = study_goals.broken(static_costs(p, setup.ds.info)) if changed and study_goals.static_constraints() else []
     if broken:
         raise ConfigError(f"{setup.spec.path}: final.student ({changed}) would cost {'; '.join(broken)}, over the "
                           "study's constraints, so the network distilled with it could not be registered; nothing "

@@ -23,6 +23,7 @@ import optuna
 
 from .. import params as P
 from ..console import duration
+from ..data import DatasetInfo
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
@@ -97,19 +98,20 @@ def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
     runs.raise_if_interrupted()
 
 
-def static_costs(p: P.NetworkParams) -> dict[str, float]:
-    """The deterministic costs of the network ``p`` describes, built and untrained, as it would be served."""
-    model = networks.build(p)
-    return cost.static(as_served(model, p))
+def static_costs(p: P.NetworkParams, info: DatasetInfo) -> dict[str, float]:
+    """The deterministic costs of the network ``p`` describes for ``info``'s images, built and untrained, as
+    it would be served."""
+    model = networks.build(p, info)
+    return cost.static(as_served(model, p, info))
 
 
-def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams) -> str | None:
+def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams, info: DatasetInfo) -> str | None:
     """Why the network ``p`` is not trained: its deterministic costs break a budget. Its constraint
     values are set (the sampler learns from them) and the reason and costs recorded on the trial and
     its run. None: train it."""
     if not goals.static_constraints():
         return None
-    static = static_costs(p)
+    static = static_costs(p, info)
     broken = goals.broken(static)
     if not broken:
         return None
@@ -202,7 +204,7 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
             if twin is not None:
                 same_as(trial, twin, goals, p)
                 return list(twin.values) if goals.multi else twin.values[0]
-            reason = over_budget(trial, goals, p)
+            reason = over_budget(trial, goals, p, setup.ds.info)
             result = None if reason else trained(trial, p, tags, suggestion)
         # raised after the run ended, so a pruned run is FINISHED, not FAILED
         if result is None:

@@ -36,17 +36,8 @@ from ..params import NetworkParams
 from ..train import job, runs, tracking
 from ..train.evaluate import classifier_answers, score_on_test
 from .candidate import Candidate
-from .setup import Setup, study_layers
-from .spec import REFERENCE_BUDGET, StudySpec
+from .setup import Setup, reference_recipe
 from .summary import Gain
-
-
-def recipe(args: P.TuneArgs, spec: StudySpec) -> NetworkParams:
-    """The reference's parameters: the family defaults (``fixed`` not applied) or the named ones, their
-    own epochs included, with the candidate's training images and seed."""
-    candidate = P.compose(spec.family, study_layers(args, spec, final=spec.final.params))
-    return P.replaced(P.network(spec.family, spec.reference.params),
-                      **{k: getattr(candidate, k) for k in REFERENCE_BUDGET})
 
 
 @dataclass(frozen=True)
@@ -58,7 +49,7 @@ class Job:
 
     @classmethod
     def of(cls, setup: Setup) -> Job:
-        p = recipe(setup.args, setup.spec)
+        p = reference_recipe(setup.args, setup.spec, setup.ds.info)
         # the key hashes the parameters as runs log them, so a study resumed across versions finds its run
         return cls(p, {"optuna_study": setup.study_name, "study_reference": "true", "reference_key": p.digest()})
 

@@ -84,6 +84,7 @@ class StudyReport:
     front: list[F.FrontPoint] | None = None  # several objectives: the complete trials as points
     front_figure: bytes | None = None  # Optuna's Pareto plot as logged
     constraints: dict[str, float] = field(default_factory=dict)  # the study's budget
+    data: str = ""  # the dataset, as the parent run's data_* parameters name it
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
@@ -125,8 +126,18 @@ def gather(study: optuna.Study, parent_run_id: str, spec: StudySpec, top: int = 
                                comparison(metrics, DISTILL_VS_SEED, "distilled", "seed")) if c is not None],
         distilled_seed=int(metrics.get("ensemble_gain_seed", -1)), distilled_student=tags.get(DISTILL_STUDENT, ""),
         front=F.points(study, spec.goals) if spec.goals.multi else None, front_figure=front_figure,
-        constraints=spec.goals.constraints,
+        constraints=spec.goals.constraints, data=_data(parent.data.params),
     )
+
+
+def _data(params: dict[str, str]) -> str:
+    """The study's dataset in a few words: name, image size, classes, test images and how they were held out."""
+    name = params.get("data_name", "fashion-mnist")  # a parent run of earlier code: Fashion-MNIST
+    shape, classes = params.get("data_shape", "28x28x1"), params.get("data_classes", "10")
+    split = params.get("data_test_split", "given")
+    held = "the dataset's own test set" if split == "given" else split
+    return (f"{name}: {shape} images, {classes} classes, {params.get('data_train_count', '?')} training and "
+            f"{params.get('data_test_count', '?')} test images ({held}), sha256 {params.get('data_sha256', '?')[:12]}")
 
 
 def _download(client: MlflowClient, run_id: str, path: str, tmp: str) -> bytes | None:
@@ -201,6 +212,7 @@ def render(r: StudyReport) -> str:
     body = [
         f"<h1>Study {_e(r.study_name)}</h1>",
         f'<p class="question">{_e(r.description)}</p>',
+        *([f'<p class="muted">Data: {_e(r.data)}.</p>'] if r.data else []),
         f'<p class="muted">{len(r.trials)} trials: {counts["COMPLETE"]} complete, {counts["PRUNED"]} pruned, '
         f'{counts["FAIL"]} failed. Parent run {_run_link(r, r.experiment_id, r.parent_run_id)}. '
         f"Written {_e(r.created)}.</p>",

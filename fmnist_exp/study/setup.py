@@ -16,15 +16,18 @@ import optuna
 
 from .. import data as D
 from .. import params as P
+from ..model.networks import fit_to_data
 from ..params import ConfigError, TuneArgs
 from ..scale.health import shown_uri
 from ..scale.storage import StorageURL, preflight
 from ..train import tracking
+from ..train.job import log_data_facts
 from . import spec as S
 from .space import as_trial_params
 
 # Study user attributes that make a study self-describing.
 STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
+STUDY_DATA, STUDY_DATA_NAME = "data_sha256", "data_name"  # the one dataset a study's trials are compared on
 
 
 @dataclass(frozen=True)
@@ -38,21 +41,26 @@ class Setup:
     study_name: str
     storage: StorageURL
     optuna_storage: optuna.storages.BaseStorage  # opened once, shared by every step
+    model_name: str  # the registered name: model_name, else the dataset's (default_model_name)
 
     def layers(self, sampled: dict[str, Any] | None = None, final: dict[str, Any] | None = None) -> P.Layers:
         return study_layers(self.args, self.spec, sampled, final)
 
+    def recipe(self, layers: P.Layers) -> P.NetworkParams:
+        """The network ``layers`` compose, made concrete for the study's images (networks.fit_to_data)."""
+        return fit_to_data(P.compose(self.spec.family, layers), self.ds.info)[0]
+
     def trial_params(self, sampled: dict[str, Any] | None = None) -> P.NetworkParams:
-        return P.compose(self.spec.family, self.layers(sampled))
+        return self.recipe(self.layers(sampled))
 
     def final_params(self, config: dict[str, Any], seed: int) -> P.NetworkParams:
         """The best configuration retrained with the study file's ``final`` and ``seed``."""
-        return P.compose(self.spec.family, self.layers(config, {**self.spec.final.params, "seed": seed}))
+        return self.recipe(self.layers(config, {**self.spec.final.params, "seed": seed}))
 
     def student_params(self, config: dict[str, Any], seed: int) -> P.NetworkParams:
         """The distilled network's: the final retrain's with the study file's ``final.student``."""
         final = {**self.spec.final.params, **self.spec.final.student, "seed": seed}
-        return P.compose(self.spec.family, self.layers(config, final))
+        return self.recipe(self.layers(config, final))
 
     def final_seeds(self) -> list[int]:
         """seed, seed+1, ... for ``final.seeds`` retrains; ``final`` may name the first seed."""
@@ -69,7 +77,8 @@ def study_layers(args: TuneArgs, spec: S.StudySpec, sampled: dict[str, Any] | No
     """A study's layers for a trial (``sampled``) or a final retrain (``final``), in the one order
     :func:`params.compose` applies: the command line's budget only where it was given."""
     given = {"epochs": args.epochs, "train_samples": args.train_samples}
-    command_line = {**{k: v for k, v in given.items() if v is not None}, "seed": args.seed, "data_dir": args.data_dir}
+    command_line = {**{k: v for k, v in given.items() if v is not None}, "seed": args.seed, "data": args.data,
+                    "data_dir": args.data_dir}
     # Only a study stored by earlier code samples these (a new file may not): there the sampled value
     # trained, as it did then, so that a resumed study's recorded values stay true.
     kept = set(sampled or {}) & {*S.RUN_ONLY, *S.BUDGET_ONLY}
@@ -81,6 +90,15 @@ def study_layers(args: TuneArgs, spec: S.StudySpec, sampled: dict[str, Any] | No
         final=final or {},
     )
 
+
+def reference_recipe(args: TuneArgs, spec: S.StudySpec, info: D.DatasetInfo) -> P.NetworkParams:
+    """The reference's parameters: the family defaults (``fixed`` not applied) or the named ones, their
+    own epochs included, with the candidate's training images and seed; on small images the default
+    recipe's blocks that fit (as the cnn entry point trains it there), a named one refused if they do not."""
+    candidate = P.compose(spec.family, study_layers(args, spec, final=spec.final.params))
+    p = P.replaced(P.network(spec.family, spec.reference.params),
+                   **{k: getattr(candidate, k) for k in S.REFERENCE_BUDGET})
+    return fit_to_data(p, info)[0]
 
 def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     """Check everything that can be wrong before any work, and before any MLflow run is started."""
@@ -97,9 +115,65 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     check_reference_run(spec)
     budget = spec.budget.with_command_line(args)
     P.compose(spec.family, study_layers(args, spec))  # what every trial shares: refused now, not in trial 0
-    setup = Setup(args, spec, budget, D.load(args.data_dir), study_name, url, opened)
+    ds = D.load_dataset(args.data, args.data_dir)
+    for note in ds.notes:
+        print(f"[data] {note}", flush=True)
+    setup = Setup(args, spec, budget, ds, study_name, url, opened, args.model_name or default_model_name(ds.info))
+    check_data(setup, stored)
     check_ensemble_validation(setup)
     return setup
+
+
+def default_model_name(info: D.DatasetInfo) -> str:
+    """The registered name a dataset's models go under unless model_name says: one name, one dataset."""
+    return "fmnist-classifier" if info.name == D.FASHION_MNIST.name else f"{info.name}-classifier"
+
+
+def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
+    """What the study's data allows, refused before any training: a study created on other data (its
+    trials would be compared across datasets), a registered name whose champion holds another dataset,
+    a validation split the classes cannot fill, and any recipe the study can train (each searched
+    value's extremes, the enqueued points, the final retrain, the student, the reference) that the
+    images do not allow (networks.check_recipe)."""
+    ds, spec, where = setup.ds, setup.spec, str(setup.spec.path)
+    if stored is not None and stored.get(STUDY_DATA, ds.sha256 if ds.official else None) != ds.sha256:
+        name = stored.get(STUDY_DATA_NAME, D.FASHION_MNIST.name)
+        raise ConfigError(f"study {setup.study_name!r} was created on {name} (sha256 {str(stored.get(STUDY_DATA))[:12]}"
+                          f"...), not on this data ({ds.info.name}, sha256 {ds.sha256[:12]}...): a study compares its "
+                          "trials on one dataset; give this data a study_name of its own")
+    check_champion_data(setup.model_name, ds)
+    base = {key: dist.corners()[0] for key, dist in spec.space.items()}
+    points = [base, *({**base, key: value} for key, dist in spec.space.items() for value in dist.corners()),
+              *spec.enqueue]
+    try:
+        for point in points:
+            D.check_split(ds, setup.trial_params(point).val_fraction)
+        first = setup.final_seeds()[0]
+        D.check_split(ds, setup.final_params(base, first).val_fraction)
+        if spec.final.distill:
+            setup.student_params(base, first)
+        if spec.reference.kind in ("default", "params"):
+            reference_recipe(setup.args, spec, ds.info)
+    except ConfigError as e:
+        raise ConfigError(f"{where} on {ds.info.name}: {e}") from None
+
+
+def check_champion_data(model_name: str, ds: D.Dataset) -> None:
+    """Refuse a registered name whose @champion was trained on another dataset: the gate would score
+    that champion on this data's test images, and one name would hold two datasets' models."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = mlflow.MlflowClient().get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return  # no such model, or no champion yet
+    theirs = champion.tags.get("data_sha256")
+    if theirs not in (None, "unknown", ds.sha256):
+        name = champion.tags.get("data_name", "another dataset")
+        raise ConfigError(f"model_name={model_name}: its @champion (version {champion.version}) was trained on {name} "
+                          f"(sha256 {theirs[:12]}...), not on {ds.info.name} (sha256 {ds.sha256[:12]}...); one "
+                          f"registered name holds one dataset: leave model_name out (this data's models go under "
+                          f"{default_model_name(ds.info)}) or give another")
 
 
 FEW_HELD_OUT = 200  # one standard error of a ~95% accuracy is ~1.5 points on 200 images
@@ -111,8 +185,8 @@ def check_ensemble_validation(setup: Setup) -> None:
     its own ``val_fraction``, so k seeds leave about ``val_fraction ** k`` of the training set (584
     images for 2 seeds at 0.1, 51 for 3, 7 for 4, none for 5). Refuse, before any training, seeds
     that leave none; warn when they leave so few that the ensemble's validation accuracy tells little."""
-    if not setup.spec.final.ensemble:
-        return
+    if not setup.spec.final.ensemble or len(set(setup.final_split_seeds())) == 1:
+        return  # one shared split: the ensemble is validated on all of it, as each seed is
     from .ensemble import held_out_by_all
 
     seeds = setup.final_seeds()
@@ -204,6 +278,8 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names(list(goals.objectives))
             study.set_user_attr(STUDY_FAMILY, setup.spec.family)
+            study.set_user_attr(STUDY_DATA, setup.ds.sha256)
+            study.set_user_attr(STUDY_DATA_NAME, setup.ds.info.name)
             study.set_user_attr(STUDY_FILE, setup.spec.path.name)
             study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
         return study
@@ -244,7 +320,7 @@ def log_setup(setup: Setup, before: int, sampler_seed: int | None = None) -> Non
                          "sampler": spec.make_sampler(0).__class__.__name__,
                          "optuna_storage": str(setup.storage), "trials_before": before,
                          **({"sampler_seed": sampler_seed} if sampler_seed is not None else {})})
-    tracking.log_params(setup.ds.describe())
+    log_data_facts(setup.ds)
     if not spec.goals.plain:
         tracking.log_params(spec.goals.flat())
     mlflow.log_text(spec.text, f"study/{spec.path.name}")

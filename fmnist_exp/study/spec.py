@@ -59,7 +59,7 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
 CONSTRAINED_SAMPLERS = ("tpe", "nsga2")  # those that read the trials' constraint values
 # a reference is trained on the candidate's images with its seed, so it may not set these (its epochs
 # are its own: the family's default, or what its params name)
-REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "split_seed", "data_dir")
+REFERENCE_BUDGET = ("train_samples", "val_fraction", "seed", "split_seed", "data", "data_dir")
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     return spec
 
 
-RUN_ONLY = ("seed", "data_dir")  # one per invocation: the command line's
+RUN_ONLY = ("seed", "data", "data_dir")  # one per invocation: the command line's
 BUDGET_ONLY = ("epochs", "train_samples")  # per trial from the budget; searched, Optuna would record unused values
 
 
@@ -290,7 +290,8 @@ def check_distill(final: Final, where: str) -> None:
                           "final.ensemble is off: set ensemble: true (and seeds: 2 or more), or drop distill")
 
 
-STUDENT_KEEPS = ("seed", "split_seed", "data_dir", "val_fraction", "train_samples")  # the first seed's images and split
+# the first seed's images and split
+STUDENT_KEEPS = ("seed", "split_seed", "data", "data_dir", "val_fraction", "train_samples")
 
 
 def check_student(spec: StudySpec, where: str) -> None:

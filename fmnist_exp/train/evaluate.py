@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from ..data import CLASS_NAMES, NUM_CLASSES, Dataset
+from ..data import Dataset, DatasetInfo
 from ..metrics import TEST_ACC
 from ..model.classifier import MAX_BATCH
 from . import lineage, plots, tracking
@@ -26,7 +26,7 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, prefix: str) -
 
 
 def scores(y: np.ndarray, probs: np.ndarray, *, prefix: str) -> dict[str, float]:
-    """Accuracy, cross-entropy loss and macro-F1 of class probabilities."""
+    """Accuracy, cross-entropy loss and macro-F1 of class probabilities (one column per class)."""
     from sklearn.metrics import f1_score
 
     pred = probs.argmax(axis=1)
@@ -35,28 +35,30 @@ def scores(y: np.ndarray, probs: np.ndarray, *, prefix: str) -> dict[str, float]
     return {
         f"{prefix}accuracy": float((pred == y).mean()),
         f"{prefix}loss": loss,
-        f"{prefix}macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(NUM_CLASSES)))),
+        f"{prefix}macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(probs.shape[1])))),
     }
 
 
-def per_class_accuracy(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    return np.array([(pred[y == c] == c).mean() if np.any(y == c) else np.nan for c in range(NUM_CLASSES)])
+def per_class_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.array([(pred[y == c] == c).mean() if np.any(y == c) else np.nan for c in range(num_classes)])
 
 
-def log_test_evaluation(run_id: str, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray,
+def log_test_evaluation(run_id: str, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray, info: DatasetInfo,
                         title: str = "", model_ids: list[str] | None = None) -> dict[str, float]:
     """Test metrics (accuracy, loss, macro-F1, per class) on ``run_id`` and its models (default:
-    all it logged), and the two test plots on the run."""
+    all it logged), the class names, and the two test plots on the run."""
     client = MlflowClient()
     metrics = scores(y_test, probs, prefix="test_")
     pred = probs.argmax(axis=1)
-    for c, acc in enumerate(per_class_accuracy(y_test, pred)):
+    for c, acc in enumerate(per_class_accuracy(y_test, pred, info.num_classes)):
         metrics[f"test_accuracy_class_{c}"] = float(acc)
-    tracking.log_model_metrics(run_id, metrics, digest=lineage.split_digest(x_test, y_test), model_ids=model_ids)
-    client.log_dict(run_id, {str(c): n for c, n in enumerate(CLASS_NAMES)}, "class_names.json")
+    tracking.log_model_metrics(run_id, metrics, digest=lineage.split_digest(x_test, y_test), dataset=info.name,
+                               model_ids=model_ids)
+    client.log_dict(run_id, {str(c): n for c, n in enumerate(info.class_names)}, "class_names.json")
     for fig, path in (
-        (plots.confusion_matrix(y_test, pred, title=f"{title}: test confusion matrix"), "plots/confusion_matrix.png"),
-        (plots.misclassified_grid(x_test, y_test, probs), "plots/misclassified.png"),
+        (plots.confusion_matrix(y_test, pred, info.class_names, title=f"{title}: test confusion matrix"),
+         "plots/confusion_matrix.png"),
+        (plots.misclassified_grid(x_test, y_test, probs, info.class_names), "plots/misclassified.png"),
     ):
         client.log_figure(run_id, fig, path)
         plots.close(fig)
@@ -79,5 +81,5 @@ def score_on_test(run_id: str, classifier_uri: str, ds: Dataset, title: str) -> 
         metrics = {k: v for k, v in logged.items() if k.startswith("test_")}
     else:
         probs = np.stack([np.asarray(p) for p in answers["probabilities"]])
-        metrics = log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, title)
+        metrics = log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, ds.info, title)
     return answers["label"].to_numpy(), metrics

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from ..console import duration
-from ..data import Splits
+from ..data import DatasetInfo, Splits
 from ..metrics import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from ..model.networks import build
 from ..params import FitParams, NetworkParams
@@ -61,8 +61,8 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # python, numpy and the backend in one call
 
 
-def fresh_model(p: NetworkParams, *, fused: bool = True) -> tuple[keras.Model, str]:
-    """The network ``p`` describes, from a clean Keras session, its initial weights drawn from the
+def fresh_model(p: NetworkParams, info: DatasetInfo, *, fused: bool = True) -> tuple[keras.Model, str]:
+    """The network ``p`` describes for ``info``'s images, from a clean Keras session, its initial weights drawn from the
     seeded RNGs (not from what ran before), built under the precision it will train in; returns
     the model and that precision's name. ``fused``: batch norm by TensorFlow's fused kernel
     (model.layers.FusedBatchNormalization); the logged model is rebuilt without it."""
@@ -71,7 +71,7 @@ def fresh_model(p: NetworkParams, *, fused: bool = True) -> tuple[keras.Model, s
     warn_if_slow(precision)
     seed_everything(p.seed)
     with precision_policy(precision):
-        return build(p, fused=fused), precision
+        return build(p, info, fused=fused), precision
 
 
 def learning_rate(p: FitParams, steps_per_epoch: int):

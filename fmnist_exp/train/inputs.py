@@ -15,15 +15,12 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from ..data import NUM_CLASSES, Splits
+from ..data import Splits
 from ..model.augment import build_augmenter
 from ..params import FitParams
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
-_ONE_HOT = np.eye(NUM_CLASSES, dtype="float32")
-
 
 def pipeline_options() -> tf.data.Options:
     """Fixed tf.data parallelism. With autotuning on, epochs on 2 cores stalled at random (the
@@ -37,19 +34,20 @@ def pipeline_options() -> tf.data.Options:
     return opts
 
 
-def make_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int, augmenter: keras.Layer | None = None,
-                 targets: np.ndarray | None = None):
-    """uint8 arrays -> batched (float32 pixels, one-hot labels); augmentation runs per batch.
+def make_dataset(x, y, *, num_classes: int, batch_size: int, shuffle: bool, seed: int,
+                 augmenter: keras.Layer | None = None, targets: np.ndarray | None = None):
+    """uint8 arrays -> batched (float32 pixels, one-hot labels of ``num_classes``); augmentation runs
+    per batch.
 
     One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
-    ``targets`` (n x 10 probabilities, e.g. a teacher's for distillation) replace the one-hot labels.
+    ``targets`` (n x classes probabilities, e.g. a teacher's for distillation) replace the one-hot labels.
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32") if targets is None else targets.astype("float32")))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    target = (lambda b: tf.one_hot(b, NUM_CLASSES)) if targets is None else (lambda b: b)
+    target = (lambda b: tf.one_hot(b, num_classes)) if targets is None else (lambda b: b)
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), target(b)))
     if augmenter is not None:
         ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
@@ -61,19 +59,20 @@ def datasets(s: Splits, p: FitParams, targets: np.ndarray | None = None):
     batches (ArrayBatches, below) under any other backend, where TensorFlow may be absent.
     ``targets``: what the training images are fitted to instead of their one-hot labels
     (validation keeps its labels)."""
-    augmenter = build_augmenter(p) if p.augment else None
+    augmenter = build_augmenter(p, s.info) if p.augment else None
+    k = s.info.num_classes
     if keras.backend.backend() == "tensorflow":
-        return (make_dataset(s.x_train, s.y_train, batch_size=p.batch_size, shuffle=True, seed=p.seed,
+        return (make_dataset(s.x_train, s.y_train, num_classes=k, batch_size=p.batch_size, shuffle=True, seed=p.seed,
                              augmenter=augmenter, targets=targets),
-                make_dataset(s.x_val, s.y_val, batch_size=1024, shuffle=False, seed=p.seed))
-    return (ArrayBatches(s.x_train, s.y_train, batch_size=p.batch_size, seed=p.seed, augmenter=augmenter,
-                         targets=targets),
-            ArrayBatches(s.x_val, s.y_val, batch_size=1024))
+                make_dataset(s.x_val, s.y_val, num_classes=k, batch_size=1024, shuffle=False, seed=p.seed))
+    return (ArrayBatches(s.x_train, s.y_train, num_classes=k, batch_size=p.batch_size, seed=p.seed,
+                         augmenter=augmenter, targets=targets),
+            ArrayBatches(s.x_val, s.y_val, num_classes=k, batch_size=1024))
 
 
 
 class ArrayBatches(keras.utils.PyDataset):
-    """uint8 images ``x`` and integer labels ``y`` as batches of (float32 pixels, one-hot labels,
+    """uint8 images ``x`` and integer labels ``y`` as batches of (float32 pixels, one-hot labels of ``num_classes``,
     or rows of ``targets`` where given).
 
     ``seed`` None keeps the given order (validation); otherwise epoch ``e`` is a permutation drawn
@@ -81,11 +80,11 @@ class ArrayBatches(keras.utils.PyDataset):
     the same seed repeats its orders. ``augmenter`` runs on each batch with ``training=True``.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int | None = None,
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, num_classes: int, batch_size: int, seed: int | None = None,
                  augmenter: keras.Layer | None = None, targets: np.ndarray | None = None):
         super().__init__()  # one worker, in the training thread: the augmenter's RNG state is not shared
         self.x, self.y, self.batch_size, self.seed, self.augmenter = x, y, batch_size, seed, augmenter
-        self.targets = _ONE_HOT[y] if targets is None else targets.astype("float32")
+        self.targets = np.eye(num_classes, dtype="float32")[y] if targets is None else targets.astype("float32")
         self.epoch = 0
         self.order = self._order()
 

@@ -45,8 +45,16 @@ class RunResult:
 
 
 def load_splits(p: DataParams, ds: D.Dataset | None = None) -> tuple[D.Dataset, D.Splits]:
-    ds = ds or D.load(p.data_dir)
+    ds = ds or D.load_dataset(p.data, p.data_dir)
+    D.check_split(ds, p.val_fraction)
     return ds, D.split(ds, val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
+
+
+def log_data_facts(ds: D.Dataset) -> None:
+    """What the active run records of its dataset: the flat facts as parameters, the whole description
+    (class names included) as dataset.json."""
+    tracking.log_params(ds.describe())
+    mlflow.log_dict(ds.info.to_json(), "dataset.json")
 
 
 def run_name(p: NetworkParams) -> str:
@@ -92,15 +100,16 @@ def train_in_run(
     (train.distill), and the run records which model taught it and with what weight.
     """
     ds, s = load_splits(p, ds)
+    p = networks.fit_to_data(p, ds.info)[0]  # concrete (commands have done it before their runs: this is cheap)
     run_id = active_run_id()
     mlflow.set_tags({**networks.summary_tags(p), **(extra_tags or {}), **(teacher.tags() if teacher else {})})
     tracking.log_params({**p.flat(), **(extra_params or {}), "family": p.FAMILY,
                          **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
-    tracking.log_params(ds.describe())
+    log_data_facts(ds)
     digests = lineage.log_split_inputs(ds.source, s)
     lineage.log_code_version()
     targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
-    model, precision = F.fresh_model(p)
+    model, precision = F.fresh_model(p, ds.info)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
     callbacks = [logger, *([prune_check] if prune_check else []), *([F.EpochPrinter(echo)] if echo else [])]
@@ -110,9 +119,9 @@ def train_in_run(
         mlflow.set_tag("failure", str(e))
         raise
     if not networks.is_portable(model):  # logged: float32 and Keras' own layers, whatever trained it
-        model = networks.portable_copy(p, model)
+        model = networks.portable_copy(p, ds.info, model)
     # from here on (validation score, test score, logged model) as it answers: flips, shifts averaged
-    model = as_served(model, p)
+    model = as_served(model, p, ds.info)
     val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged
     mlflow.log_metrics({
         BEST_VAL_ACC: max(fitted.history.get(VAL_ACC, [0.0])),
@@ -125,18 +134,20 @@ def train_in_run(
                        history=logger.history)
     if prune_check is not None and getattr(prune_check, "pruned", False):
         result.pruned = True
-        tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"])  # no model: on the run
+        # no model: on the run
+        tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
         return result
     step = fitted.epochs_run  # past the last epoch's step: see model_logging.log_keras_model
     keras_ref = log_keras_model(model, s.x_val, step=step)
-    classifier_ref = log_classifier(model, s.x_val, step=step)
+    classifier_ref = log_classifier(model, s.x_val, ds.info, step=step)
     result.model_uri, result.classifier_uri = keras_ref.uri, classifier_ref.uri
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
-    tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"])  # on the run and both models
+    # on the run and both models
+    tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
     result.metrics.update(log_cost(run_id, model, echo).metrics())
     if evaluate_test:
         probs = predict_proba(model, s.x_test)
-        result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, run_name(p)))
+        result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, ds.info, run_name(p)))
     return result
 
 
@@ -175,7 +186,7 @@ def baseline_run(p: BaselineParams, *, experiment: str | None = None, ds: D.Data
     with _start("baseline logreg", {"family": "baseline", "arch": "logreg+majority"}, system_metrics) as run:
         mlflow.set_tags({"family": "baseline", "arch": "logreg+majority"})
         tracking.log_params({**p.flat(), "experiment": experiment or "", "family": "baseline"})
-        tracking.log_params(ds.describe())
+        log_data_facts(ds)
         digests = lineage.log_split_inputs(ds.source, s)
         lineage.log_code_version()
         majority = DummyClassifier(strategy="most_frequent").fit(flat(s.x_train), s.y_train)
@@ -201,8 +212,9 @@ def baseline_run(p: BaselineParams, *, experiment: str | None = None, ds: D.Data
         tracking.log_model_metrics(run_id, {BEST_VAL_ACC: val[VAL_FINAL_ACC], "train_wall_s": wall,
                                             "train_images_per_s": len(s.y_train) / wall}, model_ids=[])
         tracking.log_model_metrics(run_id, majority_scores, model_ids=[majority_info.model_id])
-        tracking.log_model_metrics(run_id, val, digest=digests["validation"], model_ids=[info.model_id])
+        tracking.log_model_metrics(run_id, val, digest=digests["validation"], dataset=ds.info.name,
+                                   model_ids=[info.model_id])
         probs = clf.predict_proba(flat(s.x_test))
-        metrics = log_test_evaluation(run_id, s.x_test, s.y_test, probs, "logistic regression",
+        metrics = log_test_evaluation(run_id, s.x_test, s.y_test, probs, ds.info, "logistic regression",
                                       model_ids=[info.model_id])
         return RunResult(run.info.run_id, {**val, **metrics}, model_uri=info.model_uri)

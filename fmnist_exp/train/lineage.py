@@ -25,7 +25,6 @@ import numpy as np
 if TYPE_CHECKING:
     from mlflow.data.numpy_dataset import NumpyDataset
 
-DATASET_NAME = "fashion-mnist"
 DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a digest; 128 bits identify a split
 
 
@@ -40,7 +39,10 @@ def split_digest(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def _source(location: str) -> str:
-    """The folder the files came from (for the Keras downloader: its cache folder)."""
+    """The folder or file the data came from (the Keras downloader: its cache folder; scikit-learn's
+    digits: the loader's name)."""
+    if location.startswith("sklearn."):
+        return location
     path = Path(location)
     if not path.exists():
         path = Path.home() / ".keras" / "datasets" / "fashion-mnist"
@@ -50,17 +52,18 @@ def _source(location: str) -> str:
 def split_datasets(source: str, splits) -> dict[str, NumpyDataset]:
     """The three splits as MLflow datasets keyed by context (training, validation, test)."""
     return datasets(source, {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val),
-                             "test": (splits.x_test, splits.y_test)})
+                             "test": (splits.x_test, splits.y_test)}, splits.info.name)
 
 
-def datasets(source: str, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, NumpyDataset]:
-    """context -> (images, labels) as MLflow datasets, each with its own full digest."""
+def datasets(source: str, parts: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> dict[str, NumpyDataset]:
+    """context -> (images, labels) as MLflow datasets named ``name`` (the dataset's), each with its own
+    full digest."""
     from mlflow.data.numpy_dataset import from_numpy
 
     src = _source(source)
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local folder
         warnings.simplefilter("ignore", UserWarning)
-        return {ctx: from_numpy(x, targets=y, source=src, name=DATASET_NAME, digest=split_digest(x, y))
+        return {ctx: from_numpy(x, targets=y, source=src, name=name, digest=split_digest(x, y))
                 for ctx, (x, y) in parts.items()}
 
 
@@ -145,6 +148,6 @@ def split_digests(run) -> dict[str, str]:
     out = {}
     for d in run.inputs.dataset_inputs if run.inputs else []:
         context = {t.key: t.value for t in d.tags}.get("mlflow.data.context")
-        if context and d.dataset.name == DATASET_NAME:
+        if context:
             out[context] = d.dataset.digest
     return out

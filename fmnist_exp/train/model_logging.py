@@ -13,7 +13,8 @@ import numpy as np
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
-from ..model.classifier import MODEL_CONFIG, OUTPUT_SCHEMA
+from ..data import DatasetInfo
+from ..model.classifier import DATASET_ARTIFACT, MODEL_CONFIG, OUTPUT_SCHEMA, input_schema
 from .runs import active_run_id
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fmnist_exp: logged with every classifier as its code
@@ -42,7 +43,7 @@ class LoggedModelRef:
 
 
 def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0) -> LoggedModelRef:
-    """Log with the keras flavor, a signature (raw 0-255 pixels, shape (-1, 28, 28)) and a
+    """Log with the keras flavor, a signature (raw 0-255 pixels, the dataset's shape) and a
     3-image input example, as a LoggedModel of the active run; the URI is ``runs:/<run>/<name>``.
 
     ``mlflow.keras.log_model(input_example=...)`` fails on a directory it never creates
@@ -80,25 +81,29 @@ def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "m
     return LoggedModelRef(f"runs:/{run_id}/{name}", logged.model_id)
 
 
-def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifier",
+def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, name: str = "classifier",
                    step: int = 0) -> LoggedModelRef:
     """Log the servable pyfunc next to the Keras model of the active run (models-from-code:
-    model/classifier_model.py, with the package as code); ``step`` as in :func:`log_keras_model`."""
+    model/classifier_model.py, with the package as code), with its dataset's description (its class
+    names, image shape and how a PNG/JPEG is decoded for it); ``step`` as in :func:`log_keras_model`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         keras_model.save(path)
-        signature = ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA)
-        # MLflow's own flag for "predict() validates its input": the scoring server then passes
+        described = Path(tmp) / "dataset.json"
+        described.write_text(info.dumps())
+        signature = ModelSignature(inputs=input_schema(info), outputs=OUTPUT_SCHEMA)
+        # MLflow's own flag for "predict() validates its input": MLflow enforces no input schema (the
+        # tensor schema states the shape; the other accepted shapes pass), the scoring server passes
         # {"inputs": X} as the JSON value X instead of np.array(X), which would turn a JSON true
         # into 1 and rows of unequal length into a numpy error before to_images could name them.
         # It also makes the server answer a body without "inputs" with a 400 that says so.
         # MLflow sets it only for a list[...] type hint, which would make MLflow refuse ndarrays
         # in-process and answer null, text or a number with its own words, so it is set here.
         signature._is_signature_from_type_hint = True
-        info = mlflow.pyfunc.log_model(
+        logged = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PACKAGE_DIR / "model" / "classifier_model.py"),
-            artifacts={"keras_model": str(path)},
+            artifacts={"keras_model": str(path), DATASET_ARTIFACT: str(described)},
             code_paths=[str(PACKAGE_DIR)],  # the class lives there; serving needs no project install
             signature=signature,
             input_example=x_example[:2].astype("int64"),
@@ -106,4 +111,4 @@ def log_classifier(keras_model, x_example: np.ndarray, *, name: str = "classifie
             model_config=dict(MODEL_CONFIG),
             step=step,
         )
-    return LoggedModelRef(info.model_uri, info.model_id)
+    return LoggedModelRef(logged.model_uri, logged.model_id)

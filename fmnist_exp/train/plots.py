@@ -9,7 +9,6 @@ matplotlib.use("Agg")  # headless: runs log PNGs, nothing opens a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..data import CLASS_NAMES  # noqa: E402
 from ..metrics import LEARNING_RATE, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS  # noqa: E402
 
 
@@ -37,26 +36,29 @@ def learning_curves(history: dict[str, list[float]], title: str = ""):
     return fig
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str = ""):
-    """Row-normalised confusion matrix with counts, classes named."""
-    n = len(CLASS_NAMES)
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...], title: str = ""):
+    """Row-normalised confusion matrix with counts, classes named (counts left out past 30 classes,
+    where they would no longer be legible)."""
+    n = len(class_names)
     cm = np.zeros((n, n), dtype=int)
     np.add.at(cm, (y_true, y_pred), 1)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(9, 8))
+    side = min(max(8.0, 0.8 * n), 30.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
+    for i in range(n if n <= 30 else 0):
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), CLASS_NAMES, rotation=45, ha="right")
-    ax.set_yticks(range(n), CLASS_NAMES)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
     fig.tight_layout()
     return fig
 
 
-def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, max_images: int = 36):
+def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...],
+                       max_images: int = 36):
     """The most confident mistakes, each titled true -> predicted (confidence)."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y_true)
@@ -67,8 +69,8 @@ def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, max
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, i in zip(np.atleast_1d(axes).ravel(), wrong, strict=False):  # a grid may have spare axes
-        ax.imshow(x[i], cmap="gray_r")
-        ax.set_title(f"{CLASS_NAMES[y_true[i]]}\n-> {CLASS_NAMES[pred[i]]} ({probs[i, pred[i]]:.0%})", fontsize=8)
+        ax.imshow(x[i], cmap="gray_r" if x[i].ndim == 2 else None)  # colour images as they are
+        ax.set_title(f"{class_names[y_true[i]]}\n-> {class_names[pred[i]]} ({probs[i, pred[i]]:.0%})", fontsize=8)
     fig.suptitle(f"most confident mistakes ({len(wrong)} shown of {int((pred != y_true).sum())})")
     fig.tight_layout()
     return fig

@@ -105,27 +105,25 @@ def record(run_id: str, metrics: dict, tags: dict | None = None) -> None:
         client.set_tag(run_id, k, str(v))
 
 
-def log_model_metrics(run_id: str, metrics: dict[str, float], *, digest: str = "",
+def log_model_metrics(run_id: str, metrics: dict[str, float], *, digest: str = "", dataset: str = "",
                       model_ids: list[str] | None = None) -> None:
     """Log ``metrics`` on the run and on its models (``model_ids``, default: every model the run
     logged), so the Models tab and ``mlflow.search_logged_models`` can rank models by them.
 
     One batch, one timestamp: the run keeps one point per metric however many models share it.
     ``digest`` names the split the metrics were measured on (a dataset input of the run, see
-    lineage.py): the UI shows a model's metrics per dataset.
+    lineage.py) and ``dataset`` its dataset's name: the UI shows a model's metrics per dataset.
     """
     from mlflow.entities import Metric
-
-    from .lineage import DATASET_NAME
 
     client = MlflowClient()
     if model_ids is None:
         outputs = client.get_run(run_id).outputs
         model_ids = [o.model_id for o in outputs.model_outputs] if outputs else []
     ts = int(time.time() * 1000)
-    dataset = {"dataset_name": DATASET_NAME, "dataset_digest": digest} if digest else {}
+    named = {"dataset_name": dataset, "dataset_digest": digest} if digest else {}
     targets: list[str | None] = [*model_ids] or [None]  # no model: the run alone
-    batch = [Metric(k, float(v), ts, 0, model_id=mid, **dataset)
+    batch = [Metric(k, float(v), ts, 0, model_id=mid, **named)
              for k, v in metrics.items() if math.isfinite(v) for mid in targets]
     for i in range(0, len(batch), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=batch[i:i + 1000])

@@ -154,7 +154,7 @@ def test_dataset_yaml_sets_name_order_channels_and_size(photos, tmp_path):
         "test_fraction: 0.3\n")
     ds = D.load_dataset(str(tmp_path))
     assert (ds.info.name, ds.info.class_names, ds.info.shape, ds.info.flips) == (
-        "Sample Photos", ("flower", "china"), (16, 16, 1), True)
+        "sample-photos", ("flower", "china"), (16, 16, 1), True)
     assert ds.x_train.shape[1:] == (16, 16) and ds.test_split == "held out by digest, 30%"
     assert ds.notes == ("20 of 20 images resized to 16x16", "20 of 20 colour images converted to grayscale")
     files = sorted((tmp_path / "flower").glob("*.png")) + sorted((tmp_path / "china").glob("*.png"))
@@ -398,6 +398,7 @@ def test_folder_layout_refusals(digits, tmp_path):
     ("flips: maybe\n", r"flips must be true or false"),
     ("test_fraction: 0.7\n", r"test_fraction must be a number above 0 and at most 0.5"),
     ("classes: [a\n", r"not valid YAML"),
+    ("name: Fashion MNIST\n", r"name: Fashion MNIST is Fashion-MNIST's own, which these files are not"),
 ])
 def test_dataset_yaml_is_checked(tmp_path, text, message):
     (tmp_path / "dataset.yaml").write_text(text)

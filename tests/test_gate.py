@@ -412,12 +412,17 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
     assert space.load(study_file(tmp_path, "off", "reference: off"), "mlp").reference.kind == "off"
 
 
-def test_reference_run_checked_before_the_search(tracking, tmp_path):
+def test_reference_run_checked_before_the_search(tracking, tmp_path, dataset):
     spec = space.load(study_file(tmp_path, "ghost", 'reference: {run_id: "0123abcd"}'), "mlp")
     with pytest.raises(P.ConfigError, match="reference run '0123abcd' is not in the tracking store"):
-        setup.check_reference_run(spec)
+        setup.check_reference_run(spec, dataset)
     with mlflow.start_run(tags={"family": "baseline", "model_uri": "runs:/x/model"}) as run:
         pass
     spec = space.load(study_file(tmp_path, "base", f'reference: {{run_id: "{run.info.run_id}"}}'), "mlp")
     with pytest.raises(P.ConfigError, match="has no logged Keras model"):
-        setup.check_reference_run(spec)
+        setup.check_reference_run(spec, dataset)
+    with mlflow.start_run(tags={"family": "cnn", "model_uri": "runs:/x/model", "classifier_uri": "runs:/x/c"}) as run:
+        mlflow.log_params({"data_sha256": "ab" * 32, "data_name": "digits"})
+    spec = space.load(study_file(tmp_path, "other", f'reference: {{run_id: "{run.info.run_id}"}}'), "mlp")
+    with pytest.raises(P.ConfigError, match="was trained on other data \\(digits, sha256 ababababab"):
+        setup.check_reference_run(spec, dataset)

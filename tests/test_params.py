@@ -118,6 +118,9 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     assert P.replaced(p, residual=True).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
     assert P.replaced(p, optimizer="sgd").digest() != p.digest()
     assert P.replaced(p, data="digits").digest() != p.digest() == P.replaced(p, data="fashion-mnist").digest()
+    # "not given" as `mlflow run` records it ('') reads back as not given
+    recorded = P.network("cnn", {"split_seed": "''", "filters": "''", "data_dir": "''"})
+    assert (recorded.split_seed, recorded.filters, recorded.data_dir) == (None, None, None)
     shared = P.replaced(p, seed=43, split_seed=42)
     assert shared.split_by() == 42 and P.replaced(p, seed=43).split_by() == 43
     assert shared.digest() != P.replaced(p, seed=43).digest()

@@ -183,7 +183,8 @@ BAD_REQUESTS = {
     "ragged_rows": ({"inputs": [[0] * 784, [0] * 783]}, JSON, 400, "rows of unequal length"),
     "ragged_images": ({"inputs": [[[0] * 28] * 28, [[0] * 28] * 27]}, JSON, 400, "rows of unequal length"),
     "three_channels": ({"inputs": np.zeros((2, 28, 28, 3), int).tolist()}, JSON, 400,
-                       "each image must be 28x28 pixels (shape (n, 28, 28) or (n, 784)); got shape (2, 28, 28, 3)"),
+                       "each image must be 28x28 pixels (images of shape (n, 28, 28), (n, 28, 28, 1) or (n, 784) "
+                       "with raw pixel values 0-255); got shape (2, 28, 28, 3)"),
     "27_rows": ({"inputs": np.zeros((2, 27, 28), int).tolist()}, JSON, 400, "each image must be 28x28 pixels"),
     "empty": ({"inputs": []}, JSON, 400, "the batch is empty"),
     "one_number": ({"inputs": 5}, JSON, 400, '"inputs" is a single number'),
@@ -211,7 +212,7 @@ BAD_REQUESTS = {
     "float_5000_digits": (first_pixel("1" + "0" * 5000 + ".5"), JSON, 400, FINITE),
     "int_400_digits": (first_pixel("1" + "0" * 400), JSON, 400,
                        "pixel values must be raw 0-255 grey levels; got an integer too large for any float"),
-    "nested_900": (nested(900), JSON, 400, '"inputs" nests lists 64 levels deep or more; images nest 2 or 3 levels'),
+    "nested_900": (nested(900), JSON, 400, '"inputs" nests lists 64 levels deep or more; images nest 2 to 4 levels'),
     # hostile bodies that fail in MLflow's parse (500 or seconds of parsing), refused by request_body
     "nested_20000": (nested(20_000), JSON, 400, TOO_DEEP),
     "nested_objects_20000": (nested(20_000, b'{"a": ', b"0", b"}"), JSON, 400, TOO_DEEP),

@@ -33,7 +33,7 @@ from .. import data as D
 from .. import params as P
 from ..metrics import TEST_ACC
 from ..params import ConfigError, NetworkParams, ReproduceArgs
-from ..params.resolve import as_trained
+from ..params.resolve import NOT_GIVEN, as_trained
 from ..params.table import family_params
 from ..train import lineage
 from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, TEACHER_URI, Teacher
@@ -94,6 +94,18 @@ def source_run_id(uri: str) -> tuple[str, float]:
                          "runs:/<run_id>/<path> URI")
 
 
+def recorded_data(logged: dict[str, str]) -> str:
+    """The ``data`` a run trained on: its parameter; where that is not given (a reproduction that `mlflow
+    run` started without data, which records '' before the code runs) or missing (earlier code:
+    Fashion-MNIST), the data its data_name and data_source parameters name."""
+    if logged.get("data", "") not in NOT_GIVEN:
+        return logged["data"]
+    name, source = logged.get("data_name", D.FASHION_MNIST.name), logged.get("data_source", "")
+    if name == D.FASHION_MNIST.name or (name == "digits" and source.startswith("sklearn.")):
+        return name
+    return source or name
+
+
 def read_member(ensemble_uri: str, run_id: str) -> Original:
     """One member of an ensemble; a member that cannot be rebuilt is named with the ensemble asked for."""
     try:
@@ -120,7 +132,7 @@ def read_original(uri: str) -> Original:
             f"{uri}: run {run_id} ({tags.get('mlflow.runName', '?')}) holds no trained mlp or cnn model "
             f"(family {family or 'unknown'!r}); pass a training run, a trial or a registered version")
     names = [p.name for p in family_params(family)]
-    recorded = as_trained(names, logged)
+    recorded = {**as_trained(names, logged), "data": recorded_data(logged)}
     if "data_sha256" not in logged:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     test_acc = run.data.metrics.get(TEST_ACC, version_acc)
@@ -232,7 +244,8 @@ def main(args: ReproduceArgs) -> int:
     tracking.use_experiment(args.experiment, f"fmnist-{orig.family}")
     with runs.run_that_ends(run_name=f"reproduce {orig.uri}", tags=link,
                             description=f"Rebuild of {orig.uri} from run {orig.run_id}'s recorded parameters"):
-        tracking.log_params({**args.flat(), LINK_TAG: orig.run_id})  # keys `mlflow run` logged stay as they are
+        # keys `mlflow run` logged stay as they are; "not given" is left to the run's recipe (its data, say)
+        tracking.log_params({**{k: v for k, v in args.flat().items() if v != ""}, LINK_TAG: orig.run_id})
         if orig.members:
             result = _rebuild_ensemble(orig, ds, args)
         else:

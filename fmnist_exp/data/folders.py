@@ -81,9 +81,15 @@ def _is_int(v: Any) -> bool:
 
 
 def _name(v: Any, path: Path) -> str:
+    """The dataset's name, as a folder's name becomes one (lowercase, a-z0-9 and "-"): it names the
+    registered model (<name>-classifier) and the runs' dataset inputs. Fashion-MNIST's is its own."""
     if not isinstance(v, str) or not v.strip():
         raise DataError(f"{path}: name must be a non-empty string, e.g. `name: flowers`; got {v!r}.")
-    return v.strip()
+    name = slug(v)
+    if name == "fashion-mnist":
+        raise DataError(f"{path}: name: {v} is Fashion-MNIST's own, which these files are not (their digest differs); "
+                        "give them a name of their own.")
+    return name
 
 
 def _classes(v: Any, path: Path) -> tuple[str, ...]:

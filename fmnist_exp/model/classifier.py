@@ -189,7 +189,8 @@ def to_images(model_input, info: DatasetInfo, max_batch: int = MAX_BATCH) -> np.
         if x.dtype == object:  # numbers only (checked above), but too large for any numpy number
             x = x.astype(np.float64)
     except OverflowError:  # an integer of hundreds of digits, which no float holds
-        raise BadRequest("pixel values must be raw 0-255 levels; got an integer too large for any float") from None
+        raise BadRequest(f"pixel values must be raw 0-255 {_levels(info)}; got an integer too large for any "
+                         "float") from None
     except (ValueError, TypeError) as e:
         raise BadRequest(f"pixel values must be numbers 0-255 ({e})") from None
     if x.dtype.kind == "b":
@@ -208,8 +209,12 @@ def to_images(model_input, info: DatasetInfo, max_batch: int = MAX_BATCH) -> np.
                          "or a number too large for a float, such as 1e400)")
     lo, hi = x.min(), x.max()  # in the sent dtype, before float32 could round 255.00001 or overflow 1e300
     if lo < 0 or hi > 255:
-        raise BadRequest(f"pixel values must be raw 0-255 levels; got values from {lo:g} to {hi:g}")
+        raise BadRequest(f"pixel values must be raw 0-255 {_levels(info)}; got values from {lo:g} to {hi:g}")
     return x.astype("float32")
+
+
+def _levels(info: DatasetInfo) -> str:
+    return "grey levels" if info.channels == 1 else "colour levels"
 
 
 def _as_layout(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
@@ -258,7 +263,9 @@ class ImageClassifier(PythonModel):
         config = context.model_config or {}
         self.max_batch = int(config.get("max_batch", MAX_BATCH))
         # Served, `SERVING_MODEL_CONFIG='{"max_batch": ..., "max_body_mb": ...}'` sets these.
-        request_body.install(request_body.body_limit(config.get("max_body_mb"), self.max_batch))
+        pixels = self.info.pixels
+        request_body.install(request_body.body_limit(config.get("max_body_mb"), self.max_batch, pixels), pixels,
+                             expected(self.info))
 
     # The hint is what in-process callers pass (a DataFrame or nested lists work too). MLflow
     # neither checks nor converts an ndarray-annotated input; served, model_input is the

@@ -99,24 +99,32 @@ def blocks_that_fit(info: DatasetInfo) -> int:
     return blocks
 
 
-def check_fits(p: NetworkParams, info: DatasetInfo) -> None:
-    """Refuse a network whose pooling would shrink the image below one pixel, saying what fits."""
+def too_deep(p: NetworkParams, info: DatasetInfo) -> str | None:
+    """Why a network's pooling would shrink ``info``'s images below one pixel, saying what fits; None if it fits."""
     if isinstance(p, CnnParams) and p.filters and len(p.filters) > (fit := blocks_that_fit(info)):
         h, w, _ = info.shape
-        raise ConfigError(f"filters={_widths(p.filters)}: {len(p.filters)} blocks, each halving the image, would "
-                          f"shrink the {h}x{w} images of {info.name} below one pixel; {fit} fit: give at most {fit} "
-                          f"widths, e.g. filters={_widths(p.filters[:fit])}")
+        return (f"filters={_widths(p.filters)}: {len(p.filters)} blocks, each halving the image, would shrink the "
+                f"{h}x{w} images of {info.name} below one pixel; {fit} fit: give at most {fit} widths, e.g. "
+                f"filters={_widths(p.filters[:fit])}")
+    return None
+
+
+def check_fits(p: NetworkParams, info: DatasetInfo) -> None:
+    if (why := too_deep(p, info)) is not None:
+        raise ConfigError(why)
 
 
 def check_recipe(p: NetworkParams, info: DatasetInfo) -> None:
-    """Refuse, before any training, what ``info``'s data does not allow: a network its images are too
-    small for, answers averaged with a mirror image where a mirror changes the label."""
-    check_fits(p, info)
+    """Refuse, before any training, what ``info``'s data does not allow, every reason at once: a network
+    its images are too small for, answers averaged with a mirror image where a mirror changes the label."""
+    reasons = [why] if (why := too_deep(p, info)) else []
     if p.tta_flip and not info.flips:
-        raise ConfigError(f"tta_flip=true: in {info.name}, a mirror image may not keep its label (the dataset says "
-                          "flips: false), so answers may not be averaged with one: set tta_flip to false, or use a "
-                          "study without it (e.g. study=digits); if mirror images do keep their labels, say flips: "
-                          "true in the folder's dataset.yaml")
+        reasons.append(f"tta_flip=true: in {info.name}, a mirror image may not keep its label (the dataset says "
+                       "flips: false), so answers may not be averaged with one: set tta_flip to false, or use a "
+                       "study without it (e.g. study=digits); if mirror images do keep their labels, say flips: "
+                       "true in the folder's dataset.yaml")
+    if reasons:
+        raise ConfigError("; and ".join(reasons))
 
 
 def default_widths(info: DatasetInfo) -> tuple[int, ...]:

@@ -34,9 +34,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 _logger = logging.getLogger(__name__)
 SCORING_SERVER = "mlflow.pyfunc.scoring_server"
 JSON_MIME = "application/json"
-# A body may be this large per image of the batch limit: room for 784 pixels written as JSON
-# floats of 17 digits and more, or for a small PNG/JPEG file in base64.
-BODY_BYTES_PER_IMAGE = 32 * 1024
+# A body may be this large per image of the batch limit: room for 784 pixels (a 28x28 image) written as
+# JSON floats of 17 digits and more, or for a small PNG/JPEG file in base64; larger images get
+# BODY_BYTES_PER_PIXEL for each of their values (height x width x channels).
+BODY_BYTES_PER_IMAGE, BODY_BYTES_PER_PIXEL = 32 * 1024, 40
 _MLFLOW_HANDLER: dict[str, Any] = {}
 
 
@@ -66,32 +67,34 @@ class NoContentType(BadRequest):
     status = 415
 
 
-def body_limit(max_body_mb, max_batch: int) -> int:
-    """The body limit in bytes: ``max_body_mb`` MiB, or room for ``max_batch`` images when it is None."""
+def body_limit(max_body_mb, max_batch: int, pixels: int = 784) -> int:
+    """The body limit in bytes: ``max_body_mb`` MiB, or room for ``max_batch`` images of ``pixels`` values
+    each when it is None."""
     if max_body_mb is None:
-        return max_batch * BODY_BYTES_PER_IMAGE
+        return max_batch * max(BODY_BYTES_PER_IMAGE, BODY_BYTES_PER_PIXEL * pixels)
     if isinstance(max_body_mb, bool) or not isinstance(max_body_mb, (int, float)) or not max_body_mb > 0:
         raise ValueError(f"model_config max_body_mb={max_body_mb!r}: give the largest request body to take in MiB, "
                          'a number above 0, e.g. SERVING_MODEL_CONFIG=\'{"max_body_mb": 64}\'')
     return int(max_body_mb * 2**20)
 
 
-def check_size(body: bytes | str, limit: int) -> None:
-    """Refuse a body over ``limit`` bytes before any parsing."""
+def check_size(body: bytes | str, limit: int, pixels: int = 784) -> None:
+    """Refuse a body over ``limit`` bytes before any parsing (``pixels``: values per image, for the advice)."""
     if len(body) > limit:
         raise BodyTooLarge(f"the request body is {len(body):,} bytes; the limit is {limit:,} bytes "
                            f"({limit / 2**20:g} MiB): split the batch into smaller requests, or send the "
-                           f'compact {{"inputs": {{"uint8_b64": ...}}}} form (784 bytes of base64 per image)')
+                           f'compact {{"inputs": {{"uint8_b64": ...}}}} form ({pixels:,} bytes of base64 per image)')
 
 
-def parse_json(body: bytes | str) -> dict:
-    """The body as a JSON object, or BadRequest saying what was wrong (never echoing the body)."""
+def parse_json(body: bytes | str, shapes: str = "pixels of shape (n, 28, 28) or (n, 784)") -> dict:
+    """The body as a JSON object, or BadRequest saying what was wrong (never echoing the body; ``shapes``:
+    what the model takes, for the advice)."""
     try:
         value = json.loads(body)
     except RecursionError:
         raise BadRequest(f"the JSON body nests arrays or objects about {sys.getrecursionlimit():,} levels deep or "
-                         "more, too deep to parse; images nest 2 or 3 levels: send {\"inputs\": ...} with "
-                         "pixels of shape (n, 28, 28) or (n, 784)") from None
+                         f"more, too deep to parse; images nest 2 to 4 levels: send {{\"inputs\": ...}} with "
+                         f"{shapes}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         # MLflow's own words, less its copy of the whole body after them
         raise BadRequest(f"Invalid input. Ensure that input is a valid JSON formatted string. Error: {e}") from None
@@ -110,10 +113,11 @@ def _is_plain_json(content_type: str) -> bool:
     return mime == JSON_MIME and all(p == "charset=utf-8" for p in parameters)
 
 
-def install(max_body_bytes: int) -> bool:
+def install(max_body_bytes: int, pixels: int = 784, shapes: str = "pixels of shape (n, 28, 28) or (n, 784)") -> bool:
     """In a process a scoring server started (`mlflow models serve`, or the image of `mlflow models
     build-docker`, the same server behind nginx), check each request's body before MLflow does;
-    return whether the checks are in place."""
+    return whether the checks are in place. ``pixels`` and ``shapes``: the served model's images, for
+    the advice a refusal gives."""
     server: Any = sys.modules.get(SCORING_SERVER)  # MLflow's module, as loaded by the server
     if server is None or getattr(server, "_SERVER_MODEL_PATH", None) not in os.environ:
         return False  # loaded in-process: requests are Python values, not bodies
@@ -128,9 +132,9 @@ def install(max_body_bytes: int) -> bool:
     def invocations(data, content_type, *args, **kwargs):
         if content_type is None:  # MLflow's handler would fail on it with a 500
             raise NoContentType("the request has no Content-Type: send the header Content-Type: application/json")
-        check_size(data, max_body_bytes)
+        check_size(data, max_body_bytes, pixels)
         if isinstance(data, (bytes, str)) and _is_plain_json(content_type):
-            data = parse_json(data)  # MLflow's handler takes a parsed object as it is
+            data = parse_json(data, shapes)  # MLflow's handler takes a parsed object as it is
         return handler(data, content_type, *args, **kwargs)
 
     server.invocations = invocations

@@ -41,11 +41,15 @@ def coerce(param: T.Param, value: Any) -> Any:
         raise T.ConfigError(f"{param.name}={text!r}: must be {what}") from None
 
 
+NOT_GIVEN = ("", "''")  # a parameter nobody set, as MLproject forwards it and as `mlflow run` records it
+
+
 def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: str) -> dict[str, Any]:
     """Defaults <- overrides, coerced and checked; every error reported at once.
 
     An override of None leaves the default. For a parameter whose default is None ("not given"),
-    an empty text is "not given" too: that is how MLproject forwards a parameter nobody set."""
+    an empty text is "not given" too: that is how MLproject forwards a parameter nobody set (and
+    `mlflow run` records it as the two characters '', which a rebuild reads back)."""
     by_name = {p.name: p for p in params}
     unknown = set(overrides or {}) - set(by_name)
     if unknown:
@@ -54,7 +58,7 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
     out = {p.name: p.default for p in params}
     errors, unparsed = [], set()
     for key, value in (overrides or {}).items():
-        if value is None or (by_name[key].default is None and str(value).strip() == ""):
+        if value is None or (by_name[key].default is None and str(value).strip() in NOT_GIVEN):
             continue
         try:
             out[key] = coerce(by_name[key], value)

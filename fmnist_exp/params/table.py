@@ -237,7 +237,8 @@ TUNE_PARAMS = [
           "fmnist-classifier for Fashion-MNIST, else <dataset name>-classifier, e.g. digits-classifier)", kind=str),
     Param("seed", 42, "seed of every trial's split and initialisation, and of the sampler of a lone (SQLite) "
           "worker; workers sharing a database each draw their own (parameter sampler_seed)", in_range(0, 2**31 - 1)),
-    DATA,
+    replace(DATA, default=None, kind=str, help=DATA.help + " (not given: the study's own, recorded when it was "
+            "created, else fashion-mnist)"),
     DATA_DIR,
     Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
     Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "

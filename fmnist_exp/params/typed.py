@@ -154,7 +154,7 @@ class TuneArgs(Values):
     storage: str | None
     model_name: str | None  # None: the dataset's (study.setup.prepare resolves it)
     seed: int
-    data: str
+    data: str | None  # None: the study's own (study.setup.prepare resolves it), else fashion-mnist
     data_dir: str | None
     register: bool
     promote_alpha: float

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from .space import as_trial_params
 
 # Study user attributes that make a study self-describing.
 STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
-STUDY_DATA, STUDY_DATA_NAME = "data_sha256", "data_name"  # the one dataset a study's trials are compared on
+# the one dataset a study's trials are compared on: its digest, its name and the `data` it was created with
+STUDY_DATA, STUDY_DATA_NAME, STUDY_DATA_ARG = "data_sha256", "data_name", "data"
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,15 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
             raise ConfigError(f"no study {study_name!r} in {url.where}: check study_name and storage") from None
         stored = None
     spec = study_spec(args, study_name, stored)
-    check_reference_run(spec)
     budget = spec.budget.with_command_line(args)
+    # not given: the study's own data (so `register` needs only the study's name and storage)
+    args = replace(args, data=args.data or (stored or {}).get(STUDY_DATA_ARG) or D.FASHION_MNIST.name)
     P.compose(spec.family, study_layers(args, spec))  # what every trial shares: refused now, not in trial 0
     ds = D.load_dataset(args.data, args.data_dir)
     for note in ds.notes:
         print(f"[data] {note}", flush=True)
     setup = Setup(args, spec, budget, ds, study_name, url, opened, args.model_name or default_model_name(ds.info))
+    check_reference_run(spec, ds)
     check_data(setup, stored)
     check_ensemble_validation(setup)
     return setup
@@ -136,12 +139,16 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
     value's extremes, the enqueued points, the final retrain, the student, the reference) that the
     images do not allow (networks.check_recipe)."""
     ds, spec, where = setup.ds, setup.spec, str(setup.spec.path)
-    if stored is not None and stored.get(STUDY_DATA, ds.sha256 if ds.official else None) != ds.sha256:
-        name = stored.get(STUDY_DATA_NAME, D.FASHION_MNIST.name)
-        raise ConfigError(f"study {setup.study_name!r} was created on {name} (sha256 {str(stored.get(STUDY_DATA))[:12]}"
-                          f"...), not on this data ({ds.info.name}, sha256 {ds.sha256[:12]}...): a study compares its "
-                          "trials on one dataset; give this data a study_name of its own")
-    check_champion_data(setup.model_name, ds)
+    if stored is not None:  # a study made before datasets were values recorded none: it trained Fashion-MNIST
+        theirs = stored.get(STUDY_DATA_NAME, D.FASHION_MNIST.name)
+        if stored.get(STUDY_DATA, ds.sha256 if theirs == ds.info.name else None) != ds.sha256:
+            digest = f", sha256 {stored[STUDY_DATA][:12]}..." if STUDY_DATA in stored else ""
+            given = stored.get(STUDY_DATA_ARG, theirs)
+            raise ConfigError(f"study {setup.study_name!r} was created on {theirs} (data={given}{digest}), not on "
+                              f"this data ({ds.info.name}, sha256 {ds.sha256[:12]}...): a "
+                              "study compares its trials on one dataset; give the study's data (or leave data out), "
+                              "or give this data a study_name of its own")
+    check_champion_data(setup.model_name, ds, given=setup.args.model_name is not None)
     base = {key: dist.corners()[0] for key, dist in spec.space.items()}
     points = [base, *({**base, key: value} for key, dist in spec.space.items() for value in dist.corners()),
               *spec.enqueue]
@@ -158,9 +165,10 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
         raise ConfigError(f"{where} on {ds.info.name}: {e}") from None
 
 
-def check_champion_data(model_name: str, ds: D.Dataset) -> None:
+def check_champion_data(model_name: str, ds: D.Dataset, *, given: bool = True) -> None:
     """Refuse a registered name whose @champion was trained on another dataset: the gate would score
-    that champion on this data's test images, and one name would hold two datasets' models."""
+    that champion on this data's test images, and one name would hold two datasets' models. ``given``:
+    the user named it (else it is the dataset's default name, and the advice differs)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -170,10 +178,14 @@ def check_champion_data(model_name: str, ds: D.Dataset) -> None:
     theirs = champion.tags.get("data_sha256")
     if theirs not in (None, "unknown", ds.sha256):
         name = champion.tags.get("data_name", "another dataset")
+        default = default_model_name(ds.info)
+        advice = (f"leave model_name out (this data's models go under {default}) or give another"
+                  if given and default != model_name else
+                  "give model_name a name of its own (a folder whose images changed is another dataset, with "
+                  "another digest; a folder's dataset.yaml may also give it another name)")
         raise ConfigError(f"model_name={model_name}: its @champion (version {champion.version}) was trained on {name} "
                           f"(sha256 {theirs[:12]}...), not on {ds.info.name} (sha256 {ds.sha256[:12]}...); one "
-                          f"registered name holds one dataset: leave model_name out (this data's models go under "
-                          f"{default_model_name(ds.info)}) or give another")
+                          f"registered name holds one dataset: {advice}")
 
 
 FEW_HELD_OUT = 200  # one standard error of a ~95% accuracy is ~1.5 points on 200 images
@@ -224,8 +236,9 @@ def study_spec(args: TuneArgs, study_name: str, stored: dict[str, Any] | None) -
     return S.parse(stored[STUDY_TEXT], Path(stored[STUDY_FILE]), family, stored=True)
 
 
-def check_reference_run(spec: S.StudySpec) -> None:
-    """A ``{run_id: ...}`` reference must exist and carry a logged model; said before the search."""
+def check_reference_run(spec: S.StudySpec, ds: D.Dataset) -> None:
+    """A ``{run_id: ...}`` reference must exist, carry a logged model and have been trained on the study's
+    data (its answers are compared with the candidate's on these test images); said before the search."""
     from mlflow.exceptions import MlflowException
 
     if spec.reference.kind != "run":
@@ -239,6 +252,11 @@ def check_reference_run(spec: S.StudySpec) -> None:
     if not (tags.get("model_uri") and tags.get("classifier_uri")):  # e.g. a baseline run: no Keras model
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} has no logged Keras model "
                           "(model_uri and classifier_uri tags); give the id of a finished mlp or cnn run")
+    theirs = run.data.params.get("data_sha256")
+    if theirs not in (None, ds.sha256):
+        raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} was trained on other data "
+                          f"({run.data.params.get('data_name', 'fashion-mnist')}, sha256 {theirs[:12]}...) than this "
+                          f"study's ({ds.info.name}, sha256 {ds.sha256[:12]}...); give a run trained on the same data")
 
 
 def sampler_seed(seed: int, url: StorageURL) -> int:
@@ -280,6 +298,7 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
             study.set_user_attr(STUDY_FAMILY, setup.spec.family)
             study.set_user_attr(STUDY_DATA, setup.ds.sha256)
             study.set_user_attr(STUDY_DATA_NAME, setup.ds.info.name)
+            study.set_user_attr(STUDY_DATA_ARG, setup.args.data)
             study.set_user_attr(STUDY_FILE, setup.spec.path.name)
             study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
         return study

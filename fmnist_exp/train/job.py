@@ -55,6 +55,8 @@ def log_data_facts(ds: D.Dataset) -> None:
     (class names included) as dataset.json."""
     tracking.log_params(ds.describe())
     mlflow.log_dict(ds.info.to_json(), "dataset.json")
+    if ds.notes:  # what the loader changed, e.g. images resized
+        mlflow.set_tag("data_notes", "; ".join(ds.notes))
 
 
 def run_name(p: NetworkParams) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark; JSON lands in bench/out/. About 115 minutes on a 2-core machine
+# Run every benchmark; JSON lands in bench/out/. About 125 minutes on a 2-core machine
 # (165 with the bench extra installed: bench_peers).
 # The long study (experiments/cnn_long.yaml, about an hour more) runs only with --long.
 set -euo pipefail
@@ -14,6 +14,8 @@ $PY bench/bench_study_pays.py > bench/out/study_pays.json  # the default cnn run
 if $PY -c "import keras_tuner" 2> /dev/null; then  # ~50 min: ours, keras-tuner's Hyperband, plain TPE at equal time
   $PY bench/bench_peers.py > bench/out/peers.json  # pip install -e ".[bench]"
 fi
+$PY bench/bench_own_data.py --data digits > bench/out/own_data_digits.json  # ~5 min each: a study on other data
+$PY bench/bench_own_data.py --data scenes --study images > bench/out/own_data_scenes.json
 $PY bench/bench_lineage.py > bench/out/lineage.json
 $PY bench/bench_determinism.py > bench/out/determinism.json
 FMNIST_TEST_PG="$(bash scripts/start_postgres.sh | tail -n 1)" $PY bench/bench_scaleout.py > bench/out/scaleout.json

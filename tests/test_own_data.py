@@ -223,3 +223,17 @@ def test_what_the_data_does_not_allow_is_refused_before_any_run(tracking, tmp_pa
     # the study's own data when none is given: `register` needs only its name
     again = cli(["register", "--study_name", "d", "--model_name", "shared", "--system_metrics", "false"], tmp_path)
     assert again.returncode == 0 and '"decision": "unchanged' in again.stdout, again.stderr[-2000:]
+
+
+def test_the_shipped_small_image_studies_fit_their_data(tracking, tmp_path, photos):
+    """experiments/digits.yaml on digits and experiments/images.yaml on a 24x24 colour folder pass every check
+    before training; images.yaml on 8x8 digits is refused (four blocks do not fit), before any run."""
+    from fmnist_exp.study.setup import prepare
+
+    folder = str(colour_folder(tmp_path / "c", photos, 10))
+    for data, study in (("digits", "digits"), (folder, "images")):
+        setup = prepare(P.tune_args({"data": data, "study": study}))
+        assert setup.model_name == f"{setup.ds.info.name}-classifier"
+    with pytest.raises(P.ConfigError, match="images.yaml on digits: .*3 fit"):
+        prepare(P.tune_args({"data": "digits", "study": "images"}))
+    assert only_runs() == []

@@ -121,8 +121,8 @@ def check_recipe(p: NetworkParams, info: DatasetInfo) -> None:
     if p.tta_flip and not info.flips:
         reasons.append(f"tta_flip=true: in {info.name}, a mirror image may not keep its label (the dataset says "
                        "flips: false), so answers may not be averaged with one: set tta_flip to false, or use a "
-                       "study without it (e.g. study=digits); if mirror images do keep their labels, say flips: "
-                       "true in the folder's dataset.yaml")
+                       "study without it (e.g. study=digits or study=images); if mirror images do keep their "
+                       "labels, say flips: true in the folder's dataset.yaml")
     if reasons:
         raise ConfigError("; and ".join(reasons))
 

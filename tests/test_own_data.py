@@ -181,15 +181,24 @@ def test_a_colour_folder_is_tuned_registered_under_its_name_and_predicted(tracki
     new.mkdir()
     for i in range(4):
         Image.fromarray(photos[i % 2][300 + i:340 + i, 500:540]).save(new / f"{i}.jpg")  # 40x40: resized to 24x24
-    out = cli(["predict", str(new), "--model_uri", "models:/scenes-classifier@champion"], tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert {line.split("\t")[2] for line in out.stdout.strip().splitlines()} <= {"china", "flower"}
+    from fmnist_exp.serving.images import predict_files
+
+    answers = predict_files([str(new)], "models:/scenes-classifier@champion")  # what `predict` prints
+    assert len(answers) == 4 and set(answers["class_name"]) <= {"china", "flower"}
 
 
-def test_what_the_data_does_not_allow_is_refused_before_any_run(tracking, tmp_path, digits, photos):
+def test_what_the_data_does_not_allow_is_refused_before_any_run(tracking, tmp_path, digits, photos, capsys):
     """Each refused with what was wrong and what to do, exit 2, and no run created: a corrupt image
     (named), a cnn too deep for 8x8 digits, the default study's mirror-averaged answers on digits, a
-    registered name holding another dataset's champion, a study created on other data."""
+    registered name holding another dataset's champion, a study created on other data. (The CLI in-process:
+    the same code as a subprocess, without starting TensorFlow once per command.)"""
+    from fmnist_exp import cli as command_line
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = command_line.main([*args, "--system_metrics", "false"])
+        said = capsys.readouterr()
+        return code, said.out, said.err
+
     bad = colour_folder(tmp_path / "bad", photos, 10)
     (bad / "china" / "004.png").write_bytes((bad / "china" / "004.png").read_bytes()[:60])
     checks = [
@@ -200,29 +209,28 @@ def test_what_the_data_does_not_allow_is_refused_before_any_run(tracking, tmp_pa
         (["baseline", "--data", str(tmp_path / "nowhere")], "no such file or folder"),
     ]
     for args, said in checks:
-        proc = cli([*args, "--system_metrics", "false"], tmp_path)
-        assert proc.returncode == 2 and said in proc.stderr, (args, proc.stderr[-2000:])
+        code, _, err = run(*args)
+        assert code == 2 and said in err, (args, err[-2000:])
     assert only_runs() == []
 
     study = tmp_path / "d.yaml"
     study.write_text(TINY_STUDY.format(what="digits", fixed="").replace("n_trials: 2", "n_trials: 1")
                      .replace("final: {epochs: 3}", "final: {epochs: 1}").replace(
                          "reference: {params", "reference: off\n# {params"))
-    made = cli(["tune", "--data", "digits", "--study", str(study), "--model_name", "shared",
-                "--system_metrics", "false"], tmp_path)
-    assert made.returncode == 0, made.stderr[-3000:]
+    code, _, err = run("tune", "--data", "digits", "--study", str(study), "--model_name", "shared")
+    assert code == 0, err[-3000:]
     before = len(only_runs())
     other = colour_folder(tmp_path / "scenes", photos, 10)
     for args, said in [
         (["--study_name", "other", "--model_name", "shared"], "its @champion (version 1) was trained on digits"),
         ([], "study 'd' was created on digits"),
     ]:
-        proc = cli(["tune", "--data", str(other), "--study", str(study), *args, "--system_metrics", "false"], tmp_path)
-        assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-2000:]
+        code, _, err = run("tune", "--data", str(other), "--study", str(study), *args)
+        assert code == 2 and said in err, err[-2000:]
     assert len(only_runs()) == before
     # the study's own data when none is given: `register` needs only its name
-    again = cli(["register", "--study_name", "d", "--model_name", "shared", "--system_metrics", "false"], tmp_path)
-    assert again.returncode == 0 and '"decision": "unchanged' in again.stdout, again.stderr[-2000:]
+    code, out, err = run("register", "--study_name", "d", "--model_name", "shared")
+    assert code == 0 and '"decision": "unchanged' in out, err[-2000:]
 
 
 def test_the_shipped_small_image_studies_fit_their_data(tracking, tmp_path, photos):

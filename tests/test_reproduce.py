@@ -175,18 +175,23 @@ def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
     wherever it runs natively here."""
     import dataclasses
 
+    from fmnist_exp.data import FASHION_MNIST
     from fmnist_exp.train.precision import gpu_visible
 
     orig = reproduce.Original(
         uri="runs:/r/model", run_id="r", family="cnn", params=P.network("cnn", {"precision": "auto"}),
         unrecorded=(), data_sha256="", data_source="", split_digests={}, code={}, keras_uri="",
         test_accuracy=float("nan"), precision_used="float32")
-    assert reproduce.rebuild_params(orig, "d").precision == "float32"  # auto meant float32 on a CPU then
-    assert reproduce.rebuild_params(orig, "d").data_dir == "d"
+    here, there = P.command("reproduce", {}), P.command("reproduce", {"data_dir": "d"})
+    assert reproduce.rebuild_params(orig, there, FASHION_MNIST).precision == "float32"  # auto: float32 on a CPU then
+    assert reproduce.rebuild_params(orig, there, FASHION_MNIST).data_dir == "d"
     gpu = dataclasses.replace(orig, precision_used="mixed_float16")  # trained on a GPU, rebuilt here
-    assert reproduce.rebuild_params(gpu, None).precision == ("mixed_float16" if gpu_visible() else "auto")
+    assert reproduce.rebuild_params(gpu, here, FASHION_MNIST).precision == (
+        "mixed_float16" if gpu_visible() else "auto")
     named = dataclasses.replace(orig, params=P.replaced(orig.params, precision="mixed_bfloat16"))
-    assert reproduce.rebuild_params(named, None).precision == "mixed_bfloat16"  # what the user named stays
+    assert reproduce.rebuild_params(named, here, FASHION_MNIST).precision == "mixed_bfloat16"  # named: it stays
+    # filters not given (a cnn run that `mlflow run` started) are the widths that fit the data, made concrete
+    assert reproduce.rebuild_params(orig, here, FASHION_MNIST).filters == (32, 64, 128, 256)
 
 
 def test_unknown_model_refused_before_work(tracking, tmp_path):

@@ -100,7 +100,7 @@ def recorded_data(logged: dict[str, str]) -> str:
     Fashion-MNIST), the data its data_name and data_source parameters name."""
     if logged.get("data", "") not in NOT_GIVEN:
         return logged["data"]
-    name, source = logged.get("data_name", D.FASHION_MNIST.name), logged.get("data_source", "")
+    name, source = D.recorded(logged)["data_name"], logged.get("data_source", "")
     if name == D.FASHION_MNIST.name or (name == "digits" and source.startswith("sklearn.")):
         return name
     return source or name

@@ -14,6 +14,7 @@ from .dataset import (
     Dataset,
     DatasetInfo,
     content_hash,
+    recorded,
 )
 from .files import (
     CSV_FILES,
@@ -54,5 +55,5 @@ __all__ = [
     "load_csv_dir", "load_idx_dir", "parse_idx", "read_csv", "read_idx", "split", "split_indices",
     "DEFAULT_TEST_FRACTION", "FASHION_FILES", "IMAGE_SUFFIXES", "MIN_TEST_PER_CLASS", "MIN_TRAIN_PER_CLASS",
     "SPEC_FILE", "SPEC_KEYS", "DatasetSpec", "Expect", "check_split", "checked_arrays", "decode_image",
-    "label_dtype", "load_dataset", "read_csv_dir", "read_idx_dir", "read_spec",
+    "label_dtype", "load_dataset", "read_csv_dir", "read_idx_dir", "read_spec", "recorded",
 ]

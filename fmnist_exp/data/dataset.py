@@ -150,6 +150,14 @@ class Dataset:
         }
 
 
+def recorded(params: dict[str, str]) -> dict[str, str]:
+    """The data facts a run logged (:meth:`Dataset.describe`); a run of code before datasets were values
+    logged some of them only, and trained Fashion-MNIST: the others are its."""
+    earlier = {"data_name": FASHION_MNIST.name, "data_shape": FASHION_MNIST.shape_text(),
+               "data_classes": str(FASHION_MNIST.num_classes), "data_test_split": "given"}
+    return {**earlier, **{k: v for k, v in params.items() if k.startswith("data_")}}
+
+
 def content_hash(*arrays: np.ndarray) -> str:
     """sha256 over the decompressed uint8 arrays, so IDX, gzip and CSV copies agree."""
     h = hashlib.sha256()

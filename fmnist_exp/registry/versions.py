@@ -12,7 +12,7 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ..data import Dataset
+from ..data import Dataset, recorded
 from ..metrics import TEST_ACC, TEST_F1, VAL_FINAL_ACC
 from ..model.cost import Cost
 from ..params import FAMILIES
@@ -32,10 +32,10 @@ def version_tags(source_run_id: str, parent_run_id: str | None = None) -> dict[s
     the data came from. The study, trial and test accuracy tags are the registry's own."""
     client = MlflowClient()
     run = client.get_run(source_run_id)
-    params = run.data.params
+    params, data = run.data.params, recorded(run.data.params)
     tags = {**lineage.recorded_code_version(run), "data_sha256": params.get("data_sha256", lineage.UNKNOWN),
             "data_source": params.get("data_source", lineage.UNKNOWN),
-            "data_name": params.get("data_name", "fashion-mnist"), "data_shape": params.get("data_shape", "28x28x1")}
+            "data_name": data["data_name"], "data_shape": data["data_shape"]}
     tags.update({f"data_digest_{ctx}": digest for ctx, digest in lineage.split_digests(run).items()})
     # what it costs to serve (model/cost.py), as its run measured it: the registry page says it without a click
     tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith("cost_")})

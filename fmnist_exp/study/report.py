@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .. import stats
+from ..data import recorded
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..train import plots
 from . import front as F
@@ -132,12 +133,12 @@ def gather(study: optuna.Study, parent_run_id: str, spec: StudySpec, top: int = 
 
 def _data(params: dict[str, str]) -> str:
     """The study's dataset in a few words: name, image size, classes, test images and how they were held out."""
-    name = params.get("data_name", "fashion-mnist")  # a parent run of earlier code: Fashion-MNIST
-    shape, classes = params.get("data_shape", "28x28x1"), params.get("data_classes", "10")
-    split = params.get("data_test_split", "given")
+    data = recorded(params)
+    split = data["data_test_split"]
     held = "the dataset's own test set" if split == "given" else split
-    return (f"{name}: {shape} images, {classes} classes, {params.get('data_train_count', '?')} training and "
-            f"{params.get('data_test_count', '?')} test images ({held}), sha256 {params.get('data_sha256', '?')[:12]}")
+    return (f"{data['data_name']}: {data['data_shape']} images, {data['data_classes']} classes, "
+            f"{data.get('data_train_count', '?')} training and {data.get('data_test_count', '?')} test images "
+            f"({held}), sha256 {data.get('data_sha256', '?')[:12]}")
 
 
 def _download(client: MlflowClient, run_id: str, path: str, tmp: str) -> bytes | None:

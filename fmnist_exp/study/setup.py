@@ -255,7 +255,7 @@ def check_reference_run(spec: S.StudySpec, ds: D.Dataset) -> None:
     theirs = run.data.params.get("data_sha256")
     if theirs not in (None, ds.sha256):
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} was trained on other data "
-                          f"({run.data.params.get('data_name', 'fashion-mnist')}, sha256 {theirs[:12]}...) than this "
+                          f"({D.recorded(run.data.params)['data_name']}, sha256 {theirs[:12]}...) than this "
                           f"study's ({ds.info.name}, sha256 {ds.sha256[:12]}...); give a run trained on the same data")
 
 

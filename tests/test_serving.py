@@ -280,11 +280,11 @@ def test_body_limit_follows_serving_model_config(store, dataset):
 
 
 def test_body_limit_setting_is_checked():
-    assert request_body.body_limit(None, serving.MAX_BATCH) == 32 * 2**20
-    assert request_body.body_limit(0.5, serving.MAX_BATCH) == 2**19
+    assert request_body.body_limit(None, serving.MAX_BATCH, D.FASHION_MNIST.pixels) == 32 * 2**20
+    assert request_body.body_limit(0.5, serving.MAX_BATCH, D.FASHION_MNIST.pixels) == 2**19
     for bad in (0, -1, "64", True):
         with pytest.raises(ValueError, match=f"max_body_mb={bad!r}: give the largest request body"):
-            request_body.body_limit(bad, serving.MAX_BATCH)
+            request_body.body_limit(bad, serving.MAX_BATCH, D.FASHION_MNIST.pixels)
 
 
 def test_concurrent_clients_all_answered(server, dataset):

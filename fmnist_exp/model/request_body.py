@@ -67,7 +67,7 @@ class NoContentType(BadRequest):
     status = 415
 
 
-def body_limit(max_body_mb, max_batch: int, pixels: int = 784) -> int:
+def body_limit(max_body_mb, max_batch: int, pixels: int) -> int:
     """The body limit in bytes: ``max_body_mb`` MiB, or room for ``max_batch`` images of ``pixels`` values
     each when it is None."""
     if max_body_mb is None:
@@ -78,7 +78,7 @@ def body_limit(max_body_mb, max_batch: int, pixels: int = 784) -> int:
     return int(max_body_mb * 2**20)
 
 
-def check_size(body: bytes | str, limit: int, pixels: int = 784) -> None:
+def check_size(body: bytes | str, limit: int, pixels: int) -> None:
     """Refuse a body over ``limit`` bytes before any parsing (``pixels``: values per image, for the advice)."""
     if len(body) > limit:
         raise BodyTooLarge(f"the request body is {len(body):,} bytes; the limit is {limit:,} bytes "
@@ -86,7 +86,7 @@ def check_size(body: bytes | str, limit: int, pixels: int = 784) -> None:
                            f'compact {{"inputs": {{"uint8_b64": ...}}}} form ({pixels:,} bytes of base64 per image)')
 
 
-def parse_json(body: bytes | str, shapes: str = "pixels of shape (n, 28, 28) or (n, 784)") -> dict:
+def parse_json(body: bytes | str, shapes: str) -> dict:
     """The body as a JSON object, or BadRequest saying what was wrong (never echoing the body; ``shapes``:
     what the model takes, for the advice)."""
     try:
@@ -113,7 +113,7 @@ def _is_plain_json(content_type: str) -> bool:
     return mime == JSON_MIME and all(p == "charset=utf-8" for p in parameters)
 
 
-def install(max_body_bytes: int, pixels: int = 784, shapes: str = "pixels of shape (n, 28, 28) or (n, 784)") -> bool:
+def install(max_body_bytes: int, pixels: int, shapes: str) -> bool:
     """In a process a scoring server started (`mlflow models serve`, or the image of `mlflow models
     build-docker`, the same server behind nginx), check each request's body before MLflow does;
     return whether the checks are in place. ``pixels`` and ``shapes``: the served model's images, for

@@ -160,10 +160,10 @@ def check_data(orig: Original, ds: D.Dataset) -> None:
             f"Point {where} at the original files")
 
 
-def load_data(orig: Original, args: ReproduceArgs) -> D.Dataset:
+def data_of(orig: Original, args: ReproduceArgs) -> str:
     """The images the original trained on: ``data`` where the user says they are now, else where its run
     recorded them (data=fashion-mnist for a run that predates the parameter)."""
-    return D.load_dataset(args.data or orig.params.data, args.data_dir)
+    return args.data or orig.params.data
 
 
 def rebuild_params(orig: Original, args: ReproduceArgs, info: D.DatasetInfo) -> NetworkParams:
@@ -175,7 +175,7 @@ def rebuild_params(orig: Original, args: ReproduceArgs, info: D.DatasetInfo) -> 
     from ..model.networks import fit_to_data
     from ..train.precision import cpu_has_bfloat16, gpu_visible
 
-    p = fit_to_data(P.replaced(orig.params, data=args.data or orig.params.data, data_dir=args.data_dir), info)[0]
+    p = fit_to_data(P.replaced(orig.params, data=data_of(orig, args), data_dir=args.data_dir), info)[0]
     used = orig.precision_used
     native = {"float32": True, "mixed_bfloat16": gpu_visible() or bool(cpu_has_bfloat16()),
               "mixed_float16": gpu_visible()}
@@ -231,7 +231,7 @@ def main(args: ReproduceArgs) -> int:
 
     orig = read_original(args.model_uri)
     trained = orig.members or (orig,)  # the networks to train again
-    ds = load_data(trained[0], args)
+    ds = D.load_dataset(data_of(trained[0], args), args.data_dir)
     warned = []
     for one in trained:
         check_data(one, ds)

@@ -111,10 +111,8 @@ def compact_images(model_input: dict, info: DatasetInfo, max_batch: int = MAX_BA
         raw = _b64(model_input[UINT8_B64], UINT8_B64)
         n, extra = divmod(len(raw), pixels)
         if extra:
-            h, w, c = info.shape
-            each = f"{h}x{w} pixels" + (f" of {c} channels" if c > 1 else "")
             raise BadRequest(f"{UINT8_B64} holds {len(raw)} bytes, not a multiple of {pixels}: send {pixels} bytes "
-                             f"({each}, one byte each, row by row) per image")
+                             f"({_size(info)}, one byte each, row by row) per image")
         images = np.frombuffer(raw, dtype=np.uint8).reshape(n, *info.array_shape)
     elif list(model_input) == [PNG_B64]:
         files = model_input[PNG_B64]
@@ -225,10 +223,14 @@ def _as_layout(x: np.ndarray, info: DatasetInfo) -> np.ndarray:
     if info.channels == 1 and x.ndim == 4 and x.shape[1:] == info.shape:
         return x.reshape(-1, *info.array_shape)
     if x.shape[1:] != info.array_shape:
-        h, w, c = info.shape
-        size = f"{h}x{w} pixels" + (f" of {c} channels" if c > 1 else "")
-        raise BadRequest(f"each image must be {size} ({expected(info)}); got shape {x.shape}")
+        raise BadRequest(f"each image must be {_size(info)} ({expected(info)}); got shape {x.shape}")
     return x
+
+
+def _size(info: DatasetInfo) -> str:
+    """One image's size as a refusal names it: "28x28 pixels", "32x32 pixels of 3 channels"."""
+    h, w, c = info.shape
+    return f"{h}x{w} pixels" + (f" of {c} channels" if c > 1 else "")
 
 
 def format_predictions(probs: np.ndarray, info: DatasetInfo) -> pd.DataFrame:

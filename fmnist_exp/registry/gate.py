@@ -29,6 +29,7 @@ from ..data import Dataset
 from ..metrics import TEST_ACC
 from ..study.candidate import cost_metrics
 from ..study.goals import BUDGET_VERDICT_TAG, CHEAPER_ON_TAG, MARGIN_TAG, OVER
+from ..study.setup import check_champion_data
 from ..train.evaluate import classifier_answers
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -132,11 +133,7 @@ def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, pr
     champ = current_champion(client, name)
     budget = budget or Budget()
     cmp, champ_labels = None, None
-    theirs = champ.tags.get("data_sha256") if champ is not None else None
-    if theirs not in (None, "unknown", ds.sha256):  # study.setup refuses such a study before it trains
-        raise ValueError(f"{name}'s @champion v{champ.version} was trained on other data (sha256 {theirs[:12]}...) "
-                         f"than {ds.info.name} (sha256 {ds.sha256[:12]}...): the gate does not score it on these "
-                         "images; register under another model_name")
+    check_champion_data(name, ds)  # a study checks it before it trains; a champion may have moved since
     if champ is not None:  # by version, not alias: the comparison is with exactly this model
         champ_labels = classifier_answers(f"models:/{name}/{champ.version}", ds.x_test)["label"].to_numpy()
         cmp = stats.compare(ds.y_test, labels, champ_labels)

@@ -101,6 +101,7 @@ def reference_recipe(args: TuneArgs, spec: S.StudySpec, info: D.DatasetInfo) -> 
                    **{k: getattr(candidate, k) for k in S.REFERENCE_BUDGET})
     return fit_to_data(p, info)[0]
 
+
 def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     """Check everything that can be wrong before any work, and before any MLflow run is started."""
     url = preflight(args.storage)
@@ -154,9 +155,11 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
               *spec.enqueue]
     try:
         for point in points:
-            D.check_split(ds, setup.trial_params(point).val_fraction)
+            setup.trial_params(point)  # made concrete for the images, and checked (networks.fit_to_data)
         first = setup.final_seeds()[0]
-        D.check_split(ds, setup.final_params(base, first).val_fraction)
+        # val_fraction is fixed for the trials (a space may not search it); the final may give its own
+        for val_fraction in {setup.trial_params(base).val_fraction, setup.final_params(base, first).val_fraction}:
+            D.check_split(ds, val_fraction)
         if spec.final.distill:
             setup.student_params(base, first)
         if spec.reference.kind in ("default", "params"):

@@ -102,7 +102,8 @@ def train_in_run(
     (train.distill), and the run records which model taught it and with what weight.
     """
     ds, s = load_splits(p, ds)
-    p = networks.fit_to_data(p, ds.info)[0]  # concrete (commands have done it before their runs: this is cheap)
+    # concrete and checked for any caller in-process too (commands did it before their runs, to refuse before any)
+    p = networks.fit_to_data(p, ds.info)[0]
     run_id = active_run_id()
     mlflow.set_tags({**networks.summary_tags(p), **(extra_tags or {}), **(teacher.tags() if teacher else {})})
     tracking.log_params({**p.flat(), **(extra_params or {}), "family": p.FAMILY,

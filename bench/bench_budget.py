@@ -61,7 +61,7 @@ def main() -> None:
         pick = max(small, key=lambda p: (p.objectives["val_accuracy"], -p.trial))
         config = study.trials[pick.trial].user_attrs["config"]
         t1 = time.perf_counter()
-        retrained = job.train_run(setup.final_params(config, setup.args.seed), ds=setup.ds,
+        retrained = job.train_run(setup.ds, setup.final_params(config, setup.args.seed),
                                   experiment=f"fmnist-study-{setup.study_name}")
         small_s = time.perf_counter() - t1
         y = setup.ds.y_test

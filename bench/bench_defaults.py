@@ -36,7 +36,7 @@ def main() -> None:
             p = P.family(family)
             if not isinstance(p, P.BaselineParams):
                 p = fit_to_data(p, ds.info)[0]  # the widths the run trains and logs
-            res = job.baseline_run(p, ds=ds) if isinstance(p, P.BaselineParams) else job.train_run(p, ds=ds)
+            res = job.baseline_run(ds, p) if isinstance(p, P.BaselineParams) else job.train_run(ds, p)
             m = mlflow.get_run(res.run_id).data.metrics
             epochs = int(m.get(EPOCHS_RUN, 1))
             out["runs"][family] = {

@@ -53,7 +53,7 @@ def main() -> None:
 
     def tracked():
         with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
-            r = job.train_run(p, ds=ds)
+            r = job.train_run(ds, p)
         return r.metrics["train_wall_s"], r.metrics[EPOCHS_RUN], r.metrics[TEST_ACC]
 
     times = {"plain": [], "tracked": []}

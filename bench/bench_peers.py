@@ -181,9 +181,9 @@ class Peer:
 
         self.name, self.arena, self.t0 = name, arena, time.perf_counter()
         self.p = P.network(arena.spec.family, arena.base)
-        _, self.splits = job.load_splits(self.p, arena.ds)
+        self.splits = job.splits(arena.ds, self.p)
         self.final_p = P.network(arena.spec.family, {**arena.base, **arena.final})
-        _, self.final_splits = job.load_splits(self.final_p, arena.ds)
+        self.final_splits = job.splits(arena.ds, self.final_p)
         self.clock = epoch_clock(len(self.splits.x_train), len(self.splits.x_val))
 
     def fits(self, epochs: int) -> bool:

@@ -156,7 +156,8 @@ def synthetic_train(phase: Phase, index: int | None = None):
 
     calls = [0]
 
-    def train(p, *, ds, evaluate_test, prune_check, extra_tags):
+    def train(ds, p, hooks):
+        prune_check, extra_tags = hooks.prune, hooks.tags
         calls[0] += 1
         if index is not None and calls[0] == 1:
             while not Path(phase.out, "go").exists():

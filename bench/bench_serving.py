@@ -120,7 +120,7 @@ def main() -> None:
             uri = stack.enter_context(scratch_tracking())
             p = fit_to_data(P.network("cnn", {"epochs": 1, "train_samples": 2000}), ds.info)[0]  # widths as logged
             with stdout_to_stderr():  # the run's progress lines; stdout is the JSON alone
-                res = job.train_run(p, ds=ds)
+                res = job.train_run(ds, p)
             mlflow.register_model(res.classifier_uri, "bench")
             models = {"default cnn": "models:/bench/1"}
             described = {"default cnn": f"cnn filters {p.flat()['filters']} dense {p.dense_units} "

@@ -19,6 +19,7 @@ DESCRIPTIONS = {
     "baseline": "majority-class and logistic-regression floor (scikit-learn)",
     "mlp": "train one multilayer perceptron",
     "cnn": "train one convolutional network",
+    "custom": "train your own Keras network: --model FILE.py:FUNCTION, a builder (hp, input_shape, num_classes)",
     "tune": "run or resume an Optuna study; register the best model",
     "register": "register the best model of a study that (other) tune workers ran",
     "launch": "create a study once and start tune workers on it through a Dask cluster (workers=0: create only)",

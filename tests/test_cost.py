@@ -46,7 +46,7 @@ def test_multiply_accumulates_as_counted_by_hand():
 
 def test_a_runs_models_carry_what_they_cost(tracking, dataset, capsys):
     p = P.network("mlp", {"epochs": 1, "train_samples": 1000, "hidden_units": "32"})
-    result = job.train_run(p, ds=dataset, system_metrics=False)
+    result = job.train_run(dataset, p, system_metrics=False)
     run = mlflow.get_run(result.run_id)
     m = run.data.metrics
     assert m["cost_mmacs_per_image"] == pytest.approx((784 * 32 + 32 * 10) / 1e6)

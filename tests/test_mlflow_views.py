@@ -163,8 +163,8 @@ def test_system_metrics_parameter_reaches_every_training_command():
 def test_single_runs_record_system_metrics_unless_told_not_to(tracking, dataset, monkeypatch):
     monkeypatch.delenv(runs.ENABLE_ENV, raising=False)
     p = P.network("mlp", {"epochs": 1, "train_samples": 300, "hidden_units": "16"})
-    on = job.train_run(p, ds=dataset, evaluate_test=False)
-    off = job.train_run(p, ds=dataset, evaluate_test=False, system_metrics=False)
+    on = job.train_run(dataset, p)
+    off = job.train_run(dataset, p, system_metrics=False)
     client = MlflowClient()
     assert {CPU, MEMORY} <= set(client.get_run(on.run_id).data.metrics)
     assert not [k for k in client.get_run(off.run_id).data.metrics if k.startswith("system/")]

@@ -100,7 +100,7 @@ def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, datas
     if not data.DEBIAN_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist to make a modified copy")
     p = P.network("mlp", TINY_MLP)
-    original = job.train_run(p, ds=dataset)
+    original = job.train_run(dataset, p)
     uri = f"runs:/{original.run_id}/model"
     other = tmp_path / "other-data"
     _copy_with_one_label_changed(other)
@@ -125,15 +125,15 @@ def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, tmp_p
     """ema: training ends on the moving average of the weights (not the last step's), also when early
     stopping watches the run (it would otherwise put the best epoch's own weights back), the run logs
     it, and `reproduce --exact` rebuilds it from what the run logged."""
-    plain = job.train_run(P.network("mlp", TINY_MLP), ds=dataset)
-    averaged = job.train_run(P.network("mlp", {**TINY_MLP, "ema": 0.9}), ds=dataset)
+    plain = job.train_run(dataset, P.network("mlp", TINY_MLP))
+    averaged = job.train_run(dataset, P.network("mlp", {**TINY_MLP, "ema": 0.9}))
     assert mlflow.get_run(averaged.run_id).data.params["ema"] == "0.9"
     assert mlflow.get_run(plain.run_id).data.params["ema"] == "0.0"
     assert averaged.metrics["test_loss"] != plain.metrics["test_loss"], "the same seed ended on other weights"
     watched = {**TINY_MLP, "early_stopping_patience": 3}
-    assert job.train_run(P.network("mlp", {**watched, "ema": 0.9}), ds=dataset).metrics["test_loss"] == \
+    assert job.train_run(dataset, P.network("mlp", {**watched, "ema": 0.9})).metrics["test_loss"] == \
         averaged.metrics["test_loss"], "early stopping kept the average"
-    assert job.train_run(P.network("mlp", watched), ds=dataset).metrics["test_loss"] == plain.metrics["test_loss"]
+    assert job.train_run(dataset, P.network("mlp", watched)).metrics["test_loss"] == plain.metrics["test_loss"]
     uri = f"runs:/{averaged.run_id}/model"
     proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -208,10 +208,10 @@ def test_pruning_marks_trials_pruned(tracking, tmp_path):
 
 
 def test_exception_in_one_trial_fails_only_that_run(tracking, tmp_path):
-    def flaky(p, **kw):
-        if kw["extra_tags"]["optuna_trial"] == "1":
+    def flaky(ds, p, hooks):
+        if hooks.tags["optuna_trial"] == "1":
             raise RuntimeError("disk full (injected)")
-        return job.train_in_run(p, **kw)
+        return job.train_in_run(ds, p, hooks)
 
     summary = run_tune(study_file(tmp_path), n_trials=3, train_fn=flaky)
     assert (summary["n_complete"], summary["n_failed"]) == (2, 1)

@@ -63,6 +63,7 @@ class Original:
     precision_used: str
     members: tuple[Original, ...] = ()  # of an ensemble (study/ensemble.py): each rebuilt, then averaged
     teacher: Teacher | None = None  # of a distilled network (study/finals.py): the logged teacher, reused
+    builder_sha256: str = ""  # of a user's network: its builder file's, as it trained
 
 
 def source_run_id(uri: str) -> tuple[str, float]:
@@ -127,9 +128,9 @@ def read_original(uri: str) -> Original:
         raise ReproduceError(f"{uri}: its source run {run_id} cannot be read ({e.message})") from None
     logged, tags = run.data.params, run.data.tags
     family = logged.get("family") or tags.get("family", "")
-    if family not in ("mlp", "cnn") or "model_uri" not in tags:
+    if family not in P.NETWORK_FAMILIES or "model_uri" not in tags:
         raise ReproduceError(
-            f"{uri}: run {run_id} ({tags.get('mlflow.runName', '?')}) holds no trained mlp or cnn model "
+            f"{uri}: run {run_id} ({tags.get('mlflow.runName', '?')}) holds no trained mlp, cnn or custom model "
             f"(family {family or 'unknown'!r}); pass a training run, a trial or a registered version")
     names = [p.name for p in family_params(family)]
     recorded = {**as_trained(names, logged), "data": recorded_data(logged)}
@@ -148,7 +149,27 @@ def read_original(uri: str) -> Original:
                     data_source=logged.get("data_source", "?"), split_digests=lineage.split_digests(run),
                     code=lineage.recorded_code_version(run), keras_uri=tags["model_uri"],
                     test_accuracy=float(test_acc), precision_used=logged.get("precision_used", ""), members=members,
-                    teacher=teacher)
+                    teacher=teacher, builder_sha256=logged.get(lineage.BUILDER_SHA256, ""))
+
+
+def check_builder(orig: Original) -> None:
+    """A user's network is rebuilt by the same builder: an edited (or missing) builder file is named
+    before any training, with where the source that trained is kept."""
+    from ..model import builder as user
+
+    if not isinstance(orig.params, P.CustomParams):
+        return
+    kept = f"runs:/{orig.run_id}/{lineage.BUILDER_SOURCE_DIR}/"
+    try:
+        now = user.load(orig.params.model)
+    except user.BuilderError as e:
+        raise ReproduceError(f"{e}; the source run {orig.run_id} trained with the copy kept at {kept}") from None
+    if now.sha256 != orig.builder_sha256:
+        raise ReproduceError(
+            f"the builder {orig.params.model} changed since run {orig.run_id} trained with it: {now.file} has sha256 "
+            f"{now.sha256[:16]}..., the run recorded {orig.builder_sha256[:16] or 'none'}...; nothing was trained. "
+            f"Restore the file as it was (the run keeps that source at {kept}{now.file.name}; e.g. `mlflow artifacts "
+            f"download -u {kept}{now.file.name}`), or train the edited builder as a new run")
 
 
 def check_data(orig: Original, ds: D.Dataset) -> None:
@@ -234,9 +255,10 @@ def main(args: ReproduceArgs) -> int:
     ds = D.load_dataset(data_of(trained[0], args), args.data_dir)
     warned = []
     for one in trained:
+        check_builder(one)
         check_data(one, ds)
         p = rebuild_params(one, args, ds.info)
-        _, splits = job.load_splits(p, ds)
+        splits = job.splits(ds, p)
         warned += warnings_for(one, splits, resolve_precision(p.precision))
     for w in dict.fromkeys(warned):  # an ensemble's members share most of theirs
         print(f"warning: {w}", file=sys.stderr, flush=True)
@@ -249,7 +271,7 @@ def main(args: ReproduceArgs) -> int:
         if orig.members:
             result = _rebuild_ensemble(orig, ds, args)
         else:
-            result = job.train_in_run(p, ds=ds, extra_tags=link, echo="[reproduce]", teacher=orig.teacher)
+            result = job.train_in_run(ds, p, job.Hooks(tags=link, echo="[reproduce]", teacher=orig.teacher))
         new_probs = predict_proba(mlflow.keras.load_model(result.model_uri), ds.x_test)
         orig_probs = predict_proba(mlflow.keras.load_model(orig.keras_uri), ds.x_test)
         report = compare(ds.y_test, orig_probs, new_probs)
@@ -281,7 +303,7 @@ def _rebuild_ensemble(orig: Original, ds: D.Dataset, args: ReproduceArgs):
         p = rebuild_params(one, args, ds.info)
         tags = {LINK_TAG: one.run_id}
         with mlflow.start_run(run_name=f"reproduce member (seed {p.seed})", nested=True, tags=tags) as run:
-            res = job.train_in_run(p, ds=ds, evaluate_test=False, extra_tags=tags, echo=f"[reproduce] seed {p.seed}")
+            res = job.train_in_run(ds, p, job.Hooks(tags=tags, evaluate_test=False, echo=f"[reproduce] seed {p.seed}"))
         members.append(mlflow.keras.load_model(res.model_uri))
         run_ids.append(run.info.run_id)
         seeds.append(p.seed)

@@ -1,7 +1,8 @@
-"""`baseline`, `mlp`, `cnn`: one tracked training run of one family, on any dataset (``--data``).
+"""`baseline`, `mlp`, `cnn`, `custom`: one tracked training run of one family, on any dataset (``--data``).
 
     python -m fmnist_exp cnn --epochs 10 --filters 32,64,128
     python -m fmnist_exp cnn --data digits
+    python -m fmnist_exp custom --model examples/residual.py:build --hp '{width: 32, blocks: 2}'
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ def main(args: TrainArgs) -> int:
     from ..train import job
 
     if isinstance(p, BaselineParams):
-        result = job.baseline_run(p, experiment=args.experiment, ds=ds, system_metrics=args.system_metrics)
+        result = job.baseline_run(ds, p, experiment=args.experiment, system_metrics=args.system_metrics)
     else:
-        from ..model.networks import fit_to_data
+        from ..model.networks import check_builder, fit_to_data
 
         net, note = fit_to_data(p, ds.info)  # before any run: what the data does not allow is refused
         if note:
             print(f"[{net.FAMILY}] {note}", flush=True)
-        result = job.train_run(net, experiment=args.experiment, ds=ds, system_metrics=args.system_metrics)
+        check_builder([net], ds.info)  # a user's network: loads, builds for these images, reads its hp
+        result = job.train_run(ds, net, experiment=args.experiment, system_metrics=args.system_metrics)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith("test_accuracy_class")}
     print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **shown}))
     return 0

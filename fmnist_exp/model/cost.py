@@ -91,6 +91,20 @@ def macs_per_image(model: keras.Model) -> float:
     return total
 
 
+def uncounted_layers(model: keras.Model) -> list[str]:
+    """The layers with weights whose multiply-accumulates :func:`macs_per_image` does not count, by class name
+    (a user's network may hold any: model/builder.py); batch and layer normalisation are folded or negligible."""
+    counted = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
+               keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+    out: set[str] = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.update(uncounted_layers(layer))
+        elif layer.weights and not isinstance(layer, counted):
+            out.add(type(layer).__name__)
+    return sorted(out)
+
+
 def weights_mb(model: keras.Model) -> float:
     """Size of the saved weights, in MB (10^6 bytes)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,8 @@
 """Network builders: pure functions from typed parameters to an uncompiled Keras model.
 
+:func:`build` is the one call that makes any network, the built-in families' and a user's
+(model/builder.py: ``build(hp, input_shape, num_classes)``) alike.
+
 Every network takes raw pixels 0-255 in its dataset's layout (DatasetInfo.array_shape: (n, height,
 width) for grayscale, (n, height, width, channels) for colour); scaling to 0-1 is the first layer,
 so a saved model needs no preprocessing. Builders never see Optuna or MLflow.
@@ -13,8 +16,9 @@ import keras
 from keras import layers, regularizers
 
 from ..data import DatasetInfo
-from ..params import CnnParams, ConfigError, MlpParams, NetworkParams, parse_int_list, replaced
+from ..params import CnnParams, ConfigError, CustomParams, MlpParams, NetworkParams, parse_int_list, replaced
 from ..params.table import CNN_FILTERS
+from . import builder as user
 from .layers import FusedBatchNormalization
 
 
@@ -150,8 +154,27 @@ def fit_to_data(p: NetworkParams, info: DatasetInfo) -> tuple[NetworkParams, str
 
 def build(p: NetworkParams, info: DatasetInfo, *, fused: bool = False) -> keras.Model:
     """The network ``p`` describes for ``info``'s images and classes; ``fused`` (training only) uses
-    FusedBatchNormalization."""
+    FusedBatchNormalization in the cnn family."""
+    if isinstance(p, CustomParams):
+        return user.build(user.load(p.model), p.hp_values(), info)[0]
     return build_cnn(p, info, fused=fused) if isinstance(p, CnnParams) else build_mlp(p, info)
+
+
+def check_builder(points: list[NetworkParams], info: DatasetInfo) -> None:
+    """A user's builder, once before any training, at every point a command or study can train: it loads,
+    builds a Keras model that takes ``info``'s images and answers its classes, and reads every parameter
+    it is given at one point or another (a study's parameter may be read only where another allows it)."""
+    custom = [p for p in points if isinstance(p, CustomParams)]
+    if not custom:
+        return
+    keras.utils.clear_session()
+    read: dict[str, set[str]] = {}
+    for p in custom:
+        b = user.load(p.model)
+        read.setdefault(b.ref, set()).update(user.build(b, p.hp_values(), info)[1].read)
+    keras.utils.clear_session()
+    for p in custom:
+        user.unread(user.load(p.model), set(p.hp_values()), read[p.model.strip()])
 
 
 def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> keras.Model:
@@ -170,6 +193,9 @@ def is_portable(model: keras.Model) -> bool:
 
 def summary_tags(p: NetworkParams) -> dict[str, str]:
     """Short tags that say what ran, for run names and the UI's columns."""
+    if isinstance(p, CustomParams):
+        shown = " ".join(f"{k}={v}" for k, v in p.hp_values().items())
+        return {"family": "custom", "arch": f"{p.model.rpartition(':')[2]} {shown}".strip()[:250]}
     if isinstance(p, MlpParams):
         return {"family": "mlp", "arch": f"mlp {_widths(p.hidden_units)} {p.activation}"}
     bn = " bn" if p.batch_norm else ""

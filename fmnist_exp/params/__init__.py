@@ -3,11 +3,13 @@ resolve into them (:mod:`.resolve`)."""
 
 from . import table
 from .resolve import Layers, as_trained, command, compose, family, network, replaced, trained, tune_args
-from .table import DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
+from .table import BUILTIN_NETWORKS, DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
 from .typed import (
                     BaselineParams,
+                    BuiltinParams,
                     CnnParams,
                     CommandArgs,
+                    CustomParams,
                     DashboardArgs,
                     DataParams,
                     FamilyParams,
@@ -22,8 +24,8 @@ from .typed import (
                     TuneArgs,
 )
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "CnnParams", "CommandArgs",
-           "ConfigError", "DashboardArgs", "DataParams", "FamilyParams", "FitParams", "LaunchArgs", "Layers",
-           "MlpParams", "NetworkParams", "Param", "PredictArgs", "ProxyArgs", "ReproduceArgs", "TrainArgs", "TuneArgs",
-           "as_trained", "command", "compose", "family", "network", "parse_int_list", "replaced", "table", "trained",
-           "tune_args"]
+__all__ = ["BUILTIN_NETWORKS", "DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "BuiltinParams",
+           "CnnParams", "CommandArgs", "ConfigError", "CustomParams", "DashboardArgs", "DataParams", "FamilyParams",
+           "FitParams", "LaunchArgs", "Layers", "MlpParams", "NetworkParams", "Param", "PredictArgs", "ProxyArgs",
+           "ReproduceArgs", "TrainArgs", "TuneArgs", "as_trained", "command", "compose", "family", "network",
+           "parse_int_list", "replaced", "table", "trained", "tune_args"]

@@ -8,6 +8,7 @@ other (tests/test_params.py states it case by case).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
@@ -78,13 +79,35 @@ def _build(cls: type, resolved: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cls)}
     kw = {k: (tuple(T.parse_int_list(v)) if k in typed.WIDTH_FIELDS and v is not None else v)
           for k, v in resolved.items() if k in names}
+    if "hp" in kw:
+        kw["hp"] = typed.canonical_hp(kw["hp"] or {})
     return cls(**kw)
 
 
 def family(name: str, overrides: Mapping[str, Any] | None = None) -> typed.FamilyParams:
-    """One family's parameters: the table's defaults updated by ``overrides``, checked."""
+    """One family's parameters: the table's defaults updated by ``overrides``, checked. For a user's
+    network (custom), a name that is not the platform's is the builder's: it joins ``hp``."""
+    if name == "custom":
+        overrides = builder_split(overrides or {})
     resolved = values(T.family_params(name), overrides, what=name)
+    if name == "custom" and resolved["model"] is None:
+        raise T.ConfigError("model is required for a custom network: give your builder as model=FILE.py:FUNCTION "
+                            "(mlflow run: -P model=...; a study file: model: ...), e.g. examples/residual.py:build")
     return _build(typed.FAMILY_CLASSES[name], resolved)
+
+
+def builder_split(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A custom network's overrides with every name that is not a platform parameter moved into ``hp``
+    (a study's fixed and sampled values of the builder's own; docs/networks.md)."""
+    platform = {p.name for p in T.family_params("custom")}
+    own = {k: v for k, v in overrides.items() if k not in platform}
+    if not own:
+        return dict(overrides)
+    try:
+        hp = typed.parse_hp(overrides.get("hp") or {})
+    except ValueError as e:
+        raise T.ConfigError(f"hp: {e}") from None
+    return {**{k: v for k, v in overrides.items() if k in platform}, "hp": json.dumps({**hp, **own}, sort_keys=True)}
 
 
 def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.NetworkParams:
@@ -92,7 +115,7 @@ def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Netw
     if name not in T.NETWORK_FAMILIES:
         raise T.ConfigError(f"family {name!r} trains no network: choose one of {', '.join(T.NETWORK_FAMILIES)}")
     params = family(name, overrides)
-    assert isinstance(params, (typed.MlpParams, typed.CnnParams))
+    assert isinstance(params, (typed.MlpParams, typed.CnnParams, typed.CustomParams))
     return params
 
 
@@ -108,7 +131,7 @@ def trained(family_name: str, logged: Mapping[str, str]) -> typed.NetworkParams:
     return network(family_name, as_trained([p.name for p in T.family_params(family_name)], logged))
 
 
-P = TypeVar("P", bound=typed.BaselineParams | typed.MlpParams | typed.CnnParams)
+P = TypeVar("P", bound=typed.BaselineParams | typed.MlpParams | typed.CnnParams | typed.CustomParams)
 
 
 def replaced(params: P, **changes: Any) -> P:

@@ -20,8 +20,9 @@ MONITORS = (VAL_LOSS, VAL_ACC)
 LR_SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-FAMILIES = ("baseline", "mlp", "cnn")
-NETWORK_FAMILIES = ("mlp", "cnn")
+FAMILIES = ("baseline", "mlp", "cnn", "custom")
+NETWORK_FAMILIES = ("mlp", "cnn", "custom")
+BUILTIN_NETWORKS = ("mlp", "cnn")  # the networks this package builds; custom: the user's builder (model/builder.py)
 DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
 
 
@@ -84,6 +85,26 @@ def parse_int_list(text) -> list[int]:
     if isinstance(text, (list, tuple)):
         return [int(t) for t in text]
     return [int(t) for t in str(text).replace(" ", "").split(",") if t]
+
+
+def builder_ref(v) -> str | None:
+    """``model``: FILE.py:FUNCTION or package.module:function (model/builder.py loads it)."""
+    module, sep, function = str(v).strip().rpartition(":")
+    if not sep or not module or not function.isidentifier():
+        return ("must name a builder as FILE.py:FUNCTION or package.module:function, e.g. "
+                "examples/residual.py:build (a function build(hp, input_shape, num_classes) returning a Keras model)")
+    return None
+
+
+def hp_mapping(v) -> str | None:
+    """``hp``: a YAML or JSON mapping of the builder's own parameters."""
+    from .typed import parse_hp
+
+    try:
+        parse_hp(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 # ----------------------------------------------------------------------------- families
@@ -187,6 +208,14 @@ FAMILY_PARAMS = {
         Param("batch_norm", True, "batch normalisation after every convolution"),
         *NET_COMMON,
         restate("label_smoothing", 0.1),
+    ],
+    # your own network: docs/networks.md
+    "custom": [
+        Param("model", None, "your network's builder: FILE.py:FUNCTION or package.module:function, where "
+              "FUNCTION(hp, input_shape, num_classes) returns a Keras model taking raw 0-255 pixels of "
+              "input_shape (height, width, channels) (required; docs/networks.md)", builder_ref, kind=str),
+        Param("hp", None, "the builder's own parameters as a YAML or JSON mapping, e.g. '{width: 32, blocks: 2}' "
+              "(not given: none); every name must be read by the builder", hp_mapping, kind=str),
     ],
 }
 

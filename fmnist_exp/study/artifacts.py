@@ -110,7 +110,7 @@ def log_study_inputs(setup: Setup) -> dict[str, str]:
     so the runs table's Dataset column shows the study's data on its own row. A split that the
     space samples (a ``seed``, a ``train_samples``) differs per trial and is left to the trials.
     Returns context -> digest."""
-    _, splits = job.load_splits(setup.trial_params(), setup.ds)
+    splits = job.splits(setup.ds, setup.trial_params())
     shared = {context: dataset for context, dataset in lineage.split_datasets(setup.ds.source, splits).items()
               if not SPLIT_INPUTS[context] & set(setup.spec.space)}
     return lineage.log_inputs(shared) if shared else {}

@@ -143,8 +143,8 @@ def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candida
     print(f"[tune] distilling the ensemble (run {teacher.run_id}) into one network{shape}, seed {seed}: targets "
           f"{weight:g} its answers, {1 - weight:g} the labels", flush=True)
     with mlflow.start_run(run_name=f"distilled (trial {best.number}, seed {seed})", nested=True, tags=tags) as run:
-        res = job.train_in_run(p, ds=setup.ds, evaluate_test=False, extra_tags=tags, echo="[tune] distilled",
-                               teacher=Teacher(teacher.model_uri, teacher.run_id, weight))
+        res = job.train_in_run(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, echo="[tune] distilled",
+                                                      teacher=Teacher(teacher.model_uri, teacher.run_id, weight)))
         # beside the ensemble's, on the same images: those no seed trained on (study/ensemble.py)
         x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_split_seeds())
         val = evaluate(mlflow.keras.load_model(res.model_uri), x_val, y_val, prefix="")["accuracy"]
@@ -168,7 +168,7 @@ def final_run(setup: Setup, best: optuna.trial.FrozenTrial, seed: int) -> Candid
     name = f"final (trial {best.number})" if spec.final.seeds == 1 else f"final (trial {best.number}, seed {seed})"
     print(f"[tune] {name}: retraining with {spec.final.params}", flush=True)
     with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
-        res = job.train_in_run(p, ds=setup.ds, evaluate_test=False, extra_tags=tags, echo="[tune] final")
+        res = job.train_in_run(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, echo="[tune] final"))
     return Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.val_accuracy, best.number, FINAL_RETRAIN)
 
 

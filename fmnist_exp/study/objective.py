@@ -17,13 +17,12 @@ import math
 import time
 from collections.abc import Callable
 
-import keras
 import mlflow
 import optuna
 
 from .. import params as P
 from ..console import duration
-from ..data import DatasetInfo
+from ..data import Dataset, DatasetInfo
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
@@ -32,11 +31,11 @@ from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
 from .space import suggest
 
-TrainFn = Callable[..., job.RunResult]
+TrainFn = Callable[[Dataset, P.NetworkParams, job.Hooks], job.RunResult]  # train.job.train_in_run
 RECIPE_ATTR = "recipe_digest"  # trial user attribute: the recipe it trained, NetworkParams.digest()
 
 
-class PruningCallback(keras.callbacks.Callback):
+class PruningCallback(job.PruneCheck):
     """Reports validation accuracy each epoch; stops training when the pruner says so."""
 
     def __init__(self, trial: optuna.Trial):
@@ -176,7 +175,7 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
     def trained(trial: optuna.Trial, p: P.NetworkParams, tags: dict[str, str], suggestion: dict) -> job.RunResult:
         prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
         try:
-            result = train(p, ds=setup.ds, evaluate_test=False, prune_check=prune, extra_tags=tags)
+            result = train(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, prune=prune))
         except Exception as e:
             mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
             raise

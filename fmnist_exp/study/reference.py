@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import params as P
 from .. import stats
-from ..data import Dataset
+from ..data import Dataset, load_dataset
 from ..params import NetworkParams
 from ..train import job, runs, tracking
 from ..train.evaluate import classifier_answers, score_on_test
@@ -62,13 +62,15 @@ class Job:
         return next((r for r in found if r.data.tags.get("classifier_uri")), None)
 
     def train(self, ds: Dataset | None = None, *, parent_run_id: str | None = None) -> tuple[str, str]:
-        """Train it in a nested run ``reference``; (run id, classifier URI)."""
+        """Train it in a nested run ``reference`` (on ``ds``, else the data its parameters name); (run id,
+        classifier URI)."""
         p = self.params
+        ds = ds or load_dataset(p.data, p.data_dir)
         print(f"[tune] reference: training with epochs={p.epochs} train_samples={p.train_samples} "
               f"seed={p.seed}", flush=True)
         with runs.run_that_ends(run_name="reference", nested=parent_run_id is None, parent_run_id=parent_run_id,
                                 tags=self.tags) as run:
-            res = job.train_in_run(p, ds=ds, evaluate_test=False, extra_tags=self.tags, echo="[tune] reference")
+            res = job.train_in_run(ds, p, job.Hooks(tags=self.tags, evaluate_test=False, echo="[tune] reference"))
         return run.info.run_id, res.classifier_uri
 
 

@@ -16,7 +16,8 @@ import optuna
 
 from .. import data as D
 from .. import params as P
-from ..model.networks import fit_to_data
+from ..model.builder import load as load_builder
+from ..model.networks import check_builder, fit_to_data
 from ..params import ConfigError, TuneArgs
 from ..scale.health import shown_uri
 from ..scale.storage import StorageURL, preflight
@@ -29,6 +30,7 @@ from .space import as_trial_params
 STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
 # the one dataset a study's trials are compared on: its digest, its name and the `data` it was created with
 STUDY_DATA, STUDY_DATA_NAME, STUDY_DATA_ARG = "data_sha256", "data_name", "data"
+STUDY_BUILDER = "model_sha256"  # a study of a user's network: the builder file it was created with
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def reference_recipe(args: TuneArgs, spec: S.StudySpec, info: D.DatasetInfo) -> 
     own epochs included, with the candidate's training images and seed; on small images the default
     recipe's blocks that fit (as the cnn entry point trains it there), a named one refused if they do not."""
     candidate = P.compose(spec.family, study_layers(args, spec, final=spec.final.params))
-    p = P.replaced(P.network(spec.family, spec.reference.params),
+    p = P.replaced(P.network(spec.reference_family, spec.reference.params),
                    **{k: getattr(candidate, k) for k in S.REFERENCE_BUDGET})
     return fit_to_data(p, info)[0]
 
@@ -154,18 +156,35 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
     points = [base, *({**base, key: value} for key, dist in spec.space.items() for value in dist.corners()),
               *spec.enqueue]
     try:
-        for point in points:
-            setup.trial_params(point)  # made concrete for the images, and checked (networks.fit_to_data)
+        # made concrete for the images, and checked (networks.fit_to_data)
+        recipes = [setup.trial_params(point) for point in points]
         first = setup.final_seeds()[0]
+        recipes.append(setup.final_params(base, first))
         # val_fraction is fixed for the trials (a space may not search it); the final may give its own
-        for val_fraction in {setup.trial_params(base).val_fraction, setup.final_params(base, first).val_fraction}:
+        for val_fraction in {recipes[0].val_fraction, recipes[-1].val_fraction}:
             D.check_split(ds, val_fraction)
         if spec.final.distill:
-            setup.student_params(base, first)
+            recipes.append(setup.student_params(base, first))
         if spec.reference.kind in ("default", "params"):
             reference_recipe(setup.args, spec, ds.info)
+        check_builder(recipes, ds.info)  # a user's network: built once per point, every parameter read
     except ConfigError as e:
         raise ConfigError(f"{where} on {ds.info.name}: {e}") from None
+    check_same_builder(setup, stored)
+
+
+def check_same_builder(setup: Setup, stored: dict[str, Any] | None) -> None:
+    """A study of a user's network compares its trials on one builder: a worker or a resume whose builder
+    file changed since the study was created is refused (its trials would train another network)."""
+    p = setup.trial_params()
+    if not isinstance(p, P.CustomParams) or stored is None or STUDY_BUILDER not in stored:
+        return
+    now = load_builder(p.model)
+    if stored[STUDY_BUILDER] != now.sha256:
+        raise ConfigError(f"study {setup.study_name!r} was created with another {now.file.name} (sha256 "
+                          f"{stored[STUDY_BUILDER][:12]}..., now {now.sha256[:12]}...): its trials would train "
+                          "another network than the earlier ones; restore the builder (each trial's run keeps its "
+                          "source under builder/), or give the edited one a study_name of its own")
 
 
 def check_champion_data(model_name: str, ds: D.Dataset, *, given: bool = True) -> None:
@@ -302,6 +321,8 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
             study.set_user_attr(STUDY_DATA, setup.ds.sha256)
             study.set_user_attr(STUDY_DATA_NAME, setup.ds.info.name)
             study.set_user_attr(STUDY_DATA_ARG, setup.args.data)
+            if isinstance(p := setup.trial_params(), P.CustomParams):
+                study.set_user_attr(STUDY_BUILDER, load_builder(p.model).sha256)
             study.set_user_attr(STUDY_FILE, setup.spec.path.name)
             study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
         return study

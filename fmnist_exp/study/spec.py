@@ -147,6 +147,11 @@ class StudySpec:
     reference: Reference = field(default_factory=lambda: Reference("default"))
 
     @property
+    def reference_family(self) -> str:
+        """The family the reference recipe is of: a user's network is measured against the cnn family's."""
+        return "cnn" if self.family == "custom" else self.family
+
+    @property
     def retrains(self) -> bool:
         """Whether the chosen configuration is retrained after the search (``final``)."""
         return bool(self.final.params) or self.final.seeds > 1
@@ -196,7 +201,16 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    spec_family = raw.get("family") or family or P.DEFAULT_FAMILY
+    model = raw.get("model")
+    if model is not None and raw.get("family", "custom") != "custom":
+        raise ConfigError(f"{path}: model: names your own network, but family is {raw['family']!r}: drop family "
+                          "(a study with a model tunes family custom)")
+    spec_family = "custom" if model is not None else raw.get("family") or family or P.DEFAULT_FAMILY
+    if spec_family == "custom" and model is None:
+        raise ConfigError(f"{path}: family custom tunes your own network: name its builder, e.g. "
+                          "model: examples/residual.py:build (docs/networks.md)")
+    if "model" in (raw.get("fixed") or {}) or "model" in (raw.get("space") or {}):
+        raise ConfigError(f"{path}: the builder is the study file's top-level model:, not a fixed or searched value")
     if family and spec_family != family:
         raise ConfigError(f"{path} tunes family {spec_family!r} but family={family!r} was asked for")
     unknown_budget = set(raw.get("budget", {})) - set(BUDGET_DEFAULTS)
@@ -214,7 +228,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         description=str(raw.get("description", "")).strip(),
         family=spec_family,
         budget=Budget.from_file(raw.get("budget", {})),
-        fixed=dict(raw.get("fixed", {})),
+        fixed={**({"model": model} if model is not None else {}), **dict(raw.get("fixed") or {})},
         space=parse_space(raw.get("space", {}), str(path)),
         pruner=dict(raw.get("pruner", {"type": "none" if goals.multi else "median"})),  # no pruning with several
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
@@ -253,7 +267,7 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in ("val_fraction", "split_seed") and section == "space" and not stored:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it decides which images validate each "
                               "trial, so the trials would be compared on different images; fix it in 'fixed'")
-        if key not in names:
+        if key not in names and spec.family != "custom":  # a name that is not the platform's is the builder's
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     P.family(spec.family, spec.fixed)
     P.family(spec.family, {**spec.fixed, **spec.final.params})
@@ -310,7 +324,7 @@ def check_student(spec: StudySpec, where: str) -> None:
         if key in STUDENT_KEEPS:
             raise ConfigError(f"{where}: final.student: {key!r} is not the student's to change: it trains on the "
                               f"first seed's images, split and start (the teacher answers on those); remove it")
-        if key not in names:
+        if key not in names and spec.family != "custom":
             raise ConfigError(f"{where}: final.student: {key!r} is not a {spec.family} parameter; known: "
                               f"{', '.join(sorted(names))}")
     P.family(spec.family, {**spec.fixed, **spec.final.params, **student})
@@ -318,14 +332,15 @@ def check_student(spec: StudySpec, where: str) -> None:
 
 def check_reference(spec: StudySpec, where: str) -> None:
     """A named reference configuration is checked like ``fixed``; its images and seed are the candidate's."""
-    names = {p.name for p in family_params(spec.family)}
+    family = spec.reference_family
+    names = {p.name for p in family_params(family)}
     for key in spec.reference.params:
         if key not in names:
-            raise ConfigError(f"{where}: reference params: {key!r} is not a {spec.family} parameter")
+            raise ConfigError(f"{where}: reference params: {key!r} is not a {family} parameter")
         if key in REFERENCE_BUDGET:
             raise ConfigError(f"{where}: reference params: {key!r} is the candidate's (the reference is trained "
                               "on the same images with the same seed); remove it")
-    P.family(spec.family, spec.reference.params)
+    P.family(family, spec.reference.params)
 
 
 def check_point(spec: StudySpec, point: Any, where: str) -> None:

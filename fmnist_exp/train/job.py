@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from .. import data as D
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
-from ..params import BaselineParams, DataParams, NetworkParams
+from ..params import BaselineParams, CustomParams, DataParams, NetworkParams
 from . import fit as F
 from . import lineage, plots, runs, tracking
 from .distill import DISTILL_WEIGHT, Teacher
@@ -44,10 +45,10 @@ class RunResult:
         return self.metrics[VAL_FINAL_ACC]
 
 
-def load_splits(p: DataParams, ds: D.Dataset | None = None) -> tuple[D.Dataset, D.Splits]:
-    ds = ds or D.load_dataset(p.data, p.data_dir)
-    D.check_split(ds, p.val_fraction)
-    return ds, D.split(ds, val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
+def splits(ds: D.Dataset, p: DataParams) -> D.Splits:
+    """The training, validation and test images a recipe trains and is scored on (split checked before:
+    data.check_split)."""
+    return D.split(ds, val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
 
 
 def log_data_facts(ds: D.Dataset) -> None:
@@ -72,42 +73,46 @@ def _start(name: str, tags: dict, system_metrics: bool | None):
         yield run
 
 
-def train_run(p: NetworkParams, *, experiment: str | None = None, ds: D.Dataset | None = None,
-              system_metrics: bool | None = None, **kwargs: Any) -> RunResult:
-    """Train the network ``p`` describes in a new (or `mlflow run`'s) MLflow run, in experiment
+def train_run(ds: D.Dataset, p: NetworkParams, *, experiment: str | None = None,
+              system_metrics: bool | None = None) -> RunResult:
+    """Train the network ``p`` describes on ``ds`` in a new (or `mlflow run`'s) MLflow run, in experiment
     fmnist-<family> unless ``experiment`` or $MLFLOW_EXPERIMENT_NAME says otherwise."""
     tracking.use_experiment(experiment, f"fmnist-{p.FAMILY}")
     with _start(run_name(p), networks.summary_tags(p), system_metrics):
-        return train_in_run(p, ds=ds, echo=f"[{p.FAMILY}]", extra_params={"experiment": experiment or ""},
-                            **kwargs)
+        return train_in_run(ds, p, Hooks(echo=f"[{p.FAMILY}]", params={"experiment": experiment or ""}))
 
 
-def train_in_run(
-    p: NetworkParams,
-    *,
-    ds: D.Dataset | None = None,
-    evaluate_test: bool = True,
-    extra_tags: dict | None = None,
-    extra_params: dict | None = None,
-    prune_check: keras.callbacks.Callback | None = None,
-    echo: str = "",
-    teacher: Teacher | None = None,
-) -> RunResult:
-    """Train and log everything into the active run.
+class PruneCheck(keras.callbacks.Callback):
+    """A callback that may stop training early for a search (study.objective.PruningCallback)."""
 
-    ``prune_check`` (tuning only) is a callback with a ``pruned`` attribute; when it stopped
-    training, the result says so and no model is logged. ``echo`` (e.g. "[cnn]") prints one
-    console line per epoch with that prefix; trials leave it empty (one line per trial instead).
-    ``teacher``: distil it: the training images are fitted to its answers mixed with their labels
-    (train.distill), and the run records which model taught it and with what weight.
-    """
-    ds, s = load_splits(p, ds)
-    # concrete and checked for any caller in-process too (commands did it before their runs, to refuse before any)
-    p = networks.fit_to_data(p, ds.info)[0]
-    run_id = active_run_id()
-    mlflow.set_tags({**networks.summary_tags(p), **(extra_tags or {}), **(teacher.tags() if teacher else {})})
-    tracking.log_params({**p.flat(), **(extra_params or {}), "family": p.FAMILY,
+    pruned: bool = False
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller adds to the training of one run: the trials, the final retrains, the reference and
+    ``reproduce`` differ only in these."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)  # set on the run beside the network's own
+    params: Mapping[str, Any] = field(default_factory=dict)  # logged beside the recipe's
+    evaluate_test: bool = True  # a single run and a rebuild score the test split; a search's runs do not
+    prune: PruneCheck | None = None  # a trial's: when it stops training, no model is logged
+    echo: str = ""  # one console line per epoch with this prefix (e.g. "[cnn]"); a trial prints one per trial
+    teacher: Teacher | None = None  # distil it: fit its answers mixed with the labels (train.distill)
+
+
+def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:
+    """Train the network ``p`` describes (a built-in family's or a user's builder, model.networks.build)
+    on ``ds``, checked before (the commands and study.setup check a recipe once, before any run), and log
+    everything into the active run: parameters, data, curves, the model as it answers, its cost, and
+    (``hooks.evaluate_test``) its test scores."""
+    s = splits(ds, p)
+    run_id, teacher = active_run_id(), hooks.teacher
+    mlflow.set_tags({**networks.summary_tags(p), **hooks.tags, **(teacher.tags() if teacher else {})})
+    tracking.log_params({**p.flat(), **hooks.params, "family": p.FAMILY,
                          **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
+    if isinstance(p, CustomParams):
+        lineage.log_builder(p)
     log_data_facts(ds)
     digests = lineage.log_split_inputs(ds.source, s)
     lineage.log_code_version()
@@ -115,7 +120,7 @@ def train_in_run(
     model, precision = F.fresh_model(p, ds.info)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
-    callbacks = [logger, *([prune_check] if prune_check else []), *([F.EpochPrinter(echo)] if echo else [])]
+    callbacks = [logger, *([hooks.prune] if hooks.prune else []), *([F.EpochPrinter(hooks.echo)] if hooks.echo else [])]
     try:
         fitted = F.fit(model, s, p, callbacks=callbacks, targets=targets)
     except F.DivergedError as e:
@@ -135,7 +140,7 @@ def train_in_run(
     tracking.log_figure(plots.learning_curves(logger.history, title=run_name(p)), "plots/learning_curves.png")
     result = RunResult(run_id, {**val_metrics, EPOCHS_RUN: fitted.epochs_run, "train_wall_s": fitted.wall_s},
                        history=logger.history)
-    if prune_check is not None and getattr(prune_check, "pruned", False):
+    if hooks.prune is not None and hooks.prune.pruned:
         result.pruned = True
         # no model: on the run
         tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
@@ -147,8 +152,8 @@ def train_in_run(
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
     # on the run and both models
     tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
-    result.metrics.update(log_cost(run_id, model, echo).metrics())
-    if evaluate_test:
+    result.metrics.update(log_cost(run_id, model, hooks.echo).metrics())
+    if hooks.evaluate_test:
         probs = predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, ds.info, run_name(p)))
     return result
@@ -159,8 +164,12 @@ def log_cost(run_id: str, model: keras.Model, echo: str = "") -> cost.Cost:
     an ensemble every member) and log it on the run and its models."""
     served = cost.measure(model)
     tracking.log_model_metrics(run_id, served.metrics())
+    uncounted = cost.uncounted_layers(model)
+    if uncounted:  # a user's network may hold layers whose arithmetic is not counted
+        mlflow.set_tag("cost_uncounted_layers", ",".join(uncounted))
     if echo:
-        print(f"{echo} {cost_line(served)}", flush=True)
+        left = f" (not counted: {', '.join(uncounted)})" if uncounted else ""
+        print(f"{echo} {cost_line(served)}{left}", flush=True)
     return served
 
 
@@ -171,7 +180,7 @@ def cost_line(c: cost.Cost) -> str:
             f"{c.ms_per_image_b256:.3f} at batch {cost.BATCH} (this machine)")
 
 
-def baseline_run(p: BaselineParams, *, experiment: str | None = None, ds: D.Dataset | None = None,
+def baseline_run(ds: D.Dataset, p: BaselineParams, *, experiment: str | None = None,
                  system_metrics: bool | None = None) -> RunResult:
     """Majority class and a logistic regression on standardised pixels: the floor."""
     from mlflow.models import infer_signature
@@ -180,7 +189,7 @@ def baseline_run(p: BaselineParams, *, experiment: str | None = None, ds: D.Data
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    ds, s = load_splits(p, ds)
+    s = splits(ds, p)
 
     def flat(x: np.ndarray) -> np.ndarray:
         return x.reshape(len(x), -1).astype("float32")

@@ -25,6 +25,8 @@ import numpy as np
 if TYPE_CHECKING:
     from mlflow.data.numpy_dataset import NumpyDataset
 
+    from ..params import CustomParams
+
 DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a digest; 128 bits identify a split
 
 
@@ -151,3 +153,22 @@ def split_digests(run) -> dict[str, str]:
         if context:
             out[context] = d.dataset.digest
     return out
+
+
+# What a run records of a user's builder (model/builder.py): its file's digest, its source, and each of
+# its own parameters under its own name (the runs table's columns), beside the JSON ``hp`` it trained with.
+BUILDER_SHA256, BUILDER_SOURCE_DIR = "model_sha256", "builder"
+
+
+def log_builder(p: CustomParams) -> None:
+    """The builder ``p.model`` names: digest and source file on the active run, so that ``reproduce`` can
+    tell an edited builder before any training and the code that trained is kept beside the model."""
+    import mlflow
+
+    from ..model import builder as user
+    from .tracking import log_params
+
+    b = user.load(p.model)
+    log_params({BUILDER_SHA256: b.sha256, **p.hp_values()})
+    mlflow.log_text(b.source(), f"{BUILDER_SOURCE_DIR}/{b.file.name}")
+    mlflow.set_tag("model_builder", b.ref)

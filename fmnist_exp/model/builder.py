@@ -1,0 +1,225 @@
+"""Your own network: a builder ``build(hp, input_shape, num_classes) -> keras.Model`` loaded by name.
+
+    model=examples/residual.py:build        # a file, relative to the working directory or this project
+    model=mypackage.nets:build               # an importable module
+
+``hp`` is a read-only mapping of the builder's own parameters (the study file's ``fixed`` and sampled
+values that are not the platform's); ``input_shape`` is (height, width, channels); the model takes
+raw pixels 0-255 as float32 in that shape and scales them itself, and answers class probabilities
+(a softmax) or logits (any other last activation, or a compiled loss with ``from_logits=True``).
+The platform puts the user's model inside one of its own: the dataset's array layout in (grayscale
+images arrive as (n, height, width)), float32 class probabilities out, whatever precision trained it.
+So the served classifier, the flip and shift averages, ensembles and costs treat it as any network.
+
+A builder is recorded by its source file's sha256 (``reproduce`` refuses an edited one before any
+training) and its source goes on the run. docs/networks.md has the contract and an example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+from ..data import DatasetInfo
+from ..params import ConfigError
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+class BuilderError(ConfigError):
+    """A builder that cannot be loaded, raises, or returns something the platform cannot train."""
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A loaded builder: the function, where it came from and what its source was."""
+
+    ref: str  # as given: FILE.py:FUNCTION or module:function
+    fn: Callable[..., Any]
+    file: Path  # the source file that defines it
+    sha256: str  # of that file's bytes when loaded
+
+    @property
+    def name(self) -> str:
+        return self.ref.rpartition(":")[2]
+
+    def source(self) -> str:
+        return self.file.read_text()
+
+
+def _split(ref: str) -> tuple[str, str]:
+    module, _, function = ref.strip().rpartition(":")
+    return module, function
+
+
+def source_file(ref: str) -> Path | None:
+    """Where a FILE.py reference lives: as given (absolute, or from the working directory), else
+    under this project (where `mlflow run` copies a git project to); None for a module name."""
+    module, _ = _split(ref)
+    if not module.endswith(".py"):
+        return None
+    given = Path(module).expanduser()
+    for candidate in (given, PROJECT_DIR / given):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise BuilderError(f"model={ref}: no file {module} (looked in {Path.cwd()} and {PROJECT_DIR}); give the path "
+                       "to the .py file that defines the builder, or an importable module as package.module:function")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_loaded: dict[tuple[str, str], Builder] = {}  # (ref, sha256): a file is executed once per content
+
+
+def load(ref: str) -> Builder:
+    """The builder ``ref`` names, its file executed (once per content) or its module imported."""
+    module, function = _split(ref)
+    path = source_file(ref)
+    if path is not None:
+        key = (ref, _digest(path))
+        if key in _loaded:
+            return _loaded[key]
+        name = f"fmnist_user_builder_{key[1][:12]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses and pickling look their module up here
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise BuilderError(f"model={ref}: loading {path} raised {_last_line(e)}") from None
+    else:
+        try:
+            mod = importlib.import_module(module)
+        except Exception as e:
+            raise BuilderError(f"model={ref}: importing {module} raised {_last_line(e)}; is it installed, or "
+                               "on PYTHONPATH?") from None
+        path = Path(getattr(mod, "__file__", "") or "")
+        if not path.is_file():
+            raise BuilderError(f"model={ref}: module {module} has no source file to record")
+        key = (ref, _digest(path))
+    fn = getattr(mod, function, None)
+    if not callable(fn):
+        defined = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")
+                         and getattr(v, "__module__", None) == mod.__name__)
+        raise BuilderError(f"model={ref}: {path.name} defines no function {function!r}"
+                           + (f"; it defines {', '.join(defined)}" if defined else ""))
+    builder = Builder(ref=ref.strip(), fn=fn, file=path, sha256=key[1])
+    _loaded[key] = builder
+    return builder
+
+
+def _last_line(e: BaseException) -> str:
+    """The last line of an exception's traceback (``ValueError: ...``) and where the user's code raised it."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return traceback.format_exception_only(type(e), e)[-1].strip() + where
+
+
+class HP(Mapping[str, Any]):
+    """The read-only mapping a builder gets; it remembers which names the builder read, so that a name
+    the builder never reads (a typo, a parameter meant for the platform) is said, not ignored."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            raise KeyError(f"{key!r}: the builder reads hp[{key!r}], but it is neither in the study file's fixed "
+                           f"values nor searched, nor in hp (given: {', '.join(sorted(self._values)) or 'none'}); "
+                           f"use hp.get({key!r}, default) for an optional one")
+        self.read.add(key)
+        return self._values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return self._values.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(self._values)  # a builder that walks them all reads them all
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"HP({self._values!r})"
+
+
+def outputs_logits(model: keras.Model) -> bool:
+    """Whether ``model`` answers logits: its compiled loss says ``from_logits``, else its last layer
+    has no softmax."""
+    loss = getattr(model, "loss", None)
+    if loss is not None and not isinstance(loss, str | dict | list):
+        return bool(getattr(loss, "from_logits", False) or (loss.get_config() or {}).get("from_logits", False))
+    last = model.layers[-1] if model.layers else None
+    activation = getattr(last, "activation", None)
+    if isinstance(last, layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
+        return False
+    return True
+
+
+def build(builder: Builder, hp: Mapping[str, Any], info: DatasetInfo) -> tuple[keras.Model, HP]:
+    """The user's model for ``info``'s images inside the platform's: the dataset's array layout in,
+    float32 probabilities out; and the mapping it read its parameters from (what it read)."""
+    mapping = HP(hp)
+    try:
+        model = builder.fn(mapping, tuple(info.shape), info.num_classes)
+    except Exception as e:
+        raise BuilderError(f"model={builder.ref} raised {_last_line(e)}") from None
+    if not isinstance(model, keras.Model):
+        raise BuilderError(f"model={builder.ref} returned {type(model).__name__}, not a Keras model: return a "
+                           "keras.Model (keras.Sequential or keras.Model(inputs, outputs))")
+    check_shapes(builder, model, info)
+    logits = outputs_logits(model)
+    inp = keras.Input(shape=info.array_shape, dtype="float32", name="pixels")
+    h = layers.Reshape(info.shape, name="as_height_width_channels")(inp) if info.array_shape != info.shape else inp
+    h = model(h)
+    # float32 probabilities whatever the policy: the served classifier, averages and the loss read them
+    out = layers.Activation("softmax" if logits else "linear", dtype="float32", name="probs")(h)
+    return keras.Model(inp, out, name=f"custom_{builder.name}"), mapping
+
+
+def check_shapes(builder: Builder, model: keras.Model, info: DatasetInfo) -> None:
+    """The model takes (height, width, channels) images and answers one value per class."""
+    try:
+        took, gave = tuple(model.input_shape[1:]), tuple(model.output_shape[1:])
+    except (AttributeError, ValueError):
+        raise BuilderError(f"model={builder.ref}: the model has no defined input: start it with "
+                           f"keras.Input(shape=input_shape)") from None
+    if len(took) != 3 or any(t not in (None, s) for t, s in zip(took, info.shape, strict=True)):
+        raise BuilderError(f"model={builder.ref}: the model takes inputs of shape {took}, but the images of "
+                           f"{info.name} are {tuple(info.shape)} (height, width, channels): build it on "
+                           "keras.Input(shape=input_shape)")
+    if gave != (info.num_classes,):
+        raise BuilderError(f"model={builder.ref}: the model answers shape {gave}, but {info.name} has "
+                           f"{info.num_classes} classes: end with a Dense(num_classes) layer")
+
+
+def unread(builder: Builder, given: set[str], read: set[str]) -> None:
+    """Refuse builder parameters that the builder never read."""
+    never = sorted(given - read)
+    if never:
+        raise BuilderError(f"model={builder.ref} never reads {', '.join(never)}: a misspelt name, or a "
+                           "parameter meant for the platform (its own are the training parameters in "
+                           "docs/parameters.md, e.g. learning_rate, epochs, batch_size)? Remove it, or read it in the "
+                           "builder")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from . import params as P
@@ -66,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     raw = {k: v for k, v in vars(ns).items() if k not in ("command", "verbose", "images")}
     try:
         args = P.command(ns.command, raw)
-        if hasattr(args, "system_metrics"):
+        if isinstance(args, P.TrainArgs | P.TuneArgs):
             from .train.runs import system_metrics_on
 
-            system_metrics_on(args.system_metrics)  # a wrong $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, said at once
+            # decided once, here: a wrong $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is said at once
+            args = replace(args, system_metrics=system_metrics_on(args.system_metrics))
         if isinstance(args, P.TuneArgs):
             from .scale.storage import preflight
 

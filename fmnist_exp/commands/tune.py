@@ -7,6 +7,8 @@
 model (or its ``final`` retrain) is scored once on the test split, registered through the
 promotion gate (registry/) and compared with the study's reference (study/reference.py).
 `register` does the second half for a study that workers ran with ``register=false``.
+The CLI has checked the storage and turned SIGTERM into an interrupt before it called either
+(cli.py): nothing here checks it again.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
         before = trials_started(study)
         tracking.use_experiment(args.experiment, f"fmnist-study-{setup.study_name}")
         # the trainers' runs record system metrics (runs.system_metrics); the parent trains nothing itself
-        with (runs.system_metrics(args.system_metrics), runs.interrupts_end_runs(),
+        with (runs.system_metrics(args.system_metrics),
               runs.run_that_ends(run_name=f"tune {setup.study_name}", log_system_metrics=False) as parent):
             pid = parent.info.run_id
             log_setup(setup, before, seed)
@@ -97,7 +99,7 @@ def register_only(args: TuneArgs) -> StudySummary:
     setup = prepare(args, must_exist=True)
     study = optuna.load_study(study_name=setup.study_name, storage=setup.optuna_storage)
     tracking.use_experiment(args.experiment, f"fmnist-study-{setup.study_name}")
-    with (runs.system_metrics(args.system_metrics), runs.interrupts_end_runs(),
+    with (runs.system_metrics(args.system_metrics),
           runs.run_that_ends(run_name=f"register {setup.study_name}", log_system_metrics=False) as parent):
         pid = parent.info.run_id
         log_setup(setup, trials_started(study))

@@ -194,8 +194,10 @@ def is_portable(model: keras.Model) -> bool:
 def summary_tags(p: NetworkParams) -> dict[str, str]:
     """Short tags that say what ran, for run names and the UI's columns."""
     if isinstance(p, CustomParams):
+        module, _, function = p.model.strip().rpartition(":")
+        name = f"{module.removesuffix('.py').replace('/', '.').rpartition('.')[2]}.{function}"  # residual.build
         shown = " ".join(f"{k}={v}" for k, v in p.hp_values().items())
-        return {"family": "custom", "arch": f"{p.model.rpartition(':')[2]} {shown}".strip()[:250]}
+        return {"family": "custom", "arch": f"{name} {shown}".strip()[:250]}
     if isinstance(p, MlpParams):
         return {"family": "mlp", "arch": f"mlp {_widths(p.hidden_units)} {p.activation}"}
     bn = " bn" if p.batch_norm else ""

@@ -323,13 +323,20 @@ def preflight(text: str | None) -> StorageURL:
     """The storage URL, once the tracking server and the storage have answered and a new
     tracking store has been made (under a lock: locks.py): seconds, before TensorFlow is
     imported or any MLflow run is started. Under `mlflow run` with a password in the URL, warns
-    (once) that MLflow has recorded it."""
-    url = StorageURL.parse(text)
-    check_tracking_server()
-    locks.ready_tracking_store()
-    flag_recorded_password(url)
-    url.check()
-    return url
+    (once) that MLflow has recorded it. Done once per storage and tracking store in a process: the
+    CLI asks before it imports the command, and the command's own setup gets the answer."""
+    key = (text, mlflow.get_tracking_uri())
+    if key not in _preflighted:
+        url = StorageURL.parse(text)
+        check_tracking_server()
+        locks.ready_tracking_store()
+        flag_recorded_password(url)
+        url.check()
+        _preflighted[key] = url
+    return _preflighted[key]
+
+
+_preflighted: dict[tuple[str | None, str], StorageURL] = {}
 
 
 _flagged: set[str] = set()  # runs already warned about in this process

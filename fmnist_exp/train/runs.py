@@ -179,8 +179,9 @@ def system_metrics(given: bool | None):
     metrics (``system/...``, the run page's System metrics tab) as :func:`system_metrics_on`
     decides, sampled every ``SAMPLING_INTERVAL_S`` unless $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
     says otherwise; processes started inside inherit it. The environment is restored afterwards.
-    A run started before (a study's parent) keeps what it had: it trains nothing itself."""
-    on = system_metrics_on(given)
+    A run started before (a study's parent) keeps what it had: it trains nothing itself. The CLI has
+    decided ``given`` already (:func:`system_metrics_on`); an in-process caller may leave it None."""
+    on = system_metrics_on(None) if given is None else given
     saved = {k: os.environ.get(k) for k in (ENABLE_ENV, INTERVAL_ENV)}
     os.environ[ENABLE_ENV] = str(on).lower()
     os.environ.setdefault(INTERVAL_ENV, f"{SAMPLING_INTERVAL_S:g}")

@@ -117,10 +117,9 @@ def one(feed: str, epochs: int, train_samples: int, full: bool) -> dict:
         kw["validation_data"] = (s.x_val.astype("float32"), onehot[s.y_val])
     if feed == "project":
         classes = s.info.num_classes
-        ds = make_dataset(s.x_train, s.y_train, num_classes=classes, batch_size=p.batch_size, shuffle=True, seed=p.seed)
+        ds = make_dataset(s.x_train, s.y_train, classes, p.batch_size, p.seed)
         if full:
-            kw["validation_data"] = make_dataset(s.x_val, s.y_val, num_classes=classes, batch_size=1024, shuffle=False,
-                                                 seed=p.seed)
+            kw["validation_data"] = make_dataset(s.x_val, s.y_val, classes, 1024)
         model.fit(ds, **kw)
     elif feed == "generator":
         gen = batches(s.x_train.astype("float32"), onehot[s.y_train], p.batch_size, p.seed)

@@ -134,8 +134,8 @@ def one(spec: dict, epochs: int) -> dict:
     if spec.get("_autotune"):
         ds_train = autotuned_dataset(s.x_train, s.y_train, p.batch_size)
     else:
-        ds_train = make_dataset(s.x_train, s.y_train, num_classes=s.info.num_classes, batch_size=p.batch_size,
-                                shuffle=True, seed=0, augmenter=build_augmenter(p, s.info) if p.augment else None)
+        ds_train = make_dataset(s.x_train, s.y_train, s.info.num_classes, p.batch_size, 0,
+                                build_augmenter(p, s.info) if p.augment else None)
     model.fit(ds_train.take(20), epochs=1, verbose=0)  # warm-up: tracing and allocation
     times = []
 

@@ -132,23 +132,24 @@ def test_gate_respects_budget_and_promotes_cheaper_non_inferior(tracking, datase
         return int(client.get_model_version_by_alias(name, "champion").version)
 
     # over budget with no champion yet: still not champion
-    first = register(champion_wrong, gate.Budget("over budget: size_mb 3.2 > 1"), name="fmnist-lonely")
+    first = register(champion_wrong, gate.CostVerdict("over budget: size_mb 3.2 > 1"), name="fmnist-lonely")
     assert first.alias == "challenger" and "never champion" in first.decision
     assert tags(1, "fmnist-lonely")["budget_verdict"] == "over budget: size_mb 3.2 > 1"
 
     within = "within budget: size_mb 0.1 <= 1"
-    v1 = register(champion_wrong, gate.Budget(within, costs={"mmacs_per_image": 10.0}), cost=10.0)
+    v1 = register(champion_wrong, gate.CostVerdict(within, costs={"mmacs_per_image": 10.0}), cost=10.0)
     assert (v1.version, v1.alias) == (1, "champion") and tags(1)["budget_verdict"] == within
 
     # far better but over budget: challenger, the broken bound said on the version
-    over = register(champion_wrong - set(range(400)), gate.Budget("over budget: ms_per_image_b1 3.1 > 2"), cost=4.0)
+    over = register(champion_wrong - set(range(400)), gate.CostVerdict("over budget: ms_per_image_b1 3.1 > 2"),
+                    cost=4.0)
     assert over.alias == "challenger" and champion() == 1
     assert "over budget: ms_per_image_b1 3.1 > 2" in tags(2)["alias_decision"]
     assert float(tags(2)["gate_p_value"]) < 1e-30, "the accuracy comparison is still recorded"
 
     margin = dict(non_inferior_margin=0.003, cheaper_on="mmacs_per_image")
     # cheaper and 10 images worse (0.1 points, within 0.3): the champion moves
-    cheap = register(champion_wrong | set(range(700, 710)), gate.Budget(within, costs={"mmacs_per_image": 2.0},
+    cheap = register(champion_wrong | set(range(700, 710)), gate.CostVerdict(within, costs={"mmacs_per_image": 2.0},
                                                                         **margin), cost=2.0)
     assert cheap.alias == "champion" and champion() == 3 and cheap.non_inferiority is not None
     t = tags(3)
@@ -160,13 +161,13 @@ def test_gate_respects_budget_and_promotes_cheaper_non_inferior(tracking, datase
     assert t["gate_b"] == "0" and t["gate_c"] == "10", "the gate's own comparison beside it"
 
     # cheaper still, but 100 images worse than the new champion: not shown non-inferior
-    worse = register(champion_wrong | set(range(700, 810)), gate.Budget(within, costs={"mmacs_per_image": 1.0},
+    worse = register(champion_wrong | set(range(700, 810)), gate.CostVerdict(within, costs={"mmacs_per_image": 1.0},
                                                                         **margin), cost=1.0)
     assert worse.alias == "challenger" and champion() == 3
     assert "not shown non-inferior" in tags(4)["alias_decision"] and float(tags(4)["noninf_p_value"]) > 0.05
 
     # as accurate but not cheaper: the first rule's answer stands
-    dearer = register(champion_wrong | set(range(700, 710)), gate.Budget(within, costs={"mmacs_per_image": 5.0},
+    dearer = register(champion_wrong | set(range(700, 710)), gate.CostVerdict(within, costs={"mmacs_per_image": 5.0},
                                                                          **margin), cost=5.0)
     assert dearer.alias == "challenger" and "not cheaper than the champion" in tags(5)["alias_decision"]
     assert "noninf_p_value" not in tags(5)

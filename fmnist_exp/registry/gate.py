@@ -48,7 +48,7 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Budget:
+class CostVerdict:
     """What the candidate's study asks at promotion: its verdict on the candidate's measured cost
     (None: no budget), the non-inferiority margin (None: not asked), the cost "cheaper" is judged on,
     and the candidate's measured costs."""
@@ -63,7 +63,7 @@ class Budget:
         return self.verdict is not None and self.verdict.startswith(OVER)
 
     @classmethod
-    def of_run(cls, run_id: str) -> Budget:
+    def of_run(cls, run_id: str) -> CostVerdict:
         """As the study recorded it on the candidate's run (study/finals.py check_budget)."""
         tags = MlflowClient().get_run(run_id).data.tags
         margin = tags.get(MARGIN_TAG)
@@ -97,7 +97,7 @@ def champion_cost(champ, name: str) -> float | None:
     return cost_metrics(champ.run_id).get(name) if champ.run_id else None
 
 
-def cheaper_and_non_inferior(budget: Budget, champ, y: np.ndarray, labels: np.ndarray, champ_labels: np.ndarray,
+def cheaper_and_non_inferior(budget: CostVerdict, champ, y: np.ndarray, labels: np.ndarray, champ_labels: np.ndarray,
                              promote_alpha: float) -> tuple[bool, str, stats.NonInferiority | None, dict[str, str]]:
     """The second way to the champion alias: (promotes?, why, the test, tags for the version)."""
     assert budget.non_inferior_margin is not None
@@ -120,7 +120,7 @@ def cheaper_and_non_inferior(budget: Budget, champ, y: np.ndarray, labels: np.nd
 
 
 def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, promote_alpha: float,
-             labels: np.ndarray | None = None, budget: Budget | None = None) -> Decision:
+             labels: np.ndarray | None = None, budget: CostVerdict | None = None) -> Decision:
     """Register ``model_uri`` (a pyfunc classifier) as a new version and decide champion vs challenger.
 
     ``labels`` are the candidate's test answers when the caller has them already; the current
@@ -131,7 +131,7 @@ def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, pr
         labels = classifier_answers(model_uri, ds.x_test)["label"].to_numpy()
     accuracy = float(np.mean(labels == ds.y_test))
     champ = current_champion(client, name)
-    budget = budget or Budget()
+    budget = budget or CostVerdict()
     cmp, champ_labels = None, None
     check_champion_data(name, ds)  # a study checks it before it trains; a champion may have moved since
     if champ is not None:  # by version, not alias: the comparison is with exactly this model

@@ -21,7 +21,7 @@ from ..study.candidate import Candidate
 from ..study.goals import BUDGET_VERDICT_TAG
 from ..study.summary import Gain, Registration
 from ..train import lineage, tracking
-from .gate import Budget, register
+from .gate import CostVerdict, register
 
 REPRODUCE_TAG = "reproduce_command"
 
@@ -136,7 +136,7 @@ def register_candidate(cand: Candidate, ds: Dataset, *, model_name: str, study_n
             "source_run_id": cand.run_id, "family": family, "candidate": cand.origin,
             **version_tags(cand.run_id, parent_run_id)}
     gate = register(cand.classifier_uri, model_name, ds, tags, promote_alpha=promote_alpha, labels=cand.test_labels,
-                    budget=Budget.of_run(cand.run_id))  # as study/finals.py check_budget recorded it
+                    budget=CostVerdict.of_run(cand.run_id))  # as study/finals.py check_budget recorded it
     tag_reproduce_command(model_name, gate.version)
     link_model(parent_run_id, cand.classifier_uri, model_name, gate.version)
     gate_fields = gate.comparison.fields("gate_", "candidate", "champion") if gate.comparison else {}

@@ -82,6 +82,5 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
     result = RunResult(run_id, {**val, **log_cost(run_id, model, echo).metrics()}, keras_ref.uri, classifier_ref.uri)
     if evaluate_test:
         probs = predict_proba(model, ds.x_test)
-        result.metrics.update(log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, ds.info,
-                                                  f"{arch['arch']} ensemble"))
+        result.metrics.update(log_test_evaluation(run_id, ds, probs, f"{arch['arch']} ensemble"))
     return result, model

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from ..data import Dataset, DatasetInfo
+from ..data import Dataset, Splits
 from ..metrics import TEST_ACC
 from ..model.classifier import MAX_BATCH
 from . import lineage, plots, tracking
@@ -43,10 +43,11 @@ def per_class_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.
     return np.array([(pred[y == c] == c).mean() if np.any(y == c) else np.nan for c in range(num_classes)])
 
 
-def log_test_evaluation(run_id: str, x_test: np.ndarray, y_test: np.ndarray, probs: np.ndarray, info: DatasetInfo,
-                        title: str = "", model_ids: list[str] | None = None) -> dict[str, float]:
-    """Test metrics (accuracy, loss, macro-F1, per class) on ``run_id`` and its models (default:
-    all it logged), the class names, and the two test plots on the run."""
+def log_test_evaluation(run_id: str, data: Dataset | Splits, probs: np.ndarray, title: str = "",
+                        model_ids: list[str] | None = None) -> dict[str, float]:
+    """Test metrics (accuracy, loss, macro-F1, per class) of ``probs``, the answers to ``data``'s test images, on
+    ``run_id`` and its models (default: all it logged), the class names, and the two test plots on the run."""
+    x_test, y_test, info = data.x_test, data.y_test, data.info
     client = MlflowClient()
     metrics = scores(y_test, probs, prefix="test_")
     pred = probs.argmax(axis=1)
@@ -81,5 +82,5 @@ def score_on_test(run_id: str, classifier_uri: str, ds: Dataset, title: str) -> 
         metrics = {k: v for k, v in logged.items() if k.startswith("test_")}
     else:
         probs = np.stack([np.asarray(p) for p in answers["probabilities"]])
-        metrics = log_test_evaluation(run_id, ds.x_test, ds.y_test, probs, ds.info, title)
+        metrics = log_test_evaluation(run_id, ds, probs, title)
     return answers["label"].to_numpy(), metrics

@@ -34,20 +34,21 @@ def pipeline_options() -> tf.data.Options:
     return opts
 
 
-def make_dataset(x, y, *, num_classes: int, batch_size: int, shuffle: bool, seed: int,
-                 augmenter: keras.Layer | None = None, targets: np.ndarray | None = None):
-    """uint8 arrays -> batched (float32 pixels, one-hot labels of ``num_classes``); augmentation runs
-    per batch.
+def make_dataset(x, y, num_classes: int, batch_size: int, shuffle_seed: int | None = None,
+                 augmenter: keras.Layer | None = None):
+    """uint8 arrays -> batched (float32 pixels, one-hot labels of ``num_classes``), shuffled each epoch with
+    ``shuffle_seed`` (None: in order); augmentation runs per batch.
 
     One-hot labels let the loss smooth them (``label_smoothing``); accuracy reads them as usual.
-    ``targets`` (n x classes probabilities, e.g. a teacher's for distillation) replace the one-hot labels.
+    ``y`` may be class probabilities instead (n x classes, e.g. a teacher's for distillation): they are the targets.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32") if targets is None else targets.astype("float32")))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    target = (lambda b: tf.one_hot(b, num_classes)) if targets is None else (lambda b: b)
+    probabilities = y.ndim == 2
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32") if probabilities else y.astype("int32")))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    target = (lambda b: b) if probabilities else (lambda b: tf.one_hot(b, num_classes))
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), target(b)))
     if augmenter is not None:
         ds = ds.map(lambda a, b: (augmenter(a, training=True), b))
@@ -62,9 +63,8 @@ def datasets(s: Splits, p: FitParams, targets: np.ndarray | None = None):
     augmenter = build_augmenter(p, s.info) if p.augment else None
     k = s.info.num_classes
     if keras.backend.backend() == "tensorflow":
-        return (make_dataset(s.x_train, s.y_train, num_classes=k, batch_size=p.batch_size, shuffle=True, seed=p.seed,
-                             augmenter=augmenter, targets=targets),
-                make_dataset(s.x_val, s.y_val, num_classes=k, batch_size=1024, shuffle=False, seed=p.seed))
+        return (make_dataset(s.x_train, s.y_train if targets is None else targets, k, p.batch_size, p.seed, augmenter),
+                make_dataset(s.x_val, s.y_val, k, 1024))
     return (ArrayBatches(s.x_train, s.y_train, num_classes=k, batch_size=p.batch_size, seed=p.seed,
                          augmenter=augmenter, targets=targets),
             ArrayBatches(s.x_val, s.y_val, num_classes=k, batch_size=1024))

@@ -155,7 +155,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     result.metrics.update(log_cost(run_id, model, hooks.echo).metrics())
     if hooks.evaluate_test:
         probs = predict_proba(model, s.x_test)
-        result.metrics.update(log_test_evaluation(run_id, s.x_test, s.y_test, probs, ds.info, run_name(p)))
+        result.metrics.update(log_test_evaluation(run_id, s, probs, run_name(p)))
     return result
 
 
@@ -227,6 +227,6 @@ def baseline_run(ds: D.Dataset, p: BaselineParams, *, experiment: str | None = N
         tracking.log_model_metrics(run_id, val, digest=digests["validation"], dataset=ds.info.name,
                                    model_ids=[info.model_id])
         probs = clf.predict_proba(flat(s.x_test))
-        metrics = log_test_evaluation(run_id, s.x_test, s.y_test, probs, ds.info, "logistic regression",
+        metrics = log_test_evaluation(run_id, s, probs, "logistic regression",
                                       model_ids=[info.model_id])
         return RunResult(run.info.run_id, {**val, **metrics}, model_uri=info.model_uri)

@@ -246,8 +246,9 @@ SYSTEM_METRICS = Param("system_metrics", None, "training runs record CPU, memory
                        "(not given: $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING where set, else true)", kind=bool)
 
 TUNE_PARAMS = [
-    Param("family", None, "model family to tune: mlp or cnn (not given: the study's own: the family stored on an "
-          "existing study, else the study file's, else cnn)", one_of(NETWORK_FAMILIES), kind=str),
+    Param("family", None, "model family to tune: mlp, cnn, or custom (your own network: the study file names its "
+          "builder, model: FILE.py:FUNCTION) (not given: the study's own: the family stored on an existing study, else "
+          "the study file's, else cnn)", one_of(NETWORK_FAMILIES), kind=str),
     Param("study", None, "study file: a path, or a name in experiments/ (not given: experiments/<family>.yaml)",
           kind=str),
     Param("n_trials", None, "trials to run in this invocation (not given: the study file's budget)",

@@ -80,7 +80,7 @@ def _build(cls: type, resolved: dict[str, Any]) -> Any:
     kw = {k: (tuple(T.parse_int_list(v)) if k in typed.WIDTH_FIELDS and v is not None else v)
           for k, v in resolved.items() if k in names}
     if "hp" in kw:
-        kw["hp"] = typed.canonical_hp(kw["hp"] or {})
+        kw["hp"] = T.canonical_hp(kw["hp"] or {})
     return cls(**kw)
 
 
@@ -104,7 +104,7 @@ def builder_split(overrides: Mapping[str, Any]) -> dict[str, Any]:
     if not own:
         return dict(overrides)
     try:
-        hp = typed.parse_hp(overrides.get("hp") or {})
+        hp = T.parse_hp(overrides.get("hp") or {})
     except ValueError as e:
         raise T.ConfigError(f"hp: {e}") from None
     return {**{k: v for k, v in overrides.items() if k in platform}, "hp": json.dumps({**hp, **own}, sort_keys=True)}

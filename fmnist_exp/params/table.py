@@ -9,6 +9,7 @@ the environment), and the help text says where.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -98,8 +99,6 @@ def builder_ref(v) -> str | None:
 
 def hp_mapping(v) -> str | None:
     """``hp``: a YAML or JSON mapping of the builder's own parameters."""
-    from .typed import parse_hp
-
     try:
         parse_hp(v)
     except ValueError as e:
@@ -229,6 +228,48 @@ def family_params(family: str) -> list[Param]:
     # a family may restate a shared parameter with its own default; it keeps the shared place
     restated = [own.pop(p.name) if p.name in own else p for p in shared]
     return [*own.values(), *restated, *DATA_PARAMS]
+
+
+def parse_hp(text: Any) -> dict[str, Any]:
+    """A builder's own parameters from a mapping or its YAML/JSON text ('{width: 32}'); ValueError says why not."""
+    if isinstance(text, dict):
+        raw: Any = text
+    else:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(str(text)) if str(text).strip() else {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"must be a YAML or JSON mapping, e.g. '{{width: 32, blocks: 2}}' ({e})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and k.isidentifier() for k in raw):
+        raise ValueError("must map parameter names (letters, digits, _) to values, e.g. '{width: 32, blocks: 2}'")
+    taken = sorted(k for k in raw if k in reserved_names() or k.startswith("data_"))
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: the platform's own name(s) (a training parameter, or one a run logs); "
+                         "give a training parameter as itself (e.g. -P learning_rate=0.01), or name the builder's "
+                         "parameter otherwise")
+    bad = [k for k, v in raw.items() if not isinstance(v, (str, int, float, bool, type(None)))]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: each value must be a number, text, true/false or null "
+                         "(a list of widths: give it as text, \"32,64\")")
+    return raw
+
+
+# what a training run logs beside its parameters (train.job, train.lineage): a builder's parameter may not
+# take one of these names, nor a data_ one (the data's facts)
+LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "precision_used", "model_sha256",
+                 "distill_weight", "reproduces_run_id")
+
+
+def reserved_names() -> set[str]:
+    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE)
+
+
+def canonical_hp(text: Any) -> str:
+    """One spelling of a builder's parameters: JSON, keys sorted (what is logged and digested)."""
+    return json.dumps(parse_hp(text), sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -1,0 +1,566 @@
+"""Your own network (model=FILE.py:FUNCTION, family custom) through every stage: a builder written into
+tmp_path, tuned on Fashion-MNIST and on scikit-learn's digits, registered, served by the real `mlflow
+models serve` (a real test image answered with its class name), and rebuilt bit for bit by `reproduce`;
+an edited builder named by `reproduce` and by a resumed study before anything trains; a model ending in
+logits answered as probabilities; and every builder the platform cannot train refused, with what was
+wrong, before any MLflow run exists."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from conftest import MLFLOW, REPO, cli, free_port, running_server, subprocess_env
+from mlflow.tracking import MlflowClient
+
+from fmnist_exp import params as P
+from fmnist_exp.data import FASHION_CLASSES, FASHION_MNIST
+from fmnist_exp.model import builder as user
+from fmnist_exp.model import cost, networks
+
+# A small network of the tests: a 3x3 convolution hp["width"] wide, a 2x2 pooling, logits (no softmax).
+# It fits Fashion-MNIST's 28x28 images and the digits' 8x8 ones (6x6 after the convolution, 3x3 pooled).
+NET = '''"""A builder of the tests: build(hp, input_shape, num_classes) -> keras.Model."""
+import keras
+from keras import layers
+
+
+def build(hp, input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.Conv2D(int(hp["width"]), 3, activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x), name="tiny")  # logits
+'''
+
+# Builders the platform refuses, and the shapes of last layer it must read right, one function each.
+NETS = '''"""Builders of the tests, each one way a user's network can end or go wrong."""
+import keras
+from keras import layers
+
+
+def _trunk(input_shape):
+    inputs = keras.Input(shape=input_shape)
+    x = layers.Conv2D(4, 3)(layers.Rescaling(1 / 255)(inputs))
+    return inputs, layers.GlobalAveragePooling2D()(x)
+
+
+def logits(hp, input_shape, num_classes):
+    inputs, x = _trunk(input_shape)
+    return keras.Model(inputs, layers.Dense(num_classes)(x))
+
+
+def compiled_logits(hp, input_shape, num_classes):
+    model = logits(hp, input_shape, num_classes)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def compiled_loss_function(hp, input_shape, num_classes):
+    model = logits(hp, input_shape, num_classes)
+    model.compile(optimizer="adam", loss=keras.losses.sparse_categorical_crossentropy)
+    return model
+
+
+def softmax(hp, input_shape, num_classes):
+    inputs, x = _trunk(input_shape)
+    return keras.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
+
+
+def softmax_layer(hp, input_shape, num_classes):
+    inputs, x = _trunk(input_shape)
+    return keras.Model(inputs, layers.Softmax()(layers.Dense(num_classes)(x)))
+
+
+def sequential(hp, input_shape, num_classes):
+    return keras.Sequential([keras.Input(shape=input_shape), layers.Rescaling(1 / 255), layers.Flatten(),
+                             layers.Dense(num_classes, activation="softmax")])
+
+
+def separable(hp, input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    x = layers.SeparableConv2D(4, 3)(layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, layers.Dense(num_classes)(layers.GlobalAveragePooling2D()(x)))
+
+
+def conv1d(hp, input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    x = layers.Reshape((input_shape[0], input_shape[1] * input_shape[2]))(layers.Rescaling(1 / 255)(inputs))
+    x = layers.GlobalAveragePooling1D()(layers.Conv1D(4, 3)(x))
+    return keras.Model(inputs, layers.Dense(num_classes)(x))
+
+
+def conditional(hp, input_shape, num_classes):
+    """Reads depth only where kind is deep: a study may give it at every point."""
+    inputs, x = _trunk(input_shape)
+    if hp["kind"] == "deep":
+        for _ in range(int(hp["depth"])):
+            x = layers.Dense(8, activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x))
+
+
+def raises(hp, input_shape, num_classes):
+    raise ValueError("boom")
+
+
+def not_a_model(hp, input_shape, num_classes):
+    return {"layers": 2}
+
+
+def wrong_width(hp, input_shape, num_classes):
+    inputs, x = _trunk(input_shape)
+    return keras.Model(inputs, layers.Dense(num_classes - 1)(x))
+
+
+def wrong_input(hp, input_shape, num_classes):
+    inputs, x = _trunk((32, 32, 1))
+    return keras.Model(inputs, layers.Dense(num_classes)(x))
+
+
+def flat_input(hp, input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape[:2])
+    return keras.Model(inputs, layers.Dense(num_classes)(layers.Flatten()(inputs)))
+
+
+def no_input(hp, input_shape, num_classes):
+    return keras.Sequential([layers.Flatten(), layers.Dense(num_classes)])
+
+
+not_callable = 3
+'''
+
+
+def write(tmp_path: Path, source: str = NET, name: str = "net.py") -> Path:
+    path = tmp_path / name
+    path.write_text(source)
+    return path
+
+
+@pytest.fixture
+def nets(tmp_path) -> Path:
+    return write(tmp_path, NETS, "nets.py")
+
+
+def all_runs() -> list:
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def pixels(n: int = 4, seed: int = 0) -> np.ndarray:
+    """Fashion-MNIST's array layout, (n, 28, 28), raw 0-255 values."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28)).astype("float32")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- refusals, before any run
+
+
+@pytest.mark.parametrize(("function", "said"), [
+    ("raises", "raised ValueError: boom (at nets.py:"),
+    ("not_a_model", "returned dict, not a Keras model: return a keras.Model"),
+    ("wrong_width", "the model answers shape (9,), but fashion-mnist has 10 classes: end with a Dense(num_classes)"),
+    ("wrong_input", "the model takes inputs of shape (32, 32, 1), but the images of fashion-mnist are (28, 28, 1)"),
+    ("flat_input", "the model takes inputs of shape (28, 28), but the images of fashion-mnist are (28, 28, 1)"),
+    ("no_input", "the model has no defined input: start it with keras.Input(shape=input_shape)"),
+])
+def test_a_builder_the_platform_cannot_train_is_refused_with_what_was_wrong(nets, function, said):
+    b = user.load(f"{nets}:{function}")
+    with pytest.raises(user.BuilderError) as refused:
+        user.build(b, {}, FASHION_MNIST)
+    assert str(refused.value).startswith(f"model={nets}:{function}") and said in str(refused.value)
+    assert isinstance(refused.value, P.ConfigError)  # the CLI says it as `error: ...`, exit 2
+
+
+def test_a_builder_that_cannot_be_loaded_is_refused_naming_what_is_there(nets, tmp_path, monkeypatch):
+    with pytest.raises(user.BuilderError, match=r"model=missing.py:build: no file missing.py \(looked in "):
+        user.load("missing.py:build")
+    with pytest.raises(user.BuilderError, match=r"nets.py defines no function 'biuld'; it defines compiled_logits, .*"
+                                                r"logits, .*wrong_width$") as refused:
+        user.load(f"{nets}:biuld")
+    assert "_trunk" not in str(refused.value) and "keras" not in str(refused.value)  # its own public functions
+    with pytest.raises(user.BuilderError, match="defines no function 'not_callable'"):
+        user.load(f"{nets}:not_callable")
+    write(tmp_path, "import keras\nraise RuntimeError('no GPU here')\n", "broken.py")
+    with pytest.raises(user.BuilderError, match=r"loading .*broken.py raised RuntimeError: no GPU here \(at broken.py:2\)"):
+        user.load(f"{tmp_path / 'broken.py'}:build")
+    with pytest.raises(user.BuilderError, match="importing no_such_package.nets raised ModuleNotFoundError: .*on "
+                                                "PYTHONPATH"):
+        user.load("no_such_package.nets:build")
+    # an importable module is a builder too, recorded by its source file
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write(tmp_path, NET, "tests_builder_module.py")
+    b = user.load("tests_builder_module:build")
+    assert b.file == (tmp_path / "tests_builder_module.py").resolve() and b.sha256 == sha256(b.file)
+
+
+def test_parameters_the_builder_never_reads_and_the_platforms_names_are_refused(nets):
+    ref = f"{nets}:conditional"
+    with pytest.raises(P.ConfigError, match="model is required for a custom network: give your builder as "
+                                            "model=FILE.py:FUNCTION"):
+        P.network("custom", {"hp": "{width: 4}"})
+    with pytest.raises(P.ConfigError, match="must name a builder as FILE.py:FUNCTION or package.module:function"):
+        P.network("custom", {"model": str(nets)})
+    for hp in ("{learning_rate: 0.1}", "{model_sha256: abc}", "{data_name: x}"):
+        with pytest.raises(P.ConfigError, match=r"the platform's own name\(s\)"):
+            P.network("custom", {"model": ref, "hp": hp})
+    with pytest.raises(P.ConfigError, match=r"experiment: the platform's own name\(s\)"):
+        P.network("custom", {"model": ref, "experiment": "x"})  # a study's name that a run logs beside
+    with pytest.raises(P.ConfigError, match="each value must be a number, text, true/false or null"):
+        P.network("custom", {"model": ref, "hp": "{kind: [1, 2]}"})
+
+    shallow = P.network("custom", {"model": ref, "kind": "shallow", "depth": 2})
+    deep = P.network("custom", {"model": ref, "kind": "deep", "depth": 2})
+    # a study reads depth at one of its points: both pass; one point that never reads it is refused
+    networks.check_builder([shallow, deep], FASHION_MNIST)
+    with pytest.raises(user.BuilderError, match=f"model={ref} never reads depth: a misspelt name, or a parameter "
+                                                "meant for the platform"):
+        networks.check_builder([shallow], FASHION_MNIST)
+    typo = P.network("custom", {"model": ref, "kind": "deep", "depth": 1, "dpeth": 2})
+    with pytest.raises(user.BuilderError, match="never reads dpeth:"):
+        networks.check_builder([typo], FASHION_MNIST)
+    missing = P.network("custom", {"model": ref, "kind": "deep"})
+    with pytest.raises(user.BuilderError, match=r"raised KeyError: .*'depth': the builder reads hp\['depth'\], but "
+                                                r"it is neither in the study file's fixed values nor searched"):
+        networks.check_builder([missing], FASHION_MNIST)
+
+
+def test_the_command_refuses_a_builder_before_any_run(tracking, tmp_path, nets, capsys):
+    """`custom` in-process (the same code as the CLI's subprocess, without starting TensorFlow per
+    command): exit 2, `error:` and what was wrong, and no MLflow run created."""
+    from fmnist_exp import cli as command_line
+
+    write(tmp_path)
+    checks = [
+        (["--model", "missing.py:build"], "error: model=missing.py:build: no file missing.py"),
+        (["--model", "nets.py:biuld"], "nets.py defines no function 'biuld'; it defines "),
+        (["--model", "nets.py:wrong_width"], "the model answers shape (9,), but digits has 10 classes"),
+        (["--model", "net.py:build", "--hp", "{width: 4, depth: 2}"], "model=net.py:build never reads depth"),
+        (["--model", "net.py:build", "--hp", "{width: 4, learning_rate: 0.1}"], "learning_rate: the platform's own"),
+        (["--model", "net.py:build"], "raised KeyError: \"'width': the builder reads hp['width']"),
+    ]
+    for args, said in checks:
+        code = command_line.main(["custom", "--data", "digits", *args, "--epochs", "1", "--system_metrics", "false"])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and "Traceback" not in err, (args, err[-2000:])
+    assert all_runs() == []
+
+
+def test_the_cli_refuses_a_builder_that_raises_before_any_run(tracking, tmp_path, nets):
+    proc = cli(["custom", "--model", "nets.py:raises", "--epochs", "1", "--train_samples", "1000"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: model=nets.py:raises raised ValueError: boom (at nets.py:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert all_runs() == []
+
+
+@pytest.mark.xfail(strict=True, reason="package bug: params/resolve.py command() builds CustomParams without "
+                                       "family()'s 'model is required' check; `custom` without --model crashes "
+                                       "with AttributeError in builder._split (exit 1)")
+def test_the_cli_refuses_custom_without_a_model(tracking, tmp_path):
+    proc = cli(["custom", "--epochs", "1", "--train_samples", "1000"], tmp_path)
+    assert proc.returncode == 2 and "error: model is required for a custom network" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert all_runs() == []
+
+
+# ----------------------------------------------------------------------------- the builder's parameters
+
+
+def test_hp_is_read_only_and_records_what_the_builder_reads():
+    hp = user.HP({"width": 8, "blocks": 2, "dropout": 0.1})
+    assert hp.read == set() and len(hp) == 3
+    assert hp["width"] == 8 and hp.read == {"width"}
+    assert hp.get("l2", 1e-4) == 1e-4 and hp.get("l2") is None and hp.read == {"width", "l2"}
+    assert "blocks" in hp and "nothing" not in hp and hp.read == {"width", "l2", "blocks", "nothing"}
+    with pytest.raises(KeyError, match=r"hp\['depth'\], but it is neither .* \(given: blocks, dropout, width\); use "
+                                       r"hp.get\('depth', default\)"):
+        hp["depth"]
+    assert "depth" not in hp.read  # a name it failed to read was not read
+    with pytest.raises(TypeError):
+        hp["width"] = 16  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del hp["width"]  # type: ignore[attr-defined]
+    assert not hasattr(hp, "update") and not hasattr(hp, "pop") and hp["width"] == 8
+    walked = user.HP({"a": 1, "b": 2})
+    assert dict(walked) == {"a": 1, "b": 2} and walked.read == {"a", "b"}  # walking them all reads them all
+
+
+def test_a_builder_parameter_named_like_a_builtin_familys_is_the_builders():
+    """dropout, l2, filters... are the mlp's and the cnn's, not the platform's training parameters: for a
+    custom network they go to the builder (hp); the platform's own (learning_rate) stay the platform's."""
+    p = P.network("custom", {"model": "net.py:build", "dropout": 0.3, "filters": "8,16", "learning_rate": 0.01})
+    assert isinstance(p, P.CustomParams) and not hasattr(p, "dropout")
+    assert p.hp_values() == {"dropout": 0.3, "filters": "8,16"} and p.learning_rate == 0.01
+    assert p.hp == '{"dropout": 0.3, "filters": "8,16"}'  # canonical JSON: one spelling, one digest
+    both = P.network("custom", {"model": "net.py:build", "hp": "{width: 4}", "dropout": 0.3})
+    assert both.hp_values() == {"dropout": 0.3, "width": 4}
+    assert P.network("custom", {"model": "net.py:build", "hp": '{"width": 4, "dropout": 0.3}'}) == both
+
+
+def test_a_study_file_names_its_builder_and_gives_it_its_own_parameters(tracking, tmp_path):
+    """model: in a study file makes the family custom; fixed and searched names that are not the
+    platform's are the builder's; the checks before any training build it at every point."""
+    from fmnist_exp.study.setup import prepare
+
+    path = write(tmp_path, NET.replace('int(hp["width"])', 'int(hp["width"]) + int(hp.get("dropout", 0) > 1)'))
+    study = tmp_path / "own.yaml"
+    text = (f"description: a builder in a study\nmodel: {path}:build\nbudget: {{n_trials: 2, epochs: 1}}\n"
+            "fixed: {dropout: 0.3, lr_schedule: cosine}\n"
+            "space:\n  width: {type: categorical, choices: [4, 8]}\n"
+            "  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}\nreference: off\n")
+    study.write_text(text)
+    setup = prepare(P.tune_args({"data": "digits", "study": str(study)}))
+    assert setup.spec.family == "custom" and setup.model_name == "digits-classifier"
+    p = setup.trial_params({"width": 8, "learning_rate": 2e-3})
+    assert isinstance(p, P.CustomParams) and p.model == f"{path}:build"
+    assert p.hp_values() == {"dropout": 0.3, "width": 8} and p.learning_rate == 2e-3
+    study.write_text(text.replace("  width:", "  depth: {type: int, low: 1, high: 2}\n  width:"))
+    with pytest.raises(P.ConfigError, match=f"own.yaml on digits: model={path}:build never reads depth"):
+        prepare(P.tune_args({"data": "digits", "study": str(study)}))
+    study.write_text(text.replace("model:", "family: cnn\nmodel:"))
+    with pytest.raises(P.ConfigError, match="model: names your own network, but family is 'cnn'"):
+        prepare(P.tune_args({"data": "digits", "study": str(study)}))
+    assert all_runs() == []
+
+
+# ----------------------------------------------------------------------------- what the platform wraps
+
+
+def test_a_logits_model_answers_the_softmax_of_its_logits(nets):
+    x = pixels()
+    for function in ("logits", "compiled_logits"):
+        b = user.load(f"{nets}:{function}")
+        model, _ = user.build(b, {}, FASHION_MNIST)
+        inner = model.get_layer(index=2)  # pixels, the reshape to (28, 28, 1), the user's model, probs
+        assert isinstance(inner, keras.Model) and user.outputs_logits(inner)
+        assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
+        probs = np.asarray(model(x))
+        assert probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(probs, softmax(np.asarray(inner(x[..., None]), dtype="float64")), atol=1e-6)
+
+
+@pytest.mark.parametrize("function", ["softmax", "softmax_layer", "sequential"])
+def test_a_model_that_answers_probabilities_is_not_softmaxed_twice(nets, function):
+    model, _ = user.build(user.load(f"{nets}:{function}"), {}, FASHION_MNIST)
+    inner = model.get_layer(index=2)
+    assert not user.outputs_logits(inner)
+    x = pixels(seed=1)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(inner(x[..., None])), atol=1e-7)
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="package bug: model/builder.py outputs_logits calls loss.get_config() on a compiled loss "
+                          "that is a plain function (keras.losses.sparse_categorical_crossentropy): AttributeError")
+def test_a_model_compiled_with_a_loss_function_is_read_by_its_last_layer(nets):
+    model, _ = user.build(user.load(f"{nets}:compiled_loss_function"), {}, FASHION_MNIST)
+    np.testing.assert_allclose(np.asarray(model(pixels())).sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_layers_whose_arithmetic_is_not_counted_are_named(nets):
+    built = {f: user.build(user.load(f"{nets}:{f}"), {}, FASHION_MNIST)[0] for f in ("logits", "separable", "conv1d")}
+    assert cost.uncounted_layers(built["logits"]) == []
+    assert cost.uncounted_layers(built["separable"]) == ["SeparableConv2D"]  # inside the user's model, inside ours
+    assert cost.uncounted_layers(built["conv1d"]) == ["Conv1D"]
+    # what is counted is counted once: the user's model runs once per image
+    assert cost.macs_per_image(built["logits"]) == 26 * 26 * 9 * 4 + 4 * 10
+    assert cost.macs_per_image(built["separable"]) == 4 * 10  # the separable convolution is not
+
+
+# ----------------------------------------------------------------------------- the builder's source on a run
+
+
+@pytest.mark.xfail(strict=True, reason="package bug: train/lineage.py log_builder logs Builder.source() "
+                                       "(Path.read_text: universal newlines) with mlflow.log_text, so a CRLF builder's "
+                                       "kept copy is not the file whose sha256 the run recorded; restoring it, as "
+                                       "reproduce advises, does not restore the digest")
+def test_the_kept_source_is_the_file_the_run_recorded(tracking, tmp_path):
+    from fmnist_exp.train import lineage
+
+    path = tmp_path / "crlf.py"
+    path.write_bytes(NET.replace("\n", "\r\n").encode())
+    with mlflow.start_run() as run:
+        lineage.log_builder(P.network("custom", {"model": f"{path}:build", "width": 4}))
+    kept = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/builder/crlf.py",
+                                                    dst_path=str(tmp_path / "kept")))
+    assert mlflow.get_run(run.info.run_id).data.params["model_sha256"] == sha256(path) == sha256(kept)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+STUDY = """description: a builder of the tests, tuned
+model: {builder}:build
+budget: {{n_trials: 2, epochs: 1, train_samples: {samples}, timeout: 0}}
+fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
+space:
+  width: {{type: categorical, choices: [4, 8]}}
+  learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+pruner: {{type: none}}
+sampler: {{type: random}}
+final: {final}
+reference: {reference}
+"""
+
+
+def tune_study(tmp_path: Path, *args: str, samples: int, final: str, reference: str) -> tuple[Path, Path, dict]:
+    """The study of NET (written to tmp_path) tuned through the CLI on its own Optuna database: the
+    builder's file, the study file and the summary `tune` printed."""
+    builder = write(tmp_path)
+    study = tmp_path / "own.yaml"
+    study.write_text(STUDY.format(builder=builder, samples=samples, final=final, reference=reference))
+    proc = cli(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+                "--system_metrics", "false", *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return builder, study, last_json(proc.stdout)
+
+
+def assert_trials_record_the_builder(builder: Path) -> list:
+    """Two complete trials, nested under the study's run, each with the searched builder parameter under
+    its own name, the builder's digest and its source; returns them."""
+    trials = [r for r in all_runs() if "optuna_trial" in r.data.tags and "final_of_trial" not in r.data.tags]
+    assert sorted(r.data.tags["optuna_trial"] for r in trials) == ["0", "1"]
+    client = MlflowClient()
+    for r in trials:
+        p, tags = r.data.params, r.data.tags
+        assert tags["trial_state"] == "COMPLETE" and r.info.status == "FINISHED" and "mlflow.parentRunId" in tags
+        assert p["family"] == "custom" and p["model"] == f"{builder}:build" and tags["model_builder"] == p["model"]
+        assert p["width"] in ("4", "8") and json.loads(p["hp"]) == {"width": int(p["width"])}
+        assert p["model_sha256"] == sha256(builder)
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "builder")] == ["builder/net.py"]
+        assert mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/builder/net.py") == builder.read_text()
+        assert "cost_uncounted_layers" not in tags  # Conv2D and Dense: every multiply-accumulate counted
+    return trials
+
+
+def reproduce_exactly(uri: str, cwd: Path) -> dict:
+    proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = last_json(proc.stdout)
+    assert report["bit_identical"] == 1.0 and report["passed"] is True
+    return report
+
+
+@pytest.mark.slow
+def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path):
+    """A study of a builder in tmp_path beside the platform's learning rate: two trials, the best retrained
+    (2 epochs on 5,000 images) and registered @champion; `mlflow models serve` answers a real ankle boot's
+    PNG with "Ankle boot" as probabilities (the builder ends in logits); `reproduce` rebuilds it bit for bit."""
+    builder, _, summary = tune_study(tmp_path, samples=1000, final="{epochs: 2, train_samples: 5000}",
+                                     reference='{params: {epochs: 1, filters: "8,16", dense_units: 16}}')
+    assert summary["model_name"] == "fmnist-classifier" and summary["alias"] == "champion"
+    assert summary["n_complete"] == 2 and summary["candidate"] == "final retrain"
+    trials = assert_trials_record_the_builder(builder)
+    version = MlflowClient().get_model_version_by_alias("fmnist-classifier", "champion")
+    source = mlflow.get_run(version.run_id)
+    assert version.tags["family"] == "custom" and source.data.tags["final_of_trial"] == str(summary["best_trial"])
+    [best] = [r for r in trials if r.data.tags["optuna_trial"] == str(summary["best_trial"])]
+    assert source.data.params["hp"] == best.data.params["hp"] and source.data.params["model_sha256"] == sha256(builder)
+    [reference] = [r for r in all_runs() if r.info.run_name == "reference"]
+    assert reference.data.params["family"] == "cnn"  # a user's network is measured against the cnn family's
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [MLFLOW, "models", "serve", "-m", "models:/fmnist-classifier@champion", "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    png = (REPO / "examples" / "test_0_ankle_boot.png").read_bytes()
+    body = json.dumps({"inputs": {"png_b64": [base64.b64encode(png).decode()]}}).encode()
+    import urllib.request
+
+    with running_server(cmd, base + "/ping", cwd=tmp_path, env={**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}):
+        request = urllib.request.Request(base + "/invocations", body, {"Content-Type": "application/json"})
+        [answer] = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    assert answer["class_name"] == "Ankle boot" == FASHION_CLASSES[answer["label"]]
+    assert len(answer["probabilities"]) == 10 and sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    assert min(answer["probabilities"]) >= 0 and max(answer["probabilities"]) == answer["probabilities"][9]
+
+    report = reproduce_exactly("models:/fmnist-classifier@champion", tmp_path)
+    assert report["reproduces_run_id"] == version.run_id
+    [rebuild] = [r for r in all_runs() if r.data.tags.get("reproduces_run_id") == version.run_id]
+    assert rebuild.data.params["model_sha256"] == sha256(builder) and rebuild.data.params["hp"] == best.data.params["hp"]
+
+
+@pytest.mark.slow
+def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_path):
+    """The same builder on scikit-learn's 8x8 digits: input_shape (8, 8, 1) and 10 classes from the data,
+    registered as digits-classifier with the dataset on its version, rebuilt bit for bit."""
+    builder, _, summary = tune_study(tmp_path, "--data", "digits", samples=0, final="{epochs: 2}", reference="off")
+    assert summary["model_name"] == "digits-classifier" and summary["registered_version"] == 1
+    assert_trials_record_the_builder(builder)
+    version = MlflowClient().get_model_version_by_alias("digits-classifier", "champion")
+    assert (version.tags["data_name"], version.tags["data_shape"], version.tags["family"]) == (
+        "digits", "8x8x1", "custom")
+    assert mlflow.get_run(version.run_id).data.params["data"] == "digits"
+    report = reproduce_exactly("models:/digits-classifier@champion", tmp_path)
+    assert report["reproduces_run_id"] == version.run_id
+
+
+@pytest.mark.slow
+def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking, tmp_path):
+    """A `custom` run (a separable convolution, whose arithmetic the cost does not count: the run says so)
+    records the builder; with a comment appended `reproduce` exits 2 naming the file and that it changed,
+    and creates no run; the file restored from the run's copy, as the message says, reproduces bit for bit."""
+    builder = write(tmp_path, NET.replace("layers.Conv2D(", "layers.SeparableConv2D("))
+    proc = cli(["custom", "--model", "net.py:build", "--hp", "{width: 4}", "--epochs", "1", "--train_samples", "1000",
+                "--system_metrics", "false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(not counted: SeparableConv2D)" in proc.stdout
+    run_id = last_json(proc.stdout)["run_id"]
+    run = mlflow.get_run(run_id)
+    assert run.data.params["width"] == "4" and run.data.params["hp"] == '{"width": 4}'
+    assert run.data.params["model_sha256"] == sha256(builder) and run.data.tags["model_builder"] == "net.py:build"
+    assert run.data.tags["cost_uncounted_layers"] == "SeparableConv2D"
+    original = builder.read_bytes()
+
+    builder.write_text(builder.read_text() + "# a comment, nothing else\n")
+    before = len(all_runs())
+    refused = cli(["reproduce", "--model_uri", f"runs:/{run_id}/model", "--exact", "true"], tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = refused.stderr
+    assert f"error: the builder net.py:build changed since run {run_id} trained with it: {builder.resolve()} has " \
+           f"sha256 {sha256(builder)[:16]}..., the run recorded {run.data.params['model_sha256'][:16]}..." in said
+    assert "nothing was trained" in said and f"runs:/{run_id}/builder/net.py" in said and "Traceback" not in said
+    assert len(all_runs()) == before
+
+    mlflow.artifacts.download_artifacts(f"runs:/{run_id}/builder/net.py", dst_path=str(tmp_path))  # as advised
+    assert builder.read_bytes() == original
+    reproduce_exactly(f"runs:/{run_id}/model", tmp_path)
+
+
+@pytest.mark.slow
+def test_a_study_refuses_to_resume_with_an_edited_builder(tracking, tmp_path):
+    """A study records its builder's digest; `tune` on the same study and storage after the builder was
+    edited exits 2 naming the file, before any trial (its trials would train another network)."""
+    builder, study, summary = tune_study(tmp_path, "--data", "digits", "--n_trials", "1", "--register", "false",
+                                         samples=0, final="{epochs: 1}", reference="off")
+    assert summary["n_complete"] == 1
+    import optuna
+
+    stored = optuna.load_study(study_name="own", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert stored.user_attrs["model_sha256"] == sha256(builder)
+    builder.write_text(builder.read_text() + "# edited\n")
+    before = len(all_runs())
+    proc = cli(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--data", "digits",
+                "--n_trials", "1", "--register", "false", "--system_metrics", "false"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"error: study 'own' was created with another net.py (sha256 {sha256(builder)[:0]}"
+            in proc.stderr), proc.stderr[-3000:]
+    assert f"now {sha256(builder)[:12]}...): its trials would train another network" in proc.stderr
+    assert len(all_runs()) == before and len(stored.trials) == 1

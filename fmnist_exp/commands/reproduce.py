@@ -152,7 +152,7 @@ def read_original(uri: str) -> Original:
                     teacher=teacher, builder_sha256=logged.get(lineage.BUILDER_SHA256, ""))
 
 
-def check_builder(orig: Original) -> None:
+def check_builder_unchanged(orig: Original) -> None:
     """A user's network is rebuilt by the same builder: an edited (or missing) builder file is named
     before any training, with where the source that trained is kept."""
     from ..model import builder as user
@@ -255,7 +255,7 @@ def main(args: ReproduceArgs) -> int:
     ds = D.load_dataset(data_of(trained[0], args), args.data_dir)
     warned = []
     for one in trained:
-        check_builder(one)
+        check_builder_unchanged(one)
         check_data(one, ds)
         p = rebuild_params(one, args, ds.info)
         splits = job.splits(ds, p)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from ..data import DatasetInfo
@@ -48,13 +49,11 @@ class Builder:
     fn: Callable[..., Any]
     file: Path  # the source file that defines it
     sha256: str  # of that file's bytes when loaded
+    source: str  # those bytes as text: what trains is what a run records, whatever happens to the file later
 
     @property
     def name(self) -> str:
         return self.ref.rpartition(":")[2]
-
-    def source(self) -> str:
-        return self.file.read_text()
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -69,38 +68,39 @@ def source_file(ref: str) -> Path | None:
     if not module.endswith(".py"):
         return None
     given = Path(module).expanduser()
-    for candidate in (given, PROJECT_DIR / given):
+    places = [given] if given.is_absolute() else [given, PROJECT_DIR / given]
+    for candidate in places:
         if candidate.is_file():
             return candidate.resolve()
-    raise BuilderError(f"model={ref}: no file {module} (looked in {Path.cwd()} and {PROJECT_DIR}); give the path "
-                       "to the .py file that defines the builder, or an importable module as package.module:function")
+    looked = " and ".join(dict.fromkeys(str(p.resolve().parent) for p in places))
+    raise BuilderError(f"model={ref}: no file {given.name} in {looked}; give the path to the .py file that defines "
+                       "the builder, or an importable module as package.module:function")
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-_loaded: dict[tuple[str, str], Builder] = {}  # (ref, sha256): a file is executed once per content
+_loaded: dict[str, Builder] = {}  # by reference: read once per process (see load)
 
 
 def load(ref: str) -> Builder:
-    """The builder ``ref`` names, its file executed (once per content) or its module imported."""
+    """The builder ``ref`` names, its file executed or its module imported: once per process, so that every
+    trial, retrain and reference of a command trains the builder its checks saw and its runs record, even if
+    the file is edited meanwhile (a study refuses a worker or resume whose file changed: study.setup)."""
+    ref = ref.strip()
+    if ref in _loaded:
+        return _loaded[ref]
     module, function = _split(ref)
     path = source_file(ref)
     if path is not None:
-        key = (ref, _digest(path))
-        if key in _loaded:
-            return _loaded[key]
-        name = f"fmnist_user_builder_{key[1][:12]}"
+        data = path.read_bytes()
+        name = f"fmnist_user_builder_{hashlib.sha256(data).hexdigest()[:12]}"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod  # dataclasses and pickling look their module up here
         try:
-            spec.loader.exec_module(mod)
+            exec(compile(data, str(path), "exec"), mod.__dict__)  # the bytes digested, not a second read
         except Exception as e:
             sys.modules.pop(name, None)
-            raise BuilderError(f"model={ref}: loading {path} raised {_last_line(e)}") from None
+            raise BuilderError(f"model={ref}: loading {path} raised {_last_line(e, path)}") from None
     else:
         try:
             mod = importlib.import_module(module)
@@ -110,21 +110,27 @@ def load(ref: str) -> Builder:
         path = Path(getattr(mod, "__file__", "") or "")
         if not path.is_file():
             raise BuilderError(f"model={ref}: module {module} has no source file to record")
-        key = (ref, _digest(path))
+        data = path.read_bytes()
     fn = getattr(mod, function, None)
     if not callable(fn):
         defined = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")
                          and getattr(v, "__module__", None) == mod.__name__)
         raise BuilderError(f"model={ref}: {path.name} defines no function {function!r}"
                            + (f"; it defines {', '.join(defined)}" if defined else ""))
-    builder = Builder(ref=ref.strip(), fn=fn, file=path, sha256=key[1])
-    _loaded[key] = builder
+    builder = Builder(ref=ref, fn=fn, file=path, sha256=hashlib.sha256(data).hexdigest(),
+                      source=data.decode("utf-8", errors="replace"))
+    _loaded[ref] = builder
     return builder
 
 
-def _last_line(e: BaseException) -> str:
-    """The last line of an exception's traceback (``ValueError: ...``) and where the user's code raised it."""
-    frames = traceback.extract_tb(e.__traceback__)
+def _last_line(e: BaseException, file: Path | None = None) -> str:
+    """The last line of an exception's traceback (``ValueError: ...``) and where in the user's file it was
+    raised (the last frame in ``file``, else the last frame; a syntax error's own line)."""
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} (at {Path(e.filename or '?').name}:{e.lineno})"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<")]
+    if file is not None:
+        frames = [f for f in frames if Path(f.filename).resolve() == file.resolve()] or frames
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return traceback.format_exception_only(type(e), e)[-1].strip() + where
 
@@ -139,9 +145,9 @@ class HP(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._values:
-            raise KeyError(f"{key!r}: the builder reads hp[{key!r}], but it is neither in the study file's fixed "
-                           f"values nor searched, nor in hp (given: {', '.join(sorted(self._values)) or 'none'}); "
-                           f"use hp.get({key!r}, default) for an optional one")
+            raise KeyError(f"{key!r}: the builder reads hp[{key!r}], but it was not given (given: "
+                           f"{', '.join(sorted(self._values)) or 'none'}): add it to hp (-P hp=...) or to the study "
+                           f"file's fixed or searched values, or use hp.get({key!r}, default) for an optional one")
         self.read.add(key)
         return self._values[key]
 
@@ -165,17 +171,18 @@ class HP(Mapping[str, Any]):
         return f"HP({self._values!r})"
 
 
-def outputs_logits(model: keras.Model) -> bool:
-    """Whether ``model`` answers logits: its compiled loss says ``from_logits``, else its last layer
-    has no softmax."""
+def outputs_logits(model: keras.Model, info: DatasetInfo) -> bool:
+    """Whether ``model`` answers logits: its compiled loss says ``from_logits``; else whether its answers
+    to a few random images are not probabilities (each row non-negative and summing to 1), whatever
+    layer, nested model or activation makes them."""
     loss = getattr(model, "loss", None)
-    if loss is not None and not isinstance(loss, str | dict | list):
-        return bool(getattr(loss, "from_logits", False) or (loss.get_config() or {}).get("from_logits", False))
-    last = model.layers[-1] if model.layers else None
-    activation = getattr(last, "activation", None)
-    if isinstance(last, layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
-        return False
-    return True
+    get_config = getattr(loss, "get_config", None)  # a Loss object; a loss function or a name has none
+    config = get_config() if callable(get_config) else {}
+    if getattr(loss, "from_logits", False) or (config or {}).get("from_logits", False):
+        return True
+    x = np.random.default_rng(0).uniform(0, 255, size=(4, *info.shape)).astype("float32")
+    answers = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype="float64")
+    return not (np.all(answers >= 0) and np.allclose(answers.sum(axis=1), 1.0, atol=1e-2))
 
 
 def build(builder: Builder, hp: Mapping[str, Any], info: DatasetInfo) -> tuple[keras.Model, HP]:
@@ -185,12 +192,12 @@ def build(builder: Builder, hp: Mapping[str, Any], info: DatasetInfo) -> tuple[k
     try:
         model = builder.fn(mapping, tuple(info.shape), info.num_classes)
     except Exception as e:
-        raise BuilderError(f"model={builder.ref} raised {_last_line(e)}") from None
+        raise BuilderError(f"model={builder.ref} raised {_last_line(e, builder.file)}") from None
     if not isinstance(model, keras.Model):
         raise BuilderError(f"model={builder.ref} returned {type(model).__name__}, not a Keras model: return a "
                            "keras.Model (keras.Sequential or keras.Model(inputs, outputs))")
     check_shapes(builder, model, info)
-    logits = outputs_logits(model)
+    logits = outputs_logits(model, info)
     inp = keras.Input(shape=info.array_shape, dtype="float32", name="pixels")
     h = layers.Reshape(info.shape, name="as_height_width_channels")(inp) if info.array_shape != info.shape else inp
     h = model(h)

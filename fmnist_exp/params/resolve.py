@@ -81,6 +81,9 @@ def _build(cls: type, resolved: dict[str, Any]) -> Any:
           for k, v in resolved.items() if k in names}
     if "hp" in kw:
         kw["hp"] = T.canonical_hp(kw["hp"] or {})
+    if cls is typed.CustomParams and kw.get("model") is None:
+        raise T.ConfigError("model is required for a custom network: give your builder as model=FILE.py:FUNCTION "
+                            "(mlflow run: -P model=...; a study file: model: ...), e.g. examples/residual.py:build")
     return cls(**kw)
 
 
@@ -90,9 +93,6 @@ def family(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Famil
     if name == "custom":
         overrides = builder_split(overrides or {})
     resolved = values(T.family_params(name), overrides, what=name)
-    if name == "custom" and resolved["model"] is None:
-        raise T.ConfigError("model is required for a custom network: give your builder as model=FILE.py:FUNCTION "
-                            "(mlflow run: -P model=...; a study file: model: ...), e.g. examples/residual.py:build")
     return _build(typed.FAMILY_CLASSES[name], resolved)
 
 
@@ -111,7 +111,7 @@ def builder_split(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.NetworkParams:
-    """An mlp's or a cnn's parameters (what studies, trials and reproductions train)."""
+    """A network's parameters, built-in or a user's (what studies, trials and reproductions train)."""
     if name not in T.NETWORK_FAMILIES:
         raise T.ConfigError(f"family {name!r} trains no network: choose one of {', '.join(T.NETWORK_FAMILIES)}")
     params = family(name, overrides)

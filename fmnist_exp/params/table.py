@@ -230,6 +230,22 @@ def family_params(family: str) -> list[Param]:
     return [*own.values(), *restated, *DATA_PARAMS]
 
 
+def load_yaml(text: str) -> Any:
+    """YAML as a study file or ``hp`` is read: PyYAML's safe loader, where a number in exponent form without a
+    dot (1e-5, as JSON and Python write it) is a number too, not text (YAML 1.1 wants 1.0e-5)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_hp(text: Any) -> dict[str, Any]:
     """A builder's own parameters from a mapping or its YAML/JSON text ('{width: 32}'); ValueError says why not."""
     if isinstance(text, dict):
@@ -238,7 +254,7 @@ def parse_hp(text: Any) -> dict[str, Any]:
         import yaml
 
         try:
-            raw = yaml.safe_load(str(text)) if str(text).strip() else {}
+            raw = load_yaml(str(text)) if str(text).strip() else {}
         except yaml.YAMLError as e:
             raise ValueError(f"must be a YAML or JSON mapping, e.g. '{{width: 32, blocks: 2}}' ({e})") from None
     if raw is None:
@@ -260,7 +276,7 @@ def parse_hp(text: Any) -> dict[str, Any]:
 # what a training run logs beside its parameters (train.job, train.lineage): a builder's parameter may not
 # take one of these names, nor a data_ one (the data's facts)
 LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "precision_used", "model_sha256",
-                 "distill_weight", "reproduces_run_id")
+                 "distill_weight", "reproduces_run_id", "model_uri", "tolerance", "exact")
 
 
 def reserved_names() -> set[str]:

@@ -23,6 +23,7 @@ from ..scale.health import shown_uri
 from ..scale.storage import StorageURL, preflight
 from ..train import tracking
 from ..train.job import log_data_facts
+from ..train.lineage import BUILDER_SHA256
 from . import spec as S
 from .space import as_trial_params
 
@@ -30,7 +31,7 @@ from .space import as_trial_params
 STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
 # the one dataset a study's trials are compared on: its digest, its name and the `data` it was created with
 STUDY_DATA, STUDY_DATA_NAME, STUDY_DATA_ARG = "data_sha256", "data_name", "data"
-STUDY_BUILDER = "model_sha256"  # a study of a user's network: the builder file it was created with
+STUDY_BUILDER = BUILDER_SHA256  # a study of a user's network: the builder file it was created with
 
 
 @dataclass(frozen=True)
@@ -269,11 +270,12 @@ def check_reference_run(spec: S.StudySpec, ds: D.Dataset) -> None:
         run = mlflow.MlflowClient().get_run(spec.reference.run_id)
     except MlflowException:
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} is not in the tracking store "
-                          f"{shown_uri(mlflow.get_tracking_uri())}; give the id of a finished mlp or cnn run") from None
+                          f"{shown_uri(mlflow.get_tracking_uri())}; give the id of a finished mlp, cnn or custom "
+                          "run") from None
     tags = run.data.tags
     if not (tags.get("model_uri") and tags.get("classifier_uri")):  # e.g. a baseline run: no Keras model
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} has no logged Keras model "
-                          "(model_uri and classifier_uri tags); give the id of a finished mlp or cnn run")
+                          "(model_uri and classifier_uri tags); give the id of a finished mlp, cnn or custom run")
     theirs = run.data.params.get("data_sha256")
     if theirs not in (None, ds.sha256):
         raise ConfigError(f"{spec.path}: reference run {spec.reference.run_id!r} was trained on other data "

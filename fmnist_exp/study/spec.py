@@ -175,6 +175,9 @@ def _kind(spec: dict[str, Any], table: dict[str, Any], what: str) -> tuple[str, 
 
 def resolve_path(study: str | None, family: str | None) -> Path:
     """Not given -> experiments/<family>.yaml; a bare name -> experiments/<name>.yaml; else a path."""
+    if not study and family == "custom":
+        raise ConfigError("family=custom tunes your own network, which a study file names (model: FILE.py:FUNCTION): "
+                          "give study=, e.g. study=residual (experiments/residual.yaml), docs/networks.md")
     if not study:
         return EXPERIMENTS_DIR / f"{family or P.DEFAULT_FAMILY}.yaml"
     p = Path(study)
@@ -198,7 +201,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     cnn). A stored file is the one its trials ran with: what earlier code accepted and this code
     refuses in a new file (a searched seed or epochs) is let through, so that the study resumes."""
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = P.table.load_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     model = raw.get("model")
@@ -209,8 +212,11 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     if spec_family == "custom" and model is None:
         raise ConfigError(f"{path}: family custom tunes your own network: name its builder, e.g. "
                           "model: examples/residual.py:build (docs/networks.md)")
-    if "model" in (raw.get("fixed") or {}) or "model" in (raw.get("space") or {}):
-        raise ConfigError(f"{path}: the builder is the study file's top-level model:, not a fixed or searched value")
+    final_raw = raw.get("final") or {}
+    student_raw = final_raw.get("student") if isinstance(final_raw, dict) else None
+    if any("model" in (section or {}) for section in (raw.get("fixed"), raw.get("space"), final_raw, student_raw)):
+        raise ConfigError(f"{path}: the builder is the study file's top-level model:, one for the whole study, not a "
+                          "fixed, searched, final or student value")
     if family and spec_family != family:
         raise ConfigError(f"{path} tunes family {spec_family!r} but family={family!r} was asked for")
     unknown_budget = set(raw.get("budget", {})) - set(BUDGET_DEFAULTS)

@@ -170,5 +170,5 @@ def log_builder(p: CustomParams) -> None:
 
     b = user.load(p.model)
     log_params({BUILDER_SHA256: b.sha256, **p.hp_values()})
-    mlflow.log_text(b.source(), f"{BUILDER_SOURCE_DIR}/{b.file.name}")
+    mlflow.log_text(b.source, f"{BUILDER_SOURCE_DIR}/{b.file.name}")
     mlflow.set_tag("model_builder", b.ref)

@@ -33,7 +33,7 @@ def active_run_id() -> str:
 
 
 _signalled: list[int] = []  # signals seen by _raise_interrupt since the outermost interrupts_end_runs began
-_depth = [0]  # interrupts_end_runs blocks open (the CLI's around tune's)
+_depth = [0]  # interrupts_end_runs blocks open (the CLI's; a test may open one around a command)
 
 
 def _raise_interrupt(signum, frame):

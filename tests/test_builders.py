@@ -221,10 +221,6 @@ def test_a_builder_that_cannot_be_loaded_is_refused_naming_what_is_there(nets, t
     assert b.file == (tmp_path / "tests_builder_module.py").resolve() and b.sha256 == sha256(b.file)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: model/builder.py load caches builders by the reference as "
-                                       "given (_loaded[ref]), so a relative FILE.py reference is resolved once per "
-                                       "process: after a change of working directory (commands run in-process, a "
-                                       "notebook) it still answers the first directory's file")
 def test_a_relative_reference_is_the_file_in_the_working_directory(tmp_path, monkeypatch):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -410,17 +406,9 @@ def test_layers_whose_arithmetic_is_not_counted_are_named(nets):
 # ----------------------------------------------------------------------------- the builder's source on a run
 
 
-LATIN_1_KEPT = ("package bug: model/builder.py load keeps Builder.source as data.decode('utf-8', errors='replace') "
-                "and train/lineage.py log_builder logs it with mlflow.log_text: a builder whose source declares "
-                "another encoding (# -*- coding: latin-1 -*-, which Python runs) is kept with U+FFFD in place of "
-                "its bytes, so the kept copy is not the file whose sha256 the run recorded, and restoring it as "
-                "reproduce advises does not restore the digest")
-
-
 @pytest.mark.parametrize("encoded", [
     pytest.param(lambda text: text.replace("\n", "\r\n").encode(), id="crlf"),
-    pytest.param(lambda text: ("# -*- coding: latin-1 -*-\n# caf\xe9\n" + text).encode("latin-1"), id="latin-1",
-                 marks=pytest.mark.xfail(strict=True, reason=LATIN_1_KEPT)),
+    pytest.param(lambda text: ("# -*- coding: latin-1 -*-\n# caf\xe9\n" + text).encode("latin-1"), id="latin-1"),
 ])
 def test_the_kept_source_is_the_file_the_run_recorded(tracking, tmp_path, encoded):
     from fmnist_exp.train import lineage

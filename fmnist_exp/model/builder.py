@@ -49,7 +49,7 @@ class Builder:
     fn: Callable[..., Any]
     file: Path  # the source file that defines it
     sha256: str  # of that file's bytes when loaded
-    source: str  # those bytes as text: what trains is what a run records, whatever happens to the file later
+    source: bytes  # those bytes: what trains is what a run records, whatever happens to the file later
 
     @property
     def name(self) -> str:
@@ -77,7 +77,7 @@ def source_file(ref: str) -> Path | None:
                        "the builder, or an importable module as package.module:function")
 
 
-_loaded: dict[str, Builder] = {}  # by reference: read once per process (see load)
+_loaded: dict[tuple[str, Path | None], Builder] = {}  # by reference and file: read once per process (see load)
 
 
 def load(ref: str) -> Builder:
@@ -85,10 +85,11 @@ def load(ref: str) -> Builder:
     trial, retrain and reference of a command trains the builder its checks saw and its runs record, even if
     the file is edited meanwhile (a study refuses a worker or resume whose file changed: study.setup)."""
     ref = ref.strip()
-    if ref in _loaded:
-        return _loaded[ref]
-    module, function = _split(ref)
     path = source_file(ref)
+    key = (ref, path)  # a relative file from another working directory is another builder
+    if key in _loaded:
+        return _loaded[key]
+    module, function = _split(ref)
     if path is not None:
         data = path.read_bytes()
         name = f"fmnist_user_builder_{hashlib.sha256(data).hexdigest()[:12]}"
@@ -118,8 +119,8 @@ def load(ref: str) -> Builder:
         raise BuilderError(f"model={ref}: {path.name} defines no function {function!r}"
                            + (f"; it defines {', '.join(defined)}" if defined else ""))
     builder = Builder(ref=ref, fn=fn, file=path, sha256=hashlib.sha256(data).hexdigest(),
-                      source=data.decode("utf-8", errors="replace"))
-    _loaded[ref] = builder
+                      source=data)
+    _loaded[key] = builder
     return builder
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -170,5 +171,8 @@ def log_builder(p: CustomParams) -> None:
 
     b = user.load(p.model)
     log_params({BUILDER_SHA256: b.sha256, **p.hp_values()})
-    mlflow.log_text(b.source, f"{BUILDER_SOURCE_DIR}/{b.file.name}")
+    with tempfile.TemporaryDirectory() as tmp:  # the bytes that trained, whatever their encoding
+        kept = Path(tmp) / b.file.name
+        kept.write_bytes(b.source)
+        mlflow.log_artifact(str(kept), BUILDER_SOURCE_DIR)
     mlflow.set_tag("model_builder", b.ref)

@@ -585,3 +585,46 @@ def test_a_study_refuses_to_resume_with_an_edited_builder(tracking, tmp_path):
             f"now {sha256(builder)[:12]}...): its trials would train another network") in proc.stderr, \
         proc.stderr[-3000:]
     assert len(all_runs()) == before and len(stored.trials) == 1
+
+
+# ----------------------------------------------------------------------------- many workers on one study
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_of_a_builder(cluster):
+    """Two `tune` workers on one PostgreSQL study of a user's network, through a real mlflow server: each
+    loads the builder, trains its own trial of the one study, and both record the same builder digest."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    builder = write(cluster["tmp"], NET)
+    study_file = cluster["tmp"] / "shared.yaml"
+    study_file.write_text(f"""description: two workers, one study of a builder
+model: {builder}:build
+budget: {{n_trials: 1, epochs: 1, train_samples: 1000, timeout: 0}}
+space:
+  width: {{type: categorical, choices: [4, 8]}}
+  learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+pruner: {{type: none}}
+""")
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"], "FMNIST_HEARTBEAT_S": "2",
+           "FMNIST_GRACE_S": "120"}
+    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", str(study_file), "--storage", cluster["optuna"],
+           "--register", "false", "--system_metrics", "false"]
+    logs = [open(cluster["tmp"] / f"w{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=900) == 0, (cluster["tmp"] / f"w{i}.log").read_text()[-3000:]
+
+    study = optuna.load_study(study_name="shared", storage=cluster["optuna"])
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert study.user_attrs["family"] == "custom" and study.user_attrs["model_sha256"] == sha256(builder)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if r.info.run_name == "tune shared"]
+    trials = [r for r in runs if "optuna_trial" in r.data.tags]
+    assert len(parents) == 2 and len(trials) == 2 and not [r for r in runs if r.info.status == "RUNNING"]
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {p.info.run_id for p in parents}
+    assert {t.data.params["model_sha256"] for t in trials} == {sha256(builder)}
+    assert {t.data.params["width"] for t in trials} <= {"4", "8"}

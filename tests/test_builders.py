@@ -478,6 +478,21 @@ def reproduce_exactly(uri: str, cwd: Path) -> dict:
     return report
 
 
+def served_answer(model_uri: str, png: bytes, cwd: Path, tracking: str) -> dict:
+    """The real `mlflow models serve`'s answer for one PNG image."""
+    import urllib.request
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+           "-w", "1"]
+    body = json.dumps({"inputs": {"png_b64": [base64.b64encode(png).decode()]}}).encode()
+    with running_server(cmd, base + "/ping", cwd=cwd, env={**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}):
+        request = urllib.request.Request(base + "/invocations", body, {"Content-Type": "application/json"})
+        [answer] = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    return answer
+
+
 @pytest.mark.slow
 def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path):
     """A study of a builder in tmp_path beside the platform's learning rate: two trials, the best retrained
@@ -496,17 +511,8 @@ def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path
     [reference] = [r for r in all_runs() if r.info.run_name == "reference"]
     assert reference.data.params["family"] == "cnn"  # a user's network is measured against the cnn family's
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [MLFLOW, "models", "serve", "-m", "models:/fmnist-classifier@champion", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     png = (REPO / "examples" / "test_0_ankle_boot.png").read_bytes()
-    body = json.dumps({"inputs": {"png_b64": [base64.b64encode(png).decode()]}}).encode()
-    import urllib.request
-
-    with running_server(cmd, base + "/ping", cwd=tmp_path, env={**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}):
-        request = urllib.request.Request(base + "/invocations", body, {"Content-Type": "application/json"})
-        [answer] = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    answer = served_answer("models:/fmnist-classifier@champion", png, tmp_path, tracking)
     assert answer["class_name"] == "Ankle boot" == FASHION_CLASSES[answer["label"]]
     assert len(answer["probabilities"]) == 10 and sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     assert min(answer["probabilities"]) >= 0 and max(answer["probabilities"]) == answer["probabilities"][9]
@@ -529,6 +535,22 @@ def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_pat
     assert (version.tags["data_name"], version.tags["data_shape"], version.tags["family"]) == (
         "digits", "8x8x1", "custom")
     assert mlflow.get_run(version.run_id).data.params["data"] == "digits"
+    # served: a real test digit as a PNG, one the champion answers right, named by the digits' class names
+    import io
+
+    from PIL import Image
+
+    from fmnist_exp.data import load_dataset
+    from fmnist_exp.train.evaluate import classifier_answers
+
+    ds = load_dataset("digits")
+    labels = classifier_answers("models:/digits-classifier@champion", ds.x_test)["label"].to_numpy()
+    right = int(np.flatnonzero(labels == ds.y_test)[0])
+    png = io.BytesIO()
+    Image.fromarray(ds.x_test[right]).save(png, format="PNG")
+    answer = served_answer("models:/digits-classifier@champion", png.getvalue(), tmp_path, tracking)
+    assert answer["label"] == ds.y_test[right] and answer["class_name"] == ds.info.class_names[ds.y_test[right]]
+    assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     report = reproduce_exactly("models:/digits-classifier@champion", tmp_path)
     assert report["reproduces_run_id"] == version.run_id
 

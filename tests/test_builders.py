@@ -650,3 +650,12 @@ pruner: {{type: none}}
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {p.info.run_id for p in parents}
     assert {t.data.params["model_sha256"] for t in trials} == {sha256(builder)}
     assert {t.data.params["width"] for t in trials} <= {"4", "8"}
+
+
+def test_a_value_mlflow_run_recorded_in_shell_quotes_is_read_as_given():
+    """`mlflow run -P hp="{width: 16, blocks: 1}"` records the parameter as the quoted text it ran; a rebuild
+    reads it as the program got it (a path with spaces alike); '' stays "not given"."""
+    logged = {"model": "'/my nets/net.py:build'", "hp": "'{width: 16, blocks: 1}'", "split_seed": "''"}
+    p = P.trained("custom", logged)
+    assert isinstance(p, P.CustomParams)
+    assert (p.model, p.hp_values(), p.split_seed) == ("/my nets/net.py:build", {"blocks": 1, "width": 16}, None)

@@ -123,7 +123,21 @@ def as_trained(names: list[str], logged: Mapping[str, str]) -> dict[str, Any]:
     """What a run logged of ``names``, and for a parameter added after it (ADDED_LATER) the value it
     trained with: known without a record, so a rebuild does not depend on today's default."""
     before = {k: v for k, v in typed.ADDED_LATER.items() if k in names}
-    return {**before, **{k: logged[k] for k in names if k in logged}}
+    return {**before, **{k: unquoted(logged[k]) for k in names if k in logged}}
+
+
+def unquoted(value: str) -> str:
+    """A parameter as the program got it: `mlflow run` records a value with spaces as the shell-quoted text it
+    ran (-P hp="{width: 16}" is recorded '{width: 16}'), its '' for "not given" kept as NOT_GIVEN says."""
+    import shlex
+
+    if len(value) > 2 and value[0] == value[-1] == "'":
+        try:
+            parts = shlex.split(value)
+        except ValueError:
+            return value
+        return parts[0] if len(parts) == 1 else value
+    return value
 
 
 def trained(family_name: str, logged: Mapping[str, str]) -> typed.NetworkParams:

@@ -337,6 +337,7 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
     if study is None:
         with setup.storage.lock(f"create study {setup.study_name}"):
             study = create()
+    check_same_builder(setup, study.user_attrs)  # a worker that started beside the one creating it checks now
     stored = [d.name.lower() for d in study.directions]
     if stored != [d.lower() for d in (goals.directions if goals.multi else ["maximize"])]:
         raise ConfigError(

@@ -182,7 +182,11 @@ def outputs_logits(model: keras.Model, info: DatasetInfo) -> bool:
     if getattr(loss, "from_logits", False) or (config or {}).get("from_logits", False):
         return True
     x = np.random.default_rng(0).uniform(0, 255, size=(4, *info.shape)).astype("float32")
-    answers = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype="float64")
+    try:
+        answers = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype="float64")
+    except Exception as e:
+        raise BuilderError(f"the model it returned raised on 4 images of shape {tuple(info.shape)}: "
+                           f"{_last_line(e)}") from None
     return not (np.all(answers >= 0) and np.allclose(answers.sum(axis=1), 1.0, atol=1e-2))
 
 
@@ -198,7 +202,10 @@ def build(builder: Builder, hp: Mapping[str, Any], info: DatasetInfo) -> tuple[k
         raise BuilderError(f"model={builder.ref} returned {type(model).__name__}, not a Keras model: return a "
                            "keras.Model (keras.Sequential or keras.Model(inputs, outputs))")
     check_shapes(builder, model, info)
-    logits = outputs_logits(model, info)
+    try:
+        logits = outputs_logits(model, info)
+    except BuilderError as e:
+        raise BuilderError(f"model={builder.ref}: {e}") from None
     inp = keras.Input(shape=info.array_shape, dtype="float32", name="pixels")
     h = layers.Reshape(info.shape, name="as_height_width_channels")(inp) if info.array_shape != info.shape else inp
     h = model(h)

@@ -214,7 +214,8 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
                           "model: examples/residual.py:build (docs/networks.md)")
     final_raw = raw.get("final") or {}
     student_raw = final_raw.get("student") if isinstance(final_raw, dict) else None
-    if any("model" in (section or {}) for section in (raw.get("fixed"), raw.get("space"), final_raw, student_raw)):
+    if any(isinstance(section, dict) and "model" in section
+           for section in (raw.get("fixed"), raw.get("space"), final_raw, student_raw)):
         raise ConfigError(f"{path}: the builder is the study file's top-level model:, one for the whole study, not a "
                           "fixed, searched, final or student value")
     if family and spec_family != family:

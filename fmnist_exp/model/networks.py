@@ -168,13 +168,12 @@ def check_builder(points: list[NetworkParams], info: DatasetInfo) -> None:
     if not custom:
         return
     keras.utils.clear_session()
-    read: dict[str, set[str]] = {}
+    read: dict[str, set[str]] = {}  # by builder: what it read at any point
     for p in custom:
-        b = user.load(p.model)
-        read.setdefault(b.ref, set()).update(user.build(b, p.hp_values(), info)[1].read)
+        read.setdefault(p.model, set()).update(user.build(user.load(p.model), p.hp_values(), info)[1].read)
     keras.utils.clear_session()
     for p in custom:
-        user.unread(user.load(p.model), set(p.hp_values()), read[p.model.strip()])
+        user.unread(user.load(p.model), set(p.hp_values()), read[p.model])
 
 
 def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> keras.Model:

@@ -3,7 +3,7 @@ resolve into them (:mod:`.resolve`)."""
 
 from . import table
 from .resolve import Layers, as_trained, command, compose, family, network, replaced, trained, tune_args
-from .table import BUILTIN_NETWORKS, DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
+from .table import DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
 from .typed import (
                     BaselineParams,
                     BuiltinParams,
@@ -24,7 +24,7 @@ from .typed import (
                     TuneArgs,
 )
 
-__all__ = ["BUILTIN_NETWORKS", "DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "BuiltinParams",
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "BuiltinParams",
            "CnnParams", "CommandArgs", "ConfigError", "CustomParams", "DashboardArgs", "DataParams", "FamilyParams",
            "FitParams", "LaunchArgs", "Layers", "MlpParams", "NetworkParams", "Param", "PredictArgs", "ProxyArgs",
            "ReproduceArgs", "TrainArgs", "TuneArgs", "as_trained", "command", "compose", "family", "network",

@@ -23,7 +23,6 @@ OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 FAMILIES = ("baseline", "mlp", "cnn", "custom")
 NETWORK_FAMILIES = ("mlp", "cnn", "custom")
-BUILTIN_NETWORKS = ("mlp", "cnn")  # the networks this package builds; custom: the user's builder (model/builder.py)
 DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
 
 

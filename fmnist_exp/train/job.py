@@ -166,7 +166,7 @@ def log_cost(run_id: str, model: keras.Model, echo: str = "") -> cost.Cost:
     tracking.log_model_metrics(run_id, served.metrics())
     uncounted = cost.uncounted_layers(model)
     if uncounted:  # a user's network may hold layers whose arithmetic is not counted
-        mlflow.set_tag("cost_uncounted_layers", ",".join(uncounted))
+        tracking.record(run_id, {}, {"cost_uncounted_layers": ",".join(uncounted)})
     if echo:
         left = f" (not counted: {', '.join(uncounted)})" if uncounted else ""
         print(f"{echo} {cost_line(served)}{left}", flush=True)

@@ -24,6 +24,7 @@ from fmnist_exp import params as P
 from fmnist_exp.data import FASHION_CLASSES, FASHION_MNIST
 from fmnist_exp.model import builder as user
 from fmnist_exp.model import cost, networks
+from fmnist_exp.train import builder_fit
 
 # A small network of the tests: a 3x3 convolution hp["width"] wide, a 2x2 pooling, logits (no softmax).
 # It fits Fashion-MNIST's 28x28 images and the digits' 8x8 ones (6x6 after the convolution, 3x3 pooled).
@@ -249,17 +250,17 @@ def test_parameters_the_builder_never_reads_and_the_platforms_names_are_refused(
     shallow = P.network("custom", {"model": ref, "kind": "shallow", "depth": 2})
     deep = P.network("custom", {"model": ref, "kind": "deep", "depth": 2})
     # a study reads depth at one of its points: both pass; one point that never reads it is refused
-    networks.check_builder([shallow, deep], FASHION_MNIST)
+    builder_fit.check_builder([shallow, deep], FASHION_MNIST)
     with pytest.raises(user.BuilderError, match=re.escape(f"model={ref} never reads depth: a misspelt name, or a "
                                                           "parameter meant for the platform")):
-        networks.check_builder([shallow], FASHION_MNIST)
+        builder_fit.check_builder([shallow], FASHION_MNIST)
     typo = P.network("custom", {"model": ref, "kind": "deep", "depth": 1, "dpeth": 2})
     with pytest.raises(user.BuilderError, match="never reads dpeth:"):
-        networks.check_builder([typo], FASHION_MNIST)
+        builder_fit.check_builder([typo], FASHION_MNIST)
     missing = P.network("custom", {"model": ref, "kind": "deep"})
     with pytest.raises(user.BuilderError, match=r"raised KeyError: .*'depth': the builder reads hp\['depth'\], but "
                                                 r"it was not given \(given: kind\).* \(at nets.py:\d+\)"):
-        networks.check_builder([missing], FASHION_MNIST)
+        builder_fit.check_builder([missing], FASHION_MNIST)
 
 
 def test_the_command_refuses_a_builder_before_any_run(tracking, tmp_path, nets, capsys):

@@ -25,7 +25,8 @@ def main(args: TrainArgs) -> int:
     if isinstance(p, BaselineParams):
         result = job.baseline_run(ds, p, experiment=args.experiment, system_metrics=args.system_metrics)
     else:
-        from ..model.networks import check_builder, fit_to_data
+        from ..model.networks import fit_to_data
+        from ..train.builder_fit import check_builder
 
         net, note = fit_to_data(p, ds.info)  # before any run: what the data does not allow is refused
         if note:

@@ -156,24 +156,8 @@ def build(p: NetworkParams, info: DatasetInfo, *, fused: bool = False) -> keras.
     """The network ``p`` describes for ``info``'s images and classes; ``fused`` (training only) uses
     FusedBatchNormalization in the cnn family."""
     if isinstance(p, CustomParams):
-        return user.build(user.load(p.model), p.hp_values(), info)[0]
+        return user.build(user.load(p.model), p.hp_values(), info, platform=p.training_values())[0]
     return build_cnn(p, info, fused=fused) if isinstance(p, CnnParams) else build_mlp(p, info)
-
-
-def check_builder(points: list[NetworkParams], info: DatasetInfo) -> None:
-    """A user's builder, once before any training, at every point a command or study can train: it loads,
-    builds a Keras model that takes ``info``'s images and answers its classes, and reads every parameter
-    it is given at one point or another (a study's parameter may be read only where another allows it)."""
-    custom = [p for p in points if isinstance(p, CustomParams)]
-    if not custom:
-        return
-    keras.utils.clear_session()
-    read: dict[str, set[str]] = {}  # by builder: what it read at any point
-    for p in custom:
-        read.setdefault(p.model, set()).update(user.build(user.load(p.model), p.hp_values(), info)[1].read)
-    keras.utils.clear_session()
-    for p in custom:
-        user.unread(user.load(p.model), set(p.hp_values()), read[p.model])
 
 
 def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> keras.Model:

@@ -272,7 +272,8 @@ def parse_hp(text: Any) -> dict[str, Any]:
 # what a training run logs beside its parameters (train.job, train.lineage, reproduce's own; max_batch and
 # max_body_mb: the served model's config, which MLflow logs): no name of a builder's parameter, nor data_*
 LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "precision_used", "model_sha256",
-                 "distill_weight", "reproduces_run_id", "model_uri", "tolerance", "exact", "max_batch", "max_body_mb")
+                 "distill_weight", "reproduces_run_id", "model_uri", "tolerance", "exact", "max_batch", "max_body_mb",
+                 "compiled_by", "compiled_optimizer", "compiled_learning_rate", "compiled_loss")
 
 
 def reserved_names() -> set[str]:

@@ -137,6 +137,11 @@ class CustomParams(FitParams):
     def hp_values(self) -> dict[str, Any]:
         return dict(json.loads(self.hp))
 
+    def training_values(self) -> dict[str, Any]:
+        """The platform's training parameters by name (a builder's keras-tuner definition of one of these
+        names is the builder's: model/hyperparameters.py)."""
+        return {k: v for k, v in self.flat().items() if k not in ("model", "hp")}
+
 
 NetworkParams = MlpParams | CnnParams | CustomParams
 FamilyParams = BaselineParams | MlpParams | CnnParams | CustomParams

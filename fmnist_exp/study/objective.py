@@ -26,7 +26,7 @@ from ..data import Dataset, DatasetInfo
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
-from ..train import job, runs
+from ..train import builder_fit, job, runs
 from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
 from .space import suggest
@@ -192,7 +192,9 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         suggestion = suggest(trial, setup.spec.space)
-        p = setup.trial_params(suggestion)
+        # a builder's own definitions (hp.Int, ...) suggested by the trial too, define-by-run
+        p, added = builder_fit.drawn(setup.trial_params(suggestion), setup.ds.info, trial)
+        suggestion = {**suggestion, **added}
         tags = {"optuna_study": setup.study_name, "optuna_trial": str(trial.number), "trial_state": "RUNNING"}
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)

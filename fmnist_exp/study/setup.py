@@ -17,11 +17,12 @@ import optuna
 from .. import data as D
 from .. import params as P
 from ..model.builder import load as load_builder
-from ..model.networks import check_builder, fit_to_data
+from ..model.networks import fit_to_data
 from ..params import ConfigError, TuneArgs
 from ..scale.health import shown_uri
 from ..scale.storage import StorageURL, preflight
 from ..train import tracking
+from ..train.builder_fit import check_builder
 from ..train.job import log_data_facts
 from ..train.lineage import BUILDER_SHA256
 from . import spec as S
@@ -168,7 +169,8 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
             recipes.append(setup.student_params(base, first))
         if spec.reference.kind in ("default", "params"):
             reference_recipe(setup.args, spec, ds.info)
-        check_builder(recipes, ds.info)  # a user's network: built once per point, every parameter read
+        # a user's network: built once per point, every parameter read, no name defined twice
+        check_builder(recipes, ds.info, searched=spec.space, fixed=spec.fixed)
     except ConfigError as e:
         raise ConfigError(f"{where} on {ds.info.name}: {e}") from None
     check_same_builder(setup, stored)

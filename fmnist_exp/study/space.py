@@ -100,7 +100,7 @@ def as_trial_params(space: dict[str, Dist], point: dict[str, Any]) -> dict[str, 
     choice per layer, as :func:`suggest` draws them)."""
     out: dict[str, Any] = {}
     for key, value in point.items():
-        if space[key].kind == "widths":
+        if key in space and space[key].kind == "widths":  # else searched as named (a builder's own: hp.Int ...)
             widths = parse_int_list(value)
             out[f"{key}_layers"] = len(widths)
             out.update({f"{key}_{i}": w for i, w in enumerate(widths)})

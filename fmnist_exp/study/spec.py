@@ -351,12 +351,14 @@ def check_reference(spec: StudySpec, where: str) -> None:
 
 
 def check_point(spec: StudySpec, point: Any, where: str) -> None:
-    """An ``enqueue`` entry: every searched parameter given once, each inside its range."""
-    if not isinstance(point, dict) or set(point) != set(spec.space):
+    """An ``enqueue`` entry: every searched parameter given once, each inside its range; for a user's network
+    also values of the builder's own definitions (hp.Int, ...: checked against them when it is built)."""
+    own = spec.family == "custom" and isinstance(point, dict) and set(spec.space) <= set(point)
+    if not isinstance(point, dict) or (set(point) != set(spec.space) and not own):
         got = sorted(point) if isinstance(point, dict) else point
         raise ConfigError(f"{where}: each enqueue entry must give exactly the searched parameters "
                           f"{sorted(spec.space)}; got {got}")
     for key, value in point.items():
-        if not spec.space[key].contains(value):
+        if key in spec.space and not spec.space[key].contains(value):
             raise ConfigError(f"{where}: enqueue gives {key}={value!r}, outside the space {spec.space[key].as_file()}")
     P.family(spec.family, {**spec.fixed, **point})

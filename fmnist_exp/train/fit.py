@@ -110,10 +110,11 @@ def optimizer(p: FitParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(**common)
 
 
-def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1) -> None:
+def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1,
+                  from_logits: bool = False) -> None:
     model.compile(
         optimizer=optimizer(p, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, from_logits=from_logits),
         metrics=[TRAIN_ACC],
         steps_per_execution=steps_per_execution,
     )

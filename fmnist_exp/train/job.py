@@ -23,8 +23,8 @@ from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
 from ..params import BaselineParams, CustomParams, DataParams, NetworkParams
+from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
-from . import lineage, plots, runs, tracking
 from .distill import DISTILL_WEIGHT, Teacher
 from .evaluate import evaluate, log_test_evaluation, predict_proba, scores
 from .model_logging import log_classifier, log_keras_model
@@ -106,23 +106,30 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     on ``ds``, checked before (the commands and study.setup check a recipe once, before any run), and log
     everything into the active run: parameters, data, curves, the model as it answers, its cost, and
     (``hooks.evaluate_test``) its test scores."""
+    p = builder_fit.concrete(p, ds.info)  # a keras-tuner builder's values and fit settings explicit (a no-op if given)
     s = splits(ds, p)
     run_id, teacher = active_run_id(), hooks.teacher
     mlflow.set_tags({**networks.summary_tags(p), **hooks.tags, **(teacher.tags() if teacher else {})})
-    tracking.log_params({**p.flat(), **hooks.params, "family": p.FAMILY,
+    targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
+    model, precision = F.fresh_model(p, ds.info)
+    # what trains: a model compiled by its builder says its own optimizer, not the recipe's unused one
+    tracking.log_params({**builder_fit.logged(p, model), **hooks.params, "family": p.FAMILY,
                          **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
     if isinstance(p, CustomParams):
         lineage.log_builder(p)
     log_data_facts(ds)
     digests = lineage.log_split_inputs(ds.source, s)
     lineage.log_code_version()
-    targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
-    model, precision = F.fresh_model(p, ds.info)
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
     callbacks = [logger, *([hooks.prune] if hooks.prune else []), *([F.EpochPrinter(hooks.echo)] if hooks.echo else [])]
+    returned: dict[str, float] = {}
     try:
-        fitted = F.fit(model, s, p, callbacks=callbacks, targets=targets)
+        if builder_fit.trains_itself(p, model):  # compiled by its builder, or a HyperModel's own fit
+            assert isinstance(p, CustomParams)
+            fitted, returned = builder_fit.fit_itself(model, s, p, callbacks, targets=targets)
+        else:
+            fitted = F.fit(model, s, p, callbacks=callbacks, targets=targets)
     except F.DivergedError as e:
         mlflow.set_tag("failure", str(e))
         raise
@@ -136,6 +143,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
         EPOCHS_RUN: fitted.epochs_run,
         "train_wall_s": fitted.wall_s,
         "train_images_per_s": fitted.images_per_s,
+        **{f"fit_returned_{k}": v for k, v in returned.items()},  # what a HyperModel's fit returned
     })
     tracking.log_figure(plots.learning_curves(logger.history, title=run_name(p)), "plots/learning_curves.png")
     result = RunResult(run_id, {**val_metrics, EPOCHS_RUN: fitted.epochs_run, "train_wall_s": fitted.wall_s},

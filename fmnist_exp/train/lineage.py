@@ -175,4 +175,4 @@ def log_builder(p: CustomParams) -> None:
         kept = Path(tmp) / b.file.name
         kept.write_bytes(b.source)
         mlflow.log_artifact(str(kept), BUILDER_SOURCE_DIR)
-    mlflow.set_tag("model_builder", b.ref)
+    mlflow.set_tags({"model_builder": b.ref, **({"model_requires": b.requires} if b.requires else {})})

@@ -1,0 +1,313 @@
+"""A user's network that trains itself: compiled by its builder, or fitted by a keras-tuner HyperModel's own
+``fit(hp, model, *args, **kwargs)``; trained as keras-tuner trains it, with the platform's callbacks added.
+
+keras-tuner calls ``hypermodel.fit(hp, model, x, y, validation_data=..., callbacks=[...], **search_kwargs)``,
+whose default is ``model.fit(*args, **kwargs)``. Here the model is the builder's own (not the platform's
+wrapper), ``x`` are float32 arrays with a channel axis (0-1 for a keras-tuner builder, as its guide feeds
+them; 0-255 for a ``build(hp, input_shape, num_classes)`` builder) and ``y`` the labels in the form its
+compiled loss asks for (one-hot, or integers for a sparse loss). Arrays, not a batched dataset: a
+``batch_size`` or ``shuffle`` the user's fit passes takes effect. The model's ``fit`` is completed while the
+user's fit runs (:class:`FitCall`): the recipe's ``epochs`` and ``batch_size`` where the user's fit gives
+none, the platform's callbacks (per-epoch logging, pruning, early stopping) beside the user's, and what it
+trained with recorded, so a run logs the batch size and epochs the network trained with.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..data import DatasetInfo, Splits
+from ..metrics import TRAIN_LOSS, VAL_ACC
+from ..model import builder as user
+from ..model.hyperparameters import Draw, HyperParameters
+from ..params import ConfigError, CustomParams, NetworkParams, network, replaced
+from . import fit as F
+
+SET_BY_FIT = ("epochs", "batch_size")  # the recipe's, unless the user's fit passes its own to model.fit
+# The recipe's parameters a model compiled by its builder does not use (its own optimizer, loss and rate).
+OWN_COMPILE_IGNORES = ("optimizer", "learning_rate", "lr_schedule", "warmup_epochs", "label_smoothing", "ema")
+
+
+def trains_itself(p: NetworkParams, model: keras.Model) -> bool:
+    """Whether the network ``model`` (as networks.build made it) trains by its builder's compile or fit."""
+    if not isinstance(p, CustomParams):
+        return False
+    return user.load(p.model).fit is not None or bool(getattr(user.inner(model), "compiled", False))
+
+
+def logged(p: NetworkParams, model: keras.Model) -> dict[str, Any]:
+    """The parameters a run of ``p`` logs: its flat form; where its builder compiled the model, the compiled
+    optimizer, learning rate and loss instead of the recipe's, which it does not use (the builder's own
+    names, e.g. an ``lr`` it defines, are logged beside: train.lineage)."""
+    flat = p.flat()
+    inner = user.inner(model) if isinstance(p, CustomParams) else None
+    if inner is None or not inner.compiled:
+        return flat
+    optimizer = inner.optimizer
+    rate = optimizer.learning_rate
+    try:
+        shown_rate: Any = float(keras.ops.convert_to_numpy(rate))
+    except (TypeError, ValueError):
+        shown_rate = type(rate).__name__  # a schedule
+    loss = inner.loss if isinstance(inner.loss, str) else getattr(inner.loss, "name", type(inner.loss).__name__)
+    own = {"compiled_by": "builder", "compiled_optimizer": type(optimizer).__name__,
+           "compiled_learning_rate": shown_rate, "compiled_loss": loss}
+    return {**{k: v for k, v in flat.items() if k not in OWN_COMPILE_IGNORES}, **own}
+
+
+def label_form(model: keras.Model) -> str:
+    """``sparse`` (integer labels) or ``one_hot``, as the model's compiled loss asks: Keras' sparse losses
+    take class numbers, the others (categorical_crossentropy, ...) one row per image."""
+    loss = model.loss
+    if isinstance(loss, dict | list | tuple):
+        raise ConfigError("the model is compiled with one loss per output; a classifier here has one output")
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    return "sparse" if "sparse" in str(name or type(loss).__name__).lower() else "one_hot"
+
+
+def images(x: np.ndarray, info: DatasetInfo, keras_tuner: bool) -> np.ndarray:
+    """uint8 images as the builder's model takes them: float32 with a channel axis, 0-1 for keras-tuner's."""
+    x = x.reshape(len(x), *info.shape).astype("float32")
+    return x / np.float32(255.0) if keras_tuner else x
+
+
+def labels(y: np.ndarray, num_classes: int, form: str) -> np.ndarray:
+    if y.ndim == 2:  # class probabilities (a teacher's)
+        if form == "sparse":
+            raise ConfigError("distilling into a model whose loss takes class numbers (a sparse loss): compile "
+                              "it with categorical_crossentropy, or train the student with the platform's recipe")
+        return y.astype("float32")
+    return y.astype("int32") if form == "sparse" else keras.utils.to_categorical(y, num_classes).astype("float32")
+
+
+class _Drawn(Exception):
+    """Raised by a dry :class:`FitCall` once the user's fit has said how it calls model.fit."""
+
+
+class FitCall:
+    """Stands in for ``model.fit`` while the user's fit runs: completes its arguments with the platform's and
+    records what the network trains with (``effective``). ``dry``: record and stop, training nothing."""
+
+    def __init__(self, model: keras.Model, p: NetworkParams, callbacks: list, validation: tuple, dry: bool = False):
+        self.model, self.p, self.callbacks, self.validation, self.dry = model, p, callbacks, validation, dry
+        self.effective: dict[str, Any] = {}
+        self.history: keras.callbacks.History | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("epochs", self.p.epochs)
+        kwargs.setdefault("batch_size", self.p.batch_size)
+        kwargs.setdefault("validation_data", self.validation)
+        theirs = [c for c in kwargs.get("callbacks") or [] if all(c is not mine for mine in self.callbacks)]
+        kwargs["callbacks"] = [*self.callbacks, *theirs]
+        kwargs["verbose"] = 0  # the platform prints one line per epoch
+        self.effective = {k: kwargs[k] for k in SET_BY_FIT}
+        self.effective["shuffle"] = kwargs.get("shuffle", True)
+        if self.dry:
+            raise _Drawn
+        self.history = type(self.model).fit(self.model, *args, **kwargs)
+        return self.history
+
+
+def call_fit(b: user.Builder, hp: HyperParameters, model: keras.Model, x, y, call: FitCall) -> Any:
+    """The builder's fit (keras-tuner's default: ``model.fit(*args, **kwargs)``) with ``call`` as model.fit."""
+    model.fit = call  # an attribute of this instance, removed after
+    try:
+        if b.fit is None:
+            return model.fit(x, y, validation_data=call.validation, callbacks=list(call.callbacks))
+        return b.fit(hp, model, x, y, validation_data=call.validation, callbacks=list(call.callbacks))
+    finally:
+        model.__dict__.pop("fit", None)
+
+
+@dataclass
+class Examined:
+    """What one build (and a dry call of its fit) of a user's builder showed."""
+
+    params: CustomParams  # made concrete: every value it reads explicit
+    read: set[str]  # names it read or defined
+    defined: set[str]  # names it defined (keras-tuner calls), active or not
+    trains_itself: bool
+    compiled: str  # how the builder compiled its model ("" if not), for messages
+
+
+def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Examined:
+    """Build ``p``'s network (``draw``: a trial suggests what the recipe does not give) and, where it trains
+    itself, call its fit dry (it records how it would call model.fit and trains nothing). No training."""
+    b = user.load(p.model)
+    served, hp = user.build(b, p.hp_values(), info, draw, p.training_values())
+    values, effective, model = hp.recorded(), {}, user.inner(served)
+    read, defined = set(hp.read), set(hp.defined)
+    itself = trains_itself(p, served)
+    if itself:
+        fit_hp = HyperParameters({**p.hp_values(), **values}, draw, p.training_values())
+        x = images(np.zeros((8, *info.shape), "uint8"), info, b.keras_tuner)
+        form = label_form(model) if model.compiled else "one_hot"  # uncompiled: the recipe's categorical loss
+        y = labels(np.arange(8) % info.num_classes, info.num_classes, form)
+        call = FitCall(model, p, [], (x, y), dry=True)
+        try:
+            call_fit(b, fit_hp, model, x, y, call)
+        except _Drawn:
+            pass
+        except Exception as e:
+            raise user.BuilderError(f"model={b.ref}: its fit raised {user.last_line(e, b.file)}") from None
+        values = {**values, **fit_hp.recorded()}
+        effective = {k: call.effective[k] for k in SET_BY_FIT if k in call.effective}
+        read, defined = read | fit_hp.read, defined | set(fit_hp.defined)
+    platform = {k: v for k, v in values.items() if k in p.training_values()}
+    own = {k: v for k, v in values.items() if k not in platform}
+    changes = {**platform, **effective}
+    concrete = p
+    if any(p.flat().get(k) != v for k, v in changes.items()) or {**p.hp_values(), **own} != p.hp_values():
+        try:
+            concrete = replaced(p, **changes, hp={**p.hp_values(), **own})
+        except ConfigError as e:
+            raise user.BuilderError(f"model={b.ref} defines {', '.join(sorted(platform))}, a name of the platform's "
+                                    f"training parameters too, with a value they cannot take ({e}): rename it in "
+                                    "the builder") from None
+    compiled = ""
+    if model.compiled:
+        loss = model.loss if isinstance(model.loss, str) else getattr(model.loss, "name", type(model.loss).__name__)
+        compiled = f"{type(model.optimizer).__name__}, loss {loss}"
+    return Examined(concrete, read, defined, itself, compiled)
+
+
+def concrete(p: NetworkParams, info: DatasetInfo, draw: Draw | None = None) -> NetworkParams:
+    """``p`` with every value its builder reads made explicit: the keras-tuner values its build and its fit
+    define (``draw``'s suggestions, else the defaults) in ``hp``, and the epochs and batch size its fit
+    trains with; a platform parameter that the builder also defines by name takes the builder's value.
+    A built-in network, or a builder whose values are all given, comes back as it was."""
+    return examine(p, info, draw).params if isinstance(p, CustomParams) else p
+
+
+def drawn(p: NetworkParams, info: DatasetInfo, draw: Draw) -> tuple[NetworkParams, dict[str, Any]]:
+    """A trial's recipe made concrete by its builder's own definitions, suggested by ``draw`` (the trial), and
+    the values that added, by name: a final retrain given them trains what the trial trained."""
+    q = concrete(p, info, draw)
+    if q is p or not isinstance(q, CustomParams) or not isinstance(p, CustomParams):
+        return q, {}
+    added = {k: v for k, v in q.hp_values().items() if p.hp_values().get(k, object()) != v}
+    added.update({k: v for k, v in q.training_values().items() if p.training_values()[k] != v})
+    return q, added
+
+
+def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: Collection[str] = (),
+                  fixed: Collection[str] = ()) -> None:
+    """A user's builder, once before any training, at every point a command or study can train: it loads,
+    builds a Keras model that takes ``info``'s images and answers its classes, its fit (if its own) runs
+    up to model.fit, and it reads every parameter it is given at one point or another (a study's
+    parameter may be read only where another allows it). A name the builder defines (hp.Int, ...) that
+    the study file also searches (or fixes, for a training parameter) is defined twice; a model that
+    trains itself is not given what it would not use (augmentation, the recipe's optimizer)."""
+    custom = [p for p in points if isinstance(p, CustomParams)]
+    if not custom:
+        return
+    keras.utils.clear_session()
+    seen = {p: examine(p, info) for p in dict.fromkeys(custom)}
+    keras.utils.clear_session()
+    read: dict[str, set[str]] = {}  # by builder: what it read at any point
+    for p, e in seen.items():
+        read.setdefault(p.model, set()).update(e.read)
+    for p, e in seen.items():
+        b = user.load(p.model)
+        user.unread(b, set(p.hp_values()), read[p.model])
+        twice = sorted((set(searched) | (set(fixed) & set(p.training_values()))) & e.defined)
+        if twice:
+            raise user.BuilderError(f"model={b.ref} defines {', '.join(twice)} itself (hp.Int, hp.Choice, ...) and the "
+                                    "study file gives it too: a name is defined once; remove it from the study "
+                                    "file (the builder's range is searched), or from the builder")
+        if e.trains_itself:
+            by = f"compiled by the builder ({e.compiled})" if e.compiled else "fitted by its HyperModel.fit"
+            if p.augment:
+                raise user.BuilderError(f"model={b.ref}: its model trains itself ({by}), fed arrays as keras-tuner "
+                                        "feeds them, so the platform's augmentation (augment=true) would not be "
+                                        "applied: set augment to false, or put augmentation layers "
+                                        "(keras.layers.RandomFlip, ...) in the model")
+            default = network("custom", {"model": p.model})
+            unused = [k for k in OWN_COMPILE_IGNORES if e.compiled and k not in e.defined
+                      and getattr(p, k) != getattr(default, k)]
+            if unused:
+                raise user.BuilderError(f"model={b.ref}: its model is {by}, so "
+                                        f"{', '.join(f'{k}={getattr(p, k)}' for k in unused)} would not be used: "
+                                        "remove it, or leave the model uncompiled to train with the platform's "
+                                        "recipe")
+
+
+class ValidationAccuracy(keras.callbacks.Callback):
+    """``val_accuracy`` in each epoch's logs where the model's own metrics give none (logging, pruning and
+    early stopping read it): the builder's model scored on the validation images."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and VAL_ACC not in logs:
+            answers = self.model.predict(self.x, batch_size=1024, verbose=0)
+            logs[VAL_ACC] = float(np.mean(np.argmax(answers, axis=1) == self.y))
+
+
+def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
+               targets: np.ndarray | None = None) -> tuple[F.FitResult, dict[str, float]]:
+    """Train the builder's own model inside ``served`` by its compile and fit (see the module's docstring); an
+    uncompiled model is compiled with the recipe's optimizer and loss. Returns the fit's result and what the
+    user's fit returned, read as keras-tuner reads it (:func:`as_keras_tuner_reads`)."""
+    b, model, info = user.load(p.model), user.inner(served), s.info
+    steps = math.ceil(len(s.x_train) / p.batch_size)
+    if not model.compiled:
+        F.compile_model(model, p, steps, steps_per_execution=F.default_steps_per_execution(),
+                        from_logits=user.outputs_logits(model, info, high=1.0 if b.keras_tuner else 255.0))
+    form = label_form(model)
+    x_val = images(s.x_val, info, b.keras_tuner)
+    validation = (x_val, labels(s.y_val, info.num_classes, form))
+    cbs = [ValidationAccuracy(x_val, s.y_val), *F.standard_callbacks(p), *callbacks]
+    call = FitCall(model, p, cbs, validation)
+    F.seed_everything(p.seed)
+    t0 = time.perf_counter()
+    try:
+        hp = HyperParameters(p.hp_values(), platform=p.training_values())
+        returned = call_fit(b, hp, model, images(s.x_train, info, b.keras_tuner),
+                            labels(s.y_train if targets is None else targets, info.num_classes, form), call)
+    finally:
+        F.one_step_per_call(model)
+    wall = time.perf_counter() - t0
+    # the logged model carries no training state: serving needs none, and Keras would warn loading it
+    model.optimizer, model.loss, model.compiled, model._compile_config = None, None, False, None
+    if returned is None:
+        raise user.BuilderError(f"model={b.ref}: its fit returned None; keras-tuner needs the History, a number or a "
+                                "dict of metrics: did you forget to return model.fit(...)?")
+    history = {k: [float(v) for v in vals] for k, vals in (call.history.history if call.history else {}).items()}
+    epochs_run = len(history.get(TRAIN_LOSS, []))
+    bad = [i for i, v in enumerate(history.get(TRAIN_LOSS, [])) if not math.isfinite(v)]
+    if bad:
+        raise F.DivergedError(f"training diverged: the loss became NaN/inf in epoch {bad[0]}")
+    result = F.FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9))
+    return result, as_keras_tuner_reads(returned)
+
+
+def as_keras_tuner_reads(returned: Any) -> dict[str, float]:
+    """What a HyperModel's fit returned, as keras-tuner scores it: a number as is; a dict's numbers; a
+    History at its best epoch (here by validation accuracy, the study's objective); a list (one per
+    execution) averaged. Logged on the run as ``fit_returned_*``."""
+    if isinstance(returned, list):
+        each = [as_keras_tuner_reads(r) for r in returned]
+        return {k: float(np.mean([e[k] for e in each if k in e])) for k in each[0]} if each else {}
+    if isinstance(returned, keras.callbacks.History):
+        h = returned.history
+        scores = h.get(VAL_ACC) or []
+        if not scores:
+            return {}
+        best = int(np.argmax(scores))
+        return {"best_epoch": float(best), **{k: float(v[best]) for k, v in h.items() if len(v) > best}}
+    if isinstance(returned, dict):
+        return {str(k): float(v) for k, v in returned.items() if isinstance(v, int | float | np.floating)}
+    if isinstance(returned, int | float | np.floating):
+        return {"value": float(returned)}
+    raise user.BuilderError(f"its fit returned {type(returned).__name__}; keras-tuner reads a History, a number, a "
+                            "dict of metrics or a list of these")

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from fmnist_exp import params as P
 from fmnist_exp.data import FASHION_CLASSES, FASHION_MNIST
 from fmnist_exp.model import builder as user
-from fmnist_exp.model import cost, networks
+from fmnist_exp.model import cost
 from fmnist_exp.train import builder_fit
 
 # A small network of the tests: a 3x3 convolution hp["width"] wide, a 2x2 pooling, logits (no softmax).

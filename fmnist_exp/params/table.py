@@ -255,8 +255,8 @@ def parse_hp(text: Any) -> dict[str, Any]:
             raise ValueError(f"must be a YAML or JSON mapping, e.g. '{{width: 32, blocks: 2}}' ({e})") from None
     if raw is None:
         raw = {}
-    if not isinstance(raw, dict) or not all(isinstance(k, str) and k.isidentifier() for k in raw):
-        raise ValueError("must map parameter names (letters, digits, _) to values, e.g. '{width: 32, blocks: 2}'")
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and k.replace("/", "_").isidentifier() for k in raw):
+        raise ValueError("must map parameter names (letters, digits, _, /) to values, e.g. '{width: 32, blocks: 2}'")
     taken = sorted(k for k in raw if k in reserved_names() or k.startswith("data_"))
     if taken:
         raise ValueError(f"{', '.join(taken)}: the platform's own name(s) (a training parameter, or one a run logs); "

@@ -168,9 +168,9 @@ def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Exa
         try:
             concrete = replaced(p, **changes, hp={**p.hp_values(), **own})
         except ConfigError as e:
-            raise user.BuilderError(f"model={b.ref} defines {', '.join(sorted(platform))}, a name of the platform's "
-                                    f"training parameters too, with a value they cannot take ({e}): rename it in "
-                                    "the builder") from None
+            named = (f" (it defines {', '.join(sorted(platform))}, a name of the platform's training parameters too: "
+                     "rename it in the builder if that is what is refused)") if platform else ""
+            raise user.BuilderError(f"model={b.ref}: the values it defines cannot be recorded: {e}{named}") from None
     compiled = ""
     if model.compiled:
         loss = model.loss if isinstance(model.loss, str) else getattr(model.loss, "name", type(model.loss).__name__)

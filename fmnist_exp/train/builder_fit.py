@@ -59,7 +59,9 @@ def logged(p: NetworkParams, model: keras.Model) -> dict[str, Any]:
     loss = inner.loss if isinstance(inner.loss, str) else getattr(inner.loss, "name", type(inner.loss).__name__)
     own = {"compiled_by": "builder", "compiled_optimizer": type(optimizer).__name__,
            "compiled_learning_rate": shown_rate, "compiled_loss": loss}
-    return {**{k: v for k, v in flat.items() if k not in OWN_COMPILE_IGNORES}, **own}
+    # a value other than the default is the builder's own definition of that name (check_builder refuses the rest)
+    default = network("custom", {"model": p.model}).flat()
+    return {**{k: v for k, v in flat.items() if k not in OWN_COMPILE_IGNORES or v != default[k]}, **own}
 
 
 def label_form(model: keras.Model) -> str:
@@ -239,6 +241,15 @@ def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: C
                                         "recipe")
 
 
+def without_compile(served: keras.Model) -> keras.Model:
+    """``served`` with its builder's model uncompiled: a logged model carries no training state (serving needs
+    none, and Keras would warn when loading an optimizer saved before it was built)."""
+    model = user.inner(served)
+    if model.compiled:
+        model.optimizer, model.loss, model.compiled, model._compile_config = None, None, False, None
+    return served
+
+
 class ValidationAccuracy(keras.callbacks.Callback):
     """``val_accuracy`` in each epoch's logs where the model's own metrics give none (logging, pruning and
     early stopping read it): the builder's model scored on the validation images."""
@@ -277,8 +288,6 @@ def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
     finally:
         F.one_step_per_call(model)
     wall = time.perf_counter() - t0
-    # the logged model carries no training state: serving needs none, and Keras would warn loading it
-    model.optimizer, model.loss, model.compiled, model._compile_config = None, None, False, None
     if returned is None:
         raise user.BuilderError(f"model={b.ref}: its fit returned None; keras-tuner needs the History, a number or a "
                                 "dict of metrics: did you forget to return model.fit(...)?")

@@ -135,6 +135,8 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
         raise
     if not networks.is_portable(model):  # logged: float32 and Keras' own layers, whatever trained it
         model = networks.portable_copy(p, ds.info, model)
+    if isinstance(p, CustomParams):
+        model = builder_fit.without_compile(model)
     # from here on (validation score, test score, logged model) as it answers: flips, shifts averaged
     model = as_served(model, p, ds.info)
     val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged

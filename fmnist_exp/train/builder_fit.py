@@ -47,8 +47,7 @@ def logged(p: NetworkParams, model: keras.Model) -> dict[str, Any]:
     optimizer, learning rate and loss instead of the recipe's, which it does not use (the builder's own
     names, e.g. an ``lr`` it defines, are logged beside: train.lineage)."""
     flat = p.flat()
-    inner = user.inner(model) if isinstance(p, CustomParams) else None
-    if inner is None or not inner.compiled:
+    if not isinstance(p, CustomParams) or not (inner := user.inner(model)).compiled:
         return flat
     optimizer = inner.optimizer
     rate = optimizer.learning_rate

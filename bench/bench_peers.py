@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +50,7 @@ CONTESTANTS = ("ours", "hyperband", "tpe")
 # Hyperband iteration (brackets 9x1 -> 3x3 -> 1x9, 5x3 -> 2x9 and 3x9 epochs: 23 trials, 75 epochs)
 # about filled a peer's search time when B was ~900 s (2026-11-23); a shorter B ends it inside the
 # widest bracket, which is Hyperband's own order of work.
-HYPERBAND_FACTOR = 3
+HYPERBAND_FACTOR = 3  # keras-tuner's default; max_epochs = factor x the per-trial epochs
 
 
 @dataclass
@@ -66,6 +66,9 @@ class Entry:
     final_val: float
     config: dict
     test_labels: np.ndarray
+    load: dict = field(default_factory=dict)  # load averages (1 min) at the start and end (bench_keras_tuner)
+    in_hand: dict = field(default_factory=dict)  # what a user has afterwards (bench_keras_tuner)
+    detail: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -272,9 +275,6 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
     cosine decay spans Hyperband's longest run), trained by keras-tuner's own fit loop, objective the
     best epoch's validation accuracy (Keras', one answer per image). A promoted trial warm-starts from
     its checkpoint, weights only: Adam's state and the decay start over, as keras-tuner does it."""
-    import keras_tuner as kt
-
-    from fmnist_exp.metrics import VAL_ACC
     from fmnist_exp.train import fit as F
     from fmnist_exp.train.inputs import datasets
 
@@ -290,15 +290,28 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
         F.compile_model(model, q, steps_per_epoch=steps, steps_per_execution=F.default_steps_per_execution())
         return model
 
-    class DeadlineOracle(kt.oracles.HyperbandOracle):
-        """Hyperband that starts no trial that would not end, with the final retrain, within B:
-        keras-tuner has no timeout. (Its state after a refused trial no longer matters.)"""
+    tuner = deadline_hyperband(peer.fits, max_epochs=max_epochs, seed=seed, hypermodel=build, directory=workdir,
+                               project_name="hyperband", overwrite=True)
+    data, val = datasets(s, p)  # the entry point's own batches (tf.data under TensorFlow)
+    tuner.search(data, validation_data=val, callbacks=[*F.standard_callbacks(p), peer.clock], verbose=0)
+    best = tuner.oracle.get_best_trials(1)[0]
+    config = {k: best.hyperparameters.values[k] for k in arena.spec.space}
+    return peer.finish(config, best.score, len(tuner.oracle.trials))
 
+
+def deadline_hyperband(fits, *, max_epochs: int, seed: int, **tuner_kwargs):
+    """keras-tuner's Hyperband that starts no trial that would not end, with the final retrain, within B
+    (``fits(epochs)``): keras-tuner has no timeout. (Its state after a refused trial no longer matters.)"""
+    import keras_tuner as kt
+
+    from fmnist_exp.metrics import VAL_ACC
+
+    class DeadlineOracle(kt.oracles.HyperbandOracle):
         def populate_space(self, trial_id):
             r = super().populate_space(trial_id)
             v = r.get("values") or {}
             epochs = v.get("tuner/epochs", max_epochs) - v.get("tuner/initial_epoch", 0)
-            return r if r["status"] != "RUNNING" or peer.fits(epochs) else {"status": "STOPPED"}
+            return r if r["status"] != "RUNNING" or fits(epochs) else {"status": "STOPPED"}
 
     class DeadlineHyperband(kt.Hyperband):
         def __init__(self, oracle, **kwargs):  # Hyperband's own __init__ only builds its oracle
@@ -306,12 +319,7 @@ def run_hyperband(arena: Arena, seed: int, workdir: str) -> Entry:
 
     oracle = DeadlineOracle(objective=kt.Objective(VAL_ACC, "max"), max_epochs=max_epochs,
                             factor=HYPERBAND_FACTOR, hyperband_iterations=1000, seed=seed)
-    tuner = DeadlineHyperband(oracle, hypermodel=build, directory=workdir, project_name="hyperband", overwrite=True)
-    data, val = datasets(s, p)  # the entry point's own batches (tf.data under TensorFlow)
-    tuner.search(data, validation_data=val, callbacks=[*F.standard_callbacks(p), peer.clock], verbose=0)
-    best = tuner.oracle.get_best_trials(1)[0]
-    config = {k: best.hyperparameters.values[k] for k in arena.spec.space}
-    return peer.finish(config, best.score, len(tuner.oracle.trials))
+    return DeadlineHyperband(oracle, **tuner_kwargs)
 
 
 def accuracy_ci(right: np.ndarray) -> tuple[float, float]:

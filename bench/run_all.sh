@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark; JSON lands in bench/out/. About 125 minutes on a 2-core machine
-# (165 with the bench extra installed: bench_peers).
+# (190 with the bench extra installed: bench_peers, bench_keras_tuner).
 # The long study (experiments/cnn_long.yaml, about an hour more) runs only with --long.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ $PY bench/bench_serving.py > bench/out/serving.json
 $PY bench/bench_study_pays.py > bench/out/study_pays.json  # the default cnn run and the default study side by side
 if $PY -c "import keras_tuner" 2> /dev/null; then  # ~50 min: ours, keras-tuner's Hyperband, plain TPE at equal time
   $PY bench/bench_peers.py > bench/out/peers.json  # pip install -e ".[bench]"
+  $PY bench/bench_keras_tuner.py > bench/out/keras_tuner.json  # ~25 min: the guide's builder, ours against RandomSearch and Hyperband
 fi
 $PY bench/bench_own_data.py --data digits > bench/out/own_data_digits.json  # ~5 min each: a study on other data
 $PY bench/bench_own_data.py --data scenes --study images > bench/out/own_data_scenes.json

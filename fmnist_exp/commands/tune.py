@@ -49,6 +49,9 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
         seed = sampler_seed(args.seed, setup.storage)
         study = open_study(setup, seed)
         before = trials_started(study)
+        if before and setup.storage.is_sqlite:  # a resume draws on, not the first session's points again
+            seed = sampler_seed(args.seed, setup.storage, before)
+            study.sampler = setup.spec.make_sampler(seed)
         tracking.use_experiment(args.experiment, f"fmnist-study-{setup.study_name}")
         # the trainers' runs record system metrics (runs.system_metrics); the parent trains nothing itself
         with (runs.system_metrics(args.system_metrics),

@@ -176,7 +176,7 @@ class HyperParameters(Mapping[str, Any]):
         """keras-tuner's ``hp.get(name)`` (a defined or given value), or a mapping's: ``default`` when absent."""
         try:
             return self[name]
-        except (KeyError, ValueError):
+        except KeyError:  # an inactive one raises ValueError, as keras-tuner's does
             self.read.add(self._full(name))
             return default
 

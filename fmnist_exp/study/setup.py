@@ -285,12 +285,13 @@ def check_reference_run(spec: S.StudySpec, ds: D.Dataset) -> None:
                           f"study's ({ds.info.name}, sha256 {ds.sha256[:12]}...); give a run trained on the same data")
 
 
-def sampler_seed(seed: int, url: StorageURL) -> int:
-    """The sampler's seed. A lone worker (SQLite) uses ``seed``, so its search replays. Workers
-    sharing a database draw one each: with one seed they would all propose the same random startup
-    configurations, and TPE's the same answers to the same history, training each one N times.
-    The seed drawn is logged on the worker's parent run (``sampler_seed``)."""
-    return seed if url.is_sqlite else random.SystemRandom().randrange(2**31)
+def sampler_seed(seed: int, url: StorageURL, before: int = 0) -> int:
+    """The sampler's seed. A lone worker (SQLite) uses ``seed``, so its search replays; resuming a study of
+    ``before`` trials, ``seed + before``: with ``seed`` again it would propose the first session's points
+    again (trained once: the objective's twins). Workers sharing a database draw one each: with one seed
+    they would all propose the same random startup configurations, and TPE's the same answers to the same
+    history, training each one N times. The seed is logged on the worker's parent run (``sampler_seed``)."""
+    return seed + before if url.is_sqlite else random.SystemRandom().randrange(2**31)
 
 
 def open_study(setup: Setup, seed: int) -> optuna.Study:

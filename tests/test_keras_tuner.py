@@ -724,7 +724,7 @@ def test_a_study_that_searches_a_name_the_builder_defines_is_refused(tracking, t
                                                       "defined once")):
         prepare(P.tune_args({"study": str(study)}))
     hm = write(tmp_path, HYPERMODEL, "hypermodel.py")  # a training parameter fixed that its fit defines
-    study.write_text(STUDY.format(builder=hm, extra="fixed: {batch_size: 64}\n").replace(":build_model",
+    study.write_text(STUDY.format(builder=hm, extra="fixed: {batch_size: 32}\n").replace(":build_model",
                                                                                          ":MyHyperModel"))
     with pytest.raises(P.ConfigError, match="defines batch_size itself .* a name is defined once"):
         prepare(P.tune_args({"study": str(study)}))
@@ -889,3 +889,82 @@ def test_a_keras_tuner_hypermodel_subclass_runs_and_records_keras_tuner(tracking
         with mlflow.start_run() as run:
             lineage.log_builder(p)
         assert mlflow.get_run(run.info.run_id).data.tags["model_requires"] == f"keras-tuner=={version}"
+
+
+# ----------------------------------------------------------------------------- what a first review found
+
+
+def test_a_training_parameter_the_recipe_sets_outside_the_builders_range_is_refused_not_replaced(tmp_path):
+    """-P batch_size=64 for a HyperModel whose fit draws hp.Choice("batch_size", [16, 32]) would train 16 and log it:
+    refused, saying both; the family's default batch size (not set) gives way to the builder's default."""
+    ref = f"{REPO / 'examples' / 'keras_tuner_guide.py'}:TunedBatch"
+    with pytest.raises(user.BuilderError, match=r"batch_size=64 is set for the platform, but hp.Choice\('batch_size'"):
+        builder_fit.concrete(P.network("custom", {"model": ref, "batch_size": 64}), FASHION_MNIST)
+    assert builder_fit.concrete(P.network("custom", {"model": ref, "batch_size": 32}), FASHION_MNIST).batch_size == 32
+    assert builder_fit.concrete(P.network("custom", {"model": ref}), FASHION_MNIST).batch_size == 16
+
+
+def test_the_contract_is_read_from_what_the_builder_can_take(tmp_path):
+    """A three-argument builder with defaults, or *args, is the platform's build(hp, input_shape, num_classes) (fed
+    0-255); a one-argument one (or one whose other arguments have defaults) is keras-tuner's build_model(hp)."""
+    path = write(tmp_path, '''
+def defaults(hp, input_shape=(28, 28, 1), num_classes=10):
+    pass
+
+def star(*args):
+    pass
+
+def one(hp, seed=0):
+    pass
+
+def two(hp, input_shape):
+    pass
+''', "contracts.py")
+    assert not user.load(f"{path}:defaults").keras_tuner and not user.load(f"{path}:star").keras_tuner
+    assert user.load(f"{path}:one").keras_tuner
+    with pytest.raises(user.BuilderError, match="takes 2 arguments: a builder takes"):
+        user.load(f"{path}:two")
+
+
+def test_a_fit_that_never_calls_model_fit_is_refused_before_any_run(tmp_path):
+    """Its own loop would train with no per-epoch logging, pruning or curves: refused, saying what to call."""
+    path = write(tmp_path, '''import keras
+from keras import layers
+
+
+class OwnLoop:
+    def build(self, hp):
+        model = keras.Sequential([layers.Flatten(), layers.Dense(10, activation="softmax")])
+        model.compile("adam", "categorical_crossentropy")
+        return model
+
+    def fit(self, hp, model, x, y, **kwargs):
+        try:
+            return keras.Model.fit(model, x, y, epochs=1, verbose=0)
+        except Exception:  # a broad except around training does not hide the platform's check
+            raise
+''', "own_loop.py")
+    with pytest.raises(user.BuilderError, match=r"its fit never calls model.fit\(...\) on the model it is given"):
+        builder_fit.check_builder([P.network("custom", {"model": f"{path}:OwnLoop"})], FASHION_MNIST)
+
+
+def test_hp_values_called_is_the_mappings_values_and_a_defined_platform_name_is_logged(tmp_path):
+    hp = HyperParameters({"width": 16, "blocks": 2})
+    assert sorted(hp.values()) == [2, 16] and hp.read == {"width", "blocks"}  # an issue-41 builder may walk them
+    hp.Int("depth", 1, 3)
+    assert hp.values == {"depth": 1} and sorted(hp.values()) == [1, 2, 16]  # keras-tuner's dict; called: all
+    path = write(tmp_path, '''import keras
+from keras import layers
+
+
+def build_model(hp):
+    model = keras.Sequential([layers.Flatten(), layers.Dense(10, activation="softmax")])
+    model.compile(keras.optimizers.Adam(hp.Choice("learning_rate", [0.002, 0.01])), "categorical_crossentropy")
+    return model
+''', "rate.py")
+    p = P.network("custom", {"model": f"{path}:build_model"})
+    seen = builder_fit.examine(p, FASHION_MNIST)
+    served, _ = user.build(user.load(p.model), p.hp_values(), FASHION_MNIST)
+    logged = builder_fit.logged(seen.params, served, seen.defined)
+    assert logged["learning_rate"] == 0.002 and logged["compiled_learning_rate"] == pytest.approx(0.002)
+    assert "optimizer" not in logged and logged["compiled_optimizer"] == "Adam"

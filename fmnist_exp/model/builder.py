@@ -31,7 +31,7 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +156,17 @@ def _contract(ref: str, obj: Any) -> dict[str, Any]:
             "keras_tuner")  # keras-tuner's HyperModel.fit is model.fit(*args, **kwargs): the default
         return {"fn": obj.build, "keras_tuner": True, "fit": fit if own_fit else None}
     try:
-        positional = [p for p in inspect.signature(obj).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        params = inspect.signature(obj).parameters.values()
     except (TypeError, ValueError):
-        positional = []
-    if len(positional) not in (1, 3):
-        raise BuilderError(f"model={ref} takes {len(positional)} arguments: a builder takes (hp, input_shape, "
-                           "num_classes), or (hp) as keras-tuner's build_model does")
-    return {"fn": obj, "keras_tuner": len(positional) == 1}
+        params = []  # type: ignore[assignment]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if any(p.kind == p.VAR_POSITIONAL for p in params) or len(positional) >= 3 >= len(required):
+        return {"fn": obj, "keras_tuner": False}  # it can take (hp, input_shape, num_classes): the platform's
+    if len(required) <= 1 <= len(positional):
+        return {"fn": obj, "keras_tuner": True}
+    raise BuilderError(f"model={ref} takes {len(required)} arguments: a builder takes (hp, input_shape, "
+                       "num_classes), or (hp) as keras-tuner's build_model does")
 
 
 def _requires(mod: Any, obj: Any) -> str:
@@ -222,12 +225,13 @@ def outputs_logits(model: keras.Model, info: DatasetInfo, high: float = 255.0) -
 
 
 def build(builder: Builder, given: Mapping[str, Any], info: DatasetInfo, draw: Draw | None = None,
-          platform: Mapping[str, Any] | None = None) -> tuple[keras.Model, HyperParameters]:
+          platform: Mapping[str, Any] | None = None,
+          explicit: Collection[str] = ()) -> tuple[keras.Model, HyperParameters]:
     """The user's model for ``info``'s images inside the platform's: the dataset's array layout in (scaled
     to 0-1 for a keras-tuner builder), float32 probabilities out; and the ``hp`` it read its values from
     (``given``; else ``draw``'s suggestions; else keras-tuner's defaults; ``platform``: the recipe's
-    training parameters, model/hyperparameters.py)."""
-    hp = HyperParameters(given, draw, platform)
+    training parameters, those it sets ``explicit``: model/hyperparameters.py)."""
+    hp = HyperParameters(given, draw, platform, explicit)
     try:
         model = builder.fn(hp) if builder.keras_tuner else builder.fn(hp, tuple(info.shape), info.num_classes)
     except Exception as e:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,10 +32,15 @@ class Draw(Protocol):
 
 
 class _Values(dict):
-    """keras-tuner's ``hp.values``, a dict; called as a mapping's ``values()`` (an issue-41 builder may), its values."""
+    """keras-tuner's ``hp.values``, a dict of the active definitions; called, the mapping's ``values()``: what
+    ``hp`` holds, given or defined (a ``build(hp, input_shape, num_classes)`` builder may walk them)."""
+
+    def __init__(self, owner: HyperParameters):
+        super().__init__()
+        self._owner = owner
 
     def __call__(self) -> Any:
-        return dict.values(self)
+        return [self._owner[name] for name in self._owner]
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,15 @@ class HyperParameters(Mapping[str, Any]):
     ``defined`` every definition, also inactive ones; ``read`` every name asked for."""
 
     def __init__(self, given: Mapping[str, Any] | None = None, draw: Draw | None = None,
-                 platform: Mapping[str, Any] | None = None):
+                 platform: Mapping[str, Any] | None = None, explicit: Collection[str] = ()):
         self._given = dict(given or {})
         self._draw = draw
         # The recipe's training parameters (batch_size, learning_rate, ...): a definition of the same name is the
-        # builder's; it answers the recipe's value only outside a search and only where the range holds it.
+        # builder's; it answers the recipe's value outside a search where the range holds it; one the recipe
+        # sets (``explicit``: not the family's default) that the range cannot take is refused, not replaced.
         self._platform = dict(platform or {})
-        self.values: _Values = _Values()
+        self._explicit = set(explicit)
+        self.values: _Values = _Values(self)
         self.defined: dict[str, Defined] = {}
         self.read: set[str] = set()
         self._conditions: list[tuple[str, tuple[Any, ...]]] = []
@@ -241,8 +248,13 @@ class HyperParameters(Mapping[str, Any]):
                 raise ValueError(f"{full}={value!r} is given, but {definition.shown()} cannot take it"
                                  + (f" (it takes {', '.join(map(repr, grid[:12]))}"
                                     f"{', ...' if len(grid) > 12 else ''})" if grid else ""))
-        elif self._draw is None and full in self._platform and definition.contains(self._platform[full]):
+        elif self._draw is None and full in self._platform and (definition.contains(self._platform[full])
+                                                                 or full in self._explicit):
             value = self._platform[full]
+            if not definition.contains(value):
+                raise ValueError(f"{full}={value!r} is set for the platform, but {definition.shown()}, the "
+                                 "builder's definition of that name, cannot take it: give a value it takes, or "
+                                 "leave it out (the builder's default)")
         elif self._draw is not None:
             value = suggest(self._draw, full)
         else:

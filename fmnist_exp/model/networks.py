@@ -11,12 +11,14 @@ so a saved model needs no preprocessing. Builders never see Optuna or MLflow.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import keras
 from keras import layers, regularizers
 
 from ..data import DatasetInfo
 from ..params import CnnParams, ConfigError, CustomParams, MlpParams, NetworkParams, parse_int_list, replaced
+from ..params import network as resolve_network
 from ..params.table import CNN_FILTERS
 from . import builder as user
 from .layers import FusedBatchNormalization
@@ -113,6 +115,15 @@ def too_deep(p: NetworkParams, info: DatasetInfo) -> str | None:
     return None
 
 
+def training_given(p: CustomParams) -> tuple[dict[str, Any], set[str]]:
+    """The platform's training parameters of ``p`` by name, and those it sets (not the family's defaults): what a
+    builder's keras-tuner definition of one of these names answers, or refuses (model/hyperparameters.py)."""
+    default = resolve_network("custom", {"model": p.model})
+    assert isinstance(default, CustomParams)
+    values, defaults = p.training_values(), default.training_values()
+    return values, {k for k, v in values.items() if v != defaults[k]}
+
+
 def check_fits(p: NetworkParams, info: DatasetInfo) -> None:
     if (why := too_deep(p, info)) is not None:
         raise ConfigError(why)
@@ -156,7 +167,7 @@ def build(p: NetworkParams, info: DatasetInfo, *, fused: bool = False) -> keras.
     """The network ``p`` describes for ``info``'s images and classes; ``fused`` (training only) uses
     FusedBatchNormalization in the cnn family."""
     if isinstance(p, CustomParams):
-        return user.build(user.load(p.model), p.hp_values(), info, platform=p.training_values())[0]
+        return user.build(user.load(p.model), p.hp_values(), info, None, *training_given(p))[0]
     return build_cnn(p, info, fused=fused) if isinstance(p, CnnParams) else build_mlp(p, info)
 
 

@@ -192,13 +192,16 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         suggestion = suggest(trial, setup.spec.space)
-        # a builder's own definitions (hp.Int, ...) suggested by the trial too, define-by-run
-        p, added = builder_fit.drawn(setup.trial_params(suggestion), setup.ds.info, trial)
-        suggestion = {**suggestion, **added}
         tags = {"optuna_study": setup.study_name, "optuna_trial": str(trial.number), "trial_state": "RUNNING"}
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
+            try:  # a builder's own definitions (hp.Int, ...) suggested by the trial too, define-by-run
+                p, added = builder_fit.drawn(setup.trial_params(suggestion), setup.ds.info, trial)
+            except Exception as e:  # e.g. a builder that raises at the values drawn: the trial's run says so
+                mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
+                raise
+            suggestion = {**suggestion, **added}
             digest = p.digest()  # everything it trains with: sampled, fixed, budget, seed
             twin = earlier_twin(trial, digest)
             trial.set_user_attr(RECIPE_ATTR, digest)

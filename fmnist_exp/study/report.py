@@ -151,10 +151,10 @@ def _download(client: MlflowClient, run_id: str, path: str, tmp: str) -> bytes |
 def _row(t: optuna.trial.FrozenTrial, spec: StudySpec, experiment_of: dict) -> TrialRow:
     try:  # replay the suggestion to name parameters as the study file does
         params = suggest(optuna.trial.FixedTrial(t.params), spec.space)
-        drawn = [k for k in spec.space if spec.space[k].kind == "widths"]
+        widths = [k for k in spec.space if spec.space[k].kind == "widths"]
         # and a builder's own (hp.Int, ...: define-by-run), by the names it gave them
         params.update({k: v for k, v in t.params.items()
-                       if k not in spec.space and not any(k.startswith(f"{w}_") for w in drawn)})
+                       if k not in spec.space and not any(k.startswith(f"{w}_") for w in widths)})
     except (ValueError, KeyError):  # a trial that failed before all its parameters were drawn
         params = dict(t.params)
     run_id = t.user_attrs.get("mlflow_run_id")

@@ -27,6 +27,7 @@ from ..data import DatasetInfo, Splits
 from ..metrics import TRAIN_LOSS, VAL_ACC
 from ..model import builder as user
 from ..model.hyperparameters import Draw, HyperParameters
+from ..model.networks import training_given
 from ..params import ConfigError, CustomParams, NetworkParams, network, replaced
 from . import fit as F
 
@@ -42,35 +43,37 @@ def trains_itself(p: NetworkParams, model: keras.Model) -> bool:
     return user.load(p.model).fit is not None or bool(getattr(user.inner(model), "compiled", False))
 
 
-def logged(p: NetworkParams, model: keras.Model) -> dict[str, Any]:
+def logged(p: NetworkParams, model: keras.Model, defined: Collection[str] = ()) -> dict[str, Any]:
     """The parameters a run of ``p`` logs: its flat form; where its builder compiled the model, the compiled
-    optimizer, learning rate and loss instead of the recipe's, which it does not use (the builder's own
-    names, e.g. an ``lr`` it defines, are logged beside: train.lineage)."""
+    optimizer, learning rate and loss instead of the recipe's, which it does not use, but for a name the
+    builder ``defined`` itself (hp.Float("learning_rate", ...)): its value (the builder's other names are
+    logged beside: train.lineage)."""
     flat = p.flat()
     if not isinstance(p, CustomParams) or not (inner := user.inner(model)).compiled:
         return flat
-    optimizer = inner.optimizer
+    optimizer = getattr(inner.optimizer, "inner_optimizer", inner.optimizer)  # a LossScaleOptimizer's
     rate = optimizer.learning_rate
     try:
         shown_rate: Any = float(keras.ops.convert_to_numpy(rate))
     except (TypeError, ValueError):
         shown_rate = type(rate).__name__  # a schedule
-    loss = inner.loss if isinstance(inner.loss, str) else getattr(inner.loss, "name", type(inner.loss).__name__)
     own = {"compiled_by": "builder", "compiled_optimizer": type(optimizer).__name__,
-           "compiled_learning_rate": shown_rate, "compiled_loss": loss}
-    # a value other than the default is the builder's own definition of that name (check_builder refuses the rest)
-    default = network("custom", {"model": p.model}).flat()
-    return {**{k: v for k, v in flat.items() if k not in OWN_COMPILE_IGNORES or v != default[k]}, **own}
+           "compiled_learning_rate": shown_rate, "compiled_loss": loss_name(inner)}
+    return {**{k: v for k, v in flat.items() if k not in OWN_COMPILE_IGNORES or k in defined}, **own}
+
+
+def loss_name(model: keras.Model) -> str:
+    loss = model.loss
+    return loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "") or \
+        type(loss).__name__
 
 
 def label_form(model: keras.Model) -> str:
     """``sparse`` (integer labels) or ``one_hot``, as the model's compiled loss asks: Keras' sparse losses
     take class numbers, the others (categorical_crossentropy, ...) one row per image."""
-    loss = model.loss
-    if isinstance(loss, dict | list | tuple):
+    if isinstance(model.loss, dict | list | tuple):
         raise ConfigError("the model is compiled with one loss per output; a classifier here has one output")
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    return "sparse" if "sparse" in str(name or type(loss).__name__).lower() else "one_hot"
+    return "sparse" if "sparse" in loss_name(model).lower() else "one_hot"
 
 
 def images(x: np.ndarray, info: DatasetInfo, keras_tuner: bool) -> np.ndarray:
@@ -88,8 +91,9 @@ def labels(y: np.ndarray, num_classes: int, form: str) -> np.ndarray:
     return y.astype("int32") if form == "sparse" else keras.utils.to_categorical(y, num_classes).astype("float32")
 
 
-class _Drawn(Exception):
-    """Raised by a dry :class:`FitCall` once the user's fit has said how it calls model.fit."""
+class _Drawn(BaseException):
+    """Raised by a dry :class:`FitCall` once the user's fit has said how it calls model.fit (a BaseException:
+    a user's ``except Exception`` around model.fit does not swallow it)."""
 
 
 class FitCall:
@@ -109,7 +113,6 @@ class FitCall:
         kwargs["callbacks"] = [*self.callbacks, *theirs]
         kwargs["verbose"] = 0  # the platform prints one line per epoch
         self.effective = {k: kwargs[k] for k in SET_BY_FIT}
-        self.effective["shuffle"] = kwargs.get("shuffle", True)
         if self.dry:
             raise _Drawn
         self.history = type(self.model).fit(self.model, *args, **kwargs)
@@ -142,12 +145,12 @@ def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Exa
     """Build ``p``'s network (``draw``: a trial suggests what the recipe does not give) and, where it trains
     itself, call its fit dry (it records how it would call model.fit and trains nothing). No training."""
     b = user.load(p.model)
-    served, hp = user.build(b, p.hp_values(), info, draw, p.training_values())
+    served, hp = user.build(b, p.hp_values(), info, draw, *training_given(p))
     values, effective, model = hp.recorded(), {}, user.inner(served)
     read, defined = set(hp.read), set(hp.defined)
     itself = trains_itself(p, served)
     if itself:
-        fit_hp = HyperParameters({**p.hp_values(), **values}, draw, p.training_values())
+        fit_hp = HyperParameters({**p.hp_values(), **values}, draw, *training_given(p))
         x = images(np.zeros((8, *info.shape), "uint8"), info, b.keras_tuner)
         form = label_form(model) if model.compiled else "one_hot"  # uncompiled: the recipe's categorical loss
         y = labels(np.arange(8) % info.num_classes, info.num_classes, form)
@@ -158,6 +161,10 @@ def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Exa
             pass
         except Exception as e:
             raise user.BuilderError(f"model={b.ref}: its fit raised {user.last_line(e, b.file)}") from None
+        else:  # it trained some other way (its own loop, keras.Model.fit): no logging, pruning, curves
+            raise user.BuilderError(f"model={b.ref}: its fit never calls model.fit(...) on the model it is given; "
+                                    "the platform's per-epoch logging, pruning and early stopping reach it through "
+                                    "that call: train with model.fit(*args, **kwargs)")
         values = {**values, **fit_hp.recorded()}
         effective = {k: call.effective[k] for k in SET_BY_FIT if k in call.effective}
         read, defined = read | fit_hp.read, defined | set(fit_hp.defined)
@@ -174,8 +181,8 @@ def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Exa
             raise user.BuilderError(f"model={b.ref}: the values it defines cannot be recorded: {e}{named}") from None
     compiled = ""
     if model.compiled:
-        loss = model.loss if isinstance(model.loss, str) else getattr(model.loss, "name", type(model.loss).__name__)
-        compiled = f"{type(model.optimizer).__name__}, loss {loss}"
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+        compiled = f"{type(optimizer).__name__}, loss {loss_name(model)}"
     return Examined(concrete, read, defined, itself, compiled)
 
 
@@ -281,7 +288,7 @@ def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
     F.seed_everything(p.seed)
     t0 = time.perf_counter()
     try:
-        hp = HyperParameters(p.hp_values(), platform=p.training_values())
+        hp = HyperParameters(p.hp_values(), None, *training_given(p))
         returned = call_fit(b, hp, model, images(s.x_train, info, b.keras_tuner),
                             labels(s.y_train if targets is None else targets, info.num_classes, form), call)
     finally:

@@ -106,14 +106,16 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     on ``ds``, checked before (the commands and study.setup check a recipe once, before any run), and log
     everything into the active run: parameters, data, curves, the model as it answers, its cost, and
     (``hooks.evaluate_test``) its test scores."""
-    p = builder_fit.concrete(p, ds.info)  # a keras-tuner builder's values and fit settings explicit (a no-op if given)
+    # a user's builder: its keras-tuner values and fit settings made explicit (as they were, if all given)
+    examined = builder_fit.examine(p, ds.info) if isinstance(p, CustomParams) else None
+    p, defined = (examined.params, examined.defined) if examined else (p, set())
     s = splits(ds, p)
     run_id, teacher = active_run_id(), hooks.teacher
     mlflow.set_tags({**networks.summary_tags(p), **hooks.tags, **(teacher.tags() if teacher else {})})
     targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
     model, precision = F.fresh_model(p, ds.info)
     # what trains: a model compiled by its builder says its own optimizer, not the recipe's unused one
-    tracking.log_params({**builder_fit.logged(p, model), **hooks.params, "family": p.FAMILY,
+    tracking.log_params({**builder_fit.logged(p, model, defined), **hooks.params, "family": p.FAMILY,
                          **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
     if isinstance(p, CustomParams):
         lineage.log_builder(p)

@@ -968,3 +968,20 @@ def build_model(hp):
     logged = builder_fit.logged(seen.params, served, seen.defined)
     assert logged["learning_rate"] == 0.002 and logged["compiled_learning_rate"] == pytest.approx(0.002)
     assert "optimizer" not in logged and logged["compiled_optimizer"] == "Adam"
+
+
+def test_a_fit_that_passes_model_fits_arguments_by_position_gets_them_completed(tmp_path):
+    """model.fit(x, y, 16, 1) is Keras' own call by position: the batch size and epochs it gives are what trains."""
+    path = write(tmp_path, '''import keras
+from keras import layers
+
+
+class ByPosition:
+    def build(self, hp):
+        return keras.Sequential([layers.Flatten(), layers.Dense(10, activation="softmax")])
+
+    def fit(self, hp, model, x, y, **kwargs):
+        return model.fit(x, y, 16, 1, **kwargs)
+''', "by_position.py")
+    p = builder_fit.concrete(P.network("custom", {"model": f"{path}:ByPosition", "epochs": 3}), FASHION_MNIST)
+    assert (p.batch_size, p.epochs) == (16, 1)

@@ -31,6 +31,7 @@ from ..model.networks import training_given
 from ..params import ConfigError, CustomParams, NetworkParams, network, replaced
 from . import fit as F
 
+FIT_ARGS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data", "shuffle")
 SET_BY_FIT = ("epochs", "batch_size")  # the recipe's, unless the user's fit passes its own to model.fit
 # The recipe's parameters a model compiled by its builder does not use (its own optimizer, loss and rate).
 OWN_COMPILE_IGNORES = ("optimizer", "learning_rate", "lr_schedule", "warmup_epochs", "label_smoothing", "ema")
@@ -106,6 +107,8 @@ class FitCall:
         self.history: keras.callbacks.History | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.update(zip(FIT_ARGS[2:], args[2:], strict=False))  # model.fit(x, y, 32, 5): by name, completed
+        args = args[:2]
         kwargs.setdefault("epochs", self.p.epochs)
         kwargs.setdefault("batch_size", self.p.batch_size)
         kwargs.setdefault("validation_data", self.validation)

@@ -57,7 +57,8 @@ class Defined:
         if self.grid is not None:
             return value in self.grid or (isinstance(value, float) and any(
                 isinstance(g, float) and math.isclose(value, g, rel_tol=1e-12) for g in self.grid))
-        return isinstance(value, int | float) and self.args["min_value"] <= value <= self.args["max_value"]
+        low, high = self.args.get("min_value"), self.args.get("max_value")
+        return isinstance(value, int | float) and low is not None and high is not None and low <= value <= high
 
     def shown(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.args.items() if v is not None)

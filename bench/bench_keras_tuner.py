@@ -63,7 +63,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import HYPERBAND_FACTOR, Entry, accuracy_ci, deadline_hyperband, epoch_clock  # noqa: E402
+from bench_peers import (  # noqa: E402
+    HYPERBAND_FACTOR,
+    Entry,
+    accuracy_ci,
+    contest_order,
+    deadline_hyperband,
+    epoch_clock,
+)
 from common import emit, machine, scratch_tracking, stdout_to_stderr  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -355,11 +362,7 @@ def main() -> None:
     ap.add_argument("--markdown", default="", help="also write the markdown table to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets: check the script, not the tools")
     args = ap.parse_args()
-    order = args.order.split(",")
-    if set(order) - set(CONTESTANTS) or len(set(order)) != len(order):
-        raise SystemExit(f"--order {args.order!r}: name each of {', '.join(CONTESTANTS)} at most once")
-    if not args.budget_s and "ours" not in order[:1]:
-        raise SystemExit("the peers' budget is ours' wall time: run ours first, or give --budget_s")
+    order = contest_order(args.order, args.budget_s, CONTESTANTS)
     try:
         import keras_tuner
         import tensorboard  # noqa: F401  (keras-tuner imports it in every trial on TensorFlow)

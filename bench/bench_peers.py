@@ -344,6 +344,16 @@ def table(out: dict, names: list[str]) -> str:
     return "\n".join(rows)
 
 
+def contest_order(given: str, budget_s: float, contestants: tuple[str, ...]) -> list[str]:
+    """``--order`` as a list: each contestant at most once, ours first unless the budget is given."""
+    order = given.split(",")
+    if set(order) - set(contestants) or len(set(order)) != len(order):
+        raise SystemExit(f"--order {given!r}: name each of {', '.join(contestants)} at most once")
+    if not budget_s and "ours" not in order[:1]:
+        raise SystemExit("the peers' budget is ours' wall time: run ours first, or give --budget_s")
+    return order
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget_s", type=float, default=0, help="each peer's wall-time budget (0 = ours' wall)")
@@ -352,11 +362,7 @@ def main() -> None:
                     help="the peers' fixed recipe: the cnn entry point's defaults, or the study file's `fixed`")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets: check the script, not the tools")
     args = ap.parse_args()
-    order = args.order.split(",")
-    if set(order) - set(CONTESTANTS) or len(set(order)) != len(order):
-        raise SystemExit(f"--order {args.order!r}: name each of {', '.join(CONTESTANTS)} at most once")
-    if not args.budget_s and "ours" not in order[:1]:
-        raise SystemExit("the peers' budget is ours' wall time: run ours first, or give --budget_s")
+    order = contest_order(args.order, args.budget_s, CONTESTANTS)
     if "hyperband" in order:
         try:
             import keras_tuner  # noqa: F401

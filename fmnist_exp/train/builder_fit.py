@@ -24,11 +24,11 @@ import keras
 import numpy as np
 
 from ..data import DatasetInfo, Splits
-from ..metrics import TRAIN_LOSS, VAL_ACC
+from ..metrics import VAL_ACC
 from ..model import builder as user
 from ..model.hyperparameters import Draw, HyperParameters
 from ..model.networks import training_given
-from ..params import ConfigError, CustomParams, NetworkParams, network, replaced
+from ..params import ConfigError, CustomParams, NetworkParams, replaced
 from . import fit as F
 
 FIT_ARGS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data", "shuffle")
@@ -52,7 +52,7 @@ def logged(p: NetworkParams, model: keras.Model, defined: Collection[str] = ()) 
     flat = p.flat()
     if not isinstance(p, CustomParams) or not (inner := user.inner(model)).compiled:
         return flat
-    optimizer = getattr(inner.optimizer, "inner_optimizer", inner.optimizer)  # a LossScaleOptimizer's
+    optimizer = compiled_optimizer(inner)
     rate = optimizer.learning_rate
     try:
         shown_rate: Any = float(keras.ops.convert_to_numpy(rate))
@@ -61,6 +61,11 @@ def logged(p: NetworkParams, model: keras.Model, defined: Collection[str] = ()) 
     own = {"compiled_by": "builder", "compiled_optimizer": type(optimizer).__name__,
            "compiled_learning_rate": shown_rate, "compiled_loss": loss_name(inner)}
     return {**{k: v for k, v in flat.items() if k not in OWN_COMPILE_IGNORES or k in defined}, **own}
+
+
+def compiled_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:
+    """The optimizer a compiled model trains with (a LossScaleOptimizer's own, under mixed float16)."""
+    return getattr(model.optimizer, "inner_optimizer", model.optimizer)
 
 
 def loss_name(model: keras.Model) -> str:
@@ -182,10 +187,7 @@ def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Exa
             named = (f" (it defines {', '.join(sorted(platform))}, a name of the platform's training parameters too: "
                      "rename it in the builder if that is what is refused)") if platform else ""
             raise user.BuilderError(f"model={b.ref}: the values it defines cannot be recorded: {e}{named}") from None
-    compiled = ""
-    if model.compiled:
-        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-        compiled = f"{type(optimizer).__name__}, loss {loss_name(model)}"
+    compiled = f"{type(compiled_optimizer(model)).__name__}, loss {loss_name(model)}" if model.compiled else ""
     return Examined(concrete, read, defined, itself, compiled)
 
 
@@ -240,9 +242,8 @@ def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: C
                                         "feeds them, so the platform's augmentation (augment=true) would not be "
                                         "applied: set augment to false, or put augmentation layers "
                                         "(keras.layers.RandomFlip, ...) in the model")
-            default = network("custom", {"model": p.model})
-            unused = [k for k in OWN_COMPILE_IGNORES if e.compiled and k not in e.defined
-                      and getattr(p, k) != getattr(default, k)]
+            explicit = training_given(p)[1]  # what the recipe sets, not the family's defaults
+            unused = [k for k in OWN_COMPILE_IGNORES if e.compiled and k not in e.defined and k in explicit]
             if unused:
                 raise user.BuilderError(f"model={b.ref}: its model is {by}, so "
                                         f"{', '.join(f'{k}={getattr(p, k)}' for k in unused)} would not be used: "
@@ -300,12 +301,7 @@ def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
     if returned is None:
         raise user.BuilderError(f"model={b.ref}: its fit returned None; keras-tuner needs the History, a number or a "
                                 "dict of metrics: did you forget to return model.fit(...)?")
-    history = {k: [float(v) for v in vals] for k, vals in (call.history.history if call.history else {}).items()}
-    epochs_run = len(history.get(TRAIN_LOSS, []))
-    bad = [i for i, v in enumerate(history.get(TRAIN_LOSS, [])) if not math.isfinite(v)]
-    if bad:
-        raise F.DivergedError(f"training diverged: the loss became NaN/inf in epoch {bad[0]}")
-    result = F.FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9))
+    result = F.fit_result(call.history.history if call.history else {}, len(s.x_train), wall)
     return result, as_keras_tuner_reads(returned)
 
 

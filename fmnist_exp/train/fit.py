@@ -170,12 +170,15 @@ def fit(model: keras.Model, s: Splits, p: FitParams, callbacks=(), *,
     finally:
         one_step_per_call(model)
     wall = time.perf_counter() - t0
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    return fit_result(hist.history, len(s.x_train), wall, f"; lower learning_rate (was {p.learning_rate}) or raise l2")
+
+
+def fit_result(history: dict, images: int, wall: float, advice: str = "") -> FitResult:
+    """What a `fit` of ``images`` training images per epoch did, from its History's ``history``; raises
+    DivergedError (with ``advice``) where the loss became NaN or infinite."""
+    history = {k: [float(v) for v in vals] for k, vals in history.items()}
     epochs_run = len(history.get(TRAIN_LOSS, []))
     bad = [i for i, v in enumerate(history.get(TRAIN_LOSS, [])) if not math.isfinite(v)]
     if bad:
-        raise DivergedError(
-            f"training diverged: the loss became NaN/inf in epoch {bad[0]}; "
-            f"lower learning_rate (was {p.learning_rate}) or raise l2"
-        )
-    return FitResult(history, epochs_run, wall, epochs_run * len(s.x_train) / max(wall, 1e-9))
+        raise DivergedError(f"training diverged: the loss became NaN/inf in epoch {bad[0]}{advice}")
+    return FitResult(history, epochs_run, wall, epochs_run * images / max(wall, 1e-9))

@@ -1,8 +1,9 @@
 """The registered classifier served by the real `mlflow models serve` on a loopback port:
-answers real test images exactly as the offline pyfunc does, in JSON pixels and in the compact
-base64 forms alike, and refuses bad requests with a 4xx that says what was wrong while it keeps
-answering: hostile bodies too (nested 20,000 levels deep, numbers past any float, 50 MB), which
-MLflow's scoring server itself would answer with a 500 or parse for seconds."""
+answers real test images exactly as the offline pyfunc does, in JSON pixels, in the compact
+base64 forms and in MLflow's other request formats (dataframe_split/records, instances, CSV; by
+`mlflow models predict` too) alike, and refuses bad requests with a 4xx that says what was wrong
+while it keeps answering: hostile bodies too (nested 20,000 levels deep, numbers past any float,
+50 MB), which MLflow's scoring server itself would answer with a 500 or parse for seconds."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import base64
 import http.client
 import io
 import json
-import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import MLFLOW, REPO, cli, free_port, running_server, subprocess_env
+from conftest import MLFLOW, REPO, cli, free_port, running_server, store_at, subprocess_env
 from PIL import Image
 
 from fmnist_exp import data as D
@@ -34,22 +37,13 @@ CHAMPION = "models:/fmnist-classifier@champion"
 def store(tmp_path_factory):
     """A store with a champion from a 1-trial MLP study (real tune, tiny budget)."""
     root = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(root)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    study = root / "serve.yaml"
-    study.write_text("description: serving fixture\nfamily: mlp\nfixed: {hidden_units: '64', lr_schedule: cosine}\n"
-                     "space:\n  dropout: {type: float, low: 0.0, high: 0.1}\n")
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "n_trials": 1, "epochs": 2,
-                                    "train_samples": 3000})).flat()
-    yield {"root": root, "uri": uri, "summary": summary}
-    os.chdir(old_cwd)
-    if old_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old_env
+    with store_at(root) as uri:
+        study = root / "serve.yaml"
+        study.write_text("description: serving fixture\nfamily: mlp\nfixed: {hidden_units: '64', lr_schedule: cosine}\n"
+                         "space:\n  dropout: {type: float, low: 0.0, high: 0.1}\n")
+        summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "n_trials": 1, "epochs": 2,
+                                        "train_samples": 3000})).flat()
+        yield {"root": root, "uri": uri, "summary": summary}
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +137,69 @@ def test_compact_requests_answer_as_json_does(server, dataset):
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-6)
 
 
+def other_formats(images: np.ndarray, labels: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    """The same images in MLflow's other request formats, by name: (body, content type). A pandas user's
+    tables: the test CSV's layout with its label column, or the pixel columns alone, shuffled in one."""
+    def body(key: str, value) -> tuple[bytes, str]:
+        return json.dumps({key: value}).encode(), "application/json"
+
+    labelled, pixels = pixel_table(images, labels), pixel_table(images)
+    shuffled = pixels.iloc[:, np.random.default_rng(0).permutation(784)]
+    return {
+        "dataframe_split": body("dataframe_split", json.loads(labelled.to_json(orient="split"))),
+        "dataframe_split_shuffled": body("dataframe_split", json.loads(shuffled.to_json(orient="split"))),
+        "dataframe_records": body("dataframe_records", json.loads(pixels.to_json(orient="records"))),
+        "instances": body("instances", images.tolist()),
+        "csv": (labelled.to_csv(index=False).encode(), "text/csv"),
+    }
+
+
+def test_mlflow_request_formats_answer_as_inputs(server, dataset):
+    """dataframe_split, dataframe_records, instances and CSV of the same images get the answer {"inputs"} gets."""
+    images, labels = dataset.x_test[:64], dataset.y_test[:64]
+    status, by_inputs = post(server, {"inputs": images.tolist()})
+    assert status == 200, by_inputs
+    for name, (body, content_type) in other_formats(images, labels).items():
+        status, answer = post(server, body, content_type)
+        assert status == 200, (name, answer)
+        assert answer == by_inputs, name
+
+
+def test_predict_command_takes_mlflow_request_formats(store, tmp_path, dataset):
+    """`mlflow models predict -i file --content-type json|csv` answers every format as the offline pyfunc does,
+    and refuses a malformed table saying what was wrong."""
+    from mlflow.pyfunc import scoring_server
+
+    images, labels = dataset.x_test[:16], dataset.y_test[:16]
+    offline = mlflow.pyfunc.load_model(CHAMPION)
+    want = offline.predict(images)
+    assert scoring_server._parse_json_data.__module__ == scoring_server.__name__, "in-process: MLflow's parser"
+    cases = {name: v for name, v in other_formats(images, labels).items() if name != "dataframe_split_shuffled"}
+    cases["split_no_columns"] = (json.dumps({"dataframe_split": {"data": images.reshape(16, -1).tolist()}}).encode(),
+                                 JSON)
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": store["uri"]}
+
+    def predict(name: str) -> tuple[subprocess.CompletedProcess, Path]:
+        body, content_type = cases[name]
+        kind = "csv" if content_type == "text/csv" else "json"
+        source, out = tmp_path / f"{name}.{kind}", tmp_path / f"{name}.out.json"
+        source.write_bytes(body)
+        cmd = [MLFLOW, "models", "predict", "-m", CHAMPION, "-i", str(source), "--content-type", kind,
+               "--env-manager", "local", "-o", str(out)]
+        return subprocess.run(cmd, cwd=store["root"], env=env, capture_output=True, text=True, timeout=300), out
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(cases, pool.map(predict, cases), strict=True))
+    refused, _ = results.pop("split_no_columns")
+    assert refused.returncode != 0 and '"dataframe_split" must be an object {"columns"' in refused.stderr
+    assert "0, 0, 0, 0" not in refused.stderr, "the refusal does not echo the input"
+    for name, (proc, out) in results.items():
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+        preds = json.loads(out.read_text())["predictions"]
+        assert [p["label"] for p in preds] == want["label"].tolist(), name
+        np.testing.assert_allclose([p["probabilities"] for p in preds], np.stack(want["probabilities"]), atol=1e-6)
+
+
 JSON = "application/json"
 IN_RANGE = "pixel values must be raw 0-255 grey levels; got values from"
 NUMBERS = "pixel values must be numbers 0-255; got"
@@ -165,6 +222,21 @@ def first_pixel(text: str) -> bytes:
 def pixels_50mb() -> bytes:
     """A 50 MB body of JSON pixels (17 million zeros), built when a test runs."""
     return b'{"inputs": [[' + b", ".join([b"0"] * (MB50 // 3)) + b"]]}"
+
+
+PIXELS = [f"pixel{i}" for i in range(1, 785)]
+
+
+def pixel_table(images: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
+    """Images in the project's CSV layout (data/files.py): label (when given), pixel1..pixel784."""
+    table = pd.DataFrame(images.reshape(len(images), -1), columns=PIXELS)
+    if labels is not None:
+        table.insert(0, "label", labels)
+    return table
+
+
+def split_body(columns: list, rows: list) -> dict:
+    return {"dataframe_split": {"columns": columns, "data": rows}}
 
 
 # (body or a function making it, content type, status, start of the message). Our checks in
@@ -223,6 +295,17 @@ BAD_REQUESTS = {
     "not_json_10mb": (lambda: b"x" * (10 * 2**20), JSON, 400,
                       "Invalid input. Ensure that input is a valid JSON formatted string. Error: Expecting value"),
     "list_body": (b"[1, 2]", JSON, 400, 'the body must be a JSON object {"inputs": ...}; got list'),
+    # MLflow's other formats (model.request_formats): a malformed table, and columns that are not the pixels
+    "split_no_columns": ({"dataframe_split": {"data": [[0] * 784]}}, JSON, 400,
+                         '"dataframe_split" must be an object {"columns": ["pixel1", ...], "data"'),
+    "text_column": (split_body(["name", *PIXELS], [["coat", *[0] * 784]]), JSON, 400,
+                    "column 'name' is not a pixel column: send 784 pixel columns pixel1..pixel784"),
+    "text_pixels": ({"dataframe_records": [{**dict.fromkeys(PIXELS, 0), "pixel9": "dark"}]}, JSON, 400,
+                    "column 'pixel9' holds text, not pixel values"),
+    "783_pixel_columns": (split_body(PIXELS[:-1], [[0] * 783]), JSON, 400,
+                          "each row must hold 784 pixel values (28x28 pixels), one per column; got 783 columns"),
+    "csv_not_a_table": (b"pixel1,pixel2\n1,2\n3,4,5,6\n", "text/csv", 400,
+                        "the CSV body is not a table pandas can read (Error tokenizing data"),
     "no_content_type": ({"inputs": one_image()}, None, 415, "the request has no Content-Type"),
     # refused by MLflow before predict() runs
     "unknown_key": ({"imgs": one_image()}, JSON, 400,

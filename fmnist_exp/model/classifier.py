@@ -25,7 +25,10 @@ accepted shapes are not rejected first, and a JSON ``true`` or ``null`` among th
 of unequal length, can be told apart and named instead of being turned into 1, an object array
 or a numpy error first. What fails before predict() runs (a body too large, nested too deep, or
 not JSON) is refused by the checks request_body.py puts in front of the scoring server when it
-loads the classifier.
+loads the classifier. MLflow's other request formats, ``{"dataframe_split": ...}``,
+``{"dataframe_records": ...}``, ``{"instances": ...}`` and CSV, reach predict() as a DataFrame of pixel
+columns or as the rows themselves through request_formats.py, which the classifier installs when MLflow
+serves it (or runs `mlflow models predict`): a DataFrame is checked by :func:`frame_pixels`, then as any batch.
 
 The classifier is logged as code (classifier_model.py), the way MLflow recommends, so nothing
 is unpickled on load.
@@ -37,17 +40,17 @@ import base64
 import binascii
 import io
 import numbers
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
-from mlflow.types import ColSpec, DataType, Schema, TensorSpec
-from mlflow.types.schema import Array
+from mlflow.types import Schema, TensorSpec
 
 from ..data import FASHION_MNIST, DataError, DatasetInfo, decode_image
 from . import request_body
-from .request_body import BadRequest
+from .request_body import BadRequest, column_name
 
 DATASET_ARTIFACT = "dataset"  # the pyfunc artifact that holds the model's DatasetInfo as JSON
 # Images per request; larger batches are refused, not truncated. In-process users can raise it:
@@ -56,14 +59,13 @@ MAX_BATCH = 1024
 # The keys a loader may set (MLflow drops a key the logged model lacks): max_body_mb, served only,
 # caps a request's body; None gives 32 KiB per image of max_batch (32 MiB for 1,024 images).
 MODEL_CONFIG = {"max_batch": MAX_BATCH, "max_body_mb": None}
-OUTPUT_SCHEMA = Schema([
-    ColSpec(DataType.long, "label"),
-    ColSpec(DataType.string, "class_name"),
-    ColSpec(Array(DataType.double), "probabilities"),
-])
 
 
 UINT8_B64, PNG_B64 = "uint8_b64", "png_b64"  # the compact request keys inside "inputs"
+# A DataFrame (CSV, dataframe_split/records) in the project's CSV layout (data/files.py): a label column,
+# ignored, and pixel1..pixelN, taken in N's order (pixel0..pixelN-1 too, as MNIST's Kaggle CSVs number them).
+LABEL_COLUMN = "label"
+PIXEL_COLUMN = re.compile(r"pixel(\d+)")
 
 
 def input_schema(info: DatasetInfo) -> Schema:
@@ -144,9 +146,15 @@ def _check_cells(model_input, info: DatasetInfo) -> None:
             raise BadRequest(f"\"inputs\" nests lists {cells.ndim} levels deep or more; images nest 2 to 4 "
                              f"levels: send {expected(info)}")
         raise BadRequest(f"rows of unequal length: send {expected(info)}")
-    bad = sorted({_json_name(k) for k in kinds if not issubclass(k, numbers.Real) or issubclass(k, (bool, np.bool_))})
+    bad = _not_numbers(kinds)
     if bad:
-        raise BadRequest(f"pixel values must be numbers 0-255; got {' and '.join(bad)}")
+        raise BadRequest(f"pixel values must be numbers 0-255; got {bad}")
+
+
+def _not_numbers(kinds: set[type]) -> str:
+    """The kinds of value among ``kinds`` that are not numbers, as JSON names them ("text and null"), or ""."""
+    return " and ".join(sorted({_json_name(k) for k in kinds
+                                if not issubclass(k, numbers.Real) or issubclass(k, (bool, np.bool_))}))
 
 
 def _json_name(kind: type) -> str:
@@ -161,15 +169,58 @@ def _json_name(kind: type) -> str:
     return kind.__name__
 
 
+def frame_pixels(frame: pd.DataFrame, info: DatasetInfo) -> np.ndarray:
+    """A DataFrame's pixel values, one row per image (n, info.pixels), or BadRequest naming the column at fault.
+
+    One column per pixel value, row by row. A ``label`` column is dropped (a test CSV is sent as it is);
+    columns named pixel<N> are taken in N's order, whatever order they come in; columns named otherwise
+    are taken in theirs (pandas' 0..N-1 for a DataFrame of an array). Refused: a duplicate name, another
+    column beside pixel<N> columns, gaps in the numbering, the wrong number of columns, and a column that
+    holds text, true/false or empty cells.
+    """
+    n = info.pixels
+    layout = f"{n} pixel columns pixel1..pixel{n} ({_size(info)}), and optionally {LABEL_COLUMN!r}"
+    if not frame.columns.is_unique:
+        raise BadRequest(f"column {column_name(frame.columns[frame.columns.duplicated()][0])} appears more than "
+                         f"once: send {layout}")
+    columns = [c for c in frame.columns if c != LABEL_COLUMN]
+    numbered = {c: int(m[1]) for c in columns if isinstance(c, str) and (m := PIXEL_COLUMN.fullmatch(c))}
+    if numbered:
+        other = next((c for c in columns if c not in numbered), None)
+        if other is not None:
+            index = " (a CSV's unnamed first column is its index: write it with df.to_csv(index=False))" \
+                if str(other).startswith("Unnamed:") else ""
+            raise BadRequest(f"column {column_name(other)} is not a pixel column: send {layout}{index}")
+        columns.sort(key=numbered.__getitem__)
+        first, last = numbered[columns[0]], numbered[columns[-1]]
+        if first not in (0, 1) or last - first != len(columns) - 1:
+            raise BadRequest(f"{len(columns)} pixel columns numbered from pixel{first} to pixel{last}: send {layout}")
+    if len(columns) != n:
+        raise BadRequest(f"each row must hold {n} pixel values ({_size(info)}), one per column; got {len(columns)} "
+                         f"columns{' besides the label' if LABEL_COLUMN in frame.columns else ''}: send {layout}")
+    pixels = frame[columns]
+    for name, dtype in pixels.dtypes.items():
+        if dtype.kind not in "iuf":  # text, true/false, or objects: numbers past int64 pass on to to_images
+            bad = _not_numbers({type(v) for v in pixels[name] if v is not None})  # null: an empty cell, below
+            if bad:
+                raise BadRequest(f"column {column_name(name)} holds {bad}, not pixel values: send numbers 0-255")
+    empty = pixels.isna().any()
+    if empty.any():
+        raise BadRequest(f"column {column_name(empty.idxmax())} has empty cells (null or NaN): send a number 0-255 "
+                         "for every pixel")
+    return pixels.to_numpy()
+
+
 def to_images(model_input, info: DatasetInfo, max_batch: int = MAX_BATCH) -> np.ndarray:
     """Check a batch and return float32 images of shape (n, *info.array_shape), or raise BadRequest.
 
     ``model_input`` is a numpy array or DataFrame in-process, the request's JSON value
-    (nested lists, possibly with null, true or text inside) when served.
+    (nested lists, possibly with null, true or text inside) when served, or a DataFrame (CSV, the
+    dataframe forms: request_formats.py).
     """
     want = expected(info)
     if isinstance(model_input, pd.DataFrame):
-        model_input = model_input.to_numpy()
+        model_input = frame_pixels(model_input, info)
     if model_input is None:
         raise BadRequest(f"\"inputs\" is null: send {want}")
     if isinstance(model_input, dict):
@@ -266,8 +317,14 @@ class ImageClassifier(PythonModel):
         self.max_batch = int(config.get("max_batch", MAX_BATCH))
         # Served, `SERVING_MODEL_CONFIG='{"max_batch": ..., "max_body_mb": ...}'` sets these.
         pixels = self.info.pixels
-        request_body.install(request_body.body_limit(config.get("max_body_mb"), self.max_batch, pixels), pixels,
-                             expected(self.info))
+        self.request_limits = request_body.Limits(
+            request_body.body_limit(config.get("max_body_mb"), self.max_batch, pixels), pixels, expected(self.info))
+        if request_body.in_scoring_server():  # loaded in-process, requests are Python values, not bodies
+            request_body.install(self.request_limits)
+        from . import request_formats  # MLflow's scoring server with it: only where MLflow serves
+
+        if request_formats.parsed_by_mlflow():  # MLflow's parsers take only {"inputs": ...} for this model
+            request_formats.install(self.request_limits)
 
     # The hint is what in-process callers pass (a DataFrame or nested lists work too). MLflow
     # neither checks nor converts an ndarray-annotated input; served, model_input is the

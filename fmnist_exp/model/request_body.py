@@ -26,10 +26,13 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
 
 _logger = logging.getLogger(__name__)
 SCORING_SERVER = "mlflow.pyfunc.scoring_server"
@@ -39,6 +42,13 @@ JSON_MIME = "application/json"
 # BODY_BYTES_PER_PIXEL for each of their values (height x width x channels).
 BODY_BYTES_PER_IMAGE, BODY_BYTES_PER_PIXEL = 32 * 1024, 40
 _MLFLOW_HANDLER: dict[str, Any] = {}
+# What the classifier answers, one row per image: the other end of the wire (model.classifier), and how
+# request_formats tells a loaded model is ours
+OUTPUT_SCHEMA = Schema([
+    ColSpec(DataType.long, "label"),
+    ColSpec(DataType.string, "class_name"),
+    ColSpec(Array(DataType.double), "probabilities"),
+])
 
 
 class BadRequest(MlflowException):
@@ -65,6 +75,12 @@ class BodyTooLarge(BadRequest):
 
 class NoContentType(BadRequest):
     status = 415
+
+
+def column_name(name) -> str:
+    """A column's name as a refusal shows it, cut short: the name is part of the request."""
+    text = repr(name)
+    return text if len(text) <= 40 else text[:40] + "...'"
 
 
 def body_limit(max_body_mb, max_batch: int, pixels: int) -> int:
@@ -113,29 +129,62 @@ def _is_plain_json(content_type: str) -> bool:
     return mime == JSON_MIME and all(p == "charset=utf-8" for p in parameters)
 
 
-def install(max_body_bytes: int, pixels: int, shapes: str) -> bool:
-    """In a process a scoring server started (`mlflow models serve`, or the image of `mlflow models
-    build-docker`, the same server behind nginx), check each request's body before MLflow does;
-    return whether the checks are in place. ``pixels`` and ``shapes``: the served model's images, for
-    the advice a refusal gives."""
+@dataclass(frozen=True)
+class Limits:
+    """What one served model takes: the largest body in bytes, and its images' values per image and shapes
+    (for the advice a refusal gives)."""
+
+    max_body_bytes: int
+    pixels: int
+    shapes: str
+
+
+def limits_of(model: Any) -> Limits | None:
+    """The limits a loaded classifier set for itself (``ImageClassifier.request_limits``), or None."""
+    unwrap = getattr(model, "unwrap_python_model", None)
+    try:
+        inner = unwrap() if unwrap is not None else None
+    except Exception:  # not a PythonModel-based pyfunc
+        return None
+    limits = getattr(inner, "request_limits", None)
+    return limits if isinstance(limits, Limits) else None
+
+
+def in_scoring_server() -> bool:
+    """Whether this process is one MLflow's scoring server started (`mlflow models serve`, the image of
+    `mlflow models build-docker`): it names the model to load in an environment variable."""
+    server: Any = sys.modules.get(SCORING_SERVER)
+    return server is not None and getattr(server, "_SERVER_MODEL_PATH", None) in os.environ
+
+
+def install(limits: Limits | None) -> bool:
+    """Check each request's body before MLflow's scoring server does; return whether the checks are in place.
+
+    Each request is checked against the limits of the model it goes to (several versions may be loaded
+    in one process, as `serve` does); ``limits`` is for a model that carries none. Installed once per
+    process; a later call changes nothing but the fallback."""
     server: Any = sys.modules.get(SCORING_SERVER)  # MLflow's module, as loaded by the server
-    if server is None or getattr(server, "_SERVER_MODEL_PATH", None) not in os.environ:
-        return False  # loaded in-process: requests are Python values, not bodies
-    # MLflow's own handler, kept from the first load: a second load replaces the checks, not stacks them
+    if server is None:
+        import mlflow.pyfunc.scoring_server as server
+    # MLflow's own handler, kept from the first install: a second one replaces the checks, not stacks them
     handler = _MLFLOW_HANDLER.setdefault("invocations", getattr(server, "invocations", None))
-    if handler is None or list(inspect.signature(handler).parameters)[:2] != ["data", "content_type"]:
-        _logger.warning("this MLflow's scoring server has no invocations(data, content_type, ...): serving "
+    if handler is None or list(inspect.signature(handler).parameters)[:3] != ["data", "content_type", "model"]:
+        _logger.warning("this MLflow's scoring server has no invocations(data, content_type, model, ...): serving "
                         "without the checks on a request's size and JSON (see fmnist_exp.model.request_body)")
         return False
+    if limits is not None:
+        _MLFLOW_HANDLER["fallback"] = limits
 
     @functools.wraps(handler)
-    def invocations(data, content_type, *args, **kwargs):
+    def invocations(data, content_type, model=None, *args, **kwargs):
         if content_type is None:  # MLflow's handler would fail on it with a 500
             raise NoContentType("the request has no Content-Type: send the header Content-Type: application/json")
-        check_size(data, max_body_bytes, pixels)
+        own = limits_of(model) or _MLFLOW_HANDLER.get("fallback")
+        if own is not None:
+            check_size(data, own.max_body_bytes, own.pixels)
         if isinstance(data, (bytes, str)) and _is_plain_json(content_type):
-            data = parse_json(data, shapes)  # MLflow's handler takes a parsed object as it is
-        return handler(data, content_type, *args, **kwargs)
+            data = parse_json(data, own.shapes if own else "images")  # MLflow's handler takes a parsed object
+        return handler(data, content_type, model, *args, **kwargs)
 
     server.invocations = invocations
     return True

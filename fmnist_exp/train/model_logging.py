@@ -14,7 +14,8 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
 from ..data import DatasetInfo
-from ..model.classifier import DATASET_ARTIFACT, MODEL_CONFIG, OUTPUT_SCHEMA, input_schema
+from ..model.classifier import DATASET_ARTIFACT, MODEL_CONFIG, input_schema
+from ..model.request_body import OUTPUT_SCHEMA
 from .runs import active_run_id
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fmnist_exp: logged with every classifier as its code

@@ -29,9 +29,14 @@ DESCRIPTIONS = {
     "dashboard": "optuna-dashboard over the study store, on loopback (the studies as Optuna sees them)",
     "storage-proxy": "serve a PostgreSQL study store to many workers over gRPC (--storage grpc://HOST:PORT); "
                      "fails and retries the trials of workers that died",
+    "serve": "serve a registered model's alias over HTTP as `mlflow models serve` does, following the alias: "
+             "a version it moves to is loaded, checked and swapped in without a failed request",
+    "promote": "move an alias (champion) to an existing version by hand, e.g. a rollback; recorded on the version",
 }
 # Commands that own MLflow runs: SIGTERM and Ctrl-C end those runs FAILED (train.runs), exit code 130.
 ENDS_RUNS = (*P.FAMILIES, "tune", "register", "reproduce")
+# Server commands: Ctrl-C (or SIGTERM, which uvicorn turns into a graceful stop) is how they stop.
+SERVERS = ("dashboard", "serve")
 
 
 def _add_params(sub: argparse.ArgumentParser, params: list[P.Param]) -> None:
@@ -54,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
         sub = subs.add_parser(name, help=desc, description=desc)
         if name == "predict":
             sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-        _add_params(sub, P.table.command_params(name))
+        _add_params(sub, P.commands.command_params(name))
     return ap
 
 
@@ -91,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if ns.command == "dashboard":
-            return 0  # Ctrl-C is how a dashboard stops
+        if ns.command in SERVERS:
+            return 0  # Ctrl-C is how a server stops
         ended = " the MLflow run was ended as FAILED" if ns.command in ENDS_RUNS else ""
         print(f"interrupted:{ended}".rstrip(":"), file=sys.stderr)
         return 130
@@ -128,6 +133,14 @@ def _command(name: str, images: list[str] | None) -> Callable[[Any], int]:
         from .scale import dashboard
 
         return _until_stopped(dashboard.run)
+    if name == "serve":
+        from .serving import server
+
+        return _until_stopped(server.run)
+    if name == "promote":
+        from .registry import promote
+
+        return promote.main
     from .scale import proxy_server
 
     return _until_stopped(proxy_server.run)

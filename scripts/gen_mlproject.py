@@ -5,6 +5,7 @@
 tests/test_project.py fails when the two drift apart.
 """
 
+from fmnist_exp.params import commands
 from fmnist_exp.params import table as C
 
 TYPES = {str: "string", bool: "string", int: "float", float: "float"}
@@ -39,9 +40,9 @@ def main() -> None:
         "",
         "entry_points:",
     ]
-    for name in ("main", *C.COMMANDS):
+    for name in ("main", *commands.COMMANDS):
         sub = "tune" if name == "main" else name
-        out += entry(name, sub, C.command_params(name), positional="images" if name == "predict" else "")
+        out += entry(name, sub, commands.command_params(name), positional="images" if name == "predict" else "")
     print("\n".join(out))
 
 

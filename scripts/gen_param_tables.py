@@ -8,6 +8,7 @@ checks that the page holds what this prints and that ENV_VARS names every FMNIST
 import sys
 from pathlib import Path
 
+from fmnist_exp.params import commands
 from fmnist_exp.params import table as C
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "parameters.md"
@@ -28,6 +29,11 @@ ENV_VARS = (
                                "restart, a failover) before the error reaches the trial; default `180`"),
     ("FMNIST_PROXY_RETRY_S", "seconds a worker keeps retrying while no storage proxy answers, then stops; "
                              "default `120`"),
+    ("FMNIST_WEBHOOK_SECRET", "`serve`: the secret an MLflow registry webhook to `/webhook` was created with; a "
+                              "delivery whose signature does not match it is refused (401). Not set: any "
+                              "delivery wakes the server, which then reads the alias from the registry itself"),
+    ("SERVING_MODEL_CONFIG", "`serve` and `mlflow models serve`: a JSON object setting `max_batch` (images per "
+                             "request, default 1024) and `max_body_mb` (largest body; default 32 KiB per image)"),
     ("FMNIST_TEST_PG", "tests and `bench/bench_scaleout.py` only: the PostgreSQL server they make their "
                        "databases on, as the URL `scripts/start_postgres.sh` prints; default "
                        "`postgresql://fmnist:fmnist@127.0.0.1:5432/postgres` (the tests skip where none "
@@ -48,7 +54,8 @@ def table(params: list[C.Param]) -> str:
 
 
 def tables() -> str:
-    order = ("tune", *C.FAMILIES, "register", "launch", "predict", "reproduce", "dashboard", "storage-proxy")
+    order = ("tune", *C.FAMILIES, "register", "launch", "predict", "reproduce", "dashboard", "storage-proxy",
+             "serve", "promote")
     return "\n\n".join([*(f"### {name}\n\n{section(name)}" for name in order), env_table()])
 
 
@@ -62,7 +69,7 @@ def section(name: str) -> str:
         return table(C.LAUNCH_OWN_PARAMS) + (
             "\n\nand every `tune` parameter above: the launcher creates the study with them and passes those given "
             "to each worker (`study` and `family` excepted: the study records them).")
-    return table(C.command_params(name))
+    return table(commands.command_params(name))
 
 
 def write() -> None:

@@ -83,10 +83,12 @@ def test_the_final_retrain_and_its_seed_come_last():
     (typed.MlpParams, P.table.family_params("mlp")),
     (typed.CnnParams, P.table.family_params("cnn")),
     (typed.TuneArgs, P.table.TUNE_PARAMS),
-    (typed.ReproduceArgs, P.table.REPRODUCE_PARAMS),
-    (typed.DashboardArgs, P.table.DASHBOARD_PARAMS),
-    (typed.ProxyArgs, P.table.PROXY_PARAMS),
-    (typed.PredictArgs, P.table.PREDICT_PARAMS),
+    (typed.ReproduceArgs, P.commands.REPRODUCE_PARAMS),
+    (typed.DashboardArgs, P.commands.DASHBOARD_PARAMS),
+    (typed.ProxyArgs, P.commands.PROXY_PARAMS),
+    (typed.PredictArgs, P.commands.PREDICT_PARAMS),
+    (typed.ServeArgs, P.commands.SERVE_PARAMS),
+    (typed.PromoteArgs, P.commands.PROMOTE_PARAMS),
 ])
 def test_typed_values_have_exactly_the_tables_parameters(cls, params):
     assert {f.name for f in dataclasses.fields(cls)} == {p.name for p in params}

@@ -22,7 +22,7 @@ def _mlproject():
                                    "reproduce", "dashboard", "storage-proxy"])
 def test_mlproject_forwards_code_defaults(entry):
     ep = _mlproject()["entry_points"][entry]
-    params = P.table.command_params(entry)
+    params = P.commands.command_params(entry)
     positional = ["images"] if entry == "predict" else []
     assert list(ep["parameters"]) == positional + [p.name for p in params]
     for p in params:

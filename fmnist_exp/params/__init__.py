@@ -1,7 +1,7 @@
 """Parameters: the one table (:mod:`.table`), its typed values (:mod:`.typed`) and how overrides
 resolve into them (:mod:`.resolve`)."""
 
-from . import table
+from . import commands, table
 from .resolve import Layers, as_trained, command, compose, family, network, replaced, trained, tune_args
 from .table import DEFAULT_FAMILY, FAMILIES, NETWORK_FAMILIES, ConfigError, Param, parse_int_list
 from .typed import (
@@ -18,14 +18,16 @@ from .typed import (
                     MlpParams,
                     NetworkParams,
                     PredictArgs,
+                    PromoteArgs,
                     ProxyArgs,
                     ReproduceArgs,
+                    ServeArgs,
                     TrainArgs,
                     TuneArgs,
 )
 
 __all__ = ["DEFAULT_FAMILY", "FAMILIES", "NETWORK_FAMILIES", "BaselineParams", "BuiltinParams",
            "CnnParams", "CommandArgs", "ConfigError", "CustomParams", "DashboardArgs", "DataParams", "FamilyParams",
-           "FitParams", "LaunchArgs", "Layers", "MlpParams", "NetworkParams", "Param", "PredictArgs", "ProxyArgs",
-           "ReproduceArgs", "TrainArgs", "TuneArgs", "as_trained", "command", "compose", "family", "network",
-           "parse_int_list", "replaced", "table", "trained", "tune_args"]
+           "FitParams", "LaunchArgs", "Layers", "MlpParams", "NetworkParams", "Param", "PredictArgs", "PromoteArgs",
+           "ProxyArgs", "ReproduceArgs", "ServeArgs", "TrainArgs", "TuneArgs", "as_trained", "command", "commands",
+           "compose", "family", "network", "parse_int_list", "replaced", "table", "trained", "tune_args"]

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
+from . import commands, typed
 from . import table as T
-from . import typed
 
 
 def coerce(param: T.Param, value: Any) -> Any:
@@ -174,7 +174,7 @@ def _legacy(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
 def command(name: str, overrides: Mapping[str, Any] | None = None) -> typed.CommandArgs:
     """Any command's typed values (``main`` is ``tune``)."""
     if name in T.FAMILIES:
-        resolved = values(T.command_params(name), overrides, what=name)
+        resolved = values(commands.command_params(name), overrides, what=name)
         experiment, system_metrics = resolved.pop("experiment"), resolved.pop("system_metrics")
         return typed.TrainArgs(params=_build(typed.FAMILY_CLASSES[name], resolved), experiment=experiment,
                                system_metrics=system_metrics)
@@ -182,15 +182,15 @@ def command(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Comm
         return tune_args(overrides)
     if name == "register":
         # register takes tune's study and registry parameters and keeps tune's defaults for the rest
-        given = values(T.command_params("register"), _legacy(overrides), what="register")
+        given = values(commands.command_params("register"), _legacy(overrides), what="register")
         return tune_args(given)
     if name == "launch":
-        resolved = values(T.command_params("launch"), _legacy(overrides), what="launch")
+        resolved = values(commands.command_params("launch"), _legacy(overrides), what="launch")
         own = {p.name: resolved.pop(p.name) for p in T.LAUNCH_OWN_PARAMS}
         return typed.LaunchArgs(**own, tune=_build(typed.TuneArgs, resolved))
     cls = {"predict": typed.PredictArgs, "reproduce": typed.ReproduceArgs, "dashboard": typed.DashboardArgs,
-           "storage-proxy": typed.ProxyArgs}[name]
-    return _build(cls, values(T.command_params(name), overrides, what=name))
+           "storage-proxy": typed.ProxyArgs, "serve": typed.ServeArgs, "promote": typed.PromoteArgs}[name]
+    return _build(cls, values(commands.command_params(name), overrides, what=name))
 
 
 # ----------------------------------------------------------------------------- a study's layers

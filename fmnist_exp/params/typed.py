@@ -227,4 +227,22 @@ class ProxyArgs(Values):
     port: int
 
 
-CommandArgs = TrainArgs | TuneArgs | LaunchArgs | PredictArgs | ReproduceArgs | DashboardArgs | ProxyArgs
+@dataclass(frozen=True, kw_only=True)
+class ServeArgs(Values):
+    model_name: str
+    alias: str
+    host: str
+    port: int
+    poll_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteArgs(Values):
+    model_name: str
+    version: int | None  # required: the command refuses None with what to pass
+    reason: str | None
+    alias: str
+
+
+CommandArgs = (TrainArgs | TuneArgs | LaunchArgs | PredictArgs | ReproduceArgs | DashboardArgs | ProxyArgs
+               | ServeArgs | PromoteArgs)

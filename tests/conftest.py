@@ -8,6 +8,7 @@ real `mlflow run` CLI in a subprocess. The scale-out and fault tests share a ``c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -57,6 +58,28 @@ def tracking(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@contextlib.contextmanager
+def store_at(root: Path):
+    """A module's own MLflow store (sqlite + ./mlruns) in ``root``, the working directory meanwhile; yields its
+    URI and puts the directory and MLFLOW_TRACKING_URI back afterwards (for module-scoped fixtures, which
+    cannot use monkeypatch)."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        os.chdir(old_cwd)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
 
 
 def subprocess_env() -> dict:
@@ -271,3 +294,56 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     yield context.new_page()
     context.close()
+
+
+# ----------------------------------------------------------------------------- an earlier commit's code
+
+BASELINE = "861b7d0"  # the last commit before fmnist_exp/ was restructured into subpackages
+
+
+@pytest.fixture(scope="session")
+def old_code(tmp_path_factory) -> Path:
+    """The baseline's fmnist_exp/ and experiments/ (its study files, found beside the package),
+    extracted once per session; fails if the commit is missing or its package is not the one imported."""
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BASELINE}^{{commit}}"],
+                      capture_output=True).returncode != 0:
+        shallow = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--is-shallow-repository"],
+                                 capture_output=True, text=True).stdout.strip() == "true"
+        missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip  # a tarball has no history
+        missing(f"the baseline commit {BASELINE} is not in the history of {REPO}"
+                    f"{' (a shallow clone)' if shallow else ''}: run `git fetch --unshallow` there "
+                    "(in CI: check out with the full history, e.g. fetch-depth: 0)")
+    old = tmp_path_factory.mktemp("old")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "fmnist_exp", "experiments"],
+                             capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    # the repo's package is installed (editable) and on conftest's PYTHONPATH: prove the old one wins
+    where = subprocess.run([sys.executable, "-c", "import fmnist_exp; print(fmnist_exp.__file__)"], cwd=old,
+                           env=old_env(old), capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr[-3000:]
+    assert Path(where.stdout.strip()).is_relative_to(old), f"imported {where.stdout.strip()}, not the baseline's"
+    return old
+
+
+def old_env(old: Path, tracking_uri: str | None = None) -> dict:
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(old) + os.pathsep + env["PYTHONPATH"]
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def old_cli(args: list[str], old: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    """``python -m fmnist_exp ...`` of the baseline's code, on the test's tracking store."""
+    return subprocess.run([sys.executable, "-m", "fmnist_exp", *args], cwd=old, env=old_env(old, tracking_uri),
+                          capture_output=True, text=True, timeout=600)
+
+
+def ok(proc: subprocess.CompletedProcess, who: str) -> dict:
+    """The JSON line a command prints last, once it has exited 0."""
+    assert proc.returncode == 0, f"{who} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    try:
+        return json.loads(last)
+    except json.JSONDecodeError:
+        pytest.fail(f"{who}: the last line of stdout is not its JSON summary: {last!r}")

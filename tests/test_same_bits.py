@@ -20,8 +20,6 @@ Needs the baseline commit in the clone's history (after a shallow clone: `git fe
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +27,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import REPO, cli, subprocess_env
+from conftest import REPO, cli, ok, old_cli, subprocess_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-BASELINE = "861b7d0"  # the last commit before fmnist_exp/ was restructured into subpackages
 MODEL = "fmnist-classifier"
 
 # small enough for a 2-core CPU, big enough that a wrong initialiser or split would change the bits
@@ -52,54 +49,6 @@ space:
 pruner: {type: none}
 reference: off  # a reference would train a second network per registration: not what is tested here
 """
-
-
-@pytest.fixture(scope="session")
-def old_code(tmp_path_factory) -> Path:
-    """The baseline's fmnist_exp/ and experiments/ (its study files, found beside the package),
-    extracted once per session; fails if the commit is missing or its package is not the one imported."""
-    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BASELINE}^{{commit}}"],
-                      capture_output=True).returncode != 0:
-        shallow = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--is-shallow-repository"],
-                                 capture_output=True, text=True).stdout.strip() == "true"
-        missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip  # a tarball has no history
-        missing(f"the baseline commit {BASELINE} is not in the history of {REPO}"
-                    f"{' (a shallow clone)' if shallow else ''}: run `git fetch --unshallow` there "
-                    "(in CI: check out with the full history, e.g. fetch-depth: 0)")
-    old = tmp_path_factory.mktemp("old")
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "fmnist_exp", "experiments"],
-                             capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-    # the repo's package is installed (editable) and on conftest's PYTHONPATH: prove the old one wins
-    where = subprocess.run([sys.executable, "-c", "import fmnist_exp; print(fmnist_exp.__file__)"], cwd=old,
-                           env=old_env(old), capture_output=True, text=True, timeout=120)
-    assert where.returncode == 0, where.stderr[-3000:]
-    assert Path(where.stdout.strip()).is_relative_to(old), f"imported {where.stdout.strip()}, not the baseline's"
-    return old
-
-
-def old_env(old: Path, tracking_uri: str | None = None) -> dict:
-    env = subprocess_env()
-    env["PYTHONPATH"] = str(old) + os.pathsep + env["PYTHONPATH"]
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return env
-
-
-def old_cli(args: list[str], old: Path, tracking_uri: str) -> subprocess.CompletedProcess:
-    """``python -m fmnist_exp ...`` of the baseline's code, on the test's tracking store."""
-    return subprocess.run([sys.executable, "-m", "fmnist_exp", *args], cwd=old, env=old_env(old, tracking_uri),
-                          capture_output=True, text=True, timeout=600)
-
-
-def ok(proc: subprocess.CompletedProcess, who: str) -> dict:
-    """The JSON line a command prints last, once it has exited 0."""
-    assert proc.returncode == 0, f"{who} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    last = proc.stdout.strip().splitlines()[-1]
-    try:
-        return json.loads(last)
-    except json.JSONDecodeError:
-        pytest.fail(f"{who}: the last line of stdout is not its JSON summary: {last!r}")
 
 
 def assert_ran_from(run, code: Path) -> None:

@@ -1,0 +1,285 @@
+"""`serve`: a registered model's alias over HTTP, as `mlflow models serve` serves one version, following
+the alias as the registry moves it.
+
+    python -m fmnist_exp serve --model_name fmnist-classifier --alias champion --port 5001
+
+``/invocations`` is MLflow's own scoring app for the version serving (one per loaded version,
+``mlflow.pyfunc.scoring_server.init``): the same request formats, answers, errors and request
+timeout, with the project's request guard in front (model.request_body) and MLflow's other JSON
+formats and CSV (model.request_formats). Every answer carries ``X-Model-Version``: the version
+whose model computed it, read once when the request arrives. Beside it:
+
+- ``GET /ping`` (and ``/health``): 200 once a version is loaded, 503 before (readiness);
+- ``GET /live``: 200 whenever the process answers (liveness: before any champion exists too);
+- ``GET /version``: the version serving, its run, when it was loaded, what the alias names and
+  the last failure;
+- ``GET /metrics``: Prometheus text: requests by version and status, latency by version, swaps;
+- ``POST /reload``: read the alias now (the version is never taken from the request); answers
+  once the read, and a load it led to, are done, with ``/version``'s JSON;
+- ``POST /webhook``: an MLflow registry webhook (``model_version_alias.created``); wakes the
+  follower, checked with ``FMNIST_WEBHOOK_SECRET`` when set.
+
+Following itself (read, load beside, check, swap) is serving.follow. One process, one event
+loop: the model work runs in threads, as in MLflow's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from ..params import ConfigError, ServeArgs
+from .follow import Follower, Served
+
+_logger = logging.getLogger(__name__)
+VERSION_HEADER = b"x-model-version"
+SECRET_ENV = "FMNIST_WEBHOOK_SECRET"  # an environment variable, never a parameter: `mlflow run` logs parameters
+RELOAD_WAIT_S = 300.0  # a /reload answers when the read and any load are done, or after this
+SIGNATURE_TOLERANCE_S = 300  # a webhook delivery older than this is refused (a replayed one)
+LATENCY_BUCKETS = (.0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+
+Send = Callable[[dict], Awaitable[None]]
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of their own (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # resident memory and CPU, for the Deployment's requests
+        self.requests = Counter("fmnist_serve_requests", "/invocations answers by version and HTTP status",
+                                ["version", "code"], registry=self.registry)
+        self.latency = Histogram("fmnist_serve_request_seconds", "/invocations time from request to answer",
+                                 ["version"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.swaps = Counter("fmnist_serve_swaps", "versions swapped in", registry=self.registry)
+        self.swap_failures = Counter("fmnist_serve_swap_failures", "versions that failed to load or to answer their "
+                                     "input example, by version", ["version"], registry=self.registry)
+        self.version = Gauge("fmnist_serve_version", "the version answering (0: none yet)", registry=self.registry)
+
+    def swapped(self, _previous: Served | None, served: Served) -> None:
+        self.swaps.inc()
+        self.version.set(float(served.version))
+
+    def answered(self, version: str, code: int, seconds: float) -> None:
+        self.requests.labels(version=version, code=str(code)).inc()
+        self.latency.labels(version=version).observe(seconds)
+
+
+def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """MLflow's webhook signature: v1,base64(HMAC-SHA256(secret, "<delivery id>.<timestamp>.<body>"))."""
+    sig, ts = headers.get("x-mlflow-signature", ""), headers.get("x-mlflow-timestamp", "")
+    delivery = headers.get("x-mlflow-delivery-id", "")
+    if not (sig.startswith("v1,") and ts.isdigit() and delivery) or abs(time.time() - int(ts)) > SIGNATURE_TOLERANCE_S:
+        return False
+    mac = hmac.new(secret.encode(), f"{delivery}.{ts}.".encode() + body, hashlib.sha256).digest()
+    return hmac.compare_digest(sig[3:], base64.b64encode(mac).decode())
+
+
+class App:
+    """The ASGI application: routes the paths above; /invocations goes to the version serving's own app."""
+
+    def __init__(self, follower: Follower, metrics: Metrics, secret: str | None = None):
+        self.follower, self.metrics, self.secret = follower, metrics, secret
+
+    async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        routes = {"/invocations": ("POST", self.invocations), "/ping": ("GET", self.ping),
+                  "/health": ("GET", self.ping), "/live": ("GET", self.live), "/version": ("GET", self.version),
+                  "/metrics": ("GET", self.metrics_text), "/reload": ("POST", self.reload),
+                  "/webhook": ("POST", self.webhook)}
+        if path not in routes:
+            return await respond(send, 404, {"message": f"no such path {path}; see /version for what is served"})
+        want, handler = routes[path]
+        if method != want and not (want == "GET" and method == "HEAD"):
+            return await respond(send, 405, {"message": f"{path} takes {want}"}, [(b"allow", want.encode())])
+        await handler(scope, receive, send)
+
+    async def invocations(self, scope: dict, receive: Callable, send: Send) -> None:
+        served = self.follower.current  # read once: this request is answered by this version to the end
+        start = time.perf_counter()
+        if served is None:
+            await _drain(receive)
+            await respond(send, 503, {"error_code": "TEMPORARILY_UNAVAILABLE",
+                                      "message": f"no version of {self._what()} is loaded yet: "
+                                      f"{self._why_none()}"}, [(b"retry-after", b"5")])
+            self.metrics.answered("none", 503, time.perf_counter() - start)
+            return
+        version = served.version.encode()
+        code = 500
+
+        async def send_named(message: dict) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (VERSION_HEADER, version)]}
+            await send(message)
+
+        try:
+            await served.app({**scope, "path": "/invocations", "raw_path": b"/invocations"}, receive, send_named)
+        finally:
+            self.metrics.answered(served.version, code, time.perf_counter() - start)
+
+    async def ping(self, scope, receive, send) -> None:
+        served = self.follower.current
+        if served is None:
+            await respond(send, 503, {"status": "not ready", "reason": self._why_none()})
+        else:
+            await respond(send, 200, {"status": "ready", "version": served.version}, version=served.version)
+
+    async def live(self, scope, receive, send) -> None:
+        await respond(send, 200, {"status": "alive"})
+
+    async def version(self, scope, receive, send) -> None:
+        await respond(send, 200, self.describe(), version=self._serving())
+
+    async def metrics_text(self, scope, receive, send) -> None:
+        await respond(send, 200, generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    async def reload(self, scope, receive, send) -> None:
+        await _drain(receive)  # the body, if any, is not read: the version comes from the registry only
+        step = self.follower.wake()
+        done = await asyncio.to_thread(self.follower.wait, step, RELOAD_WAIT_S)
+        await respond(send, 200 if done else 202, {**self.describe(), "reloaded": done},
+                      version=self._serving())
+
+    async def webhook(self, scope, receive, send) -> None:
+        body = await _drain(receive)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.secret and not verify_signature(self.secret, headers, body):
+            return await respond(send, 401, {"message": "the webhook's X-MLflow-Signature does not match "
+                                             f"{SECRET_ENV}: create the webhook with the same secret"})
+        try:
+            data = json.loads(body).get("data") or {}
+        except (ValueError, AttributeError):
+            return await respond(send, 400, {"message": "not an MLflow webhook payload (JSON with 'data')"})
+        ours = data.get("name") == self.follower.name and data.get("alias") == self.follower.alias
+        if ours:
+            self.follower.wake()  # MLflow waits for this answer (and retries on 5xx): answer before loading
+        await respond(send, 200, {"woken": ours})
+
+    def describe(self) -> dict[str, Any]:
+        import mlflow
+
+        f, served = self.follower, self.follower.current
+        return {"model_name": f.name, "alias": f.alias, **(served.describe() if served else {"version": None}),
+                "alias_version": f.alias_version,
+                "last_poll": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f.last_poll)) if f.last_poll else None,
+                "poll_s": f.poll_s, "last_error": f.last_error, "mlflow_version": mlflow.__version__}
+
+    def _serving(self) -> str | None:
+        served = self.follower.current
+        return served.version if served else None
+
+    def _what(self) -> str:
+        return f"{self.follower.name}@{self.follower.alias}"
+
+    def _why_none(self) -> str:
+        error = self.follower.last_error
+        if error:
+            return error["reason"] + (f" (version {error['version']})" if error["version"] else "")
+        return "the first read of the registry is under way"
+
+
+async def respond(send: Send, status: int, body: Any, headers: list | None = None, *,
+                  content_type: str = "application/json", version: str | None = None) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    head = [(b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode()), *(headers or [])]
+    if version:
+        head.append((VERSION_HEADER, version.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def _drain(receive: Callable) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Callable, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def model_config() -> dict:
+    """``SERVING_MODEL_CONFIG`` as `mlflow models serve` reads it (max_batch, max_body_mb)."""
+    raw = os.environ.get("SERVING_MODEL_CONFIG")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"SERVING_MODEL_CONFIG={raw[:80]!r} is not a JSON object: set it like "
+                          '\'{"max_batch": 1024, "max_body_mb": 64}\'')
+    return value
+
+
+def build(args: ServeArgs) -> tuple[App, Follower]:
+    """The app and its follower (started), the request guard and MLflow's request formats installed."""
+    from ..model import request_body, request_formats
+
+    request_body.install(None)  # each request checked against the limits of the version it goes to
+    request_formats.install()  # MLflow's dataframe forms, instances and CSV for every version
+    metrics = Metrics()
+    follower = Follower(args.model_name, args.alias, args.poll_s, model_config(), on_swap=metrics.swapped,
+                        on_failure=lambda v: metrics.swap_failures.labels(version=v).inc())
+    follower.start()
+    return App(follower, metrics, os.environ.get(SECRET_ENV) or None), follower
+
+
+def run(args: ServeArgs) -> None:
+    """Check the port, start following the alias and serve until stopped (SIGTERM or Ctrl-C: requests in
+    flight are answered first)."""
+    import mlflow
+    import uvicorn
+
+    from ..scale.health import check_bind, shown_uri
+
+    check_bind(args.host, args.port)
+    log = logging.getLogger(__package__)  # the follower's swaps and refusals, with the time
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [serve] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    app, follower = build(args)
+    _logger.info("serving %s@%s from %s on http://%s:%d (the alias read every %g s, POST /reload to read it now)",
+                 args.model_name, args.alias, shown_uri(mlflow.get_tracking_uri()), args.host, args.port, args.poll_s)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, lifespan="off", log_level="warning",
+                    timeout_graceful_shutdown=int(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60")))
+    finally:
+        follower.stop()

@@ -2,7 +2,8 @@
 Kubernetes API schemas (kubernetes-validate, offline, strict: an unknown field is an error), every
 container has resource requests and limits, they hold the parts a study needs, name the image the
 Dockerfile builds, run the worker command `launch` builds (the one tests/test_cluster.py runs
-through Dask), and take the database password only from the Secret."""
+through Dask), and take the database password only from the Secret; the serving replicas reach the
+tracking server, are probed where `serve` answers and are scaled by CPU."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ import pytest
 import yaml
 from conftest import REPO
 from kubernetes_validate.utils import all_versions, major_minor
-from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+from mlflow.environment_variables import (
+    MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT,
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION,
+    MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY,
+)
 
 from fmnist_exp import __version__, cli
 from fmnist_exp import params as P
@@ -23,6 +28,9 @@ from fmnist_exp.commands import launch
 
 K8S = REPO / "deploy" / "k8s"
 SECRET = {"name": "fmnist-db", "key": "password"}
+SERVE = "Deployment/fmnist-serve/serve"
+# Containers that never connect to PostgreSQL, so take no password, and why
+NO_DATABASE = {SERVE: "serve reads the alias and downloads models through the tracking server only"}
 # The oldest and the newest Kubernetes whose schemas kubernetes-validate bundles: a field added since the
 # oldest fails there, one removed since fails the newest (each version reads its schemas afresh: seconds)
 BUNDLED = [major_minor(v) for v in all_versions()]
@@ -122,6 +130,8 @@ def test_every_document_matches_the_kubernetes_schemas():
                                                              "Additional properties are not allowed ('request' was"),
     ("jobs/study-job.yaml", "apiVersion: batch/v1", "apiVersion: batch/v2",
      "Couldn't find schema for kind Job with api version batch/v2"),
+    ("serving.yaml", "averageUtilization: 70", "averageUtilisation: 70",
+     "spec.metrics.0.resource.target: Additional properties are not allowed ('averageUtilisation' was"),
 ])
 def test_a_wrong_field_is_named(tmp_path, file, before, after, named):
     copy = tmp_path / "k8s"
@@ -138,7 +148,9 @@ def test_every_manifest_parses_and_the_parts_are_there():
     objects = _objects()
     assert {("StatefulSet", "postgres"), ("Service", "postgres"), ("ConfigMap", "postgres-init"),
             ("Deployment", "mlflow"), ("Service", "mlflow"), ("PersistentVolumeClaim", "mlflow-artifacts"),
-            ("Job", "fmnist-study"), ("Job", "fmnist-tune-workers")} <= set(objects)
+            ("Job", "fmnist-study"), ("Job", "fmnist-tune-workers"), ("Deployment", "fmnist-serve"),
+            ("Service", "fmnist-serve"), ("HorizontalPodAutoscaler", "fmnist-serve"),
+            ("PodDisruptionBudget", "fmnist-serve")} <= set(objects)
     [kustomization] = _docs()["kustomization.yaml"]
     assert set(kustomization) <= KUSTOMIZATION_FIELDS, (
         f"kustomization.yaml: {sorted(set(kustomization) - KUSTOMIZATION_FIELDS)}: the tests validate each file as "
@@ -152,7 +164,7 @@ def test_one_image_the_dockerfile_builds():
     image = _image()
     assert image == f"fmnist-exp:{__version__}"
     ours = [o for o in _objects().values() if "template" in o.get("spec", {}) and o["metadata"]["name"] != "postgres"]
-    assert len(ours) == 3 and {_container(o)["image"] for o in ours} == {image}
+    assert len(ours) == 4 and {_container(o)["image"] for o in ours} == {image}
 
 
 def test_worker_job_runs_the_command_launch_builds():
@@ -169,7 +181,7 @@ def test_worker_job_runs_the_command_launch_builds():
 
 def test_every_container_has_requests_and_limits():
     containers = _containers()
-    assert len(containers) == 4
+    assert len(containers) == 5
     for name, container in containers.items():
         resources = container.get("resources", {})
         for resource in ("cpu", "memory"):
@@ -209,6 +221,79 @@ def test_services_are_where_the_commands_look():
     # the variable MLflow reads, so the server starts no job processes its memory limit did not plan for
     assert _env(server)[MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name]["value"] == "false"
 
+    serve = _container(objects["Deployment", "fmnist-serve"])
+    assert _env(serve)["MLFLOW_TRACKING_URI"]["value"] == f"http://mlflow:{mlflow_port}"
+    assert serve["command"][:4] == ["python", "-m", "fmnist_exp", "serve"]
+    args = P.command("serve", {k: v for k, v in vars(cli.parser().parse_args(serve["command"][3:])).items()
+                               if k not in ("command", "verbose")})
+    assert (args.model_name, args.alias, args.host) == ("fmnist-classifier", "champion", "0.0.0.0")
+    serve_port = objects["Service", "fmnist-serve"]["spec"]["ports"][0]["port"]
+    assert args.port == serve_port and [p["containerPort"] for p in serve["ports"]] == [serve_port]
+    probes = {kind: serve[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {get["port"] for get in probes.values()} == {serve_port}, probes
+    # the Service sends requests to the replicas its selector names: the serving pods, nothing else
+    spec = objects["Deployment", "fmnist-serve"]["spec"]
+    selector = objects["Service", "fmnist-serve"]["spec"]["selector"]
+    assert selector == spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]
+
+
+def test_serving_is_ready_only_with_a_model_and_alive_without_one():
+    serve = _container(_objects()["Deployment", "fmnist-serve"])
+    # /ping answers 503 until a version is loaded: an unready replica gets no request; /live always answers,
+    # so a replica waiting for a champion, or keeping its old version after a failed swap, is not restarted
+    assert serve["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert serve["livenessProbe"]["httpGet"]["path"] == serve["startupProbe"]["httpGet"]["path"] == "/live"
+    startup = serve["startupProbe"]
+    assert startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) >= 60, (
+        "TensorFlow's import and a first model load before liveness counts")
+
+
+def test_a_serving_replica_finishes_its_requests_before_it_stops():
+    pod = _objects()["Deployment", "fmnist-serve"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    # the grace period counts from the preStop hook: the sleep, then a request of the scoring timeout
+    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
+
+
+def test_serving_scales_on_cpu_from_two_replicas():
+    objects = _objects()
+    hpa, deployment = objects["HorizontalPodAutoscaler", "fmnist-serve"], objects["Deployment", "fmnist-serve"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": deployment["apiVersion"], "kind": "Deployment",
+                                             "name": "fmnist-serve"}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+    # utilisation is of the request, which the HPA needs; `replicas` would reset its count on every apply
+    assert _container(deployment)["resources"]["requests"]["cpu"]
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
+    # a node drain evicts one replica at a time: the other answers meanwhile
+    budget = objects["PodDisruptionBudget", "fmnist-serve"]["spec"]
+    assert budget["selector"] == deployment["spec"]["selector"]
+    assert budget["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_serving_threads_follow_the_cpu_limit_and_the_webhook_secret_is_optional():
+    env = _env(_container(_objects()["Deployment", "fmnist-serve"]))
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        assert env[variable]["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu"}, variable
+    secret = env["FMNIST_WEBHOOK_SECRET"]
+    assert "value" not in secret and secret["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_the_tracking_server_sends_webhooks_into_the_cluster():
+    env = _env(_container(_objects()["Deployment", "mlflow"]))
+    # MLflow's defaults: https only, no private (cluster) addresses; a Service URL is http://fmnist-serve:5001
+    assert "http" in env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"]["value"].split(",")
+    assert env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"]["value"] == "true"
+    # one key for both workers and across restarts, from a Secret (optional: webhooks are optional)
+    key = env[MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY.name]
+    assert "value" not in key and key["valueFrom"]["secretKeyRef"]["optional"] is True
+
 
 @pytest.mark.parametrize("kind,name,variable", [
     ("StatefulSet", "postgres", "POSTGRES_PASSWORD"), ("Deployment", "mlflow", "PGPASSWORD"),
@@ -220,9 +305,14 @@ def test_the_password_comes_from_the_secret(kind, name, variable):
 
 
 def test_every_container_takes_the_password_from_the_secret():
-    for name, container in _containers().items():
+    containers = _containers()
+    assert set(NO_DATABASE) <= set(containers), sorted(set(NO_DATABASE) - set(containers))
+    for name, container in containers.items():
         passwords = {var: e for var, e in _env(container).items() if "PASSWORD" in var}
-        assert passwords, f"{name}: every container here talks to PostgreSQL and needs the password"
+        if name in NO_DATABASE:
+            assert not passwords, f"{name}: takes a database password it has no use for ({NO_DATABASE[name]})"
+            continue
+        assert passwords, f"{name}: every container here but {sorted(NO_DATABASE)} talks to PostgreSQL"
         for var, entry in passwords.items():
             assert "value" not in entry and entry["valueFrom"]["secretKeyRef"] == SECRET, f"{name}: {var}"
 

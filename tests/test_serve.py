@@ -87,11 +87,12 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(store):
-    """`serve` on the registry, started before any model exists; it reads the alias every second."""
+    """`serve` on the registry, started before any model exists; it reads the alias every second and
+    shadows @challenger (when there is one) on every request."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "fmnist_exp", "serve", "--model_name", NAME, "--port", str(port),
-           "--poll_s", "1"]
+           "--poll_s", "1", "--shadow_fraction", "1"]
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": store["uri"]}
     with running_server(cmd, base + "/live", cwd=store["root"], env=env, log="serve.log"):
         yield base
@@ -288,6 +289,47 @@ def test_mlflows_four_json_formats_and_csv_answer_as_inputs_does(server, store, 
         assert status == 200 and headers["x-model-version"], (form, answer)
         answers[form] = answer["predictions"]
     assert all(answer == answers["inputs"] for answer in answers.values())
+
+
+def wait_until(what, timeout: float = 60):
+    """Wait until ``what()`` is true (the server's own state, read again and again), or fail."""
+    deadline = time.time() + timeout
+    while not what():
+        if time.time() > deadline:
+            pytest.fail(f"not so within {timeout} s: {what.__doc__ or what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_shadowed_challenger_counts_agreement_on_live_requests(server, store, dataset):
+    v1, v2, _ = versions(store)
+    champion(server, v1)
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "challenger", v2)
+    try:
+        wait_until(lambda: call(server, "GET", "/version")[2]["shadow"]["version"] == v2)
+
+        def shadowed() -> float:
+            return sum(metric(server, "fmnist_serve_shadow_images_total", version=v1, shadow_version=v2, agree=a)
+                       for a in ("true", "false"))
+
+        for i in range(8):  # one at a time, each shadowed before the next: all 40 images are compared
+            status, headers, _ = call(server, "POST", "/invocations", image_body(dataset, 5, 200 + 5 * i))
+            assert status == 200 and headers["x-model-version"] == v1  # the answer is the champion's
+            wait_until(lambda n=5 * (i + 1): shadowed() == n)
+        images = dataset.x_test[200:240]
+        labels = [mlflow.pyfunc.load_model(f"models:/{NAME}/{v}").predict(images)["label"].to_numpy()
+                  for v in (v1, v2)]
+        agree = int((labels[0] == labels[1]).sum())
+        assert 0 < agree < 40  # two different small networks: the count means something
+        assert metric(server, "fmnist_serve_shadow_images_total", version=v1, shadow_version=v2, agree="true") == agree
+        assert call(server, "GET", "/version")[2]["shadow"]["agreement"][f"v{v1} vs v{v2}"] == {
+            "agree": agree, "images": 40}
+        tag = f"shadow_agreement_vs_v{v1}"
+        wait_until(lambda: client.get_model_version(NAME, v2).tags.get(tag, "").startswith(
+            f"{agree}/40 images agree"))  # written at the follower's next poll
+    finally:
+        client.delete_registered_model_alias(NAME, "challenger")
 
 
 @pytest.mark.slow

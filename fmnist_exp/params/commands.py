@@ -65,6 +65,10 @@ SERVE_PARAMS = [
           in_range(1, 65535)),
     Param("poll_s", 10.0, "seconds between reads of the alias in the registry (a push wakes it at once)",
           in_range(0.05, 3600)),
+    Param("shadow_fraction", 0.0, "share of answered requests also sent to the shadow alias's version, off the "
+          "answer's path, to count how often the two agree (/metrics, and a tag on the shadow version); 0 = off",
+          in_range(0, 1)),
+    Param("shadow_alias", "challenger", "the alias shadowed (the promotion gate sets challenger)", kind=str),
 ]
 
 # `promote`: move an alias to an existing version by hand (a rollback, or forward again), recorded on the version

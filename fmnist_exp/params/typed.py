@@ -234,6 +234,8 @@ class ServeArgs(Values):
     host: str
     port: int
     poll_s: float
+    shadow_fraction: float
+    shadow_alias: str
 
 
 @dataclass(frozen=True, kw_only=True)

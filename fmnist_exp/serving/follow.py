@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 _logger = logging.getLogger(__name__)
 KEEP_LOADED = 3  # versions kept in memory (the one serving and the last ones), so a rollback swaps at once
+_LOADING = threading.Lock()  # one load at a time in the process, whichever follower (alias) asks
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Follower:
     """Keeps :attr:`current` on the version ``name@alias`` names, read every ``poll_s`` and on :meth:`wake`."""
 
     def __init__(self, name: str, alias: str, poll_s: float, model_config: dict | None = None,
-                 on_swap=None, on_failure=None):
-        self.name, self.alias, self.poll_s = name, alias, poll_s
+                 on_swap=None, on_failure=None, on_poll=None, role: str = "serving"):
+        self.name, self.alias, self.poll_s, self.role = name, alias, poll_s, role
         self.model_config = model_config or {}
         self.current: Served | None = None
         self.alias_version: str | None = None  # what the alias named at the last read
@@ -74,7 +75,7 @@ class Follower:
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._cache = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))
         weakref.finalize(self, shutil.rmtree, self._cache, True)
-        self._on_swap, self._on_failure = on_swap, on_failure
+        self._on_swap, self._on_failure, self._on_poll = on_swap, on_failure, on_poll
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._steps = threading.Condition()
@@ -109,6 +110,8 @@ class Follower:
                 step = self._started
             try:
                 self.step()
+                if self._on_poll:
+                    self._on_poll()
             except Exception:  # never let the thread die: the server would serve a stale version forever
                 _logger.exception("following %s@%s failed unexpectedly; trying again in %g s", self.name, self.alias,
                                   self.poll_s)
@@ -144,15 +147,16 @@ class Follower:
             reason = str(e)
             self._failed[version] = reason
             self.last_error = {"version": version, "reason": reason}
-            _logger.error("%s@%s moved to version %s, which is NOT served: %s. Still serving version %s.",
-                          self.name, self.alias, version, reason, self.current.version if self.current else "none")
+            _logger.error("%s@%s moved to version %s, which is NOT %s: %s. Still %s version %s.", self.name,
+                          self.alias, version, self.role.replace("ing", "ed"), reason, self.role,
+                          self.current.version if self.current else "none")
             if self._on_failure:
                 self._on_failure(version)
             return
         previous, self.current = self.current, served  # the swap: one assignment
         self.last_error = None
         self._keep(served)
-        _logger.info("%s@%s: serving version %s (run %s)%s", self.name, self.alias, version, served.run_id,
+        _logger.info("%s@%s: %s version %s (run %s)%s", self.name, self.alias, self.role, version, served.run_id,
                      f", was version {previous.version}" if previous else "")
         if self._on_swap:
             self._on_swap(previous, served)
@@ -170,8 +174,9 @@ class Follower:
         uri = f"models:/{self.name}/{mv.version}"
         path = self._cache / f"v{mv.version}-{time.monotonic_ns()}"
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(path))
-            model = mlflow.pyfunc.load_model(local, model_config=self.model_config or None)
+            with _LOADING:  # a model logged as code sets an MLflow global while it loads
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(path))
+                model = mlflow.pyfunc.load_model(local, model_config=self.model_config or None)
         except Exception as e:  # a missing artifact, a model of another flavour, an import its code needs
             shutil.rmtree(path, ignore_errors=True)
             raise NotServable(f"could not load {uri}: {type(e).__name__}: {_first_line(e)}") from e

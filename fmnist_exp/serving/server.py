@@ -19,6 +19,10 @@ whose model computed it, read once when the request arrives. Beside it:
 - ``POST /webhook``: an MLflow registry webhook (``model_version_alias.created``); wakes the
   follower, checked with ``FMNIST_WEBHOOK_SECRET`` when set.
 
+With ``--shadow_fraction`` above 0, that share of the answered requests also goes to the version
+the shadow alias (@challenger) names, after the answer has gone: how often the two agree, per
+version pair, in /metrics and on the challenger's version (:class:`Shadow`).
+
 Following itself (read, load beside, check, swap) is serving.follow. One process, one event
 loop: the model work runs in threads, as in MLflow's server.
 """
@@ -32,6 +36,8 @@ import hmac
 import json
 import logging
 import os
+import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -73,6 +79,12 @@ class Metrics:
         self.swap_failures = Counter("fmnist_serve_swap_failures", "versions that failed to load or to answer their "
                                      "input example, by version", ["version"], registry=self.registry)
         self.version = Gauge("fmnist_serve_version", "the version answering (0: none yet)", registry=self.registry)
+        self.shadow_images = Counter("fmnist_serve_shadow_images", "images of sampled requests that the shadow "
+                                     "version answered too, by whether its label agreed", ["version", "shadow_version",
+                                                                                           "agree"],
+                                     registry=self.registry)
+        self.shadow_errors = Counter("fmnist_serve_shadow_errors", "sampled requests the shadow version failed",
+                                     ["shadow_version"], registry=self.registry)
 
     def swapped(self, _previous: Served | None, served: Served) -> None:
         self.swaps.inc()
@@ -81,6 +93,80 @@ class Metrics:
     def answered(self, version: str, code: int, seconds: float) -> None:
         self.requests.labels(version=version, code=str(code)).inc()
         self.latency.labels(version=version).observe(seconds)
+
+
+class Shadow:
+    """A sample of the requests the serving version answered, sent to the shadow alias's version too, after
+    the answer has gone and one at a time (a busy shadow skips the sample): how often the two versions'
+    labels agree on live traffic, per version pair, in /metrics and as a tag on the shadow version."""
+
+    def __init__(self, follower: Follower, fraction: float, metrics: Metrics):
+        self.follower, self.fraction, self.metrics = follower, fraction, metrics
+        self.busy = False  # read and set on the event loop only
+        self.counts: dict[tuple[str, str], list[int]] = {}  # (serving, shadow) -> [agreeing images, images]
+        self._written: dict[tuple[str, str], int] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def describe(self) -> dict[str, Any]:
+        other = self.follower.current
+        return {"alias": self.follower.alias, "version": other.version if other else None,
+                "fraction": self.fraction, "last_error": self.follower.last_error,
+                "agreement": {f"v{a} vs v{b}": {"agree": n[0], "images": n[1]} for (a, b), n in self.counts.items()}}
+
+    def take(self, served: Served) -> Served | None:
+        """The shadow version to send this request to as well, or None (off, none, the same, busy, not drawn)."""
+        other = self.follower.current
+        if (self.fraction <= 0 or other is None or other.version == served.version or self.busy
+                or random.random() >= self.fraction):
+            return None
+        self.busy = True
+        return other
+
+    def compare(self, served: Served, other: Served, body: bytes, content_type: str, answer: bytes) -> None:
+        task = asyncio.create_task(self._compare(served, other, body, content_type, answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _compare(self, served: Served, other: Served, body: bytes, content_type: str, answer: bytes) -> None:
+        from mlflow.pyfunc import scoring_server
+
+        try:
+            result = await asyncio.to_thread(scoring_server.invocations, body, content_type, other.model,
+                                             other.model.metadata.get_input_schema())
+            if result.status != 200:
+                self.metrics.shadow_errors.labels(shadow_version=other.version).inc()
+                return
+            ours, theirs = (_labels(answer), _labels(result.response))
+            agree = sum(a == b for a, b in zip(ours, theirs, strict=True))
+            self.metrics.shadow_images.labels(served.version, other.version, "true").inc(agree)
+            self.metrics.shadow_images.labels(served.version, other.version, "false").inc(len(ours) - agree)
+            count = self.counts.setdefault((served.version, other.version), [0, 0])
+            count[0] += agree
+            count[1] += len(ours)
+        except Exception as e:  # the client has its answer; the shadow's failure is only counted and logged
+            self.metrics.shadow_errors.labels(shadow_version=other.version).inc()
+            _logger.warning("shadow version %s failed on a sampled request: %s: %s", other.version,
+                            type(e).__name__, str(e)[:300])
+        finally:
+            self.busy = False
+
+    def record(self) -> None:
+        """Write the agreement so far on each shadow version (from the follower's thread, at each poll)."""
+        from mlflow.tracking import MlflowClient
+
+        for (version, shadow), (agree, images) in list(self.counts.items()):
+            if self._written.get((version, shadow)) == images:
+                continue
+            MlflowClient().set_model_version_tag(
+                self.follower.name, shadow, f"shadow_agreement_vs_v{version}",
+                f"{agree}/{images} images agree ({100 * agree / images:.1f}%) on live requests to "
+                f"{self.follower.name}@{self.follower.alias} v{version}; {socket.gethostname()}, "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+            self._written[(version, shadow)] = images
+
+
+def _labels(body: bytes | str) -> list:
+    return [row["label"] for row in json.loads(body)["predictions"]]
 
 
 def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -96,8 +182,8 @@ def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
 class App:
     """The ASGI application: routes the paths above; /invocations goes to the version serving's own app."""
 
-    def __init__(self, follower: Follower, metrics: Metrics, secret: str | None = None):
-        self.follower, self.metrics, self.secret = follower, metrics, secret
+    def __init__(self, follower: Follower, metrics: Metrics, secret: str | None = None, shadow: Shadow | None = None):
+        self.follower, self.metrics, self.secret, self.shadow = follower, metrics, secret, shadow
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -128,18 +214,37 @@ class App:
             return
         version = served.version.encode()
         code = 500
+        other = self.shadow.take(served) if self.shadow else None
+        sent: list[bytes] = []  # the request's and the answer's bodies, kept only for a shadowed request
+        answered: list[bytes] = []
+
+        async def receive_kept() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                sent.append(message.get("body", b""))
+            return message
 
         async def send_named(message: dict) -> None:
             nonlocal code
             if message["type"] == "http.response.start":
                 code = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), (VERSION_HEADER, version)]}
+            elif other is not None and message["type"] == "http.response.body":
+                answered.append(message.get("body", b""))
             await send(message)
 
         try:
-            await served.app({**scope, "path": "/invocations", "raw_path": b"/invocations"}, receive, send_named)
+            await served.app({**scope, "path": "/invocations", "raw_path": b"/invocations"},
+                             receive_kept if other is not None else receive, send_named)
         finally:
             self.metrics.answered(served.version, code, time.perf_counter() - start)
+            if other is not None and self.shadow is not None:
+                if code == 200:
+                    headers = dict(scope.get("headers", []))
+                    content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
+                    self.shadow.compare(served, other, b"".join(sent), content_type, b"".join(answered))
+                else:
+                    self.shadow.busy = False
 
     async def ping(self, scope, receive, send) -> None:
         served = self.follower.current
@@ -186,7 +291,8 @@ class App:
         return {"model_name": f.name, "alias": f.alias, **(served.describe() if served else {"version": None}),
                 "alias_version": f.alias_version,
                 "last_poll": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f.last_poll)) if f.last_poll else None,
-                "poll_s": f.poll_s, "last_error": f.last_error, "mlflow_version": mlflow.__version__}
+                "poll_s": f.poll_s, "last_error": f.last_error, "mlflow_version": mlflow.__version__,
+                **({"shadow": self.shadow.describe()} if self.shadow else {})}
 
     def _serving(self) -> str | None:
         served = self.follower.current
@@ -253,10 +359,16 @@ def build(args: ServeArgs) -> tuple[App, Follower]:
     request_body.install(None)  # each request checked against the limits of the version it goes to
     request_formats.install()  # MLflow's dataframe forms, instances and CSV for every version
     metrics = Metrics()
+    shadow = None
+    if args.shadow_fraction > 0:
+        shadowed = Follower(args.model_name, args.shadow_alias, args.poll_s, model_config(), role="shadowing")
+        shadow = Shadow(shadowed, args.shadow_fraction, metrics)
+        shadowed.start()
     follower = Follower(args.model_name, args.alias, args.poll_s, model_config(), on_swap=metrics.swapped,
-                        on_failure=lambda v: metrics.swap_failures.labels(version=v).inc())
+                        on_failure=lambda v: metrics.swap_failures.labels(version=v).inc(),
+                        on_poll=shadow.record if shadow else None)
     follower.start()
-    return App(follower, metrics, os.environ.get(SECRET_ENV) or None), follower
+    return App(follower, metrics, os.environ.get(SECRET_ENV) or None, shadow), follower
 
 
 def run(args: ServeArgs) -> None:

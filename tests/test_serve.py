@@ -14,6 +14,7 @@ import hmac
 import http.client
 import json
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 import mlflow
 import pytest
-from conftest import MLFLOW, cli, free_port, ok, old_cli, running_server, store_at, subprocess_env
+from conftest import MLFLOW, cli, free_port, ok, old_cli, predict_in_batches, running_server, store_at, subprocess_env
 from mlflow.tracking import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -144,7 +145,8 @@ class Clients:
 
     def __init__(self, base: str, dataset, n: int):
         self.base, self.dataset = base, dataset
-        self.records: list[tuple[float, int | str, str | None]] = []  # (sent, status or error, version)
+        # (sent, status or error, version, image index, the answer's probabilities)
+        self.records: list[tuple[float, int | str, str | None, int, list | None]] = []
         self.lock, self.stop = threading.Lock(), threading.Event()
         self.answered = threading.Condition(self.lock)
         self.threads = [threading.Thread(target=self.run, args=(k,)) for k in range(n)]
@@ -154,15 +156,15 @@ class Clients:
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
         i = 0
         while not self.stop.is_set():
-            body = image_body(self.dataset, 1, (k * 997 + i) % 10_000)
+            index = (k * 251 + i) % 2000
             sent = time.time()
             try:
-                conn.request("POST", "/invocations", body, {"Content-Type": JSON})
+                conn.request("POST", "/invocations", image_body(self.dataset, 1, index), {"Content-Type": JSON})
                 answer = conn.getresponse()
-                answer.read()
-                record = (sent, answer.status, answer.getheader("x-model-version"))
+                probs = json.loads(answer.read())["predictions"][0]["probabilities"] if answer.status == 200 else None
+                record = (sent, answer.status, answer.getheader("x-model-version"), index, probs)
             except Exception as e:  # counted as failed; the next request opens a new connection
-                record = (sent, f"{type(e).__name__}: {e}", None)
+                record = (sent, f"{type(e).__name__}: {e}", None, index, None)
                 conn.close()
                 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
             with self.answered:
@@ -198,7 +200,7 @@ def test_swap_under_load_fails_no_request_and_the_header_names_who_answered(serv
         status, _, state = call(server, "POST", "/reload")
         swapped = time.time()
         assert status == 200 and state["version"] == v2
-        clients.wait_for(lambda records: sum(sent > swapped for sent, _, _ in records) >= 40)
+        clients.wait_for(lambda records: sum(r[0] > swapped for r in records) >= 40)
     records = clients.records
     failed = [r for r in records if r[1] != 200]
     assert failed == [], f"{len(failed)} of {len(records)} requests failed across the swap: {failed[:5]}"
@@ -210,6 +212,62 @@ def test_swap_under_load_fails_no_request_and_the_header_names_who_answered(serv
         assert metric(server, "fmnist_serve_requests_total", version=v, code="200") - before[v] == by_version[v]
     assert metric(server, "fmnist_serve_request_seconds_count", version=v2) >= by_version[v2]
     assert metric(server, "fmnist_serve_version") == float(v2)
+    # the header names the version that computed the answer: each answer is that version's, image by image
+    offline = {v: predict_in_batches(mlflow.pyfunc.load_model(f"models:/{NAME}/{v}"), dataset.x_test[:2000])
+               for v in (v1, v2)}
+    for _, _, version, index, probs in records:
+        assert probs == pytest.approx(offline[version]["probabilities"][index], abs=1e-5), (version, index)
+
+
+@pytest.mark.slow
+def test_a_version_that_fails_its_example_is_kept_out_and_tried_again_on_reload(server, store, dataset):
+    v1 = versions(store)[0]
+    champion(server, v1)
+    assert train.main(P.command("mlp", {"epochs": 1, "train_samples": 2000, "hidden_units": "32", "seed": 9})) == 0
+    run_id = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"]).run_id[0]
+    broken = str(mlflow.register_model(f"runs:/{run_id}/classifier", NAME).version)
+    client = MlflowClient()
+    files = Path(urlsplit(client.get_logged_model(
+        client.get_model_version(NAME, broken).source.removeprefix("models:/")).artifact_location).path)
+    # it loads, but its example is not an image it can answer
+    (files / "serving_input_example.json").write_text(json.dumps({"inputs": [[1, 2, 3]]}))
+    failures = metric(server, "fmnist_serve_swap_failures_total", version=broken)
+    state = champion(server, broken)
+    assert state["version"] == v1 and state["last_error"]["version"] == broken
+    assert state["last_error"]["reason"].startswith("its input example got HTTP 400: ")
+    assert call(server, "POST", "/invocations", image_body(dataset))[1]["x-model-version"] == v1
+    assert call(server, "POST", "/reload")[2]["last_error"]["version"] == broken  # tried again, on demand
+    assert metric(server, "fmnist_serve_swap_failures_total", version=broken) == failures + 2
+    assert champion(server, v1)["last_error"] is None  # back on a good version: the error is history
+
+
+@pytest.mark.slow
+def test_an_evicted_version_frees_its_model_and_files(store, monkeypatch):
+    """In-process, the follower alone: with room for one loaded version, the one swapped out is freed
+    (nothing such as a per-version web app keeps its model alive) and its download removed."""
+    import gc
+    import weakref
+
+    from fmnist_exp.serving import follow
+
+    v1, v2 = versions(store)[:2]
+    monkeypatch.setattr(follow, "KEEP_LOADED", 1)
+    follower = follow.Follower(NAME, "evict-test", poll_s=3600)
+    client = MlflowClient()
+    try:
+        client.set_registered_model_alias(NAME, "evict-test", v1)
+        follower.step()
+        assert follower.current is not None and follower.current.version == v1
+        first = weakref.ref(follower.current.model)
+        client.set_registered_model_alias(NAME, "evict-test", v2)
+        follower.step()
+        assert follower.current.version == v2
+        gc.collect()
+        assert first() is None, "the evicted version's model is still alive"
+        assert [p.name.split("-")[0] for p in follower._cache.iterdir()] == [f"v{v2}"]
+    finally:
+        client.delete_registered_model_alias(NAME, "evict-test")
+        follower.close()
 
 
 @pytest.mark.slow
@@ -325,7 +383,7 @@ def test_a_shadowed_challenger_counts_agreement_on_live_requests(server, store, 
         assert metric(server, "fmnist_serve_shadow_images_total", version=v1, shadow_version=v2, agree="true") == agree
         assert call(server, "GET", "/version")[2]["shadow"]["agreement"][f"v{v1} vs v{v2}"] == {
             "agree": agree, "images": 40}
-        tag = f"shadow_agreement_vs_v{v1}"
+        tag = f"shadow_agreement/v{v1}/{socket.gethostname()}"  # each replica writes its own
         wait_until(lambda: client.get_model_version(NAME, v2).tags.get(tag, "").startswith(
             f"{agree}/40 images agree"))  # written at the follower's next poll
     finally:

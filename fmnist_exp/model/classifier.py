@@ -65,7 +65,7 @@ UINT8_B64, PNG_B64 = "uint8_b64", "png_b64"  # the compact request keys inside "
 # A DataFrame (CSV, dataframe_split/records) in the project's CSV layout (data/files.py): a label column,
 # ignored, and pixel1..pixelN, taken in N's order (pixel0..pixelN-1 too, as MNIST's Kaggle CSVs number them).
 LABEL_COLUMN = "label"
-PIXEL_COLUMN = re.compile(r"pixel(\d+)")
+PIXEL_COLUMN = re.compile(r"pixel(\d{1,6})")  # a longer number is no pixel (and no int() of 5,000 digits)
 
 
 def input_schema(info: DatasetInfo) -> Schema:

@@ -9,8 +9,10 @@ types from the tensor schema, which it cannot ("TensorSpec only supports numpy t
 ``parse_csv_input``). So :func:`install` replaces those two parsers, module attributes of MLflow's
 scoring server that its request handler and `mlflow models predict` both look up when called (no
 setting or hook exists). For our classifiers only, the replacements turn the three JSON forms into
-what predict() takes (the rows themselves for "instances", a DataFrame for the dataframe forms) and
-read CSV without the schema's types; every other body goes to MLflow's parser unchanged, so
+what predict() takes (the rows themselves for "instances", a DataFrame for the dataframe forms); a
+CSV is read without the schema's types for any model with a tensor schema (the CSV parser is not
+told which model it is, and MLflow's own fails for all of them); every other body goes to MLflow's
+parser unchanged, so
 ``{"inputs"}`` and MLflow's own refusals keep its behaviour and words. predict() (classifier.to_images)
 then checks every form alike.
 

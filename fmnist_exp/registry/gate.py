@@ -152,6 +152,11 @@ def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, pr
     if champ is not None and cmp is not None:
         version_tags.update(champion_version=champ.version, gate_comparison=cmp.describe())
     mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    now = current_champion(client, name) if wins else None  # a hand move (promote) while this was decided
+    if wins and (now and now.version) != (champ and champ.version):
+        wins, why = False, (f"{why}, but @champion moved to v{now and now.version} while this was decided against "
+                            f"{f'v{champ.version}' if champ else 'no champion'}: left as challenger (promote it by "
+                            "hand if it should still win)")
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, mv.version)
     against = f"; against champion v{champ.version}: {cmp.describe()}" if champ and cmp else ""

@@ -99,6 +99,10 @@ def _promote(client: MlflowClient, args: PromoteArgs, run_id: str | None) -> tup
     move = {"at": at, "alias": alias, "from": holder, "to": wanted, "reason": args.reason, "by": by,
             "run_id": run_id}
     was = f"v{holder}" if holder else "none"
+    now = _holder(client.get_registered_model(name).aliases, alias)  # MLflow has no compare-and-set: read again
+    if now != holder:
+        raise ConfigError(f"{name}@{alias} moved from {was} to v{now} while this was checked (a study's "
+                          "promotion gate?): nothing changed; run promote again if it should still move")
     client.set_registered_model_alias(name, alias, wanted)
     try:  # the alias has moved (what serves follows it): then the record
         _record(client, name, target, {

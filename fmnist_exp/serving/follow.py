@@ -1,15 +1,22 @@
 """Follow a registry alias: read it, load the version it names beside the one serving, check it, swap.
 
-One thread does all of it, one version at a time: loading a model logged as code runs its
-classifier_model.py, whose ``set_model`` writes a process-wide MLflow global, so two loads at
-once would race. A version is loaded from ``models:/NAME/VERSION``, never through the alias, so
-what is loaded is exactly what was read. The swap is one attribute assignment; a request reads
-:attr:`Follower.current` once and keeps that :class:`Served` (model, app and version) to the end,
+Each followed alias has one thread that does all of it, and loads are one at a time in the
+process: loading a model logged as code runs its classifier_model.py, whose ``set_model`` writes a
+process-wide MLflow global, so two loads at once would race. A version is loaded from
+``models:/NAME/VERSION``, never through the alias, so what is loaded is exactly what was read. The
+swap is one attribute assignment; a request reads :attr:`Follower.current` once and keeps that
+:class:`Served` (model and version) to the end,
 so requests in flight finish on the version they started on while new ones go to the new one.
+A version holds only its model (no per-version web app), so one evicted from memory is freed.
 
 A version that fails to download, load or answer its logged input example is not swapped in: the
 one serving goes on, the reason is logged and kept (``/version``), and that version is tried again
-only when the alias has moved elsewhere and back (a re-registered or repaired version needs a move).
+when the alias moves (elsewhere and back), on a ``POST /reload``, and at every poll while nothing is
+served yet (a registry or store that was briefly unreachable must not leave a new replica unready).
+
+A version is loaded by this process's fmnist_exp (already imported), not by the code logged with
+it, which `mlflow models serve` would import in a fresh process: serve a version logged by newer
+classifier code with a server of that code.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -45,14 +53,24 @@ class Served:
     loaded_at: float
     model: Any  # mlflow.pyfunc.PyFuncModel
     example: str | None  # the serving input example logged with it: a request body
-    app: Any  # MLflow's scoring server app (FastAPI) for this model: the same /invocations as `mlflow models serve`
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "run_id": self.run_id, "version_created": _iso(self.created_ms / 1000)
-                if self.created_ms else None, "loaded_at": _iso(self.loaded_at)}
+        return {"version": self.version, "run_id": self.run_id, "version_created": iso(self.created_ms / 1000)
+                if self.created_ms else None, "loaded_at": iso(self.loaded_at)}
+
+    def invoke(self, body: bytes | str, content_type: str | None) -> tuple[int, str, str]:
+        """What MLflow's scoring server answers for this version (status, body, media type): its own
+        /invocations handler, the request guard and request formats in front, its error mapping."""
+        from mlflow.pyfunc import scoring_server
+
+        try:
+            result = scoring_server.invocations(body, content_type, self.model, self.model.metadata.get_input_schema())
+        except MlflowException as e:
+            return e.get_http_status_code(), e.serialize_as_json(), "application/json"
+        return result.status, result.response, result.mimetype
 
 
-def _iso(t: float) -> str:
+def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
@@ -72,6 +90,7 @@ class Follower:
         self.last_poll: float | None = None
         self.last_error: dict[str, str] | None = None  # {"version", "reason"} of the last failed read or load
         self._failed: dict[str, str] = {}  # version -> reason, while the alias names it
+        self._retry = False  # a POST /reload: try a failed version again
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._cache = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))
         weakref.finalize(self, shutil.rmtree, self._cache, True)
@@ -80,6 +99,7 @@ class Follower:
         self._stop = threading.Event()
         self._steps = threading.Condition()
         self._started = self._finished = 0
+        self._waiting: list[tuple[int, Any]] = []
         self._thread = threading.Thread(target=self._loop, name="follow-alias", daemon=True)
 
     # ------------------------------------------------------------------ the thread
@@ -91,16 +111,22 @@ class Follower:
         self._stop.set()
         self._wake.set()
 
-    def wake(self) -> int:
-        """Ask for a read of the alias now; return the step that will have read it (for :meth:`wait`)."""
+    def wake(self, retry: bool = False) -> int:
+        """Ask for a read of the alias now (``retry``: and a failed version's load again); return the step that
+        will have read it (for :meth:`when_done`). Wakes that come while a step runs merge into the next one."""
         with self._steps:
+            self._retry = self._retry or retry
             self._wake.set()
             return self._started + 1  # a step already running may have read the alias before this call
 
-    def wait(self, step: int, timeout: float) -> bool:
-        """Wait until ``step`` has finished (read the alias and loaded what it names, or failed)."""
+    def when_done(self, step: int, callback) -> None:
+        """Call ``callback()`` (from the follower's thread) once ``step`` has finished: read the alias and
+        loaded what it names, or failed. No thread waits meanwhile."""
         with self._steps:
-            return self._steps.wait_for(lambda: self._finished >= step, timeout)
+            if self._finished < step:
+                self._waiting.append((step, callback))
+                return
+        callback()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -117,8 +143,16 @@ class Follower:
                                   self.poll_s)
             with self._steps:
                 self._finished = step
-                self._steps.notify_all()
+                done = [callback for wanted, callback in self._waiting if wanted <= step]
+                self._waiting = [(wanted, callback) for wanted, callback in self._waiting if wanted > step]
+            for callback in done:
+                callback()
             self._wake.wait(self.poll_s)
+
+    def close(self) -> None:
+        """Stop following and remove the downloads (at the server's shutdown)."""
+        self.stop()
+        shutil.rmtree(self._cache, ignore_errors=True)
 
     # ------------------------------------------------------------------ one read
 
@@ -134,11 +168,13 @@ class Follower:
             return
         version = str(mv.version)
         self.alias_version = version
+        retry, self._retry = self._retry, False
         if self.current is not None and self.current.version == version:
             self._failed.clear()
+            self.last_error = None
             return
-        if version in self._failed:
-            return  # failed at this move already; tried again when the alias moves elsewhere and back
+        if version in self._failed and not retry and self.current is not None:
+            return  # failed at this move already; tried again at a move, a /reload, or while nothing is served
         self._failed.clear()
         try:
             served = self._loaded.get(version) or self.load(mv)
@@ -168,20 +204,20 @@ class Follower:
             self._loaded.popitem(last=False)  # requests still holding it finish; memory goes with the last
 
     def load(self, mv) -> Served:
-        """Download version ``mv`` into this server's cache and load it with MLflow's scoring app."""
-        from mlflow.pyfunc import scoring_server
-
+        """Download version ``mv`` into this server's cache and load it; NotServable saying why it cannot."""
         uri = f"models:/{self.name}/{mv.version}"
         path = self._cache / f"v{mv.version}-{time.monotonic_ns()}"
         try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(path))
+            before = list(sys.path)
             with _LOADING:  # a model logged as code sets an MLflow global while it loads
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(path))
                 model = mlflow.pyfunc.load_model(local, model_config=self.model_config or None)
+            sys.path[:] = before  # its code/ folder, which this process never imports from (fmnist_exp is loaded)
+            example = model.metadata.get_serving_input(local)
         except Exception as e:  # a missing artifact, a model of another flavour, an import its code needs
             shutil.rmtree(path, ignore_errors=True)
-            raise NotServable(f"could not load {uri}: {type(e).__name__}: {_first_line(e)}") from e
-        served = Served(str(mv.version), mv.run_id, mv.creation_timestamp, time.time(), model,
-                        model.metadata.get_serving_input(local), scoring_server.init(model))
+            raise NotServable(f"could not load {uri}: {type(e).__name__}: {first_line(e)}") from e
+        served = Served(str(mv.version), mv.run_id, mv.creation_timestamp, time.time(), model, example)
         weakref.finalize(served, shutil.rmtree, path, True)  # once no request holds it any more
         return served
 
@@ -190,31 +226,26 @@ def check(served: Served) -> None:
     """Answer the input example logged with the version, through the same handler requests go through
     (so its first prediction, which traces the network, is not a client's); NotServable unless it answers
     200 with one row per example image and probabilities that sum to 1."""
-    from mlflow.pyfunc import scoring_server
-
     body = served.example
     if body is None:
         raise NotServable("it has no logged input example to check it on (log it with input_example=...)")
     try:
-        answer = scoring_server.invocations(body, "application/json", served.model,
-                                            served.model.metadata.get_input_schema())
-    except MlflowException as e:
-        raise NotServable(f"its input example was refused: {_first_line(e)}") from e
+        status, answer, _ = served.invoke(body, "application/json")
+        sent = json.loads(body).get("inputs")
+        rows = json.loads(answer).get("predictions") if status == 200 else None
     except Exception as e:
-        raise NotServable(f"its input example failed: {type(e).__name__}: {_first_line(e)}") from e
-    if answer.status != 200:
-        raise NotServable(f"its input example got HTTP {answer.status}: {answer.response[:300]}")
-    rows = json.loads(answer.response).get("predictions")
-    want = len(json.loads(body)["inputs"]) if isinstance(json.loads(body).get("inputs"), list) else None
-    if not isinstance(rows, list) or not rows or (want is not None and len(rows) != want):
-        raise NotServable(f"its input example got {answer.response[:300]}, not one prediction per image")
+        raise NotServable(f"its input example failed: {type(e).__name__}: {first_line(e)}") from e
+    if status != 200:
+        raise NotServable(f"its input example got HTTP {status}: {answer[:300]}")
+    if not isinstance(rows, list) or not rows or (isinstance(sent, list) and len(rows) != len(sent)):
+        raise NotServable(f"its input example got {answer[:300]}, not one prediction per image")
     for row in rows:
         probs = row.get("probabilities") if isinstance(row, dict) else None
         if probs is not None and abs(sum(probs) - 1) > 1e-3:
             raise NotServable(f"its input example got probabilities summing to {sum(probs):g}, not 1")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(getattr(e, "message", None) or e).strip()
     return (text.splitlines() or [""])[0][:500]
 
@@ -225,4 +256,4 @@ def _why_unread(name: str, alias: str, e: MlflowException) -> str:
         return f"no registered model {name!r} yet"
     if code == "INVALID_PARAMETER_VALUE":
         return f"{name!r} has no alias {alias!r} yet"
-    return f"the registry did not answer: {_first_line(e)}"
+    return f"the registry did not answer: {first_line(e)}"

@@ -3,11 +3,12 @@ the alias as the registry moves it.
 
     python -m fmnist_exp serve --model_name fmnist-classifier --alias champion --port 5001
 
-``/invocations`` is MLflow's own scoring app for the version serving (one per loaded version,
-``mlflow.pyfunc.scoring_server.init``): the same request formats, answers, errors and request
-timeout, with the project's request guard in front (model.request_body) and MLflow's other JSON
-formats and CSV (model.request_formats). Every answer carries ``X-Model-Version``: the version
-whose model computed it, read once when the request arrives. Beside it:
+``/invocations`` is what MLflow's scoring server does with a request (its ``invocations`` handler,
+called as its route calls it, its error mapping and request timeout): the same request formats,
+answers and errors, with the project's request guard in front (model.request_body) and MLflow's
+other JSON formats and CSV (model.request_formats). Every /invocations answer carries
+``X-Model-Version``: the version whose model computed it, read once when the request arrives.
+Beside it:
 
 - ``GET /ping`` (and ``/health``): 200 once a version is loaded, 503 before (readiness);
 - ``GET /live``: 200 whenever the process answers (liveness: before any champion exists too);
@@ -21,7 +22,7 @@ whose model computed it, read once when the request arrives. Beside it:
 
 With ``--shadow_fraction`` above 0, that share of the answered requests also goes to the version
 the shadow alias (@challenger) names, after the answer has gone: how often the two agree, per
-version pair, in /metrics and on the challenger's version (:class:`Shadow`).
+version pair, in /metrics and on the challenger's version (serving.shadow).
 
 Following itself (read, load beside, check, swap) is serving.follow. One process, one event
 loop: the model work runs in threads, as in MLflow's server.
@@ -36,12 +37,11 @@ import hmac
 import json
 import logging
 import os
-import random
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,7 +53,8 @@ from prometheus_client import (
 )
 
 from ..params import ConfigError, ServeArgs
-from .follow import Follower, Served
+from .follow import Follower, Served, iso
+from .shadow import Shadow
 
 _logger = logging.getLogger(__name__)
 VERSION_HEADER = b"x-model-version"
@@ -95,88 +96,16 @@ class Metrics:
         self.latency.labels(version=version).observe(seconds)
 
 
-class Shadow:
-    """A sample of the requests the serving version answered, sent to the shadow alias's version too, after
-    the answer has gone and one at a time (a busy shadow skips the sample): how often the two versions'
-    labels agree on live traffic, per version pair, in /metrics and as a tag on the shadow version."""
-
-    def __init__(self, follower: Follower, fraction: float, metrics: Metrics):
-        self.follower, self.fraction, self.metrics = follower, fraction, metrics
-        self.busy = False  # read and set on the event loop only
-        self.counts: dict[tuple[str, str], list[int]] = {}  # (serving, shadow) -> [agreeing images, images]
-        self._written: dict[tuple[str, str], int] = {}
-        self._tasks: set[asyncio.Task] = set()
-
-    def describe(self) -> dict[str, Any]:
-        other = self.follower.current
-        return {"alias": self.follower.alias, "version": other.version if other else None,
-                "fraction": self.fraction, "last_error": self.follower.last_error,
-                "agreement": {f"v{a} vs v{b}": {"agree": n[0], "images": n[1]} for (a, b), n in self.counts.items()}}
-
-    def take(self, served: Served) -> Served | None:
-        """The shadow version to send this request to as well, or None (off, none, the same, busy, not drawn)."""
-        other = self.follower.current
-        if (self.fraction <= 0 or other is None or other.version == served.version or self.busy
-                or random.random() >= self.fraction):
-            return None
-        self.busy = True
-        return other
-
-    def compare(self, served: Served, other: Served, body: bytes, content_type: str, answer: bytes) -> None:
-        task = asyncio.create_task(self._compare(served, other, body, content_type, answer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _compare(self, served: Served, other: Served, body: bytes, content_type: str, answer: bytes) -> None:
-        from mlflow.pyfunc import scoring_server
-
-        try:
-            result = await asyncio.to_thread(scoring_server.invocations, body, content_type, other.model,
-                                             other.model.metadata.get_input_schema())
-            if result.status != 200:
-                self.metrics.shadow_errors.labels(shadow_version=other.version).inc()
-                return
-            ours, theirs = (_labels(answer), _labels(result.response))
-            agree = sum(a == b for a, b in zip(ours, theirs, strict=True))
-            self.metrics.shadow_images.labels(served.version, other.version, "true").inc(agree)
-            self.metrics.shadow_images.labels(served.version, other.version, "false").inc(len(ours) - agree)
-            count = self.counts.setdefault((served.version, other.version), [0, 0])
-            count[0] += agree
-            count[1] += len(ours)
-        except Exception as e:  # the client has its answer; the shadow's failure is only counted and logged
-            self.metrics.shadow_errors.labels(shadow_version=other.version).inc()
-            _logger.warning("shadow version %s failed on a sampled request: %s: %s", other.version,
-                            type(e).__name__, str(e)[:300])
-        finally:
-            self.busy = False
-
-    def record(self) -> None:
-        """Write the agreement so far on each shadow version (from the follower's thread, at each poll)."""
-        from mlflow.tracking import MlflowClient
-
-        for (version, shadow), (agree, images) in list(self.counts.items()):
-            if self._written.get((version, shadow)) == images:
-                continue
-            MlflowClient().set_model_version_tag(
-                self.follower.name, shadow, f"shadow_agreement_vs_v{version}",
-                f"{agree}/{images} images agree ({100 * agree / images:.1f}%) on live requests to "
-                f"{self.follower.name}@{self.follower.alias} v{version}; {socket.gethostname()}, "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
-            self._written[(version, shadow)] = images
-
-
-def _labels(body: bytes | str) -> list:
-    return [row["label"] for row in json.loads(body)["predictions"]]
-
-
 def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
     """MLflow's webhook signature: v1,base64(HMAC-SHA256(secret, "<delivery id>.<timestamp>.<body>"))."""
     sig, ts = headers.get("x-mlflow-signature", ""), headers.get("x-mlflow-timestamp", "")
     delivery = headers.get("x-mlflow-delivery-id", "")
-    if not (sig.startswith("v1,") and ts.isdigit() and delivery) or abs(time.time() - int(ts)) > SIGNATURE_TOLERANCE_S:
+    if not (sig.startswith("v1,") and sig.isascii() and ts.isascii() and ts.isdigit() and delivery):
+        return False
+    if abs(time.time() - int(ts)) > SIGNATURE_TOLERANCE_S:
         return False
     mac = hmac.new(secret.encode(), f"{delivery}.{ts}.".encode() + body, hashlib.sha256).digest()
-    return hmac.compare_digest(sig[3:], base64.b64encode(mac).decode())
+    return hmac.compare_digest(sig[3:].encode(), base64.b64encode(mac))
 
 
 class App:
@@ -184,13 +113,14 @@ class App:
 
     def __init__(self, follower: Follower, metrics: Metrics, secret: str | None = None, shadow: Shadow | None = None):
         self.follower, self.metrics, self.secret, self.shadow = follower, metrics, secret, shadow
+        self.timeout = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()  # MLflow's server answers 504 past it
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await self._lifespan(receive, send)
         if scope["type"] != "http":
             return
-        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        path, method = scope["path"], scope["method"]
         routes = {"/invocations": ("POST", self.invocations), "/ping": ("GET", self.ping),
                   "/health": ("GET", self.ping), "/live": ("GET", self.live), "/version": ("GET", self.version),
                   "/metrics": ("GET", self.metrics_text), "/reload": ("POST", self.reload),
@@ -212,39 +142,27 @@ class App:
                                       f"{self._why_none()}"}, [(b"retry-after", b"5")])
             self.metrics.answered("none", 503, time.perf_counter() - start)
             return
-        version = served.version.encode()
-        code = 500
+        body = await _drain(receive)
+        content_type = dict(scope.get("headers", [])).get(b"content-type")
+        content_type = content_type.decode("latin-1") if content_type is not None else None
         other = self.shadow.take(served) if self.shadow else None
-        sent: list[bytes] = []  # the request's and the answer's bodies, kept only for a shadowed request
-        answered: list[bytes] = []
-
-        async def receive_kept() -> dict:
-            message = await receive()
-            if message["type"] == "http.request":
-                sent.append(message.get("body", b""))
-            return message
-
-        async def send_named(message: dict) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (VERSION_HEADER, version)]}
-            elif other is not None and message["type"] == "http.response.body":
-                answered.append(message.get("body", b""))
-            await send(message)
-
         try:
-            await served.app({**scope, "path": "/invocations", "raw_path": b"/invocations"},
-                             receive_kept if other is not None else receive, send_named)
+            code, answer, media = await asyncio.wait_for(asyncio.to_thread(served.invoke, body, content_type),
+                                                         self.timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            code, answer, media = 504, "Request processing time exceeded limit", "application/json"
+        except Exception:  # as MLflow's server (FastAPI) answers an exception its handler lets through
+            _logger.exception("version %s failed on a request", served.version)
+            code, answer, media = 500, "Internal Server Error", "text/plain"
+        try:
+            await respond(send, code, answer.encode(), content_type=media, version=served.version)
         finally:
             self.metrics.answered(served.version, code, time.perf_counter() - start)
             if other is not None and self.shadow is not None:
                 if code == 200:
-                    headers = dict(scope.get("headers", []))
-                    content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
-                    self.shadow.compare(served, other, b"".join(sent), content_type, b"".join(answered))
+                    self.shadow.compare(served, other, body, content_type, answer)
                 else:
-                    self.shadow.busy = False
+                    self.shadow.release()
 
     async def ping(self, scope, receive, send) -> None:
         served = self.follower.current
@@ -264,8 +182,13 @@ class App:
 
     async def reload(self, scope, receive, send) -> None:
         await _drain(receive)  # the body, if any, is not read: the version comes from the registry only
-        step = self.follower.wake()
-        done = await asyncio.to_thread(self.follower.wait, step, RELOAD_WAIT_S)
+        loop, finished = asyncio.get_running_loop(), asyncio.Event()
+        self.follower.when_done(self.follower.wake(retry=True), lambda: loop.call_soon_threadsafe(finished.set))
+        try:  # no thread waits: the follower's thread sets the event when the step is done
+            await asyncio.wait_for(finished.wait(), RELOAD_WAIT_S)
+            done = True
+        except (asyncio.TimeoutError, TimeoutError):
+            done = False
         await respond(send, 200 if done else 202, {**self.describe(), "reloaded": done},
                       version=self._serving())
 
@@ -276,13 +199,16 @@ class App:
             return await respond(send, 401, {"message": "the webhook's X-MLflow-Signature does not match "
                                              f"{SECRET_ENV}: create the webhook with the same secret"})
         try:
-            data = json.loads(body).get("data") or {}
-        except (ValueError, AttributeError):
+            data = json.loads(body)["data"]
+            name, alias = data.get("name"), data.get("alias")
+        except (ValueError, KeyError, TypeError, AttributeError):
             return await respond(send, 400, {"message": "not an MLflow webhook payload (JSON with 'data')"})
-        ours = data.get("name") == self.follower.name and data.get("alias") == self.follower.alias
-        if ours:
-            self.follower.wake()  # MLflow waits for this answer (and retries on 5xx): answer before loading
-        await respond(send, 200, {"woken": ours})
+        woken = False
+        for follower in (self.follower, self.shadow.follower if self.shadow else None):
+            if follower is not None and name == follower.name and alias == follower.alias:
+                follower.wake()  # MLflow waits for this answer (and retries on 5xx): answer before loading
+                woken = True
+        await respond(send, 200, {"woken": woken})
 
     def describe(self) -> dict[str, Any]:
         import mlflow
@@ -290,9 +216,21 @@ class App:
         f, served = self.follower, self.follower.current
         return {"model_name": f.name, "alias": f.alias, **(served.describe() if served else {"version": None}),
                 "alias_version": f.alias_version,
-                "last_poll": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f.last_poll)) if f.last_poll else None,
+                "last_poll": iso(f.last_poll) if f.last_poll else None,
                 "poll_s": f.poll_s, "last_error": f.last_error, "mlflow_version": mlflow.__version__,
                 **({"shadow": self.shadow.describe()} if self.shadow else {})}
+
+    async def _lifespan(self, receive: Callable, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":  # after the requests in flight are answered
+                for follower in (self.follower, self.shadow.follower if self.shadow else None):
+                    if follower is not None:
+                        follower.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     def _serving(self) -> str | None:
         served = self.follower.current
@@ -311,6 +249,8 @@ class App:
 async def respond(send: Send, status: int, body: Any, headers: list | None = None, *,
                   content_type: str = "application/json", version: str | None = None) -> None:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if content_type.startswith("text/") and "charset" not in content_type:
+        content_type += "; charset=utf-8"  # as Starlette's Response, which MLflow's server answers with
     head = [(b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode()), *(headers or [])]
     if version:
         head.append((VERSION_HEADER, version.encode()))
@@ -325,16 +265,6 @@ async def _drain(receive: Callable) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-async def _lifespan(receive: Callable, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def model_config() -> dict:
@@ -380,6 +310,10 @@ def run(args: ServeArgs) -> None:
     from ..scale.health import check_bind, shown_uri
 
     check_bind(args.host, args.port)
+    # A poll is repeated every poll_s: a registry that does not answer should cost a poll, not the minutes of
+    # backoff a study's calls are given (fmnist_exp/__init__.py)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
     log = logging.getLogger(__package__)  # the follower's swaps and refusals, with the time
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -390,8 +324,8 @@ def run(args: ServeArgs) -> None:
     app, follower = build(args)
     _logger.info("serving %s@%s from %s on http://%s:%d (the alias read every %g s, POST /reload to read it now)",
                  args.model_name, args.alias, shown_uri(mlflow.get_tracking_uri()), args.host, args.port, args.poll_s)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, lifespan="off", log_level="warning",
-                    timeout_graceful_shutdown=int(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60")))
+    try:  # on SIGTERM uvicorn answers the requests in flight, then the lifespan's shutdown removes the downloads
+        uvicorn.run(app, host=args.host, port=args.port, lifespan="on", log_level="warning",
+                    timeout_graceful_shutdown=int(app.timeout))
     finally:
         follower.stop()

@@ -10,6 +10,7 @@ $PY bench/bench_defaults.py --families baseline,mlp > bench/out/defaults.json  #
 $PY bench/bench_throughput.py > bench/out/throughput.json
 $PY bench/bench_overhead.py > bench/out/overhead.json
 $PY bench/bench_serving.py > bench/out/serving.json
+$PY bench/bench_swap.py > bench/out/swap.json  # ~8 min: serve following @champion under load, beside mlflow models serve restarted
 $PY bench/bench_study_pays.py > bench/out/study_pays.json  # the default cnn run and the default study side by side
 if $PY -c "import keras_tuner" 2> /dev/null; then  # ~50 min: ours, keras-tuner's Hyperband, plain TPE at equal time
   $PY bench/bench_peers.py > bench/out/peers.json  # pip install -e ".[bench]"

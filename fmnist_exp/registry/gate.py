@@ -78,6 +78,17 @@ def current_champion(client: MlflowClient, name: str):
         return None  # no registered model, or no champion yet
 
 
+def champion_now(client: MlflowClient, name: str):
+    """The champion as the registry says now: None only when there is none (an error reading it is raised,
+    not taken for "no champion")."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no model, or no such alias
+            return None
+        raise
+
+
 def promotes(cmp: stats.PairedComparison | None, promote_alpha: float) -> tuple[bool, str]:
     """The gate: (moves @champion?, why). ``cmp`` is candidate (a) against champion (b)."""
     if cmp is None:
@@ -152,7 +163,7 @@ def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, pr
     if champ is not None and cmp is not None:
         version_tags.update(champion_version=champ.version, gate_comparison=cmp.describe())
     mv = mlflow.register_model(model_uri, name, tags=version_tags)
-    now = current_champion(client, name) if wins else None  # a hand move (promote) while this was decided
+    now = champion_now(client, name) if wins else None  # a hand move (promote) while this was decided
     if wins and (now and now.version) != (champ and champ.version):
         wins, why = False, (f"{why}, but @champion moved to v{now and now.version} while this was decided against "
                             f"{f'v{champ.version}' if champ else 'no champion'}: left as challenger (promote it by "

@@ -40,12 +40,13 @@ from mlflow.tracking import MlflowClient
 
 _logger = logging.getLogger(__name__)
 KEEP_LOADED = 3  # versions kept in memory (the one serving and the last ones), so a rollback swaps at once
+RETRY_MAX_S = 300  # while nothing is served, a failed version is tried again after poll_s, doubling up to this
 _LOADING = threading.Lock()  # one load at a time in the process, whichever follower (alias) asks
 
 
 @dataclass(frozen=True)
 class Served:
-    """One loaded, checked version and the MLflow scoring app that answers with it."""
+    """One loaded, checked version: its model, and its answer to a request (:meth:`invoke`)."""
 
     version: str
     run_id: str | None
@@ -89,7 +90,7 @@ class Follower:
         self.alias_version: str | None = None  # what the alias named at the last read
         self.last_poll: float | None = None
         self.last_error: dict[str, str] | None = None  # {"version", "reason"} of the last failed read or load
-        self._failed: dict[str, str] = {}  # version -> reason, while the alias names it
+        self._failed: dict[str, tuple[float, float]] = {}  # version -> (next try, delay), while the alias names it
         self._retry = False  # a POST /reload: try a failed version again
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._cache = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))
@@ -136,8 +137,6 @@ class Follower:
                 step = self._started
             try:
                 self.step()
-                if self._on_poll:
-                    self._on_poll()
             except Exception:  # never let the thread die: the server would serve a stale version forever
                 _logger.exception("following %s@%s failed unexpectedly; trying again in %g s", self.name, self.alias,
                                   self.poll_s)
@@ -146,7 +145,16 @@ class Follower:
                 done = [callback for wanted, callback in self._waiting if wanted <= step]
                 self._waiting = [(wanted, callback) for wanted, callback in self._waiting if wanted > step]
             for callback in done:
-                callback()
+                try:
+                    callback()
+                except Exception:  # e.g. the event loop of a /reload that has closed: nobody waits any more
+                    _logger.debug("a step's waiter could not be told", exc_info=True)
+            if self._on_poll:  # after the waiters: a /reload does not wait on it
+                try:
+                    self._on_poll()
+                except Exception as e:
+                    _logger.warning("after a read of %s@%s: %s: %s", self.name, self.alias, type(e).__name__,
+                                    first_line(e))
             self._wake.wait(self.poll_s)
 
     def close(self) -> None:
@@ -168,20 +176,26 @@ class Follower:
             return
         version = str(mv.version)
         self.alias_version = version
-        retry, self._retry = self._retry, False
+        with self._steps:
+            retry, self._retry = self._retry, False
         if self.current is not None and self.current.version == version:
             self._failed.clear()
             self.last_error = None
             return
-        if version in self._failed and not retry and self.current is not None:
-            return  # failed at this move already; tried again at a move, a /reload, or while nothing is served
-        self._failed.clear()
+        failed = self._failed.get(version)
+        # a version that failed at this move is tried again when the alias moves, on a /reload, and, while this
+        # replica serves nothing yet (a store briefly out of reach must not leave it unready), after a backoff
+        again = self.role == "serving" and self.current is None and failed is not None and time.time() >= failed[0]
+        if failed is not None and not (retry or again):
+            return
+        self._failed = {}
         try:
             served = self._loaded.get(version) or self.load(mv)
             check(served)
         except NotServable as e:
             reason = str(e)
-            self._failed[version] = reason
+            delay = min(RETRY_MAX_S, 2 * failed[1]) if failed else self.poll_s
+            self._failed[version] = (time.time() + delay, delay)
             self.last_error = {"version": version, "reason": reason}
             _logger.error("%s@%s moved to version %s, which is NOT %s: %s. Still %s version %s.", self.name,
                           self.alias, version, self.role.replace("ing", "ed"), reason, self.role,
@@ -209,10 +223,12 @@ class Follower:
         path = self._cache / f"v{mv.version}-{time.monotonic_ns()}"
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(path))
-            before = list(sys.path)
             with _LOADING:  # a model logged as code sets an MLflow global while it loads
-                model = mlflow.pyfunc.load_model(local, model_config=self.model_config or None)
-            sys.path[:] = before  # its code/ folder, which this process never imports from (fmnist_exp is loaded)
+                before = list(sys.path)
+                try:
+                    model = mlflow.pyfunc.load_model(local, model_config=self.model_config or None)
+                finally:  # its code/ folder, which this process never imports from (fmnist_exp is loaded)
+                    sys.path[:] = before
             example = model.metadata.get_serving_input(local)
         except Exception as e:  # a missing artifact, a model of another flavour, an import its code needs
             shutil.rmtree(path, ignore_errors=True)

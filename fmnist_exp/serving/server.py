@@ -77,8 +77,8 @@ class Metrics:
         self.latency = Histogram("fmnist_serve_request_seconds", "/invocations time from request to answer",
                                  ["version"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.swaps = Counter("fmnist_serve_swaps", "versions swapped in", registry=self.registry)
-        self.swap_failures = Counter("fmnist_serve_swap_failures", "versions that failed to load or to answer their "
-                                     "input example, by version", ["version"], registry=self.registry)
+        self.swap_failures = Counter("fmnist_serve_swap_failures", "loads of a version that failed (to download, load "
+                                     "or answer its input example), by version", ["version"], registry=self.registry)
         self.version = Gauge("fmnist_serve_version", "the version answering (0: none yet)", registry=self.registry)
         self.shadow_images = Counter("fmnist_serve_shadow_images", "images of sampled requests that the shadow "
                                      "version answered too, by whether its label agreed", ["version", "shadow_version",
@@ -100,7 +100,7 @@ def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
     """MLflow's webhook signature: v1,base64(HMAC-SHA256(secret, "<delivery id>.<timestamp>.<body>"))."""
     sig, ts = headers.get("x-mlflow-signature", ""), headers.get("x-mlflow-timestamp", "")
     delivery = headers.get("x-mlflow-delivery-id", "")
-    if not (sig.startswith("v1,") and sig.isascii() and ts.isascii() and ts.isdigit() and delivery):
+    if not (sig.startswith("v1,") and sig.isascii() and ts.isascii() and ts.isdigit() and len(ts) <= 12 and delivery):
         return False
     if abs(time.time() - int(ts)) > SIGNATURE_TOLERANCE_S:
         return False
@@ -109,7 +109,7 @@ def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
 
 
 class App:
-    """The ASGI application: routes the paths above; /invocations goes to the version serving's own app."""
+    """The ASGI application: routes the paths above; /invocations is answered by the version serving."""
 
     def __init__(self, follower: Follower, metrics: Metrics, secret: str | None = None, shadow: Shadow | None = None):
         self.follower, self.metrics, self.secret, self.shadow = follower, metrics, secret, shadow
@@ -146,23 +146,24 @@ class App:
         content_type = dict(scope.get("headers", [])).get(b"content-type")
         content_type = content_type.decode("latin-1") if content_type is not None else None
         other = self.shadow.take(served) if self.shadow else None
+        code, compared = 500, False
         try:
-            code, answer, media = await asyncio.wait_for(asyncio.to_thread(served.invoke, body, content_type),
-                                                         self.timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            code, answer, media = 504, "Request processing time exceeded limit", "application/json"
-        except Exception:  # as MLflow's server (FastAPI) answers an exception its handler lets through
-            _logger.exception("version %s failed on a request", served.version)
-            code, answer, media = 500, "Internal Server Error", "text/plain"
-        try:
+            try:
+                code, answer, media = await asyncio.wait_for(asyncio.to_thread(served.invoke, body, content_type),
+                                                             self.timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                code, answer, media = 504, "Request processing time exceeded limit", "application/json"
+            except Exception:  # as MLflow's server (FastAPI) answers an exception its handler lets through
+                _logger.exception("version %s failed on a request", served.version)
+                code, answer, media = 500, "Internal Server Error", "text/plain"
             await respond(send, code, answer.encode(), content_type=media, version=served.version)
+            if other is not None and self.shadow is not None and code == 200:
+                self.shadow.compare(served, other, body, content_type, answer)
+                compared = True
         finally:
             self.metrics.answered(served.version, code, time.perf_counter() - start)
-            if other is not None and self.shadow is not None:
-                if code == 200:
-                    self.shadow.compare(served, other, body, content_type, answer)
-                else:
-                    self.shadow.release()
+            if other is not None and self.shadow is not None and not compared:
+                self.shadow.release()
 
     async def ping(self, scope, receive, send) -> None:
         served = self.follower.current
@@ -311,7 +312,7 @@ def run(args: ServeArgs) -> None:
 
     check_bind(args.host, args.port)
     # A poll is repeated every poll_s: a registry that does not answer should cost a poll, not the minutes of
-    # backoff a study's calls are given (fmnist_exp/__init__.py)
+    # backoff a study's calls are given (fmnist_exp/__init__.py); for this process only
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
     log = logging.getLogger(__package__)  # the follower's swaps and refusals, with the time

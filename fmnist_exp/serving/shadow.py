@@ -77,12 +77,16 @@ class Shadow:
 
         host = socket.gethostname()
         for (version, shadow), (agree, images) in list(self.counts.items()):
-            if self._written.get((version, shadow)) == images:
+            if images == 0 or self._written.get((version, shadow)) == images:
                 continue
-            MlflowClient().set_model_version_tag(
-                self.follower.name, shadow, f"shadow_agreement/v{version}/{host}",
-                f"{agree}/{images} images agree ({100 * agree / images:.1f}%) on live requests to "
-                f"{self.follower.name} v{version}, since this server started; {iso(time.time())}")
+            try:
+                MlflowClient().set_model_version_tag(
+                    self.follower.name, shadow, f"shadow_agreement/v{version}/{host}",
+                    f"{agree}/{images} images agree ({100 * agree / images:.1f}%) on live requests to "
+                    f"{self.follower.name} v{version}, since this server started; {iso(time.time())}")
+            except Exception as e:  # a deleted version, a registry away: the next poll tries again
+                _logger.warning("could not record the shadow's agreement on v%s: %s", shadow, str(e)[:300])
+                continue
             self._written[(version, shadow)] = images
 
 

@@ -66,16 +66,19 @@ def metric(base: str, name: str, **labels) -> float:
     return 0.0
 
 
-def wait_for_version(base: str, version: str, timeout: float = 60) -> dict:
-    """Wait until /version names ``version`` (the server moves on its own poll), or fail with its state."""
+def wait_until(what, timeout: float = 60, said=None):
+    """Wait until ``what()`` is true (the server's own state, read again and again), or fail saying ``said()``."""
     deadline = time.time() + timeout
-    while True:
-        _, _, state = call(base, "GET", "/version")
-        if state["version"] == version:
-            return state
+    while not what():
         if time.time() > deadline:
-            pytest.fail(f"still serving {state['version']} {timeout} s after the alias moved to {version}: {state}")
-        time.sleep(0.2)
+            pytest.fail(f"not so within {timeout} s: {said() if said else what.__doc__ or what}")
+        time.sleep(0.1)
+
+
+def wait_for_version(base: str, version: str, timeout: float = 60) -> None:
+    """Wait until /version names ``version`` (the server moves on its own poll), or fail with its state."""
+    wait_until(lambda: call(base, "GET", "/version")[2]["version"] == version, timeout,
+               lambda: f"the alias moved to {version}; /version says {call(base, 'GET', '/version')[2]}")
 
 
 @pytest.fixture(scope="module")
@@ -347,15 +350,6 @@ def test_mlflows_four_json_formats_and_csv_answer_as_inputs_does(server, store, 
         assert status == 200 and headers["x-model-version"], (form, answer)
         answers[form] = answer["predictions"]
     assert all(answer == answers["inputs"] for answer in answers.values())
-
-
-def wait_until(what, timeout: float = 60):
-    """Wait until ``what()`` is true (the server's own state, read again and again), or fail."""
-    deadline = time.time() + timeout
-    while not what():
-        if time.time() > deadline:
-            pytest.fail(f"not so within {timeout} s: {what.__doc__ or what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.slow

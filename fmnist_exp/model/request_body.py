@@ -122,6 +122,14 @@ def parse_json(body: bytes | str, shapes: str) -> dict:
     return value
 
 
+def parse_within(body: bytes | str, limits: Limits | None) -> dict:
+    """A JSON body checked against a model's limits (when it carries any) and parsed as :func:`parse_json`
+    parses it: what the guard does for `mlflow models serve` and request_formats for `mlflow models predict`."""
+    if limits is not None:
+        check_size(body, limits.max_body_bytes, limits.pixels)
+    return parse_json(body, limits.shapes if limits is not None else "images")
+
+
 def _is_plain_json(content_type: str) -> bool:
     """application/json with no parameter but charset=utf-8: the type whose body MLflow parses as JSON
     (it answers any other parameter with its own 415, which this leaves to it)."""
@@ -163,9 +171,8 @@ def install(limits: Limits | None) -> bool:
     Each request is checked against the limits of the model it goes to (several versions may be loaded
     in one process, as `serve` does); ``limits`` is for a model that carries none. Installed once per
     process; a later call changes nothing but the fallback."""
-    server: Any = sys.modules.get(SCORING_SERVER)  # MLflow's module, as loaded by the server
-    if server is None:
-        import mlflow.pyfunc.scoring_server as server
+    from mlflow.pyfunc import scoring_server as server
+
     # MLflow's own handler, kept from the first install: a second one replaces the checks, not stacks them
     handler = _MLFLOW_HANDLER.setdefault("invocations", getattr(server, "invocations", None))
     if handler is None or list(inspect.signature(handler).parameters)[:3] != ["data", "content_type", "model"]:
@@ -180,10 +187,10 @@ def install(limits: Limits | None) -> bool:
         if content_type is None:  # MLflow's handler would fail on it with a 500
             raise NoContentType("the request has no Content-Type: send the header Content-Type: application/json")
         own = limits_of(model) or _MLFLOW_HANDLER.get("fallback")
-        if own is not None:
-            check_size(data, own.max_body_bytes, own.pixels)
         if isinstance(data, (bytes, str)) and _is_plain_json(content_type):
-            data = parse_json(data, own.shapes if own else "images")  # MLflow's handler takes a parsed object
+            data = parse_within(data, own)  # MLflow's handler takes a parsed object as it is
+        elif own is not None:  # CSV, parquet: the size only, MLflow parses them
+            check_size(data, own.max_body_bytes, own.pixels)
         return handler(data, content_type, model, *args, **kwargs)
 
     server.invocations = invocations

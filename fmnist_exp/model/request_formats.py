@@ -90,10 +90,7 @@ def parse_json_data(data, metadata, input_schema) -> ParsedJsonInput:
     if not is_classifier(metadata):
         return original(data, metadata, input_schema)
     if isinstance(data, (str, bytes)):  # `mlflow models predict`'s input file, not a guarded request
-        limits = _MLFLOW.get("limits")
-        if limits is not None:
-            request_body.check_size(data, limits.max_body_bytes, limits.pixels)
-        data = request_body.parse_json(data, limits.shapes if limits is not None else "images")
+        data = request_body.parse_within(data, _MLFLOW.get("limits"))
     parsed = adapt(data) if isinstance(data, dict) else None
     return parsed if parsed is not None else original(data, metadata, input_schema)
 

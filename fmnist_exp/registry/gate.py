@@ -73,9 +73,9 @@ class CostVerdict:
 
 def current_champion(client: MlflowClient, name: str):
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return champion_now(client, name)
     except MlflowException:
-        return None  # no registered model, or no champion yet
+        return None  # as before champion_now: an error reading it is taken for no champion yet
 
 
 def champion_now(client: MlflowClient, name: str):

@@ -289,13 +289,13 @@ def build(args: ServeArgs) -> tuple[App, Follower]:
 
     request_body.install(None)  # each request checked against the limits of the version it goes to
     request_formats.install()  # MLflow's dataframe forms, instances and CSV for every version
-    metrics = Metrics()
+    metrics, config = Metrics(), model_config()
     shadow = None
     if args.shadow_fraction > 0:
-        shadowed = Follower(args.model_name, args.shadow_alias, args.poll_s, model_config(), role="shadowing")
+        shadowed = Follower(args.model_name, args.shadow_alias, args.poll_s, config, role="shadowing")
         shadow = Shadow(shadowed, args.shadow_fraction, metrics)
         shadowed.start()
-    follower = Follower(args.model_name, args.alias, args.poll_s, model_config(), on_swap=metrics.swapped,
+    follower = Follower(args.model_name, args.alias, args.poll_s, config, on_swap=metrics.swapped,
                         on_failure=lambda v: metrics.swap_failures.labels(version=v).inc(),
                         on_poll=shadow.record if shadow else None)
     follower.start()

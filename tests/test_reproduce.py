@@ -151,6 +151,8 @@ def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded()
     assert recorded["ema"] == 0.0 and recorded["tta_shift"] == 0 and recorded["optimizer"] == "adam"
     assert set(names) <= set(recorded)
     assert "aug_erase" not in reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase"})
+    assert reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase_shape"}
+                                )["aug_erase_shape"] == "keras"  # erased as before the published shape
     cnn = P.network("cnn")
     before = {k: str(v) for k, v in cnn.flat().items() if k != "residual"}
     assert reproduce.as_trained([p.name for p in P.table.family_params("cnn")], before)["residual"] is False

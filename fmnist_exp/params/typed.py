@@ -24,7 +24,8 @@ def _flat_value(v: Any) -> Any:
 
 # Parameters added after runs were logged without them, and the value that trains as those runs did.
 ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None,
-                               "optimizer": "adam", "data": "fashion-mnist"}
+                               "optimizer": "adam", "data": "fashion-mnist",
+                               "aug_erase_shape": "keras"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +94,7 @@ class FitParams(DataParams):
     aug_rotate: float
     aug_zoom: float
     aug_erase: float
+    aug_erase_shape: str  # keras | published (model/augment.py)
     ema: float  # 0 = off
     tta_shift: int  # 0 = off
     tta_flip: bool

@@ -253,6 +253,43 @@ def pair(folder: Path, names: list[str]) -> dict:
     return out
 
 
+def levers(folder: Path, baseline: str) -> dict:
+    """Each long: lever kept in ``folder`` (both seeds) against ``baseline`` on the same images: the gain in
+    accuracy averaged over the two seeds, with one standard error over the images (each image's gain is the
+    mean of its two seeds' right-minus-wrong changes, so an image both seeds move counts once), on validation
+    (the shared split) and test; and the average of the two seeds' answers (what the long study registers)."""
+    from fmnist_exp.stats import compare
+
+    def both(name: str) -> list | None:
+        files = [probs_file(folder, name), probs_file(folder, f"{name} (seed 43)")]
+        return [np.load(f) for f in files] if all(f.exists() for f in files) else None
+
+    base = both(baseline)
+    if base is None:
+        raise SystemExit(f"no answers of {baseline!r} for both seeds in {folder}")
+    out: dict = {"baseline": baseline}
+    for name in LONG_LEVERS:
+        runs = both(name)
+        if name == baseline or runs is None:
+            continue
+        row: dict = {}
+        for part in ("val", "test"):
+            y = base[0][f"y_{part}"]
+            assert all(np.array_equal(r[f"y_{part}"], y) for r in runs + base), "the seeds must share one split"
+            right = [(r[part].argmax(1) == y).astype(float) for r in runs]
+            before = [(r[part].argmax(1) == y).astype(float) for r in base]
+            per_image = (right[0] - before[0] + right[1] - before[1]) / 2
+            se = per_image.std(ddof=1) / np.sqrt(len(y))
+            row[part] = {"seeds": [round(float(a.mean()), 4) for a in right],
+                         "baseline_seeds": [round(float(b.mean()), 4) for b in before],
+                         "gain_points": round(100 * float(per_image.mean()), 2), "se_points": round(100 * se, 2)}
+            mean, mean_before = (runs[0][part] + runs[1][part]) / 2, (base[0][part] + base[1][part]) / 2
+            row[part]["average"] = compare(y, mean.argmax(1), mean_before.argmax(1)).describe()
+        row["kept"] = bool(row["val"]["gain_points"] > row["val"]["se_points"])  # wins by more than one standard error
+        out[name] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", default="", help="comma-separated recipe names")
@@ -262,7 +299,12 @@ def main() -> None:
     ap.add_argument("--probs", default="", help="folder to keep each recipe's validation and test answers in")
     ap.add_argument("--pair", default="", help="with --probs: compare the kept answers of these recipes (A,B,..) "
                     "paired with the first, and the average of the others (a seed ensemble); trains nothing")
+    ap.add_argument("--levers", default="", help="with --probs: every long: lever kept there against this "
+                    "baseline row, both seeds, on validation and test; trains nothing")
     args = ap.parse_args()
+    if args.levers:
+        emit(levers(Path(args.probs), args.levers))
+        return
     if args.pair:
         emit(pair(Path(args.probs), args.pair.split(",")))
         return

@@ -71,13 +71,6 @@ class CostVerdict:
                    tags.get(CHEAPER_ON_TAG, cls.cheaper_on), cost_metrics(run_id))
 
 
-def current_champion(client: MlflowClient, name: str):
-    try:
-        return champion_now(client, name)
-    except MlflowException:
-        return None  # as before champion_now: an error reading it is taken for no champion yet
-
-
 def champion_now(client: MlflowClient, name: str):
     """The champion as the registry says now: None only when there is none (an error reading it is raised,
     not taken for "no champion")."""
@@ -141,7 +134,7 @@ def register(model_uri: str, name: str, ds: Dataset, tags: dict[str, str], *, pr
     if labels is None:
         labels = classifier_answers(model_uri, ds.x_test)["label"].to_numpy()
     accuracy = float(np.mean(labels == ds.y_test))
-    champ = current_champion(client, name)
+    champ = champion_now(client, name)  # an error raises: read as "no champion", any candidate would win
     budget = budget or CostVerdict()
     cmp, champ_labels = None, None
     check_champion_data(name, ds)  # a study checks it before it trains; a champion may have moved since

@@ -284,7 +284,9 @@ def levers(folder: Path, baseline: str) -> dict:
                          "baseline_seeds": [round(float(b.mean()), 4) for b in before],
                          "gain_points": round(100 * float(per_image.mean()), 2), "se_points": round(100 * se, 2)}
             mean, mean_before = (runs[0][part] + runs[1][part]) / 2, (base[0][part] + base[1][part]) / 2
-            row[part]["average"] = compare(y, mean.argmax(1), mean_before.argmax(1)).describe()
+            row[part]["average"] = {"accuracy": round(float((mean.argmax(1) == y).mean()), 4),
+                                    "baseline": round(float((mean_before.argmax(1) == y).mean()), 4),
+                                    "against_baseline": compare(y, mean.argmax(1), mean_before.argmax(1)).describe()}
         row["kept"] = bool(row["val"]["gain_points"] > row["val"]["se_points"])  # wins by more than one standard error
         out[name] = row
     return out

@@ -176,6 +176,7 @@ LONG_LEVERS = {
 for name, change in LONG_LEVERS.items():  # seed 42, then seed 43 on the same split
     RECIPES[name] = {**LONG, **change, "seed": 42}
     RECIPES[f"{name} (seed 43)"] = {**LONG, **change, "seed": 43}
+RECIPES["long:baseline (seed 44)"] = {**LONG, "seed": 44}  # a third network on the same split: what it adds
 RECIPES.update(LEVERS)
 RECIPES.update(CPU2X)
 RECIPES.update(NOW)

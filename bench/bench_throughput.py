@@ -85,7 +85,7 @@ VARIANTS = {
     # the long study's network and augmenters (bench_recipes' long: rows): what erasing and crops cost per
     # epoch, side by side: --only "$(python bench/bench_throughput.py --list long:)" --rounds 3
     **{f"long:{name}": {**DEFAULTS_NOW, **BF16, **LONG_NET, **change} for name, change in {
-        "flips, shifts of up to 2 pixels": {},
+        "flips and shifts of up to 2 pixels": {},
         "erasing 0.5": {"aug_erase": 0.5, "aug_erase_shape": "published"},
         "crops of up to 4 pixels": {"aug_shift": 4.5 / 28},
     }.items()},

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_recipes import RECIPES  # noqa: E402
 from common import emit, machine  # noqa: E402
 
 ONEDNN_OFF = {"TF_ENABLE_ONEDNN_OPTS": "0"}
@@ -35,8 +36,6 @@ BEFORE = {"pool_first": False, "precision": "float32"}  # the recipe the variant
 BF16 = {"precision": "mixed_bfloat16"}
 DEFAULTS_NOW = {"_fused": True, "_defaults_now": True, "_spe": 8}  # the cnn defaults as train.fit runs them
 FLIPS = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0}  # the default study's, before shifts
-LONG_NET = {**FLIPS, "aug_shift": 0.08, "filters": "32,64,128,256", "convs_per_block": 2, "pool_first": True,
-            "dense_units": 256, "dropout": 0.25, "label_smoothing": 0.1}
 VARIANTS = {
     "default": {},
     "onednn_off": {"_env": ONEDNN_OFF},
@@ -82,13 +81,10 @@ VARIANTS = {
                                                      "filters": "32,64,192,384"},
     "main:flips and 1-pixel shifts; 48-96-192-384": {**DEFAULTS_NOW, **FLIPS, "aug_shift": 0.04,
                                                      "filters": "48,96,192,384"},
-    # the long study's network and augmenters (bench_recipes' long: rows): what erasing and crops cost per
-    # epoch, side by side: --only "$(python bench/bench_throughput.py --list long:)" --rounds 3
-    **{f"long:{name}": {**DEFAULTS_NOW, **BF16, **LONG_NET, **change} for name, change in {
-        "flips and shifts of up to 2 pixels": {},
-        "erasing 0.5": {"aug_erase": 0.5, "aug_erase_shape": "published"},
-        "crops of up to 4 pixels": {"aug_shift": 4.5 / 28},
-    }.items()},
+    # bench_recipes' long: rows as they train (the long network; flips and shifts, erasing, crops): what erasing
+    # and crops cost per epoch, side by side: --only "$(python bench/bench_throughput.py --list long:)" --rounds 3
+    **{name: {**DEFAULTS_NOW, **RECIPES[name]} for name in ("long:baseline", "long:erase 0.5",
+                                                            "long:crops of up to 4 pixels")},
 }
 
 

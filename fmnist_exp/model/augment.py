@@ -32,24 +32,25 @@ class PublishedErasing(layers.RandomErasing):
         images = data["images"] if isinstance(data, dict) else data
         b, ops = self.backend, self.backend.numpy
         shape = b.shape(images)
-        n, height, width = shape[0], shape[self.height_axis], shape[self.width_axis]
+        n = shape[0]
+        height, width = b.cast(shape[self.height_axis], "float32"), b.cast(shape[self.width_axis], "float32")
         seed = seed or self._get_seed_generator(b._backend)
 
         def uniform(size, low=0.0, high=1.0):
             return b.random.uniform(size, minval=low, maxval=high, dtype="float32", seed=seed)
 
-        area = uniform((n, ATTEMPTS), *self.area) * b.cast(height * width, "float32")
+        area = uniform((n, ATTEMPTS), *self.area) * height * width
         aspect = uniform((n, ATTEMPTS), *self.aspect)
         h, w = ops.round(ops.sqrt(area * aspect)), ops.round(ops.sqrt(area / aspect))
-        fits = (h < b.cast(height, "float32")) & (w < b.cast(width, "float32"))
+        fits = (h < height) & (w < width)
         first = ops.argmax(b.cast(fits, "int32"), axis=1)  # the first box that fits (0 where none does)
 
         def pick(v):
             return ops.take_along_axis(v, first[:, None], axis=1)[:, 0]
 
         h, w = pick(h), pick(w)
-        y0 = ops.floor(uniform((n,)) * (b.cast(height, "float32") - h + 1))
-        x0 = ops.floor(uniform((n,)) * (b.cast(width, "float32") - w + 1))
+        y0 = ops.floor(uniform((n,)) * (height - h + 1))
+        x0 = ops.floor(uniform((n,)) * (width - w + 1))
         apply = (uniform((n,)) < self.factor[1]) & ops.any(fits, axis=1)
         return {"apply_erasing": apply,
                 "batch_masks": self._generate_batch_mask(shape, (x0, x0 + w, y0, y0 + h)),

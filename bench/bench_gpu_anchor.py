@@ -21,7 +21,10 @@ metrics (`train_wall_s`, `test_accuracy`). The ratio is its training seconds ove
 
 On the lent GPU machines (PyTorch and JAX, no TensorFlow, no network) the project's child needs
 MLflow, Keras, Optuna and their dependencies carried as wheels; `--project none` times the anchor
-alone. Prints one JSON object (stdout); progress goes to stderr.
+alone. With the data (30 MB) the full `mlflow` wheel does not fit the 64 MiB that travels: carry
+`mlflow-skinny`, `mlflow-tracing`, `cryptography` and the rest, and write a `mlflow-<version>.dist-info/METADATA`
+(Name, Version) beside them, since the logged model's requirements read `mlflow`'s version (2026-11-27).
+Prints one JSON object (stdout); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -190,7 +193,8 @@ def run_project(p: CnnParams, *, backend: str, bf16: bool, data_dir: str | None)
         flat = p.flat()
         flags = [arg for k in PROJECT_KEYS for arg in (f"--{k}", str(flat[k]))]
         flags += ["--precision", "mixed_bfloat16" if bf16 else "float32"]
-        flags += ["--data_dir", data_dir] if data_dir else []
+        # absolute: the child runs in the temporary folder
+        flags += ["--data_dir", str(Path(data_dir).resolve())] if data_dir else []
         env = {**os.environ, "KERAS_BACKEND": backend, "MLFLOW_TRACKING_URI": uri,
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         t0 = time.perf_counter()

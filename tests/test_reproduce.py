@@ -151,8 +151,8 @@ def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded()
     assert recorded["ema"] == 0.0 and recorded["tta_shift"] == 0 and recorded["optimizer"] == "adam"
     assert set(names) <= set(recorded)
     assert "aug_erase" not in reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase"})
-    assert reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase_shape"}
-                                )["aug_erase_shape"] == "keras"  # erased as before the published shape
+    # a parameter that left the package, logged at the value that trains as today: read as if absent
+    assert reproduce.as_trained(names, {**logged, "aug_erase_shape": "keras"}) == reproduce.as_trained(names, logged)
     cnn = P.network("cnn")
     before = {k: str(v) for k, v in cnn.flat().items() if k != "residual"}
     assert reproduce.as_trained([p.name for p in P.table.family_params("cnn")], before)["residual"] is False
@@ -194,6 +194,20 @@ def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
     assert reproduce.rebuild_params(named, here, FASHION_MNIST).precision == "mixed_bfloat16"  # named: it stays
     # filters not given (a cnn run that `mlflow run` started) are the widths that fit the data, made concrete
     assert reproduce.rebuild_params(orig, here, FASHION_MNIST).filters == (32, 64, 128, 256)
+
+
+def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tracking, tmp_path):
+    """aug_erase_shape=published (random erasing as published) did not pay and left the package: a run
+    that trained with it (its parameters as that code logged them) is refused before any run starts,
+    naming the commit that trains it as it did."""
+    with mlflow.start_run(run_name="published erasing") as run:
+        mlflow.log_params({**P.network("mlp", {**TINY_MLP, "aug_erase": 0.5}).logged(),
+                           "aug_erase_shape": "published", "data_sha256": "0" * 64})
+        mlflow.set_tag("model_uri", f"runs:/{run.info.run_id}/model")
+    out = cli(["reproduce", "--model_uri", f"runs:/{run.info.run_id}/model"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "aug_erase_shape=published" in out.stderr and "git checkout 8c16013" in out.stderr
+    assert len(runs()) == 1, "refused before any run started"
 
 
 def test_unknown_model_refused_before_work(tracking, tmp_path):

@@ -133,7 +133,10 @@ def read_original(uri: str) -> Original:
             f"{uri}: run {run_id} ({tags.get('mlflow.runName', '?')}) holds no trained mlp, cnn or custom model "
             f"(family {family or 'unknown'!r}); pass a training run, a trial or a registered version")
     names = [p.name for p in family_params(family)]
-    recorded = {**as_trained(names, logged), "data": recorded_data(logged)}
+    try:
+        recorded = {**as_trained(names, logged), "data": recorded_data(logged)}
+    except ConfigError as e:
+        raise ReproduceError(f"{uri}: run {run_id} cannot be rebuilt by this code: {e}") from None
     if "data_sha256" not in logged:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     test_acc = run.data.metrics.get(TEST_ACC, version_acc)

@@ -121,7 +121,13 @@ def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Netw
 
 def as_trained(names: list[str], logged: Mapping[str, str]) -> dict[str, Any]:
     """What a run logged of ``names``, and for a parameter added after it (ADDED_LATER) the value it
-    trained with: known without a record, so a rebuild does not depend on today's default."""
+    trained with: known without a record, so a rebuild does not depend on today's default. A run that
+    logged a parameter since retired (RETIRED) at another value than today's training is refused with
+    the commit that rebuilds it."""
+    for k, (today, commit) in typed.RETIRED.items():
+        if k in logged and unquoted(logged[k]) != str(today):
+            raise T.ConfigError(f"it trained with {k}={unquoted(logged[k])}, which has left the package (it did "
+                                f"not pay: BENCHMARKS.md); `git checkout {commit}` trains it as that run did")
     before = {k: v for k, v in typed.ADDED_LATER.items() if k in names}
     return {**before, **{k: unquoted(logged[k]) for k in names if k in logged}}
 

@@ -21,7 +21,6 @@ MONITORS = (VAL_LOSS, VAL_ACC)
 LR_SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-ERASE_SHAPES = ("keras", "published")
 FAMILIES = ("baseline", "mlp", "cnn", "custom")
 NETWORK_FAMILIES = ("mlp", "cnn", "custom")
 DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
@@ -156,12 +155,8 @@ FIT_PARAMS = [
           in_range(0, 0.5)),
     Param("aug_zoom", 0.08, "largest random zoom in or out, as a share of the image side (augment; 0 = none)",
           in_range(0, 0.9, hi_open=True)),
-    Param("aug_erase", 0.0, "probability that a training image gets a random rectangle erased (random erasing; "
-          "aug_erase_shape says which rectangles and what fills them; augment; 0 = none)", in_range(0, 1)),
-    Param("aug_erase_shape", "keras", "the rectangles aug_erase draws: keras (2-25% of the area, blanked to "
-          "background: what runs before this parameter did) or published (2-40% of the area, height/width "
-          "0.3-3.3, random values: random erasing as Zhong et al. train Fashion-MNIST with it)",
-          one_of(ERASE_SHAPES)),
+    Param("aug_erase", 0.0, "probability that a training image gets a random rectangle of 2-25% of its area "
+          "blanked to the background (random erasing; augment; 0 = none)", in_range(0, 1)),
     Param("ema", 0.0, "keep an exponential moving average of the weights with this momentum per step and end "
           "training on the average, also when early stopping ends it (which then keeps the average, not the best "
           "epoch's weights) (the optimizer's use_ema; e.g. 0.999; 0 = off, the training weights)",

@@ -132,6 +132,28 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
         P.network("cnn", {"optimizer": "adamw"})
 
 
+def test_a_retired_parameter_is_refused_with_the_commit_that_still_trains_it():
+    """aug_erase_shape left the package (random erasing as published did not pay): a run that logged it at
+    another value than today's training, a command line or study file that names it, and a builder's
+    parameter of that name are refused, naming the commit; a run that logged keras reads as before."""
+    commit = P.table.RETIRED["aug_erase_shape"].commit[:12]
+    logged = {k: str(v) for k, v in P.network("cnn", {"aug_erase": 0.5, "augment": True}).flat().items()}
+    names = [p.name for p in P.table.family_params("cnn")]
+    with pytest.raises(P.ConfigError, match=rf"trained with aug_erase_shape=published: .*git checkout {commit}"):
+        P.as_trained(names, {**logged, "aug_erase_shape": "'published'"})  # as `mlflow run` records it
+    with pytest.raises(P.ConfigError, match=commit):
+        P.trained("cnn", {**logged, "aug_erase_shape": "published"})
+    assert P.trained("cnn", {**logged, "aug_erase_shape": "keras"}) == P.trained("cnn", logged)
+    with pytest.raises(P.ConfigError, match=rf"aug_erase_shape=published: that parameter has left .*{commit}"):
+        P.network("cnn", {"aug_erase_shape": "published"})
+    with pytest.raises(P.ConfigError, match="aug_erase_shape"):
+        P.network("custom", {"model": "net.py:build", "hp": "{aug_erase_shape: x}"})
+    text = ("description: refused\nfamily: cnn\nbudget: {n_trials: 1, epochs: 1}\n"
+            "fixed: {aug_erase: 0.5, aug_erase_shape: published}\nspace:\n  l2: {type: float, low: 0.0, high: 0.001}\n")
+    with pytest.raises(P.ConfigError, match=rf"fixed.aug_erase_shape: aug_erase_shape=published: .*{commit}"):
+        parse(text, Path("old.yaml"))
+
+
 @pytest.mark.parametrize("section,entry,message", [
     ("space", "seed: {type: int, low: 1, high: 9}", "'seed' is the command line's"),
     ("fixed", "seed: 3", "'seed' is the command line's"),

@@ -207,6 +207,7 @@ def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tr
     out = cli(["reproduce", "--model_uri", f"runs:/{run.info.run_id}/model"], tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "aug_erase_shape=published" in out.stderr and "git checkout 8c16013" in out.stderr
+    assert "nothing was trained" in out.stderr
     assert len(runs()) == 1, "refused before any run started"
 
 

@@ -134,9 +134,11 @@ def read_original(uri: str) -> Original:
             f"(family {family or 'unknown'!r}); pass a training run, a trial or a registered version")
     names = [p.name for p in family_params(family)]
     try:
-        recorded = {**as_trained(names, logged), "data": recorded_data(logged)}
+        trained = as_trained(names, logged)
     except ConfigError as e:
-        raise ReproduceError(f"{uri}: run {run_id} cannot be rebuilt by this code: {e}") from None
+        raise ReproduceError(f"{uri}: run {run_id} cannot be rebuilt by this code, so nothing was trained: {e}; "
+                             f"reproduce it there") from None
+    recorded = {**trained, "data": recorded_data(logged)}
     if "data_sha256" not in logged:
         raise ReproduceError(f"{uri}: run {run_id} recorded no data_sha256, so the data it saw cannot be checked")
     test_acc = run.data.metrics.get(TEST_ACC, version_acc)

@@ -53,6 +53,8 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
     `mlflow run` records it as the two characters '', which a rebuild reads back)."""
     by_name = {p.name: p for p in params}
     unknown = set(overrides or {}) - set(by_name)
+    for name in sorted(unknown & set(T.RETIRED)):
+        raise T.ConfigError(f"{what}: {T.RETIRED[name].refusal(name, (overrides or {})[name])}; leave it out")
     if unknown:
         raise T.ConfigError(
             f"unknown parameter(s) for {what}: {', '.join(sorted(unknown))}; known: {', '.join(by_name)}")
@@ -124,10 +126,9 @@ def as_trained(names: list[str], logged: Mapping[str, str]) -> dict[str, Any]:
     trained with: known without a record, so a rebuild does not depend on today's default. A run that
     logged a parameter since retired (RETIRED) at another value than today's training is refused with
     the commit that rebuilds it."""
-    for k, (today, commit) in typed.RETIRED.items():
-        if k in logged and unquoted(logged[k]) != str(today):
-            raise T.ConfigError(f"it trained with {k}={unquoted(logged[k])}, which has left the package (it did "
-                                f"not pay: BENCHMARKS.md); `git checkout {commit}` trains it as that run did")
+    for name, retired in T.RETIRED.items():
+        if name in logged and unquoted(logged[name]) != retired.trains_as_today:
+            raise T.ConfigError(f"it trained with {retired.refusal(name, unquoted(logged[name]))}")
     before = {k: v for k, v in typed.ADDED_LATER.items() if k in names}
     return {**before, **{k: unquoted(logged[k]) for k in names if k in logged}}
 

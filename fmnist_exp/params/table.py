@@ -276,8 +276,31 @@ LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "
                  "compiled_by", "compiled_optimizer", "compiled_learning_rate", "compiled_loss")
 
 
+@dataclass(frozen=True)
+class Retired:
+    """A parameter that left the package: the value, as logged, that trains as today's code does, a
+    commit that trains every value as the runs that logged it did, and why it left."""
+
+    trains_as_today: str
+    commit: str
+    why: str
+
+    def refusal(self, name: str, value: Any) -> str:
+        return (f"{name}={value}: that parameter has left the package ({self.why}); it still trains at "
+                f"commit {self.commit[:12]} (`git checkout {self.commit[:12]}`)")
+
+
+# Parameters that left the package (STYLE: a lever measured that did not pay). A run that logged another value
+# than trains_as_today is refused, even where that value changed nothing (aug_erase 0): read it at the commit.
+RETIRED = {"aug_erase_shape": Retired("keras", "8c16013b8dbb508fbf48c33df308ec4e0e674ef4",
+                                      "random erasing as published did not pay at the long schedule: "
+                                      "BENCHMARKS.md, 'The long study'")}
+
+
 def reserved_names() -> set[str]:
-    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE)
+    """Names no builder's parameter may take: the platform's, what a run logs beside them, and retired ones
+    (a run logging one would read as trained by the retired parameter)."""
+    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE) | set(RETIRED)
 
 
 def canonical_hp(text: Any) -> str:

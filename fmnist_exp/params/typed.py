@@ -25,9 +25,6 @@ def _flat_value(v: Any) -> Any:
 # Parameters added after runs were logged without them, and the value that trains as those runs did.
 ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None,
                                "optimizer": "adam", "data": "fashion-mnist"}
-# Parameters that left the package (a lever measured that did not pay): the value that trains as today,
-# and the last commit that trains another (a run that logged another value is rebuilt there).
-RETIRED: dict[str, tuple[Any, str]] = {"aug_erase_shape": ("keras", "8c16013")}
 
 
 @dataclass(frozen=True, kw_only=True)

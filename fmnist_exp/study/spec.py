@@ -274,6 +274,9 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in ("val_fraction", "split_seed") and section == "space" and not stored:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it decides which images validate each "
                               "trial, so the trials would be compared on different images; fix it in 'fixed'")
+        if key in P.table.RETIRED:
+            value = {"fixed": spec.fixed, "space": spec.space, "final": spec.final.params}[section][key]
+            raise ConfigError(f"{where}: {section}.{key}: {P.table.RETIRED[key].refusal(key, value)}; remove it")
         if key not in names and spec.family != "custom":  # a name that is not the platform's is the builder's
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     P.family(spec.family, spec.fixed)

@@ -84,6 +84,10 @@ VARIANTS = {
     # bench_recipes' long: rows as they train (the long network; flips and shifts, crops): what crops cost per
     # epoch, side by side: --only "$(python bench/bench_throughput.py --list long:)" --rounds 3
     **{name: {**DEFAULTS_NOW, **RECIPES[name]} for name in ("long:baseline", "long:crops of up to 4 pixels")},
+    # the long study on a CPU without bfloat16 (float32 there), and on one whose oneDNN has AVX2 only
+    "long:baseline in float32": {**DEFAULTS_NOW, **RECIPES["long:baseline"], "precision": "float32"},
+    "long:baseline in float32 on AVX2 only": {**DEFAULTS_NOW, **RECIPES["long:baseline"], "precision": "float32",
+                                            "_env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}},
 }
 
 

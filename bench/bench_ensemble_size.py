@@ -29,6 +29,8 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from fmnist_exp import data as D
+    from fmnist_exp import params as P
+    from fmnist_exp.commands.reproduce import recorded_data
     from fmnist_exp.stats import compare
     from fmnist_exp.study.ensemble import MEMBERS_TAG, held_out_by_all
     from fmnist_exp.train.evaluate import predict_proba
@@ -39,18 +41,16 @@ def main() -> None:
     version = client.get_model_version_by_alias(name, which) if not which.isdigit() else \
         client.get_model_version(name, which)
     members = [client.get_run(rid) for rid in client.get_run(version.run_id).data.tags[MEMBERS_TAG].split(",")]
-    logged = [m.data.params for m in members]
-    seeds = [int(p["seed"]) for p in logged]
-    split_seeds = [int(p["split_seed"]) if p.get("split_seed", "").isdigit() else s
-                   for p, s in zip(logged, seeds, strict=True)]
-    ds = D.load_dataset(logged[0].get("data") or "fashion-mnist", None)
-    x_val, y_val = held_out_by_all(ds, float(logged[0]["val_fraction"]), split_seeds)
+    trained = [P.trained(m.data.params["family"], m.data.params) for m in members]  # as reproduce reads them
+    seeds, split_seeds = [p.seed for p in trained], [p.split_by() for p in trained]
+    ds = D.load_dataset(recorded_data(members[0].data.params), None)
+    x_val, y_val = held_out_by_all(ds, trained[0].val_fraction, split_seeds)
     parts = {"val": (x_val, y_val), "test": (ds.x_test, ds.y_test)}
     probs = []
     for m in members:
         model = mlflow.keras.load_model(m.data.tags["model_uri"])
         probs.append({part: predict_proba(model, x) for part, (x, _) in parts.items()})
-        print(f"scored seed {m.data.params['seed']}", file=sys.stderr, flush=True)
+        print(f"scored {m.info.run_name}", file=sys.stderr, flush=True)
 
     def accuracy(p: np.ndarray, y: np.ndarray) -> float:
         return round(100 * float((p.argmax(1) == y).mean()), 2)

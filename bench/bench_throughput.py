@@ -36,6 +36,7 @@ BEFORE = {"pool_first": False, "precision": "float32"}  # the recipe the variant
 BF16 = {"precision": "mixed_bfloat16"}
 DEFAULTS_NOW = {"_fused": True, "_defaults_now": True, "_spe": 8}  # the cnn defaults as train.fit runs them
 FLIPS = {"augment": True, "aug_shift": 0.0, "aug_rotate": 0.0, "aug_zoom": 0.0}  # the default study's, before shifts
+LONG_FLOAT32 = {**DEFAULTS_NOW, **RECIPES["long:baseline"], "precision": "float32"}  # the long study without bf16
 VARIANTS = {
     "default": {},
     "onednn_off": {"_env": ONEDNN_OFF},
@@ -85,9 +86,8 @@ VARIANTS = {
     # epoch, side by side: --only "$(python bench/bench_throughput.py --list long:)" --rounds 3
     **{name: {**DEFAULTS_NOW, **RECIPES[name]} for name in ("long:baseline", "long:crops of up to 4 pixels")},
     # the long study on a CPU without bfloat16 (float32 there), and on one whose oneDNN has AVX2 only
-    "long:baseline in float32": {**DEFAULTS_NOW, **RECIPES["long:baseline"], "precision": "float32"},
-    "long:baseline in float32 on AVX2 only": {**DEFAULTS_NOW, **RECIPES["long:baseline"], "precision": "float32",
-                                            "_env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}},
+    "long:baseline in float32": LONG_FLOAT32,
+    "long:baseline in float32 on AVX2 only": {**LONG_FLOAT32, "_env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}},
 }
 
 

@@ -53,7 +53,9 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
     `mlflow run` records it as the two characters '', which a rebuild reads back)."""
     by_name = {p.name: p for p in params}
     unknown = set(overrides or {}) - set(by_name)
-    for name in sorted(unknown & set(T.RETIRED)):
+    retired = sorted(unknown & set(T.RETIRED))
+    if retired:  # not merely unknown: say where it still trains
+        name = retired[0]
         raise T.ConfigError(f"{what}: {T.RETIRED[name].refusal(name, (overrides or {})[name])}; leave it out")
     if unknown:
         raise T.ConfigError(

@@ -67,7 +67,7 @@ def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch):
     monkeypatch.setenv("PGPASSWORD", url.url.password)  # the launcher's and, below, the Dask workers'
     storage = url.without_password
     overrides = {"study": str(study_file), "study_name": "dasked", "storage": storage, "n_trials": 2,
-                 "register": "false"}
+                 "register": "false", "data": "digits"}  # 8x8 images: seconds a trial
     flags = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
 
     # workers=0 creates the study once (what the Kubernetes study Job runs) and names the worker command
@@ -107,23 +107,34 @@ def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch):
         assert r.data.tags["dask_worker"] == parent.data.tags["dask_worker"]
 
 
-def test_unreachable_scheduler_is_named_with_the_fix(tmp_path):
+def test_unreachable_scheduler_is_named_with_the_fix(monkeypatch, capsys):
+    from fmnist_exp import cli as command_line
+
+    monkeypatch.setattr(launch, "CONNECT_TIMEOUT_S", 1)  # a closed port fails alike within 1 s or 5
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    out = cli(["launch", "--scheduler", address, "--storage", "postgresql://fmnist@127.0.0.1:5432/optuna"], tmp_path,
-              timeout=120)
-    assert out.returncode == 2
-    assert f"scheduler={address}: no Dask scheduler answers there" in out.stderr
-    assert "dask scheduler --port 8786" in out.stderr and "--resources tune=1" in out.stderr
+    code = command_line.main(["launch", "--scheduler", address, "--storage", "postgresql://fmnist@127.0.0.1:5432/optuna"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"scheduler={address}: no Dask scheduler answers there" in err
+    assert "dask scheduler --port 8786" in err and "--resources tune=1" in err
 
 
-def test_launch_refuses_what_workers_could_not_use(tmp_path):
-    env = subprocess_env()
-    with dask_cluster(tmp_path, env, [], 1) as (address, _):  # a worker without the tune resource
-        out = cli(["launch", "--scheduler", address, "--storage", "postgresql://fmnist@127.0.0.1:5432/optuna"],
-                  tmp_path)
-    assert out.returncode == 2
-    assert "none of its 1 Dask workers offers the 'tune' resource" in out.stderr and "--resources tune=1" in out.stderr
+def test_launch_refuses_what_workers_could_not_use(capsys):
+    from distributed import LocalCluster
+
+    from fmnist_exp import cli as command_line
+
+    # a real Dask scheduler and worker (in this process: they are not what is tested), the worker without
+    # the tune resource
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as dask:
+        code = command_line.main(["launch", "--scheduler", dask.scheduler_address,
+                                  "--storage", "postgresql://fmnist@127.0.0.1:5432/optuna"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "none of its 1 Dask workers offers the 'tune' resource" in err and "--resources tune=1" in err
     # a password in the storage URL would be a task argument on Dask's dashboard: refused before any connection
-    out = cli(["launch", "--storage", "postgresql://fmnist:s3cret@127.0.0.1:5432/optuna"], tmp_path)
-    assert out.returncode == 2 and "s3cret" not in out.stderr + out.stdout
-    assert "--storage postgresql+psycopg://fmnist@127.0.0.1:5432/optuna" in out.stderr and "PGPASSWORD" in out.stderr
+    code = command_line.main(["launch", "--storage", "postgresql://fmnist:s3cret@127.0.0.1:5432/optuna"])
+    out = capsys.readouterr()
+    assert code == 2 and "s3cret" not in out.err + out.out
+    assert "--storage postgresql+psycopg://fmnist@127.0.0.1:5432/optuna" in out.err and "PGPASSWORD" in out.err

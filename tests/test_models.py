@@ -248,14 +248,17 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
     not a multiple of the group still trains every step, the weights are bit for bit those of one
     step per call (so replays of models trained before the grouping stay exact), and the fitted
     model predicts a single image and saves, and loads, as one step per call."""
+    from dataclasses import replace
+
     import keras
 
     from fmnist_exp import data
     from fmnist_exp.train import fit
 
     assert fit.default_steps_per_execution() == fit.STEPS_PER_EXECUTION > 1  # under TensorFlow
-    s = data.split(dataset, val_fraction=0.1, seed=0, train_samples=1000)
-    p = P.network("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 100})
+    s = data.split(dataset, val_fraction=0.1, seed=0, train_samples=200)
+    s = replace(s, x_val=s.x_val[:100], y_val=s.y_val[:100])  # validated each epoch: a few images do
+    p = P.network("mlp", {"hidden_units": "8", "epochs": 2, "batch_size": 20})
     steps = -(-len(s.x_train) // p.batch_size)
     assert steps % fit.STEPS_PER_EXECUTION  # a last, shorter group in every epoch
     model, _ = fit.fresh_model(p, FM)
@@ -266,7 +269,7 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
     fit.fit(one_by_one, s, p, steps_per_execution=1)
     for grouped, single in zip(model.get_weights(), one_by_one.get_weights(), strict=True):
         np.testing.assert_array_equal(grouped, single)
-    q = P.network("cnn", {"filters": "8,16", "dense_units": 16, "epochs": 1, "batch_size": 100})
+    q = P.network("cnn", {"filters": "8", "dense_units": 0, "epochs": 1, "batch_size": 20})  # one block, batch norm
     cnns = [fit.fresh_model(q, FM, fused=True)[0] for _ in range(2)]  # fused batch norm, as cnn trains
     for cnn, spe in zip(cnns, (None, 1), strict=True):
         fit.fit(cnn, s, q, steps_per_execution=spe)

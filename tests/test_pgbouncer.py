@@ -8,67 +8,86 @@ So a session advisory lock is not the client's: taken in one transaction it stay
 session that PgBouncer then lends to other clients (who take it again at once, advisory locks
 being re-entrant), and a waiter blocked in ``pg_advisory_lock`` holds a server connection while
 it waits: as many waiters as the pool has connections, and the holder has none left for its own
-storage calls. Real processes, a real pgbouncer (Debian's package; skipped without it, a failure
-under CI=true) in front of the test PostgreSQL (conftest.pg_admin).
+storage calls. Each worker is a thread with connections of its own (to PgBouncer, one client
+each, as a process of its own would be), a real pgbouncer (Debian's package; skipped without it, a
+failure under CI=true) in front of the test PostgreSQL (conftest.pg_admin).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 import sqlalchemy
-from conftest import free_port, fresh_db, subprocess_env
+from conftest import free_port, fresh_db
+
+from fmnist_exp.scale.storage import StorageURL
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 MODEL = "fmnist-classifier"
+WAIT_S = 120  # the most a worker waits for its word
 
-# One worker's turn under the lock (``how``: StorageURL.registration_lock, or StorageURL.lock, the
-# one workers open the study store and create the study under): wait for the word, ask, and once
-# in, wait for the file ``query_when`` (if named), call the storage through PgBouncer on a
-# connection of its own (as the work under either lock does), then hold on for ``hold`` s, so that
-# a turn that overlapped another would show in the times. Touches <out>.asked as its lock request
-# goes to the database, and writes when it asked, got in, how long its call took and when it left.
-HOLD = """
-import json, sys, time
-from pathlib import Path
-import sqlalchemy
-from fmnist_exp.scale.storage import StorageURL
-url, name, go, out, query_when, hold, how = sys.argv[1:8]
-storage = StorageURL.parse(url)
 
-def asking(conn, cursor, statement, *args):
-    if "advisory" in statement:
-        Path(out + ".asked").touch()
+class Worker(threading.Thread):
+    """One worker's turn under the lock (``how``: StorageURL.registration_lock, or StorageURL.lock, the
+    one workers open the study store and create the study under): wait for the word ``go``, ask, and
+    once in, wait for ``query_when`` (if given), call the storage through PgBouncer on a connection of
+    its own (as the work under either lock does), then hold on for ``hold`` s, so that a turn that
+    overlapped another would show in the times. ``asked`` is set as its lock request goes to the
+    database (:func:`watching_requests`); ``times``: when it asked, got in, how long its call took and
+    when it left; ``error``: its traceback, if it failed."""
 
-sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", asking)
-Path(out + ".ready").touch()
-while not Path(go).exists():
-    time.sleep(0.005)
-asked = time.time()
-with getattr(storage, how)(name):
-    entered = time.time()
-    while query_when and not Path(query_when).exists():
-        time.sleep(0.005)
-    called = time.time()
-    engine = storage.engine()
-    with engine.connect() as c:
-        c.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity")).scalar()
-    engine.dispose()
-    call_s = time.time() - called
-    time.sleep(float(hold))
-    left = time.time()
-Path(out).write_text(json.dumps({"asked": asked, "entered": entered, "call_s": call_s, "left": left}))
-"""
+    def __init__(self, url: str, who: str, go: threading.Event, hold: float, query_when: threading.Event | None = None,
+                 how: str = "registration_lock"):
+        super().__init__(name=f"worker {who}", daemon=True)
+        self.url, self.go, self.hold, self.query_when, self.how = url, go, hold, query_when, how
+        self.asked = threading.Event()
+        self.times: dict[str, float] | None = None
+        self.error = ""
+
+    def run(self) -> None:
+        try:
+            storage = StorageURL.parse(self.url)
+            assert self.go.wait(WAIT_S), "no word to go"
+            asked = time.time()
+            with getattr(storage, self.how)(MODEL):
+                entered = time.time()
+                assert self.query_when is None or self.query_when.wait(WAIT_S), "no word to call the storage"
+                called = time.time()
+                engine = storage.engine()
+                with engine.connect() as c:
+                    c.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity")).scalar()
+                engine.dispose()
+                call_s = time.time() - called
+                time.sleep(self.hold)  # the turn's length, so that an overlap shows in the times
+                left = time.time()
+            self.times = {"asked": asked, "entered": entered, "call_s": call_s, "left": left}
+        except BaseException:
+            self.error = traceback.format_exc()
+
+
+def _asking(conn, cursor, statement, *args) -> None:
+    worker = threading.current_thread()
+    if isinstance(worker, Worker) and "advisory" in statement:
+        worker.asked.set()
+
+
+@pytest.fixture
+def watching_requests():
+    """Each Worker's ``asked``, set as its lock request goes to the database."""
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", _asking)
+    yield
+    sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", _asking)
+
 
 @contextlib.contextmanager
 def pgbouncer(pg_url: str, pool_size: int, query_wait_timeout: int = 120):
@@ -115,7 +134,7 @@ logfile = {folder}/pgbouncer.log
                 if proc.poll() is not None or time.time() > deadline:
                     log = folder / "pgbouncer.log"
                     pytest.fail("pgbouncer did not start:\n" + (log.read_text()[-2000:] if log.exists() else ""))
-                time.sleep(0.3)
+                time.sleep(0.05)
         yield port
     finally:
         proc.terminate()
@@ -131,25 +150,19 @@ def bounced(pg_url: str, port: int, database: str) -> str:
         hide_password=False)
 
 
-def start(url: str, folder: Path, who: str, go: Path, hold: float, query_when: Path | None = None,
-          how: str = "registration_lock") -> subprocess.Popen:
-    out = folder / f"{who}.json"
-    cmd = [sys.executable, "-c", HOLD, url, MODEL, str(go), str(out), str(query_when or ""), str(hold), how]
-    return subprocess.Popen(cmd, env=subprocess_env(), stdout=open(folder / f"{who}.log", "w"),
-                            stderr=subprocess.STDOUT)
+def start(workers: dict[str, Worker]) -> dict[str, Worker]:
+    for w in workers.values():
+        w.start()
+    return workers
 
 
-def wait_ready(folder: Path, who: list[str], procs: list[subprocess.Popen], timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while not all((folder / f"{w}.json.ready").exists() for w in who):
-        if time.time() > deadline or any(p.poll() is not None for p in procs):
-            pytest.fail("a worker never got ready:\n" + logs(folder))
-        time.sleep(0.05)
+def failed(workers: dict[str, Worker]) -> str:
+    return "\n".join(f"--- {w.name}\n{w.error}" for w in workers.values() if w.error)
 
 
-def asked(folder: Path, who: list[str]) -> bool:
-    """Whether each of ``who`` has sent its lock request to the database."""
-    return all((folder / f"{w}.json.asked").exists() for w in who)
+def asked(workers: list[Worker]) -> bool:
+    """Whether each of ``workers`` has sent its lock request to the database."""
+    return all(w.asked.is_set() for w in workers)
 
 
 def advisory_locks(direct: sqlalchemy.engine.Engine, granted: bool) -> int:
@@ -160,34 +173,24 @@ def advisory_locks(direct: sqlalchemy.engine.Engine, granted: bool) -> int:
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"), {"g": granted}).scalar()
 
 
-def wait_for(what: str, cond, procs: list[subprocess.Popen], folder: Path, timeout: float = 60) -> None:
+def wait_for(what: str, cond, workers: dict[str, Worker], timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while not cond():
-        if time.time() > deadline or any(p.poll() not in (None, 0) for p in procs):
-            pytest.fail(f"never saw {what}:\n" + logs(folder))
-        time.sleep(0.05)
+        if time.time() > deadline or failed(workers):
+            pytest.fail(f"never saw {what}:\n" + failed(workers))
+        time.sleep(0.02)
 
 
-def finish(procs: dict[str, subprocess.Popen], folder: Path, timeout: float) -> dict[str, dict]:
-    """Each worker's times, once all have exited 0 within ``timeout`` s (else fail with their logs)."""
+def finish(workers: dict[str, Worker], timeout: float) -> dict[str, dict]:
+    """Each worker's times, once all have finished without an error within ``timeout`` s (else fail)."""
     deadline = time.time() + timeout
-    try:
-        for p in procs.values():
-            p.wait(timeout=max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"workers still running after {timeout:.0f} s:\n" + logs(folder))
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    failed = [w for w, p in procs.items() if p.returncode != 0]
-    assert not failed, f"workers {failed} failed:\n" + logs(folder)
-    return {w: json.loads((folder / f"{w}.json").read_text()) for w in procs}
-
-
-def logs(folder: Path) -> str:
-    return "\n".join(f"--- {f.name}\n{f.read_text()[-1500:]}" for f in sorted(folder.glob("*.log")))
+    for w in workers.values():
+        w.join(timeout=max(0.0, deadline - time.time()))
+    running = [who for who, w in workers.items() if w.is_alive()]
+    if running:
+        pytest.fail(f"workers {running} still running after {timeout:.0f} s:\n" + failed(workers))
+    assert not failed(workers), f"workers failed:\n{failed(workers)}"
+    return {who: w.times for who, w in workers.items()}
 
 
 def assert_one_at_a_time(times: dict[str, dict]) -> None:
@@ -207,23 +210,21 @@ def db(pg_admin):
     direct.dispose()
 
 
-def test_registration_lock_excludes_through_pgbouncer(db, tmp_path):
+def test_registration_lock_excludes_through_pgbouncer(db, watching_requests):
     """Two workers ask at the same moment, a third while one of them holds it: their turns never
     overlap, the third waits, and once all are done no lock is left on a pooled server session."""
     pg_url, name, direct = db
     with pgbouncer(pg_url, pool_size=4) as port:
         url = bounced(pg_url, port, name)
-        go_ab, go_c, go_on = tmp_path / "go-ab", tmp_path / "go-c", tmp_path / "go-on"
-        procs = {w: start(url, tmp_path, w, go, hold=0.5, query_when=go_on)
-                 for w, go in (("a", go_ab), ("b", go_ab), ("c", go_c))}
-        wait_ready(tmp_path, list(procs), list(procs.values()))
-        go_ab.touch()
-        wait_for("a worker holding the lock", lambda: advisory_locks(direct, granted=True) == 1,
-                 list(procs.values()), tmp_path)
-        go_c.touch()
-        wait_for("c asking for the lock", lambda: asked(tmp_path, ["c"]), list(procs.values()), tmp_path)
-        go_on.touch()  # only now may the holder go on and leave
-        times = finish(procs, tmp_path, timeout=120)
+        go_ab, go_c, go_on = threading.Event(), threading.Event(), threading.Event()
+        workers = start({w: Worker(url, w, go, hold=0.3, query_when=go_on)
+                         for w, go in (("a", go_ab), ("b", go_ab), ("c", go_c))})
+        go_ab.set()
+        wait_for("a worker holding the lock", lambda: advisory_locks(direct, granted=True) == 1, workers)
+        go_c.set()
+        wait_for("c asking for the lock", lambda: asked([workers["c"]]), workers)
+        go_on.set()  # only now may the holder go on and leave
+        times = finish(workers, timeout=120)
         assert_one_at_a_time(times)
         first_out = min(t["left"] for t in times.values())
         assert times["c"]["asked"] < first_out <= times["c"]["entered"], f"c did not wait for a holder: {times}"
@@ -231,7 +232,7 @@ def test_registration_lock_excludes_through_pgbouncer(db, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["registration_lock", "lock"])
-def test_waiters_beyond_the_pool_leave_the_holder_a_connection(db, tmp_path, how):
+def test_waiters_beyond_the_pool_leave_the_holder_a_connection(db, watching_requests, how):
     """More waiters than PgBouncer has server connections (2): the holder still makes its own
     storage calls through PgBouncer, and each waiter gets its turn. A waiter that blocks inside
     the server pins a server connection, and the holder's call waits for one until PgBouncer's
@@ -239,18 +240,16 @@ def test_waiters_beyond_the_pool_leave_the_holder_a_connection(db, tmp_path, how
     pg_url, name, direct = db
     with pgbouncer(pg_url, pool_size=2, query_wait_timeout=15) as port:
         url = bounced(pg_url, port, name)
-        go_h, go_w, go_call = tmp_path / "go-h", tmp_path / "go-w", tmp_path / "go-call"
+        go_h, go_w, go_call = threading.Event(), threading.Event(), threading.Event()
         waiters = ["w1", "w2", "w3"]
-        procs = {"holder": start(url, tmp_path, "holder", go_h, hold=0.5, query_when=go_call, how=how)}
-        procs |= {w: start(url, tmp_path, w, go_w, hold=0.3, how=how) for w in waiters}
-        wait_ready(tmp_path, list(procs), list(procs.values()))
-        go_h.touch()
-        wait_for("the holder holding the lock", lambda: advisory_locks(direct, granted=True) == 1,
-                 list(procs.values()), tmp_path)
-        go_w.touch()
-        wait_for("every waiter asking for the lock", lambda: asked(tmp_path, waiters), list(procs.values()), tmp_path)
-        go_call.touch()  # the holder's storage call, now that every waiter is asking
-        times = finish(procs, tmp_path, timeout=90)
+        workers = start({"holder": Worker(url, "holder", go_h, hold=0.3, query_when=go_call, how=how),
+                         **{w: Worker(url, w, go_w, hold=0.2, how=how) for w in waiters}})
+        go_h.set()
+        wait_for("the holder holding the lock", lambda: advisory_locks(direct, granted=True) == 1, workers)
+        go_w.set()
+        wait_for("every waiter asking for the lock", lambda: asked([workers[w] for w in waiters]), workers)
+        go_call.set()  # the holder's storage call, now that every waiter is asking
+        times = finish(workers, timeout=90)
         assert_one_at_a_time(times)
         assert min(times, key=lambda w: times[w]["entered"]) == "holder"
         assert times["holder"]["call_s"] < 10, f"the holder's storage call waited for a server connection: {times}"

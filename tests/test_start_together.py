@@ -21,7 +21,7 @@ import mlflow
 import optuna
 import pytest
 import sqlalchemy
-from conftest import all_runs, free_port, fresh_db, subprocess_env, trial_runs
+from conftest import all_runs, free_port, fresh_db, stop_group, subprocess_env, trial_runs
 
 WORKERS = 4
 STUDY = """description: workers started together
@@ -37,16 +37,29 @@ pruner: {type: none}
 """
 ENQUEUED = {"dropout": 0.1, "learning_rate": 2.0e-3}
 
-# What a worker does before any work: the tracking store made, the study store opened. Each
-# process imports first, says so, and waits for the word: all open the stores within milliseconds.
+# What a worker does before any work: the tracking store made, the study store opened. One process
+# imports what that takes, once, and forks the workers (each a whole process with its own
+# connections, as a worker started by hand, without paying the imports again); it says so, and
+# each waits for the word: all open the stores within milliseconds. It exits 0 only if every worker did.
 OPEN_STORES = """
-import sys, time
+import os, sys, time
 from pathlib import Path
+import mlflow.store.tracking.sqlalchemy_store, optuna.storages._rdb.storage  # what opening imports (no store)
 from fmnist_exp.scale.storage import preflight
-Path(sys.argv[1]).touch()
-while not Path(sys.argv[2]).exists():
-    time.sleep(0.005)
-preflight(sys.argv[3]).open()
+workers, go, storage, ready = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+pids = []
+for _ in range(workers):
+    pid = os.fork()
+    if pid == 0:  # a worker: nothing below this block runs in it
+        while not go.exists():
+            time.sleep(0.005)
+        preflight(storage).open()
+        os._exit(0)  # done (an error above exits 1): no seconds of interpreter teardown
+    pids.append(pid)
+ready.touch()
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+print("worker exit codes", codes, flush=True)
+os._exit(0 if codes == [0] * workers else 1)
 """
 
 
@@ -68,23 +81,21 @@ def test_new_stores_opened_at_the_same_moment_are_made_once(tracking_db, pg_admi
                 else fresh_db(pg_admin, "mlflow"))
     storage = fresh_db(pg_admin, "optuna")
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}
-    go = tmp_path / "go"
-    ready = [tmp_path / f"ready{i}" for i in range(WORKERS)]
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORES, str(r), str(go), storage], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in ready]
+    go, ready = tmp_path / "go", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", OPEN_STORES, str(WORKERS), str(go), storage, str(ready)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its workers with it: stop_group ends them all
     try:
         deadline = time.time() + 180
-        while not all(r.exists() for r in ready):
-            assert time.time() < deadline and all(p.poll() is None for p in procs), [p.poll() for p in procs]
-            time.sleep(0.05)
+        while not ready.exists():
+            assert time.time() < deadline and proc.poll() is None, proc.poll()
+            time.sleep(0.02)
         go.touch()
-        outs = [p.communicate(timeout=180)[0] for p in procs]
+        out = proc.communicate(timeout=180)[0]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0] * WORKERS, "\n".join(o[-2000:] for o in outs)
+        if proc.poll() is None:  # a failure above: the process and the workers it forked
+            stop_group(proc)
+    assert proc.returncode == 0 and f"worker exit codes {[0] * WORKERS}" in out, out[-8000:]
 
     # each store was made once: one schema revision, and it opens as its library expects
     assert len(alembic_revisions(tracking)) == 1
@@ -95,7 +106,8 @@ def test_new_stores_opened_at_the_same_moment_are_made_once(tracking_db, pg_admi
 
 def tune_worker(tmp: Path, env: dict, storage: str | None, n_trials: int, log: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", str(tmp / "s.yaml"), "--study_name", "together",
-           "--n_trials", str(n_trials), "--register", "false", *(["--storage", storage] if storage else [])]
+           "--n_trials", str(n_trials), "--register", "false", "--data", "digits",  # 8x8 images: seconds a trial
+           *(["--storage", storage] if storage else [])]
     with open(tmp / log, "w") as out:
         return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -140,7 +152,7 @@ def storage_proxy(stores):
             with contextlib.suppress(ConfigError):
                 StorageURL.parse(url).check()
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
@@ -199,6 +211,7 @@ def test_second_worker_on_a_new_sqlite_study_store_is_still_refused(new_stores):
 def test_a_made_study_is_joined_without_the_creation_lock(tracking, tmp_path):
     # a hundred workers joining a made study must not queue for the lock that makes it: hold that lock
     # as another worker making it would, and a second worker still joins at once; a new study waits
+    # for the lock, and is made only once it is free
     import threading
 
     from fmnist_exp import params as P
@@ -206,19 +219,39 @@ def test_a_made_study_is_joined_without_the_creation_lock(tracking, tmp_path):
 
     path = tmp_path / "made.yaml"
     path.write_text(STUDY)
-    setup = prepare(P.tune_args({"family": "mlp", "study": str(path)}))
+    setup = prepare(P.tune_args({"family": "mlp", "study": str(path), "data": "digits"}))
+    started = time.perf_counter()
     first = open_study(setup, 42)
+    making = time.perf_counter() - started  # how long making a new study takes, nothing in its way
     assert STUDY_TEXT in first.user_attrs and [t.state.name for t in first.trials] == ["WAITING"]  # enqueued
 
-    def opened_while_locked(name: str) -> bool:
-        s = prepare(P.tune_args({"family": "mlp", "study": str(path), "study_name": name}))
-        done = threading.Event()
-        with s.storage.lock(f"create study {name}"):
-            threading.Thread(target=lambda: (open_study(s, 42), done.set()), daemon=True).start()
-            joined = done.wait(timeout=20)
-        done.wait(timeout=60)  # a new study is made once the lock is free
-        return joined
+    def open_while_locked(name: str, hold: float | None) -> tuple[bool, float, float]:
+        """Open study ``name`` in a thread while this one holds its creation lock, for ``hold`` s (None:
+        until the thread is done, 60 s at most). Whether it was done under the lock, when it was done,
+        and when the lock was let go."""
+        s = prepare(P.tune_args({"family": "mlp", "study": str(path), "study_name": name, "data": "digits"}))
+        done, finished = threading.Event(), []
 
-    assert opened_while_locked("made"), "joining a made study waited for the creation lock"
-    assert not opened_while_locked("new"), "a new study was made without the lock"
+        def opening() -> None:
+            try:
+                open_study(s, 42)
+                finished.append(time.perf_counter())
+            finally:
+                done.set()
+
+        with s.storage.lock(f"create study {name}"):
+            threading.Thread(target=opening, daemon=True).start()
+            under_lock = done.wait(timeout=60 if hold is None else hold)
+            assert under_lock or name not in optuna.get_all_study_names(storage=setup.optuna_storage), \
+                f"study {name!r} was created while another worker held its creation lock"
+            released = time.perf_counter()
+        assert done.wait(timeout=60) and finished, f"study {name!r} was not opened within 60 s of the lock's release"
+        return under_lock, finished[0], released
+
+    joined, _, _ = open_while_locked("made", None)
+    assert joined, "joining a made study waited for the creation lock"
+    # three times what making a study took unhindered: a new study made without the lock would be done by then
+    made_under_lock, made_at, released = open_while_locked("new", min(20.0, max(1.0, 3 * making)))
+    assert not made_under_lock and made_at > released, "a new study was made without the lock"
+    assert STUDY_TEXT in optuna.load_study(study_name="new", storage=setup.optuna_storage).user_attrs
     assert len(optuna.load_study(study_name="made", storage=setup.optuna_storage).trials) == 1, "enqueued once"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,12 +48,34 @@ def _no_active_experiment(monkeypatch):
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store made once per test process: making one runs all of MLflow's schema
+    migrations (3-6 s on these machines), which a test of its own store has no reason to pay again.
+    Tests whose subject is making a new store (test_start_together.py) make their own."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def new_store(root: Path, template: Path) -> str:
+    """A copy of the migrated empty store as root/mlflow.db, its Default experiment's artifacts under
+    root/mlruns/0 as MLflow would have made it there; its URI."""
+    db = root / "mlflow.db"
+    shutil.copyfile(template, db)
+    with contextlib.closing(sqlite3.connect(db)) as c, c:
+        c.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(root / "mlruns" / "0"),))
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
-def tracking(tmp_path, monkeypatch):
+def tracking(tmp_path, monkeypatch, migrated_store):
     """A fresh MLflow store (sqlite + ./mlruns) under tmp_path, used in-process and by subprocesses."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path, migrated_store)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
@@ -141,7 +165,7 @@ def running_server(cmd: list[str], ready_url: str, *, cwd: Path, env: dict, time
                 except OSError:
                     if time.time() > deadline:
                         pytest.fail(f"no answer from {ready_url} within {timeout} s:\n" + log_path.read_text()[-3000:])
-                    time.sleep(1)
+                    time.sleep(0.1)
             yield proc
         finally:
             stop_group(proc, signal.SIGTERM)

@@ -17,7 +17,7 @@ from fmnist_exp import stats
 from fmnist_exp.commands import tune
 from fmnist_exp.params import ConfigError
 from fmnist_exp.registry import gate
-from fmnist_exp.study import front, goals
+from fmnist_exp.study import front, goals, setup
 from fmnist_exp.study import spec as S
 
 # ----------------------------------------------------------------------------- non-inferiority
@@ -175,7 +175,7 @@ def test_gate_respects_budget_and_promotes_cheaper_non_inferior(tracking, datase
 
 # ----------------------------------------------------------------------------- a two-objective study
 
-TWO = """description: Which hidden width gives the best accuracy for its multiply-accumulates, within 1 MB?
+TWO = """description: Which hidden width gives the best accuracy for its multiply-accumulates, within 0.1 MB?
 family: mlp
 budget: {n_trials: 4, epochs: 1, train_samples: 1000, timeout: 0}
 fixed: {lr_schedule: cosine, early_stopping_patience: 0}
@@ -183,7 +183,7 @@ space:
   hidden_units: {type: categorical, choices: ["32", "64", "1024"]}
 enqueue: [{hidden_units: "1024"}, {hidden_units: "32"}, {hidden_units: "64"}]
 objectives: [val_accuracy, mmacs_per_image]
-constraints: {size_mb: 1.0, ms_per_image_b1: 1000.0}
+constraints: {size_mb: 0.1, ms_per_image_b1: 1000.0}
 reference: off
 """
 
@@ -191,7 +191,8 @@ reference: off
 def test_two_objective_study(tracking, tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text(TWO)
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(path)})).flat()
+    # on digits (8x8 images, 360 test images): a budget, a front and a pruned point are the same on any data
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(path), "data": "digits"})).flat()
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val_accuracy", "mmacs_per_image"]  # optuna-dashboard's axis names
@@ -213,21 +214,21 @@ def test_two_objective_study(tracking, tmp_path):
         assert again_run.data.tags["same_as_run"] == first.user_attrs["mlflow_run_id"]
         assert again_run.data.params["hidden_units"] == first.params["hidden_units"]
 
-    # 784 x 1024 weights are over 1 MB before training: pruned, untrained, its constraint value set
+    # 64 x 1024 weights (0.3 MB) are over 0.1 MB before training: pruned, untrained, its constraint value set
     big = by_width["1024"]
     assert big.state == optuna.trial.TrialState.PRUNED and big.values is None
     assert big.user_attrs["over_budget"].startswith("over budget, not trained: size_mb")
     assert big.constraints["size_mb"] > 0 and "ms_per_image_b1" not in big.constraints
     big_run = MlflowClient().get_run(big.user_attrs["mlflow_run_id"])
     assert big_run.data.tags["trial_state"] == "PRUNED" and "epochs_run" not in big_run.data.metrics
-    assert big_run.data.metrics["cost_size_mb"] > 1.0
+    assert big_run.data.metrics["cost_size_mb"] > 0.1
 
     small = [by_width["32"], by_width["64"]]
     for t in small:
         assert t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 and not t.intermediate_values
         assert set(t.constraints) == {"size_mb", "ms_per_image_b1"} and goals.feasible(t)
         assert t.values[1] == t.user_attrs["costs"]["mmacs_per_image"] > 0
-        assert t.constraints["size_mb"] == pytest.approx(t.user_attrs["costs"]["size_mb"] - 1.0)
+        assert t.constraints["size_mb"] == pytest.approx(t.user_attrs["costs"]["size_mb"] - 0.1)
     assert small[0].values[1] < small[1].values[1], "twice the hidden width, about twice the MACs"
 
     # the choice: the most accurate feasible complete trial, by validation accuracy
@@ -255,22 +256,26 @@ def test_two_objective_study(tracking, tmp_path):
     local = mlflow.artifacts.download_artifacts(f"runs:/{pid}/{front.FRONT_PNG}", dst_path=str(tmp_path))
     assert open(local, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     page = mlflow.artifacts.load_text(f"runs:/{pid}/study/report.html")
-    assert "Accuracy and cost: the front" in page and "size_mb &le; 1" in page
+    assert "Accuracy and cost: the front" in page and "size_mb &le; 0.1," in page
     for t in small:
         assert f'data-front-trial="{t.number}"' in page and t.user_attrs["mlflow_run_id"] in page
 
 
 def test_a_stored_study_keeps_its_objectives(tracking, tmp_path):
     # a study created with one objective, then its file given a second: refused with what to do, before
-    # any trial, rather than trials that fail one after another on answers of the wrong length
+    # any trial, rather than trials that fail one after another on answers of the wrong length. The study is
+    # made as `tune` makes it (setup.open_study: its directions and its file recorded), without a search
+    # before it: what is refused is the stored study's objectives, whatever trials it holds.
     path = tmp_path / "switch.yaml"
     path.write_text(BASE.replace("n_trials: 2", "n_trials: 1") + "reference: off\n")
-    tune.run(P.tune_args({"family": "mlp", "study": str(path), "register": False}))
+    args = P.tune_args({"family": "mlp", "study": str(path), "register": False, "data": "digits"})
+    made = setup.open_study(setup.prepare(args), args.seed)
+    assert [d.name for d in made.directions] == ["MAXIMIZE"] and made.user_attrs[setup.STUDY_TEXT] == path.read_text()
     path.write_text(path.read_text() + "objectives: [val_accuracy, mmacs_per_image]\npruner: {type: none}\n")
     with pytest.raises(ConfigError, match=r"created with 1 objective\(s\) \(maximize\).*new study_name"):
         tune.run(P.tune_args({"family": "mlp", "study": str(path), "register": False}))
     study = optuna.load_study(study_name="switch", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert len(study.trials) == 1 and len(study.directions) == 1
+    assert study.trials == [] and len(study.directions) == 1, "refused before any trial"
     running = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                  filter_string="attributes.status = 'RUNNING'")
     assert running == []

@@ -3,7 +3,6 @@ registered models, and the gain, reference and seed spread a real (tiny) study r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -79,25 +78,32 @@ def test_compare_counts_and_bootstrap_interval():
 # ----------------------------------------------------------------------------- the gate
 
 
+def image_keys(x: np.ndarray) -> list[int]:
+    """A number per image: its pixels weighted by fixed random 64-bit numbers (wrapping), one vectorised
+    pass over a whole batch instead of a hash per image."""
+    flat = np.asarray(x, dtype=np.uint8).reshape(len(x), -1).astype(np.uint64)
+    weights = np.random.default_rng(0).integers(1, 2**63, size=flat.shape[1], dtype=np.uint64)
+    return (flat @ weights).tolist()
+
+
 class FixedAnswers(mlflow.pyfunc.PythonModel):
-    """A classifier that answers a fixed label per test image, found by the image's bytes; its
+    """A classifier that answers a fixed label per test image, found by the image's pixels; its
     output has the served classifier's columns."""
 
-    def __init__(self, answers: dict[str, int]):
+    def __init__(self, answers: dict[int, int]):
         self.answers = answers
 
     def predict(self, context, model_input, params=None):
-        x = np.asarray(model_input, dtype=np.uint8)
-        labels = np.array([self.answers[hashlib.sha1(img.tobytes()).hexdigest()] for img in x])
+        labels = np.array([self.answers[k] for k in image_keys(model_input)])
         return format_predictions(np.eye(10)[labels], FASHION_MNIST)
 
 
 def log_fixed(dataset, wrong: set[int]) -> str:
     """Log a FixedAnswers model, right on every test image except the indices in ``wrong``."""
-    keys = [hashlib.sha1(img.tobytes()).hexdigest() for img in dataset.x_test]
-    assert len(set(keys)) == len(keys), "test images are distinct, so a hash names one image"
-    labels = [int((y + 1) % 10) if i in wrong else int(y) for i, y in enumerate(dataset.y_test)]
-    answers = FixedAnswers(dict(zip(keys, labels, strict=True)))
+    keys = image_keys(dataset.x_test)
+    assert len(set(keys)) == len(keys), "test images are distinct, so a key names one image"
+    labels = np.where(np.isin(np.arange(len(keys)), list(wrong)), (dataset.y_test + 1) % 10, dataset.y_test)
+    answers = FixedAnswers(dict(zip(keys, labels.tolist(), strict=True)))
     with mlflow.start_run():
         return mlflow.pyfunc.log_model(name="classifier", python_model=answers, pip_requirements=[]).model_uri
 
@@ -284,18 +290,23 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
     mlflow.search_experiments()  # the store's tables exist before the tune process opens it: no migration race
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    # the event: the second process has trained (and, logged before it prints, recorded) an epoch
-    before = output_until(proc, "[tune] reference epoch 1/500", timeout=300)
-    [ref] = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                               filter_string="tags.reference_background = 'true'")
-    assert ref.info.status == "RUNNING" and MlflowClient().get_metric_history(ref.info.run_id, "val_accuracy"), \
-        before[-3000:]
-    children = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "fmnist_exp.study.reference"],
-                              capture_output=True, text=True).stdout.split()
-    assert len(children) == 1, (children, before[-3000:])
-    child = int(children[0])
-    proc.send_signal(signal.SIGTERM)
-    out = before + proc.communicate(timeout=120)[0]
+    try:
+        # the event: the second process has trained (and, logged before it prints, recorded) an epoch
+        before = output_until(proc, "[tune] reference epoch 1/500", timeout=300)
+        refs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string="tags.reference_background = 'true'")
+        assert len(refs) == 1 and refs[0].info.status == "RUNNING", (refs, before[-3000:])
+        assert MlflowClient().get_metric_history(refs[0].info.run_id, "val_accuracy"), before[-3000:]
+        children = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "fmnist_exp.study.reference"],
+                                  capture_output=True, text=True).stdout.split()
+        assert len(children) == 1, (children, before[-3000:])
+        child = int(children[0])
+        proc.send_signal(signal.SIGTERM)
+        out = before + proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:  # a failed check above: its second process dies with it (PR_SET_PDEATHSIG)
+            proc.kill()
+            proc.wait()
     assert proc.returncode != 0, out[-3000:]
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     status = {r.info.run_name: r.info.status for r in runs}

@@ -17,6 +17,9 @@ from sklearn.model_selection import train_test_split
 
 from fmnist_exp import data as D
 
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("datasets")
+
 DIGITS = tuple(str(d) for d in range(10))
 
 

@@ -20,7 +20,8 @@ from fmnist_exp import params as P
 from fmnist_exp.data import FASHION_MNIST
 from fmnist_exp.model import augment, networks, wrappers
 
-pytestmark = pytest.mark.slow
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own_data")]
 DIGITS = tuple(str(d) for d in range(10))
 TINY_STUDY = """description: {what}
 family: cnn

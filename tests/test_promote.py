@@ -18,6 +18,9 @@ from mlflow.types import Schema, TensorSpec
 
 from fmnist_exp import cli as fmnist_cli
 
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("promote")
+
 MODEL = "fmnist-classifier"
 FASHION = {"data_shape": "28x28x1", "data_name": "fashion-mnist", "data_sha256": "f" * 64}
 # v1-v4: Fashion-MNIST, v4 @champion; v5: colour images, known by its signature only (no data tags);

@@ -21,6 +21,9 @@ from fmnist_exp import data as D
 from fmnist_exp.data import FASHION_MNIST as FM
 from fmnist_exp.model.classifier import BadRequest, to_images
 
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("properties")
+
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.function_scoped_fixture])
 

@@ -31,6 +31,9 @@ from fmnist_exp import params as P
 from fmnist_exp.commands import train
 from fmnist_exp.serving.server import verify_signature
 
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("serve")
+
 NAME = "fmnist-classifier"
 JSON = "application/json"
 

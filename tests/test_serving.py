@@ -29,7 +29,8 @@ from fmnist_exp.commands import tune
 from fmnist_exp.model import classifier as serving
 from fmnist_exp.model import request_body
 
-pytestmark = pytest.mark.slow
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
 CHAMPION = "models:/fmnist-classifier@champion"
 
 

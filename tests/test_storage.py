@@ -25,6 +25,9 @@ from private_pg import PrivatePG, pg_bin
 from fmnist_exp.params import ConfigError
 from fmnist_exp.scale.storage import StorageURL
 
+# one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("storage")
+
 STUDY = """description: storage test study
 family: mlp
 budget: {{n_trials: 1, epochs: {epochs}, train_samples: {samples}, timeout: 0}}

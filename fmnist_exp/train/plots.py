@@ -59,20 +59,29 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[
 
 def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...],
                        max_images: int = 36):
-    """The most confident mistakes, each titled true -> predicted (confidence)."""
+    """The most confident mistakes, each titled true -> predicted (confidence), six to a row.
+
+    One axes in inches holds every image at its place: an axes per image cost a layout pass each
+    (seconds for 36, on every scored run)."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y_true)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:max_images]
-    cols = 6
+    cols, cell_w, cell_h, side, head = 6, 2.2, 2.5, 1.8, 0.5  # inches; head: the suptitle's band
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows))
-    for ax in np.atleast_1d(axes).ravel():
-        ax.axis("off")
-    for ax, i in zip(np.atleast_1d(axes).ravel(), wrong, strict=False):  # a grid may have spare axes
-        ax.imshow(x[i], cmap="gray_r" if x[i].ndim == 2 else None)  # colour images as they are
-        ax.set_title(f"{class_names[y_true[i]]}\n-> {class_names[pred[i]]} ({probs[i, pred[i]]:.0%})", fontsize=8)
+    width, height = cols * cell_w, head + rows * cell_h
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set(xlim=(0, width), ylim=(height, 0))
+    ax.axis("off")
+    for k, i in enumerate(wrong):
+        row, col = divmod(k, cols)
+        left, top = col * cell_w + (cell_w - side) / 2, head + row * cell_h + (cell_h - side) - 0.1
+        ax.imshow(x[i], cmap="gray_r" if x[i].ndim == 2 else None,  # colour images as they are
+                  extent=(left, left + side, top + side, top), aspect="auto")
+        ax.text(left + side / 2, top - 0.05, f"{class_names[y_true[i]]}\n-> {class_names[pred[i]]} "
+                f"({probs[i, pred[i]]:.0%})", ha="center", va="bottom", fontsize=8)
+    ax.set(xlim=(0, width), ylim=(height, 0))  # imshow resets the limits to its last image
     fig.suptitle(f"most confident mistakes ({len(wrong)} shown of {int((pred != y_true).sum())})")
-    fig.tight_layout()
     return fig
 
 

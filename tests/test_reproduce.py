@@ -1,20 +1,30 @@
 """Lineage on registered versions and the `reproduce` entry point, on tiny budgets: a version
-carries what rebuilds it, the rebuild runs through the real CLI and `mlflow run`, and data with
-another digest is refused before anything trains."""
+carries what rebuilds it, the rebuild runs through the real `mlflow run` (and the CLI's main
+in-process elsewhere: the same code without a TensorFlow import per command), and data with
+another digest is refused before anything trains. Studies and runs train on scikit-learn's 8x8
+digits (lineage, seeds, ensembles and distillation are the same on any data); the refusal of
+other data uses Fashion-MNIST's own files with one label changed."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import io
 import json
+import os
 import shutil
+import sqlite3
 import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO, cli, mlflow_run
+from conftest import REPO, mlflow_run, new_store, store_at
 from mlflow.tracking import MlflowClient
 
+from fmnist_exp import cli as command_line
 from fmnist_exp import data
 from fmnist_exp import params as P
 from fmnist_exp.commands import reproduce, tune
@@ -22,8 +32,9 @@ from fmnist_exp.registry.versions import version_tags
 from fmnist_exp.train import job, lineage
 from fmnist_exp.train.evaluate import classifier_answers
 
-pytestmark = pytest.mark.slow
-MODEL = "fmnist-classifier"
+# one test process for the whole file: its module-scoped store is made once (pyproject's --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_reproduce")]
+MODEL = "digits-classifier"  # the studies here train on digits
 STUDY = """
 description: One tiny MLP trial, retrained once, for the reproduce tests.
 family: mlp
@@ -35,6 +46,21 @@ pruner: {type: none}
 final: {epochs: 2}
 """
 TINY_MLP = {"epochs": 1, "train_samples": 1000, "hidden_units": "64", "early_stopping_patience": 0}
+TINY_DIGITS = {**TINY_MLP, "data": "digits"}
+SEEDS_2 = "{epochs: 1, seeds: 2, ensemble: true}"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset("digits")
+
+
+def reproduce_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`reproduce` through the CLI's main, in-process: its exit code, stdout and stderr."""
+    capsys.readouterr()  # what came before
+    code = command_line.main(["reproduce", *args])
+    said = capsys.readouterr()
+    return code, said.out, said.err
 
 
 def runs(filter_string=""):
@@ -50,10 +76,10 @@ def head_commit() -> str:
                           check=True).stdout.strip()
 
 
-def test_version_carries_lineage_and_mlflow_run_reproduces_it(tracking, tmp_path, dataset):
+def test_version_carries_lineage_and_mlflow_run_reproduces_it(tracking, tmp_path, digits):
     study = tmp_path / "tiny.yaml"
-    study.write_text(STUDY)
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study)})).flat()
+    study.write_text(STUDY + "reference: off\n")  # the reference is not what is checked here
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "data": "digits"})).flat()
     assert summary["candidate"] == "final retrain" and summary["registered_version"] == 1
     client = MlflowClient()
     mv = client.get_model_version(MODEL, "1")
@@ -63,7 +89,7 @@ def test_version_carries_lineage_and_mlflow_run_reproduces_it(tracking, tmp_path
     assert t["source_run_id"] == mv.run_id and t["family"] == "mlp" and t["trial_number"] == "0"
     assert t["git_commit"] == head_commit() and t["git_dirty"] in ("true", "false")
     assert source.data.tags["git_commit"] == t["git_commit"]  # every training run carries it too
-    assert t["data_sha256"] == dataset.sha256
+    assert t["data_sha256"] == digits.sha256
     assert {t[f"data_digest_{c}"] for c in ("training", "validation", "test")} == set(
         lineage.split_digests(source).values()) and len(lineage.split_digests(source)) == 3
     assert t["optuna_storage"].startswith("sqlite:///") and t["study"] == "tiny"
@@ -96,7 +122,7 @@ def _copy_with_one_label_changed(dst):
     (dst / data.IDX_FILES["y_test"]).write_bytes(bytes(labels))
 
 
-def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, dataset):
+def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, dataset, capsys):
     if not data.DEBIAN_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist to make a modified copy")
     p = P.network("mlp", TINY_MLP)
@@ -105,39 +131,39 @@ def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, datas
     other = tmp_path / "other-data"
     _copy_with_one_label_changed(other)
 
-    refused = cli(["reproduce", "--model_uri", uri, "--data_dir", str(other)], tmp_path)
-    assert refused.returncode == 2, refused.stderr[-2000:]
-    assert "is not the data run" in refused.stderr and "nothing was trained" in refused.stderr
+    code, _, err = reproduce_here(capsys, "--model_uri", uri, "--data_dir", str(other))
+    assert code == 2, err[-2000:]
+    assert "is not the data run" in err and "nothing was trained" in err
     assert len(runs()) == 1, "refused before any run started"
 
     # same machine, code, data and seed: bit for bit the original (bench/bench_determinism.py), so exact holds
-    proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = reproduce_here(capsys, "--model_uri", uri, "--exact", "true")
+    assert code == 0, err[-3000:]
     [rebuild] = runs(f"tags.reproduces_run_id = '{original.run_id}'")
     assert rebuild.info.run_name == f"reproduce {uri}" and rebuild.data.tags["reproduce_verdict"] == "passed"
-    report = last_json(proc.stdout)
+    report = last_json(out)
     assert report["original_test_accuracy"] == pytest.approx(original.metrics["test_accuracy"], abs=1e-6)
     assert report["bit_identical"] == 1 and report["agreement"] == 1 and report["accuracy_difference"] == 0
     assert report["run_id"] == rebuild.info.run_id
 
 
-def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, tmp_path, dataset):
+def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, digits, capsys):
     """ema: training ends on the moving average of the weights (not the last step's), also when early
     stopping watches the run (it would otherwise put the best epoch's own weights back), the run logs
     it, and `reproduce --exact` rebuilds it from what the run logged."""
-    plain = job.train_run(dataset, P.network("mlp", TINY_MLP))
-    averaged = job.train_run(dataset, P.network("mlp", {**TINY_MLP, "ema": 0.9}))
+    plain = job.train_run(digits, P.network("mlp", TINY_DIGITS))
+    averaged = job.train_run(digits, P.network("mlp", {**TINY_DIGITS, "ema": 0.9}))
     assert mlflow.get_run(averaged.run_id).data.params["ema"] == "0.9"
     assert mlflow.get_run(plain.run_id).data.params["ema"] == "0.0"
     assert averaged.metrics["test_loss"] != plain.metrics["test_loss"], "the same seed ended on other weights"
-    watched = {**TINY_MLP, "early_stopping_patience": 3}
-    assert job.train_run(dataset, P.network("mlp", {**watched, "ema": 0.9})).metrics["test_loss"] == \
+    watched = {**TINY_DIGITS, "early_stopping_patience": 3}
+    assert job.train_run(digits, P.network("mlp", {**watched, "ema": 0.9})).metrics["test_loss"] == \
         averaged.metrics["test_loss"], "early stopping kept the average"
-    assert job.train_run(dataset, P.network("mlp", watched)).metrics["test_loss"] == plain.metrics["test_loss"]
+    assert job.train_run(digits, P.network("mlp", watched)).metrics["test_loss"] == plain.metrics["test_loss"]
     uri = f"runs:/{averaged.run_id}/model"
-    proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert last_json(proc.stdout)["bit_identical"] == 1
+    code, out, err = reproduce_here(capsys, "--model_uri", uri, "--exact", "true")
+    assert code == 0, err[-3000:]
+    assert last_json(out)["bit_identical"] == 1
 
 
 def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded():
@@ -196,7 +222,7 @@ def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
     assert reproduce.rebuild_params(orig, here, FASHION_MNIST).filters == (32, 64, 128, 256)
 
 
-def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tracking, tmp_path):
+def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tracking, capsys):
     """aug_erase_shape=published (random erasing as published) did not pay and left the package: a run
     that trained with it (its parameters as that code logged them) is refused before any run starts,
     naming the commit that trains it as it did."""
@@ -204,34 +230,86 @@ def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tr
         mlflow.log_params({**P.network("mlp", {**TINY_MLP, "aug_erase": 0.5}).logged(),
                            "aug_erase_shape": "published", "data_sha256": "0" * 64})
         mlflow.set_tag("model_uri", f"runs:/{run.info.run_id}/model")
-    out = cli(["reproduce", "--model_uri", f"runs:/{run.info.run_id}/model"], tmp_path)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "aug_erase_shape=published" in out.stderr and "git checkout 8c16013" in out.stderr
-    assert "nothing was trained" in out.stderr
+    code, _, err = reproduce_here(capsys, "--model_uri", f"runs:/{run.info.run_id}/model")
+    assert code == 2, err[-2000:]
+    assert "aug_erase_shape=published" in err and "git checkout 8c16013" in err
+    assert "nothing was trained" in err
     assert len(runs()) == 1, "refused before any run started"
 
 
-def test_unknown_model_refused_before_work(tracking, tmp_path):
-    out = cli(["reproduce", "--model_uri", "models:/no-such-model/3"], tmp_path)
-    assert out.returncode == 2 and "model_uri=models:/no-such-model/3" in out.stderr
-    out = cli(["reproduce", "--model_uri", "s3://bucket/model"], tmp_path)
-    assert out.returncode == 2 and "not a models:/" in out.stderr
+def test_unknown_model_refused_before_work(tracking, capsys):
+    code, _, err = reproduce_here(capsys, "--model_uri", "models:/no-such-model/3")
+    assert code == 2 and "model_uri=models:/no-such-model/3" in err
+    code, _, err = reproduce_here(capsys, "--model_uri", "s3://bucket/model")
+    assert code == 2 and "not a models:/" in err
 
 
 def seeds_study(tmp_path, capsys, name: str, final: str) -> tuple[dict, str]:
     """The tiny study with ``final`` and no reference, run: its summary and what it printed."""
     study = tmp_path / f"{name}.yaml"
     study.write_text(STUDY.replace("final: {epochs: 2}", f"final: {final}") + "reference: off\n")
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study)})).flat()
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "data": "digits"})).flat()
     return summary, capsys.readouterr().out
 
 
-def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, dataset, capsys):
+def fingerprint(root: Path) -> tuple:
+    """The store's databases' bytes and its files' names: what a test that changed it would change."""
+    dbs = tuple(hashlib.sha256((root / db).read_bytes()).hexdigest() for db in ("mlflow.db", "optuna.db"))
+    return dbs, tuple(sorted(str(f.relative_to(root)) for f in root.rglob("*")))
+
+
+@pytest.fixture(scope="module")
+def ensemble_store(tmp_path_factory, migrated_store):
+    """The tiny study 'ens' with two seeds averaged (no reference), run once in a store of its own for the
+    tests that start from it; each works on a copy (use_copy), and the store is checked unchanged at teardown."""
+    import mlflow.tracking.fluent
+
+    root = tmp_path_factory.mktemp("ensemble-store")
+    new_store(root, migrated_store)
+    (root / "ens.yaml").write_text(STUDY.replace("final: {epochs: 2}", f"final: {SEEDS_2}") + "reference: off\n")
+    with store_at(root), contextlib.redirect_stdout(io.StringIO()) as said:
+        summary = tune.run(P.tune_args({"family": "mlp", "study": str(root / "ens.yaml"), "data": "digits"})).flat()
+    mlflow.tracking.fluent._active_experiment_id = None  # as conftest's _no_active_experiment leaves a test
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    before = fingerprint(root)
+    yield root, summary, said.getvalue()
+    assert fingerprint(root) == before, "a test changed the shared store instead of its copy"
+
+
+def use_copy(root: Path, tmp_path: Path, monkeypatch) -> str:
+    """A copy of the store in ``root`` as tmp_path's own (every path its databases name moved into tmp_path, so
+    its runs and artifacts are the copy's), made the tracking store and the working directory; its URI."""
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    for db in ("mlflow.db", "optuna.db"):
+        with contextlib.closing(sqlite3.connect(tmp_path / db)) as c, c:
+            for (table,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in [col[1] for col in c.execute(f'PRAGMA table_info("{table}")').fetchall()]:
+                    c.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?1, ?2) '
+                              f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?1) > 0',
+                              (str(root), str(tmp_path)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture
+def ensemble_copy(ensemble_store, tmp_path, monkeypatch):
+    """This test's own copy of ensemble_store, in use: the study's summary and what it printed."""
+    root, summary, out = ensemble_store
+    use_copy(root, tmp_path, monkeypatch)
+    yield summary, out
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_seed_ensemble_is_registered_served_and_reproduced(ensemble_copy, tmp_path, digits, capsys):
     """final.ensemble: the registered model is the average of the seeds' models, its validation
     accuracy is measured on images no member trained on, and `reproduce` rebuilds every member."""
     from fmnist_exp.study import ensemble
 
-    summary, out = seeds_study(tmp_path, capsys, "ens", "{epochs: 1, seeds: 2, ensemble: true}")
+    summary, out = ensemble_copy
     assert "registered: their average (ensemble)" in out
     assert summary["candidate"] == "ensemble of final retrains" and summary["final_seed_registered"] == "ensemble"
     finals = sorted(runs("tags.final_seed != ''"), key=lambda r: r.data.tags["final_seed"])
@@ -239,14 +317,14 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert ens.info.run_name == "ensemble (trial 0, seeds 42-43)" and ens.info.status == "FINISHED"
     assert ens.data.tags[lineage.MEMBERS_TAG] == ",".join(r.info.run_id for r in finals)
     assert ens.data.params["ensemble_seeds"] == "42,43" and "seed" not in ens.data.params
-    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 43])
+    x_val, y_val = ensemble.held_out_by_all(digits, 0.1, [42, 43])
     assert ens.data.metrics["val_final_images"] == len(y_val) and 0 < len(y_val) < 1000
     mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
     assert mv.tags["source_run_id"] == ens.info.run_id and mv.aliases == ["champion"]
     # lineage: the data, code and the two splits the ensemble itself was judged on
-    assert mv.tags["data_sha256"] == dataset.sha256 and mv.tags["git_commit"] == head_commit()
+    assert mv.tags["data_sha256"] == digits.sha256 and mv.tags["git_commit"] == head_commit()
     assert mv.tags["data_digest_validation"] == lineage.split_digest(x_val, y_val)
-    assert mv.tags["data_digest_test"] == lineage.split_digest(dataset.x_test, dataset.y_test)
+    assert mv.tags["data_digest_test"] == lineage.split_digest(digits.x_test, digits.y_test)
     # it costs what both members cost: every multiply-accumulate counted twice, and on the version
     member_macs = [r.data.metrics["cost_mmacs_per_image"] for r in finals]
     assert ens.data.metrics["cost_mmacs_per_image"] == pytest.approx(sum(member_macs)) == pytest.approx(
@@ -254,20 +332,20 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert float(mv.tags["cost_mmacs_per_image"]) == pytest.approx(ens.data.metrics["cost_mmacs_per_image"])
 
     # the served classifier answers the mean of the two members' probabilities
-    probs = lambda uri: np.stack(classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731
+    probs = lambda uri: np.stack(classifier_answers(uri, digits.x_test[:64])["probabilities"])  # noqa: E731
     members = [probs(r.data.tags["classifier_uri"]) for r in finals]
     registered = probs(f"models:/{MODEL}/{mv.version}")
     assert np.allclose(registered, (members[0] + members[1]) / 2, atol=1e-6)
     assert not np.allclose(members[0], members[1])
     # what averaging bought over the seed that would have been registered alone, paired on test
     by_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
-    seed_labels = classifier_answers(by_val.data.tags["classifier_uri"], dataset.x_test)["label"].to_numpy()
-    ens_labels = classifier_answers(f"models:/{MODEL}/{mv.version}", dataset.x_test)["label"].to_numpy()
+    seed_labels = classifier_answers(by_val.data.tags["classifier_uri"], digits.x_test)["label"].to_numpy()
+    ens_labels = classifier_answers(f"models:/{MODEL}/{mv.version}", digits.x_test)["label"].to_numpy()
     parent = MlflowClient().get_run(ens.data.tags["mlflow.parentRunId"]).data
     assert parent.metrics["ensemble_gain_seed"] == int(by_val.data.params["seed"]) == summary["ensemble_gain_seed"]
     assert parent.metrics["ensemble_gain_diff"] == pytest.approx(
-        np.mean(ens_labels == dataset.y_test) - np.mean(seed_labels == dataset.y_test))
-    assert parent.metrics["ensemble_gain_b"] == np.sum((ens_labels == dataset.y_test) & (seed_labels != dataset.y_test))
+        np.mean(ens_labels == digits.y_test) - np.mean(seed_labels == digits.y_test))
+    assert parent.metrics["ensemble_gain_b"] == np.sum((ens_labels == digits.y_test) & (seed_labels != digits.y_test))
     assert parent.tags["ensemble_gain"] == summary["ensemble_gain"]
     assert f"[tune] ensemble over seed {by_val.data.params['seed']} (the best validation accuracy): " \
            f"{summary['ensemble_gain']}" in out
@@ -278,13 +356,13 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
     assert ens.data.metrics["val_final_accuracy"] == pytest.approx(
         float(np.mean(np.stack(classifier_answers(ens.data.tags["classifier_uri"], x_val)["label"]) == y_val)))
 
-    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}@champion", "--exact", "true"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = reproduce_here(capsys, "--model_uri", f"models:/{MODEL}@champion", "--exact", "true")
+    assert code == 0, err[-3000:]
     [rebuild] = runs(f"tags.reproduces_run_id = '{ens.info.run_id}'")
     kids = runs(f"tags.mlflow.parentRunId = '{rebuild.info.run_id}'")
     assert sorted(r.data.tags["reproduces_run_id"] for r in kids) == sorted(r.info.run_id for r in finals)
     assert sorted(r.data.params["seed"] for r in kids) == ["42", "43"]
-    report = last_json(proc.stdout)  # same machine, code, data and seeds: both members bit for bit, so the average
+    report = last_json(out)  # same machine, code, data and seeds: both members bit for bit, so the average
     assert report["bit_identical"] == 1 and report["accuracy_difference"] == 0 and report["passed"] is True
     assert report["original_test_accuracy"] == pytest.approx(float(mv.tags["test_accuracy"]), abs=1e-6)
     # a member that is gone (an id no run has) is named together with the ensemble that was asked for
@@ -293,18 +371,19 @@ def test_seed_ensemble_is_registered_served_and_reproduced(tracking, tmp_path, d
         reproduce.read_member(f"models:/{MODEL}@champion", "0" * 32)
 
 
-def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(tracking, tmp_path, dataset, capsys):
+def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(ensemble_copy, tmp_path, digits,
+                                                                           capsys):
     """final.split_seed: every seed trains on the same images and holds out the same validation
     split (so three seeds leave all of it, not ~1/1000), starting from its own initialisation. The
     study registered again with it reuses only the seed whose split it already was, and a
     reproduction rebuilds the members on that split."""
     from fmnist_exp.study import ensemble
 
-    seeds_study(tmp_path, capsys, "shared", "{epochs: 1, seeds: 2, ensemble: true}")
+    # the study 'ens' of two seeds, each on its own split (ensemble_store), registered again with split_seed
     before = {r.data.tags["final_seed"]: r.info.run_id for r in runs("tags.final_seed != ''")}
-    study = tmp_path / "shared.yaml"
+    study = tmp_path / "ens.yaml"
     study.write_text(study.read_text().replace("seeds: 2, ensemble: true", "seeds: 3, ensemble: true, split_seed: 42"))
-    summary = tune.register_only(P.command("register", {"family": "mlp", "study": str(study)})).flat()
+    summary = tune.register_only(P.command("register", {"family": "mlp", "study": str(study), "data": "digits"})).flat()
     assert summary["final_seed_registered"] == "ensemble"
     finals = [r for r in runs("tags.final_seed != ''") if r.info.run_id != before["43"]]
     finals.sort(key=lambda r: r.data.tags["final_seed"])
@@ -315,24 +394,24 @@ def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(track
     assert digests[0]["validation"] == digests[1]["validation"] == digests[2]["validation"]
     assert digests[0]["training"] == digests[2]["training"]
     [ens] = runs(f"tags.{lineage.MEMBERS_TAG} = '{','.join(r.info.run_id for r in finals)}'")
-    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 42, 42])
-    assert len(y_val) == round(0.1 * len(dataset.y_train)) == ens.data.metrics["val_final_images"]
+    x_val, y_val = ensemble.held_out_by_all(digits, 0.1, [42, 42, 42])
+    assert len(y_val) == round(0.1 * len(digits.y_train)) == ens.data.metrics["val_final_images"]
     assert lineage.split_digests(ens)["validation"] == digests[0]["validation"] == lineage.split_digest(x_val, y_val)
     assert "warning" not in capsys.readouterr().err
-    answers = [np.stack(classifier_answers(r.data.tags["classifier_uri"], dataset.x_test[:32])["probabilities"])
+    answers = [np.stack(classifier_answers(r.data.tags["classifier_uri"], digits.x_test[:32])["probabilities"])
                for r in finals]
     assert not np.allclose(answers[0], answers[1])  # each seed its own start and order
 
-    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}/{summary['registered_version']}", "--exact", "true"],
-               tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = last_json(proc.stdout)
+    code, out, err = reproduce_here(capsys, "--model_uri", f"models:/{MODEL}/{summary['registered_version']}",
+                                    "--exact", "true")
+    assert code == 0, err[-3000:]
+    report = last_json(out)
     assert report["bit_identical"] == 1 and report["passed"] is True
     [rebuild] = runs(f"tags.reproduces_run_id = '{ens.info.run_id}'")  # validated on all of the one split again
     assert rebuild.data.metrics["val_final_images"] == len(y_val)
 
 
-def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_path, dataset, capsys):
+def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_path, digits, capsys):
     """final.distill: one more network (the first seed's images and start) is fitted to the seeds'
     average, registered at one network's cost, compared with its teacher and the best-validated seed
     on the parent run and in the report, and `reproduce` trains it again from the same teacher."""
@@ -355,7 +434,7 @@ def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_p
     from fmnist_exp.study import ensemble
     from fmnist_exp.study.finals import VAL_HELD_OUT_BY_ALL
 
-    x_val, y_val = ensemble.held_out_by_all(dataset, 0.1, [42, 43])
+    x_val, y_val = ensemble.held_out_by_all(digits, 0.1, [42, 43])
     held_out = np.mean(classifier_answers(student.data.tags["classifier_uri"], x_val)["label"].to_numpy() == y_val)
     assert student.data.metrics[VAL_HELD_OUT_BY_ALL] == pytest.approx(held_out)
     assert summary["best_val_accuracy"] == pytest.approx(held_out)  # as a candidate: the ensemble's kind of figure
@@ -367,15 +446,15 @@ def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_p
     assert student.data.metrics["cost_mmacs_per_image"] == pytest.approx(finals[0].data.metrics["cost_mmacs_per_image"])
     assert ens.data.metrics["cost_mmacs_per_image"] == pytest.approx(2 * student.data.metrics["cost_mmacs_per_image"])
     # the same seed, images and start as the first member: only the targets differ
-    labels = lambda uri: classifier_answers(uri, dataset.x_test)["label"].to_numpy()  # noqa: E731
+    labels = lambda uri: classifier_answers(uri, digits.x_test)["label"].to_numpy()  # noqa: E731
     student_labels, ens_labels = labels(f"models:/{MODEL}/{mv.version}"), labels(ens.data.tags["classifier_uri"])
-    probs = lambda uri: np.stack(classifier_answers(uri, dataset.x_test[:64])["probabilities"])  # noqa: E731
+    probs = lambda uri: np.stack(classifier_answers(uri, digits.x_test[:64])["probabilities"])  # noqa: E731
     assert not np.allclose(probs(student.data.tags["classifier_uri"]), probs(finals[0].data.tags["classifier_uri"]))
     # against the teacher and the best-validated seed, paired on the test images, on the parent run
     parent = MlflowClient().get_run(student.data.tags["mlflow.parentRunId"]).data
     by_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
     seed_labels = labels(by_val.data.tags["classifier_uri"])
-    right = lambda a: a == dataset.y_test  # noqa: E731
+    right = lambda a: a == digits.y_test  # noqa: E731
     assert parent.metrics["distilled_vs_ensemble_diff"] == pytest.approx(
         np.mean(right(student_labels)) - np.mean(right(ens_labels)))
     assert parent.metrics["distilled_vs_ensemble_b"] == np.sum(right(student_labels) & ~right(ens_labels))
@@ -393,15 +472,15 @@ def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_p
     for key in ("distilled_vs_ensemble_diff", "distilled_vs_seed_diff"):
         assert f"{100 * parent.metrics[key]:+.2f} points" in section
 
-    proc = cli(["reproduce", "--model_uri", f"models:/{MODEL}@champion", "--exact", "true"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = reproduce_here(capsys, "--model_uri", f"models:/{MODEL}@champion", "--exact", "true")
+    assert code == 0, err[-3000:]
     [rebuild] = runs(f"tags.reproduces_run_id = '{student.info.run_id}'")
     assert rebuild.data.tags[DISTILLED_FROM] == ens.info.run_id and rebuild.data.params[DISTILL_WEIGHT] == "0.8"
-    report = last_json(proc.stdout)  # the same teacher's answers, seed and data: the same student, bit for bit
+    report = last_json(out)  # the same teacher's answers, seed and data: the same student, bit for bit
     assert report["bit_identical"] == 1 and report["passed"] is True
 
 
-def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, tmp_path, dataset, capsys):
+def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, tmp_path, digits, capsys):
     """final.student: the distilled network trains with its own parameters (a wider layer here) on the
     first seed's images; its run, the parent run, the console and the report say which, it costs what
     its shape costs, a resumed study reuses it only for the same student, and `reproduce` rebuilds it."""
@@ -433,7 +512,7 @@ def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, 
     def resumed(student: str) -> list[str]:
         """The study registered again with ``student`` in its file: the distilled runs there are then."""
         study.write_text(first.replace(", student: {hidden_units: '128'}", student))
-        tune.register_only(P.command("register", {"family": "mlp", "study": str(study)}))
+        tune.register_only(P.command("register", {"family": "mlp", "study": str(study), "data": "digits"}))
         return sorted(r.info.run_id for r in runs(f"tags.{DISTILLED_FROM} != ''"))
 
     # the same student (spelt otherwise) is not trained again; without one a network of the final
@@ -444,11 +523,11 @@ def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, 
     assert plain.data.params["hidden_units"] == "64" and "distill_student" not in plain.data.tags
     assert resumed(", student: {hidden_units: '64'}") == sorted([student.info.run_id, plain.info.run_id])
 
-    proc = cli(["reproduce", "--model_uri", student.data.tags["model_uri"], "--exact", "true"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, out, err = reproduce_here(capsys, "--model_uri", student.data.tags["model_uri"], "--exact", "true")
+    assert code == 0, err[-3000:]
     [rebuild] = runs(f"tags.reproduces_run_id = '{student.info.run_id}'")
     assert rebuild.data.params["hidden_units"] == "128"
-    assert last_json(proc.stdout)["bit_identical"] == 1
+    assert last_json(out)["bit_identical"] == 1
 
 
 def test_student_over_the_cost_bounds_is_refused_before_the_retrains(tracking, tmp_path, capsys):
@@ -456,10 +535,11 @@ def test_student_over_the_cost_bounds_is_refused_before_the_retrains(tracking, t
     refused after the search, before any final retrain trains."""
     study = tmp_path / "big.yaml"
     final = "final: {epochs: 1, seeds: 2, ensemble: true, distill: 0.8, student: {hidden_units: '1024'}}"
-    study.write_text(STUDY.replace("final: {epochs: 2}", final) + "reference: off\nconstraints: {params: 100000}\n")
-    with pytest.raises(P.ConfigError, match=r"final.student \(hidden_units=1024\) would cost params 8\.\d+e\+05 > "
-                                            r"100000, over the study's constraints"):
-        tune.run(P.tune_args({"family": "mlp", "study": str(study)}))
+    # on digits' 8x8 images: the trial's network has ~4,900 parameters, the student ~77,000
+    study.write_text(STUDY.replace("final: {epochs: 2}", final) + "reference: off\nconstraints: {params: 50000}\n")
+    with pytest.raises(P.ConfigError, match=r"final.student \(hidden_units=1024\) would cost params 7\.\d+e\+04 > "
+                                            r"50000, over the study's constraints"):
+        tune.run(P.tune_args({"family": "mlp", "study": str(study), "data": "digits"}))
     assert runs("tags.trial_state = 'COMPLETE'") and not runs("tags.final_seed != ''")
 
 

@@ -441,23 +441,35 @@ reference: {reference}
 """
 
 
-def tune_study(tmp_path: Path, *args: str, samples: int, final: str, reference: str) -> tuple[Path, Path, dict]:
-    """The study of NET (written to tmp_path) tuned through the CLI on its own Optuna database: the
-    builder's file, the study file and the summary `tune` printed."""
+def command(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`python -m fmnist_exp ARGV` in-process (its main: the code the subprocess runs, without starting
+    TensorFlow again): the exit code and what it printed to stdout and stderr."""
+    from fmnist_exp import cli as command_line
+
+    capsys.readouterr()  # what came before is not this command's
+    code = command_line.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tune_study(tmp_path: Path, capsys, *args: str, samples: int, final: str,
+               reference: str) -> tuple[Path, Path, dict]:
+    """The study of NET (written to tmp_path) tuned by the CLI's `tune` (in-process) on its own Optuna
+    database: the builder's file, the study file and the summary `tune` printed."""
     builder = write(tmp_path)
     study = tmp_path / "own.yaml"
     study.write_text(STUDY.format(builder=builder, samples=samples, final=final, reference=reference))
-    proc = cli(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
-                "--system_metrics", "false", *args], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return builder, study, last_json(proc.stdout)
+    code, out, err = command(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+                              "--system_metrics", "false", *args], capsys)
+    assert code == 0, err[-3000:]
+    return builder, study, last_json(out)
 
 
-def assert_trials_record_the_builder(builder: Path) -> list:
-    """Two complete trials, nested under the study's run, each with the searched builder parameter under
+def assert_trials_record_the_builder(builder: Path, n: int = 2) -> list:
+    """``n`` complete trials, nested under the study's run, each with the searched builder parameter under
     its own name, the builder's digest and its source; returns them."""
     trials = [r for r in all_runs() if "optuna_trial" in r.data.tags and "final_of_trial" not in r.data.tags]
-    assert sorted(r.data.tags["optuna_trial"] for r in trials) == ["0", "1"]
+    assert sorted(r.data.tags["optuna_trial"] for r in trials) == [str(i) for i in range(n)]
     client = MlflowClient()
     for r in trials:
         p, tags = r.data.params, r.data.tags
@@ -471,10 +483,11 @@ def assert_trials_record_the_builder(builder: Path) -> list:
     return trials
 
 
-def reproduce_exactly(uri: str, cwd: Path) -> dict:
-    proc = cli(["reproduce", "--model_uri", uri, "--exact", "true"], cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = last_json(proc.stdout)
+def reproduce_exactly(uri: str, capsys) -> dict:
+    """`reproduce --exact true` in-process (the tracking fixture's working directory): its report."""
+    code, out, err = command(["reproduce", "--model_uri", uri, "--exact", "true"], capsys)
+    assert code == 0, err[-3000:]
+    report = last_json(out)
     assert report["bit_identical"] == 1.0 and report["passed"] is True
     return report
 
@@ -495,15 +508,19 @@ def served_answer(model_uri: str, png: bytes, cwd: Path, tracking: str) -> dict:
 
 
 @pytest.mark.slow
-def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path):
-    """A study of a builder in tmp_path beside the platform's learning rate: two trials, the best retrained
-    (2 epochs on 5,000 images) and registered @champion; `mlflow models serve` answers a real ankle boot's
-    PNG with "Ankle boot" as probabilities (the builder ends in logits); `reproduce` rebuilds it bit for bit."""
-    builder, _, summary = tune_study(tmp_path, samples=1000, final="{epochs: 2, train_samples: 5000}",
+def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path, capsys):
+    """A study of a builder in tmp_path beside the platform's learning rate on the default data: one trial
+    (the digits twin below runs two and picks the best), retrained (2 epochs on 5,000 images) and registered
+    @champion as fmnist-classifier, measured against the cnn family's reference; `mlflow models serve` answers
+    a real ankle boot's PNG with "Ankle boot" as probabilities (the builder ends in logits); `reproduce` rebuilds
+    it bit for bit. What only Fashion-MNIST shows here: the default data's name, the served ankle boot named by
+    Fashion-MNIST's class names, and the reference. `tune` and `reproduce` run in-process (the CLI's main)."""
+    builder, _, summary = tune_study(tmp_path, capsys, "--n_trials", "1", samples=1000,
+                                     final="{epochs: 2, train_samples: 5000}",
                                      reference='{params: {epochs: 1, filters: "8,16", dense_units: 16}}')
     assert summary["model_name"] == "fmnist-classifier" and summary["alias"] == "champion"
-    assert summary["n_complete"] == 2 and summary["candidate"] == "final retrain"
-    trials = assert_trials_record_the_builder(builder)
+    assert summary["n_complete"] == 1 and summary["candidate"] == "final retrain"
+    trials = assert_trials_record_the_builder(builder, n=1)
     version = MlflowClient().get_model_version_by_alias("fmnist-classifier", "champion")
     source = mlflow.get_run(version.run_id)
     assert version.tags["family"] == "custom" and source.data.tags["final_of_trial"] == str(summary["best_trial"])
@@ -518,7 +535,7 @@ def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path
     assert len(answer["probabilities"]) == 10 and sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     assert min(answer["probabilities"]) >= 0 and max(answer["probabilities"]) == answer["probabilities"][9]
 
-    report = reproduce_exactly("models:/fmnist-classifier@champion", tmp_path)
+    report = reproduce_exactly("models:/fmnist-classifier@champion", capsys)
     assert report["reproduces_run_id"] == version.run_id
     [rebuild] = [r for r in all_runs() if r.data.tags.get("reproduces_run_id") == version.run_id]
     assert rebuild.data.params["model_sha256"] == sha256(builder)
@@ -526,10 +543,12 @@ def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path
 
 
 @pytest.mark.slow
-def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_path):
+def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_path, capsys):
     """The same builder on scikit-learn's 8x8 digits: input_shape (8, 8, 1) and 10 classes from the data,
-    registered as digits-classifier with the dataset on its version, rebuilt bit for bit."""
-    builder, _, summary = tune_study(tmp_path, "--data", "digits", samples=0, final="{epochs: 2}", reference="off")
+    registered as digits-classifier with the dataset on its version, rebuilt bit for bit; then, the builder
+    edited, a resume of the study is refused before any trial."""
+    builder, study, summary = tune_study(tmp_path, capsys, "--data", "digits", samples=0, final="{epochs: 2}",
+                                         reference="off")
     assert summary["model_name"] == "digits-classifier" and summary["registered_version"] == 1
     assert_trials_record_the_builder(builder)
     version = MlflowClient().get_model_version_by_alias("digits-classifier", "champion")
@@ -552,21 +571,41 @@ def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_pat
     answer = served_answer("models:/digits-classifier@champion", png.getvalue(), tmp_path, tracking)
     assert answer["label"] == ds.y_test[right] and answer["class_name"] == ds.info.class_names[ds.y_test[right]]
     assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-    report = reproduce_exactly("models:/digits-classifier@champion", tmp_path)
+    report = reproduce_exactly("models:/digits-classifier@champion", capsys)
     assert report["reproduces_run_id"] == version.run_id
+
+    # the study records its builder's digest; `tune` on the same study and storage after the builder was edited
+    # exits 2 naming the file, before any trial (its trials would train another network). The resume is a new
+    # process, as a user's is: a process loads a builder once (model.builder.load), so only a new one reads the
+    # edited file. (Merged from test_a_study_refuses_to_resume_with_an_edited_builder: the same study, once.)
+    import optuna
+
+    stored = optuna.load_study(study_name="own", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert stored.user_attrs["model_sha256"] == sha256(builder)
+    builder.write_text(builder.read_text() + "# edited\n")
+    before, trials_before = len(all_runs()), len(stored.trials)
+    proc = cli(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--data", "digits",
+                "--n_trials", "1", "--register", "false", "--system_metrics", "false"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"error: study 'own' was created with another net.py (sha256 {stored.user_attrs['model_sha256'][:12]}..., "
+            f"now {sha256(builder)[:12]}...): its trials would train another network") in proc.stderr, \
+        proc.stderr[-3000:]
+    assert len(all_runs()) == before and len(stored.trials) == trials_before == 2
 
 
 @pytest.mark.slow
-def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking, tmp_path):
-    """A `custom` run (a separable convolution, whose arithmetic the cost does not count: the run says so)
-    records the builder; with a comment appended `reproduce` exits 2 naming the file and that it changed,
-    and creates no run; the file restored from the run's copy, as the message says, reproduces bit for bit."""
+def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking, tmp_path, capsys):
+    """A `custom` run on digits (a separable convolution, whose arithmetic the cost does not count: the run
+    says so) records the builder; with a comment appended `reproduce` exits 2 naming the file and that it
+    changed, and creates no run; the file restored from the run's copy, as the message says, reproduces bit
+    for bit. The run and the rebuild run in-process (the CLI's main); the refusal is a new process, as a
+    user's is: a process loads a builder once (model.builder.load), so only a new one reads the edited file."""
     builder = write(tmp_path, NET.replace("layers.Conv2D(", "layers.SeparableConv2D("))
-    proc = cli(["custom", "--model", "net.py:build", "--hp", "{width: 4}", "--epochs", "1", "--train_samples", "1000",
-                "--system_metrics", "false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(not counted: SeparableConv2D)" in proc.stdout
-    run_id = last_json(proc.stdout)["run_id"]
+    code, out, err = command(["custom", "--data", "digits", "--model", "net.py:build", "--hp", "{width: 4}",
+                              "--epochs", "1", "--system_metrics", "false"], capsys)
+    assert code == 0, err[-3000:]
+    assert "(not counted: SeparableConv2D)" in out
+    run_id = last_json(out)["run_id"]
     run = mlflow.get_run(run_id)
     assert run.data.params["width"] == "4" and run.data.params["hp"] == '{"width": 4}'
     assert run.data.params["model_sha256"] == sha256(builder) and run.data.tags["model_builder"] == "net.py:build"
@@ -585,29 +624,7 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
 
     mlflow.artifacts.download_artifacts(f"runs:/{run_id}/builder/net.py", dst_path=str(tmp_path))  # as advised
     assert builder.read_bytes() == original
-    reproduce_exactly(f"runs:/{run_id}/model", tmp_path)
-
-
-@pytest.mark.slow
-def test_a_study_refuses_to_resume_with_an_edited_builder(tracking, tmp_path):
-    """A study records its builder's digest; `tune` on the same study and storage after the builder was
-    edited exits 2 naming the file, before any trial (its trials would train another network)."""
-    builder, study, summary = tune_study(tmp_path, "--data", "digits", "--n_trials", "1", "--register", "false",
-                                         samples=0, final="{epochs: 1}", reference="off")
-    assert summary["n_complete"] == 1
-    import optuna
-
-    stored = optuna.load_study(study_name="own", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert stored.user_attrs["model_sha256"] == sha256(builder)
-    builder.write_text(builder.read_text() + "# edited\n")
-    before = len(all_runs())
-    proc = cli(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--data", "digits",
-                "--n_trials", "1", "--register", "false", "--system_metrics", "false"], tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert (f"error: study 'own' was created with another net.py (sha256 {stored.user_attrs['model_sha256'][:12]}..., "
-            f"now {sha256(builder)[:12]}...): its trials would train another network") in proc.stderr, \
-        proc.stderr[-3000:]
-    assert len(all_runs()) == before and len(stored.trials) == 1
+    reproduce_exactly(f"runs:/{run_id}/model", capsys)
 
 
 # ----------------------------------------------------------------------------- many workers on one study
@@ -615,8 +632,9 @@ def test_a_study_refuses_to_resume_with_an_edited_builder(tracking, tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_of_a_builder(cluster):
-    """Two `tune` workers on one PostgreSQL study of a user's network, through a real mlflow server: each
-    loads the builder, trains its own trial of the one study, and both record the same builder digest."""
+    """Two `tune` workers (real processes) on one PostgreSQL study of a user's network on digits, through a
+    real mlflow server: each loads the builder, trains its own trial of the one study, and both record the
+    same builder digest."""
     import subprocess
     import sys
 
@@ -626,7 +644,7 @@ def test_two_workers_share_one_study_of_a_builder(cluster):
     study_file = cluster["tmp"] / "shared.yaml"
     study_file.write_text(f"""description: two workers, one study of a builder
 model: {builder}:build
-budget: {{n_trials: 1, epochs: 1, train_samples: 1000, timeout: 0}}
+budget: {{n_trials: 1, epochs: 1, timeout: 0}}
 space:
   width: {{type: categorical, choices: [4, 8]}}
   learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
@@ -635,7 +653,7 @@ pruner: {{type: none}}
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"], "FMNIST_HEARTBEAT_S": "2",
            "FMNIST_GRACE_S": "120"}
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", str(study_file), "--storage", cluster["optuna"],
-           "--register", "false", "--system_metrics", "false"]
+           "--data", "digits", "--register", "false", "--system_metrics", "false"]
     logs = [open(cluster["tmp"] / f"w{i}.log", "w") for i in range(2)]
     procs = [subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
     for i, p in enumerate(procs):

@@ -1,13 +1,15 @@
 """`dashboard`: optuna-dashboard over a real study store, read in a real headless browser; bad
-storages refused before any server starts."""
+storages refused before any server starts (the refusals through the CLI's main in-process: the exit code
+and what it says are the same as a subprocess's, without a Python start per case)."""
 
 from __future__ import annotations
 
 import sys
+import threading
 
 import optuna
 import pytest
-from conftest import cli, free_port, running_server, subprocess_env
+from conftest import free_port, running_server, subprocess_env
 
 VALUES = {0: 0.25, 1: 0.5, 2: 0.75}  # trial number -> value
 
@@ -44,30 +46,46 @@ def test_dashboard_shows_study_and_trials(study_store, tmp_path, page):
     assert "[dashboard] open http://127.0.0.1:" in (tmp_path / "server.log").read_text()
 
 
+def dashboard(args: list[str], capsys) -> tuple[int, str, str]:
+    """`python -m fmnist_exp dashboard ARGS` in-process, in a thread: its exit code, stdout and stderr.
+    A dashboard that does not refuse serves until stopped: after 60 s the test fails saying so."""
+    from fmnist_exp import cli as command_line
+
+    capsys.readouterr()
+    ended: list[int] = []
+    thread = threading.Thread(target=lambda: ended.append(command_line.main(["dashboard", *args])), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    out, err = capsys.readouterr()
+    assert not thread.is_alive(), f"the dashboard was not refused, it serves: {out + err}"
+    return ended[0], out, err
+
+
 @pytest.mark.parametrize("storage,expected", [
     ("sqlite:///{tmp}/nowhere/optuna.db", "no such file. Run `python -m fmnist_exp tune` first"),
     ("sqlite:///{tmp}/mlflow.db", "not an Optuna database"),
     ("postgresql://fmnist:secret@127.0.0.1:{port}/optuna", "cannot open the Optuna storage"),
 ])
-def test_bad_storage_refused_before_the_server_starts(tmp_path, storage, expected):
+def test_bad_storage_refused_before_the_server_starts(tmp_path, monkeypatch, capsys, storage, expected):
     import sqlite3
 
+    monkeypatch.chdir(tmp_path)
     sqlite3.connect(tmp_path / "mlflow.db").execute("CREATE TABLE runs (id TEXT)").connection.close()
     port = free_port()
     url = storage.format(tmp=tmp_path, port=free_port())
-    out = cli(["dashboard", "--storage", url, "--port", str(port)], tmp_path, timeout=120)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert expected in out.stderr and "secret" not in out.stderr
-    assert "Listening" not in out.stdout + out.stderr
+    code, out, err = dashboard(["--storage", url, "--port", str(port)], capsys)
+    assert code == 2, out + err
+    assert expected in err and "secret" not in err
+    assert "Listening" not in out + err
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_busy_port_refused_before_the_server_starts(study_store, tmp_path):
+def test_busy_port_refused_before_the_server_starts(study_store, tmp_path, monkeypatch, capsys):
     import socket
 
+    monkeypatch.chdir(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        out = cli(["dashboard", "--storage", study_store, "--port", str(taken.getsockname()[1])], tmp_path,
-                  timeout=120)
-    assert out.returncode == 2 and "pass another --port" in out.stderr, out.stdout + out.stderr
+        code, out, err = dashboard(["--storage", study_store, "--port", str(taken.getsockname()[1])], capsys)
+    assert code == 2 and "pass another --port" in err, out + err

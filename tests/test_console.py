@@ -34,7 +34,9 @@ def quiet_env(**extra) -> dict:
 def test_tiny_tune_console_experiment_and_model_metrics(tracking, tmp_path):
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
-    proc = subprocess.run([sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study)],
+    # on digits: the console's lines are the same on any data
+    proc = subprocess.run([sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study),
+                           "--data", "digits"],
                           cwd=tmp_path, env=quiet_env(), capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -66,7 +68,7 @@ def test_tiny_tune_console_experiment_and_model_metrics(tracking, tmp_path):
             {x.key: x.value for x in m.metrics}["val_final_accuracy"])
     # the registered classifier carries its test metrics, and the parent run shows it as its model
     client = MlflowClient()
-    mv = client.get_model_version("fmnist-classifier", "1")
+    mv = client.get_model_version("digits-classifier", "1")
     assert mv.source.startswith("models:/m-"), mv.source  # registered from its LoggedModel
     champion = mlflow.get_logged_model(mv.source.removeprefix("models:/"))
     assert champion.name == "classifier"
@@ -85,13 +87,13 @@ def _mlflow_run_mlp(tmp_path, *flags: str, params: dict | None = None):
 
 
 def test_mlflow_run_keeps_its_experiment(tracking, tmp_path):
-    proc = _mlflow_run_mlp(tmp_path, "--experiment-name", "mine")
+    proc = _mlflow_run_mlp(tmp_path, "--experiment-name", "mine", params={"data": "digits"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[mlp] epoch 1/1" in proc.stdout and "ETA" in proc.stdout
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert mlflow.get_experiment(run.info.experiment_id).name == "mine"
     # -P experiment cannot move a run `mlflow run` already filed elsewhere: refused, saying what works
-    refused = _mlflow_run_mlp(tmp_path, params={"experiment": "fmnist-other"})
+    refused = _mlflow_run_mlp(tmp_path, params={"experiment": "fmnist-other", "data": "digits"})
     assert refused.returncode != 0
     assert "--experiment-name fmnist-other" in refused.stderr
     assert mlflow.get_experiment_by_name("fmnist-other") is None

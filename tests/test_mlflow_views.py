@@ -160,7 +160,10 @@ def test_system_metrics_parameter_reaches_every_training_command():
 
 
 @pytest.mark.slow
-def test_single_runs_record_system_metrics_unless_told_not_to(tracking, dataset, monkeypatch):
+def test_single_runs_record_system_metrics_unless_told_not_to(tracking, monkeypatch):
+    from fmnist_exp.data import load_dataset
+
+    dataset = load_dataset("digits")  # a run of any data records them: the smallest
     monkeypatch.delenv(runs.ENABLE_ENV, raising=False)
     p = P.network("mlp", {"epochs": 1, "train_samples": 300, "hidden_units": "16"})
     on = job.train_run(dataset, p)

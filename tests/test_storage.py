@@ -36,7 +36,11 @@ space:
   dropout: {{type: float, low: 0.0, high: 0.3}}
   hidden_units: {{type: widths, layers: [1, 1], units: [16, 32]}}
 pruner: {{type: none}}
+reference: off
 """
+
+
+MODEL = "digits-classifier"  # the studies here train scikit-learn's digits: the same statements on any data
 
 
 def study_file(tmp_path, *, epochs=1, samples=500) -> str:
@@ -64,6 +68,17 @@ def pg():
     yield cluster
     cluster.stop()
     cluster.remove()
+
+
+def command(capfd, argv: list[str]) -> subprocess.CompletedProcess:
+    """The CLI's main in this process (what `python -m fmnist_exp` runs, without another TensorFlow import):
+    its exit code and everything written to stdout and stderr (file descriptors, so C++ logs too)."""
+    from fmnist_exp import cli as command_line
+
+    capfd.readouterr()
+    code = command_line.main(argv)
+    seen = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, seen.out, seen.err)
 
 
 def all_runs():
@@ -146,11 +161,11 @@ def test_refused_storage_under_mlflow_run_ends_the_run_failed_and_warns(pg, trac
 
 
 @pytest.mark.slow
-def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, tracking, tmp_path, monkeypatch):
+def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, tracking, tmp_path, monkeypatch, capfd):
     db = pg.create_database(f"pw_{uuid.uuid4().hex[:8]}")
     url = pg.url(db)
-    out = cli(["tune", "--study", study_file(tmp_path), "--study_name", "s", "--storage", url,
-               "--register", "false"], tmp_path)
+    out = command(capfd, ["tune", "--study", study_file(tmp_path), "--study_name", "s", "--storage", url,
+                          "--data", "digits", "--register", "false"])
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert pg.secret not in out.stdout + out.stderr
     parent = next(r for r in all_runs() if r.info.run_name == "tune s")
@@ -160,11 +175,11 @@ def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, trac
     # register with only study_name and a password-less URL: family and study file come from the study
     monkeypatch.setenv("PGPASSWORD", pg.password)
     bare = pg.url(db, password=False)
-    refused = cli(["register", "--study_name", "s", "--storage", bare, "--family", "cnn"], tmp_path)
+    refused = command(capfd, ["register", "--study_name", "s", "--storage", bare, "--family", "cnn"])
     assert refused.returncode == 2 and "tunes family 'mlp'" in refused.stderr, refused.stderr[-3000:]
-    done = cli(["register", "--study_name", "s", "--storage", bare], tmp_path)
+    done = command(capfd, ["register", "--study_name", "s", "--storage", bare])
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    champion = MlflowClient().get_model_version_by_alias("fmnist-classifier", "champion")
+    champion = MlflowClient().get_model_version_by_alias(MODEL, "champion")
     assert champion.tags["family"] == "mlp" and champion.tags["study"] == "s"
     assert_no_secret_in_store(tmp_path, pg.secret)
 
@@ -181,13 +196,13 @@ def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, trac
 
 
 @pytest.mark.slow
-def test_passwordless_url_with_pgpassword_tunes_and_registers(pg, tracking, tmp_path, monkeypatch):
+def test_passwordless_url_with_pgpassword_tunes_and_registers(pg, tracking, tmp_path, monkeypatch, capfd):
     db = pg.create_database(f"bare_{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("PGPASSWORD", pg.password)
-    out = cli(["tune", "--study", study_file(tmp_path), "--study_name", "b", "--storage", pg.url(db, password=False)],
-              tmp_path)
+    out = command(capfd, ["tune", "--study", study_file(tmp_path), "--study_name", "b", "--storage",
+                          pg.url(db, password=False), "--data", "digits"])
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert MlflowClient().get_model_version_by_alias("fmnist-classifier", "champion").tags["study"] == "b"
+    assert MlflowClient().get_model_version_by_alias(MODEL, "champion").tags["study"] == "b"
     study = optuna.load_study(study_name="b", storage=StorageURL.parse(pg.url(db)).open())
     assert study.user_attrs["family"] == "mlp" and study.user_attrs["study_file"] == "s.yaml"
     assert study.user_attrs["study_file_text"] == (tmp_path / "s.yaml").read_text()
@@ -197,10 +212,11 @@ def test_passwordless_url_with_pgpassword_tunes_and_registers(pg, tracking, tmp_
 def test_study_survives_a_postgresql_restart(pg, tracking, tmp_path):
     db = pg.create_database(f"restart_{uuid.uuid4().hex[:8]}")
     url = pg.url(db)
-    study = study_file(tmp_path, epochs=25, samples=2000)
+    # digits: each epoch reports to the storage, so a trial in flight at the stop meets the outage however short
+    study = study_file(tmp_path, epochs=10, samples=1000)
     env = {**subprocess_env(), "FMNIST_HEARTBEAT_S": "1", "FMNIST_GRACE_S": "60"}
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", study, "--study_name", "r", "--storage", url,
-           "--n_trials", "2", "--register", "false"]
+           "--data", "digits", "--n_trials", "2", "--register", "false"]
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     all_runs()  # make the MLflow sqlite store now: two workers creating it at once race in its migrations
     workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)

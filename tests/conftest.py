@@ -185,7 +185,7 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 # --- many workers on one study: PostgreSQL, a real `mlflow server`, `tune` worker processes ---
 
-MODEL = "fmnist-classifier"
+MODEL = "digits-classifier"  # what a study registers on the workers' data (worker(): digits)
 STUDY = """description: scale-out test study
 family: mlp
 budget: {{n_trials: 2, epochs: {epochs}, train_samples: {samples}, timeout: 0}}
@@ -195,7 +195,10 @@ space:
   learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
   hidden_units: {{type: widths, layers: [1, 2], units: [32, 64]}}
 pruner: {{type: none}}
+reference: {reference}
 """
+REFERENCE_OFF = "off"  # where the reference is not what a test checks: no second process training it
+REFERENCE_SMALL = "{params: {epochs: 2}}"  # a reference trained, on a pinned budget
 
 
 @pytest.fixture(scope="session")
@@ -217,25 +220,40 @@ def pg_admin():
     engine.dispose()
 
 
-def fresh_db(pg_admin, prefix: str) -> str:
+def fresh_db(pg_admin, prefix: str, template: str = "") -> str:
+    """A new database's URL; a copy of the database ``template`` (its name) when given."""
     import sqlalchemy
 
     url, engine = pg_admin
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with engine.connect() as c:
-        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     return url.rsplit("/", 1)[0] + "/" + name
 
 
+@pytest.fixture(scope="session")
+def mlflow_pg_template(pg_admin) -> str:
+    """The name of an MLflow database on PostgreSQL migrated once per test process, which `cluster`
+    copies (CREATE DATABASE ... TEMPLATE, a fraction of a second) instead of having each server run
+    MLflow's migrations again (seconds each). Its Default experiment's artifacts are where a server
+    serving artifacts puts them (mlflow-artifacts:/0), whatever folder that server proxies to."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    url = fresh_db(pg_admin, "mlflow_template")
+    SqlAlchemyStore(url, "mlflow-artifacts:/").engine.dispose()  # no connection left: a template must have none
+    return url.rsplit("/", 1)[1]
+
+
 @pytest.fixture
-def cluster(pg_admin, tmp_path, monkeypatch):
+def cluster(pg_admin, mlflow_pg_template, tmp_path, monkeypatch):
     """A real mlflow server (PostgreSQL backend, proxied artifacts) and an Optuna database.
 
     ``server`` is the server process (its group leader) and ``server_cmd`` starts it again on the
     same port and backend, for the tests that kill it."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    cmd = [MLFLOW, "server", "--backend-store-uri", fresh_db(pg_admin, "mlflow"), "--artifacts-destination",
+    cmd = [MLFLOW, "server", "--backend-store-uri", fresh_db(pg_admin, "mlflow", mlflow_pg_template),
+           "--artifacts-destination",
            str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with running_server(cmd, uri + "/health", cwd=tmp_path, env=subprocess_env(), timeout=120) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -246,16 +264,20 @@ def cluster(pg_admin, tmp_path, monkeypatch):
                "server": server, "server_cmd": cmd}
 
 
-def worker(cluster, study_file, study_name, n_trials, log_name, grace_s: int = 8, storage: str = ""):
+def worker(cluster, study_file, study_name, n_trials, log_name, grace_s: int = 8, storage: str = "",
+           data: str = "digits"):
     """A `tune` worker process on the cluster, output to tmp/``log_name``. Heartbeats every 2 s;
     a trial silent for ``grace_s`` is taken for lost. The short default lets the kill tests see a
     SIGKILLed worker quickly; tests of healthy workers pass a long one, because several TensorFlow
     workers on two busy cores can starve a heartbeat thread for longer than 8 s. ``storage``
-    (default: the cluster's Optuna database) may name a storage proxy, grpc://HOST:PORT."""
+    (default: the cluster's Optuna database) may name a storage proxy, grpc://HOST:PORT. ``data``:
+    the 8x8 digits by default (a fraction of a second an epoch, 360 test images to score): what
+    these tests check is the processes, stores and servers around the training, not its images."""
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"],
            "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": str(grace_s)}
     cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study_file),
-           "--study_name", study_name, "--storage", storage or cluster["optuna"], "--n_trials", str(n_trials)]
+           "--study_name", study_name, "--storage", storage or cluster["optuna"], "--n_trials", str(n_trials),
+           "--data", data]
     log = open(cluster["tmp"] / log_name, "w")
     return subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -281,9 +303,37 @@ def wait_for_epoch(proc, log_path: Path, timeout: int = 300):
         running = [r for r in trial_runs(all_runs()) if r.info.status == "RUNNING"]
         if running and client.get_metric_history(running[0].info.run_id, "val_accuracy"):
             return running[0]
-        time.sleep(0.5)
+        time.sleep(0.2)
     proc.kill()
     pytest.fail("no trial got through an epoch:\n" + log_path.read_text()[-3000:])
+
+
+@contextlib.contextmanager
+def frozen(*procs: subprocess.Popen):
+    """The processes stopped (SIGSTOP) meanwhile, continued (SIGCONT) after: what a test reads while
+    they are frozen cannot change under it, so a fault injected then lands where the read saw them
+    (mid-trial, mid-epoch), whatever the load, instead of wherever they got to by the time it lands."""
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+
+
+def still_training(run_id: str, epochs: int) -> int:
+    """For a frozen worker: how many epochs run ``run_id`` has logged; fails unless it is RUNNING with
+    epochs still to log (a fault injected now lands at one of its epochs)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    done = len(client.get_metric_history(run_id, "val_accuracy"))
+    status = client.get_run(run_id).info.status
+    assert status == "RUNNING" and done < epochs, \
+        f"the trial trained out ({done} of {epochs} epochs, {status}) before it was frozen: give it more epochs"
+    return done
 
 
 # --- a real headless browser: Debian's chromium driven by playwright ---

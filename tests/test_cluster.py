@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import STUDY, all_runs, cli, free_port, stop_group, subprocess_env, trial_runs
+from conftest import REFERENCE_OFF, STUDY, all_runs, cli, free_port, stop_group, subprocess_env, trial_runs
 
 from fmnist_exp import params as P
 from fmnist_exp.commands import launch
@@ -59,10 +59,12 @@ def last_json(stdout: str) -> dict:
 
 
 @pytest.mark.slow
-def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch):
+def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch, capsys):
+    from fmnist_exp import cli as command_line
+
     tmp = cluster["tmp"]
     study_file = tmp / "s.yaml"
-    study_file.write_text(STUDY.format(epochs=1, samples=800))
+    study_file.write_text(STUDY.format(epochs=1, samples=800, reference=REFERENCE_OFF))
     url = StorageURL.parse(cluster["optuna"])
     monkeypatch.setenv("PGPASSWORD", url.url.password)  # the launcher's and, below, the Dask workers'
     storage = url.without_password
@@ -70,11 +72,14 @@ def test_dask_places_two_tune_workers_on_one_study(cluster, monkeypatch):
                  "register": "false", "data": "digits"}  # 8x8 images: seconds a trial
     flags = [x for k, v in overrides.items() for x in (f"--{k}", str(v))]
 
-    # workers=0 creates the study once (what the Kubernetes study Job runs) and names the worker command
-    made = cli(["launch", "--workers", "0", *flags], tmp)
-    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    # workers=0 creates the study once (what the Kubernetes study Job runs) and names the worker command;
+    # in this process: the launcher's own process is not what is tested here, the Dask-placed workers are
+    monkeypatch.chdir(tmp)
+    code = command_line.main(["launch", "--workers", "0", *flags])
+    made = capsys.readouterr()
+    assert code == 0, made.out[-3000:] + made.err[-3000:]
     params = P.command("launch", overrides).tune
-    assert last_json(made.stdout)["worker_command"] == launch.worker_command(params)
+    assert last_json(made.out)["worker_command"] == launch.worker_command(params)
     assert "--study " not in " ".join(launch.worker_command(params)), "workers read the study from the database"
 
     env = {**subprocess_env(), "FMNIST_HEARTBEAT_S": "2", "FMNIST_GRACE_S": "120"}

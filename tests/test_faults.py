@@ -18,9 +18,12 @@ import optuna
 import pytest
 from conftest import (
     MODEL,
+    REFERENCE_OFF,
     STUDY,
     all_runs,
+    frozen,
     running_server,
+    still_training,
     stop_group,
     subprocess_env,
     trial_runs,
@@ -31,7 +34,7 @@ from mlflow.tracking import MlflowClient
 
 OUTAGE_S = 60  # a minute down: an outage a study must ride out, inside the client's retry window
 RESTART_S = 60  # a generous allowance for the killed server to start again
-EPOCHS = 8  # ~1 s each: the trial is still training when the server dies
+EPOCHS = 10  # digits; the worker is frozen mid-trial while the server is killed, so few epochs will do
 
 
 def test_http_retries_outlast_the_outage():
@@ -61,17 +64,21 @@ def test_http_retries_outlast_the_outage():
 def test_tracking_server_down_60s_mid_trial(cluster):
     tmp, uri = cluster["tmp"], cluster["tracking"]
     study_file = tmp / "outage.yaml"
-    study_file.write_text(STUDY.format(epochs=EPOCHS, samples=2000))
-    proc = worker(cluster, study_file, "outage", 2, "worker.log")
+    study_file.write_text(STUDY.format(epochs=EPOCHS, samples=2000, reference=REFERENCE_OFF))
+    # a healthy worker: a long grace, so that no heartbeat starved on busy cores counts against it
+    proc = worker(cluster, study_file, "outage", 2, "worker.log", grace_s=120)
     log = tmp / "worker.log"
     in_flight = wait_for_epoch(proc, log)
-    study = optuna.load_study(study_name="outage", storage=cluster["optuna"])
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    assert [t.user_attrs.get("mlflow_run_id") for t in running] == [in_flight.info.run_id]
-
-    stop_group(cluster["server"])  # SIGKILL to mlflow server and its uvicorn workers
-    t_down = time.time()
-    time.sleep(OUTAGE_S)
+    # frozen from the check to the kill: the server dies while this trial still has epochs to log,
+    # however fast epochs go and however slowly this process gets here under load
+    with frozen(proc):
+        still_training(in_flight.info.run_id, EPOCHS)
+        study = optuna.load_study(study_name="outage", storage=cluster["optuna"])
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        assert [t.user_attrs.get("mlflow_run_id") for t in running] == [in_flight.info.run_id]
+        stop_group(cluster["server"])  # SIGKILL to mlflow server and its uvicorn workers
+        t_down = time.time()
+    time.sleep(OUTAGE_S)  # the outage this test times: a fixed sleep by design
     assert proc.poll() is None, "the worker gave up while the server was down:\n" + log.read_text()[-3000:]
     with running_server(cluster["server_cmd"], uri + "/health", cwd=tmp, env=subprocess_env(), timeout=120,
                         log="server-restarted.log"):
@@ -108,14 +115,16 @@ def test_tracking_server_down_60s_mid_trial(cluster):
 def test_sigterm_ends_runs_failed_and_study_resumes(cluster):
     tmp = cluster["tmp"]
     study_file = tmp / "term.yaml"
-    # long enough that the trial is still training when SIGTERM lands (10 MLP epochs on 2,000 images
-    # could finish between the poll that saw epoch 1 and the signal on an idle machine)
-    epochs = 40
-    study_file.write_text(STUDY.format(epochs=epochs, samples=3000))
+    # the worker is frozen from the check that its trial is still training to the signal, which it
+    # handles once continued: SIGTERM lands mid-trial however fast the epochs go
+    epochs = 10
+    study_file.write_text(STUDY.format(epochs=epochs, samples=3000, reference=REFERENCE_OFF))
     proc = worker(cluster, study_file, "term", 2, "term.log")
     in_flight = wait_for_epoch(proc, tmp / "term.log")
-    t_term = time.time()
-    proc.send_signal(signal.SIGTERM)
+    with frozen(proc):
+        still_training(in_flight.info.run_id, epochs)
+        t_term = time.time()
+        proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 130, (tmp / "term.log").read_text()[-3000:]
     t_exit = time.time()
 

@@ -20,11 +20,14 @@ import pytest
 import sqlalchemy
 from conftest import (
     MODEL,
+    REFERENCE_OFF,
     STUDY,
     all_runs,
     cli,
     free_port,
     fresh_db,
+    frozen,
+    still_training,
     subprocess_env,
     trial_runs,
     wait_for_epoch,
@@ -96,7 +99,7 @@ def wait_in_flight(procs, logs, n: int, timeout: int = 300) -> list:
         started = [r for r in running if client.get_metric_history(r.info.run_id, "val_accuracy")]
         if len(started) >= n:
             return started
-        time.sleep(0.5)
+        time.sleep(0.2)
     pytest.fail(f"fewer than {n} trials got through an epoch:\n" + "\n".join(log.read_text()[-1500:] for log in logs))
 
 
@@ -123,7 +126,7 @@ def database_clients(pg_admin, db_url: str) -> set[str]:
 
 def test_two_workers_behind_the_proxy_share_one_study(cluster, pg_admin):
     study_file = cluster["tmp"] / "s.yaml"
-    study_file.write_text(STUDY.format(epochs=1, samples=800))
+    study_file.write_text(STUDY.format(epochs=1, samples=800, reference=REFERENCE_OFF))
     with storage_proxy(cluster, grace_s=120) as url:
         procs = [worker(cluster, study_file, "proxied", 1, f"w{i}.log", grace_s=120, storage=url) for i in range(2)]
         clients, deadline = set(), time.time() + 900
@@ -162,12 +165,14 @@ def test_two_workers_behind_the_proxy_share_one_study(cluster, pg_admin):
 
 def test_killed_worker_behind_the_proxy_is_reaped_and_retried(cluster):
     study_file = cluster["tmp"] / "k.yaml"
-    study_file.write_text(STUDY.format(epochs=12, samples=3000))
+    study_file.write_text(STUDY.format(epochs=EPOCHS, samples=3000, reference=REFERENCE_OFF))
     with storage_proxy(cluster, grace_s=8) as url:
         victim = worker(cluster, study_file, "kill", 1, "victim.log", storage=url)
         victim_run = wait_for_epoch(victim, cluster["tmp"] / "victim.log")
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
+        with frozen(victim):  # from the check that it is still training to the kill: the kill lands mid-trial
+            still_training(victim_run.info.run_id, EPOCHS)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
 
         # no worker is left to notice: the proxy's reaper fails the trial and enqueues its retry
         storage = optuna.storages.RDBStorage(cluster["optuna"])
@@ -175,7 +180,7 @@ def test_killed_worker_behind_the_proxy_is_reaped_and_retried(cluster):
         deadline = time.time() + 120
         while len(storage.get_all_trials(study_id)) < 2:
             assert time.time() < deadline, (cluster["tmp"] / "proxy.log").read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.5)
         storage.engine.dispose()
 
         survivor = worker(cluster, study_file, "kill", 2, "survivor.log", storage=url)
@@ -196,6 +201,10 @@ def test_killed_worker_behind_the_proxy_is_reaped_and_retried(cluster):
     assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
 
 
+EPOCHS = 10  # digits; a worker is frozen mid-trial while its proxy is killed, so few epochs will do
+# two workers: the first one's trial must still train while the second one's starts (the two start
+# together, but one may import TensorFlow seconds later), so their trials get three times as many
+EPOCHS_PAIR = 30
 OUTAGE_S = 14  # how long the proxy stays down: longer than the grace the proxies below judge by
 GRACE_S = 10
 
@@ -220,7 +229,7 @@ def test_workers_wait_out_a_proxy_restart(cluster):
     the workers retry until it answers, the restarted proxy carries on the same study (it keeps
     no state of its own), and no trial is reaped although the outage outlasted the grace."""
     study_file = cluster["tmp"] / "r.yaml"
-    study_file.write_text(STUDY.format(epochs=6, samples=2000))
+    study_file.write_text(STUDY.format(epochs=EPOCHS_PAIR, samples=2000, reference=REFERENCE_OFF))
     port = free_port()
     url = f"grpc://127.0.0.1:{port}"
     procs = [start_proxy(cluster, port, GRACE_S, "proxy-1.log")]
@@ -229,9 +238,12 @@ def test_workers_wait_out_a_proxy_restart(cluster):
         workers = [worker(cluster, study_file, "restart", 2, log.name, storage=url) for log in logs]
         procs += workers
         in_flight = wait_in_flight(workers, logs, 2)
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait(timeout=30)
-        time.sleep(OUTAGE_S)
+        with frozen(*workers):  # from the check that both trials still train to the kill: both see the outage
+            for run in in_flight:
+                still_training(run.info.run_id, EPOCHS_PAIR)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=30)
+        time.sleep(OUTAGE_S)  # the outage this test times (longer than the grace): a fixed sleep by design
         procs.append(start_proxy(cluster, port, GRACE_S, "proxy-2.log"))
         back = time.monotonic()
         # each worker's next call or beat goes through within the retry's longest pause (5 s)
@@ -263,7 +275,7 @@ def test_workers_fail_over_to_the_next_proxy(cluster):
     again: the workers carry on through the second, whose reaper (running all along) reaps
     nothing, because the heartbeats follow the workers to it within one beat."""
     study_file = cluster["tmp"] / "f.yaml"
-    study_file.write_text(STUDY.format(epochs=6, samples=2000))
+    study_file.write_text(STUDY.format(epochs=EPOCHS_PAIR, samples=2000, reference=REFERENCE_OFF))
     first, second = two_ports()
     url = f"grpc://127.0.0.1:{first},127.0.0.1:{second}"
     procs = [start_proxy(cluster, first, GRACE_S, "proxy-1.log"), start_proxy(cluster, second, GRACE_S, "proxy-2.log")]
@@ -271,9 +283,12 @@ def test_workers_fail_over_to_the_next_proxy(cluster):
     with stopped_at_exit(procs):
         workers = [worker(cluster, study_file, "failover", 2, log.name, storage=url) for log in logs]
         procs += workers
-        wait_in_flight(workers, logs, 2)
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait(timeout=30)
+        in_flight = wait_in_flight(workers, logs, 2)
+        with frozen(*workers):  # from the check that both trials still train to the kill: both fail over
+            for run in in_flight:
+                still_training(run.info.run_id, EPOCHS_PAIR)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=30)
         for p, log in zip(workers, logs, strict=True):
             assert p.wait(timeout=900) == 0, log.read_text()[-3000:]
         stop_proxy(procs[1], cluster["tmp"] / "proxy-2.log")
@@ -295,7 +310,7 @@ def test_a_worker_gives_up_on_a_proxy_that_stays_away(cluster, monkeypatch):
     stays RUNNING until a proxy runs again; that proxy's reaper then fails and retries it."""
     monkeypatch.setenv("FMNIST_PROXY_RETRY_S", "10")
     study_file = cluster["tmp"] / "g.yaml"
-    study_file.write_text(STUDY.format(epochs=12, samples=3000))
+    study_file.write_text(STUDY.format(epochs=EPOCHS, samples=3000, reference=REFERENCE_OFF))
     port = free_port()
     procs = [start_proxy(cluster, port, GRACE_S, "proxy-1.log")]
     log = cluster["tmp"] / "w.log"
@@ -303,9 +318,11 @@ def test_a_worker_gives_up_on_a_proxy_that_stays_away(cluster, monkeypatch):
         lone = worker(cluster, study_file, "gone", 1, log.name, storage=f"grpc://127.0.0.1:{port}")
         procs.append(lone)
         [trial_run] = wait_in_flight([lone], [log], 1)
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait(timeout=30)
-        killed = time.monotonic()
+        with frozen(lone):  # from the check that the trial still trains to the kill: the proxy dies mid-trial
+            still_training(trial_run.info.run_id, EPOCHS)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=30)
+            killed = time.monotonic()
         assert lone.wait(timeout=300) == 1, log.read_text()[-3000:]
         took = time.monotonic() - killed
         text = log.read_text()
@@ -323,7 +340,7 @@ def test_a_worker_gives_up_on_a_proxy_that_stays_away(cluster, monkeypatch):
         deadline = time.time() + 120
         while storage.get_all_trials(study_id)[0].state.name == "RUNNING":
             assert time.time() < deadline, (cluster["tmp"] / "proxy-2.log").read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.5)
         stop_proxy(procs[-1], cluster["tmp"] / "proxy-2.log")
     states = [t.state.name for t in storage.get_all_trials(study_id)]
     storage.engine.dispose()

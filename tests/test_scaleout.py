@@ -13,7 +13,18 @@ import time
 import mlflow
 import optuna
 import pytest
-from conftest import MODEL, STUDY, all_runs, trial_runs, wait_for_epoch, worker
+from conftest import (
+    MODEL,
+    REFERENCE_OFF,
+    REFERENCE_SMALL,
+    STUDY,
+    all_runs,
+    frozen,
+    still_training,
+    trial_runs,
+    wait_for_epoch,
+    worker,
+)
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -21,7 +32,8 @@ pytestmark = pytest.mark.slow
 
 def test_three_workers_share_one_study(cluster):
     study_file = cluster["tmp"] / "s.yaml"
-    study_file.write_text(STUDY.format(epochs=2, samples=800))
+    # the reference is checked below (trained once, every worker's gain against it): trained, on 2 epochs
+    study_file.write_text(STUDY.format(epochs=2, samples=800, reference=REFERENCE_SMALL))
     k = 2
     procs = [worker(cluster, study_file, "shared", k, f"w{i}.log", grace_s=120) for i in range(3)]
     for i, p in enumerate(procs):
@@ -75,13 +87,18 @@ def test_three_workers_share_one_study(cluster):
 
 def test_killed_worker_trial_fails_and_is_retried(cluster):
     study_file = cluster["tmp"] / "k.yaml"
-    study_file.write_text(STUDY.format(epochs=12, samples=3000))
+    epochs = 10
+    study_file.write_text(STUDY.format(epochs=epochs, samples=3000, reference=REFERENCE_OFF))
     victim = worker(cluster, study_file, "kill", 1, "victim.log")
-    # wait until the victim's trial has trained at least one epoch, then kill it without warning
+    # wait until the victim's trial has trained at least one epoch, then kill it without warning, frozen
+    # from the check that its run is still training to the kill: the kill lands mid-trial however fast
+    # the epochs go
     victim_run = wait_for_epoch(victim, cluster["tmp"] / "victim.log")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    time.sleep(9)  # past the grace period: the victim's heartbeat is stale now
+    with frozen(victim):
+        still_training(victim_run.info.run_id, epochs)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    time.sleep(9)  # the grace period this test times (8 s): the victim's heartbeat is stale now
 
     survivor = worker(cluster, study_file, "kill", 2, "survivor.log")
     assert survivor.wait(timeout=900) == 0, (cluster["tmp"] / "survivor.log").read_text()[-3000:]

@@ -277,6 +277,7 @@ def output_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
     pytest.fail(f"no line with {marker!r} within {timeout} s (exit {proc.wait()}):\n" + "".join(seen)[-3000:])
 
 
+@pytest.mark.slow  # a fault test (a signal to a real process and its child), like tests/test_faults.py
 def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
     """SIGTERM while the reference trains in its second process: both processes stop, the
     reference run ends FAILED with the parent (the final, whichever state the signal found it in,
@@ -319,8 +320,9 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
 
 
 def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
+    """On digits: no reference and a spread over seeds are the same statements on any data."""
     study = study_file(tmp_path, "seeds", extra="reference: off\nfinal: {epochs: 1, train_samples: 1000, seeds: 2}")
-    summary = tune.run(P.tune_args({"family": "mlp", "study": study, "n_trials": 1})).flat()
+    summary = tune.run(P.tune_args({"family": "mlp", "study": study, "n_trials": 1, "data": "digits"})).flat()
     out = capsys.readouterr().out
     assert "[tune] reference: off" in out
     assert summary["reference"] == "off" and not any(k.startswith("gain_") for k in summary)
@@ -338,7 +340,8 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     assert m["final_seeds_test_accuracy_mean"] == pytest.approx(np.mean(accs))
     assert m["final_seeds_test_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
     best_val = max(finals, key=lambda r: r.data.metrics["val_final_accuracy"])
-    mv = MlflowClient().get_model_version(MODEL, str(summary["registered_version"]))
+    assert summary["model_name"] == "digits-classifier"
+    mv = MlflowClient().get_model_version(summary["model_name"], str(summary["registered_version"]))
     assert mv.tags["source_run_id"] == best_val.info.run_id == summary["best_run_id"]
     # the end-of-study summary names each seed, the spread and the seed registered
     assert summary["final_seeds"] == [42, 43] and summary["final_seeds_test_accuracy"] == pytest.approx(accs)

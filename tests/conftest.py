@@ -85,12 +85,16 @@ def tracking(tmp_path, monkeypatch, migrated_store):
 
 
 @contextlib.contextmanager
-def store_at(root: Path):
+def store_at(root: Path, template: Path | None = None):
     """A module's own MLflow store (sqlite + ./mlruns) in ``root``, the working directory meanwhile; yields its
     URI and puts the directory and MLFLOW_TRACKING_URI back afterwards (for module-scoped fixtures, which
-    cannot use monkeypatch)."""
+    cannot use monkeypatch). ``template`` (``migrated_store``): a store made from it when ``root`` has none,
+    so nothing migrates it later: a server process and this one opening a new store at once would both run
+    MLflow's migrations on it, and the loser leaves it broken ("table _alembic_tmp_params already exists")."""
     import mlflow
 
+    if template is not None and not (root / "mlflow.db").exists():
+        new_store(root, template)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(root)

@@ -85,10 +85,10 @@ def wait_for_version(base: str, version: str, timeout: float = 60) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, migrated_store):
     """An empty registry (sqlite under a temp dir) for `serve` to follow; versions come later (`versions`)."""
     root = tmp_path_factory.mktemp("follow")
-    with store_at(root) as uri:
+    with store_at(root, migrated_store) as uri:
         yield {"root": root, "uri": uri, "versions": []}
 
 

@@ -35,11 +35,11 @@ CHAMPION = "models:/fmnist-classifier@champion"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, migrated_store):
     """A store with a champion from a 1-trial MLP study (real tune, tiny budget, no reference: serving reads
     only the champion). Fashion-MNIST: its own images, class names and the example ankle boot are served."""
     root = tmp_path_factory.mktemp("serve")
-    with store_at(root) as uri:
+    with store_at(root, migrated_store) as uri:
         study = root / "serve.yaml"
         study.write_text("description: serving fixture\nfamily: mlp\nfixed: {hidden_units: '64', lr_schedule: cosine}\n"
                          "space:\n  dropout: {type: float, low: 0.0, high: 0.1}\nreference: off\n")

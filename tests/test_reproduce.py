@@ -21,7 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO, mlflow_run, new_store, store_at
+from conftest import REPO, mlflow_run, store_at
 from mlflow.tracking import MlflowClient
 
 from fmnist_exp import cli as command_line
@@ -265,9 +265,8 @@ def ensemble_store(tmp_path_factory, migrated_store):
     import mlflow.tracking.fluent
 
     root = tmp_path_factory.mktemp("ensemble-store")
-    new_store(root, migrated_store)
     (root / "ens.yaml").write_text(STUDY.replace("final: {epochs: 2}", f"final: {SEEDS_2}") + "reference: off\n")
-    with store_at(root), contextlib.redirect_stdout(io.StringIO()) as said:
+    with store_at(root, migrated_store), contextlib.redirect_stdout(io.StringIO()) as said:
         summary = tune.run(P.tune_args({"family": "mlp", "study": str(root / "ens.yaml"), "data": "digits"})).flat()
     mlflow.tracking.fluent._active_experiment_id = None  # as conftest's _no_active_experiment leaves a test
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -71,7 +71,6 @@ def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, cla
     width, height = cols * cell_w, head + rows * cell_h
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.set(xlim=(0, width), ylim=(height, 0))
     ax.axis("off")
     for k, i in enumerate(wrong):
         row, col = divmod(k, cols)
@@ -80,7 +79,7 @@ def misclassified_grid(x: np.ndarray, y_true: np.ndarray, probs: np.ndarray, cla
                   extent=(left, left + side, top + side, top), aspect="auto")
         ax.text(left + side / 2, top - 0.05, f"{class_names[y_true[i]]}\n-> {class_names[pred[i]]} "
                 f"({probs[i, pred[i]]:.0%})", ha="center", va="bottom", fontsize=8)
-    ax.set(xlim=(0, width), ylim=(height, 0))  # imshow resets the limits to its last image
+    ax.set(xlim=(0, width), ylim=(height, 0))  # after the images: each imshow sets the limits to its own
     fig.suptitle(f"most confident mistakes ({len(wrong)} shown of {int((pred != y_true).sum())})")
     return fig
 

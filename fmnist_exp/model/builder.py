@@ -96,7 +96,7 @@ _loaded: dict[tuple[str, Path | None], Builder] = {}  # by reference and file: r
 def load(ref: str) -> Builder:
     """The builder ``ref`` names, its file executed or its module imported: once per process, so that every
     trial, retrain and reference of a command trains the builder its checks saw and its runs record, even if
-    the file is edited meanwhile (a study refuses a worker or resume whose file changed: study.setup)."""
+    the file is edited meanwhile (a study refuses a worker or resume whose file changed: study.stored)."""
     ref = ref.strip()
     path = source_file(ref)
     key = (ref, path)  # a relative file from another working directory is another builder

@@ -61,7 +61,7 @@ def finished(filter_string: str, trial_number: int, origin: str, val_metric: str
 def _trained(recipe: P.FitParams, logged: dict[str, str]) -> bool:
     """Whether a run that logged ``logged`` trained ``recipe``, wherever it read the data from (the
     workers of one study may each have their own data or data_dir path to the same images: a study
-    holds one dataset, checked by its digest when a worker joins, study.setup.check_data)."""
+    holds one dataset, checked by its digest when a worker joins, study.stored.check_study_data)."""
     try:
         trained = P.replaced(P.trained(recipe.FAMILY, logged), data=recipe.data, data_dir=recipe.data_dir)
     except P.ConfigError:  # a value today's checks refuse: not today's recipe

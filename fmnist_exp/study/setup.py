@@ -1,6 +1,6 @@
 """Before a study runs: everything that can be wrong is checked (tracking server, storage, study,
 study file, budget, data) before any work and before any MLflow run starts; then the study is
-created or joined, once, and the parent run records how it was set up."""
+created or joined once (what it is recorded on it: stored.py), and the parent run records how it was set up."""
 
 from __future__ import annotations
 
@@ -24,15 +24,21 @@ from ..scale.storage import StorageURL, preflight
 from ..train import tracking
 from ..train.builder_fit import check_builder
 from ..train.job import log_data_facts
-from ..train.lineage import BUILDER_SHA256
 from . import spec as S
 from .space import as_trial_params
-
-# Study user attributes that make a study self-describing.
-STUDY_FAMILY, STUDY_FILE, STUDY_TEXT = "family", "study_file", "study_file_text"
-# the one dataset a study's trials are compared on: its digest, its name and the `data` it was created with
-STUDY_DATA, STUDY_DATA_NAME, STUDY_DATA_ARG = "data_sha256", "data_name", "data"
-STUDY_BUILDER = BUILDER_SHA256  # a study of a user's network: the builder file it was created with
+from .stored import (
+    STUDY_BUILDER,
+    STUDY_DATA,
+    STUDY_DATA_ARG,
+    STUDY_DATA_NAME,
+    STUDY_FAMILY,
+    STUDY_FILE,
+    STUDY_TEXT,
+    check_same_builder,
+    check_study_data,
+    creation_lock,
+    stored_study,
+)
 
 
 @dataclass(frozen=True)
@@ -111,12 +117,9 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     url = preflight(args.storage)
     study_name = args.study_name or S.resolve_path(args.study, args.family).stem
     opened = url.open()  # under a lock: workers started together create the tables once (scale/locks.py)
-    try:
-        stored = optuna.load_study(study_name=study_name, storage=opened).user_attrs
-    except KeyError:
-        if must_exist:
-            raise ConfigError(f"no study {study_name!r} in {url.where}: check study_name and storage") from None
-        stored = None
+    stored = stored_study(url, opened, study_name)
+    if stored is None and must_exist:
+        raise ConfigError(f"no study {study_name!r} in {url.where}: check study_name and storage")
     spec = study_spec(args, study_name, stored)
     budget = spec.budget.with_command_line(args)
     # not given: the study's own data (so `register` needs only the study's name and storage)
@@ -144,15 +147,7 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
     value's extremes, the enqueued points, the final retrain, the student, the reference) that the
     images do not allow (networks.check_recipe)."""
     ds, spec, where = setup.ds, setup.spec, str(setup.spec.path)
-    if stored is not None:  # a study made before datasets were values recorded none: it trained Fashion-MNIST
-        theirs = stored.get(STUDY_DATA_NAME, D.FASHION_MNIST.name)
-        if stored.get(STUDY_DATA, ds.sha256 if theirs == ds.info.name else None) != ds.sha256:
-            digest = f", sha256 {stored[STUDY_DATA][:12]}..." if STUDY_DATA in stored else ""
-            given = stored.get(STUDY_DATA_ARG, theirs)
-            raise ConfigError(f"study {setup.study_name!r} was created on {theirs} (data={given}{digest}), not on "
-                              f"this data ({ds.info.name}, sha256 {ds.sha256[:12]}...): a "
-                              "study compares its trials on one dataset; give the study's data (or leave data out), "
-                              "or give this data a study_name of its own")
+    check_study_data(setup.study_name, ds, stored)
     check_champion_data(setup.model_name, ds, given=setup.args.model_name is not None)
     base = {key: dist.corners()[0] for key, dist in spec.space.items()}
     points = [base, *({**base, key: value} for key, dist in spec.space.items() for value in dist.corners()),
@@ -173,21 +168,7 @@ def check_data(setup: Setup, stored: dict[str, Any] | None) -> None:
         check_builder(recipes, ds.info, searched=spec.space, fixed=spec.fixed)
     except ConfigError as e:
         raise ConfigError(f"{where} on {ds.info.name}: {e}") from None
-    check_same_builder(setup, stored)
-
-
-def check_same_builder(setup: Setup, stored: dict[str, Any] | None) -> None:
-    """A study of a user's network compares its trials on one builder: a worker or a resume whose builder
-    file changed since the study was created is refused (its trials would train another network)."""
-    p = setup.trial_params()
-    if not isinstance(p, P.CustomParams) or stored is None or STUDY_BUILDER not in stored:
-        return
-    now = load_builder(p.model)
-    if stored[STUDY_BUILDER] != now.sha256:
-        raise ConfigError(f"study {setup.study_name!r} was created with another {now.file.name} (sha256 "
-                          f"{stored[STUDY_BUILDER][:12]}..., now {now.sha256[:12]}...): its trials would train "
-                          "another network than the earlier ones; restore the builder (each trial's run keeps its "
-                          "source under builder/), or give the edited one a study_name of its own")
+    check_same_builder(setup.study_name, setup.trial_params(), stored)
 
 
 def check_champion_data(model_name: str, ds: D.Dataset, *, given: bool = True) -> None:
@@ -294,12 +275,36 @@ def sampler_seed(seed: int, url: StorageURL, before: int = 0) -> int:
     return seed + before if url.is_sqlite else random.SystemRandom().randrange(2**31)
 
 
+def make_study(setup: Setup, seed: int) -> optuna.Study:
+    """Create the study (or load one half made) and record what it is, its study file last: the
+    caller holds its creation_lock."""
+    goals = setup.spec.goals
+    direction: dict[str, Any] = {"directions": goals.directions} if goals.multi else {"direction": "maximize"}
+    study = optuna.create_study(
+        study_name=setup.study_name, storage=setup.optuna_storage, load_if_exists=True,
+        sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(), **direction,
+    )
+    if STUDY_TEXT not in study.user_attrs:
+        for point in setup.spec.enqueue:  # known-good starting points, once per study
+            study.enqueue_trial(as_trial_params(setup.spec.space, point), skip_if_exists=True)
+        if goals.multi:  # optuna-dashboard and Optuna's plots name the axes by them
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(goals.objectives))
+        study.set_user_attr(STUDY_FAMILY, setup.spec.family)
+        study.set_user_attr(STUDY_DATA, setup.ds.sha256)
+        study.set_user_attr(STUDY_DATA_NAME, setup.ds.info.name)
+        study.set_user_attr(STUDY_DATA_ARG, setup.args.data)
+        if isinstance(p := setup.trial_params(), P.CustomParams):
+            study.set_user_attr(STUDY_BUILDER, load_builder(p.model).sha256)
+        study.set_user_attr(STUDY_FILE, setup.spec.path.name)
+        study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
+    return study
+
+
 def open_study(setup: Setup, seed: int) -> optuna.Study:
     """Create or join the study; a study created here records its family and study file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say it better
-
-    goals = setup.spec.goals
-    direction: dict[str, Any] = {"directions": goals.directions} if goals.multi else {"direction": "maximize"}
 
     def created() -> optuna.Study | None:
         """The study, if a worker has made it completely: its file is recorded last."""
@@ -310,37 +315,18 @@ def open_study(setup: Setup, seed: int) -> optuna.Study:
             return None
         return study if STUDY_TEXT in study.user_attrs else None
 
-    def create() -> optuna.Study:
-        study = optuna.create_study(
-            study_name=setup.study_name, storage=setup.optuna_storage, load_if_exists=True,
-            sampler=setup.spec.make_sampler(seed), pruner=setup.spec.make_pruner(), **direction,
-        )
-        if STUDY_TEXT not in study.user_attrs:
-            for point in setup.spec.enqueue:  # known-good starting points, once per study
-                study.enqueue_trial(as_trial_params(setup.spec.space, point), skip_if_exists=True)
-            if goals.multi:  # optuna-dashboard and Optuna's plots name the axes by them
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.set_metric_names(list(goals.objectives))
-            study.set_user_attr(STUDY_FAMILY, setup.spec.family)
-            study.set_user_attr(STUDY_DATA, setup.ds.sha256)
-            study.set_user_attr(STUDY_DATA_NAME, setup.ds.info.name)
-            study.set_user_attr(STUDY_DATA_ARG, setup.args.data)
-            if isinstance(p := setup.trial_params(), P.CustomParams):
-                study.set_user_attr(STUDY_BUILDER, load_builder(p.model).sha256)
-            study.set_user_attr(STUDY_FILE, setup.spec.path.name)
-            study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
-        return study
-
     # One worker at a time makes the study: creates it, enqueues its starting points (skip_if_exists
     # reads, then writes: two at once would enqueue each point twice) and records its file. A study
     # made already is joined without the lock: a hundred workers started together would otherwise
     # queue for it one by one (through a busy storage proxy, seconds each).
     study = created()
     if study is None:
-        with setup.storage.lock(f"create study {setup.study_name}"):
-            study = create()
-    check_same_builder(setup, study.user_attrs)  # a worker that started beside the one creating it checks now
+        with creation_lock(setup.storage, setup.study_name):
+            study = make_study(setup, seed)
+    # a worker that found no study in prepare and joins one made beside it since checks now
+    check_study_data(setup.study_name, setup.ds, study.user_attrs)
+    check_same_builder(setup.study_name, setup.trial_params(), study.user_attrs)
+    goals = setup.spec.goals
     stored = [d.name.lower() for d in study.directions]
     if stored != [d.lower() for d in (goals.directions if goals.multi else ["maximize"])]:
         raise ConfigError(

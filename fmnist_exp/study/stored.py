@@ -29,22 +29,27 @@ def creation_lock(storage: StorageURL, study_name: str):
 
 def stored_study(url: StorageURL, opened: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:
     """The stored study's attributes; None for a study not made yet. A study seen half made (a worker
-    started beside this one has created it and not yet written what it is: open_study writes the study
-    file last, under the creation lock) is read again once its maker lets the lock go: read in between,
-    a study without its data would pass for one made before datasets were values (Fashion-MNIST)."""
-    def read() -> dict[str, Any] | None:
+    started beside this one has created it and not yet written what it is: setup.make_study writes the
+    study file last, under the creation lock) is read again once its maker lets the lock go: read in
+    between, a study without its data would pass for one made before datasets were values (Fashion-MNIST)."""
+    def read() -> optuna.Study | None:
         try:
-            return optuna.load_study(study_name=study_name, storage=opened).user_attrs
+            return optuna.load_study(study_name=study_name, storage=opened)
         except KeyError:
             return None
 
-    stored = read()
-    if stored is None or STUDY_TEXT in stored:
+    study = read()
+    if study is None:
+        return None
+    stored = study.user_attrs
+    if STUDY_TEXT in stored:
         return stored
     with creation_lock(url, study_name):
-        stored = read()
-    if not stored and not any(t.state != optuna.trial.TrialState.WAITING
-                              for t in optuna.load_study(study_name=study_name, storage=opened).trials):
+        study = read()
+    if study is None:
+        return None  # deleted meanwhile: open_study makes it
+    stored = study.user_attrs
+    if not stored and all(t.state == optuna.trial.TrialState.WAITING for t in study.trials):
         return None  # its maker died before writing anything: open_study makes it again
     return stored
 

@@ -237,13 +237,16 @@ def test_a_version_that_fails_its_example_is_kept_out_and_tried_again_on_reload(
         client.get_model_version(NAME, broken).source.removeprefix("models:/")).artifact_location).path)
     # it loads, but its example is not an image it can answer
     (files / "serving_input_example.json").write_text(json.dumps({"inputs": [[1, 2, 3]]}))
-    failures = metric(server, "fmnist_serve_swap_failures_total", version=broken)
     state = champion(server, broken)
     assert state["version"] == v1 and state["last_error"]["version"] == broken
     assert state["last_error"]["reason"].startswith("its input example got HTTP 400: ")
     assert call(server, "POST", "/invocations", image_body(dataset))[1]["x-model-version"] == v1
+    # counted from here: the server's own poll may have read the move (and failed it) before champion()'s
+    # /reload, which then tried it once more, so the move itself counts one failure or two
+    failures = metric(server, "fmnist_serve_swap_failures_total", version=broken)
+    assert failures >= 1
     assert call(server, "POST", "/reload")[2]["last_error"]["version"] == broken  # tried again, on demand
-    assert metric(server, "fmnist_serve_swap_failures_total", version=broken) == failures + 2
+    assert metric(server, "fmnist_serve_swap_failures_total", version=broken) == failures + 1
     assert champion(server, v1)["last_error"] is None  # back on a good version: the error is history
 
 

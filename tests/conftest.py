@@ -8,6 +8,7 @@ real `mlflow run` CLI in a subprocess. The scale-out and fault tests share a ``c
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -26,6 +27,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the CLI of this interpreter's MLflow
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_collection_finish(session):
+    """What collection imported (TensorFlow, MLflow, the test modules) leaves the garbage collector's view, as
+    `python -m fmnist_exp` does once its command is imported (cli.main): in-process tests train as it does."""
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")

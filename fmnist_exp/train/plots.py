@@ -16,7 +16,10 @@ def learning_curves(history: dict[str, list[float]], title: str = ""):
     """Loss, accuracy and learning rate per epoch, train against validation."""
     panels = [("loss", TRAIN_LOSS, VAL_LOSS), ("accuracy", TRAIN_ACC, VAL_ACC)]
     has_lr = LEARNING_RATE in history
-    fig, axes = plt.subplots(1, len(panels) + has_lr, figsize=(5 * (len(panels) + has_lr), 4))
+    # fixed margins, not tight_layout: every trial logs this figure, and tight_layout draws it once more
+    # before it is saved (~0.2 s of a trial's fixed cost on a 2-core Xeon)
+    fig, axes = plt.subplots(1, len(panels) + has_lr, figsize=(5 * (len(panels) + has_lr), 4),
+                             gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.84, "wspace": 0.3})
     for ax, (name, tr, va) in zip(axes, panels, strict=False):  # the last axis may be the learning rate's
         for key, label in ((tr, "train"), (va, "validation")):
             if key in history:
@@ -32,7 +35,6 @@ def learning_curves(history: dict[str, list[float]], title: str = ""):
                yscale="log" if min(lrs) > 0 else "linear")  # a cosine schedule ends at 0
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

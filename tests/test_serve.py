@@ -242,9 +242,9 @@ def test_a_version_that_fails_its_example_is_kept_out_and_tried_again_on_reload(
     assert state["last_error"]["reason"].startswith("its input example got HTTP 400: ")
     assert call(server, "POST", "/invocations", image_body(dataset))[1]["x-model-version"] == v1
     # counted from here: the server's own poll may have read the move (and failed it) before champion()'s
-    # /reload, which then tried it once more, so the move itself counts one failure or two
+    # /reload, which then tried it once more, so the move of this new version counts one failure or two
     failures = metric(server, "fmnist_serve_swap_failures_total", version=broken)
-    assert failures >= 1
+    assert failures in (1, 2)
     assert call(server, "POST", "/reload")[2]["last_error"]["version"] == broken  # tried again, on demand
     assert metric(server, "fmnist_serve_swap_failures_total", version=broken) == failures + 1
     assert champion(server, v1)["last_error"] is None  # back on a good version: the error is history
@@ -287,7 +287,6 @@ def test_a_version_that_cannot_load_is_not_swapped_in_and_promote_rolls_back(ser
     source = client.get_model_version(NAME, v3).source  # models:/m-<id>: the run's LoggedModel
     model = client.get_logged_model(source.removeprefix("models:/"))
     shutil.rmtree(Path(urlsplit(model.artifact_location).path))  # v3's files are gone
-    failures = metric(server, "fmnist_serve_swap_failures_total", version=v3)
     state = champion(server, v3)
     assert state["version"] == v2 and state["alias_version"] == v3
     assert state["last_error"]["version"] == v3 and state["last_error"]["reason"].startswith(
@@ -295,7 +294,9 @@ def test_a_version_that_cannot_load_is_not_swapped_in_and_promote_rolls_back(ser
     status, headers, _ = call(server, "POST", "/invocations", image_body(dataset))
     assert status == 200 and headers["x-model-version"] == v2  # the old one keeps answering
     assert call(server, "GET", "/ping")[0] == 200
-    assert metric(server, "fmnist_serve_swap_failures_total", version=v3) == failures + 1
+    # v3 is new to the server: the move counts one failure, or two where its own 1 s poll read the move
+    # before champion()'s /reload, which then tried it once more
+    assert metric(server, "fmnist_serve_swap_failures_total", version=v3) in (1, 2)
     log = (store["root"] / "serve.log").read_text()
     assert f"moved to version {v3}, which is NOT served: could not load" in log
 

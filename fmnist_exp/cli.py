@@ -87,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
 
             ready_tracking_store()  # single runs started together on a new store: its tables made once
         run = _command(ns.command, getattr(ns, "images", None))
-        # The command's imports (TensorFlow, MLflow: ~580,000 objects that live as long as the process) leave
-        # the garbage collector's view: every full collection, Keras' clear_session before each network's
-        # and Python's own, scanned them all (~0.3 s each on a 2-core Xeon; BENCHMARKS.md 'Tests')
-        gc.freeze()
+        if argv is None:
+            # A process of its own (`python -m fmnist_exp`, the console script): the command's imports
+            # (TensorFlow, MLflow: ~580,000 objects that live as long as the process) leave the garbage
+            # collector's view; every full collection, Keras' clear_session before each network's and
+            # Python's own, scanned them all (~0.3 s each on a 2-core Xeon). Not when called in-process
+            # with arguments (tests, scripts): freezing there again would also freeze their garbage.
+            gc.freeze()
         if ns.command not in ENDS_RUNS:
             return run(args)
         from .train.runs import interrupts_end_runs

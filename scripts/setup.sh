@@ -36,10 +36,17 @@ echo "[setup] installing the project and its dependencies into .venv"
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 # JAX apart, in .venv/jax, for tests/test_backends.py alone (it puts the folder on its subprocess' path): beside
 # TensorFlow, every TensorFlow import imports JAX too (tf.lite looks for it), ~0.6 s of CPU in each of the suite's
-# ~100 TensorFlow processes. --no-deps: its dependencies (numpy, scipy, ml_dtypes, opt_einsum) are TensorFlow's,
-# in .venv; the pins are what pip resolved beside TensorFlow 2.21 (2026-11-28)
-[ -d .venv/jax/jax ] || .venv/bin/python -m pip install -q --no-deps --target .venv/jax "jax==0.10.2" "jaxlib==0.10.2" \
-  2>&1 | grep -v "^WARNING" || true
+# ~100 TensorFlow processes (a .venv that has JAX in site-packages, from an older setup or the bench extra, keeps
+# paying it). --no-deps: its dependencies (numpy, scipy, ml_dtypes, opt_einsum) are already in .venv, from
+# TensorFlow and scikit-learn; the pins are what pip resolved beside TensorFlow 2.21 there (2026-11-28).
+JAX_PIN=0.10.2
+if [ ! -d ".venv/jax/jax-$JAX_PIN.dist-info" ] || [ ! -d ".venv/jax/jaxlib-$JAX_PIN.dist-info" ]; then
+  rm -rf .venv/jax  # another pin, or an install cut short
+  .venv/bin/python -m pip install -q --no-deps --target .venv/jax "jax==$JAX_PIN" "jaxlib==$JAX_PIN" \
+    2>&1 | grep -v "^WARNING: Location" || true
+fi
+PYTHONPATH=.venv/jax .venv/bin/python -c "import jax" 2>/dev/null \
+  || echo "[setup] warning: JAX did not install into .venv/jax: tests/test_backends.py will fail under CI=true" >&2
 TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -c "import fmnist_exp, tensorflow, mlflow, optuna" \
   || { echo "[setup] error: the install failed; see the pip output above" >&2; exit 1; }
 echo "[setup] done: activate with '. .venv/bin/activate'"

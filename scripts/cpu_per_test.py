@@ -3,7 +3,9 @@ wall time (pytest --durations) says little about what it takes from the others r
 
 As a pytest plugin, it writes one JSON line per test ({"id", "cpu", "wall", "start"}) to
 $CPU_PER_TEST_DIR/<xdist worker>.jsonl; CPU is this process's and its waited-for children's (a server
-that a test SIGKILLs and never waits for is not counted). Run as a script, it sums those lines.
+that a test SIGKILLs and never waits for is not counted). A module-scoped fixture's work is charged to the
+module's first test (its setup) and last (its teardown); session-scoped servers, reaped at the end, to none.
+Run as a script, it sums those lines.
 
     PYTHONPATH=scripts CPU_PER_TEST_DIR=/tmp/cpu .venv/bin/python -m pytest -p cpu_per_test ...
     python scripts/cpu_per_test.py /tmp/cpu [--top 30]
@@ -31,7 +33,9 @@ def _cpu_s() -> float:
 def pytest_runtest_protocol(item, nextitem):
     cpu, start = _cpu_s(), time.time()
     yield
-    out = Path(os.environ.get("CPU_PER_TEST_DIR", ".")) / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl"
+    folder = Path(os.environ.get("CPU_PER_TEST_DIR", "."))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.jsonl"
     with out.open("a") as f:
         f.write(json.dumps({"id": item.nodeid, "cpu": _cpu_s() - cpu, "wall": time.time() - start,
                             "start": start}) + "\n")

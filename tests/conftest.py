@@ -21,6 +21,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -33,6 +34,13 @@ def pytest_collection_finish(session):
     """What collection imported (TensorFlow, MLflow, the test modules) leaves the garbage collector's view, as
     `python -m fmnist_exp` does once its command is imported (cli.main): in-process tests train as it does."""
     gc.freeze()
+
+
+def unavailable(msg: str, ci_runs: str = "these tests") -> NoReturn:
+    """Skip for want of what ``msg`` names; under CI=true fail instead, since CI must run every test."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg} -- CI must run {ci_runs}")
+    pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")
@@ -223,10 +231,7 @@ def pg_admin():
         with engine.connect() as c:
             c.execute(sqlalchemy.text("SELECT 1"))
     except Exception as e:
-        msg = f"PostgreSQL not reachable at {url} ({type(e).__name__}); run scripts/start_postgres.sh"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " -- CI must run these tests")
-        pytest.skip(msg)
+        unavailable(f"PostgreSQL not reachable at {url} ({type(e).__name__}); run scripts/start_postgres.sh")
     yield url, engine
     engine.dispose()
 
@@ -365,9 +370,7 @@ def browser():
                f"no browser at {CHROMIUM} (apt-get install chromium; scripts/setup.sh does)"
                if not Path(CHROMIUM).exists() else None)
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing + " -- CI must run the browser tests")
-        pytest.skip(missing)
+        unavailable(missing, "the browser tests")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b

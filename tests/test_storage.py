@@ -8,7 +8,6 @@ server is never restarted and the password is one no other text contains.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import cli, free_port, mlflow_run, subprocess_env
+from conftest import cli, free_port, mlflow_run, subprocess_env, unavailable
 from mlflow.tracking import MlflowClient
 from private_pg import PrivatePG, pg_bin
 
@@ -53,18 +52,14 @@ def study_file(tmp_path, *, epochs=1, samples=500) -> str:
 def pg():
     """A private PostgreSQL cluster; skipped where none can be made, a failure under CI=true."""
     if pg_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL's server binaries are missing -- CI must run these tests")
-        pytest.skip("no /usr/lib/postgresql/*/bin/pg_ctl (apt-get install postgresql)")
+        unavailable("PostgreSQL's server binaries are missing: no /usr/lib/postgresql/*/bin/pg_ctl "
+                    "(apt-get install postgresql)")
     cluster = PrivatePG(free_port())
     try:
         cluster.init().start()
     except (subprocess.CalledProcessError, OSError) as e:
         cluster.remove()
-        msg = f"cannot start a private PostgreSQL: {e} {getattr(e, 'stderr', b'')!r}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"cannot start a private PostgreSQL: {e} {getattr(e, 'stderr', b'')!r}")
     yield cluster
     cluster.stop()
     cluster.remove()

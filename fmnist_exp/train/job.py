@@ -27,7 +27,7 @@ from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
 from .evaluate import evaluate, log_test_evaluation, predict_proba, scores
-from .model_logging import log_classifier, log_keras_model
+from .model_logging import SKLEARN_PACKAGES, log_classifier, log_keras_model, pip_requirements
 from .runs import active_run_id
 
 
@@ -227,10 +227,11 @@ def baseline_run(ds: D.Dataset, p: BaselineParams, *, experiment: str | None = N
         # system/ samples it has taken by then are copied all the same: MLflow's own doing)
         example = flat(s.x_val[:3])
         sig = infer_signature(example, clf.predict_proba(example))
+        stated = pip_requirements(*SKLEARN_PACKAGES)
         info = mlflow.sklearn.log_model(clf, name="model", signature=sig, input_example=example,
-                                        pyfunc_predict_fn="predict_proba")
-        majority_info = mlflow.sklearn.log_model(majority, name="majority_model", signature=sig,
-                                                 input_example=example, pyfunc_predict_fn="predict_proba")
+                                        pyfunc_predict_fn="predict_proba", pip_requirements=stated)
+        majority_info = mlflow.sklearn.log_model(majority, name="majority_model", signature=sig, input_example=example,
+                                                 pyfunc_predict_fn="predict_proba", pip_requirements=stated)
         mlflow.set_tags({"model_uri": info.model_uri, "majority_model_uri": majority_info.model_uri})
         run_id = run.info.run_id
         tracking.log_model_metrics(run_id, {BEST_VAL_ACC: val[VAL_FINAL_ACC], "train_wall_s": wall,

@@ -24,14 +24,21 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fmnist_exp: logged with eve
 BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(*packages: str) -> list[str]:
     """The model's requirements, stated: MLflow would otherwise infer them by loading the model
-    in a subprocess, which costs seconds per logged model. The backend is the one in use: a
-    machine with JAX and no TensorFlow logs jax, not a version of a package it lacks."""
+    in a subprocess, which costs seconds per logged model (8 s each for the baseline's two) and
+    lists whatever that process happened to import (pytest, dask). With no ``packages``, a Keras
+    model's: the backend is the one in use, so a machine with JAX and no TensorFlow logs jax, not
+    a version of a package it lacks."""
     from importlib.metadata import version
 
-    backend = BACKEND_PACKAGES.get(keras.backend.backend(), ())
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", *backend, "keras", "numpy", "pandas")]
+    if not packages:
+        packages = (*BACKEND_PACKAGES.get(keras.backend.backend(), ()), "keras")
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", *packages, "numpy", "pandas")]
+
+
+# A scikit-learn model as mlflow.sklearn saves it (skops' format) and loads it.
+SKLEARN_PACKAGES = ("scikit-learn", "scipy", "skops")
 
 
 @dataclass(frozen=True)

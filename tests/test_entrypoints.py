@@ -109,6 +109,10 @@ def test_baseline_entry_point(tracking, tmp_path, dataset):
     assert (probs.argmax(1) == dataset.y_test).mean() == pytest.approx(m["test_accuracy"], abs=1e-4)
     majority = np.asarray(mlflow.pyfunc.load_model(run.data.tags["majority_model_uri"]).predict(flat[:5]))
     assert majority.shape == (5, 10) and len(set(majority.argmax(1))) == 1
+    for uri in (run.data.tags["model_uri"], run.data.tags["majority_model_uri"]):  # stated, not inferred
+        with open(mlflow.pyfunc.get_model_dependencies(uri)) as f:
+            pinned = {line.split("==")[0] for line in f.read().split()}
+        assert {"mlflow", "scikit-learn", "skops"} <= pinned and "pytest" not in pinned, pinned
 
 
 def test_bad_parameter_through_mlflow_run_fails_fast(tracking, tmp_path):

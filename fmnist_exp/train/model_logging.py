@@ -70,7 +70,8 @@ def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "m
     run_id = active_run_id()
     client = MlflowClient()
     example = x_example[:3].astype("float32")
-    # a direct call, not predict(): predict traces a function of its own for a new model (~0.2 s a trial)
+    # a direct call, not predict(): on a model nothing has predicted with yet, predict traces a function
+    # of its own (~0.2 s); the runs' models have usually been evaluated by then, so it saves less there
     signature = infer_signature(example, keras.ops.convert_to_numpy(model(example, training=False)))
     logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type="keras")
     try:

@@ -151,6 +151,14 @@ def cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
+def pinned_packages(model_uri: str) -> set[str]:
+    """The package names a logged model's requirements.txt pins (what `mlflow models serve` installs)."""
+    import mlflow
+
+    with open(mlflow.pyfunc.get_model_dependencies(model_uri)) as f:
+        return {line.split("==")[0] for line in f.read().split()}
+
+
 def predict_in_batches(model, x, batch: int = 1024):
     """The servable classifier refuses batches over its limit; score a whole split in chunks."""
     import pandas as pd

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import subprocess_env, unavailable
+from conftest import pinned_packages, subprocess_env, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,7 @@ def test_cnn_trains_and_logs_under_jax_without_tensorflow(tracking, tmp_path):
     assert run.info.status == "FINISHED"
     assert 0.3 < run.data.metrics["test_accuracy"] <= 1.0
     assert run.data.params["precision_used"] == "float32"
-    requirements = mlflow.pyfunc.get_model_dependencies(run.data.tags["model_uri"])
-    with open(requirements) as f:
-        pinned = {line.split("==")[0] for line in f.read().split()}
+    pinned = pinned_packages(run.data.tags["model_uri"])
     assert {"jax", "keras"} <= pinned and "tensorflow" not in pinned  # the backend it trained under
 
     x = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8), dtype=np.uint8)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pytest
-from conftest import mlflow_run
+from conftest import mlflow_run, pinned_packages
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -110,8 +110,7 @@ def test_baseline_entry_point(tracking, tmp_path, dataset):
     majority = np.asarray(mlflow.pyfunc.load_model(run.data.tags["majority_model_uri"]).predict(flat[:5]))
     assert majority.shape == (5, 10) and len(set(majority.argmax(1))) == 1
     for uri in (run.data.tags["model_uri"], run.data.tags["majority_model_uri"]):  # stated, not inferred
-        with open(mlflow.pyfunc.get_model_dependencies(uri)) as f:
-            pinned = {line.split("==")[0] for line in f.read().split()}
+        pinned = pinned_packages(uri)
         assert {"mlflow", "scikit-learn", "skops"} <= pinned and "pytest" not in pinned, pinned
 
 

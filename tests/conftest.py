@@ -443,3 +443,45 @@ def ok(proc: subprocess.CompletedProcess, who: str) -> dict:
         return json.loads(last)
     except json.JSONDecodeError:
         pytest.fail(f"{who}: the last line of stdout is not its JSON summary: {last!r}")
+
+
+# --- a module's trained store shared read-only: each test that changes it works on its own copy ---
+
+
+def store_fingerprint(root: Path) -> tuple:
+    """A store's databases' bytes and its files' names: what a test that changed it would change."""
+    import hashlib
+
+    dbs = tuple(hashlib.sha256((root / db).read_bytes()).hexdigest() for db in ("mlflow.db", "optuna.db")
+                if (root / db).exists())
+    return dbs, tuple(sorted(str(f.relative_to(root)) for f in root.rglob("*")))
+
+
+def use_store_copy(root: Path, tmp_path: Path, monkeypatch) -> str:
+    """A copy of the store in ``root`` as tmp_path's own (every path its databases name moved into tmp_path, so
+    its runs and artifacts are the copy's), made the tracking store and the working directory; its URI."""
+    import mlflow
+
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    for db in ("mlflow.db", "optuna.db"):
+        if not (tmp_path / db).exists():
+            continue
+        with contextlib.closing(sqlite3.connect(tmp_path / db)) as c, c:
+            for (table,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in [col[1] for col in c.execute(f'PRAGMA table_info("{table}")').fetchall()]:
+                    c.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?1, ?2) '
+                              f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?1) > 0',
+                              (str(root), str(tmp_path)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture
+def local_cluster(pg_admin, tracking, tmp_path):
+    """What ``cluster`` gives worker() and a storage-proxy, with the ``tracking`` fixture's local MLflow store
+    in place of a tracking server: for tests of workers and proxies that write their runs one process at a
+    time, where the server is not what is tested (test_proxy.py, test_scaleout.py)."""
+    return {"tracking": tracking, "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path}

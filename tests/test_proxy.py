@@ -1,5 +1,6 @@
-"""Workers behind the storage-proxy: real `storage-proxy` and `tune` processes, a real `mlflow
-server` and PostgreSQL (the ``cluster`` of test_scaleout), one worker killed with SIGKILL mid-trial.
+"""Workers behind the storage-proxy: real `storage-proxy` and `tune` processes, PostgreSQL, a real `mlflow
+server` where several processes write runs at once (the ``cluster`` of test_scaleout; else the local store of
+``local_cluster``), one worker or proxy killed with SIGKILL mid-trial.
 
 The workers hold no database connection (pg_stat_activity shows only the proxy's), heartbeat
 through the proxy, and a dead worker's trial is failed, retried and its runs ended FAILED by the
@@ -75,17 +76,6 @@ def stop_proxy(proc: subprocess.Popen, log_path) -> None:
 
 
 @contextlib.contextmanager
-def storage_proxy(cluster, grace_s: int):
-    """A storage-proxy on a free port: yields its grpc:// URL; stops it with SIGTERM after."""
-    port = free_port()
-    proc = start_proxy(cluster, port, grace_s)
-    try:
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        stop_proxy(proc, cluster["tmp"] / "proxy.log")
-
-
-@contextlib.contextmanager
 def stopped_at_exit(procs):
     """Kill whatever worker or proxy a failing test leaves running."""
     try:
@@ -106,68 +96,56 @@ def database_clients(pg_admin, db_url: str) -> set[str]:
         return {r[0] for r in rows}
 
 
-def test_two_workers_behind_the_proxy_share_one_study(cluster, pg_admin):
-    study_file = cluster["tmp"] / "s.yaml"
-    study_file.write_text(STUDY.format(epochs=1, samples=800, reference=REFERENCE_OFF))
-    with storage_proxy(cluster, grace_s=120) as url:
-        procs = [worker(cluster, study_file, "proxied", 1, f"w{i}.log", grace_s=120, storage=url) for i in range(2)]
-        clients, deadline = set(), time.time() + 900
-        while any(p.poll() is None for p in procs) and time.time() < deadline:
-            clients |= database_clients(pg_admin, cluster["optuna"])
-            time.sleep(1)
-        for i, p in enumerate(procs):
-            assert p.wait(timeout=60) == 0, (cluster["tmp"] / f"w{i}.log").read_text()[-3000:]
-    # every session on the Optuna database while the workers ran was the proxy's
-    assert clients == {PROXY_APP}
+def test_killed_worker_behind_the_proxy_is_reaped_and_two_share_its_study(cluster, pg_admin):
+    """A worker behind the proxy SIGKILLed mid-trial: no worker is left to notice, so the proxy's reaper fails
+    its trial, queues its retry and ends its runs FAILED. Then two workers started together behind the proxy
+    share the study (one runs the retry, the other a new trial): they hold no database session (every
+    session on the Optuna database is the proxy's), and both register under the proxy's lock, each
+    candidate once, one champion, the lock study gone after. Between the two the proxy is started again
+    with a long grace (it keeps no state: test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart):
+    a short one finds the victim soon, the long one keeps two TensorFlow workers on two busy cores, whose
+    heartbeat threads may starve for longer than 8 s, from being reaped alive."""
+    from fmnist_exp.scale.storage import StorageURL
 
-    study = optuna.load_study(study_name="proxied", storage=cluster["optuna"])
-    assert sorted(t.number for t in study.trials) == [0, 1]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials), \
-        [(t.number, t.state.name) for t in study.trials]
-    assert optuna.get_all_study_names(storage=cluster["optuna"]) == ["proxied"]  # the lock study is gone
-
-    runs = all_runs()
-    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
-    parents = {r.info.run_id: r for r in runs if r.info.run_name == "tune proxied"}
-    assert len(parents) == 2
-    assert all(p.data.params["storage"] == url for p in parents.values())
-    by_trial = {int(r.data.tags["optuna_trial"]): r for r in trial_runs(runs)}
-    assert sorted(by_trial) == [0, 1]
-    for t in study.trials:
-        run = by_trial[t.number]
-        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
-        assert run.data.tags["mlflow.parentRunId"] in parents
-        assert float(run.data.params["dropout"]) == pytest.approx(t.params["dropout"])
-    # both workers registered under the lock: each candidate once, one champion
-    client = MlflowClient()
-    versions = client.search_model_versions(f"name = '{MODEL}'")
-    assert len({v.tags["source_run_id"] for v in versions}) == len(versions)
-    assert client.get_model_version_by_alias(MODEL, "champion")
-
-
-def test_killed_worker_behind_the_proxy_is_reaped_and_retried(cluster):
     study_file = cluster["tmp"] / "k.yaml"
     study_file.write_text(STUDY.format(epochs=EPOCHS, samples=3000, reference=REFERENCE_OFF))
-    with storage_proxy(cluster, grace_s=8) as url:
+    port = free_port()
+    url = f"grpc://127.0.0.1:{port}"
+    procs = [start_proxy(cluster, port, 8, "proxy-1.log")]
+    with stopped_at_exit(procs):
         victim = worker(cluster, study_file, "kill", 1, "victim.log", storage=url)
+        procs.append(victim)
         victim_run = wait_for_epoch(victim, cluster["tmp"] / "victim.log")
+        clients = database_clients(pg_admin, cluster["optuna"])
         with frozen(victim):  # from the check that it is still training to the kill: the kill lands mid-trial
             still_training(victim_run.info.run_id, EPOCHS)
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=30)
 
-        # no worker is left to notice: the proxy's reaper fails the trial and enqueues its retry
-        storage = optuna.storages.RDBStorage(cluster["optuna"])
-        study_id = storage.get_study_id_from_name("kill")
+        # no worker is left to notice: the proxy's reaper fails the trial and enqueues its retry (read
+        # through the proxy: the test opens no session of its own on the Optuna database)
+        client = StorageURL.parse(url).open()
         deadline = time.time() + 120
-        while len(storage.get_all_trials(study_id)) < 2:
-            assert time.time() < deadline, (cluster["tmp"] / "proxy.log").read_text()[-3000:]
+        while len(optuna.load_study(study_name="kill", storage=client).trials) < 2:
+            assert time.time() < deadline, (cluster["tmp"] / "proxy-1.log").read_text()[-3000:]
             time.sleep(0.5)
-        storage.engine.dispose()
+        client.close()
+        stop_proxy(procs[0], cluster["tmp"] / "proxy-1.log")
+        second = start_proxy(cluster, port, 120, "proxy-2.log")
+        procs.append(second)
 
-        survivor = worker(cluster, study_file, "kill", 2, "survivor.log", storage=url)
-        assert survivor.wait(timeout=900) == 0, (cluster["tmp"] / "survivor.log").read_text()[-3000:]
-    assert "trial 0: worker lost: no heartbeat" in (cluster["tmp"] / "proxy.log").read_text()
+        sharing = [worker(cluster, study_file, "kill", 1, f"w{i}.log", grace_s=120, storage=url) for i in range(2)]
+        procs += sharing
+        deadline = time.time() + 900
+        while any(p.poll() is None for p in sharing) and time.time() < deadline:
+            clients |= database_clients(pg_admin, cluster["optuna"])
+            time.sleep(1)
+        for i, p in enumerate(sharing):
+            assert p.wait(timeout=60) == 0, (cluster["tmp"] / f"w{i}.log").read_text()[-3000:]
+        stop_proxy(second, cluster["tmp"] / "proxy-2.log")
+    assert "trial 0: worker lost: no heartbeat" in (cluster["tmp"] / "proxy-1.log").read_text()
+    # every session on the Optuna database while the workers ran was the proxy's
+    assert clients == {PROXY_APP}
 
     study = optuna.load_study(study_name="kill", storage=cluster["optuna"])
     states = {t.number: t.state.name for t in study.trials}
@@ -175,12 +153,31 @@ def test_killed_worker_behind_the_proxy_is_reaped_and_retried(cluster):
     retry = study.trials[1]
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
     assert retry.params == study.trials[0].params
+    assert optuna.get_all_study_names(storage=cluster["optuna"]) == ["kill"]  # the lock study is gone
 
     runs = {r.info.run_id: r for r in all_runs()}
     assert runs[victim_run.info.run_id].info.status == "FAILED"
     assert "no heartbeat" in runs[victim_run.info.run_id].data.tags["failure"]
-    assert runs[victim_run.data.tags["mlflow.parentRunId"]].info.status == "FAILED"
+    victim_parent = victim_run.data.tags["mlflow.parentRunId"]
+    assert runs[victim_parent].info.status == "FAILED"
     assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
+    parents = {i: r for i, r in runs.items() if r.info.run_name == "tune kill"}
+    assert len(parents) == 3  # the victim's and the two sharing the study
+    assert all(p.data.params["storage"] == url for p in parents.values())
+    by_trial = {int(r.data.tags["optuna_trial"]): r for r in trial_runs(runs.values())}
+    assert sorted(by_trial) == [0, 1, 2]
+    for t in study.trials:
+        run = by_trial[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.data.tags["mlflow.parentRunId"] in parents
+        assert float(run.data.params["dropout"]) == pytest.approx(t.params["dropout"])
+    # the retry and the new trial each by one of the two workers
+    assert len({by_trial[n].data.tags["mlflow.parentRunId"] for n in (1, 2)} - {victim_parent}) == 2
+    # both workers registered under the lock: each candidate once, one champion
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert len({v.tags["source_run_id"] for v in versions}) == len(versions)
+    assert client.get_model_version_by_alias(MODEL, "champion")
 
 
 EPOCHS = 10  # digits; a worker is frozen mid-trial while its proxy is killed, so few epochs will do
@@ -203,83 +200,94 @@ def assert_all_accounted_for(cluster, study_name: str, n_trials: int) -> optuna.
     return study
 
 
-def test_workers_wait_out_a_proxy_restart(cluster):
-    """The proxy SIGKILLed while a trial trains and started again on its port after OUTAGE_S: the
-    worker retries until it answers, the restarted proxy carries on the same study (it keeps no
-    state of its own), and the trial is not reaped although the outage outlasted the grace. One
-    worker: what two workers behind one proxy share is test_two_workers_behind_the_proxy_share_one_study's."""
-    study_file = cluster["tmp"] / "r.yaml"
-    study_file.write_text(STUDY.format(epochs=EPOCHS, samples=2000, reference=REFERENCE_OFF))
-    port = free_port()
-    url = f"grpc://127.0.0.1:{port}"
-    procs = [start_proxy(cluster, port, GRACE_S, "proxy-1.log")]
-    log = cluster["tmp"] / "w.log"
-    with stopped_at_exit(procs):
-        lone = worker(cluster, study_file, "restart", 2, log.name, storage=url)
-        procs.append(lone)
-        in_flight = wait_for_epoch(lone, log)
-        with frozen(lone):  # from the check that the trial still trains to the kill: it sees the outage
-            still_training(in_flight.info.run_id, EPOCHS)
-            procs[0].send_signal(signal.SIGKILL)
-            procs[0].wait(timeout=30)
-        time.sleep(OUTAGE_S)  # the outage this test times (longer than the grace): a fixed sleep by design
-        procs.append(start_proxy(cluster, port, GRACE_S, "proxy-2.log"))
-        back = time.monotonic()
-        # the worker's next call or beat goes through within the retry's longest pause (5 s)
-        while " again" not in log.read_text() and time.monotonic() - back < 60:
-            time.sleep(0.2)
-        recovered = time.monotonic() - back
-        print(f"worker through again {recovered:.1f} s after the restarted proxy answered")
-        assert " again" in log.read_text() and recovered < 30, log.read_text()[-2000:]
-        assert lone.wait(timeout=900) == 0, log.read_text()[-3000:]
-        stop_proxy(procs[-1], cluster["tmp"] / "proxy-2.log")
-
-    text = log.read_text()
-    assert f"storage proxy 127.0.0.1:{port} does not answer" in text, text[-3000:]
-    assert f"storage proxy 127.0.0.1:{port} answers again" in text, text[-3000:]
-    assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()
-    # the trial in flight at the kill finished COMPLETE as itself: not reaped, not retried under another number
-    study = assert_all_accounted_for(cluster, "restart", 2)
-    assert in_flight.info.run_id in {t.user_attrs["mlflow_run_id"] for t in study.trials}
+@contextlib.contextmanager
+def frozen_mid_trial(proc: subprocess.Popen, log_path):
+    """``proc`` frozen (conftest.frozen) at an epoch of a trial with epochs still to train; yields that
+    trial's run. A trial that trained out before the freeze is let go, and the next one waited for."""
+    client = MlflowClient()
+    while True:
+        run = wait_for_epoch(proc, log_path)
+        with frozen(proc):
+            if (client.get_run(run.info.run_id).info.status == "RUNNING"
+                    and len(client.get_metric_history(run.info.run_id, "val_accuracy")) < EPOCHS):
+                yield run
+                return
 
 
-def test_workers_fail_over_to_the_next_proxy(cluster):
-    """Two proxies in the worker's URL; the first SIGKILLed while a trial trains and not started
-    again: the worker carries on through the second, whose reaper (running all along) reaps
-    nothing, because the heartbeats follow the worker to it within one beat."""
+def wait_for_lines(proc: subprocess.Popen, log_path, lines: list[str], timeout: int = 60) -> None:
+    """Until the log of ``proc`` holds every one of ``lines`` (or ``proc`` ended, or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not all(line in log_path.read_text() for line in lines) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+
+
+def test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart(local_cluster):
+    """Two proxies in the worker's URL. First, the first SIGKILLed while a trial trains and not started again:
+    the worker carries on through the second, whose reaper (running all along) reaps nothing, because the
+    heartbeats follow the worker to it within one beat. Then the second SIGKILLed while a trial trains, and
+    started again on its port after OUTAGE_S, no proxy answering meanwhile: the worker retries until it
+    answers, the restarted proxy carries on the same study (it keeps no state of its own), and the trial is
+    not reaped although the outage outlasted the grace. One worker: what two workers behind one proxy share
+    is test_killed_worker_behind_the_proxy_is_reaped_and_two_share_its_study's, and its runs are written by
+    it alone (a local MLflow store: no tracking server)."""
+    cluster = local_cluster
     study_file = cluster["tmp"] / "f.yaml"
     study_file.write_text(STUDY.format(epochs=EPOCHS, samples=2000, reference=REFERENCE_OFF))
     first, second = two_ports()
     url = f"grpc://127.0.0.1:{first},127.0.0.1:{second}"
     procs = [start_proxy(cluster, first, GRACE_S, "proxy-1.log"), start_proxy(cluster, second, GRACE_S, "proxy-2.log")]
     log = cluster["tmp"] / "w.log"
+    switched = f"switching from storage proxy 127.0.0.1:{first} to storage proxy 127.0.0.1:{second}"
+    first_down = f"storage proxy 127.0.0.1:{first} does not answer"
     with stopped_at_exit(procs):
         lone = worker(cluster, study_file, "failover", 2, log.name, storage=url)
         procs.append(lone)
-        in_flight = wait_for_epoch(lone, log)
-        with frozen(lone):  # from the check that the trial still trains to the kill: it fails over mid-trial
-            still_training(in_flight.info.run_id, EPOCHS)
+        # the failover: the first proxy dies mid-trial
+        with frozen_mid_trial(lone, log) as failed_over:
             procs[0].send_signal(signal.SIGKILL)
             procs[0].wait(timeout=30)
+        wait_for_lines(lone, log, [switched, first_down])
+        # the restart: the second dies mid-trial (the first stays dead), and comes back after OUTAGE_S
+        with frozen_mid_trial(lone, log) as restarted:
+            procs[1].send_signal(signal.SIGKILL)
+            procs[1].wait(timeout=30)
+            mark = len(log.read_text())  # what the worker said before the second proxy went
+        time.sleep(OUTAGE_S)  # the outage this test times (longer than the grace): a fixed sleep by design
+        procs.append(start_proxy(cluster, second, GRACE_S, "proxy-3.log"))
+        back = time.monotonic()
+        # the worker's next call or beat goes through within the retry's longest pause (5 s)
+        while " again" not in log.read_text()[mark:] and time.monotonic() - back < 60:
+            time.sleep(0.2)
+        recovered = time.monotonic() - back
+        print(f"worker through again {recovered:.1f} s after the restarted proxy answered")
+        assert " again" in log.read_text()[mark:] and recovered < 30, log.read_text()[-2000:]
         assert lone.wait(timeout=900) == 0, log.read_text()[-3000:]
-        stop_proxy(procs[1], cluster["tmp"] / "proxy-2.log")
+        stop_proxy(procs[-1], cluster["tmp"] / "proxy-3.log")
 
     text = log.read_text()
-    assert f"switching from storage proxy 127.0.0.1:{first} to storage proxy 127.0.0.1:{second}" in text, \
-        text[-3000:]
-    assert f"storage proxy 127.0.0.1:{first} does not answer" in text
-    assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()
+    before, after = text[:mark], text[mark:]
+    assert switched in before, text[-3000:]
+    assert first_down in before, text[-3000:]
+    assert f"storage proxy 127.0.0.1:{second} does not answer" in after, text[-3000:]
+    assert f"storage proxy 127.0.0.1:{second} answers again" in after, text[-3000:]
+    assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()  # the second, before its kill
+    assert "worker lost" not in (cluster["tmp"] / "proxy-3.log").read_text()  # the second, restarted
+    # the trials in flight at the kills finished COMPLETE as themselves: not reaped, not retried under another number
     study = assert_all_accounted_for(cluster, "failover", 2)
-    assert in_flight.info.run_id in {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    done = {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert failed_over.info.run_id in done and restarted.info.run_id in done
     [parent] = [r for r in all_runs() if r.info.run_name == "tune failover"]
     assert parent.data.params["storage"] == url
 
 
-def test_a_worker_gives_up_on_a_proxy_that_stays_away(cluster, monkeypatch):
+def test_a_worker_gives_up_on_a_proxy_that_stays_away(local_cluster, monkeypatch):
     """The proxy SIGKILLed mid-trial and not started again: after FMNIST_PROXY_RETRY_S the worker
     says so and stops (exit 1), its runs ended FAILED. The trial, which nobody could record,
     stays RUNNING until a proxy runs again; that proxy's reaper then fails and retries it."""
     monkeypatch.setenv("FMNIST_PROXY_RETRY_S", "10")
+    cluster = local_cluster  # one process at a time writes the runs: the worker, then the second proxy's reaper
     study_file = cluster["tmp"] / "g.yaml"
     study_file.write_text(STUDY.format(epochs=EPOCHS, samples=3000, reference=REFERENCE_OFF))
     port = free_port()
@@ -420,19 +428,24 @@ def test_a_write_whose_answer_was_lost_is_not_refused_as_done_twice(bare):
     assert trial.params == {"x": 0.25} and trial.state.name == "COMPLETE" and trial.values == [0.5]
 
 
-def test_proxy_urls_are_checked_before_any_run(tracking, tmp_path):
+def test_proxy_urls_are_checked_before_any_run(tracking, tmp_path, capfd):
+    """The tune command in this process (its exit code is what `python -m fmnist_exp` exits with); the
+    storage-proxy command in one of its own, since a server that failed to refuse would never return."""
     import mlflow
 
+    from fmnist_exp import cli as command_line
     from fmnist_exp.scale.storage import StorageURL
 
     url = StorageURL.parse("grpc://proxy-host")
     assert str(url) == "grpc://proxy-host:13000" and url.is_grpc and url.where == "storage proxy proxy-host:13000"
 
     port = free_port()  # nothing listens there
-    out = cli(["tune", "--family", "mlp", "--storage", f"grpc://127.0.0.1:{port}"], cwd=tmp_path)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert f"storage proxy 127.0.0.1:{port}: nothing listens there" in out.stderr
-    assert "storage-proxy --storage postgresql://" in out.stderr  # and what to do
+    capfd.readouterr()
+    code = command_line.main(["tune", "--family", "mlp", "--storage", f"grpc://127.0.0.1:{port}"])
+    err = capfd.readouterr().err
+    assert code == 2, err[-2000:]
+    assert f"storage proxy 127.0.0.1:{port}: nothing listens there" in err
+    assert "storage-proxy --storage postgresql://" in err  # and what to do
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
 
     out = cli(["storage-proxy", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"], cwd=tmp_path)

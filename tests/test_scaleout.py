@@ -1,5 +1,6 @@
 """Many tune workers on one study: PostgreSQL for Optuna and MLflow's backend, one real
-`mlflow server`, real worker processes, one of them killed with SIGKILL mid-trial.
+`mlflow server` (where several workers write at once), real worker processes, one of them killed
+with SIGKILL mid-trial.
 
 Skips where PostgreSQL cannot be had (scripts/start_postgres.sh sets FMNIST_TEST_PG); under
 CI=true a missing PostgreSQL is a failure, not a skip.
@@ -85,7 +86,12 @@ def test_two_workers_share_one_study(cluster):
         assert has != ("study_report" in p.data.tags), p.info.run_id
 
 
-def test_killed_worker_trial_fails_and_is_retried(cluster):
+def test_killed_worker_trial_fails_and_is_retried(local_cluster):
+    """A worker SIGKILLed mid-trial on a PostgreSQL study: the next worker fails its trial once its heartbeat
+    is stale, runs the retry with its parameters, and ends the dead worker's runs FAILED. The runs in a local
+    MLflow store: one process at a time writes them (the victim, then the survivor); what a tracking server
+    takes from many at once is test_two_workers_share_one_study's."""
+    cluster = local_cluster
     study_file = cluster["tmp"] / "k.yaml"
     epochs = 10
     study_file.write_text(STUDY.format(epochs=epochs, samples=3000, reference=REFERENCE_OFF))

@@ -483,6 +483,12 @@ def assert_trials_record_the_builder(builder: Path, n: int = 2) -> list:
     return trials
 
 
+def new_process_builders(monkeypatch) -> None:
+    """This process from now on as a new one for builders: none loaded yet, so the next command reads each
+    builder's file as it is now (model.builder.load reads a file once per process); put back after the test."""
+    monkeypatch.setattr(user, "_loaded", {})
+
+
 def reproduce_exactly(uri: str, capsys) -> dict:
     """`reproduce --exact true` in-process (the tracking fixture's working directory): its report."""
     code, out, err = command(["reproduce", "--model_uri", uri, "--exact", "true"], capsys)
@@ -508,13 +514,15 @@ def served_answer(model_uri: str, png: bytes, cwd: Path, tracking: str) -> dict:
 
 
 @pytest.mark.slow
-def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path, capsys):
+def test_fashion_mnist_tuned_registered_and_served(tracking, tmp_path, capsys):
     """A study of a builder in tmp_path beside the platform's learning rate on the default data: one trial
     (the digits twin below runs two and picks the best), retrained (2 epochs on 5,000 images) and registered
     @champion as fmnist-classifier, measured against the cnn family's reference; `mlflow models serve` answers
-    a real ankle boot's PNG with "Ankle boot" as probabilities (the builder ends in logits); `reproduce` rebuilds
-    it bit for bit. What only Fashion-MNIST shows here: the default data's name, the served ankle boot named by
-    Fashion-MNIST's class names, and the reference. `tune` and `reproduce` run in-process (the CLI's main)."""
+    a real ankle boot's PNG with "Ankle boot" as probabilities (the builder ends in logits). What only
+    Fashion-MNIST shows here: the default data's name, the served ankle boot named by Fashion-MNIST's class names,
+    and the reference. `tune` runs in-process (the CLI's main). That `reproduce` rebuilds a builder study's
+    champion bit for bit, with the builder's digest and the best trial's hp, is checked on the digits twin below
+    (nothing of it is Fashion-MNIST's own)."""
     builder, _, summary = tune_study(tmp_path, capsys, "--n_trials", "1", samples=1000,
                                      final="{epochs: 2, train_samples: 5000}",
                                      reference='{params: {epochs: 1, filters: "8,16", dense_units: 16}}')
@@ -535,22 +543,17 @@ def test_fashion_mnist_tuned_registered_served_and_reproduced(tracking, tmp_path
     assert len(answer["probabilities"]) == 10 and sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     assert min(answer["probabilities"]) >= 0 and max(answer["probabilities"]) == answer["probabilities"][9]
 
-    report = reproduce_exactly("models:/fmnist-classifier@champion", capsys)
-    assert report["reproduces_run_id"] == version.run_id
-    [rebuild] = [r for r in all_runs() if r.data.tags.get("reproduces_run_id") == version.run_id]
-    assert rebuild.data.params["model_sha256"] == sha256(builder)
-    assert rebuild.data.params["hp"] == best.data.params["hp"]
-
 
 @pytest.mark.slow
-def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_path, capsys):
+def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_path, capsys, monkeypatch):
     """The same builder on scikit-learn's 8x8 digits: input_shape (8, 8, 1) and 10 classes from the data,
-    registered as digits-classifier with the dataset on its version, rebuilt bit for bit; then, the builder
-    edited, a resume of the study is refused before any trial."""
+    registered as digits-classifier with the dataset on its version, rebuilt bit for bit with the builder's
+    digest and the best trial's hp (moved here from the Fashion-MNIST test above); then, the builder edited, a
+    resume of the study is refused before any trial."""
     builder, study, summary = tune_study(tmp_path, capsys, "--data", "digits", samples=0, final="{epochs: 2}",
                                          reference="off")
     assert summary["model_name"] == "digits-classifier" and summary["registered_version"] == 1
-    assert_trials_record_the_builder(builder)
+    trials = assert_trials_record_the_builder(builder)
     version = MlflowClient().get_model_version_by_alias("digits-classifier", "champion")
     assert (version.tags["data_name"], version.tags["data_shape"], version.tags["family"]) == (
         "digits", "8x8x1", "custom")
@@ -573,33 +576,41 @@ def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_pat
     assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     report = reproduce_exactly("models:/digits-classifier@champion", capsys)
     assert report["reproduces_run_id"] == version.run_id
+    [rebuild] = [r for r in all_runs() if r.data.tags.get("reproduces_run_id") == version.run_id]
+    [best] = [r for r in trials if r.data.tags["optuna_trial"] == str(summary["best_trial"])]
+    assert rebuild.data.params["model_sha256"] == sha256(builder)
+    assert rebuild.data.params["hp"] == best.data.params["hp"]
 
     # the study records its builder's digest; `tune` on the same study and storage after the builder was edited
-    # exits 2 naming the file, before any trial (its trials would train another network). The resume is a new
-    # process, as a user's is: a process loads a builder once (model.builder.load), so only a new one reads the
-    # edited file. (Merged from test_a_study_refuses_to_resume_with_an_edited_builder: the same study, once.)
+    # exits 2 naming the file, before any trial (its trials would train another network). The resume reads the
+    # file as a new process does: a process loads a builder once (model.builder.load), so the resume runs with
+    # none loaded (new_process_builders), in-process (the CLI's main: the exit code a process returns).
+    # (Merged from test_a_study_refuses_to_resume_with_an_edited_builder: the same study, once.)
     import optuna
 
     stored = optuna.load_study(study_name="own", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert stored.user_attrs["model_sha256"] == sha256(builder)
     builder.write_text(builder.read_text() + "# edited\n")
     before, trials_before = len(all_runs()), len(stored.trials)
-    proc = cli(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--data", "digits",
-                "--n_trials", "1", "--register", "false", "--system_metrics", "false"], tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    new_process_builders(monkeypatch)
+    code, _, err = command(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+                            "--data", "digits", "--n_trials", "1", "--register", "false", "--system_metrics", "false"],
+                           capsys)
+    assert code == 2, err[-3000:]
     assert (f"error: study 'own' was created with another net.py (sha256 {stored.user_attrs['model_sha256'][:12]}..., "
-            f"now {sha256(builder)[:12]}...): its trials would train another network") in proc.stderr, \
-        proc.stderr[-3000:]
+            f"now {sha256(builder)[:12]}...): its trials would train another network") in err, err[-3000:]
     assert len(all_runs()) == before and len(stored.trials) == trials_before == 2
 
 
 @pytest.mark.slow
-def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking, tmp_path, capsys):
+def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking, tmp_path, capsys,
+                                                                        monkeypatch):
     """A `custom` run on digits (a separable convolution, whose arithmetic the cost does not count: the run
     says so) records the builder; with a comment appended `reproduce` exits 2 naming the file and that it
     changed, and creates no run; the file restored from the run's copy, as the message says, reproduces bit
-    for bit. The run and the rebuild run in-process (the CLI's main); the refusal is a new process, as a
-    user's is: a process loads a builder once (model.builder.load), so only a new one reads the edited file."""
+    for bit. All three run in-process (the CLI's main); the refusal reads the file as a new process does, as a
+    user's is: a process loads a builder once (model.builder.load), so it runs with none loaded
+    (new_process_builders)."""
     builder = write(tmp_path, NET.replace("layers.Conv2D(", "layers.SeparableConv2D("))
     code, out, err = command(["custom", "--data", "digits", "--model", "net.py:build", "--hp", "{width: 4}",
                               "--epochs", "1", "--system_metrics", "false"], capsys)
@@ -614,9 +625,9 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
 
     builder.write_text(builder.read_text() + "# a comment, nothing else\n")
     before = len(all_runs())
-    refused = cli(["reproduce", "--model_uri", f"runs:/{run_id}/model", "--exact", "true"], tmp_path)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    said = refused.stderr
+    new_process_builders(monkeypatch)
+    code, _, said = command(["reproduce", "--model_uri", f"runs:/{run_id}/model", "--exact", "true"], capsys)
+    assert code == 2, said[-3000:]
     assert f"error: the builder net.py:build changed since run {run_id} trained with it: {builder.resolve()} has " \
            f"sha256 {sha256(builder)[:16]}..., the run recorded {run.data.params['model_sha256'][:16]}..." in said
     assert "nothing was trained" in said and f"runs:/{run_id}/builder/net.py" in said and "Traceback" not in said
@@ -624,6 +635,7 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
 
     mlflow.artifacts.download_artifacts(f"runs:/{run_id}/builder/net.py", dst_path=str(tmp_path))  # as advised
     assert builder.read_bytes() == original
+    new_process_builders(monkeypatch)  # as the user's next command: this process loaded the edited file
     reproduce_exactly(f"runs:/{run_id}/model", capsys)
 
 
@@ -631,14 +643,17 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_of_a_builder(cluster):
-    """Two `tune` workers (real processes) on one PostgreSQL study of a user's network on digits, through a
-    real mlflow server: each loads the builder, trains its own trial of the one study, and both record the
-    same builder digest."""
+def test_two_workers_share_one_study_of_a_builder(cluster, capsys, monkeypatch):
+    """Two `tune` workers on one PostgreSQL study of a user's network on digits, through a real mlflow server, at
+    the same time: a real process, and this test's own process (the CLI's main in-process, as the process beside
+    it: its heartbeat every 2 s, a trial silent for 120 s lost). Each loads the builder, trains its own trial of
+    the one study, and both record the same builder digest."""
     import subprocess
     import sys
 
     import optuna
+
+    from fmnist_exp.scale import storage as heartbeat_storage
 
     builder = write(cluster["tmp"], NET)
     study_file = cluster["tmp"] / "shared.yaml"
@@ -652,12 +667,20 @@ pruner: {{type: none}}
 """)
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": cluster["tracking"], "FMNIST_HEARTBEAT_S": "2",
            "FMNIST_GRACE_S": "120"}
-    cmd = [sys.executable, "-m", "fmnist_exp", "tune", "--study", str(study_file), "--storage", cluster["optuna"],
-           "--data", "digits", "--register", "false", "--system_metrics", "false"]
-    logs = [open(cluster["tmp"] / f"w{i}.log", "w") for i in range(2)]
-    procs = [subprocess.Popen(cmd, cwd=cluster["tmp"], env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
-    for i, p in enumerate(procs):
-        assert p.wait(timeout=900) == 0, (cluster["tmp"] / f"w{i}.log").read_text()[-3000:]
+    argv = ["tune", "--study", str(study_file), "--storage", cluster["optuna"], "--data", "digits", "--register",
+            "false", "--system_metrics", "false"]
+    with open(cluster["tmp"] / "w0.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fmnist_exp", *argv], cwd=cluster["tmp"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    monkeypatch.chdir(cluster["tmp"])
+    monkeypatch.setattr(heartbeat_storage, "HEARTBEAT_S", 2)
+    monkeypatch.setattr(heartbeat_storage, "GRACE_S", 120)
+    try:
+        code, _, err = command(argv, capsys)
+    finally:
+        returned = proc.wait(timeout=900)
+    assert code == 0, err[-3000:]
+    assert returned == 0, (cluster["tmp"] / "w0.log").read_text()[-3000:]
 
     study = optuna.load_study(study_name="shared", storage=cluster["optuna"])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

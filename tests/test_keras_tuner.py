@@ -21,9 +21,18 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from conftest import REPO, cli
+from conftest import REPO
 from mlflow.tracking import MlflowClient
-from test_builders import all_runs, command, last_json, reproduce_exactly, served_answer, sha256, write
+from test_builders import (
+    all_runs,
+    command,
+    last_json,
+    new_process_builders,
+    reproduce_exactly,
+    served_answer,
+    sha256,
+    write,
+)
 
 from fmnist_exp import params as P
 from fmnist_exp.data import FASHION_MNIST
@@ -603,16 +612,20 @@ def test_a_hypermodels_fit_trains_with_the_platforms_callbacks_and_its_own_argum
     platform's callbacks (each epoch's metrics on the MLflow run); keras.Model.fit itself gets the fit's
     batch_size and shuffle (the recipe's batch size, 32, where the Choice takes it); what the fit returned
     (a History) is read at its best epoch. Trained in mixed precision (auto's choice on a GPU or a bfloat16
-    CPU), the model logged is a float32 copy, and carries no optimizer: loading it says nothing about one."""
+    CPU), the model logged is a float32 copy, and carries no optimizer: loading it says nothing about one. On
+    digits (360 test images to score, not 10,000: nothing here is Fashion-MNIST's own)."""
+    from fmnist_exp.data import load_dataset
+
     fits = write(tmp_path, FITS, "fits.py")
-    code, out, err = custom(["--model", "fits.py:Tuned", "--epochs", "2", "--train_samples", "600",
-                             "--batch_size", "32", "--precision", "mixed_bfloat16"], capsys)
+    code, out, err = custom(["--data", "digits", "--model", "fits.py:Tuned", "--epochs", "2", "--train_samples",
+                             "600", "--batch_size", "32", "--precision", "mixed_bfloat16"], capsys)
     assert code == 0, err[-3000:]
     run_id = last_json(out)["run_id"]
     assert user.load("fits.py:Tuned").file == fits.resolve()
     [call] = calls("fits.py:Tuned")  # the dry call before the run stops before keras.Model.fit
-    assert call["x"] == (600, 28, 28, 1) and 0 < call["x_max"] <= 1.0 and call["y"] == (600, 10)
-    assert call["validation"] == (6000, 28, 28, 1)  # the validation split: a tenth of the training set
+    assert call["x"] == (600, 8, 8, 1) and 0 < call["x_max"] <= 1.0 and call["y"] == (600, 10)
+    # the validation split: a tenth of the training set
+    assert call["validation"] == (round(0.1 * len(load_dataset("digits").y_train)), 8, 8, 1)
     assert (call["batch_size"], call["shuffle"], call["epochs"]) == (32, False, 2)
     assert {"EpochLogger", "ValidationAccuracy", "TerminateOnNaN"} <= set(call["callbacks"])
     p = params_of(run_id)
@@ -763,14 +776,14 @@ def trial_runs() -> list:
 
 @pytest.mark.slow
 def test_a_define_by_run_study_resumes_with_the_builders_names_and_refuses_an_edited_builder(tracking, tmp_path,
-                                                                                              capsys):
+                                                                                              capsys, monkeypatch):
     """A study file naming the guide's build_model and no space, on digits: every trial's Optuna parameters are the
     builder's names (trials 0 and 1 the enqueued points), each trial's run trains and logs those values;
     resumed with one more trial on the same storage it goes on with the same names (a point the sampler
     draws: the first session drew none, see the replay test below), and its final retrain trains the best
-    trial's values; the builder edited, a resume is refused before any run. The two sessions run in-process
-    (the CLI's main); the refused resume is a new process, as a user's is: a process loads a builder once
-    (model.builder.load), so only a new one reads the edited file."""
+    trial's values; the builder edited, a resume is refused before any run. All three sessions run in-process
+    (the CLI's main); the refused resume reads the file as a new process does, as a user's is: a process loads
+    a builder once (model.builder.load), so it runs with none loaded (test_builders.new_process_builders)."""
     guide = write(tmp_path, GUIDE, "guide.py")
     study_file = tmp_path / "kt.yaml"
     study_file.write_text(STUDY.format(builder=guide, extra=ENQUEUE))
@@ -806,9 +819,10 @@ def test_a_define_by_run_study_resumes_with_the_builders_names_and_refuses_an_ed
 
     guide.write_text(guide.read_text() + "# edited\n")
     before = len(all_runs())
-    proc = cli([*tune, "--n_trials", "1"], tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "error: study 'kt' was created with another guide.py" in proc.stderr
+    new_process_builders(monkeypatch)
+    code, _, err = command([*tune, "--n_trials", "1"], capsys)
+    assert code == 2, err[-3000:]
+    assert "error: study 'kt' was created with another guide.py" in err
     assert len(all_runs()) == before and len(optuna.load_study(study_name="kt", storage=storage).trials) == 3
 
 

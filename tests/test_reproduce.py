@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO, mlflow_run, store_at
+from conftest import REPO, mlflow_run, store_at, store_fingerprint, use_store_copy
 from mlflow.tracking import MlflowClient
 
 from fmnist_exp import cli as command_line
@@ -244,63 +241,55 @@ def test_unknown_model_refused_before_work(tracking, capsys):
     assert code == 2 and "not a models:/" in err
 
 
-def seeds_study(tmp_path, capsys, name: str, final: str) -> tuple[dict, str]:
-    """The tiny study with ``final`` and no reference, run: its summary and what it printed."""
-    study = tmp_path / f"{name}.yaml"
-    study.write_text(STUDY.replace("final: {epochs: 2}", f"final: {final}") + "reference: off\n")
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "data": "digits"})).flat()
-    return summary, capsys.readouterr().out
+DISTILL = "{epochs: 1, seeds: 2, ensemble: true, distill: 0.8}"
 
 
-def fingerprint(root: Path) -> tuple:
-    """The store's databases' bytes and its files' names: what a test that changed it would change."""
-    dbs = tuple(hashlib.sha256((root / db).read_bytes()).hexdigest() for db in ("mlflow.db", "optuna.db"))
-    return dbs, tuple(sorted(str(f.relative_to(root)) for f in root.rglob("*")))
+def study_store(tmp_path_factory, migrated_store, name: str, final: str):
+    """The tiny study ``name`` with ``final`` (no reference), run once in a store of its own for the tests that
+    start from it: its root, the study's summary and what it printed; each test works on a copy (study_copy),
+    and the store is checked unchanged at teardown."""
+    import mlflow.tracking.fluent
+
+    root = tmp_path_factory.mktemp(f"{name}-store")
+    (root / f"{name}.yaml").write_text(STUDY.replace("final: {epochs: 2}", f"final: {final}") + "reference: off\n")
+    with store_at(root, migrated_store), contextlib.redirect_stdout(io.StringIO()) as said:
+        summary = tune.run(P.tune_args({"family": "mlp", "study": str(root / f"{name}.yaml"), "data": "digits"})).flat()
+    mlflow.tracking.fluent._active_experiment_id = None  # as conftest's _no_active_experiment leaves a test
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    before = store_fingerprint(root)
+    yield root, summary, said.getvalue()
+    assert store_fingerprint(root) == before, "a test changed the shared store instead of its copy"
 
 
 @pytest.fixture(scope="module")
 def ensemble_store(tmp_path_factory, migrated_store):
-    """The tiny study 'ens' with two seeds averaged (no reference), run once in a store of its own for the
-    tests that start from it; each works on a copy (use_copy), and the store is checked unchanged at teardown."""
-    import mlflow.tracking.fluent
-
-    root = tmp_path_factory.mktemp("ensemble-store")
-    (root / "ens.yaml").write_text(STUDY.replace("final: {epochs: 2}", f"final: {SEEDS_2}") + "reference: off\n")
-    with store_at(root, migrated_store), contextlib.redirect_stdout(io.StringIO()) as said:
-        summary = tune.run(P.tune_args({"family": "mlp", "study": str(root / "ens.yaml"), "data": "digits"})).flat()
-    mlflow.tracking.fluent._active_experiment_id = None  # as conftest's _no_active_experiment leaves a test
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    before = fingerprint(root)
-    yield root, summary, said.getvalue()
-    assert fingerprint(root) == before, "a test changed the shared store instead of its copy"
+    """The tiny study 'ens' with two seeds averaged."""
+    yield from study_store(tmp_path_factory, migrated_store, "ens", SEEDS_2)
 
 
-def use_copy(root: Path, tmp_path: Path, monkeypatch) -> str:
-    """A copy of the store in ``root`` as tmp_path's own (every path its databases name moved into tmp_path, so
-    its runs and artifacts are the copy's), made the tracking store and the working directory; its URI."""
-    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
-    for db in ("mlflow.db", "optuna.db"):
-        with contextlib.closing(sqlite3.connect(tmp_path / db)) as c, c:
-            for (table,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-                for column in [col[1] for col in c.execute(f'PRAGMA table_info("{table}")').fetchall()]:
-                    c.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?1, ?2) '
-                              f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?1) > 0',
-                              (str(root), str(tmp_path)))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    return uri
+@pytest.fixture(scope="module")
+def distilled_store(tmp_path_factory, migrated_store):
+    """The tiny study 'dis' with two seeds averaged and one network distilled from their average."""
+    yield from study_store(tmp_path_factory, migrated_store, "dis", DISTILL)
+
+
+def study_copy(store, tmp_path, monkeypatch):
+    """This test's own copy of a study_store, in use: the study's summary and what it printed."""
+    root, summary, out = store
+    use_store_copy(root, tmp_path, monkeypatch)
+    yield summary, out
+    while mlflow.active_run():
+        mlflow.end_run()
 
 
 @pytest.fixture
 def ensemble_copy(ensemble_store, tmp_path, monkeypatch):
-    """This test's own copy of ensemble_store, in use: the study's summary and what it printed."""
-    root, summary, out = ensemble_store
-    use_copy(root, tmp_path, monkeypatch)
-    yield summary, out
-    while mlflow.active_run():
-        mlflow.end_run()
+    yield from study_copy(ensemble_store, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def distilled_copy(distilled_store, tmp_path, monkeypatch):
+    yield from study_copy(distilled_store, tmp_path, monkeypatch)
 
 
 def test_seed_ensemble_is_registered_served_and_reproduced(ensemble_copy, tmp_path, digits, capsys):
@@ -410,14 +399,15 @@ def test_seeds_sharing_one_split_are_validated_on_all_of_it_and_reproduced(ensem
     assert rebuild.data.metrics["val_final_images"] == len(y_val)
 
 
-def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_path, digits, capsys):
+def test_distilled_network_is_registered_compared_and_reproduced(distilled_copy, tmp_path, digits, capsys):
     """final.distill: one more network (the first seed's images and start) is fitted to the seeds'
     average, registered at one network's cost, compared with its teacher and the best-validated seed
-    on the parent run and in the report, and `reproduce` trains it again from the same teacher."""
+    on the parent run and in the report, and `reproduce` trains it again from the same teacher (the study
+    'dis': distilled_store, on a copy)."""
     from fmnist_exp.study.candidate import DISTILLED_NETWORK
     from fmnist_exp.train.distill import DISTILL_WEIGHT, DISTILLED_FROM, TEACHER_URI
 
-    summary, out = seeds_study(tmp_path, capsys, "dis", "{epochs: 1, seeds: 2, ensemble: true, distill: 0.8}")
+    summary, out = distilled_copy
     assert "registered: one network distilled from their average" in out
     assert summary["candidate"] == DISTILLED_NETWORK and summary["final_seed_registered"] == "distilled"
     [ens] = runs(f"tags.{lineage.MEMBERS_TAG} != '' and tags.optuna_study = 'dis'")
@@ -479,15 +469,30 @@ def test_distilled_network_is_registered_compared_and_reproduced(tracking, tmp_p
     assert report["bit_identical"] == 1 and report["passed"] is True
 
 
-def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, tmp_path, digits, capsys):
+def test_student_of_its_own_shape_is_registered_reused_and_reproduced(distilled_copy, tmp_path, capsys):
     """final.student: the distilled network trains with its own parameters (a wider layer here) on the
     first seed's images; its run, the parent run, the console and the report say which, it costs what
-    its shape costs, a resumed study reuses it only for the same student, and `reproduce` rebuilds it."""
+    its shape costs, a resumed study reuses a distilled network only for the same student, and `reproduce`
+    rebuilds it. The study 'dis' (distilled_store, on a copy: its seeds and a network of the final recipe
+    distilled from their average) registered again with the student: only the student trains."""
     from fmnist_exp.train.distill import DISTILLED_FROM
 
-    final = "{epochs: 1, seeds: 2, ensemble: true, distill: 0.8, student: {hidden_units: '128'}}"
-    summary, out = seeds_study(tmp_path, capsys, "stu", final)
-    [student] = runs(f"tags.{DISTILLED_FROM} != ''")
+    study = tmp_path / "dis.yaml"
+    first = study.read_text()
+    [plain] = runs(f"tags.{DISTILLED_FROM} != ''")  # the first session's, without a student
+
+    def resumed(student: str) -> tuple[dict, str]:
+        """The study registered again with ``student`` in its file: its summary and what it printed."""
+        study.write_text(first.replace("distill: 0.8}", f"distill: 0.8{student}}}"))
+        capsys.readouterr()
+        summary = tune.register_only(P.command("register", {"family": "mlp", "study": str(study), "data": "digits"}))
+        return summary.flat(), capsys.readouterr().out
+
+    def distilled() -> list[str]:
+        return sorted(r.info.run_id for r in runs(f"tags.{DISTILLED_FROM} != ''"))
+
+    summary, out = resumed(", student: {hidden_units: '128'}")
+    [student] = [r for r in runs(f"tags.{DISTILLED_FROM} != ''") if r.info.run_id != plain.info.run_id]
     finals = runs("tags.final_seed != ''")
     assert student.data.params["hidden_units"] == "128" and student.data.params["seed"] == "42"
     assert [r.data.params["hidden_units"] for r in finals] == ["64", "64"]
@@ -505,22 +510,18 @@ def test_student_of_its_own_shape_is_registered_reused_and_reproduced(tracking, 
     assert "registered: one network (hidden_units=128) distilled from their average" in out
     assert summary["distill_student"] == "hidden_units=128"
 
-    study = tmp_path / "stu.yaml"
-    first = study.read_text()
-
-    def resumed(student: str) -> list[str]:
-        """The study registered again with ``student`` in its file: the distilled runs there are then."""
-        study.write_text(first.replace(", student: {hidden_units: '128'}", student))
-        tune.register_only(P.command("register", {"family": "mlp", "study": str(study), "data": "digits"}))
-        return sorted(r.info.run_id for r in runs(f"tags.{DISTILLED_FROM} != ''"))
-
-    # the same student (spelt otherwise) is not trained again; without one a network of the final
-    # recipe is, and a student that changes nothing is that network
-    assert resumed(", student: {hidden_units: 128}") == [student.info.run_id]
-    assert len(resumed("")) == 2
-    [plain] = [r for r in runs(f"tags.{DISTILLED_FROM} != ''") if r.info.run_id != student.info.run_id]
+    # a network of the final recipe distilled without a student (the first session's) was not taken for the
+    # student; the same student (spelt otherwise) is not trained again; without one the first session's network
+    # is the one, and a student that changes nothing is that network
     assert plain.data.params["hidden_units"] == "64" and "distill_student" not in plain.data.tags
-    assert resumed(", student: {hidden_units: '64'}") == sorted([student.info.run_id, plain.info.run_id])
+    both = sorted([student.info.run_id, plain.info.run_id])
+    assert distilled() == both
+    resumed(", student: {hidden_units: 128}")
+    assert distilled() == both
+    resumed("")
+    assert distilled() == both
+    resumed(", student: {hidden_units: '64'}")
+    assert distilled() == both
 
     code, out, err = reproduce_here(capsys, "--model_uri", student.data.tags["model_uri"], "--exact", "true")
     assert code == 0, err[-3000:]

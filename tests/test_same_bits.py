@@ -20,6 +20,7 @@ Needs the baseline commit in the clone's history (after a shallow clone: `git fe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,11 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import REPO, cli, ok, old_cli, subprocess_env
+from conftest import REPO, cli, ok, old_env, store_at, store_fingerprint, subprocess_env, use_store_copy
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
+# one test process for the whole file: the baseline's store is made once (pyproject's --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_same_bits")]
 MODEL = "fmnist-classifier"
 
 # small enough for a 2-core CPU, big enough that a wrong initialiser or split would change the bits
@@ -74,14 +76,73 @@ for uri in sys.argv[1:]:
 """
 
 
-def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, tracking, tmp_path):
+# The baseline's CLI, `python -m fmnist_exp ARGV` as the interpreter runs it (runpy: its __main__.py, so MLflow
+# records that file as each run's source), once per command in one process: one TensorFlow import for the
+# baseline's three commands. Each command's output ends with a marker line, so each one's JSON summary is read.
+OLD_COMMANDS = """
+import json, runpy, sys
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["-m", *argv]
+    try:
+        runpy.run_module("fmnist_exp", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if e.code:
+            raise
+    print("\\n-- command done --", flush=True)
+"""
+OLD_ARGV = {"cnn": ["cnn", *TRAIN["cnn"]], "mlp": ["mlp", *TRAIN["mlp"]],
+            "tune": ["tune", "--study", "{study}", "--study_name", "same-bits", "--n_trials", "2",
+                     "--register", "false"]}
+
+
+@pytest.fixture(scope="module")
+def baseline_store(old_code, tmp_path_factory, migrated_store):
+    """A store (mlflow.db and optuna.db beside it) where the baseline's CLI, in one process, trained a cnn and an
+    mlp and ran two trials of the study 'same-bits' (not registered): the JSON summaries of the three commands.
+    Tests work on copies (baseline_copy); the store is checked unchanged at teardown."""
+    root = tmp_path_factory.mktemp("baseline-store")
+    study_file = root / "same-bits.yaml"
+    study_file.write_text(STUDY)
+    argv = [[a.replace("{study}", str(study_file)) for a in args] for args in OLD_ARGV.values()]
+    with store_at(root, migrated_store) as uri:
+        proc = subprocess.run([sys.executable, "-c", OLD_COMMANDS, json.dumps(argv)], cwd=root,
+                              env=old_env(old_code, uri), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"the baseline's commands exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    said = proc.stdout.split("\n-- command done --")[:len(argv)]
+    assert len(said) == len(argv), proc.stdout[-3000:]
+    summaries = {}
+    for name, out in zip(OLD_ARGV, said, strict=True):
+        lines = out.strip().splitlines()
+        assert lines, f"the baseline's {name} printed nothing:\n{proc.stderr[-3000:]}"
+        try:
+            summaries[name] = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pytest.fail(f"the baseline's {name}: the last line of stdout is not its JSON summary: {lines[-1]!r}")
+    before = store_fingerprint(root)
+    yield root, summaries
+    assert store_fingerprint(root) == before, "a test changed the shared store instead of its copy"
+
+
+@pytest.fixture
+def baseline_copy(baseline_store, tmp_path, monkeypatch):
+    """This test's own copy of baseline_store, in use (its URI): the baseline's summaries."""
+    root, summaries = baseline_store
+    uri = use_store_copy(root, tmp_path, monkeypatch)
+    yield uri, summaries
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, baseline_copy, tmp_path):
     """A cnn and an mlp of the baseline's code, each rebuilt bit for bit by today's `reproduce`; both served
     classifiers the baseline logged are then loaded by one probe process (one TensorFlow import for both)."""
+    tracking, summaries = baseline_copy
     client = MlflowClient()
     old_runs = []
     for family in ("cnn", "mlp"):
-        original = ok(old_cli([family, *TRAIN[family]], old_code, tracking), f"the baseline's {family}")
+        original = summaries[family]
         old_run = client.get_run(original["run_id"])
+        assert old_run.data.params["epochs"] == TRAIN[family][1]  # what the baseline's command was given
         assert_ran_from(old_run, old_code)
         old_runs.append(old_run)
 
@@ -105,12 +166,11 @@ def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, tracking, tmp_
     assert answered == pytest.approx([r.data.metrics["test_accuracy"] for r in old_runs], abs=2e-4)
 
 
-def test_a_study_the_baseline_started_resumes_and_registers_under_todays_code(old_code, tracking, tmp_path):
-    study_file = tmp_path / "same-bits.yaml"
-    study_file.write_text(STUDY)
-    ok(old_cli(["tune", "--study", str(study_file), "--study_name", "same-bits", "--n_trials", "2",
-                "--register", "false"], old_code, tracking), "the baseline's tune")
-    # no study file: the study carries its own, stored on it when the baseline created it
+def test_a_study_the_baseline_started_resumes_and_registers_under_todays_code(old_code, baseline_copy, tmp_path):
+    """The baseline's two trials of 'same-bits' (baseline_store, not registered) resumed for one more trial by
+    today's `tune`, which registers the best of all three."""
+    # no study file (the copy's removed): the study carries its own, stored on it when the baseline created it
+    (tmp_path / "same-bits.yaml").unlink()
     ok(cli(["tune", "--study_name", "same-bits", "--n_trials", "1"], tmp_path), "today's tune")
 
     study = optuna.load_study(study_name="same-bits", storage=f"sqlite:///{tmp_path / 'optuna.db'}")

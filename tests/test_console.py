@@ -1,11 +1,15 @@
 """What a user sees in their own tools: a console of the project's own lines, runs filed under
 named experiments, and models that carry their metrics (the UI's Models tab,
-``mlflow.search_logged_models``); `mlflow run`'s --experiment-name keeps working."""
+``mlflow.search_logged_models``); `mlflow run`'s --experiment-name keeps working.
+
+Two checks made on processes elsewhere, beside a process those tests start anyway: a fresh process's console
+holds none of the libraries' chatter (test_tune.py::test_tune_through_mlflow_run_registers_champion, a `tune`
+under `mlflow run` in a user's environment) and `mlflow run --experiment-name` files the run there
+(test_entrypoints.py::test_network_entry_point_logs_everything[mlp])."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import mlflow
 import pytest
@@ -31,17 +35,17 @@ def quiet_env(**extra) -> dict:
     return env
 
 
-def test_tiny_tune_console_experiment_and_model_metrics(tracking, tmp_path):
+def test_tiny_tune_console_experiment_and_model_metrics(tracking, tmp_path, capsys):
+    """The command line's `tune`, from its main in this process (what it prints and files is the same as
+    `python -m fmnist_exp tune`'s); on digits: the console's lines are the same on any data."""
+    from fmnist_exp import cli as command_line
+
     study = tmp_path / "tiny.yaml"
     study.write_text(STUDY)
-    # on digits: the console's lines are the same on any data
-    proc = subprocess.run([sys.executable, "-m", "fmnist_exp", "tune", "--family", "mlp", "--study", str(study),
-                           "--data", "digits"],
-                          cwd=tmp_path, env=quiet_env(), capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    noisy = [line for line in out.splitlines() if any(word in line.lower() for word in CHATTER)]
-    assert noisy == [], noisy
+    code = command_line.main(["tune", "--family", "mlp", "--study", str(study), "--data", "digits"])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert code == 0, out[-3000:]
     trial_lines = [line for line in out.splitlines() if line.startswith("[tune] trial ")]
     assert len(trial_lines) == 2, out
     assert all("epochs=2" in line and "time=" in line and "best=" in line for line in trial_lines), trial_lines
@@ -87,12 +91,9 @@ def _mlflow_run_mlp(tmp_path, *flags: str, params: dict | None = None):
 
 
 def test_mlflow_run_keeps_its_experiment(tracking, tmp_path):
-    proc = _mlflow_run_mlp(tmp_path, "--experiment-name", "mine", params={"data": "digits"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[mlp] epoch 1/1" in proc.stdout and "ETA" in proc.stdout
-    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert mlflow.get_experiment(run.info.experiment_id).name == "mine"
-    # -P experiment cannot move a run `mlflow run` already filed elsewhere: refused, saying what works
+    """-P experiment cannot move a run `mlflow run` already filed elsewhere: refused, saying what works.
+    (That `mlflow run --experiment-name mine` files the run under "mine", with the project's epoch and ETA
+    lines on its console, is checked on test_entrypoints.py's `mlflow run -e mlp`, which runs anyway.)"""
     refused = _mlflow_run_mlp(tmp_path, params={"experiment": "fmnist-other", "data": "digits"})
     assert refused.returncode != 0
     assert "--experiment-name fmnist-other" in refused.stderr

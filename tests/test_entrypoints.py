@@ -3,10 +3,12 @@ what MLflow recorded: parameters, per-epoch histories, test metrics, artifacts, 
 
 from __future__ import annotations
 
+import subprocess
+
 import mlflow
 import numpy as np
 import pytest
-from conftest import mlflow_run, pinned_packages
+from conftest import MLFLOW, REPO, mlflow_run, pinned_packages, subprocess_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -47,20 +49,30 @@ def _check_dataset_inputs(run, dataset, *, train_samples: int = 0):
     assert len(set(want.values())) == 3
 
 
-@pytest.mark.parametrize("family,params", [
-    # mixed precision is what a GPU gets by default; forced here, the logged model must still be float32
+@pytest.mark.parametrize("family,params,experiment", [
+    # mixed precision is what a GPU gets by default; forced here, the logged model must still be float32;
+    # `mlflow run --experiment-name` files the run there (test_console.py's check, on this run)
     ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30",
-             "precision": "mixed_float16", "label_smoothing": 0.1}),
+             "precision": "mixed_float16", "label_smoothing": 0.1}, "mine"),
     # tta_flip: the logged, scored and served model averages each image with its mirror image;
     # bfloat16 (the long study's: AMX or AVX512-BF16 where the CPU has it) also logs a float32 model
     ("cnn", {"epochs": 2, "train_samples": 2000, "filters": "8,16", "dense_units": 32, "augment": "true",
              "aug_erase": 0.5, "lr_schedule": "cosine", "batch_size": 32, "tta_flip": "true",
-             "precision": "mixed_bfloat16"}),
+             "precision": "mixed_bfloat16"}, None),
 ])
-def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family, params):
-    proc = mlflow_run(family, params, tmp_path)
+def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family, params, experiment):
+    """`mlflow run -e mlp|cnn` (with --experiment-name where given): the run filed there, the project's epoch
+    and ETA lines on its console, and everything it logs."""
+    cmd = [MLFLOW, "run", str(REPO), "-e", family, "--env-manager", "local",
+           *(["--experiment-name", experiment] if experiment else [])]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     run = _only_run()
     _check_finished(proc, run)
+    assert f"[{family}] epoch 1/{params['epochs']}" in proc.stdout and "ETA" in proc.stdout, proc.stdout[-3000:]
+    if experiment:
+        assert mlflow.get_experiment(run.info.experiment_id).name == experiment
     client = MlflowClient()
     p, m, tags = run.data.params, run.data.metrics, run.data.tags
     for k, v in params.items():

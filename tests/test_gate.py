@@ -191,7 +191,8 @@ def parent_of(study_name):
 def test_study_reports_gain_over_default_reference(tracking, tmp_path, capsys):
     """On scikit-learn's digits (the gain is the same statement on any data; on 360 test images the
     default recipe trains in seconds). The command line's own output, from its main in this process: the
-    SIGTERM test below runs `python -m fmnist_exp tune` as a process."""
+    SIGTERM test below runs `python -m fmnist_exp tune` as a process. A measured run as the reference is
+    test_reference_off_seed_spread_and_a_measured_run_as_reference's (a study of its own)."""
     from fmnist_exp import cli as command_line
 
     study = study_file(tmp_path, "gain")
@@ -246,18 +247,6 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path, capsys):
     assert [r.info.run_id for r in refs] == [ref.info.run_id]
     assert again["reference_run_id"] == ref.info.run_id
     assert again["gain_reference_test_accuracy"] == m["gain_reference_test_accuracy"]
-
-    # a measured run as the reference: scored, nothing trained
-    other = study_file(tmp_path, "byrun", extra=f'reference: {{run_id: "{ref.info.run_id}"}}')
-    byrun = tune.run(P.tune_args({"family": "mlp", "study": other, "n_trials": 1, "data": "digits"})).flat()
-    assert byrun["reference"] == f"run {ref.info.run_id}" and byrun["reference_run_id"] == ref.info.run_id
-    assert byrun["gain_reference_test_accuracy"] == pytest.approx(m["gain_reference_test_accuracy"], abs=1e-6)
-    assert [r.info.run_name for r in nested(parent_of("byrun").info.run_id)] == ["trial 0"]
-    # a version that met a champion: the gate's comparison beside the gain, on the version
-    met = MlflowClient().get_model_version(byrun["model_name"], str(byrun["registered_version"]))
-    assert not byrun["decision"].startswith("unchanged"), byrun["decision"]
-    assert met.tags["gain_reference_run_id"] == ref.info.run_id
-    assert "against champion v" in met.description and met.tags["gain"] in met.description
 
 
 def output_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
@@ -319,8 +308,10 @@ def test_sigterm_during_background_reference_ends_both_runs(tracking, tmp_path):
         os.kill(child, 0)
 
 
-def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
-    """On digits: no reference and a spread over seeds are the same statements on any data."""
+def test_reference_off_seed_spread_and_a_measured_run_as_reference(tracking, tmp_path, capsys):
+    """On digits: no reference and a spread over seeds are the same statements on any data. Then a second study
+    in the same store names one of these finals as its reference (a measured run): it is scored, nothing trained,
+    and the second study's version meets the first's champion."""
     study = study_file(tmp_path, "seeds", extra="reference: off\nfinal: {epochs: 1, train_samples: 1000, seeds: 2}")
     summary = tune.run(P.tune_args({"family": "mlp", "study": study, "n_trials": 1, "data": "digits"})).flat()
     out = capsys.readouterr().out
@@ -349,6 +340,20 @@ def test_reference_off_and_seed_spread(tracking, tmp_path, capsys):
     assert parent.data.tags["final_seed_registered"] == best_val.data.tags["final_seed"]
     assert (f"final retrain over 2 seeds: test accuracy mean {np.mean(accs):.4f}, sd {np.std(accs, ddof=1):.4f}"
             in out and f"registered seed {best_val.data.tags['final_seed']} (best validation accuracy)" in out)
+
+    # a measured run as the reference: scored, nothing trained
+    rid = best_val.info.run_id
+    other = study_file(tmp_path, "byrun", extra=f'reference: {{run_id: "{rid}"}}')
+    byrun = tune.run(P.tune_args({"family": "mlp", "study": other, "n_trials": 1, "data": "digits"})).flat()
+    assert byrun["reference"] == f"run {rid}" and byrun["reference_run_id"] == rid
+    # its test accuracy, measured again on the same test images: what the run logged
+    assert byrun["gain_reference_test_accuracy"] == pytest.approx(best_val.data.metrics["test_accuracy"], abs=1e-4)
+    assert [r.info.run_name for r in nested(parent_of("byrun").info.run_id)] == ["trial 0"]
+    # a version that met a champion: the gate's comparison beside the gain, on the version
+    met = MlflowClient().get_model_version(byrun["model_name"], str(byrun["registered_version"]))
+    assert not byrun["decision"].startswith("unchanged"), byrun["decision"]
+    assert met.tags["gain_reference_run_id"] == rid
+    assert "against champion v" in met.description and met.tags["gain"] in met.description
 
 
 # ----------------------------------------------------------------------------- study files

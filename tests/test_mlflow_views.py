@@ -11,7 +11,7 @@ import re
 
 import mlflow
 import pytest
-from conftest import MLFLOW, free_port, running_server, subprocess_env
+from conftest import MLFLOW, free_port, new_store, running_server, subprocess_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_exp import params as P
@@ -22,7 +22,7 @@ from fmnist_exp.train import job, lineage, runs
 
 STUDY = """description: views test study
 family: mlp
-budget: {n_trials: 2, epochs: 1, train_samples: 300, timeout: 0}
+budget: {n_trials: 1, epochs: 1, train_samples: 300, timeout: 0}
 fixed: {lr_schedule: cosine, early_stopping_patience: 0, hidden_units: '16'}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
@@ -34,11 +34,12 @@ DATASET_CELL, MODELS_CELL = '[col-id="attributes.`Dataset`"]', '[col-id="attribu
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A real `mlflow server` on loopback (SQLite backend, proxied artifacts); this process tracks to it."""
+def server(tmp_path, monkeypatch, migrated_store):
+    """A real `mlflow server` on loopback (SQLite backend, proxied artifacts); this process tracks to it. Its
+    store is a copy of the migrated empty one (conftest.new_store): the server runs no migrations of its own."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
+    cmd = [MLFLOW, "server", "--backend-store-uri", new_store(tmp_path, migrated_store), "--artifacts-destination",
            str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     monkeypatch.chdir(tmp_path)
     with running_server(cmd, uri + "/health", cwd=tmp_path, env=subprocess_env(), timeout=240):
@@ -51,21 +52,22 @@ def server(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_study_parent_row_and_system_metrics_in_the_browser(server, tmp_path, page):
+    """On digits: the Dataset column names whichever data the study trained on (360 test images to score)."""
     study_file = tmp_path / "views.yaml"
     study_file.write_text(STUDY)
-    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study_file),
+    summary = tune.run(P.tune_args({"family": "mlp", "study": str(study_file), "data": "digits",
                                     "storage": f"sqlite:///{tmp_path / 'optuna.db'}"})).flat()
     client = MlflowClient()
     exp_id = str(summary["experiment_id"])
     by_name = {r.info.run_name: r for r in mlflow.search_runs([exp_id], output_format="list")}
-    assert sorted(by_name) == ["trial 0", "trial 1", "tune views"]
-    parent, trials = by_name["tune views"], [by_name["trial 0"], by_name["trial 1"]]
+    assert sorted(by_name) == ["trial 0", "tune views"]
+    parent, trials = by_name["tune views"], [by_name["trial 0"]]
 
     # the parent logs the very dataset entities its trials log: same name, digests and contexts
     digests = lineage.split_digests(parent)
     assert sorted(digests) == ["test", "training", "validation"]
     assert all(lineage.split_digests(t) == digests for t in trials)
-    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"fashion-mnist"}
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"digits"}
 
     # the registered model: the candidate as the parent's output (run page), and a stand-in whose
     # source run is the parent and which names the version (runs table)
@@ -94,7 +96,7 @@ def test_study_parent_row_and_system_metrics_in_the_browser(server, tmp_path, pa
     dataset_cell = page.locator(f"{row} {DATASET_CELL}").inner_text()
     models_cell = page.locator(f"{row} {MODELS_CELL}").inner_text()
     page.screenshot(path=str(tmp_path / "runs_table.png"), full_page=True)
-    assert "fashion-mnist" in dataset_cell and digests["training"] in dataset_cell, dataset_cell
+    assert "digits" in dataset_cell and digests["training"] in dataset_cell, dataset_cell
     assert name in models_cell and f"v{version}" in models_cell, models_cell
 
     # a trial's System metrics tab draws MLflow's charts of what it recorded

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 import keras
@@ -644,10 +645,10 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_of_a_builder(cluster, capsys, monkeypatch):
-    """Two `tune` workers on one PostgreSQL study of a user's network on digits, through a real mlflow server, at
-    the same time: a real process, and this test's own process (the CLI's main in-process, as the process beside
-    it: its heartbeat every 2 s, a trial silent for 120 s lost). Each loads the builder, trains its own trial of
-    the one study, and both record the same builder digest."""
+    """Two `tune` workers on one PostgreSQL study of a user's network on digits, through a real mlflow server: a
+    real process, and this test's own process (the CLI's main in-process, as the process beside it: its heartbeat
+    every 2 s, a trial silent for 120 s lost), which joins once the process has the study open. Each loads the
+    builder, trains its own trial of the one study, and both record the same builder digest."""
     import subprocess
     import sys
 
@@ -676,6 +677,11 @@ pruner: {{type: none}}
     monkeypatch.setattr(heartbeat_storage, "HEARTBEAT_S", 2)
     monkeypatch.setattr(heartbeat_storage, "GRACE_S", 120)
     try:
+        # this process joins once the other has made the study and opened its run (its first line)
+        deadline = time.time() + 300
+        while "[tune] study 'shared'" not in (cluster["tmp"] / "w0.log").read_text():
+            assert proc.poll() is None and time.time() < deadline, (cluster["tmp"] / "w0.log").read_text()[-3000:]
+            time.sleep(0.2)
         code, _, err = command(argv, capsys)
     finally:
         returned = proc.wait(timeout=900)

@@ -130,6 +130,11 @@ def test_killed_worker_behind_the_proxy_is_reaped_and_two_share_its_study(cluste
             assert time.time() < deadline, (cluster["tmp"] / "proxy-1.log").read_text()[-3000:]
             time.sleep(0.5)
         client.close()
+        # the reaper queues the retry first, then ends the victim's runs: wait for that too before stopping it
+        victims = (victim_run.info.run_id, victim_run.data.tags["mlflow.parentRunId"])
+        while {MlflowClient().get_run(r).info.status for r in victims} != {"FAILED"}:
+            assert time.time() < deadline, (cluster["tmp"] / "proxy-1.log").read_text()[-3000:]
+            time.sleep(0.5)
         stop_proxy(procs[0], cluster["tmp"] / "proxy-1.log")
         second = start_proxy(cluster, port, 120, "proxy-2.log")
         procs.append(second)
@@ -212,6 +217,7 @@ def frozen_mid_trial(proc: subprocess.Popen, log_path):
                     and len(client.get_metric_history(run.info.run_id, "val_accuracy")) < EPOCHS):
                 yield run
                 return
+        time.sleep(0.2)  # a trial past its last epoch, not yet ended: let it end before looking again
 
 
 def wait_for_lines(proc: subprocess.Popen, log_path, lines: list[str], timeout: int = 60) -> None:
@@ -242,7 +248,8 @@ def test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart(local_cluste
     switched = f"switching from storage proxy 127.0.0.1:{first} to storage proxy 127.0.0.1:{second}"
     first_down = f"storage proxy 127.0.0.1:{first} does not answer"
     with stopped_at_exit(procs):
-        lone = worker(cluster, study_file, "failover", 2, log.name, storage=url)
+        # three trials: two kills, each mid-trial, with a trial to spare if one trains out before a freeze
+        lone = worker(cluster, study_file, "failover", 3, log.name, storage=url)
         procs.append(lone)
         # the failover: the first proxy dies mid-trial
         with frozen_mid_trial(lone, log) as failed_over:
@@ -275,7 +282,7 @@ def test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart(local_cluste
     assert "worker lost" not in (cluster["tmp"] / "proxy-2.log").read_text()  # the second, before its kill
     assert "worker lost" not in (cluster["tmp"] / "proxy-3.log").read_text()  # the second, restarted
     # the trials in flight at the kills finished COMPLETE as themselves: not reaped, not retried under another number
-    study = assert_all_accounted_for(cluster, "failover", 2)
+    study = assert_all_accounted_for(cluster, "failover", 3)
     done = {t.user_attrs["mlflow_run_id"] for t in study.trials}
     assert failed_over.info.run_id in done and restarted.info.run_id in done
     [parent] = [r for r in all_runs() if r.info.run_name == "tune failover"]

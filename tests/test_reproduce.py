@@ -516,11 +516,16 @@ def test_student_of_its_own_shape_is_registered_reused_and_reproduced(distilled_
     assert plain.data.params["hidden_units"] == "64" and "distill_student" not in plain.data.tags
     both = sorted([student.info.run_id, plain.info.run_id])
     assert distilled() == both
-    resumed(", student: {hidden_units: 128}")
+
+    def registered(again: tuple[dict, str]) -> str:
+        """The run of the version a registration ended on (a new one, or the one already there)."""
+        return MlflowClient().get_model_version(MODEL, str(again[0]["registered_version"])).tags["source_run_id"]
+
+    assert registered(resumed(", student: {hidden_units: 128}")) == student.info.run_id
     assert distilled() == both
-    resumed("")
+    assert registered(resumed("")) == plain.info.run_id  # no student: the student's network is not reused
     assert distilled() == both
-    resumed(", student: {hidden_units: '64'}")
+    assert registered(resumed(", student: {hidden_units: '64'}")) == plain.info.run_id
     assert distilled() == both
 
     code, out, err = reproduce_here(capsys, "--model_uri", student.data.tags["model_uri"], "--exact", "true")

@@ -7,9 +7,14 @@ the rebuild of an old run would no longer give the same bits, or an old study wo
 open: both are what users of the registry and of long studies rely on. Tests of today's code
 against itself cannot see such a change, since both sides move together; so here the old side
 runs the baseline commit's own code, extracted with `git archive`, and the two sides meet only
-where users meet them: the CLI (`python -m fmnist_exp ...`) and the stores (MLflow's SQLite
-tracking store, Optuna's study database beside it), read with MLflow's and Optuna's own clients.
-Nothing here imports fmnist_exp, whose layout is what changes.
+where users meet them: the CLI and the stores (MLflow's SQLite tracking store, Optuna's study
+database beside it), read with MLflow's and Optuna's own clients. Today's side is `python -m
+fmnist_exp ...`, a process per command; the old side's three commands (cnn, mlp, a study) run its
+`python -m fmnist_exp` entry one after another in one process (runpy: one TensorFlow import, MLflow
+records the old __main__.py as each run's source; each command checked to have run the old package
+and to have ended its run). State carried from one old command to the next could only change the
+old bits, so it would show as a failed rebuild, never as a false pass. Nothing here imports
+fmnist_exp, whose layout is what changes.
 
 Bit for bit is the right bar: on one machine the same code, data and seed give the same bits
 across processes (reproduce.py, bench/bench_determinism.py), so any difference is the code's.
@@ -80,14 +85,22 @@ for uri in sys.argv[1:]:
 # records that file as each run's source), once per command in one process: one TensorFlow import for the
 # baseline's three commands. Each command's output ends with a marker line, so each one's JSON summary is read.
 OLD_COMMANDS = """
-import json, runpy, sys
-for argv in json.loads(sys.argv[1]):
+import json, os, runpy, sys
+from pathlib import Path
+import mlflow.tracking.fluent as fluent
+commands, old_code = json.loads(sys.argv[1]), Path(sys.argv[2])
+for argv in commands:
+    # each command as a new process starts: no experiment remembered or exported by the one before
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    fluent._active_experiment_id = None
     sys.argv = ["-m", *argv]
     try:
         runpy.run_module("fmnist_exp", run_name="__main__", alter_sys=True)
     except SystemExit as e:
         if e.code:
             raise
+    assert Path(sys.modules["fmnist_exp"].__file__).is_relative_to(old_code), sys.modules["fmnist_exp"].__file__
+    assert fluent.active_run() is None, "a command left its run open"
     print("\\n-- command done --", flush=True)
 """
 OLD_ARGV = {"cnn": ["cnn", *TRAIN["cnn"]], "mlp": ["mlp", *TRAIN["mlp"]],
@@ -105,7 +118,7 @@ def baseline_store(old_code, tmp_path_factory, migrated_store):
     study_file.write_text(STUDY)
     argv = [[a.replace("{study}", str(study_file)) for a in args] for args in OLD_ARGV.values()]
     with store_at(root, migrated_store) as uri:
-        proc = subprocess.run([sys.executable, "-c", OLD_COMMANDS, json.dumps(argv)], cwd=root,
+        proc = subprocess.run([sys.executable, "-c", OLD_COMMANDS, json.dumps(argv), str(old_code)], cwd=root,
                               env=old_env(old_code, uri), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"the baseline's commands exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     said = proc.stdout.split("\n-- command done --")[:len(argv)]

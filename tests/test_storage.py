@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -114,8 +115,9 @@ def test_storage_url_never_shows_its_password(tracking, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["wrong password", "unknown host", "refused", "missing database",
                                   "tracking server down"])
-def test_unusable_storage_is_refused_at_once(case, pg, tracking, tmp_path, monkeypatch, capfd):
-    """The tune command in this process (its exit code is what `python -m fmnist_exp` exits with: __main__)."""
+def test_unusable_storage_is_refused_at_once(case, pg, tracking, tmp_path, monkeypatch, capfd, caplog):
+    """The tune command in this process (its exit code is what `python -m fmnist_exp` exits with: __main__);
+    what a process would have printed is searched whole: its file descriptors, log records and warnings."""
     wrong = f"wrong-{uuid.uuid4().hex[:8]}"
     port, db = pg.port, "postgres"
     if case == "wrong password":
@@ -133,12 +135,17 @@ def test_unusable_storage_is_refused_at_once(case, pg, tracking, tmp_path, monke
         monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
         mlflow.set_tracking_uri(down)
         url, expected = pg.url(), f"tracking server {down} does not answer"
+    began = time.monotonic()
     try:
-        out = command(capfd, ["tune", "--study", study_file(tmp_path), "--storage", url])
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            out = command(capfd, ["tune", "--study", study_file(tmp_path), "--storage", url])
     finally:
         mlflow.set_tracking_uri(tracking)  # this test's store, read below
-    text = out.stdout + out.stderr
+    took = time.monotonic() - began
+    text = out.stdout + out.stderr + caplog.text + "".join(f"{w.message}\n" for w in warned)
     assert out.returncode == 2, text[-3000:]
+    assert took < 120, took  # at once: the bound the subprocess it replaced was given
     assert expected in text
     if case != "tracking server down":
         host = "nonexistent.invalid" if case == "unknown host" else "127.0.0.1"

@@ -478,10 +478,3 @@ def use_store_copy(root: Path, tmp_path: Path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)
     return uri
 
-
-@pytest.fixture
-def local_cluster(pg_admin, tracking, tmp_path):
-    """What ``cluster`` gives worker() and a storage-proxy, with the ``tracking`` fixture's local MLflow store
-    in place of a tracking server: for tests of workers and proxies that write their runs one process at a
-    time, where the server is not what is tested (test_proxy.py, test_scaleout.py)."""
-    return {"tracking": tracking, "optuna": fresh_db(pg_admin, "optuna"), "tmp": tmp_path}

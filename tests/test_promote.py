@@ -204,6 +204,7 @@ def test_through_the_cli(registry, tmp_path):
     assert champion(registry) == "3"
 
 
+@pytest.mark.slow  # an end-to-end run through `mlflow run`, as the marker says (pyproject)
 def test_through_mlflow_run(registry, tmp_path):
     proc = mlflow_run("promote", {"version": 2, "reason": "v4 drifts on new stock"}, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

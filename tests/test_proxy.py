@@ -1,6 +1,5 @@
 """Workers behind the storage-proxy: real `storage-proxy` and `tune` processes, PostgreSQL, a real `mlflow
-server` where several processes write runs at once (the ``cluster`` of test_scaleout; else the local store of
-``local_cluster``), one worker or proxy killed with SIGKILL mid-trial.
+server` (the ``cluster`` of test_scaleout), one worker or proxy killed with SIGKILL mid-trial.
 
 The workers hold no database connection (pg_stat_activity shows only the proxy's), heartbeat
 through the proxy, and a dead worker's trial is failed, retried and its runs ended FAILED by the
@@ -229,16 +228,16 @@ def wait_for_lines(proc: subprocess.Popen, log_path, lines: list[str], timeout: 
         time.sleep(0.2)
 
 
-def test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart(local_cluster):
+def test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart(cluster):
     """Two proxies in the worker's URL. First, the first SIGKILLed while a trial trains and not started again:
     the worker carries on through the second, whose reaper (running all along) reaps nothing, because the
     heartbeats follow the worker to it within one beat. Then the second SIGKILLed while a trial trains, and
     started again on its port after OUTAGE_S, no proxy answering meanwhile: the worker retries until it
     answers, the restarted proxy carries on the same study (it keeps no state of its own), and the trial is
     not reaped although the outage outlasted the grace. One worker: what two workers behind one proxy share
-    is test_killed_worker_behind_the_proxy_is_reaped_and_two_share_its_study's, and its runs are written by
-    it alone (a local MLflow store: no tracking server)."""
-    cluster = local_cluster
+    is test_killed_worker_behind_the_proxy_is_reaped_and_two_share_its_study's. Its runs go through the
+    cluster's tracking server, not a local SQLite store: this test reads the runs while the worker is frozen,
+    perhaps in the middle of a write, which would hold a SQLite store's lock (database is locked)."""
     study_file = cluster["tmp"] / "f.yaml"
     study_file.write_text(STUDY.format(epochs=EPOCHS, samples=2000, reference=REFERENCE_OFF))
     first, second = two_ports()
@@ -289,12 +288,11 @@ def test_workers_fail_over_to_the_next_proxy_and_wait_out_a_restart(local_cluste
     assert parent.data.params["storage"] == url
 
 
-def test_a_worker_gives_up_on_a_proxy_that_stays_away(local_cluster, monkeypatch):
+def test_a_worker_gives_up_on_a_proxy_that_stays_away(cluster, monkeypatch):
     """The proxy SIGKILLed mid-trial and not started again: after FMNIST_PROXY_RETRY_S the worker
     says so and stops (exit 1), its runs ended FAILED. The trial, which nobody could record,
     stays RUNNING until a proxy runs again; that proxy's reaper then fails and retries it."""
     monkeypatch.setenv("FMNIST_PROXY_RETRY_S", "10")
-    cluster = local_cluster  # one process at a time writes the runs: the worker, then the second proxy's reaper
     study_file = cluster["tmp"] / "g.yaml"
     study_file.write_text(STUDY.format(epochs=EPOCHS, samples=3000, reference=REFERENCE_OFF))
     port = free_port()

@@ -88,9 +88,16 @@ def new_store(root: Path, template: Path) -> str:
 @pytest.fixture
 def tracking(tmp_path, monkeypatch, migrated_store):
     """A fresh MLflow store (sqlite + ./mlruns) under tmp_path, used in-process and by subprocesses."""
+    with in_use(new_store(tmp_path, migrated_store), tmp_path, monkeypatch) as uri:
+        yield uri
+
+
+@contextlib.contextmanager
+def in_use(uri: str, tmp_path: Path, monkeypatch):
+    """The store at ``uri`` made the tracking store (in-process and for subprocesses) and tmp_path the working
+    directory for the block; whatever run the test left active is ended after it."""
     import mlflow
 
-    uri = new_store(tmp_path, migrated_store)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
@@ -149,6 +156,18 @@ def mlflow_run(entry: str, params: dict, cwd: Path, timeout: int = 900) -> subpr
 def cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fmnist_exp", *args], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def in_process(argv: list[str], capture) -> subprocess.CompletedProcess:
+    """`python -m fmnist_exp ARGV` in this process (the CLI's main: the code the subprocess runs, without
+    another TensorFlow import): its exit code and what it wrote, as ``cli`` returns them. ``capture``: the
+    test's capsys, or capfd where what C++ or a child writes to the file descriptors counts too."""
+    from fmnist_exp import cli as command_line
+
+    capture.readouterr()  # what came before is not this command's
+    code = command_line.main(argv)
+    seen = capture.readouterr()
+    return subprocess.CompletedProcess(argv, code, seen.out, seen.err)
 
 
 def pinned_packages(model_uri: str) -> set[str]:
@@ -457,11 +476,10 @@ def store_fingerprint(root: Path) -> tuple:
     return dbs, tuple(sorted(str(f.relative_to(root)) for f in root.rglob("*")))
 
 
-def use_store_copy(root: Path, tmp_path: Path, monkeypatch) -> str:
+@contextlib.contextmanager
+def store_copy(root: Path, tmp_path: Path, monkeypatch):
     """A copy of the store in ``root`` as tmp_path's own (every path its databases name moved into tmp_path, so
-    its runs and artifacts are the copy's), made the tracking store and the working directory; its URI."""
-    import mlflow
-
+    its runs and artifacts are the copy's), in use for the block (in_use): its URI."""
     shutil.copytree(root, tmp_path, dirs_exist_ok=True)
     for db in ("mlflow.db", "optuna.db"):
         if not (tmp_path / db).exists():
@@ -472,9 +490,6 @@ def use_store_copy(root: Path, tmp_path: Path, monkeypatch) -> str:
                     c.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?1, ?2) '
                               f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?1) > 0',
                               (str(root), str(tmp_path)))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    return uri
+    with in_use(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, monkeypatch) as uri:
+        yield uri
 

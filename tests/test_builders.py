@@ -18,7 +18,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from conftest import MLFLOW, REPO, cli, free_port, running_server, subprocess_env
+from conftest import MLFLOW, REPO, cli, free_port, in_process, running_server, subprocess_env
 from mlflow.tracking import MlflowClient
 
 from fmnist_exp import params as P
@@ -442,17 +442,6 @@ reference: {reference}
 """
 
 
-def command(argv: list[str], capsys) -> tuple[int, str, str]:
-    """`python -m fmnist_exp ARGV` in-process (its main: the code the subprocess runs, without starting
-    TensorFlow again): the exit code and what it printed to stdout and stderr."""
-    from fmnist_exp import cli as command_line
-
-    capsys.readouterr()  # what came before is not this command's
-    code = command_line.main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def tune_study(tmp_path: Path, capsys, *args: str, samples: int, final: str,
                reference: str) -> tuple[Path, Path, dict]:
     """The study of NET (written to tmp_path) tuned by the CLI's `tune` (in-process) on its own Optuna
@@ -460,10 +449,10 @@ def tune_study(tmp_path: Path, capsys, *args: str, samples: int, final: str,
     builder = write(tmp_path)
     study = tmp_path / "own.yaml"
     study.write_text(STUDY.format(builder=builder, samples=samples, final=final, reference=reference))
-    code, out, err = command(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
-                              "--system_metrics", "false", *args], capsys)
-    assert code == 0, err[-3000:]
-    return builder, study, last_json(out)
+    done = in_process(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+                       "--system_metrics", "false", *args], capsys)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return builder, study, last_json(done.stdout)
 
 
 def assert_trials_record_the_builder(builder: Path, n: int = 2) -> list:
@@ -492,9 +481,9 @@ def new_process_builders(monkeypatch) -> None:
 
 def reproduce_exactly(uri: str, capsys) -> dict:
     """`reproduce --exact true` in-process (the tracking fixture's working directory): its report."""
-    code, out, err = command(["reproduce", "--model_uri", uri, "--exact", "true"], capsys)
-    assert code == 0, err[-3000:]
-    report = last_json(out)
+    done = in_process(["reproduce", "--model_uri", uri, "--exact", "true"], capsys)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = last_json(done.stdout)
     assert report["bit_identical"] == 1.0 and report["passed"] is True
     return report
 
@@ -594,10 +583,11 @@ def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_pat
     builder.write_text(builder.read_text() + "# edited\n")
     before, trials_before = len(all_runs()), len(stored.trials)
     new_process_builders(monkeypatch)
-    code, _, err = command(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
-                            "--data", "digits", "--n_trials", "1", "--register", "false", "--system_metrics", "false"],
-                           capsys)
-    assert code == 2, err[-3000:]
+    done = in_process(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+                       "--data", "digits", "--n_trials", "1", "--register", "false", "--system_metrics", "false"],
+                      capsys)
+    err = done.stderr
+    assert done.returncode == 2, err[-3000:]
     assert (f"error: study 'own' was created with another net.py (sha256 {stored.user_attrs['model_sha256'][:12]}..., "
             f"now {sha256(builder)[:12]}...): its trials would train another network") in err, err[-3000:]
     assert len(all_runs()) == before and len(stored.trials) == trials_before == 2
@@ -613,11 +603,11 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
     user's is: a process loads a builder once (model.builder.load), so it runs with none loaded
     (new_process_builders)."""
     builder = write(tmp_path, NET.replace("layers.Conv2D(", "layers.SeparableConv2D("))
-    code, out, err = command(["custom", "--data", "digits", "--model", "net.py:build", "--hp", "{width: 4}",
-                              "--epochs", "1", "--system_metrics", "false"], capsys)
-    assert code == 0, err[-3000:]
-    assert "(not counted: SeparableConv2D)" in out
-    run_id = last_json(out)["run_id"]
+    done = in_process(["custom", "--data", "digits", "--model", "net.py:build", "--hp", "{width: 4}",
+                       "--epochs", "1", "--system_metrics", "false"], capsys)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(not counted: SeparableConv2D)" in done.stdout
+    run_id = last_json(done.stdout)["run_id"]
     run = mlflow.get_run(run_id)
     assert run.data.params["width"] == "4" and run.data.params["hp"] == '{"width": 4}'
     assert run.data.params["model_sha256"] == sha256(builder) and run.data.tags["model_builder"] == "net.py:build"
@@ -627,8 +617,9 @@ def test_an_edited_builder_is_named_by_reproduce_before_anything_trains(tracking
     builder.write_text(builder.read_text() + "# a comment, nothing else\n")
     before = len(all_runs())
     new_process_builders(monkeypatch)
-    code, _, said = command(["reproduce", "--model_uri", f"runs:/{run_id}/model", "--exact", "true"], capsys)
-    assert code == 2, said[-3000:]
+    done = in_process(["reproduce", "--model_uri", f"runs:/{run_id}/model", "--exact", "true"], capsys)
+    said = done.stderr
+    assert done.returncode == 2, said[-3000:]
     assert f"error: the builder net.py:build changed since run {run_id} trained with it: {builder.resolve()} has " \
            f"sha256 {sha256(builder)[:16]}..., the run recorded {run.data.params['model_sha256'][:16]}..." in said
     assert "nothing was trained" in said and f"runs:/{run_id}/builder/net.py" in said and "Traceback" not in said
@@ -682,10 +673,10 @@ pruner: {{type: none}}
         while "[tune] study 'shared'" not in (cluster["tmp"] / "w0.log").read_text():
             assert proc.poll() is None and time.time() < deadline, (cluster["tmp"] / "w0.log").read_text()[-3000:]
             time.sleep(0.2)
-        code, _, err = command(argv, capsys)
+        done = in_process(argv, capsys)
     finally:
         returned = proc.wait(timeout=900)
-    assert code == 0, err[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     assert returned == 0, (cluster["tmp"] / "w0.log").read_text()[-3000:]
 
     study = optuna.load_study(study_name="shared", storage=cluster["optuna"])

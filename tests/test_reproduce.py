@@ -18,7 +18,7 @@ import subprocess
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO, mlflow_run, store_at, store_fingerprint, use_store_copy
+from conftest import REPO, mlflow_run, store_at, store_copy, store_fingerprint
 from mlflow.tracking import MlflowClient
 
 from fmnist_exp import cli as command_line
@@ -276,10 +276,8 @@ def distilled_store(tmp_path_factory, migrated_store):
 def study_copy(store, tmp_path, monkeypatch):
     """This test's own copy of a study_store, in use: the study's summary and what it printed."""
     root, summary, out = store
-    use_store_copy(root, tmp_path, monkeypatch)
-    yield summary, out
-    while mlflow.active_run():
-        mlflow.end_run()
+    with store_copy(root, tmp_path, monkeypatch):
+        yield summary, out
 
 
 @pytest.fixture

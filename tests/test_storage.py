@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import free_port, frozen, mlflow_run, subprocess_env, unavailable
+from conftest import free_port, frozen, in_process, mlflow_run, subprocess_env, unavailable
 from mlflow.tracking import MlflowClient
 from private_pg import PrivatePG, pg_bin
 
@@ -64,17 +64,6 @@ def pg():
     yield cluster
     cluster.stop()
     cluster.remove()
-
-
-def command(capfd, argv: list[str]) -> subprocess.CompletedProcess:
-    """The CLI's main in this process (what `python -m fmnist_exp` runs, without another TensorFlow import):
-    its exit code and everything written to stdout and stderr (file descriptors, so C++ logs too)."""
-    from fmnist_exp import cli as command_line
-
-    capfd.readouterr()
-    code = command_line.main(argv)
-    seen = capfd.readouterr()
-    return subprocess.CompletedProcess(argv, code, seen.out, seen.err)
 
 
 def all_runs():
@@ -139,7 +128,7 @@ def test_unusable_storage_is_refused_at_once(case, pg, tracking, tmp_path, monke
     try:
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always")
-            out = command(capfd, ["tune", "--study", study_file(tmp_path), "--storage", url])
+            out = in_process(["tune", "--study", study_file(tmp_path), "--storage", url], capfd)
     finally:
         mlflow.set_tracking_uri(tracking)  # this test's store, read below
     took = time.monotonic() - began
@@ -171,8 +160,8 @@ def test_refused_storage_under_mlflow_run_ends_the_run_failed_and_warns(pg, trac
 def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, tracking, tmp_path, monkeypatch, capfd):
     db = pg.create_database(f"pw_{uuid.uuid4().hex[:8]}")
     url = pg.url(db)
-    out = command(capfd, ["tune", "--study", study_file(tmp_path), "--study_name", "s", "--storage", url,
-                          "--data", "digits", "--register", "false"])
+    out = in_process(["tune", "--study", study_file(tmp_path), "--study_name", "s", "--storage", url,
+                      "--data", "digits", "--register", "false"], capfd)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert pg.secret not in out.stdout + out.stderr
     parent = next(r for r in all_runs() if r.info.run_name == "tune s")
@@ -182,9 +171,9 @@ def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, trac
     # register with only study_name and a password-less URL: family and study file come from the study
     monkeypatch.setenv("PGPASSWORD", pg.password)
     bare = pg.url(db, password=False)
-    refused = command(capfd, ["register", "--study_name", "s", "--storage", bare, "--family", "cnn"])
+    refused = in_process(["register", "--study_name", "s", "--storage", bare, "--family", "cnn"], capfd)
     assert refused.returncode == 2 and "tunes family 'mlp'" in refused.stderr, refused.stderr[-3000:]
-    done = command(capfd, ["register", "--study_name", "s", "--storage", bare])
+    done = in_process(["register", "--study_name", "s", "--storage", bare], capfd)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     champion = MlflowClient().get_model_version_by_alias(MODEL, "champion")
     assert champion.tags["family"] == "mlp" and champion.tags["study"] == "s"
@@ -206,8 +195,8 @@ def test_password_reaches_no_mlflow_record_and_register_reads_the_study(pg, trac
 def test_passwordless_url_with_pgpassword_tunes_and_registers(pg, tracking, tmp_path, monkeypatch, capfd):
     db = pg.create_database(f"bare_{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("PGPASSWORD", pg.password)
-    out = command(capfd, ["tune", "--study", study_file(tmp_path), "--study_name", "b", "--storage",
-                          pg.url(db, password=False), "--data", "digits"])
+    out = in_process(["tune", "--study", study_file(tmp_path), "--study_name", "b", "--storage",
+                      pg.url(db, password=False), "--data", "digits"], capfd)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert MlflowClient().get_model_version_by_alias(MODEL, "champion").tags["study"] == "b"
     study = optuna.load_study(study_name="b", storage=StorageURL.parse(pg.url(db)).open())

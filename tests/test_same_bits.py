@@ -8,12 +8,13 @@ open: both are what users of the registry and of long studies rely on. Tests of 
 against itself cannot see such a change, since both sides move together; so here the old side
 runs the baseline commit's own code, extracted with `git archive`, and the two sides meet only
 where users meet them: the CLI and the stores (MLflow's SQLite tracking store, Optuna's study
-database beside it), read with MLflow's and Optuna's own clients. Today's side is `python -m
-fmnist_exp ...`, a process per command; the old side's three commands (cnn, mlp, a study) run its
-`python -m fmnist_exp` entry one after another in one process (runpy: one TensorFlow import, MLflow
-records the old __main__.py as each run's source; each command checked to have run the old package
-and to have ended its run). State carried from one old command to the next could only change the
-old bits, so it would show as a failed rebuild, never as a false pass. Nothing here imports
+database beside it), read with MLflow's and Optuna's own clients. Each side runs its
+commands (the old side's cnn, mlp and a study; today's two rebuilds, then a probe of the old served
+classifiers) through its own `python -m fmnist_exp` entry one after another in one process (runpy: one
+TensorFlow import a side, MLflow records that side's __main__.py as each run's source; each command
+checked to have run that side's package and to have ended its run). State carried from one command to
+the next could only change the bits one side makes, so it would show as a failed rebuild, never as a
+false pass. Today's `tune` resuming the old study is a process of its own. Nothing here imports
 fmnist_exp, whose layout is what changes.
 
 Bit for bit is the right bar: on one machine the same code, data and seed give the same bits
@@ -33,7 +34,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import REPO, cli, ok, old_env, store_at, store_fingerprint, subprocess_env, use_store_copy
+from conftest import REPO, cli, ok, old_env, store_at, store_copy, store_fingerprint, subprocess_env
 from mlflow.tracking import MlflowClient
 
 # one test process for the whole file: the baseline's store is made once (pyproject's --dist loadgroup)
@@ -68,27 +69,28 @@ def all_runs():
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
-LOAD_OLD_CLASSIFIERS = """
-import sys
+# After today's commands, in their process (today's package imported first, as a registered model of the
+# earlier code meets it): each served classifier named after the commands is loaded and scores the test split.
+PROBE = """
 import mlflow, numpy as np
-import fmnist_exp.serving  # today's package first: the old models' code must not trip over it
+import fmnist_exp.serving
 from fmnist_exp.data import load
 ds = load(None)
-for uri in sys.argv[1:]:
+for uri in probed:
     model = mlflow.pyfunc.load_model(uri)
     labels = np.concatenate([model.predict(ds.x_test[i:i + 1000])["label"].to_numpy() for i in range(0, 10000, 1000)])
     print(float(np.mean(labels == ds.y_test)))
 """
 
 
-# The baseline's CLI, `python -m fmnist_exp ARGV` as the interpreter runs it (runpy: its __main__.py, so MLflow
-# records that file as each run's source), once per command in one process: one TensorFlow import for the
-# baseline's three commands. Each command's output ends with a marker line, so each one's JSON summary is read.
-OLD_COMMANDS = """
+# One side's CLI, `python -m fmnist_exp ARGV` as the interpreter runs it (runpy: its __main__.py, so MLflow
+# records that file as each run's source), once per command in one process: one TensorFlow import for a side's
+# commands. Each command's output ends with a marker line, so each one's JSON summary is read.
+COMMANDS = """
 import json, os, runpy, sys
 from pathlib import Path
 import mlflow.tracking.fluent as fluent
-commands, old_code = json.loads(sys.argv[1]), Path(sys.argv[2])
+commands, code, probed = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 for argv in commands:
     # each command as a new process starts: no experiment remembered or exported by the one before
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -99,10 +101,33 @@ for argv in commands:
     except SystemExit as e:
         if e.code:
             raise
-    assert Path(sys.modules["fmnist_exp"].__file__).is_relative_to(old_code), sys.modules["fmnist_exp"].__file__
+    assert Path(sys.modules["fmnist_exp"].__file__).is_relative_to(code), sys.modules["fmnist_exp"].__file__
     assert fluent.active_run() is None, "a command left its run open"
     print("\\n-- command done --", flush=True)
 """
+
+
+def commands_in_one_process(commands: dict[str, list[str]], code: Path, env: dict, cwd: Path,
+                            probed: list[str] | None = None) -> tuple[dict[str, dict], str]:
+    """``commands`` (name: argv) run by the CLI in ``code`` one after another in one process (COMMANDS), then
+    PROBE of the ``probed`` classifier URIs: each command's JSON summary, and what the probe printed."""
+    script = COMMANDS + (PROBE if probed else "")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(list(commands.values())), str(code),
+                           *(probed or [])], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"the commands of {code} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    said = proc.stdout.split("\n-- command done --")
+    assert len(said) == len(commands) + 1, proc.stdout[-3000:]
+    summaries = {}
+    for name, out in zip(commands, said, strict=False):
+        lines = out.strip().splitlines()
+        assert lines, f"{name} of {code} printed nothing:\n{proc.stderr[-3000:]}"
+        try:
+            summaries[name] = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pytest.fail(f"{name} of {code}: the last line of stdout is not its JSON summary: {lines[-1]!r}")
+    return summaries, said[-1]
+
+
 OLD_ARGV = {"cnn": ["cnn", *TRAIN["cnn"]], "mlp": ["mlp", *TRAIN["mlp"]],
             "tune": ["tune", "--study", "{study}", "--study_name", "same-bits", "--n_trials", "2",
                      "--register", "false"]}
@@ -116,21 +141,9 @@ def baseline_store(old_code, tmp_path_factory, migrated_store):
     root = tmp_path_factory.mktemp("baseline-store")
     study_file = root / "same-bits.yaml"
     study_file.write_text(STUDY)
-    argv = [[a.replace("{study}", str(study_file)) for a in args] for args in OLD_ARGV.values()]
+    argv = {name: [a.replace("{study}", str(study_file)) for a in args] for name, args in OLD_ARGV.items()}
     with store_at(root, migrated_store) as uri:
-        proc = subprocess.run([sys.executable, "-c", OLD_COMMANDS, json.dumps(argv), str(old_code)], cwd=root,
-                              env=old_env(old_code, uri), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"the baseline's commands exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    said = proc.stdout.split("\n-- command done --")[:len(argv)]
-    assert len(said) == len(argv), proc.stdout[-3000:]
-    summaries = {}
-    for name, out in zip(OLD_ARGV, said, strict=True):
-        lines = out.strip().splitlines()
-        assert lines, f"the baseline's {name} printed nothing:\n{proc.stderr[-3000:]}"
-        try:
-            summaries[name] = json.loads(lines[-1])
-        except json.JSONDecodeError:
-            pytest.fail(f"the baseline's {name}: the last line of stdout is not its JSON summary: {lines[-1]!r}")
+        summaries, _ = commands_in_one_process(argv, old_code, old_env(old_code, uri), root)
     before = store_fingerprint(root)
     yield root, summaries
     assert store_fingerprint(root) == before, "a test changed the shared store instead of its copy"
@@ -140,43 +153,37 @@ def baseline_store(old_code, tmp_path_factory, migrated_store):
 def baseline_copy(baseline_store, tmp_path, monkeypatch):
     """This test's own copy of baseline_store, in use (its URI): the baseline's summaries."""
     root, summaries = baseline_store
-    uri = use_store_copy(root, tmp_path, monkeypatch)
-    yield uri, summaries
-    while mlflow.active_run():
-        mlflow.end_run()
+    with store_copy(root, tmp_path, monkeypatch) as uri:
+        yield uri, summaries
 
 
 def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, baseline_copy, tmp_path):
     """A cnn and an mlp of the baseline's code, each rebuilt bit for bit by today's `reproduce`; both served
-    classifiers the baseline logged are then loaded by one probe process (one TensorFlow import for both)."""
+    classifiers the baseline logged are then loaded and scored in the same process (one TensorFlow import
+    for today's side)."""
     tracking, summaries = baseline_copy
     client = MlflowClient()
-    old_runs = []
-    for family in ("cnn", "mlp"):
-        original = summaries[family]
-        old_run = client.get_run(original["run_id"])
+    old_runs = {family: client.get_run(summaries[family]["run_id"]) for family in ("cnn", "mlp")}
+    rebuilds = {family: ["reproduce", "--model_uri", f"runs:/{run.info.run_id}/model", "--exact", "true"]
+                for family, run in old_runs.items()}
+    reports, probed = commands_in_one_process(
+        rebuilds, REPO, {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}, tmp_path,
+        probed=[run.data.tags["classifier_uri"] for run in old_runs.values()])
+    for family, old_run in old_runs.items():
         assert old_run.data.params["epochs"] == TRAIN[family][1]  # what the baseline's command was given
         assert_ran_from(old_run, old_code)
-        old_runs.append(old_run)
-
-        proc = cli(["reproduce", "--model_uri", f"runs:/{original['run_id']}/model", "--exact", "true"], tmp_path)
-        report = ok(proc, f"today's reproduce of the {family}")
+        report = reports[family]
         assert report["passed"] is True and report["bit_identical"] == 1.0, (family, report)
         rebuild = client.get_run(report["run_id"])
         assert_ran_from(rebuild, REPO)
         assert rebuild.info.status == "FINISHED"
-        assert rebuild.data.tags["reproduces_run_id"] == original["run_id"]
+        assert rebuild.data.tags["reproduces_run_id"] == old_run.info.run_id
         assert rebuild.data.metrics["test_accuracy"] == old_run.data.metrics["test_accuracy"]  # exactly: same bits
 
     # the served classifiers the baseline logged (its own code inside each) load and answer under today's
     # install, today's package imported first: what a registered model of the earlier code meets
-    probe = subprocess.run([sys.executable, "-c", LOAD_OLD_CLASSIFIERS,
-                            *(r.data.tags["classifier_uri"] for r in old_runs)],
-                           cwd=tmp_path, env={**subprocess_env(), "MLFLOW_TRACKING_URI": tracking},
-                           capture_output=True, text=True, timeout=600)
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    answered = [float(line) for line in probe.stdout.split()[-len(old_runs):]]
-    assert answered == pytest.approx([r.data.metrics["test_accuracy"] for r in old_runs], abs=2e-4)
+    answered = [float(line) for line in probed.split()[-len(old_runs):]]
+    assert answered == pytest.approx([r.data.metrics["test_accuracy"] for r in old_runs.values()], abs=2e-4)
 
 
 def test_a_study_the_baseline_started_resumes_and_registers_under_todays_code(old_code, baseline_copy, tmp_path):

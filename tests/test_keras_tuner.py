@@ -21,11 +21,10 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-from conftest import REPO
+from conftest import REPO, in_process
 from mlflow.tracking import MlflowClient
 from test_builders import (
     all_runs,
-    command,
     last_json,
     new_process_builders,
     reproduce_exactly,
@@ -789,15 +788,15 @@ def test_a_define_by_run_study_resumes_with_the_builders_names_and_refuses_an_ed
     study_file.write_text(STUDY.format(builder=guide, extra=ENQUEUE))
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tune = ["tune", "--study", str(study_file), "--storage", storage, "--data", "digits", "--system_metrics", "false"]
-    code, _, err = command([*tune, "--register", "false"], capsys)
-    assert code == 0, err[-3000:]
+    done = in_process([*tune, "--register", "false"], capsys)
+    assert done.returncode == 0, done.stderr[-3000:]
     study = optuna.load_study(study_name="kt", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert [t.params for t in study.trials] == ENQUEUED  # the enqueued points first, in the builder's names
 
-    code, out, err = command([*tune, "--n_trials", "1"], capsys)
-    assert code == 0, err[-3000:]
-    summary = last_json(out)
+    done = in_process([*tune, "--n_trials", "1"], capsys)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = last_json(done.stdout)
     study = optuna.load_study(study_name="kt", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     runs = {int(r.data.tags["optuna_trial"]): r for r in trial_runs()}
@@ -820,9 +819,9 @@ def test_a_define_by_run_study_resumes_with_the_builders_names_and_refuses_an_ed
     guide.write_text(guide.read_text() + "# edited\n")
     before = len(all_runs())
     new_process_builders(monkeypatch)
-    code, _, err = command([*tune, "--n_trials", "1"], capsys)
-    assert code == 2, err[-3000:]
-    assert "error: study 'kt' was created with another guide.py" in err
+    done = in_process([*tune, "--n_trials", "1"], capsys)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "error: study 'kt' was created with another guide.py" in done.stderr
     assert len(all_runs()) == before and len(optuna.load_study(study_name="kt", storage=storage).trials) == 3
 
 

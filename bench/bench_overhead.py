@@ -2,6 +2,7 @@
 MLP and CNN", tracking overhead).
 
     python bench/bench_overhead.py [--epochs 0] [--repeats 1]
+    python bench/bench_overhead.py --trials digits,keras_tuner [--n_trials 4]
 
 Both sides train the default CNN (all its default epochs unless --epochs) on the full training
 split with the same seed, evaluate the validation split every epoch and score the test split
@@ -9,6 +10,9 @@ once. The plain side is Keras alone; the tracked side is what `mlflow run . -e c
 parameters, per-epoch metrics, three plots, the Keras model and the servable classifier.
 Runs alternate (plain, tracked, ...) and medians are compared. Each side also reports its
 training wall time and test accuracy.
+
+With --trials, a study trial instead: where its time goes beyond `fit` (trial_profile.py), for each
+study file named, on the digits.
 """
 
 from __future__ import annotations
@@ -27,7 +31,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=0, help="0 = the cnn default")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--trials", default="", help="study files (names in experiments/), comma-separated: "
+                    "profile their trials on the digits instead")
+    ap.add_argument("--n_trials", type=int, default=4)
     args = ap.parse_args()
+    if args.trials:
+        from trial_profile import profile_trials
+
+        with stdout_to_stderr():
+            studies = [profile_trials(study, args.n_trials) for study in args.trials.split(",")]
+        emit({"machine": machine(), "studies": studies})
+        return
 
     import keras
 

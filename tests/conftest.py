@@ -101,9 +101,11 @@ def in_use(uri: str, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
 
 
 @contextlib.contextmanager

@@ -9,13 +9,14 @@ against itself cannot see such a change, since both sides move together; so here
 runs the baseline commit's own code, extracted with `git archive`, and the two sides meet only
 where users meet them: the CLI and the stores (MLflow's SQLite tracking store, Optuna's study
 database beside it), read with MLflow's and Optuna's own clients. Each side runs its
-commands (the old side's cnn, mlp and a study; today's two rebuilds, then a probe of the old served
-classifiers) through its own `python -m fmnist_exp` entry one after another in one process (runpy: one
-TensorFlow import a side, MLflow records that side's __main__.py as each run's source; each command
-checked to have run that side's package and to have ended its run). State carried from one command to
-the next could only change the bits one side makes, so it would show as a failed rebuild, never as a
-false pass. Today's `tune` resuming the old study is a process of its own. Nothing here imports
-fmnist_exp, whose layout is what changes.
+commands (the old side's cnn, mlp and a study; today's two rebuilds) through its own `python -m fmnist_exp`
+entry one after another in one process (runpy: one TensorFlow import a side, MLflow records that side's
+__main__.py as each run's source; each command checked to have run that side's package and to have ended
+its run). State carried from one command to the next could only change the bits one side makes, so it
+would show as a failed rebuild, never as a false pass. Today's process first loads the old served
+classifiers (a probe, before the rebuilds: nothing they leave behind can help an old model load).
+Today's `tune` resuming the old study is a process of its own. Nothing here imports fmnist_exp, whose
+layout is what changes.
 
 Bit for bit is the right bar: on one machine the same code, data and seed give the same bits
 across processes (reproduce.py, bench/bench_determinism.py), so any difference is the code's.
@@ -69,8 +70,9 @@ def all_runs():
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
-# After today's commands, in their process (today's package imported first, as a registered model of the
-# earlier code meets it): each served classifier named after the commands is loaded and scores the test split.
+# Before today's commands, in their process (so nothing the commands leave behind can help an old model load):
+# today's package imported first, as a registered model of the earlier code meets it, then each served
+# classifier named is loaded and scores the test split. Its output ends with a marker line.
 PROBE = """
 import mlflow, numpy as np
 import fmnist_exp.serving
@@ -80,17 +82,20 @@ for uri in probed:
     model = mlflow.pyfunc.load_model(uri)
     labels = np.concatenate([model.predict(ds.x_test[i:i + 1000])["label"].to_numpy() for i in range(0, 10000, 1000)])
     print(float(np.mean(labels == ds.y_test)))
+print("\\n-- probe done --", flush=True)
 """
 
 
 # One side's CLI, `python -m fmnist_exp ARGV` as the interpreter runs it (runpy: its __main__.py, so MLflow
 # records that file as each run's source), once per command in one process: one TensorFlow import for a side's
 # commands. Each command's output ends with a marker line, so each one's JSON summary is read.
-COMMANDS = """
+ARGS = """
 import json, os, runpy, sys
 from pathlib import Path
-import mlflow.tracking.fluent as fluent
 commands, code, probed = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+"""
+COMMANDS = """
+import mlflow.tracking.fluent as fluent
 for argv in commands:
     # each command as a new process starts: no experiment remembered or exported by the one before
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -109,13 +114,14 @@ for argv in commands:
 
 def commands_in_one_process(commands: dict[str, list[str]], code: Path, env: dict, cwd: Path,
                             probed: list[str] | None = None) -> tuple[dict[str, dict], str]:
-    """``commands`` (name: argv) run by the CLI in ``code`` one after another in one process (COMMANDS), then
-    PROBE of the ``probed`` classifier URIs: each command's JSON summary, and what the probe printed."""
-    script = COMMANDS + (PROBE if probed else "")
+    """PROBE of the ``probed`` classifier URIs, if any, then ``commands`` (name: argv) run by the CLI in ``code``
+    one after another (COMMANDS), all in one process: each command's JSON summary, and what the probe printed."""
+    script = ARGS + (PROBE if probed else "") + COMMANDS
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(list(commands.values())), str(code),
-                           *(probed or [])], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+                           *(probed or [])], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, f"the commands of {code} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    said = proc.stdout.split("\n-- command done --")
+    probe, _, rest = proc.stdout.rpartition("\n-- probe done --") if probed else ("", "", proc.stdout)
+    said = rest.split("\n-- command done --")
     assert len(said) == len(commands) + 1, proc.stdout[-3000:]
     summaries = {}
     for name, out in zip(commands, said, strict=False):
@@ -125,7 +131,7 @@ def commands_in_one_process(commands: dict[str, list[str]], code: Path, env: dic
             summaries[name] = json.loads(lines[-1])
         except json.JSONDecodeError:
             pytest.fail(f"{name} of {code}: the last line of stdout is not its JSON summary: {lines[-1]!r}")
-    return summaries, said[-1]
+    return summaries, probe
 
 
 OLD_ARGV = {"cnn": ["cnn", *TRAIN["cnn"]], "mlp": ["mlp", *TRAIN["mlp"]],
@@ -159,8 +165,8 @@ def baseline_copy(baseline_store, tmp_path, monkeypatch):
 
 def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, baseline_copy, tmp_path):
     """A cnn and an mlp of the baseline's code, each rebuilt bit for bit by today's `reproduce`; both served
-    classifiers the baseline logged are then loaded and scored in the same process (one TensorFlow import
-    for today's side)."""
+    classifiers the baseline logged loaded and scored first, in the same process (one TensorFlow import for
+    today's side)."""
     tracking, summaries = baseline_copy
     client = MlflowClient()
     old_runs = {family: client.get_run(summaries[family]["run_id"]) for family in ("cnn", "mlp")}
@@ -181,7 +187,7 @@ def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, baseline_copy,
         assert rebuild.data.metrics["test_accuracy"] == old_run.data.metrics["test_accuracy"]  # exactly: same bits
 
     # the served classifiers the baseline logged (its own code inside each) load and answer under today's
-    # install, today's package imported first: what a registered model of the earlier code meets
+    # install, today's package imported first: what a registered model of the earlier code meets (PROBE)
     answered = [float(line) for line in probed.split()[-len(old_runs):]]
     assert answered == pytest.approx([r.data.metrics["test_accuracy"] for r in old_runs.values()], abs=2e-4)
 

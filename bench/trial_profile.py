@@ -3,9 +3,9 @@
 Each study runs twice in this process on scikit-learn's digits, on its own SQLite stores, with the
 study file's own space and sampler (seed 42: both passes draw the same trials) and no registration:
 once plain, for the wall-clock split that Optuna and MLflow record (a trial's start to complete against
-its run's train_wall_s), and once under cProfile, for the split of a trial's CPU among the platform's
-steps. cProfile slows Python-heavy steps more than TensorFlow's kernels, so its shares are a ranking
-of the steps, and the plain pass gives the figures.
+its run's train_wall_s), and once under cProfile, for the split of a trial's time among the platform's
+steps (the mean per trial). cProfile slows Python-heavy steps more than TensorFlow's kernels, so its
+split ranks the steps, and the plain pass gives the figures.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ STEPS = [
     ("data facts, split inputs, code version", ("train/job.py", "log_data_facts"), None),
     ("", ("train/lineage.py", "log_split_inputs"), None),
     ("", ("train/lineage.py", "log_code_version"), None),
-    ("metrics on the run and its models", ("train/tracking.py", "log_model_metrics"), None),
+    ("metrics on the run and its models", ("train/tracking.py", "log_model_metrics"), ("train/job.py", "train_in_run")),
     ("MLflow run started and ended", ("mlflow/tracking/fluent.py", "start_run"), ("study/objective.py", "objective")),
     ("", ("mlflow/tracking/fluent.py", "__exit__"), ("study/objective.py", "objective")),
     ("Optuna: the trial's suggestions and attributes", ("study/space.py", "suggest"), None),
@@ -51,7 +51,8 @@ def _key(stats: dict, where: tuple[str, str]) -> list:
 
 
 def split(prof: pstats.Stats, n_trials: int) -> dict[str, float]:
-    """CPU seconds per trial by step (cProfile's cumulative time), and the trial's whole."""
+    """Seconds per trial by step, the mean over ``n_trials`` (cProfile's cumulative time: wall-clock time
+    under the profiler, which slows Python more than TensorFlow's kernels), and the trial's whole."""
     stats = prof.stats  # type: ignore[attr-defined]
     out: dict[str, float] = {}
     label = ""
@@ -81,9 +82,11 @@ def run_study(study: str, n_trials: int, name: str, folder: Path, profile: bool)
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
-    code = cli.main(argv)
-    if prof:
-        prof.disable()
+    try:
+        code = cli.main(argv)
+    finally:
+        if prof:
+            prof.disable()
     if code != 0:
         raise SystemExit(f"tune {study} exited {code}")
     trials = optuna.load_study(study_name=name, storage=f"sqlite:///{folder}/optuna.db").trials
@@ -97,6 +100,7 @@ def profile_trials(study: str, n_trials: int) -> dict:
 
     import fmnist_exp.commands.tune  # noqa: F401  (its imports, then out of the collector's view as the CLI does)
 
+    gc.collect()  # what an earlier study left, not frozen with the imports
     gc.freeze()  # cli.main freezes only in a process of its own (argv None); this one calls it with argv
     with tempfile.TemporaryDirectory() as tmp:
         old = os.getcwd()
@@ -119,5 +123,5 @@ def profile_trials(study: str, n_trials: int) -> dict:
         "median_trial_wall_s": round(statistics.median(walls), 2), "median_fit_s": round(statistics.median(fits), 2),
         "median_beyond_fit_s": round(statistics.median(beyond), 2),
         "median_wall_over_fit": round(statistics.median(w / f for w, f in zip(walls, fits, strict=True)), 3),
-        "profiled_cpu_s_per_trial_by_step": split(prof, n_trials),
+        "profiled_s_per_trial_by_step": split(prof, n_trials),
     }

@@ -92,20 +92,17 @@ def database_clients(pg_admin, db_url: str) -> set[str]:
     (CI saw the proxy's own new connection so): such a session is read again until it has its name
     or is gone, for at most 5 s; one still nameless then is reported as ''."""
     _, engine = pg_admin
-    query = "SELECT pid, application_name FROM pg_stat_activity WHERE datname = :d"
+    query = sqlalchemy.text("SELECT pid, application_name FROM pg_stat_activity WHERE datname = :d")
+    database = {"d": db_url.rsplit("/", 1)[1]}
     with engine.connect() as c:
-        sessions = dict(c.execute(sqlalchemy.text(query), {"d": db_url.rsplit("/", 1)[1]}).all())
+        sessions = dict(c.execute(query, database).all())
         deadline = time.time() + 5
         while "" in sessions.values() and time.time() < deadline:
             c.rollback()  # pg_stat_activity is read once per transaction: a new one reads it afresh
             time.sleep(0.05)
-            for pid in [p for p, name in sessions.items() if name == ""]:
-                row = c.execute(sqlalchemy.text("SELECT application_name FROM pg_stat_activity WHERE pid = :p"),
-                                {"p": pid}).first()
-                if row is None:
-                    del sessions[pid]
-                else:
-                    sessions[pid] = row[0]
+            now = dict(c.execute(query, database).all())
+            # a named session stays counted though it has ended since; a nameless one gone is dropped
+            sessions = {pid: name or now[pid] for pid, name in sessions.items() if name or pid in now}
     return set(sessions.values())
 
 

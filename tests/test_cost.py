@@ -59,3 +59,21 @@ def test_a_runs_models_carry_what_they_cost(tracking, dataset, capsys):
         logged = {x.key: x.value for x in client.get_logged_model(output.model_id).metrics}
         assert logged["cost_mmacs_per_image"] == m["cost_mmacs_per_image"]
     assert "serving cost: 0.0 M multiply-accumulates/image, 25,450 parameters" in capsys.readouterr().out
+
+
+def test_the_serving_cost_is_measured_once_per_architecture():
+    """A study's trials that differ only in what training reads share one measurement; a network of
+    another width, or answering with its mirror image too, is measured anew."""
+    def served(**values) -> keras.Model:
+        keras.utils.clear_session()  # as each trial starts: the same layer names
+        p = P.network("cnn", {"filters": "8,16", "dense_units": 32, **values})
+        return networks.build(p, FM)
+
+    first = served(dropout=0.1, l2=1e-5)
+    assert cost.architecture(first) == cost.architecture(served(dropout=0.4, l2=1e-3, seed=7))
+    wider = served(dense_units=64)
+    assert cost.architecture(wider) != cost.architecture(first)
+    assert cost.architecture(with_flip_average(first, FM)) != cost.architecture(first)
+    measured = cost.measure_once(first)
+    assert cost.measure_once(served(dropout=0.3)) is measured  # not measured again
+    assert cost.measure_once(wider).params == wider.count_params() != measured.params

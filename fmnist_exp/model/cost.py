@@ -10,6 +10,8 @@ its network twice per image, an ensemble every member) costs what all its passes
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +23,15 @@ import numpy as np
 
 BATCH = 256  # the large batch: a scoring server's batched requests, an offline job
 REPEATS_B1, REPEATS_BATCH, WARMUP = 30, 5, 3
+
+# What a layer's configuration says that only training reads: two networks that differ only in these
+# (a study's dropout rates, weight decays, seeds) cost the same to serve.
+TRAINING_ONLY = frozenset({
+    "rate", "seed", "trainable", "momentum", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
+    "depthwise_regularizer", "pointwise_regularizer", "beta_regularizer", "gamma_regularizer",
+    "kernel_initializer", "bias_initializer", "depthwise_initializer", "pointwise_initializer",
+    "beta_initializer", "gamma_initializer", "moving_mean_initializer", "moving_variance_initializer",
+    "kernel_constraint", "bias_constraint", "beta_constraint", "gamma_constraint"})
 
 COSTS = ("params", "size_mb", "mmacs_per_image", "ms_per_image_b1", "ms_per_image_b256")
 DETERMINISTIC = ("params", "size_mb", "mmacs_per_image")
@@ -141,3 +152,38 @@ def measure(model: keras.Model, seed: int = 0) -> Cost:
     return Cost(params=int(s["params"]), size_mb=s["size_mb"], mmacs_per_image=s["mmacs_per_image"],
                 ms_per_image_b1=b1, ms_per_image_b1_iqr=b1_iqr,
                 ms_per_image_b256=batch, ms_per_image_b256_iqr=batch_iqr)
+
+
+_MEASURED: dict[str, Cost] = {}  # measure_once's: this process's measurements by architecture
+
+
+def architecture(model: keras.Model) -> str | None:
+    """A digest of what ``model`` costs to serve: its layers, their wiring, shapes and dtypes, without
+    what only training reads (TRAINING_ONLY); None for a model that cannot state its configuration
+    (a subclassed user network)."""
+    def serving(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: serving(v) for k, v in value.items() if k not in TRAINING_ONLY}
+        if isinstance(value, list | tuple):
+            return [serving(v) for v in value]
+        return value
+
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        return None
+    text = json.dumps([serving(config), model.input_shape], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def measure_once(model: keras.Model) -> Cost:
+    """:func:`measure`, once per architecture in this process: a study's trials that differ only in
+    dropout, weight decay or learning rate serve at the same cost, and measuring it again costs a trial
+    repeated calls and freshly traced functions (BENCHMARKS.md, 'A trial's own work'). The times are
+    the first measurement's, with its noise."""
+    key = architecture(model)
+    if key is None:
+        return measure(model)
+    if key not in _MEASURED:
+        _MEASURED[key] = measure(model)
+    return _MEASURED[key]

@@ -172,9 +172,9 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
 
 
 def log_cost(run_id: str, model: keras.Model, echo: str = "") -> cost.Cost:
-    """Measure what the logged ``model`` costs to serve (the flip average runs its network twice,
-    an ensemble every member) and log it on the run and its models."""
-    served = cost.measure(model)
+    """What the logged ``model`` costs to serve (the flip average runs its network twice, an ensemble
+    every member), measured once per architecture in a process, logged on the run and its models."""
+    served = cost.measure_once(model)
     tracking.log_model_metrics(run_id, served.metrics())
     uncounted = cost.uncounted_layers(model)
     if uncounted:  # a user's network may hold layers whose arithmetic is not counted

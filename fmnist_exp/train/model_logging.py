@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
 from ..data import DatasetInfo
@@ -52,50 +52,34 @@ class LoggedModelRef:
 
 def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0) -> LoggedModelRef:
     """Log with the keras flavor, a signature (raw 0-255 pixels, the dataset's shape) and a
-    3-image input example, as a LoggedModel of the active run; the URI is ``runs:/<run>/<name>``.
-
-    ``mlflow.keras.log_model(input_example=...)`` fails on a directory it never creates
-    (mlflow/mlflow#16183, still there in 3.17), so this does what ``Model.log`` does around the
-    flavor's ``save_model``: a PENDING LoggedModel, the model saved into a directory made here,
-    its files uploaded to the LoggedModel, the model recorded as the run's output, READY.
-    ``runs:/<run>/<name>`` resolves to the LoggedModel of that name and run, as for any MLflow 3 model.
+    3-image input example, as a LoggedModel of the active run; the URI is ``runs:/<run>/<name>``,
+    which resolves to the LoggedModel of that name and run, as for any MLflow 3 model.
+    (``mlflow.keras.log_model(input_example=...)`` fails on a directory it never creates,
+    mlflow/mlflow#16183, still there in 3.17: :func:`_log_saved` makes it.)
 
     ``step``: when a model is logged, MLflow copies the run's metrics logged at its step onto it.
     A network's models are logged at step = epochs trained, past the last epoch's step, so epoch
     0's val_accuracy does not become the model's; :func:`log_model_metrics` gives it its own.
     """
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.models import Model
-
-    run_id = active_run_id()
-    client = MlflowClient()
     example = x_example[:3].astype("float32")
     # a direct call, not predict(): on a model nothing has predicted with yet, predict traces a function
     # of its own (~0.2 s); the runs' models have usually been evaluated by then, so it saves less there
     signature = infer_signature(example, keras.ops.convert_to_numpy(model(example, training=False)))
-    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type="keras")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.mkdir()
-            meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
-                         model_id=logged.model_id)
-            mlflow.keras.save_model(model, str(path), mlflow_model=meta, signature=signature, input_example=example,
-                                    pip_requirements=pip_requirements())
-            client.log_model_artifacts(logged.model_id, str(path))
-        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
-    except BaseException:
-        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-        raise
-    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    return LoggedModelRef(f"runs:/{run_id}/{name}", logged.model_id)
+
+    def save(path: str, meta: Model) -> None:
+        mlflow.keras.save_model(model, path, mlflow_model=meta, signature=signature, input_example=example,
+                                pip_requirements=pip_requirements())
+
+    logged = _log_saved(name, save, model_type="keras", step=step)
+    return LoggedModelRef(f"runs:/{logged.source_run_id}/{name}", logged.model_id)
 
 
 def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, name: str = "classifier",
                    step: int = 0) -> LoggedModelRef:
     """Log the servable pyfunc next to the Keras model of the active run (models-from-code:
     model/classifier_model.py, with the package as code), with its dataset's description (its class
-    names, image shape and how a PNG/JPEG is decoded for it); ``step`` as in :func:`log_keras_model`."""
+    names, image shape and how a PNG/JPEG is decoded for it); ``step`` as in :func:`log_keras_model`.
+    The URI is ``models:/<model id>``, as ``mlflow.pyfunc.log_model`` returns it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         keras_model.save(path)
@@ -110,15 +94,46 @@ def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, nam
         # MLflow sets it only for a list[...] type hint, which would make MLflow refuse ndarrays
         # in-process and answer null, text or a number with its own words, so it is set here.
         signature._is_signature_from_type_hint = True
-        logged = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(PACKAGE_DIR / "model" / "classifier_model.py"),
-            artifacts={"keras_model": str(path), DATASET_ARTIFACT: str(described)},
-            code_paths=[str(PACKAGE_DIR)],  # the class lives there; serving needs no project install
-            signature=signature,
-            input_example=x_example[:2].astype("int64"),
-            pip_requirements=pip_requirements(),
-            model_config=dict(MODEL_CONFIG),
-            step=step,
-        )
-    return LoggedModelRef(logged.model_uri, logged.model_id)
+
+        def save(to: str, meta: Model) -> None:
+            mlflow.pyfunc.save_model(
+                to, mlflow_model=meta,
+                python_model=str(PACKAGE_DIR / "model" / "classifier_model.py"),
+                artifacts={"keras_model": str(path), DATASET_ARTIFACT: str(described)},
+                code_paths=[str(PACKAGE_DIR)],  # the class lives there; serving needs no project install
+                signature=signature, input_example=x_example[:2].astype("int64"),
+                pip_requirements=pip_requirements(), model_config=dict(MODEL_CONFIG))
+
+        run_params = MlflowClient().get_run(active_run_id()).data.params  # on the model too, as Model.log puts them
+        logged = _log_saved(name, save, step=step, params=run_params)
+    mlflow.log_params(dict(MODEL_CONFIG))  # the serving settings as run parameters, as Model.log logs them
+    return LoggedModelRef(f"models:/{logged.model_id}", logged.model_id)
+
+
+def _log_saved(name: str, save, *, step: int, model_type: str | None = None,
+               params: dict[str, str] | None = None):
+    """What ``Model.log`` does around a flavor's ``save_model``: a PENDING LoggedModel of the active run,
+    the model saved (``save(path, mlflow_model)``) into a directory made here, its files uploaded to the
+    LoggedModel, the model recorded as the run's output at ``step``, READY (FAILED if any of it fails).
+    Not what ``Model.log`` adds after saving: loading the saved model back in this process to predict on
+    its input example, a check that only warns when it fails, and a second copy of a trial's network
+    in memory with its functions traced anew (BENCHMARKS.md, 'A trial's own work'); every logged model
+    is loaded and served by the tests."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    run_id = active_run_id()
+    client = MlflowClient()
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type=model_type,
+                                            params=params)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.mkdir()
+            save(str(path), Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
+                                  run_id=run_id, model_id=logged.model_id))
+            client.log_model_artifacts(logged.model_id, str(path))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    return client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)

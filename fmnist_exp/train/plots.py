@@ -8,34 +8,62 @@ matplotlib.use("Agg")  # headless: runs log PNGs, nothing opens a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from ..metrics import LEARNING_RATE, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS  # noqa: E402
 
+PANELS = [("loss", TRAIN_LOSS, VAL_LOSS), ("accuracy", TRAIN_ACC, VAL_ACC)]
+_CURVES: dict[bool, tuple[Figure, dict[str, Line2D]]] = {}  # learning_curves' figures, by "has a learning rate"
 
-def learning_curves(history: dict[str, list[float]], title: str = ""):
-    """Loss, accuracy and learning rate per epoch, train against validation."""
-    panels = [("loss", TRAIN_LOSS, VAL_LOSS), ("accuracy", TRAIN_ACC, VAL_ACC)]
+
+def learning_curves(history: dict[str, list[float]], title: str = "") -> Figure:
+    """Loss, accuracy and learning rate per epoch, train against validation.
+
+    Every run draws one, a study's trials included, so the figure is this process's one, drawn again
+    with the run's values: making its axes, ticks and labels is most of what a new figure costs
+    (BENCHMARKS.md, 'A trial's own work'). It holds the last call's curves until the next call (one
+    thread draws: the trials of a process run one after another)."""
     has_lr = LEARNING_RATE in history
-    # fixed margins, not tight_layout: every trial logs this figure, and tight_layout draws it once more
-    # before it is saved (~0.2 s of a trial's fixed cost on a 2-core Xeon)
-    fig, axes = plt.subplots(1, len(panels) + has_lr, figsize=(5 * (len(panels) + has_lr), 4),
-                             gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.84, "wspace": 0.3})
-    for ax, (name, tr, va) in zip(axes, panels, strict=False):  # the last axis may be the learning rate's
+    if has_lr not in _CURVES:
+        _CURVES[has_lr] = _curves_figure(has_lr)
+    fig, lines = _CURVES[has_lr]
+    for key, line in lines.items():
+        ys = history.get(key, [])
+        line.set_data(range(1, len(ys) + 1), ys)
+        line.set_visible(bool(ys))
+    for i, ax in enumerate(fig.axes):
+        if i < len(PANELS):  # train against validation: the legend names the curves this run has
+            ax.legend(handles=[line for line in ax.lines if line.get_visible()])
+        ax.relim(visible_only=True)
+        ax.autoscale_view()
+    if has_lr:
+        lrs = history[LEARNING_RATE]
+        fig.axes[-1].set_yscale("log" if lrs and min(lrs) > 0 else "linear")  # a cosine schedule ends at 0
+    fig.suptitle(title)
+    return fig
+
+
+def _curves_figure(has_lr: bool) -> tuple[Figure, dict[str, Line2D]]:
+    # fixed margins, not tight_layout: tight_layout draws the figure once more before it is saved
+    fig = Figure(figsize=(5 * (len(PANELS) + has_lr), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(PANELS) + has_lr,
+                        gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.84, "wspace": 0.3})
+    lines: dict[str, Line2D] = {}
+    for ax, (name, tr, va) in zip(axes, PANELS, strict=False):  # the last axis may be the learning rate's
         for key, label in ((tr, "train"), (va, "validation")):
-            if key in history:
-                ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+            [lines[key]] = ax.plot([], [], marker="o", label=label)
         ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.grid(alpha=0.3)
         ax.legend()
     if has_lr:
         ax = axes[-1]
-        ax.plot(range(1, len(history[LEARNING_RATE]) + 1), history[LEARNING_RATE], marker="o")
-        lrs = history[LEARNING_RATE]
-        ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate",
-               yscale="log" if min(lrs) > 0 else "linear")  # a cosine schedule ends at 0
+        [lines[LEARNING_RATE]] = ax.plot([], [], marker="o")
+        ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    return fig
+    return fig, lines
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...], title: str = ""):

@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             from .scale.locks import ready_tracking_store
 
             ready_tracking_store()  # single runs started together on a new store: its tables made once
+        if ns.command in ENDS_RUNS:
+            from .train.runs import experiment_of_mlflow_run
+
+            experiment_of_mlflow_run(getattr(args, "experiment", None))  # refused before TensorFlow is imported
         run = _command(ns.command, getattr(ns, "images", None))
         if argv is None:
             # A process of its own (`python -m fmnist_exp`, the console script): the command's imports

@@ -36,6 +36,22 @@ _signalled: list[int] = []  # signals seen by _raise_interrupt since the outermo
 _depth = [0]  # interrupts_end_runs blocks open (the CLI's; a test may open one around a command)
 
 
+def experiment_of_mlflow_run(chosen: str | None):
+    """The experiment `mlflow run` filed this process's run under, None outside `mlflow run`
+    (tracking.use_experiment). A ``chosen`` experiment that differs is refused: the run cannot move.
+    cli.main asks before the command's imports, so the refusal costs no TensorFlow import."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` until start_run resumes the run
+    if not run_id:
+        return None
+    client = MlflowClient()
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    if chosen and chosen != experiment.name:
+        raise ConfigError(
+            f"experiment={chosen!r}: under `mlflow run` the run already exists in experiment "
+            f"{experiment.name!r} and cannot move; pass `mlflow run --experiment-name {chosen}` instead")
+    return experiment
+
+
 def _raise_interrupt(signum, frame):
     _signalled.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")

@@ -16,8 +16,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from ..metrics import EPOCH_TIME, LEARNING_RATE
-from ..params import ConfigError
-from .runs import active_run_id, raise_if_interrupted
+from .runs import active_run_id, experiment_of_mlflow_run, raise_if_interrupted
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
 
@@ -33,14 +32,8 @@ def use_experiment(chosen: str | None, default: str) -> str:
     A ``chosen`` that differs is refused before any work (it could not be honoured); a run that
     landed in Default gets a note saying how to file it under ``default`` next time.
     """
-    run_id = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run` until start_run resumes the run
-    if run_id:
-        client = MlflowClient()
-        experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
-        if chosen and chosen != experiment.name:
-            raise ConfigError(
-                f"experiment={chosen!r}: under `mlflow run` the run already exists in experiment "
-                f"{experiment.name!r} and cannot move; pass `mlflow run --experiment-name {chosen}` instead")
+    experiment = experiment_of_mlflow_run(chosen)
+    if experiment is not None:
         if experiment.experiment_id == DEFAULT_EXPERIMENT_ID and not chosen:
             print(f"note: `mlflow run` filed this run under experiment {experiment.name!r}; to file it under "
                   f"{default!r}, add --experiment-name {default} to `mlflow run`", file=sys.stderr, flush=True)

@@ -188,6 +188,8 @@ def test_a_point_drawn_again_is_not_trained_again(tracking, tmp_path):
     [parent] = parents()
     first_run, again_run = children_of(parent.info.run_id)
     assert "epochs_run" in first_run.data.metrics and set(again_run.data.metrics) == {"val_accuracy"}
+    # what a trial's time is for, apart: its fit and its scoring of the validation images (issue 55)
+    assert first_run.data.metrics["train_wall_s"] > 0 and first_run.data.metrics["val_score_s"] > 0
     assert again_run.data.tags["same_as_run"] == first_run.info.run_id
     assert stored.best_trial.number == 0, "a tie goes to the trial that trained the model"
     # resumed with another budget, the same point is another recipe: trained

@@ -77,3 +77,17 @@ def test_the_serving_cost_is_measured_once_per_architecture():
     measured = cost.measure_once(first)
     assert cost.measure_once(served(dropout=0.3)) is measured  # not measured again
     assert cost.measure_once(wider).params == wider.count_params() != measured.params
+
+    class Net(keras.Model):  # a subclassed network states its constructor's arguments at most: never shared
+        def __init__(self, width: int, **kwargs):  # as Keras' guide writes them
+            super().__init__(**kwargs)
+            self.hidden, self.out = keras.layers.Dense(width), keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.out(self.hidden(keras.ops.reshape(x, (-1, 28 * 28))))
+
+    narrow, broad = Net(8), Net(64)
+    for net in (narrow, broad):
+        net(keras.ops.zeros((1, 28, 28)))
+    assert cost.architecture(narrow) is None and cost.architecture(with_flip_average(narrow, FM)) is None
+    assert cost.architecture(broad) is None  # so measure_once measures each anew

@@ -158,9 +158,10 @@ _MEASURED: dict[str, Cost] = {}  # measure_once's: this process's measurements b
 
 
 def architecture(model: keras.Model) -> str | None:
-    """A digest of what ``model`` costs to serve: its layers, their wiring, shapes and dtypes, without
-    what only training reads (TRAINING_ONLY); None for a model that cannot state its configuration
-    (a subclassed user network)."""
+    """A digest of what ``model`` costs to serve: its layers, their wiring, weights' shapes and dtypes,
+    without what only training reads (TRAINING_ONLY); None for a model whose configuration does not
+    state its whole graph (a subclassed network, at any depth: its configuration holds its constructor's
+    arguments at most, so two widths of it could not be told apart)."""
     def serving(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: serving(v) for k, v in value.items() if k not in TRAINING_ONLY}
@@ -168,12 +169,23 @@ def architecture(model: keras.Model) -> str | None:
             return [serving(v) for v in value]
         return value
 
+    if not _graph_stated(model):
+        return None
     try:
         config = model.get_config()
-    except NotImplementedError:
+    except NotImplementedError:  # a layer that cannot state its own configuration
         return None
-    text = json.dumps([serving(config), model.input_shape], sort_keys=True, default=str)
+    weights = [(w.path, tuple(w.shape), str(w.dtype)) for w in model.weights]
+    text = json.dumps([serving(config), model.input_shape, weights], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _graph_stated(model: keras.Model) -> bool:
+    """Keras' functional and sequential models state their graph in their configuration, layer by layer."""
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional | keras.Sequential) and all(
+        _graph_stated(layer) for layer in model.layers if isinstance(layer, keras.Model))
 
 
 def measure_once(model: keras.Model) -> Cost:

@@ -13,6 +13,7 @@ from fmnist_exp.data import FASHION_MNIST as FM
 from fmnist_exp.model import cost, networks
 from fmnist_exp.model.wrappers import average, with_flip_average
 from fmnist_exp.train import job
+from fmnist_exp.train.fit import fresh_model
 
 MIRROR_MACS = 28 * 28 * 28  # the flip average's mirror: a 28x28 matrix applied to each of 28 rows
 
@@ -74,6 +75,13 @@ def test_the_serving_cost_is_measured_once_per_architecture():
     wider = served(dense_units=64)
     assert cost.architecture(wider) != cost.architecture(first)
     assert cost.architecture(with_flip_average(first, FM)) != cost.architecture(first)
+
+    def compiled(learning_rate: float) -> keras.Model:  # as a trial's network answers: compiled, flip-averaged
+        keras.utils.clear_session()
+        p = P.network("cnn", {"filters": "8,16", "dense_units": 32, "learning_rate": learning_rate})
+        return with_flip_average(fresh_model(p, FM)[0], FM)
+
+    assert cost.architecture(compiled(1e-3)) == cost.architecture(compiled(5e-3))  # its compile settings left out
     measured = cost.measure_once(first)
     assert cost.measure_once(served(dropout=0.3)) is measured  # not measured again
     assert cost.measure_once(wider).params == wider.count_params() != measured.params

@@ -24,8 +24,9 @@ import numpy as np
 BATCH = 256  # the large batch: a scoring server's batched requests, an offline job
 REPEATS_B1, REPEATS_BATCH, WARMUP = 30, 5, 3
 
-# What a layer's configuration says that only training reads: two networks that differ only in these
-# (a study's dropout rates, weight decays, seeds) cost the same to serve.
+# What a Keras layer's configuration says that only training reads: two networks that differ only in these
+# (a study's dropout rates, weight decays, seeds) cost the same to serve. Left in a user's own layer's
+# configuration, where a "rate" may be a dilation; a model's compile settings are dropped wherever they are.
 TRAINING_ONLY = frozenset({
     "rate", "seed", "trainable", "momentum", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
     "depthwise_regularizer", "pointwise_regularizer", "beta_regularizer", "gamma_regularizer",
@@ -162,21 +163,24 @@ def architecture(model: keras.Model) -> str | None:
     without what only training reads (TRAINING_ONLY); None for a model whose configuration does not
     state its whole graph (a subclassed network, at any depth: its configuration holds its constructor's
     arguments at most, so two widths of it could not be told apart)."""
-    def serving(value: Any) -> Any:
+    def serving(value: Any, keras_own: bool) -> Any:
         if isinstance(value, dict):
-            return {k: serving(v) for k, v in value.items() if k not in TRAINING_ONLY}
+            # a serialized object says where its class lives: {"module": ..., "class_name": ..., "config": ...}
+            keras_own = str(value.get("module", "keras" if keras_own else "")).startswith("keras")
+            return {k: serving(v, keras_own) for k, v in value.items()
+                    if k != "compile_config" and not (keras_own and k in TRAINING_ONLY)}
         if isinstance(value, list | tuple):
-            return [serving(v) for v in value]
+            return [serving(v, keras_own) for v in value]
         return value
 
     if not _graph_stated(model):
         return None
     try:
-        config = model.get_config()
-    except NotImplementedError:  # a layer that cannot state its own configuration
+        weights = [(w.path, tuple(w.shape), str(w.dtype)) for w in model.weights]
+        text = json.dumps([serving(model.get_config(), True), model.input_shape, weights], sort_keys=True,
+                          default=str)
+    except Exception:  # a layer that cannot state its configuration, or states it oddly: measured anew
         return None
-    weights = [(w.path, tuple(w.shape), str(w.dtype)) for w in model.weights]
-    text = json.dumps([serving(config), model.input_shape, weights], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

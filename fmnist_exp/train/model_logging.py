@@ -57,9 +57,10 @@ def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "m
     (``mlflow.keras.log_model(input_example=...)`` fails on a directory it never creates,
     mlflow/mlflow#16183, still there in 3.17: :func:`_log_saved` makes it.)
 
-    ``step``: when a model is logged, MLflow copies the run's metrics logged at its step onto it.
-    A network's models are logged at step = epochs trained, past the last epoch's step, so epoch
-    0's val_accuracy does not become the model's; :func:`log_model_metrics` gives it its own.
+    ``step``: the run's step the model is recorded at as an output. A network's models are logged at
+    step = epochs trained, past the last epoch's step (``Model.log`` would copy the run's metrics
+    logged at its step onto the model; this path copies none); :func:`log_model_metrics` gives each
+    model its own.
     """
     example = x_example[:3].astype("float32")
     # a direct call, not predict(): on a model nothing has predicted with yet, predict traces a function

@@ -4,12 +4,14 @@ LoggedModel with its requirements stated."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -111,8 +113,8 @@ def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, nam
     return LoggedModelRef(f"models:/{logged.model_id}", logged.model_id)
 
 
-def _log_saved(name: str, save, *, step: int, model_type: str | None = None,
-               params: dict[str, str] | None = None):
+def _log_saved(name: str, save: Callable[[str, Model], None], *, step: int, model_type: str | None = None,
+               params: dict[str, str] | None = None) -> LoggedModel:
     """What ``Model.log`` does around a flavor's ``save_model``: a PENDING LoggedModel of the active run,
     the model saved (``save(path, mlflow_model)``) into a directory made here, its files uploaded to the
     LoggedModel, the model recorded as the run's output at ``step``, READY (FAILED if any of it fails).
@@ -120,8 +122,6 @@ def _log_saved(name: str, save, *, step: int, model_type: str | None = None,
     its input example, a check that only warns when it fails, and a second copy of a trial's network
     in memory with its functions traced anew (BENCHMARKS.md, 'A trial's own work'); every logged model
     is loaded and served by the tests."""
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-
     run_id = active_run_id()
     client = MlflowClient()
     logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type=model_type,

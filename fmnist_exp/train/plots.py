@@ -55,9 +55,8 @@ def _curves_figure(has_lr: bool) -> tuple[Figure, dict[str, Line2D]]:
     for ax, (name, tr, va) in zip(axes, PANELS, strict=False):  # the last axis may be the learning rate's
         for key, label in ((tr, "train"), (va, "validation")):
             [lines[key]] = ax.plot([], [], marker="o", label=label)
-        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.set(xlabel="epoch", ylabel=name, title=name)  # its legend made per run: the curves that run has
         ax.grid(alpha=0.3)
-        ax.legend()
     if has_lr:
         ax = axes[-1]
         [lines[LEARNING_RATE]] = ax.plot([], [], marker="o")

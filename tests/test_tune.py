@@ -124,6 +124,11 @@ def test_tune_through_mlflow_run_registers_champion(tracking, tmp_path):
         assert k.data.metrics["cost_mmacs_per_image"] == pytest.approx(macs / 1e6)
     assert float(mv.tags["cost_mmacs_per_image"]) == pytest.approx(best.data.metrics["cost_mmacs_per_image"], rel=5e-6)
     assert float(mv.tags["cost_ms_per_image_b1"]) == pytest.approx(best.data.metrics["cost_ms_per_image_b1"], rel=1e-5)
+    # timed where the times are read: this study's goals read none, so only the registered candidate, before
+    # its registration (its run and its models), and no other trial
+    assert [("cost_ms_per_image_b1" in k.data.metrics) for k in kids] == [k is best for k in kids]
+    assert all("cost_ms_per_image_b1" in {x.key for x in mlflow.get_logged_model(m.model_id).metrics}
+               for m in client.get_run(best.info.run_id).outputs.model_outputs)
     assert f"**Serving cost:** {float(mv.tags['cost_mmacs_per_image']):.1f} M multiply-accumulates" in mv.description
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     answers = predict_in_batches(model, dataset.x_test)

@@ -153,6 +153,7 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
                 mlflow.set_tag("registration", f"skipped: {none}")
                 return (None, None, None), claim_report(study, pid, registered_new=by_name)
             candidate, seeds = picked
+            finals.time_candidate(candidate)
             finals.check_budget(setup, candidate, pid)  # its measured cost, before the gate reads the verdict
             registration = register_candidate(candidate, setup.ds, model_name=setup.model_name,
                                               study_name=setup.study_name, family=setup.spec.family,

@@ -79,7 +79,7 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
         each = ", ".join(f"seed {s} {a:.4f}" for s, a in zip(seeds, member_acc, strict=True))
         print(f"{echo} ensemble of {len(members)}: validation accuracy {val['val_final_accuracy']:.4f} on the "
               f"{len(y_val)} validation images no member trained on ({each})", flush=True)
-    result = RunResult(run_id, {**val, **log_cost(run_id, model, echo).metrics()}, keras_ref.uri, classifier_ref.uri)
+    result = RunResult(run_id, {**val, **log_cost(run_id, model, echo)}, keras_ref.uri, classifier_ref.uri)
     if evaluate_test:
         probs = predict_proba(model, ds.x_test)
         result.metrics.update(log_test_evaluation(run_id, ds, probs, f"{arch['arch']} ensemble"))

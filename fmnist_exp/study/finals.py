@@ -192,6 +192,14 @@ def ensemble_run(setup: Setup, best: optuna.trial.FrozenTrial, finals: list[Cand
                      ENSEMBLE_OF_FINALS)
 
 
+def time_candidate(cand: Candidate) -> None:
+    """The candidate's serving times, measured now where its run logged only its deterministic costs (a trial
+    of a study whose goals read no time: train.job.Hooks.timed_cost), on its run and its models: the version
+    registered from it states them (registry.versions)."""
+    if "ms_per_image_b1" not in cost_metrics(cand.run_id):
+        job.log_cost(cand.run_id, mlflow.keras.load_model(cand.model_uri))
+
+
 def check_budget(setup: Setup, cand: Candidate, parent_run_id: str) -> str | None:
     """The candidate's cost as measured on its own run (the final retrain's, after it trained) against
     the study's budget, before registration: the verdict, and the promotion margin, go on the

@@ -59,6 +59,11 @@ class Goals:
         return self.costs[0] if self.costs else "mmacs_per_image"
 
     @property
+    def timed(self) -> bool:
+        """Whether a trial's serving times are read: a cost objective or bound on them (not DETERMINISTIC)."""
+        return any(name not in DETERMINISTIC for name in (*self.costs, *self.constraints))
+
+    @property
     def directions(self) -> list[str]:
         return ["maximize", *["minimize"] * len(self.costs)]
 

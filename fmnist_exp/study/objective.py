@@ -175,7 +175,7 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
     def trained(trial: optuna.Trial, p: P.NetworkParams, tags: dict[str, str], suggestion: dict) -> job.RunResult:
         prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
         try:
-            result = train(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, prune=prune))
+            result = train(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, prune=prune, timed_cost=goals.timed))
         except Exception as e:
             mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
             raise

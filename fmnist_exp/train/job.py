@@ -99,6 +99,10 @@ class Hooks:
     prune: PruneCheck | None = None  # a trial's: when it stops training, no model is logged
     echo: str = ""  # one console line per epoch with this prefix (e.g. "[cnn]"); a trial prints one per trial
     teacher: Teacher | None = None  # distil it: fit its answers mixed with the labels (train.distill)
+    # the serving times measured too (model/cost.py), not only the deterministic costs: a search's trials skip
+    # them where its goals read none (a trial's repeated timed calls); the candidate is timed before it is
+    # registered (study/finals.py time_candidate)
+    timed_cost: bool = True
 
 
 def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:
@@ -167,32 +171,36 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
     # on the run and both models
     tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
-    result.metrics.update(log_cost(run_id, model, hooks.echo).metrics())
+    result.metrics.update(log_cost(run_id, model, hooks.echo, timed=hooks.timed_cost))
     if hooks.evaluate_test:
         probs = predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s, probs, run_name(p)))
     return result
 
 
-def log_cost(run_id: str, model: keras.Model, echo: str = "") -> cost.Cost:
+def log_cost(run_id: str, model: keras.Model, echo: str = "", *, timed: bool = True) -> dict[str, float]:
     """What the logged ``model`` costs to serve (the flip average runs its network twice, an ensemble
-    every member), measured once per architecture in a process, logged on the run and its models."""
-    served = cost.measure_once(model)
-    tracking.log_model_metrics(run_id, served.metrics())
+    every member), logged on the run and its models as ``cost_*`` metrics and returned so: with ``timed``, its
+    times per image too, measured once per architecture in a process; without, its deterministic costs."""
+    metrics = cost.measure_once(model).metrics() if timed else {f"cost_{k}": v for k, v in cost.static(model).items()}
+    tracking.log_model_metrics(run_id, metrics)
     uncounted = cost.uncounted_layers(model)
     if uncounted:  # a user's network may hold layers whose arithmetic is not counted
         tracking.record(run_id, {}, {"cost_uncounted_layers": ",".join(uncounted)})
     if echo:
         left = f" (not counted: {', '.join(uncounted)})" if uncounted else ""
-        print(f"{echo} {cost_line(served)}{left}", flush=True)
-    return served
+        print(f"{echo} {cost_line(metrics)}{left}", flush=True)
+    return metrics
 
 
-def cost_line(c: cost.Cost) -> str:
-    """What the logged model costs to serve, on one console line."""
-    return (f"serving cost: {c.mmacs_per_image:.1f} M multiply-accumulates/image, {c.params:,} parameters, "
-            f"{c.size_mb:.2f} MB; {c.ms_per_image_b1:.2f} ms/image at batch 1, "
-            f"{c.ms_per_image_b256:.3f} at batch {cost.BATCH} (this machine)")
+def cost_line(metrics: dict[str, float]) -> str:
+    """What the logged model costs to serve (its ``cost_*`` metrics), on one console line."""
+    line = (f"serving cost: {metrics['cost_mmacs_per_image']:.1f} M multiply-accumulates/image, "
+            f"{int(metrics['cost_params']):,} parameters, {metrics['cost_size_mb']:.2f} MB")
+    if "cost_ms_per_image_b1" not in metrics:  # not timed (Hooks.timed_cost)
+        return line
+    return (f"{line}; {metrics['cost_ms_per_image_b1']:.2f} ms/image at batch 1, "
+            f"{metrics['cost_ms_per_image_b256']:.3f} at batch {cost.BATCH} (this machine)")
 
 
 def baseline_run(ds: D.Dataset, p: BaselineParams, *, experiment: str | None = None,

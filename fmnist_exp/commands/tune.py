@@ -66,7 +66,7 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
                 study.optimize(
                     make_objective(setup, pid, train_fn),
                     n_trials=setup.budget.n_trials, timeout=setup.budget.timeout,
-                    # no gc_after_trial: the next trial's clear_session (train/fit.py) collects anyway, and each
+                    # no gc_after_trial: the next trial's network (train/fit.py fresh_model) collects anyway, and each
                     # full collection in a process holding TensorFlow costs ~0.5 s
                     catch=(Exception,), callbacks=[stop_if_interrupted, Progress(setup.budget.n_trials, pid)],
                 )

@@ -216,6 +216,9 @@ class HeartbeatingProxy(GrpcStorageProxy, BaseHeartbeat):
                 error = rpc_text(e)
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     break
+                if generation == self._generation and len(self._addresses) > 1:  # said before the switch it makes
+                    print(f"[storage] {where} does not answer a heartbeat ({error}); trying the next proxy",
+                          flush=True)
                 self._next_proxy(generation)
                 continue
             if self._beat_failed:

@@ -86,6 +86,9 @@ def test_goals_parsed(tmp_path):
     assert g.verdict({"ms_per_image_b1": 2.5, "size_mb": 0.4}) == "over budget: ms_per_image_b1 2.5 > 2"
     assert g.verdict({"size_mb": 0.4}) == "over budget: cost not measured (ms_per_image_b1)"
     assert g.non_inferior_margin == 0.003
+    # the trials are timed where a time is read: here a bound on one; not for exact costs alone, nor a plain study
+    assert g.timed and not goals.Goals(objectives=("val_accuracy", "mmacs_per_image"), constraints={"size_mb": 1}).timed
+    assert goals.Goals(objectives=("val_accuracy", "ms_per_image_b256")).timed and not goals.Goals().timed
 
 
 @pytest.mark.parametrize("extra, said", [

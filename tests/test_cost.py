@@ -99,3 +99,32 @@ def test_the_serving_cost_is_measured_once_per_architecture():
         net(keras.ops.zeros((1, 28, 28)))
     assert cost.architecture(narrow) is None and cost.architecture(with_flip_average(narrow, FM)) is None
     assert cost.architecture(broad) is None  # so measure_once measures each anew
+
+
+def test_what_outlives_a_trial_is_frozen_only_in_a_process_that_froze():
+    """study/objective.py freeze_survivors, Optuna's callback after each trial: in a process that never froze
+    (this one, a notebook) nothing is frozen; after a freeze (cli.main's, in a process of its own) what outlives
+    the trial is frozen too, and a cycle dropped before the callback is collected, not frozen."""
+    import gc
+
+    from fmnist_exp.study.objective import freeze_survivors
+
+    was_frozen = gc.get_freeze_count() > 0  # conftest freezes what collection made
+    gc.unfreeze()
+    try:
+        freeze_survivors(None, None)  # type: ignore[arg-type]
+        assert gc.get_freeze_count() == 0
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        kept, dropped = [[] for _ in range(1000)], [[] for _ in range(1000)]
+        for a, b in zip(dropped, dropped[1:], strict=False):
+            a.append(b), b.append(a)  # a cycle: freed only by a collection
+        del dropped, a, b  # the loop's names held the chain too
+        freeze_survivors(None, None)  # type: ignore[arg-type]
+        assert frozen + len(kept) <= gc.get_freeze_count() < frozen + 1500
+    finally:
+        gc.unfreeze()
+        if was_frozen:
+            gc.collect()
+            gc.freeze()
+

@@ -22,7 +22,7 @@ from ..params import TuneArgs
 from ..registry.versions import record_evidence, register_candidate
 from ..study import finals, front, reference, report
 from ..study.artifacts import claim_report, count_trials, log_study_inputs, log_study_views, release_report
-from ..study.objective import Progress, TrainFn, make_objective, stop_if_interrupted
+from ..study.objective import Progress, TrainFn, freeze_survivors, make_objective, stop_if_interrupted
 from ..study.setup import Setup, log_setup, open_study, prepare, sampler_seed, trials_started
 from ..study.summary import Gain, Registration, SeedStats, StudySummary, print_summary
 from ..train import runs, tracking
@@ -66,9 +66,10 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
                 study.optimize(
                     make_objective(setup, pid, train_fn),
                     n_trials=setup.budget.n_trials, timeout=setup.budget.timeout,
-                    # no gc_after_trial: the next trial's network (train/fit.py fresh_model) collects anyway, and each
+                    # no gc_after_trial: freeze_survivors collects once and freezes what outlives the trial, and each
                     # full collection in a process holding TensorFlow costs ~0.5 s
-                    catch=(Exception,), callbacks=[stop_if_interrupted, Progress(setup.budget.n_trials, pid)],
+                    catch=(Exception,),
+                    callbacks=[stop_if_interrupted, freeze_survivors, Progress(setup.budget.n_trials, pid)],
                 )
             finally:
                 runs.end_orphaned_children(pid)
@@ -144,10 +145,15 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
     and, under the same lock, whether this process makes the study's report."""
     with setup.storage.registration_lock(setup.model_name):
         # a lone worker (SQLite) trains the reference beside the final retrain (study/reference.py)
+        # a best trial registered as it trained: its serving times measured before a reference trains beside it
+        # (a final retrain times itself as it is logged)
+        early = None if setup.spec.retrains else finals.pick_candidate(setup, study)
+        if early is not None:
+            finals.time_candidate(early[0])
         background = (reference.start_background(setup, pid)
                       if setup.storage.is_sqlite and _any_complete(study) else None)
         try:
-            picked = finals.pick_candidate(setup, study)
+            picked = finals.pick_candidate(setup, study) if setup.spec.retrains else early
             if picked is None:
                 none = "no complete trial" if setup.spec.goals.plain else "no feasible complete trial"
                 mlflow.set_tag("registration", f"skipped: {none}")

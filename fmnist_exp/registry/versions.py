@@ -196,5 +196,5 @@ def describe(study_name: str, r: Registration, gain: Gain | None, decision: str,
         lines += ["", f"**Serving cost:** {served.mmacs_per_image:.1f} M multiply-accumulates per image, "
                       f"{served.params:,} parameters, {served.size_mb:.2f} MB of weights; "
                       f"{served.ms_per_image_b1:.2f} ms per image at batch 1 and {served.ms_per_image_b256:.3f} ms "
-                      "at batch 256, measured in-process on the machine that trained it (tags cost_*)."]
+                      "at batch 256, measured in-process on the machine that trained or registered it (tags cost_*)."]
     return "\n".join(lines)

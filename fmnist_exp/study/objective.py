@@ -13,6 +13,7 @@ and data it would give the same bits, and samplers redraw points of a small cate
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -89,6 +90,17 @@ class Progress:
               f"time={duration(took)} best={best} elapsed={duration(elapsed)}{same}", flush=True)
         if trial.state == optuna.trial.TrialState.COMPLETE and not multi:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
+
+
+def freeze_survivors(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """After each trial (an Optuna callback), in a process that froze its imports (cli.main): the trial's
+    garbage collected and what outlives it (the study, the data, MLflow's and TensorFlow's caches: ~200,000
+    objects after a digits trial) frozen, so the collection before the next network (Keras' clear_session,
+    train/fit.py) scans only what came since (BENCHMARKS.md, 'A trial's own work'). Between trials, not inside
+    one: a running trial's frames, frozen, would keep a failed trial's traceback and all it holds forever."""
+    if gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
 
 
 def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

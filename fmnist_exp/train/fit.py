@@ -5,7 +5,6 @@ No MLflow here: tracking comes in as Keras callbacks from the caller (train.trac
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import dataclass
@@ -67,24 +66,12 @@ def fresh_model(p: NetworkParams, info: DatasetInfo, *, fused: bool = True) -> t
     seeded RNGs (not from what ran before), built under the precision it will train in; returns
     the model and that precision's name. ``fused``: batch norm by TensorFlow's fused kernel
     (model.layers.FusedBatchNormalization); the logged model is rebuilt without it."""
-    keras.utils.clear_session(free_memory=False)
-    _collect()
+    keras.utils.clear_session()  # collects: cheap where study/objective.py freeze_survivors froze what outlives a trial
     precision = resolve_precision(p.precision)
     warn_if_slow(precision)
     seed_everything(p.seed)
     with precision_policy(precision):
         return build(p, info, fused=fused), precision
-
-
-def _collect() -> None:
-    """The previous network's garbage collected, as Keras' clear_session would. In a process that froze what
-    its imports made (cli.main), what outlives the collection (the study, the data, MLflow's and TensorFlow's
-    caches: ~200,000 objects after a digits trial) is frozen too, so the next network's collection scans only
-    what came since (BENCHMARKS.md, 'A trial's own work'). A frozen object is still freed when nothing refers
-    to it; only a reference cycle that is alive now and dropped later would stay."""
-    gc.collect()
-    if gc.get_freeze_count():
-        gc.freeze()
 
 
 def learning_rate(p: FitParams, steps_per_epoch: int):

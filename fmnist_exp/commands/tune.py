@@ -66,8 +66,9 @@ def run(args: TuneArgs, *, train_fn: TrainFn | None = None) -> StudySummary:
                 study.optimize(
                     make_objective(setup, pid, train_fn),
                     n_trials=setup.budget.n_trials, timeout=setup.budget.timeout,
-                    # no gc_after_trial: freeze_survivors collects once and freezes what outlives the trial, and each
-                    # full collection in a process holding TensorFlow costs ~0.5 s
+                    # no gc_after_trial: freeze_survivors collects after each trial where it freezes what outlives
+                    # it; elsewhere the next network's clear_session collects, and one more full collection in a
+                    # process holding TensorFlow would cost ~0.5 s
                     catch=(Exception,),
                     callbacks=[stop_if_interrupted, freeze_survivors, Progress(setup.budget.n_trials, pid)],
                 )
@@ -144,12 +145,12 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
     measure its gain over the reference, one worker at a time (so the reference is trained once);
     and, under the same lock, whether this process makes the study's report."""
     with setup.storage.registration_lock(setup.model_name):
-        # a lone worker (SQLite) trains the reference beside the final retrain (study/reference.py)
         # a best trial registered as it trained: its serving times measured before a reference trains beside it
-        # (a final retrain times itself as it is logged)
+        # (a final retrain, an ensemble or a distilled network is timed as it is logged)
         early = None if setup.spec.retrains else finals.pick_candidate(setup, study)
         if early is not None:
             finals.time_candidate(early[0])
+        # a lone worker (SQLite) trains the reference beside the final retrain (study/reference.py)
         background = (reference.start_background(setup, pid)
                       if setup.storage.is_sqlite and _any_complete(study) else None)
         try:
@@ -159,7 +160,6 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
                 mlflow.set_tag("registration", f"skipped: {none}")
                 return (None, None, None), claim_report(study, pid, registered_new=by_name)
             candidate, seeds = picked
-            finals.time_candidate(candidate)
             finals.check_budget(setup, candidate, pid)  # its measured cost, before the gate reads the verdict
             registration = register_candidate(candidate, setup.ds, model_name=setup.model_name,
                                               study_name=setup.study_name, family=setup.spec.family,

@@ -98,7 +98,7 @@ def main() -> None:
 
     from fmnist_exp import data
     from fmnist_exp import params as P
-    from fmnist_exp.model.classifier import PNG_B64, compact_request
+    from fmnist_exp.classifier.pyfunc import PNG_B64, compact_request
     from fmnist_exp.model.networks import fit_to_data
     from fmnist_exp.train import job
 

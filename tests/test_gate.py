@@ -20,9 +20,9 @@ from scipy.stats import binomtest
 
 from fmnist_exp import params as P
 from fmnist_exp import stats
+from fmnist_exp.classifier.pyfunc import format_predictions
 from fmnist_exp.commands import tune
 from fmnist_exp.data import FASHION_MNIST, load_dataset
-from fmnist_exp.model.classifier import format_predictions
 from fmnist_exp.registry import gate
 from fmnist_exp.study import setup
 from fmnist_exp.study import spec as space

@@ -17,6 +17,7 @@ LAYERS = [
     {"__init__", "console", "metrics", "stats", "params"},
     {"data"},
     {"model"},
+    {"classifier"},
     {"train"},
     {"scale"},
     {"study"},
@@ -78,10 +79,21 @@ def test_every_import_goes_to_the_same_or_an_earlier_stage():
 
 
 def test_scale_out_uses_no_stage():
-    stages = {"data", "model", "train", "study", "registry", "serving", "commands", "cli"}
+    stages = {"data", "model", "classifier", "train", "study", "registry", "serving", "commands", "cli"}
     used = sorted(f"{m} -> {t}" for m, targets in _imports().items() if _top(m) == "scale"
                   for t in targets if _top(t) in stages)
     assert used == []
+
+
+def test_the_networks_stage_imports_no_mlflow():
+    """model/ is networks: Keras, numpy and the parameters. What MLflow logs and loads (the classifier
+    format) is the stage above it."""
+    found = sorted(f"{path.relative_to(PACKAGE)}: {alias.name if isinstance(node, ast.Import) else node.module}"
+                   for name, path in _modules().items() if _top(name) == "model"
+                   for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))
+                   for alias in node.names[:1]
+                   if (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0] == "mlflow")
+    assert found == []
 
 
 def test_no_import_circle():

@@ -18,8 +18,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from fmnist_exp import data as D
+from fmnist_exp.classifier.pyfunc import BadRequest, to_images
 from fmnist_exp.data import FASHION_MNIST as FM
-from fmnist_exp.model.classifier import BadRequest, to_images
 
 # one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("properties")

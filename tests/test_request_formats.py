@@ -1,4 +1,4 @@
-"""MLflow's other request formats for the classifier (model.request_formats, classifier.frame_pixels), on
+"""MLflow's other request formats for the classifier (classifier.request_formats, classifier.pyfunc.frame_pixels), on
 in-memory values: the dataframe forms, "instances" and CSV give the images {"inputs"} gives, the pixel
 columns in any order with the project's label column dropped, and a malformed request is a BadRequest
 that says what was wrong without repeating the request. Served end to end: tests/test_serving.py."""
@@ -16,10 +16,10 @@ from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import scoring_server
 from mlflow.types import ColSpec, DataType, Schema
 
+from fmnist_exp.classifier import request_body, request_formats
+from fmnist_exp.classifier.pyfunc import expected, input_schema, to_images
+from fmnist_exp.classifier.request_body import OUTPUT_SCHEMA, BadRequest, BodyTooLarge
 from fmnist_exp.data import FASHION_MNIST as FM
-from fmnist_exp.model import request_body, request_formats
-from fmnist_exp.model.classifier import expected, input_schema, to_images
-from fmnist_exp.model.request_body import OUTPUT_SCHEMA, BadRequest, BodyTooLarge
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (5, 28, 28), dtype=np.uint8)
@@ -140,9 +140,13 @@ def test_csv_with_its_index_written_names_the_fix():
 def test_mlflow_parsers_adapted_for_our_classifier_only(monkeypatch):
     """The replacements as MLflow calls them: `mlflow models predict` hands the input file over as text; a
     model that is not our classifier (here a list[...]-hinted one) gets MLflow's parse and refusal."""
-    monkeypatch.setattr(request_formats, "_MLFLOW", {})  # this test's install, undone with the attributes below
-    for name in ("_parse_json_data", "parse_csv_input"):
-        monkeypatch.setattr(scoring_server, name, getattr(scoring_server, name))
+    # this test's install from MLflow's own parsers, undone with the attributes below: an earlier test in this
+    # process may have installed the replacements already (`serve` in-process does)
+    parsers = ("_parse_json_data", "parse_csv_input")
+    mlflows = {name: request_formats._MLFLOW.get(name) or getattr(scoring_server, name) for name in parsers}
+    monkeypatch.setattr(request_formats, "_MLFLOW", {})
+    for name in parsers:
+        monkeypatch.setattr(scoring_server, name, mlflows[name])
     mlflow_parse = scoring_server._parse_json_data
     limits = request_body.Limits(2000, FM.pixels, expected(FM))
     assert request_formats.install(limits) and request_formats.install()  # the second keeps MLflow's parsers

@@ -25,9 +25,9 @@ from PIL import Image
 
 from fmnist_exp import data as D
 from fmnist_exp import params as P
+from fmnist_exp.classifier import pyfunc as serving
+from fmnist_exp.classifier import request_body
 from fmnist_exp.commands import tune
-from fmnist_exp.model import classifier as serving
-from fmnist_exp.model import request_body
 
 # one test process for the whole file: its module-scoped fixtures are made once (pyproject's --dist loadgroup)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving")]
@@ -313,7 +313,7 @@ BAD_REQUESTS = {
     "not_json_10mb": (lambda: b"x" * (10 * 2**20), JSON, 400,
                       "Invalid input. Ensure that input is a valid JSON formatted string. Error: Expecting value"),
     "list_body": (b"[1, 2]", JSON, 400, 'the body must be a JSON object {"inputs": ...}; got list'),
-    # MLflow's other formats (model.request_formats): a malformed table, and columns that are not the pixels
+    # MLflow's other formats (classifier.request_formats): a malformed table, and columns that are not the pixels
     "split_no_columns": ({"dataframe_split": {"data": [[0] * 784]}}, JSON, 400,
                          '"dataframe_split" must be an object {"columns": ["pixel1", ...], "data"'),
     "text_column": (split_body(["name", *PIXELS], [["coat", *[0] * 784]]), JSON, 400,

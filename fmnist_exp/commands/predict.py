@@ -14,7 +14,7 @@ def main(args: PredictArgs, images: list[str]) -> int:
     """One line per image: file, label, class name, confidence."""
     from mlflow.exceptions import MlflowException
 
-    from ..model.classifier import BadRequest
+    from ..classifier.pyfunc import BadRequest
     from ..serving.images import predict_files
 
     try:

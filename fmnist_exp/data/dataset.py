@@ -36,7 +36,7 @@ FIX_HINT = (
     "or point --data_dir / FMNIST_DATA_DIR at them."
 )
 
-# How a served PNG/JPEG is made to look like the training images (model.classifier.load_image):
+# How a served PNG/JPEG is made to look like the training images (classifier.pyfunc.load_image):
 # "dark": grayscale with a dark background (Fashion-MNIST, digits): a light-bordered image is inverted
 # and a non-square one padded with its border colour; "as-is": the images a folder dataset was read
 # from: the same decoding as the loader (resized, never inverted).

@@ -247,7 +247,7 @@ def _data(name: str, mv: ModelVersion) -> Data:
 
 def _signature_shape(name: str, version: str) -> str | None:
     """'HxWxC' from the signature of the version's MLmodel (only that file is read): (-1, H, W) for
-    grayscale, (-1, H, W, C) for colour (model/classifier.py input_schema). None: no such signature."""
+    grayscale, (-1, H, W, C) for colour (classifier/pyfunc.py input_schema). None: no such signature."""
     from mlflow.models import Model
 
     try:

@@ -1,10 +1,12 @@
-"""Serving, the last stage: answers for image files from a registered model (`predict`).
+"""Serving, the last stage: answers for image files from a registered model (`predict`); `serve`: an
+alias followed over HTTP. The classifier it loads is a model format of its own (classifier/).
 
-The served classifier itself is a model format every run logs (model.classifier). Models logged
-before the package took this layout import it from here (their classifier_model.py says
-``from fmnist_exp.serving import FashionClassifier``), so this name stays.
+``FashionClassifier`` here is the module path that versions logged by 861b7d0 load their class from
+(their classifier_model.py; the others are listed in classifier/__init__.py).
 """
 
-from ..model.classifier import FashionClassifier, ImageClassifier, compact_request
+from ..classifier.pyfunc import ImageClassifier, compact_request
+
+FashionClassifier = ImageClassifier
 
 __all__ = ["FashionClassifier", "ImageClassifier", "compact_request"]

@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from ..classifier.pyfunc import MAX_BATCH, BadRequest, load_image
 from ..data import FASHION_MNIST, DatasetInfo
-from ..model.classifier import MAX_BATCH, BadRequest, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

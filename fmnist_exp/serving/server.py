@@ -5,8 +5,8 @@ the alias as the registry moves it.
 
 ``/invocations`` is what MLflow's scoring server does with a request (its ``invocations`` handler,
 called as its route calls it, its error mapping and request timeout): the same request formats,
-answers and errors, with the project's request guard in front (model.request_body) and MLflow's
-other JSON formats and CSV (model.request_formats). Every /invocations answer carries
+answers and errors, with the project's request guard in front (classifier.request_body) and MLflow's
+other JSON formats and CSV (classifier.request_formats). Every /invocations answer carries
 ``X-Model-Version``: the version whose model computed it, read once when the request arrives.
 Beside it:
 
@@ -285,7 +285,7 @@ def model_config() -> dict:
 
 def build(args: ServeArgs) -> tuple[App, Follower]:
     """The app and its follower (started), the request guard and MLflow's request formats installed."""
-    from ..model import request_body, request_formats
+    from ..classifier import request_body, request_formats
 
     request_body.install(None)  # each request checked against the limits of the version it goes to
     request_formats.install()  # MLflow's dataframe forms, instances and CSV for every version

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from ..classifier.pyfunc import MAX_BATCH
 from ..data import Dataset, Splits
 from ..metrics import TEST_ACC
-from ..model.classifier import MAX_BATCH
 from . import lineage, plots, tracking
 
 

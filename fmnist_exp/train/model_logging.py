@@ -15,9 +15,9 @@ from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
+from ..classifier.pyfunc import DATASET_ARTIFACT, MODEL_CONFIG, input_schema
+from ..classifier.request_body import OUTPUT_SCHEMA
 from ..data import DatasetInfo
-from ..model.classifier import DATASET_ARTIFACT, MODEL_CONFIG, input_schema
-from ..model.request_body import OUTPUT_SCHEMA
 from .runs import active_run_id
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # fmnist_exp: logged with every classifier as its code
@@ -80,7 +80,7 @@ def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "m
 def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, name: str = "classifier",
                    step: int = 0) -> LoggedModelRef:
     """Log the servable pyfunc next to the Keras model of the active run (models-from-code:
-    model/classifier_model.py, with the package as code), with its dataset's description (its class
+    classifier/classifier_model.py, with the package as code), with its dataset's description (its class
     names, image shape and how a PNG/JPEG is decoded for it); ``step`` as in :func:`log_keras_model`.
     The URI is ``models:/<model id>``, as ``mlflow.pyfunc.log_model`` returns it."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +101,7 @@ def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, nam
         def save(to: str, meta: Model) -> None:
             mlflow.pyfunc.save_model(
                 to, mlflow_model=meta,
-                python_model=str(PACKAGE_DIR / "model" / "classifier_model.py"),
+                python_model=str(PACKAGE_DIR / "classifier" / "classifier_model.py"),
                 artifacts={"keras_model": str(path), DATASET_ARTIFACT: str(described)},
                 code_paths=[str(PACKAGE_DIR)],  # the class lives there; serving needs no project install
                 signature=signature, input_example=x_example[:2].astype("int64"),

@@ -59,7 +59,7 @@ def install(limits: request_body.Limits | None = None) -> bool:
         original = _MLFLOW.setdefault(name, getattr(scoring_server, name, None))
         if original is None or list(inspect.signature(original).parameters)[:len(parameters)] != parameters:
             _logger.warning("this MLflow's scoring server has no %s(%s): serving {\"inputs\": ...} only (see "
-                            "fmnist_exp.model.request_formats)", name, ", ".join(parameters))
+                            "fmnist_exp.classifier.request_formats)", name, ", ".join(parameters))
             return False
     if limits is not None:
         _MLFLOW["limits"] = limits

@@ -42,7 +42,7 @@ JSON_MIME = "application/json"
 # BODY_BYTES_PER_PIXEL for each of their values (height x width x channels).
 BODY_BYTES_PER_IMAGE, BODY_BYTES_PER_PIXEL = 32 * 1024, 40
 _MLFLOW_HANDLER: dict[str, Any] = {}
-# What the classifier answers, one row per image: the other end of the wire (model.classifier), and how
+# What the classifier answers, one row per image: the other end of the wire (classifier.pyfunc), and how
 # request_formats tells a loaded model is ours
 OUTPUT_SCHEMA = Schema([
     ColSpec(DataType.long, "label"),
@@ -177,7 +177,7 @@ def install(limits: Limits | None) -> bool:
     handler = _MLFLOW_HANDLER.setdefault("invocations", getattr(server, "invocations", None))
     if handler is None or list(inspect.signature(handler).parameters)[:3] != ["data", "content_type", "model"]:
         _logger.warning("this MLflow's scoring server has no invocations(data, content_type, model, ...): serving "
-                        "without the checks on a request's size and JSON (see fmnist_exp.model.request_body)")
+                        "without the checks on a request's size and JSON (see fmnist_exp.classifier.request_body)")
         return False
     if limits is not None:
         _MLFLOW_HANDLER["fallback"] = limits

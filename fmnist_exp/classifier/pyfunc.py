@@ -338,8 +338,6 @@ class ImageClassifier(PythonModel):
         return format_predictions(probs, self.info)
 
 
-FashionClassifier = ImageClassifier  # the name models logged by earlier code load (their classifier_model.py)
-
 
 # ----------------------------------------------------------------------------- image files
 

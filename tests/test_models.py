@@ -288,3 +288,31 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
     assert loaded.steps_per_execution == 1
     np.testing.assert_allclose(loaded.predict_on_batch(s.x_test[:1].astype("float32")),
                                model.predict_on_batch(s.x_test[:1].astype("float32")), rtol=1e-5)
+
+
+def test_batch_norm_settles_within_an_epoch_of_few_steps():
+    """bn_settle: a batch-norm layer keeps at most the momentum that leaves 0.1% of its starting statistics
+    after one epoch, inside a nested model too; from 66 steps an epoch (Fashion-MNIST's 422) nothing changes."""
+    import keras
+
+    from fmnist_exp.train import fit as F
+
+    def net(momentum=0.9):
+        inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.99)])
+        x = keras.Input((4,))
+        return keras.Model(x, keras.layers.BatchNormalization(momentum=momentum)(inner(x)))
+
+    def momenta(model):
+        found = [layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        return found + [layer.momentum for sub in model.layers for layer in getattr(sub, "layers", ())]
+
+    few = net()
+    F.settle_batch_norm(few, 6)
+    assert momenta(few) == pytest.approx([1e-3 ** (1 / 6)] * 2) and 1e-3 ** (1 / 6) < 0.32
+    for steps in (66, 422):
+        many = net()
+        F.settle_batch_norm(many, steps)
+        assert momenta(many) == [0.9, min(0.99, 1e-3 ** (1 / steps))]
+    kept = net(momentum=0.2)
+    F.settle_batch_norm(kept, 6)
+    assert momenta(kept)[0] == 0.2  # a lower momentum of the network's own is kept

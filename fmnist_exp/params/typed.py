@@ -24,7 +24,7 @@ def _flat_value(v: Any) -> Any:
 
 # Parameters added after runs were logged without them, and the value that trains as those runs did.
 ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None,
-                               "optimizer": "adam", "data": "fashion-mnist"}
+                               "optimizer": "adam", "data": "fashion-mnist", "bn_settle": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +87,7 @@ class FitParams(DataParams):
     early_stopping_patience: int  # 0 = off
     monitor: str
     label_smoothing: float
+    bn_settle: bool
     precision: str
     augment: bool
     aug_shift: float

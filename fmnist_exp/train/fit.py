@@ -110,8 +110,30 @@ def optimizer(p: FitParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(**common)
 
 
+# The share of its starting statistics (mean 0, variance 1) a batch-norm layer may still hold after one epoch
+# (``bn_settle``). With momentum 0.9 and the 6 steps an epoch of 720 images takes, it held 53% after the first
+# epoch and 4% after the fifth: validation read a network normalised by numbers it never computed, sat at
+# chance while the training loss fell, and early stopping kept the first epoch's weights (BENCHMARKS.md,
+# 'Your own data'). From 66 steps an epoch the bound is above 0.9 and nothing changes.
+SETTLED = 1e-3
+
+
+def settle_batch_norm(model: keras.Model, steps_per_epoch: int) -> None:
+    """Lower each batch-norm layer's momentum (the model's own layers and those of the models inside it) to
+    at most the one that leaves SETTLED of the starting statistics after ``steps_per_epoch`` steps."""
+    bound = SETTLED ** (1 / max(1, steps_per_epoch))
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", ()))  # a model used as a layer
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, bound)
+
+
 def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1,
                   from_logits: bool = False) -> None:
+    if p.bn_settle:
+        settle_batch_norm(model, steps_per_epoch)
     model.compile(
         optimizer=optimizer(p, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, from_logits=from_logits),

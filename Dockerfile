@@ -13,6 +13,7 @@ WORKDIR /app
 COPY pyproject.toml README.md MLproject conda.yaml ./
 COPY fmnist_exp ./fmnist_exp
 COPY experiments ./experiments
+COPY examples ./examples
 # editable: the study files stay in /app/experiments, where the code finds them
 RUN pip install --no-cache-dir -e ".[cluster]"
 

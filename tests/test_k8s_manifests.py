@@ -335,3 +335,14 @@ def test_no_password_is_written_down():
     page = (REPO / "docs" / "scale-out.md").read_text()
     assert "kubectl create secret generic fmnist-db --from-literal=password=" in page
     assert f"docker build -t {_image()} ." in page
+
+
+def test_the_image_holds_the_files_shipped_study_files_name():
+    """A study file naming a builder (`model: examples/residual.py:build`) runs in the image as anywhere."""
+    import yaml
+
+    copied = {src for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              for src in line.split()[1:-1]}
+    named = [study["model"].split(":")[0] for path in sorted((REPO / "experiments").glob("*.yaml"))
+             if "model" in (study := yaml.safe_load(path.read_text()))]
+    assert named and all(name.split("/")[0] in copied and (REPO / name).is_file() for name in named), (named, copied)

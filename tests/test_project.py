@@ -44,6 +44,12 @@ def test_project_files_name_the_environment():
     pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
     for dep in ("tensorflow", "mlflow", "optuna", "numpy", "pandas", "scikit-learn", "matplotlib"):
         assert any(x.startswith(dep) for x in pip), dep
+    # the conda route installs what pip's does (the package's dependencies and `launch`'s): `serve` once
+    # failed there for want of prometheus-client
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert sorted(pip) == sorted([*project["dependencies"], *project["optional-dependencies"]["cluster"]])
 
 
 def test_cli_subcommands_match_entry_points(tmp_path):

@@ -18,6 +18,7 @@ if $PY -c "import keras_tuner" 2> /dev/null; then  # ~50 min: ours, keras-tuner'
 fi
 $PY bench/bench_own_data.py --data digits > bench/out/own_data_digits.json  # ~5 min each: a study on other data
 $PY bench/bench_own_data.py --data scenes --study images > bench/out/own_data_scenes.json
+$PY bench/bench_small_data.py > bench/out/small_data.json  # ~4 min: the default cnn on a few hundred images, bn_settle off and on
 $PY bench/bench_lineage.py > bench/out/lineage.json
 $PY bench/bench_determinism.py > bench/out/determinism.json
 FMNIST_TEST_PG="$(bash scripts/start_postgres.sh | tail -n 1)" $PY bench/bench_scaleout.py > bench/out/scaleout.json

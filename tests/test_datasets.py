@@ -432,3 +432,37 @@ def test_check_split_refuses_what_cannot_be_stratified(digits):
     one = D.Dataset(x[picks[4:]], y[picks[4:]], x[:20], y[:20], source="test", fmt="npz", info=info)
     with pytest.raises(D.DataError, match=r"class '0' has 1 training image\(s\); a stratified validation split"):
         D.check_split(one, 0.5)
+
+
+def test_a_tune_of_data_without_a_study_file_gets_the_study_for_its_images(dataset, digits, photos, tmp_path,
+                                                                             tracking, capsys):
+    """`tune --data X` with no study file: digits (8x8) gets experiments/digits.yaml, a two-class colour folder
+    and a folder of Fashion-MNIST's images (which the default study refused: it asks for mirror images) get
+    experiments/images.yaml, each said in one line, and the whole setup a study checks before any run passes;
+    Fashion-MNIST itself, a study file, a study name or the mlp family keep today's choice."""
+    from fmnist_exp import params as P
+    from fmnist_exp.study import setup
+
+    colour = tmp_path / "colour"
+    for k, photo in enumerate(photos):
+        _write_pngs(colour / ("china", "flower")[k], _patches(photo, 40))
+    fashion = tmp_path / "fashion"
+    for label in range(10):
+        images = dataset.x_train[dataset.y_train == label][:20]
+        _write_pngs(fashion / D.FASHION_CLASSES[label].replace("/", "-"), images)
+
+    chosen = {}
+    for data in ("digits", str(colour), str(fashion)):
+        args, ds = setup.study_for_data(P.tune_args({"data": data}))
+        line = capsys.readouterr().out.strip()
+        assert ds is not None and line.startswith(f"[tune] no study file given: study={args.study} "), line
+        assert "docs/studies.md, 'A study for your data'" in line and f"{ds.info.name}: " in line
+        chosen[data] = args.study
+        if data != "digits":
+            prepared = setup.prepare(args)  # the checks of a new study (flips, widths, reference) pass
+            assert prepared.study_name == "images" and prepared.spec.family == "cnn"
+    assert chosen == {"digits": "digits", str(colour): "images", str(fashion): "images"}
+    for given in ({"data": "fashion-mnist"}, {"data": "digits", "study": "mlp"}, {"data": "digits", "family": "mlp"},
+                  {"data": "digits", "study_name": "mine"}):
+        args, ds = setup.study_for_data(P.tune_args(given))
+        assert ds is None and args == P.tune_args(given)

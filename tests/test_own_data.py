@@ -230,8 +230,8 @@ def test_a_colour_folder_is_tuned_registered_under_its_name_and_predicted(tracki
 
 def test_what_the_data_does_not_allow_is_refused_before_any_run(tracking, tmp_path, digits, photos, capsys):
     """Each refused with what was wrong and what to do, exit 2, and no run created: a corrupt image
-    (named), a cnn too deep for 8x8 digits, the default study's mirror-averaged answers on digits, a
-    registered name holding another dataset's champion, a study created on other data. (The CLI in-process:
+    (named), a cnn too deep for 8x8 digits, the default study (named: study=cnn) and its mirror-averaged answers
+    on digits, a registered name holding another dataset's champion, a study created on other data. (The CLI in-process:
     the same code as a subprocess, without starting TensorFlow once per command.)"""
     from fmnist_exp import cli as command_line
 
@@ -245,8 +245,9 @@ def test_what_the_data_does_not_allow_is_refused_before_any_run(tracking, tmp_pa
     checks = [
         (["cnn", "--data", str(bad)], "china/004.png: not a readable PNG/JPEG image"),
         (["cnn", "--data", "digits", "--filters", "16,32,64,128"], "below one pixel; 3 fit"),
-        (["tune", "--data", "digits"], "would shrink the 8x8 images of digits below one pixel; 3 fit: give at most 3 "
-                                       "widths, e.g. filters=32,64,128; and tta_flip=true: in digits, a mirror image"),
+        (["tune", "--data", "digits", "--study", "cnn"],
+         "would shrink the 8x8 images of digits below one pixel; 3 fit: give at most 3 widths, e.g. "
+         "filters=32,64,128; and tta_flip=true: in digits, a mirror image"),
         (["baseline", "--data", str(tmp_path / "nowhere")], "no such file or folder"),
     ]
     for args, said in checks:

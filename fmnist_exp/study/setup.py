@@ -115,6 +115,7 @@ def reference_recipe(args: TuneArgs, spec: S.StudySpec, info: D.DatasetInfo) -> 
 def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     """Check everything that can be wrong before any work, and before any MLflow run is started."""
     url = preflight(args.storage)
+    args, ds = study_for_data(args)
     study_name = args.study_name or S.resolve_path(args.study, args.family).stem
     opened = url.open()  # under a lock: workers started together create the tables once (scale/locks.py)
     stored = stored_study(url, opened, study_name)
@@ -125,7 +126,7 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     # not given: the study's own data (so `register` needs only the study's name and storage)
     args = replace(args, data=args.data or (stored or {}).get(STUDY_DATA_ARG) or D.FASHION_MNIST.name)
     P.compose(spec.family, study_layers(args, spec))  # what every trial shares: refused now, not in trial 0
-    ds = D.load_dataset(args.data, args.data_dir)
+    ds = ds or D.load_dataset(args.data, args.data_dir)
     for note in ds.notes:
         print(f"[data] {note}", flush=True)
     setup = Setup(args, spec, budget, ds, study_name, url, opened, args.model_name or default_model_name(ds.info))
@@ -133,6 +134,19 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     check_data(setup, stored)
     check_ensemble_validation(setup)
     return setup
+
+
+def study_for_data(args: TuneArgs) -> tuple[TuneArgs, D.Dataset | None]:
+    """A cnn study of data the command line names, with neither a study file nor a study name given, gets the
+    study file for its images (spec.for_data), said in one line; the dataset comes back loaded. Otherwise
+    ``args`` unchanged (the family's file, or the named study's stored one) and no dataset."""
+    if args.study or args.study_name or args.data in (None, D.FASHION_MNIST.name) or args.family not in (None, "cnn"):
+        return args, None
+    ds = D.load_dataset(args.data, args.data_dir)
+    name, why = S.for_data(ds.info)
+    print(f"[tune] no study file given: study={name} (experiments/{name}.yaml), {why}; docs/studies.md, "
+          "'A study for your data'", flush=True)
+    return replace(args, study=name), ds
 
 
 def default_model_name(info: D.DatasetInfo) -> str:

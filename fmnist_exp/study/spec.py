@@ -39,6 +39,7 @@ import optuna
 import yaml
 
 from .. import params as P
+from ..data import FASHION_MNIST, DatasetInfo
 from ..params import ConfigError, TuneArgs
 from ..params.table import family_params
 from .goals import Goals, check_search, parse_goals
@@ -184,6 +185,22 @@ def resolve_path(study: str | None, family: str | None) -> Path:
     if p.suffix not in (".yaml", ".yml") and not p.exists():
         p = EXPERIMENTS_DIR / f"{study}.yaml"
     return p
+
+
+# The cnn study for data a command names without a study file (docs/studies.md, 'A study for your data'): the
+# default study (cnn.yaml) asks for mirror images and 10,000 training images, which a folder seldom allows.
+SMALL_SIDE = 16  # images.yaml's widths search four halvings, which need 16x16 images or more
+
+
+def for_data(info: DatasetInfo) -> tuple[str, str]:
+    """The study file (its name in experiments/) a cnn study of ``info``'s images uses when none is given, and
+    why, in words."""
+    h, w, c = info.shape
+    if info.name == FASHION_MNIST.name:
+        return "cnn", "the default study, for Fashion-MNIST"
+    if min(h, w) < SMALL_SIDE:
+        return "digits", f"for images under {SMALL_SIDE} pixels a side ({info.name}: {h}x{w}x{c})"
+    return "images", f"for your own images of {SMALL_SIDE}x{SMALL_SIDE} pixels or more ({info.name}: {h}x{w}x{c})"
 
 
 def load(study: str | None, family: str | None) -> StudySpec:

@@ -291,8 +291,9 @@ def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call
 
 
 def test_batch_norm_settles_within_an_epoch_of_few_steps():
-    """bn_settle: a batch-norm layer keeps at most the momentum that leaves 0.1% of its starting statistics
-    after one epoch, inside a nested model too; from 66 steps an epoch (Fashion-MNIST's 422) nothing changes."""
+    """bn_settle: while training, a batch-norm layer keeps at most the momentum that leaves 0.1% of its starting
+    statistics after one epoch, inside a nested model too, and its own afterwards; the cnn family's 0.9 is kept
+    from 66 steps an epoch (Fashion-MNIST's 422), Keras' default 0.99 from 688."""
     import keras
 
     from fmnist_exp.train import fit as F
@@ -302,17 +303,43 @@ def test_batch_norm_settles_within_an_epoch_of_few_steps():
         x = keras.Input((4,))
         return keras.Model(x, keras.layers.BatchNormalization(momentum=momentum)(inner(x)))
 
-    def momenta(model):
+    def momenta(model):  # the outer layer's, then the nested one's
         found = [layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         return found + [layer.momentum for sub in model.layers for layer in getattr(sub, "layers", ())]
 
-    few = net()
-    F.settle_batch_norm(few, 6)
-    assert momenta(few) == pytest.approx([1e-3 ** (1 / 6)] * 2) and 1e-3 ** (1 / 6) < 0.32
-    for steps in (66, 422):
-        many = net()
-        F.settle_batch_norm(many, steps)
-        assert momenta(many) == [0.9, min(0.99, 1e-3 ** (1 / steps))]
-    kept = net(momentum=0.2)
-    F.settle_batch_norm(kept, 6)
-    assert momenta(kept)[0] == 0.2  # a lower momentum of the network's own is kept
+    model = net()
+    with F.settled_batch_norm(model, 6):
+        assert momenta(model) == pytest.approx([1e-3 ** (1 / 6)] * 2) and 1e-3 ** (1 / 6) < 0.32
+    assert momenta(model) == [0.9, 0.99]  # the builder's own again: what the trained model saves
+    for steps, nested in ((66, 1e-3 ** (1 / 66)), (422, 1e-3 ** (1 / 422)), (688, 0.99)):
+        with F.settled_batch_norm(model, steps):
+            assert momenta(model) == [0.9, pytest.approx(nested)], steps
+    with F.settled_batch_norm(model, 6, on=False):
+        assert momenta(model) == [0.9, 0.99]
+    low = net(momentum=0.2)
+    with F.settled_batch_norm(low, 6):
+        assert momenta(low)[0] == 0.2  # a lower momentum of the network's own is kept
+
+
+def test_a_network_that_compiled_itself_trains_with_settled_batch_norm():
+    """A builder's own compiled model (keras-tuner's way) is fitted through builder_fit.FitCall: bn_settle holds
+    there too, at the steps the call's own batch size makes (64 images at 16: 4 steps an epoch)."""
+    import keras
+
+    from fmnist_exp.train.builder_fit import FitCall
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(self.model.layers[0].momentum)
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    call = FitCall(model, P.network("cnn", {"epochs": 1, "batch_size": 128}), [Watch()], (x, y), images=64)
+    call(x, y, batch_size=16)
+    assert seen and all(m == pytest.approx(1e-3 ** (1 / 4)) for m in seen)
+    assert model.layers[0].momentum == 0.99

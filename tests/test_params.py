@@ -120,6 +120,10 @@ def test_a_parameter_added_later_keeps_earlier_digests_while_off():
     assert P.replaced(p, residual=True).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
     assert P.replaced(p, optimizer="sgd").digest() != p.digest()
     assert P.replaced(p, data="digits").digest() != p.digest() == P.replaced(p, data="fashion-mnist").digest()
+    # bn_settle is on by default, unlike the runs before it: the recipe before it has the digest earlier code stored
+    off = P.replaced(p, bn_settle=False)
+    earlier = {k: v for k, v in off.logged().items() if k not in (*added, "bn_settle")}
+    assert off.digest() == hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:16] != p.digest()
     # "not given" as `mlflow run` records it ('') reads back as not given
     recorded = P.network("cnn", {"split_seed": "''", "filters": "''", "data_dir": "''"})
     assert (recorded.split_seed, recorded.filters, recorded.data_dir) == (None, None, None)

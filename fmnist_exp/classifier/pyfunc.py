@@ -338,7 +338,6 @@ class ImageClassifier(PythonModel):
         return format_predictions(probs, self.info)
 
 
-
 # ----------------------------------------------------------------------------- image files
 
 

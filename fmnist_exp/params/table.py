@@ -146,9 +146,10 @@ FIT_PARAMS = [
     Param("label_smoothing", 0.0, "share of each label spread over the other classes in the loss",
           in_range(0, 0.5, hi_open=True)),
     Param("bn_settle", True, "batch normalisation's moving statistics settle within every epoch, so validation "
-          "reads the statistics of the network being trained: a layer's momentum is lowered where an epoch has too "
-          "few steps to forget the statistics it started from (momentum^steps <= 0.001; from 66 steps an epoch, "
-          "0.9 stays); false: each layer's own momentum, as runs before this parameter trained"),
+          "reads the statistics of the network being trained: while it trains, a layer's momentum is lowered where "
+          "an epoch has too few steps to forget the statistics it started from (momentum^steps <= 0.001: the cnn "
+          "family's 0.9 stays from 66 steps an epoch, Keras' default 0.99 from 688); false: each layer's own "
+          "momentum, as runs before this parameter trained"),
     Param("precision", "auto", "auto: mixed_float16 where a GPU is visible, mixed_bfloat16 on a CPU with "
           "bfloat16 instructions (AMX-BF16 or AVX512-BF16) under TensorFlow, else float32; or name one "
           "(docs/speed.md)", one_of(PRECISIONS)),

@@ -106,8 +106,10 @@ class FitCall:
     """Stands in for ``model.fit`` while the user's fit runs: completes its arguments with the platform's and
     records what the network trains with (``effective``). ``dry``: record and stop, training nothing."""
 
-    def __init__(self, model: keras.Model, p: NetworkParams, callbacks: list, validation: tuple, dry: bool = False):
+    def __init__(self, model: keras.Model, p: NetworkParams, callbacks: list, validation: tuple, dry: bool = False,
+                 images: int = 0):
         self.model, self.p, self.callbacks, self.validation, self.dry = model, p, callbacks, validation, dry
+        self.images = images  # training images per epoch: the steps an epoch takes at the batch size the call uses
         self.effective: dict[str, Any] = {}
         self.history: keras.callbacks.History | None = None
 
@@ -123,7 +125,9 @@ class FitCall:
         self.effective = {k: kwargs[k] for k in SET_BY_FIT}
         if self.dry:
             raise _Drawn
-        self.history = type(self.model).fit(self.model, *args, **kwargs)
+        steps = math.ceil(self.images / (kwargs["batch_size"] or self.p.batch_size))
+        with F.settled_batch_norm(self.model, steps, on=self.p.bn_settle):
+            self.history = type(self.model).fit(self.model, *args, **kwargs)
         return self.history
 
 
@@ -288,7 +292,7 @@ def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
     x_val = images(s.x_val, info, b.keras_tuner)
     validation = (x_val, labels(s.y_val, info.num_classes, form))
     cbs = [ValidationAccuracy(x_val, s.y_val), *F.standard_callbacks(p), *callbacks]
-    call = FitCall(model, p, cbs, validation)
+    call = FitCall(model, p, cbs, validation, images=len(s.x_train))
     F.seed_everything(p.seed)
     t0 = time.perf_counter()
     try:

@@ -458,11 +458,15 @@ def test_a_tune_of_data_without_a_study_file_gets_the_study_for_its_images(datas
         assert ds is not None and line.startswith(f"[tune] no study file given: study={args.study} "), line
         assert "docs/studies.md, 'A study for your data'" in line and f"{ds.info.name}: " in line
         chosen[data] = args.study
-        if data != "digits":
-            prepared = setup.prepare(args)  # the checks of a new study (flips, widths, reference) pass
-            assert prepared.study_name == "images" and prepared.spec.family == "cnn"
     assert chosen == {"digits": "digits", str(colour): "images", str(fashion): "images"}
-    for given in ({"data": "fashion-mnist"}, {"data": "digits", "study": "mlp"}, {"data": "digits", "family": "mlp"},
-                  {"data": "digits", "study_name": "mine"}):
+    # as the command runs it: every check a new study runs before any run passes (flips, widths, reference)
+    prepared = setup.prepare(P.tune_args({"data": str(colour)}))
+    assert (prepared.study_name, prepared.spec.path.name, prepared.spec.family) == ("images", "images.yaml", "cnn")
+    # a study_name of its own (what check_study_data tells a second folder to give) keeps the choice
+    prepared = setup.prepare(P.tune_args({"data": str(fashion), "study_name": "fashion-folder"}))
+    assert (prepared.study_name, prepared.spec.path.name) == ("fashion-folder", "images.yaml")
+    for given in ({"data": "fashion-mnist"}, {"data": "digits", "study": "mlp"}, {"data": "digits", "family": "mlp"}):
         args, ds = setup.study_for_data(P.tune_args(given))
         assert ds is None and args == P.tune_args(given)
+    args, ds = setup.study_for_data(P.tune_args({"data": "digits", "study_name": "mine"}), stored=True)
+    assert ds is None and args.study is None  # a stored study keeps its own file

@@ -331,8 +331,9 @@ TUNE_PARAMS = [
     Param("family", None, "model family to tune: mlp, cnn, or custom (your own network: the study file names its "
           "builder, model: FILE.py:FUNCTION) (not given: the study's own: the family stored on an existing study, else "
           "the study file's, else cnn)", one_of(NETWORK_FAMILIES), kind=str),
-    Param("study", None, "study file: a path, or a name in experiments/ (not given: experiments/<family>.yaml)",
-          kind=str),
+    Param("study", None, "study file: a path, or a name in experiments/ (not given: experiments/<family>.yaml; for a "
+          "new cnn study of other images than Fashion-MNIST, the file for them: "
+          "docs/studies.md, 'A study for your data')", kind=str),
     Param("n_trials", None, "trials to run in this invocation (not given: the study file's budget)",
           in_range(1, 100_000), kind=int),
     Param("timeout", None, "stop starting trials after this many seconds, 0 = no limit (not given: the study "

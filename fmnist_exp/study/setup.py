@@ -115,10 +115,11 @@ def reference_recipe(args: TuneArgs, spec: S.StudySpec, info: D.DatasetInfo) -> 
 def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     """Check everything that can be wrong before any work, and before any MLflow run is started."""
     url = preflight(args.storage)
-    args, ds = study_for_data(args)
-    study_name = args.study_name or S.resolve_path(args.study, args.family).stem
     opened = url.open()  # under a lock: workers started together create the tables once (scale/locks.py)
-    stored = stored_study(url, opened, study_name)
+    named = stored_study(url, opened, args.study_name) if args.study_name else None
+    args, ds = study_for_data(args, stored=named is not None)
+    study_name = args.study_name or S.resolve_path(args.study, args.family).stem
+    stored = named if args.study_name else stored_study(url, opened, study_name)
     if stored is None and must_exist:
         raise ConfigError(f"no study {study_name!r} in {url.where}: check study_name and storage")
     spec = study_spec(args, study_name, stored)
@@ -136,11 +137,11 @@ def prepare(args: TuneArgs, *, must_exist: bool = False) -> Setup:
     return setup
 
 
-def study_for_data(args: TuneArgs) -> tuple[TuneArgs, D.Dataset | None]:
-    """A cnn study of data the command line names, with neither a study file nor a study name given, gets the
-    study file for its images (spec.for_data), said in one line; the dataset comes back loaded. Otherwise
-    ``args`` unchanged (the family's file, or the named study's stored one) and no dataset."""
-    if args.study or args.study_name or args.data in (None, D.FASHION_MNIST.name) or args.family not in (None, "cnn"):
+def study_for_data(args: TuneArgs, *, stored: bool = False) -> tuple[TuneArgs, D.Dataset | None]:
+    """A new cnn study of data the command line names, with no study file given, gets the study file for its
+    images (spec.for_data), said in one line; the dataset comes back loaded. Otherwise (a study file, a study
+    of that study_name already ``stored``, Fashion-MNIST, another family) ``args`` unchanged and no dataset."""
+    if args.study or stored or args.data in (None, D.FASHION_MNIST.name) or args.family not in (None, "cnn"):
         return args, None
     ds = D.load_dataset(args.data, args.data_dir)
     name, why = S.for_data(ds.info)

@@ -131,11 +131,14 @@ def settled_batch_norm(model: keras.Model, steps_per_epoch: int, on: bool = True
     if on:
         for layer in layers:
             layer.momentum = min(layer.momentum, bound)
+        model.train_function = None  # traced anew with these momenta (a second fit may bring another bound)
     try:
         yield
     finally:
         for layer, momentum in zip(layers, own, strict=True):
             layer.momentum = momentum
+        if on:
+            model.train_function = None
 
 
 def compile_model(model: keras.Model, p: FitParams, steps_per_epoch: int, *, steps_per_execution: int = 1,

@@ -48,9 +48,9 @@ class Cost:
     ms_per_image_b256: float  # median over warm calls of BATCH images, per image
     ms_per_image_b256_iqr: float
 
-    def metrics(self) -> dict[str, float]:
-        """As logged: ``cost_<field>``."""
-        return {f"cost_{k}": float(v) for k, v in asdict(self).items()}
+    def metrics(self, *, times_only: bool = False) -> dict[str, float]:
+        """As logged: ``cost_<field>``; ``times_only``: the times alone, not the DETERMINISTIC costs."""
+        return as_metrics({k: v for k, v in asdict(self).items() if not (times_only and k in DETERMINISTIC)})
 
     @classmethod
     def from_metrics(cls, metrics: dict[str, float]) -> Cost | None:
@@ -123,6 +123,11 @@ def weights_mb(model: keras.Model) -> float:
         path = Path(tmp) / "cost.weights.h5"
         model.save_weights(path)
         return path.stat().st_size / 1e6
+
+
+def as_metrics(costs: dict[str, Any]) -> dict[str, float]:
+    """Costs by name (:class:`Cost`'s fields) as a run logs them: ``cost_<name>``."""
+    return {f"cost_{k}": float(v) for k, v in costs.items()}
 
 
 def static(model: keras.Model) -> dict[str, float]:

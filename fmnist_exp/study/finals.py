@@ -198,9 +198,8 @@ def time_candidate(cand: Candidate) -> None:
     of a study whose goals read no time: train.job.Hooks.timed_cost), on its run and its models: the version
     registered from it states them (registry.versions)."""
     if "ms_per_image_b1" not in cost_metrics(cand.run_id):  # the deterministic costs stay as the trial logged them
-        timed = cost.measure_once(mlflow.keras.load_model(cand.model_uri)).metrics()
-        tracking.log_model_metrics(cand.run_id, {k: v for k, v in timed.items()
-                                                 if k.removeprefix("cost_") not in cost.DETERMINISTIC})
+        timed = cost.measure_once(mlflow.keras.load_model(cand.model_uri)).metrics(times_only=True)
+        tracking.log_model_metrics(cand.run_id, timed)
 
 
 def check_budget(setup: Setup, cand: Candidate, parent_run_id: str) -> str | None:

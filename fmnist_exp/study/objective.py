@@ -130,7 +130,7 @@ def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams, info: Dat
     set_costs(trial, goals, static)
     trial.set_user_attr(OVER_BUDGET_ATTR, reason)
     mlflow.log_params(p.logged())
-    mlflow.log_metrics({f"cost_{k}": v for k, v in static.items()})
+    mlflow.log_metrics(cost.as_metrics(static))
     mlflow.set_tags({"trial_state": "PRUNED", OVER_BUDGET_ATTR: reason})
     return reason
 

@@ -45,22 +45,20 @@ def make(name: str, root: Path) -> str:
 
 
 def train(data: str, family: str, seed: int, settle: bool) -> dict:
-    import keras
     from scipy.stats import binomtest
 
     from fmnist_exp import params as P
     from fmnist_exp.data import load_dataset, split
     from fmnist_exp.model import networks
     from fmnist_exp.train import fit as F
+    from fmnist_exp.train.evaluate import predict_proba
 
     ds = load_dataset(data)
     p, _ = networks.fit_to_data(P.network(family, {"data": data, "seed": seed, "bn_settle": settle}), ds.info)
     s = split(ds, val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
     model, _ = F.fresh_model(p, ds.info)
     result = F.fit(model, s, p)
-    probs = np.concatenate([keras.ops.convert_to_numpy(model(s.x_test[i:i + 512].astype("float32"), training=False))
-                            for i in range(0, len(s.x_test), 512)])
-    right = probs.argmax(1) == s.y_test
+    right = predict_proba(model, s.x_test).argmax(1) == s.y_test
     majority = np.bincount(s.y_train).max() / len(s.y_train)
     return {"seed": seed, "bn_settle": settle, "test_acc": float(right.mean()), "epochs_run": result.epochs_run,
             "steps_per_epoch": -(-len(s.x_train) // p.batch_size), "fit_s": round(result.wall_s, 1),

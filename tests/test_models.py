@@ -58,6 +58,17 @@ def test_deeper_blocks_and_mixed_precision_keep_float32_probabilities(dataset):
     assert precision.resolve_precision("float32") == "float32"
 
 
+def test_auto_precision_follows_a_cap_on_onednn_isa(monkeypatch):
+    from fmnist_exp.train import precision
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN emulates bfloat16 below AVX512_CORE_BF16
+    assert precision.cpu_has_bfloat16() is False and precision.resolve_precision("auto") == "float32"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    uncapped = precision.cpu_has_bfloat16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # a cap above it leaves the CPU's own answer
+    assert precision.cpu_has_bfloat16() == uncapped
+
+
 def test_residual_blocks_add_each_input_pooled_alongside_and_projected_where_the_width_changes(dataset):
     import keras
 

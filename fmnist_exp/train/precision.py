@@ -7,6 +7,7 @@ in BENCHMARKS.md, "Training speed on a CPU").
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,9 +37,16 @@ def _cpu_flags() -> str | None:
         return None
 
 
+# oneDNN levels below AVX512_CORE_BF16: with ONEDNN_MAX_CPU_ISA capped at one of them oneDNN emulates bfloat16
+# even on a CPU that has it (the cap is how one CPU runs as an older one does; docs/speed.md).
+_ONEDNN_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_bfloat16() -> bool | None:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16); None where it
-    cannot be told (no /proc/cpuinfo)."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16) as oneDNN may use it; None
+    where it cannot be told (no /proc/cpuinfo)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_ISA_WITHOUT_BF16:
+        return False
     flags = _cpu_flags()
     return None if flags is None else ("avx512_bf16" in flags or "amx_bf16" in flags)
 

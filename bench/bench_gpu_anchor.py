@@ -98,12 +98,6 @@ def run_anchor(p: CnnParams, s, *, bf16: bool, compile_: bool, channels_last: bo
     import torch
     import torch.nn.functional as F
 
-    if p.lr_schedule != "cosine":
-        raise SystemExit(f"the anchor implements the cosine schedule only (lr_schedule={p.lr_schedule!r})")
-    if p.residual:
-        raise SystemExit("the anchor's network is a Sequential: it implements residual=false only")
-    if p.optimizer != "adam":
-        raise SystemExit(f"the anchor implements Adam only (optimizer={p.optimizer!r})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(p.seed)
     net, kernels = anchor_network(p)
@@ -253,7 +247,7 @@ def main() -> None:
     flat = p.flat()  # widths as "32,64,128,256", as the runs log them
     print(json.dumps({"machine": machine(), "data_source": ds.source, "smoke": args.smoke,
                       "recipe": {k: flat[k] for k in (*PROJECT_KEYS, "filters", "pool_first", "dropout", "l2",
-                                                      "label_smoothing", "lr_schedule")},
+                                                      "label_smoothing")},
                       "anchor": anchor, "project": project, "project_over_anchor": ratio}, indent=2))
 
 

@@ -52,7 +52,7 @@ from common import MLFLOW, emit, free_port, machine  # noqa: E402
 STUDY = """description: scale benchmark (synthetic objective that sleeps)
 family: mlp
 budget: {n_trials: 100000, epochs: 4, train_samples: 0, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+fixed: {early_stopping_patience: 0}
 space:
   dropout: {type: float, low: 0.0, high: 0.5}
   learning_rate: {type: float, low: 3.0e-4, high: 5.0e-3, log: true}

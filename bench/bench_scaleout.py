@@ -24,7 +24,7 @@ from common import MLFLOW, emit, free_port, machine, running_server  # noqa: E40
 STUDY = """description: scale-out benchmark
 family: mlp
 budget: {n_trials: 2, epochs: 3, train_samples: 3000, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+fixed: {early_stopping_patience: 0}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
   learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}

@@ -237,7 +237,7 @@ MODEL = "digits-classifier"  # what a study registers on the workers' data (work
 STUDY = """description: scale-out test study
 family: mlp
 budget: {{n_trials: 2, epochs: {epochs}, train_samples: {samples}, timeout: 0}}
-fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
+fixed: {{early_stopping_patience: 0}}
 space:
   dropout: {{type: float, low: 0.0, high: 0.3}}
   learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
@@ -422,23 +422,29 @@ BASELINE = "861b7d0"  # the last commit before fmnist_exp/ was restructured into
 def old_code(tmp_path_factory) -> Path:
     """The baseline's fmnist_exp/ and experiments/ (its study files, found beside the package),
     extracted once per session; fails if the commit is missing or its package is not the one imported."""
-    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BASELINE}^{{commit}}"],
+    return code_at(BASELINE, tmp_path_factory)
+
+
+def code_at(commit: str, tmp_path_factory) -> Path:
+    """``commit``'s fmnist_exp/ and experiments/, extracted into a new folder; fails if the commit is missing or its
+    package is not the one a process started there imports."""
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
                       capture_output=True).returncode != 0:
         shallow = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--is-shallow-repository"],
                                  capture_output=True, text=True).stdout.strip() == "true"
         missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip  # a tarball has no history
-        missing(f"the baseline commit {BASELINE} is not in the history of {REPO}"
+        missing(f"the commit {commit} is not in the history of {REPO}"
                     f"{' (a shallow clone)' if shallow else ''}: run `git fetch --unshallow` there "
                     "(in CI: check out with the full history, e.g. fetch-depth: 0)")
-    old = tmp_path_factory.mktemp("old")
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "fmnist_exp", "experiments"],
+    old = tmp_path_factory.mktemp(f"old-{commit}")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "fmnist_exp", "experiments"],
                              capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
     # the repo's package is installed (editable) and on conftest's PYTHONPATH: prove the old one wins
     where = subprocess.run([sys.executable, "-c", "import fmnist_exp; print(fmnist_exp.__file__)"], cwd=old,
                            env=old_env(old), capture_output=True, text=True, timeout=120)
     assert where.returncode == 0, where.stderr[-3000:]
-    assert Path(where.stdout.strip()).is_relative_to(old), f"imported {where.stdout.strip()}, not the baseline's"
+    assert Path(where.stdout.strip()).is_relative_to(old), f"imported {where.stdout.strip()}, not {commit}'s"
     return old
 
 

@@ -53,7 +53,7 @@ def test_non_inferiority_by_hand():
 BASE = """description: budget test study
 family: mlp
 budget: {n_trials: 2, epochs: 1, train_samples: 1000, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+fixed: {early_stopping_patience: 0}
 space:
   hidden_units: {type: categorical, choices: ["32", "64"]}
 """
@@ -181,7 +181,7 @@ def test_gate_respects_budget_and_promotes_cheaper_non_inferior(tracking, datase
 TWO = """description: Which hidden width gives the best accuracy for its multiply-accumulates, within 0.1 MB?
 family: mlp
 budget: {n_trials: 4, epochs: 1, train_samples: 1000, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+fixed: {early_stopping_patience: 0}
 space:
   hidden_units: {type: categorical, choices: ["32", "64", "1024"]}
 enqueue: [{hidden_units: "1024"}, {hidden_units: "32"}, {hidden_units: "64"}]

@@ -343,7 +343,7 @@ def test_a_study_file_names_its_builder_and_gives_it_its_own_parameters(tracking
                                        '    x = layers.Dropout(float(hp["dropout"]))(layers.Flatten()(x))\n'))
     study = tmp_path / "own.yaml"
     text = (f"description: a builder in a study\nmodel: {path}:build\nbudget: {{n_trials: 2, epochs: 1}}\n"
-            "fixed: {dropout: 0.3, lr_schedule: cosine}\n"
+            "fixed: {dropout: 0.3}\n"
             "space:\n  width: {type: categorical, choices: [4, 8]}\n"
             "  learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}\nreference: off\n")
     study.write_text(text)
@@ -431,7 +431,7 @@ def test_the_kept_source_is_the_file_the_run_recorded(tracking, tmp_path, encode
 STUDY = """description: a builder of the tests, tuned
 model: {builder}:build
 budget: {{n_trials: 2, epochs: 1, train_samples: {samples}, timeout: 0}}
-fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
+fixed: {{early_stopping_patience: 0}}
 space:
   width: {{type: categorical, choices: [4, 8]}}
   learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}

@@ -11,6 +11,8 @@ import pytest
 from conftest import MLFLOW, REPO, mlflow_run, pinned_packages, subprocess_env
 from mlflow.tracking import MlflowClient
 
+import fmnist_exp.params as P
+
 pytestmark = pytest.mark.slow
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -55,9 +57,11 @@ def _check_dataset_inputs(run, dataset, *, train_samples: int = 0):
     ("mlp", {"epochs": 2, "train_samples": 1000, "hidden_units": "64,32", "dropout": "0.30",
              "precision": "mixed_float16", "label_smoothing": 0.1}, "mine"),
     # tta_flip: the logged, scored and served model averages each image with its mirror image;
-    # bfloat16 (the long study's: AMX or AVX512-BF16 where the CPU has it) also logs a float32 model
+    # bfloat16 (the long study's: AMX or AVX512-BF16 where the CPU has it) also logs a float32 model;
+    # lr_schedule left the package (params/migrations.py): an earlier command line's value that trains as today
+    # still runs (`mlflow run` passes an undeclared -P on as a flag)
     ("cnn", {"epochs": 2, "train_samples": 2000, "filters": "8,16", "dense_units": 32, "augment": "true",
-             "aug_erase": 0.5, "lr_schedule": "cosine", "batch_size": 32, "tta_flip": "true",
+             "lr_schedule": "cosine", "batch_size": 32, "tta_flip": "true",
              "precision": "mixed_bfloat16"}, None),
 ])
 def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family, params, experiment):
@@ -78,6 +82,7 @@ def test_network_entry_point_logs_everything(tracking, tmp_path, dataset, family
     for k, v in params.items():
         assert p[k] == str(v)  # as the user typed it (mlflow run logs these itself)
     assert p["family"] == family and p["seed"] == "42" and p["data_official"] == "true"
+    assert p["recipe_version"] == str(P.migrations.VERSION)
     assert p["precision_used"] == params.get("precision", "float32")
     assert p["data_sha256"] == dataset.sha256 and p["data_source"]
     assert tags["family"] == family and family in tags["mlflow.runName"]

@@ -163,7 +163,7 @@ TINY = """
 description: Tiny MLP study for the gate tests.
 family: mlp
 budget: {{n_trials: 2, epochs: 1, train_samples: 1000, timeout: 0}}
-fixed: {{hidden_units: '32', lr_schedule: cosine, early_stopping_patience: 0}}
+fixed: {{hidden_units: '32', early_stopping_patience: 0}}
 space:
   dropout: {{type: float, low: 0.0, high: 0.3}}
 pruner: {{type: none}}

@@ -23,7 +23,7 @@ from fmnist_exp.train import job, lineage, runs
 STUDY = """description: views test study
 family: mlp
 budget: {n_trials: 1, epochs: 1, train_samples: 300, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0, hidden_units: '16'}
+fixed: {early_stopping_patience: 0, hidden_units: '16'}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
 pruner: {type: none}

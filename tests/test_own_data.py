@@ -26,7 +26,7 @@ DIGITS = tuple(str(d) for d in range(10))
 TINY_STUDY = """description: {what}
 family: cnn
 budget: {{n_trials: 2, epochs: 2, train_samples: 0, timeout: 0}}
-fixed: {{lr_schedule: cosine, early_stopping_patience: 0, dense_units: 16, batch_size: 32{fixed}}}
+fixed: {{early_stopping_patience: 0, dense_units: 16, batch_size: 32{fixed}}}
 space:
   learning_rate: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
   filters: {{type: widths, layers: [1, 2], units: [8, 16]}}

@@ -55,7 +55,6 @@ def _spec(timeout: int):
     ({"n_trials": 2, "epochs": 1, "train_samples": 500, "timeout": 60}, 2, 60, 1, 500),  # given: the command line
     ({"timeout": 0}, 5, None, 3, 2000),  # 0 lifts the file's limit, as 0 means in a file
     ({"train_samples": 0}, 5, 300, 3, 0),  # 0 = all images, as in a file
-    ({"n_trials": 0, "epochs": 0, "train_samples": -1}, 5, 300, 3, 2000),  # earlier spellings of "the file's"
 ])
 def test_a_studys_budget_from_file_and_command_line(given, n_trials, timeout, epochs, train_samples):
     spec = _spec(timeout=300)
@@ -106,56 +105,83 @@ def test_values_are_frozen_checked_and_flat_only_where_logged():
         P.replaced(p, epochs=0)
     with pytest.raises(P.ConfigError, match="timeout=-5: must be in"):
         P.tune_args({"timeout": -5})
+    # 0 once meant "the study file's budget" (an earlier MLproject forwarded it): now said, not guessed
+    with pytest.raises(P.ConfigError, match=r"n_trials=0: must be in \[1, 100000\] \(leave it out for the study"):
+        P.tune_args({"n_trials": 0})
 
 
 def test_a_parameter_added_later_keeps_earlier_digests_while_off():
-    """Digests stored by code that predates `ema` (a study's reference key, a trial's recipe) are found
-    again while ema is off, and a recipe with it on is another recipe. A split seed equal to the seed
-    draws the split the seed alone draws: the same recipe."""
+    """Digests stored by code that predates a parameter (a study's reference key, a trial's recipe) are found
+    again while it holds the value that trained before, and those stored before a lever left (params/migrations.py,
+    step 8) while it trains as today; another value is another recipe. A split seed equal to the seed draws the
+    split the seed alone draws: the same recipe."""
     p = P.network("cnn", {"epochs": 3, "filters": "32,64,128,256"})  # filters not given: these, on 28x28 images
-    added = ("ema", "tta_shift", "residual", "split_seed", "optimizer", "data")
-    before = {k: v for k, v in p.logged().items() if k not in added}  # what earlier code digested
+    added = ("tta_shift", "split_seed", "data")
+    # what earlier code digested: the levers since retired at the values that train as today
+    before = {**{k: v for k, v in p.logged().items() if k not in added},
+              "lr_schedule": "cosine", "lr_patience": 2, "lr_factor": 0.5, "aug_erase": 0.0}
     assert p.digest() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
-    assert P.replaced(p, ema=0.999).digest() != p.digest() != P.replaced(p, tta_shift=1).digest()
-    assert P.replaced(p, residual=True).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
-    assert P.replaced(p, optimizer="sgd").digest() != p.digest()
+    assert p.digest() == "42171ab4fe199802"  # what the code before step 8 (55dbc2b) gave
+    assert P.replaced(p, tta_shift=1).digest() != p.digest() == P.replaced(p, split_seed=p.seed).digest()
     assert P.replaced(p, data="digits").digest() != p.digest() == P.replaced(p, data="fashion-mnist").digest()
     # bn_settle is on by default, unlike the runs before it: the recipe before it has the digest earlier code stored
     off = P.replaced(p, bn_settle=False)
-    earlier = {k: v for k, v in off.logged().items() if k not in (*added, "bn_settle")}
+    earlier = {k: v for k, v in before.items() if k != "bn_settle"}
     assert off.digest() == hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:16] != p.digest()
+    assert off.digest() == "a3509892df850d9c"  # 55dbc2b's
     # "not given" as `mlflow run` records it ('') reads back as not given
     recorded = P.network("cnn", {"split_seed": "''", "filters": "''", "data_dir": "''"})
     assert (recorded.split_seed, recorded.filters, recorded.data_dir) == (None, None, None)
     shared = P.replaced(p, seed=43, split_seed=42)
     assert shared.split_by() == 42 and P.replaced(p, seed=43).split_by() == 43
     assert shared.digest() != P.replaced(p, seed=43).digest()
-    with pytest.raises(P.ConfigError, match="ema=0.2: must be 0"):
-        P.network("cnn", {"ema": 0.2})
-    with pytest.raises(P.ConfigError, match="optimizer='adamw'"):
-        P.network("cnn", {"optimizer": "adamw"})
 
 
 def test_a_retired_parameter_is_refused_with_the_commit_that_still_trains_it():
-    """aug_erase_shape left the package (random erasing as published did not pay): a run that logged it at
-    another value than today's training, a command line or study file that names it, and a builder's
-    parameter of that name are refused, naming the commit; a run that logged keras reads as before."""
-    commit = P.table.RETIRED["aug_erase_shape"].commit[:12]
-    logged = {k: str(v) for k, v in P.network("cnn", {"aug_erase": 0.5, "augment": True}).flat().items()}
+    """A parameter that left the package (params/migrations.py): a run that logged it at another value than
+    today's training, a command line or study file that gives such a value, a searched one and a builder's
+    parameter of its name are refused, naming the commit that still trains it; at the value that trains as
+    today (an earlier run, command line or stored study file) it reads as absent."""
+    commit = "55dbc2bb573b"  # step 8's
+    logged = {k: str(v) for k, v in P.network("cnn", {"augment": True}).flat().items()}
     names = [p.name for p in P.table.family_params("cnn")]
-    with pytest.raises(P.ConfigError, match=rf"trained with aug_erase_shape=published: .*git checkout {commit}"):
-        P.as_trained(names, {**logged, "aug_erase_shape": "'published'"})  # as `mlflow run` records it
-    with pytest.raises(P.ConfigError, match=commit):
+    with pytest.raises(P.ConfigError, match=rf"trained with ema=0.999: .*git checkout {commit}"):
+        P.as_trained(names, {**logged, "ema": "0.999"})
+    with pytest.raises(P.ConfigError, match=rf"trained with optimizer=sgd: .*git checkout {commit}"):
+        P.as_trained(names, {**logged, "optimizer": "'sgd'"})  # as `mlflow run` records a quoted value
+    with pytest.raises(P.ConfigError, match="trained with aug_erase_shape=published: .*git checkout 8c16013b8dbb"):
         P.trained("cnn", {**logged, "aug_erase_shape": "published"})
-    assert P.trained("cnn", {**logged, "aug_erase_shape": "keras"}) == P.trained("cnn", logged)
-    with pytest.raises(P.ConfigError, match=rf"aug_erase_shape=published: that parameter has left .*{commit}"):
-        P.network("cnn", {"aug_erase_shape": "published"})
+    with pytest.raises(P.ConfigError, match="trained with lr_schedule=plateau"):
+        P.trained("cnn", {**logged, "lr_schedule": "plateau", "lr_patience": "2", "lr_factor": "0.5"})
+    with pytest.raises(P.ConfigError, match="trained with lr_patience=3"):  # it changed what trained under plateau
+        P.trained("cnn", {**logged, "lr_schedule": "plateau", "lr_patience": "3"})
+    # every earlier version's way of logging today's recipe reads as today's
+    as_run = {**logged, "ema": "0.0", "residual": "False", "optimizer": "adam", "lr_schedule": "cosine",
+              "lr_patience": "3", "lr_factor": "0.2", "aug_erase": "0", "aug_erase_shape": "keras"}
+    assert P.trained("cnn", as_run) == P.trained("cnn", logged) == P.trained("cnn", {**logged, "recipe_version": "8"})
+    # a later version's run is not read as this one's
+    with pytest.raises(P.ConfigError, match="recipe_version=9: logged by a later version"):
+        P.trained("cnn", {**logged, "recipe_version": "9"})
+    # a run of version 8 logged no retired lever: no step before it applies again
+    assert P.as_trained(names, {**logged, "recipe_version": "8"})["bn_settle"] == "True"
+    assert P.as_trained(names, {k: v for k, v in logged.items() if k != "bn_settle"})["bn_settle"] is False
+    with pytest.raises(P.ConfigError, match=rf"cnn: residual=true: that parameter has left .*{commit}.*leave it out"):
+        P.network("cnn", {"residual": "true"})
+    assert P.network("cnn", {"residual": "false", "optimizer": "adam", "ema": 0}) == P.network("cnn")
     with pytest.raises(P.ConfigError, match="aug_erase_shape"):
         P.network("custom", {"model": "net.py:build", "hp": "{aug_erase_shape: x}"})
+    with pytest.raises(P.ConfigError, match="recipe_version"):
+        P.network("custom", {"model": "net.py:build", "hp": "{recipe_version: 1}"})
     text = ("description: refused\nfamily: cnn\nbudget: {n_trials: 1, epochs: 1}\n"
-            "fixed: {aug_erase: 0.5, aug_erase_shape: published}\nspace:\n  l2: {type: float, low: 0.0, high: 0.001}\n")
-    with pytest.raises(P.ConfigError, match=rf"fixed.aug_erase_shape: aug_erase_shape=published: .*{commit}"):
+            "fixed: {aug_erase: 0.5}\nspace:\n  l2: {type: float, low: 0.0, high: 0.001}\n")
+    with pytest.raises(P.ConfigError, match=rf"old.yaml: fixed: aug_erase=0.5: .*{commit}"):
         parse(text, Path("old.yaml"))
+    searched = text.replace("fixed: {aug_erase: 0.5}", "fixed: {}").replace("space:\n", "space:\n  ema: {type: "
+                                                                             "float, low: 0.9, high: 0.999}\n")
+    with pytest.raises(P.ConfigError, match=rf"space.ema: ema=.*{commit}"):
+        parse(searched, Path("old.yaml"))
+    stored = parse(text.replace("aug_erase: 0.5", "lr_schedule: cosine, aug_erase: 0.0"), Path("old.yaml"), stored=True)
+    assert stored.fixed == {}
 
 
 @pytest.mark.parametrize("section,entry,message", [

@@ -16,7 +16,7 @@ from fmnist_exp.study import report
 STUDY = """description: Does a second hidden layer help a small MLP? (report test)
 family: mlp
 budget: {n_trials: 2, epochs: 1, train_samples: 1000, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+fixed: {early_stopping_patience: 0}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
   hidden_units: {type: widths, layers: [1, 2], units: [32, 64]}

@@ -36,7 +36,7 @@ STUDY = """
 description: One tiny MLP trial, retrained once, for the reproduce tests.
 family: mlp
 budget: {n_trials: 1, epochs: 1, train_samples: 1000, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0, hidden_units: '64'}
+fixed: {early_stopping_patience: 0, hidden_units: '64'}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
 pruner: {type: none}
@@ -144,41 +144,24 @@ def test_runs_uri_reproduces_and_other_data_is_refused(tracking, tmp_path, datas
     assert report["run_id"] == rebuild.info.run_id
 
 
-def test_weight_average_ends_training_and_reproduces_bit_for_bit(tracking, digits, capsys):
-    """ema: training ends on the moving average of the weights (not the last step's), also when early
-    stopping watches the run (it would otherwise put the best epoch's own weights back), the run logs
-    it, and `reproduce --exact` rebuilds it from what the run logged."""
-    plain = job.train_run(digits, P.network("mlp", TINY_DIGITS))
-    averaged = job.train_run(digits, P.network("mlp", {**TINY_DIGITS, "ema": 0.9}))
-    assert mlflow.get_run(averaged.run_id).data.params["ema"] == "0.9"
-    assert mlflow.get_run(plain.run_id).data.params["ema"] == "0.0"
-    assert averaged.metrics["test_loss"] != plain.metrics["test_loss"], "the same seed ended on other weights"
-    watched = {**TINY_DIGITS, "early_stopping_patience": 3}
-    assert job.train_run(digits, P.network("mlp", {**watched, "ema": 0.9})).metrics["test_loss"] == \
-        averaged.metrics["test_loss"], "early stopping kept the average"
-    assert job.train_run(digits, P.network("mlp", watched)).metrics["test_loss"] == plain.metrics["test_loss"]
-    uri = f"runs:/{averaged.run_id}/model"
-    code, out, err = reproduce_here(capsys, "--model_uri", uri, "--exact", "true")
-    assert code == 0, err[-3000:]
-    assert last_json(out)["bit_identical"] == 1
-
-
 def test_parameters_added_later_at_their_old_value_are_not_reported_unrecorded():
-    """A run logged before ema, tta_shift and optimizer existed trained without them: reproduce fills in the
-    values it trained with (not today's defaults) and does not warn that it filled them in; a
-    parameter whose default could differ is still left to the default."""
-    logged = {k: str(v) for k, v in P.network("mlp", TINY_MLP).flat().items()
-              if k not in ("ema", "tta_shift", "optimizer")}
+    """A run logged before tta_shift and bn_settle existed trained without them: reproduce fills in the values
+    it trained with (not today's defaults: bn_settle is on today) and does not warn that it filled them in; a
+    parameter whose default could differ is still left to the default; levers that left since, logged at the
+    value that trains as today, read as absent (params/migrations.py)."""
+    logged = {k: str(v) for k, v in P.network("mlp", TINY_MLP).flat().items() if k not in ("tta_shift", "bn_settle")}
     names = [p.name for p in P.table.family_params("mlp")]
     recorded = reproduce.as_trained(names, logged)
-    assert recorded["ema"] == 0.0 and recorded["tta_shift"] == 0 and recorded["optimizer"] == "adam"
+    assert recorded["tta_shift"] == 0 and recorded["bn_settle"] is False
     assert set(names) <= set(recorded)
-    assert "aug_erase" not in reproduce.as_trained(names, {k: v for k, v in logged.items() if k != "aug_erase"})
-    # a parameter that left the package, logged at the value that trains as today: read as if absent
-    assert reproduce.as_trained(names, {**logged, "aug_erase_shape": "keras"}) == reproduce.as_trained(names, logged)
-    cnn = P.network("cnn")
-    before = {k: str(v) for k, v in cnn.flat().items() if k != "residual"}
-    assert reproduce.as_trained([p.name for p in P.table.family_params("cnn")], before)["residual"] is False
+    assert "label_smoothing" not in reproduce.as_trained(names, {k: v for k, v in logged.items()
+                                                                 if k != "label_smoothing"})
+    earlier = {**logged, "ema": "0.0", "optimizer": "adam", "lr_schedule": "cosine", "lr_patience": "2",
+               "lr_factor": "0.5", "aug_erase": "0.0", "aug_erase_shape": "keras"}
+    assert reproduce.as_trained(names, earlier) == recorded
+    cnn = {k: str(v) for k, v in P.network("cnn").flat().items()}
+    assert reproduce.as_trained([p.name for p in P.table.family_params("cnn")], {**cnn, "residual": "False"}) == \
+        reproduce.as_trained([p.name for p in P.table.family_params("cnn")], cnn)
 
 
 def test_version_tags_redact_the_storage_password(tracking):
@@ -220,16 +203,15 @@ def test_rebuild_trains_in_the_precision_auto_chose_for_the_original():
 
 
 def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tracking, capsys):
-    """aug_erase_shape=published (random erasing as published) did not pay and left the package: a run
-    that trained with it (its parameters as that code logged them) is refused before any run starts,
-    naming the commit that trains it as it did."""
-    with mlflow.start_run(run_name="published erasing") as run:
-        mlflow.log_params({**P.network("mlp", {**TINY_MLP, "aug_erase": 0.5}).logged(),
-                           "aug_erase_shape": "published", "data_sha256": "0" * 64})
+    """Weight averaging (ema) did not pay and left the package (params/migrations.py, step 8): a run that
+    trained with it (its parameters as that code logged them) is refused before any run starts, naming the
+    commit that trains it as it did."""
+    with mlflow.start_run(run_name="weight average") as run:
+        mlflow.log_params({**P.network("mlp", TINY_MLP).logged(), "ema": "0.9", "data_sha256": "0" * 64})
         mlflow.set_tag("model_uri", f"runs:/{run.info.run_id}/model")
     code, _, err = reproduce_here(capsys, "--model_uri", f"runs:/{run.info.run_id}/model")
     assert code == 2, err[-2000:]
-    assert "aug_erase_shape=published" in err and "git checkout 8c16013" in err
+    assert "ema=0.9: that parameter has left the package" in err and "git checkout 55dbc2bb573b" in err
     assert "nothing was trained" in err
     assert len(runs()) == 1, "refused before any run started"
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from conftest import REPO, cli, ok, old_env, store_at, store_copy, store_fingerprint, subprocess_env
+from conftest import REPO, cli, code_at, ok, old_env, store_at, store_copy, store_fingerprint, subprocess_env
 from mlflow.tracking import MlflowClient
 
 # one test process for the whole file: the baseline's store is made once (pyproject's --dist loadgroup)
@@ -50,7 +50,7 @@ TRAIN = {
 STUDY = """description: a study started by the baseline's code and resumed by today's
 family: mlp
 budget: {n_trials: 2, epochs: 1, train_samples: 1000, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0}
+fixed: {lr_schedule: cosine, early_stopping_patience: 0}  # lr_schedule left after the baseline: read as absent
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
   learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}
@@ -139,17 +139,27 @@ OLD_ARGV = {"cnn": ["cnn", *TRAIN["cnn"]], "mlp": ["mlp", *TRAIN["mlp"]],
                      "--register", "false"]}
 
 
+# Later commits whose runs today's code reads through params/migrations.py's steps after theirs: an mlp of each
+# (the baseline's cnn and mlp cover both families' networks; these, the recipes each commit logged)
+LATER = ("4da3967", "a8ebe1f")
+
+
 @pytest.fixture(scope="module")
 def baseline_store(old_code, tmp_path_factory, migrated_store):
     """A store (mlflow.db and optuna.db beside it) where the baseline's CLI, in one process, trained a cnn and an
-    mlp and ran two trials of the study 'same-bits' (not registered): the JSON summaries of the three commands.
-    Tests work on copies (baseline_copy); the store is checked unchanged at teardown."""
+    mlp and ran two trials of the study 'same-bits' (not registered), and each LATER commit's CLI trained an mlp:
+    the JSON summaries of the commands (the later ones as mlp@<commit>). Tests work on copies (baseline_copy); the
+    store is checked unchanged at teardown."""
     root = tmp_path_factory.mktemp("baseline-store")
     study_file = root / "same-bits.yaml"
     study_file.write_text(STUDY)
     argv = {name: [a.replace("{study}", str(study_file)) for a in args] for name, args in OLD_ARGV.items()}
     with store_at(root, migrated_store) as uri:
         summaries, _ = commands_in_one_process(argv, old_code, old_env(old_code, uri), root)
+        for commit in LATER:
+            code = code_at(commit, tmp_path_factory)
+            later, _ = commands_in_one_process({"mlp": OLD_ARGV["mlp"]}, code, old_env(code, uri), root)
+            summaries[f"mlp@{commit}"] = {**later["mlp"], "code": str(code)}
     before = store_fingerprint(root)
     yield root, summaries
     assert store_fingerprint(root) == before, "a test changed the shared store instead of its copy"
@@ -164,22 +174,27 @@ def baseline_copy(baseline_store, tmp_path, monkeypatch):
 
 
 def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, baseline_copy, tmp_path):
-    """A cnn and an mlp of the baseline's code, each rebuilt bit for bit by today's `reproduce`; both served
+    """A cnn and an mlp of the baseline's code and an mlp of each LATER commit's, each rebuilt bit for bit by
+    today's `reproduce` (what each logged read through the migration's steps after its version); the served
     classifiers the baseline logged loaded and scored first, in the same process (one TensorFlow import for
     today's side)."""
     tracking, summaries = baseline_copy
     client = MlflowClient()
-    old_runs = {family: client.get_run(summaries[family]["run_id"]) for family in ("cnn", "mlp")}
-    rebuilds = {family: ["reproduce", "--model_uri", f"runs:/{run.info.run_id}/model", "--exact", "true"]
-                for family, run in old_runs.items()}
+    trained = ("cnn", "mlp", *(f"mlp@{commit}" for commit in LATER))
+    old_runs = {name: client.get_run(summaries[name]["run_id"]) for name in trained}
+    rebuilds = {name: ["reproduce", "--model_uri", f"runs:/{run.info.run_id}/model", "--exact", "true"]
+                for name, run in old_runs.items()}
+    baselines = [old_runs["cnn"], old_runs["mlp"]]
     reports, probed = commands_in_one_process(
         rebuilds, REPO, {**subprocess_env(), "MLFLOW_TRACKING_URI": tracking}, tmp_path,
-        probed=[run.data.tags["classifier_uri"] for run in old_runs.values()])
-    for family, old_run in old_runs.items():
-        assert old_run.data.params["epochs"] == TRAIN[family][1]  # what the baseline's command was given
-        assert_ran_from(old_run, old_code)
-        report = reports[family]
-        assert report["passed"] is True and report["bit_identical"] == 1.0, (family, report)
+        probed=[run.data.tags["classifier_uri"] for run in baselines])
+    for name, old_run in old_runs.items():
+        family = name.partition("@")[0]
+        assert old_run.data.params["epochs"] == TRAIN[family][1]  # what the earlier code's command was given
+        assert "recipe_version" not in old_run.data.params  # logged before versions: version 0, every step
+        assert_ran_from(old_run, Path(summaries[name].get("code", old_code)))
+        report = reports[name]
+        assert report["passed"] is True and report["bit_identical"] == 1.0, (name, report)
         rebuild = client.get_run(report["run_id"])
         assert_ran_from(rebuild, REPO)
         assert rebuild.info.status == "FINISHED"
@@ -188,8 +203,8 @@ def test_todays_code_rebuilds_baseline_runs_bit_for_bit(old_code, baseline_copy,
 
     # the served classifiers the baseline logged (its own code inside each) load and answer under today's
     # install, today's package imported first: what a registered model of the earlier code meets (PROBE)
-    answered = [float(line) for line in probed.split()[-len(old_runs):]]
-    assert answered == pytest.approx([r.data.metrics["test_accuracy"] for r in old_runs.values()], abs=2e-4)
+    answered = [float(line) for line in probed.split()[-len(baselines):]]
+    assert answered == pytest.approx([r.data.metrics["test_accuracy"] for r in baselines], abs=2e-4)
 
 
 def test_a_study_the_baseline_started_resumes_and_registers_under_todays_code(old_code, baseline_copy, tmp_path):

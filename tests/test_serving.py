@@ -41,7 +41,7 @@ def store(tmp_path_factory, migrated_store):
     root = tmp_path_factory.mktemp("serve")
     with store_at(root, migrated_store) as uri:
         study = root / "serve.yaml"
-        study.write_text("description: serving fixture\nfamily: mlp\nfixed: {hidden_units: '64', lr_schedule: cosine}\n"
+        study.write_text("description: serving fixture\nfamily: mlp\nfixed: {hidden_units: '64'}\n"
                          "space:\n  dropout: {type: float, low: 0.0, high: 0.1}\nreference: off\n")
         summary = tune.run(P.tune_args({"family": "mlp", "study": str(study), "n_trials": 1, "epochs": 2,
                                         "train_samples": 3000})).flat()

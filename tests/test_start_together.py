@@ -28,7 +28,7 @@ WORKERS = 4
 STUDY = """description: workers started together
 family: mlp
 budget: {n_trials: 1, epochs: 1, train_samples: 300, timeout: 0}
-fixed: {lr_schedule: cosine, early_stopping_patience: 0, hidden_units: "32"}
+fixed: {early_stopping_patience: 0, hidden_units: "32"}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
   learning_rate: {type: float, low: 1.0e-3, high: 3.0e-3, log: true}

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.xdist_group("storage")
 STUDY = """description: storage test study
 family: mlp
 budget: {{n_trials: 1, epochs: {epochs}, train_samples: {samples}, timeout: 0}}
-fixed: {{lr_schedule: cosine, early_stopping_patience: 0}}
+fixed: {{early_stopping_patience: 0}}
 space:
   dropout: {{type: float, low: 0.0, high: 0.3}}
   hidden_units: {{type: widths, layers: [1, 1], units: [16, 32]}}

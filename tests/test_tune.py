@@ -35,7 +35,7 @@ STUDY = """
 description: Tiny MLP study for tests.
 family: mlp
 budget: {{n_trials: 3, epochs: 2, train_samples: 1000, timeout: 0}}
-fixed: {{lr_schedule: cosine, early_stopping_patience: 0{fixed}}}
+fixed: {{early_stopping_patience: 0{fixed}}}
 space:
   dropout: {{type: float, low: 0.0, high: 0.3}}
   l2: {{type: float, low: 1.0e-6, high: 1.0e-4, log: true}}
@@ -182,7 +182,7 @@ def test_a_point_drawn_again_is_not_trained_again(tracking, tmp_path):
     # one point in the whole space: the second trial redraws it; the study's one seed and data would
     # train the same bits, so it takes the first trial's answer and model instead of training
     study = tmp_path / "one.yaml"
-    study.write_text("description: one point\nfamily: mlp\nfixed: {lr_schedule: cosine, early_stopping_patience: 0}\n"
+    study.write_text("description: one point\nfamily: mlp\nfixed: {early_stopping_patience: 0}\n"
                      "space:\n  hidden_units: {type: categorical, choices: ['32']}\npruner: {type: median}\n"
                      "reference: off\n")
     run_tune(str(study), n_trials=2, epochs=1, train_samples=300, register=False)

@@ -61,11 +61,6 @@ def build_cnn(p: CnnParams, info: DatasetInfo, *, fused: bool = False) -> keras.
     block (VGG style) cost ~4x the FLOPs and buy accuracy only with long, augmented training.
     ``pool_first`` pools right after a block's last convolution, so batch norm and ReLU touch a
     quarter of the values (max-pooling commutes with ReLU; BN sees pooled statistics).
-    ``residual`` adds each block's input to its last convolution's output before that ReLU: an
-    identity shortcut where the width stays, else a 1x1 projection (with one convolution per block
-    and growing widths, every block projects). With ``pool_first`` the shortcut is pooled before it
-    joins, so the two branches are pooled apart: another network than pooling their sum, not only a
-    cheaper one.
     """
     filters = p.filters if p.filters is not None else default_widths(info)
     check_fits(replace(p, filters=filters), info)
@@ -75,21 +70,13 @@ def build_cnn(p: CnnParams, info: DatasetInfo, *, fused: bool = False) -> keras.
     reg = regularizers.L2(p.l2) if p.l2 else None
     n = p.convs_per_block
     for f in filters:
-        block_in = h
         for i in range(n):
             h = layers.Conv2D(f, 3, padding="same", use_bias=not p.batch_norm, kernel_regularizer=reg)(h)
             if p.pool_first and i == n - 1:
                 h = layers.MaxPooling2D()(h)
             if p.batch_norm:
                 h = batch_norm(momentum=0.9)(h)  # stats settle within ~30 steps, not ~300
-            if not (p.residual and i == n - 1):
-                h = layers.ReLU()(h)
-        if p.residual:
-            s = layers.MaxPooling2D()(block_in) if p.pool_first else block_in
-            if s.shape[-1] != f:
-                s = layers.Conv2D(f, 1, use_bias=not p.batch_norm, kernel_regularizer=reg)(s)
-                s = batch_norm(momentum=0.9)(s) if p.batch_norm else s
-            h = layers.ReLU()(layers.Add()([h, s]))
+            h = layers.ReLU()(h)
         if not p.pool_first:
             h = layers.MaxPooling2D()(h)
     h = layers.Flatten()(h)
@@ -196,8 +183,7 @@ def summary_tags(p: NetworkParams) -> dict[str, str]:
         return {"family": "mlp", "arch": f"mlp {_widths(p.hidden_units)} {p.activation}"}
     bn = " bn" if p.batch_norm else ""
     depth = f" x{p.convs_per_block}" if p.convs_per_block != 1 else ""
-    res = " res" if p.residual else ""
-    return {"family": "cnn", "arch": f"cnn {_widths(p.filters)}{depth}{res} d{p.dense_units}{bn}"}
+    return {"family": "cnn", "arch": f"cnn {_widths(p.filters)}{depth} d{p.dense_units}{bn}"}
 
 
 def _widths(widths: tuple[int, ...] | None) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
-from . import commands, typed
+from . import commands, migrations, typed
 from . import table as T
+from .migrations import unquoted
 
 
 def coerce(param: T.Param, value: Any) -> Any:
@@ -52,11 +53,11 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
     an empty text is "not given" too: that is how MLproject forwards a parameter nobody set (and
     `mlflow run` records it as the two characters '', which a rebuild reads back)."""
     by_name = {p.name: p for p in params}
-    unknown = set(overrides or {}) - set(by_name)
-    retired = sorted(unknown & set(T.RETIRED))
-    if retired:  # not merely unknown: say where it still trains
-        name = retired[0]
-        raise T.ConfigError(f"{what}: {T.RETIRED[name].refusal(name, (overrides or {})[name])}; leave it out")
+    # a parameter that left the package: read as absent at the value that trains as today, else refused
+    # with the commit that still trains it (params/migrations.py)
+    others = migrations.drop_retired({k: v for k, v in (overrides or {}).items() if k not in by_name}, what)
+    overrides = {**{k: v for k, v in (overrides or {}).items() if k in by_name}, **others}
+    unknown = set(overrides) - set(by_name)
     if unknown:
         raise T.ConfigError(
             f"unknown parameter(s) for {what}: {', '.join(sorted(unknown))}; known: {', '.join(by_name)}")
@@ -124,29 +125,12 @@ def network(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Netw
 
 
 def as_trained(names: list[str], logged: Mapping[str, str]) -> dict[str, Any]:
-    """What a run logged of ``names``, and for a parameter added after it (ADDED_LATER) the value it
-    trained with: known without a record, so a rebuild does not depend on today's default. A run that
-    logged a parameter since retired (RETIRED) at another value than today's training is refused with
-    the commit that rebuilds it."""
-    for name, retired in T.RETIRED.items():
-        if name in logged and unquoted(logged[name]) != retired.trains_as_today:
-            raise T.ConfigError(f"it trained with {retired.refusal(name, unquoted(logged[name]))}")
-    before = {k: v for k, v in typed.ADDED_LATER.items() if k in names}
-    return {**before, **{k: unquoted(logged[k]) for k in names if k in logged}}
-
-
-def unquoted(value: str) -> str:
-    """A parameter as the program got it: `mlflow run` records a value with spaces as the shell-quoted text it
-    ran (-P hp="{width: 16}" is recorded '{width: 16}'), its '' for "not given" kept as NOT_GIVEN says."""
-    import shlex
-
-    if len(value) > 2 and value[0] == value[-1] == "'":
-        try:
-            parts = shlex.split(value)
-        except ValueError:
-            return value
-        return parts[0] if len(parts) == 1 else value
-    return value
+    """What a run logged of ``names``, read as today's recipe (migrations.upgrade): a parameter added after
+    it has the value it trained with (known without a record, so a rebuild does not depend on today's
+    default); one retired since at another value than today's training is refused with the commit that
+    rebuilds it."""
+    upgraded = migrations.upgrade(logged)
+    return {k: unquoted(v) if isinstance(v, str) else v for k, v in upgraded.items() if k in names}
 
 
 def trained(family_name: str, logged: Mapping[str, str]) -> typed.NetworkParams:
@@ -163,21 +147,8 @@ def replaced(params: P, **changes: Any) -> P:
 
 
 def tune_args(overrides: Mapping[str, Any] | None = None) -> typed.TuneArgs:
-    resolved = values(T.TUNE_PARAMS, _legacy(overrides), what="tune")
+    resolved = values(T.TUNE_PARAMS, overrides, what="tune")
     return _build(typed.TuneArgs, resolved)
-
-
-def _legacy(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Earlier spellings of "the study file's budget" (table.TUNE_LEGACY_NOT_GIVEN) read as not given."""
-    out = dict(overrides or {})
-    for key, old in T.TUNE_LEGACY_NOT_GIVEN.items():
-        if key in out and out[key] is not None and str(out[key]).strip() != "":
-            try:
-                if float(str(out[key])) == old:
-                    out[key] = None
-            except ValueError:
-                pass  # not a number: coerce says so
-    return out
 
 
 def command(name: str, overrides: Mapping[str, Any] | None = None) -> typed.CommandArgs:
@@ -191,10 +162,10 @@ def command(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Comm
         return tune_args(overrides)
     if name == "register":
         # register takes tune's study and registry parameters and keeps tune's defaults for the rest
-        given = values(commands.command_params("register"), _legacy(overrides), what="register")
+        given = values(commands.command_params("register"), overrides, what="register")
         return tune_args(given)
     if name == "launch":
-        resolved = values(commands.command_params("launch"), _legacy(overrides), what="launch")
+        resolved = values(commands.command_params("launch"), overrides, what="launch")
         own = {p.name: resolved.pop(p.name) for p in T.LAUNCH_OWN_PARAMS}
         return typed.LaunchArgs(**own, tune=_build(typed.TuneArgs, resolved))
     cls = {"predict": typed.PredictArgs, "reproduce": typed.ReproduceArgs, "dashboard": typed.DashboardArgs,

@@ -15,19 +15,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..metrics import VAL_ACC, VAL_LOSS
+from .errors import ConfigError
+from .migrations import VERSION_PARAM, retired
 
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh")
 MONITORS = (VAL_LOSS, VAL_ACC)
-LR_SCHEDULES = ("plateau", "cosine")
-OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 FAMILIES = ("baseline", "mlp", "cnn", "custom")
 NETWORK_FAMILIES = ("mlp", "cnn", "custom")
 DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
-
-
-class ConfigError(ValueError):
-    """A parameter is out of range or malformed; the message names it and the allowed values."""
 
 
 Check = Callable[[Any], "str | None"]  # returns what is wrong, or None
@@ -131,18 +127,13 @@ DATA_PARAMS = [
 FIT_PARAMS = [
     Param("epochs", 15, "most epochs to train (early stopping may end sooner)", in_range(1, 1000)),
     Param("batch_size", 128, "images per gradient step", in_range(1, 8192)),
-    Param("optimizer", "adam", "adam; or sgd: stochastic gradient descent with Nesterov momentum 0.9 (give it a "
-          "learning rate some 20-50x Adam's, e.g. 0.05)", one_of(OPTIMIZERS)),
-    Param("learning_rate", 0.002, "the optimizer's initial learning rate", in_range(0, 1, lo_open=True)),
-    Param("lr_schedule", "cosine", "plateau: reduce on plateau; cosine: one cosine decay over all epochs",
-          one_of(LR_SCHEDULES)),
-    Param("warmup_epochs", 0.0, "epochs of linear learning-rate warm-up before the cosine decay (cosine)",
+    Param("learning_rate", 0.002, "Adam's learning rate where the cosine decay starts (after any warm-up); it "
+          "falls to zero by the last epoch", in_range(0, 1, lo_open=True)),
+    Param("warmup_epochs", 0.0, "epochs of linear learning-rate warm-up before the cosine decay",
           in_range(0, 100)),
-    Param("lr_patience", 2, "epochs without improvement before the LR is reduced (plateau)", in_range(1, 100)),
-    Param("lr_factor", 0.5, "factor the LR is multiplied by on a plateau", in_range(0, 1, lo_open=True, hi_open=True)),
     Param("early_stopping_patience", 4, "epochs without improvement before training stops (0 = off)",
           in_range(0, 1000)),
-    Param("monitor", "val_loss", "what early stopping and LR reduction watch", one_of(MONITORS)),
+    Param("monitor", "val_loss", "what early stopping watches", one_of(MONITORS)),
     Param("label_smoothing", 0.0, "share of each label spread over the other classes in the loss",
           in_range(0, 0.5, hi_open=True)),
     Param("bn_settle", True, "batch normalisation's moving statistics settle within every epoch, so validation "
@@ -160,12 +151,6 @@ FIT_PARAMS = [
           in_range(0, 0.5)),
     Param("aug_zoom", 0.08, "largest random zoom in or out, as a share of the image side (augment; 0 = none)",
           in_range(0, 0.9, hi_open=True)),
-    Param("aug_erase", 0.0, "probability that a training image gets a random rectangle of 2-25% of its area "
-          "blanked to the background (random erasing; augment; 0 = none)", in_range(0, 1)),
-    Param("ema", 0.0, "keep an exponential moving average of the weights with this momentum per step and end "
-          "training on the average, also when early stopping ends it (which then keeps the average, not the best "
-          "epoch's weights) (the optimizer's use_ema; e.g. 0.999; 0 = off, the training weights)",
-          lambda v: None if v == 0 or 0.5 <= v < 1 else "must be 0 (off) or in [0.5, 1)"),
     Param("tta_shift", 0, "the trained model also answers for the image moved this many pixels left, right, up "
           "and down, and averages (multi-crop test-time augmentation: 5x the passes, 10x with tta_flip; pair it "
           "with aug_shift; 0 = off)", in_range(0, 4)),
@@ -205,8 +190,6 @@ FAMILY_PARAMS = {
               int_list(1, 1024, max_len=4), kind=str),
         Param("convs_per_block", 1, "3x3 convolutions before each pooling", in_range(1, 3)),
         Param("pool_first", True, "max-pool before batch norm and ReLU (4x fewer of their operations)"),
-        Param("residual", False, "add each block's input to its output: a shortcut, identity where the width "
-              "stays, else a 1x1 projection (ResNet-style blocks with convs_per_block 2 or more)"),
         Param("dense_units", 128, "width of the dense layer after the conv blocks (0 = none)", in_range(0, 8192)),
         Param("batch_norm", True, "batch normalisation after every convolution"),
         *NET_COMMON,
@@ -281,31 +264,10 @@ LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "
                  "compiled_by", "compiled_optimizer", "compiled_learning_rate", "compiled_loss")
 
 
-@dataclass(frozen=True)
-class Retired:
-    """A parameter that left the package: the value, as logged, that trains as today's code does, a
-    commit that trains every value as the runs that logged it did, and why it left."""
-
-    trains_as_today: str
-    commit: str
-    why: str
-
-    def refusal(self, name: str, value: Any) -> str:
-        return (f"{name}={value}: that parameter has left the package ({self.why}); it still trains at "
-                f"commit {self.commit[:12]} (`git checkout {self.commit[:12]}`)")
-
-
-# Parameters that left the package (STYLE: a lever measured that did not pay). A run that logged another value
-# than trains_as_today is refused, even where that value changed nothing (aug_erase 0): read it at the commit.
-RETIRED = {"aug_erase_shape": Retired("keras", "8c16013b8dbb508fbf48c33df308ec4e0e674ef4",
-                                      "random erasing as published did not pay at the long schedule: "
-                                      "BENCHMARKS.md, 'The long study'")}
-
-
 def reserved_names() -> set[str]:
     """Names no builder's parameter may take: the platform's, what a run logs beside them, and retired ones
     (a run logging one would read as trained by the retired parameter)."""
-    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE) | set(RETIRED)
+    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE) | {VERSION_PARAM} | set(retired())
 
 
 def canonical_hp(text: Any) -> str:
@@ -327,6 +289,12 @@ SYSTEM_METRICS = Param("system_metrics", None, "training runs record CPU, memory
                        "MLflow system metrics, every second or every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds "
                        "(not given: $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING where set, else true)", kind=bool)
 
+def _trials(v) -> str | None:
+    wrong = in_range(1, 100_000)(v)
+    return wrong and (f"{wrong} (leave it out for the study file's budget; `register` trains a study's final "
+                      "retrain without a new trial)")
+
+
 TUNE_PARAMS = [
     Param("family", None, "model family to tune: mlp, cnn, or custom (your own network: the study file names its "
           "builder, model: FILE.py:FUNCTION) (not given: the study's own: the family stored on an existing study, else "
@@ -335,7 +303,7 @@ TUNE_PARAMS = [
           "new cnn study of other images than Fashion-MNIST, the file for them: "
           "docs/studies.md, 'A study for your data')", kind=str),
     Param("n_trials", None, "trials to run in this invocation (not given: the study file's budget)",
-          in_range(1, 100_000), kind=int),
+          _trials, kind=int),
     Param("timeout", None, "stop starting trials after this many seconds, 0 = no limit (not given: the study "
           "file's budget)", in_range(0, 10**7), kind=int),
     Param("epochs", None, "most epochs per trial (not given: the study file's budget)", in_range(1, 1000), kind=int),
@@ -359,10 +327,6 @@ TUNE_PARAMS = [
     EXPERIMENT,
     SYSTEM_METRICS,
 ]
-
-# Earlier command lines (and MLproject's forwarded defaults) wrote these values for "the study
-# file's budget"; they still mean that. timeout=0 means what it means in a study file: no limit.
-TUNE_LEGACY_NOT_GIVEN = {"n_trials": 0, "epochs": 0, "train_samples": -1}
 
 # `launch`: where the tune workers run; every tune parameter follows and is passed to each worker.
 LAUNCH_OWN_PARAMS = [

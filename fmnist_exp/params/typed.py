@@ -22,11 +22,6 @@ def _flat_value(v: Any) -> Any:
     return v
 
 
-# Parameters added after runs were logged without them, and the value that trains as those runs did.
-ADDED_LATER: dict[str, Any] = {"ema": 0.0, "tta_shift": 0, "residual": False, "split_seed": None,
-                               "optimizer": "adam", "data": "fashion-mnist", "bn_settle": False}
-
-
 @dataclass(frozen=True, kw_only=True)
 class Values:
     """Base of every parameter value: its flat form is what a run logs."""
@@ -68,22 +63,19 @@ class FitParams(DataParams):
 
     def digest(self) -> str:
         """A short digest of :meth:`logged`: the same recipe gives the same digest in every version
-        that logs the same parameters (a study's reference and a trial are found again by it).
-        Parameters added later are left out while they hold the value that trains as before, so the
-        digests stored by earlier versions still match."""
-        logged = {k: v for k, v in self.logged().items() if k not in ADDED_LATER or _flat_value(ADDED_LATER[k]) != v}
+        that logs the same parameters (a study's reference and a trial are found again by it): the
+        recipe as earlier versions digested it (migrations.digested), so the digests they stored still match."""
+        from .migrations import digested
+
+        logged = digested(self.logged())
         if self.split_seed == self.seed:  # the split the seed alone draws: the same recipe
             logged.pop("split_seed")
         return hashlib.sha256(json.dumps(logged, sort_keys=True).encode()).hexdigest()[:16]
 
     epochs: int
     batch_size: int
-    optimizer: str
     learning_rate: float
-    lr_schedule: str
     warmup_epochs: float
-    lr_patience: int
-    lr_factor: float
     early_stopping_patience: int  # 0 = off
     monitor: str
     label_smoothing: float
@@ -93,8 +85,6 @@ class FitParams(DataParams):
     aug_shift: float
     aug_rotate: float
     aug_zoom: float
-    aug_erase: float
-    ema: float  # 0 = off
     tta_shift: int  # 0 = off
     tta_flip: bool
 
@@ -121,7 +111,6 @@ class CnnParams(BuiltinParams):
     filters: tuple[int, ...] | None  # None: CNN_FILTERS cut to the images (model.networks.fit_to_data)
     convs_per_block: int
     pool_first: bool
-    residual: bool
     dense_units: int  # 0 = no dense layer before the softmax
     batch_norm: bool
 

@@ -41,6 +41,7 @@ import yaml
 from .. import params as P
 from ..data import FASHION_MNIST, DatasetInfo
 from ..params import ConfigError, TuneArgs
+from ..params.migrations import drop_retired, refusal, retired
 from ..params.table import family_params
 from .goals import Goals, check_search, parse_goals
 from .space import Dist, parse_space
@@ -246,13 +247,18 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     ensemble = final.pop("ensemble", False)  # nor this: what is registered of the seeds' models
     distill = final.pop("distill", 0.0)  # nor this: a student of the ensemble registered instead
     student = final.pop("student", None)  # the student's own family parameters (e.g. wider filters)
+    # a parameter that left the package: absent at the value that trains as today (so a stored study resumes),
+    # else refused with the commit that trains it
+    final = drop_retired(final, f"{path}: final")
+    student = drop_retired(student, f"{path}: final.student") if isinstance(student, dict) else student
     spec = StudySpec(
         path=path,
         text=text,
         description=str(raw.get("description", "")).strip(),
         family=spec_family,
         budget=Budget.from_file(raw.get("budget", {})),
-        fixed={**({"model": model} if model is not None else {}), **dict(raw.get("fixed") or {})},
+        fixed={**({"model": model} if model is not None else {}),
+               **drop_retired(dict(raw.get("fixed") or {}), f"{path}: fixed")},
         space=parse_space(raw.get("space", {}), str(path)),
         pruner=dict(raw.get("pruner", {"type": "none" if goals.multi else "median"})),  # no pruning with several
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
@@ -291,9 +297,8 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in ("val_fraction", "split_seed") and section == "space" and not stored:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it decides which images validate each "
                               "trial, so the trials would be compared on different images; fix it in 'fixed'")
-        if key in P.table.RETIRED:
-            value = {"fixed": spec.fixed, "space": spec.space, "final": spec.final.params}[section][key]
-            raise ConfigError(f"{where}: {section}.{key}: {P.table.RETIRED[key].refusal(key, value)}; remove it")
+        if key in retired():  # searched (parse read one that is fixed at today's value as absent)
+            raise ConfigError(f"{where}: space.{key}: {refusal(key, spec.space[key].as_file())}; remove it")
         if key not in names and spec.family != "custom":  # a name that is not the platform's is the builder's
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     P.family(spec.family, spec.fixed)

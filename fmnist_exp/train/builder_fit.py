@@ -34,7 +34,7 @@ from . import fit as F
 FIT_ARGS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data", "shuffle")
 SET_BY_FIT = ("epochs", "batch_size")  # the recipe's, unless the user's fit passes its own to model.fit
 # The recipe's parameters a model compiled by its builder does not use (its own optimizer, loss and rate).
-OWN_COMPILE_IGNORES = ("optimizer", "learning_rate", "lr_schedule", "warmup_epochs", "label_smoothing", "ema")
+OWN_COMPILE_IGNORES = ("learning_rate", "warmup_epochs", "label_smoothing")
 
 
 def trains_itself(p: NetworkParams, model: keras.Model) -> bool:

@@ -77,11 +77,9 @@ def fresh_model(p: NetworkParams, info: DatasetInfo, *, fused: bool = True) -> t
 
 
 def learning_rate(p: FitParams, steps_per_epoch: int):
-    """The optimizer's learning rate: constant (plateau reduces it from a callback) or a cosine decay
-    to zero over all epochs, after ``warmup_epochs`` of linear warm-up from zero."""
+    """The optimizer's learning rate: a cosine decay from ``learning_rate`` to zero over all epochs, after
+    ``warmup_epochs`` of linear warm-up from zero."""
     lr = p.learning_rate
-    if p.lr_schedule != "cosine":
-        return lr
     total = max(1, p.epochs * steps_per_epoch)
     warmup = min(int(round(p.warmup_epochs * steps_per_epoch)), total - 1)
     if not warmup:
@@ -105,11 +103,7 @@ def default_steps_per_execution() -> int:
 
 
 def optimizer(p: FitParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    # with ema, fit ends by copying the average into the weights (the optimizer's finalize step)
-    common = {"learning_rate": learning_rate(p, steps_per_epoch), "use_ema": bool(p.ema), "ema_momentum": p.ema or 0.99}
-    if p.optimizer == "sgd":
-        return keras.optimizers.SGD(momentum=0.9, nesterov=True, **common)
-    return keras.optimizers.Adam(**common)
+    return keras.optimizers.Adam(learning_rate=learning_rate(p, steps_per_epoch))
 
 
 # The share of its starting statistics (mean 0, variance 1) a batch-norm layer may still hold after one epoch
@@ -166,18 +160,8 @@ def standard_callbacks(p: FitParams) -> list[keras.callbacks.Callback]:
     mode = "min" if p.monitor == VAL_LOSS else "max"
     cbs: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if p.early_stopping_patience:
-        cbs.append(
-            keras.callbacks.EarlyStopping(
-                # with ema the run ends on the average, not on the best epoch's last weights
-                monitor=p.monitor, mode=mode, patience=p.early_stopping_patience, restore_best_weights=not p.ema
-            )
-        )
-    if p.lr_schedule == "plateau":
-        cbs.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=p.monitor, mode=mode, factor=p.lr_factor, patience=p.lr_patience, min_lr=1e-6
-            )
-        )
+        cbs.append(keras.callbacks.EarlyStopping(monitor=p.monitor, mode=mode, patience=p.early_stopping_patience,
+                                                 restore_best_weights=True))
     return cbs
 
 

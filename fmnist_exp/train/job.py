@@ -22,7 +22,7 @@ from .. import data as D
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
-from ..params import BaselineParams, CustomParams, DataParams, NetworkParams
+from ..params import BaselineParams, CustomParams, DataParams, NetworkParams, migrations
 from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
@@ -119,7 +119,9 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
     model, precision = F.fresh_model(p, ds.info)
     # what trains: a model compiled by its builder says its own optimizer, not the recipe's unused one
+    # the recipe version: what reads this run later upgrades it to its own recipe (params/migrations.py)
     tracking.log_params({**builder_fit.logged(p, model, defined), **hooks.params, "family": p.FAMILY,
+                         migrations.VERSION_PARAM: migrations.VERSION,
                          **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
     if isinstance(p, CustomParams):
         lineage.log_builder(p)

@@ -698,3 +698,28 @@ def test_a_value_mlflow_run_recorded_in_shell_quotes_is_read_as_given():
     p = P.trained("custom", logged)
     assert isinstance(p, P.CustomParams)
     assert (p.model, p.hp_values(), p.split_seed) == ("/my nets/net.py:build", {"blocks": 1, "width": 16}, None)
+
+
+@pytest.mark.parametrize(("family", "net"), [("cnn", '{filters: "8,16", dense_units: 16}'),
+                                            ("mlp", "{hidden_units: '32'}")])
+def test_the_built_in_networks_are_builders_that_train_the_same_bits(tracking, family, net):
+    """The built-in cnn and mlp named as any builder is (custom, model=fmnist_exp.model.builtin:<family>, their
+    network parameters in hp) train what their own entry points train with the same values, bit for bit: the
+    same validation and test scores, and logged models that answer the test images alike to the last bit (the
+    cnn's batch norm by the fused kernel while it trains, Keras' layers in the logged copy, as its entry point's).
+    On digits, at the precision `auto` picks here (bfloat16 on a CPU with it)."""
+    from fmnist_exp.data import load_dataset
+    from fmnist_exp.train import job
+    from fmnist_exp.train.evaluate import predict_proba
+
+    ds = load_dataset("digits")
+    recipe = {"epochs": 2, "seed": 3, "data": "digits", "batch_size": 32, "label_smoothing": 0.1}
+    own = job.train_run(ds, P.network(family, {**recipe, **P.table.parse_hp(net)}), system_metrics=False)
+    named = job.train_run(ds, P.network("custom", {**recipe, "model": f"fmnist_exp.model.builtin:{family}",
+                                                   "hp": net}), system_metrics=False)
+    logged = mlflow.get_run(named.run_id).data.params
+    assert (logged["family"], logged["model"]) == ("custom", f"fmnist_exp.model.builtin:{family}")
+    for name in ("val_final_accuracy", "val_final_loss", "test_accuracy", "test_loss"):
+        assert named.metrics[name] == own.metrics[name], name
+    answers = [predict_proba(mlflow.keras.load_model(r.model_uri), ds.x_test) for r in (own, named)]
+    np.testing.assert_array_equal(answers[0], answers[1])

@@ -1,6 +1,10 @@
-"""FusedBatchNormalization: batch norm by TensorFlow's fused kernel, for training only."""
+"""FusedBatchNormalization: batch norm by TensorFlow's fused kernel, for training only (:func:`training_build`)."""
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import keras
 from keras import layers
@@ -42,3 +46,21 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 x=inputs, scale=gamma, offset=beta, mean=f32(self.moving_mean), variance=f32(self.moving_variance),
                 epsilon=self.epsilon, data_format="NHWC", is_training=False)
         return y
+
+
+_FUSED = contextvars.ContextVar("fused_batch_norm", default=False)
+
+
+@contextlib.contextmanager
+def training_build(fused: bool) -> Iterator[None]:
+    """While a network is built to train (``fused``): a builder that asks :func:`fused_wanted` builds its batch norm
+    as FusedBatchNormalization (the built-in ones, model/builtin.py); the logged copy is built outside it."""
+    token = _FUSED.set(fused)
+    try:
+        yield
+    finally:
+        _FUSED.reset(token)
+
+
+def fused_wanted() -> bool:
+    return _FUSED.get()

@@ -21,11 +21,11 @@ from ..params import CnnParams, ConfigError, CustomParams, MlpParams, NetworkPar
 from ..params import network as resolve_network
 from ..params.table import CNN_FILTERS
 from . import builder as user
-from .layers import FusedBatchNormalization
+from .layers import FusedBatchNormalization, training_build
 
 
-def _inputs(info: DatasetInfo):
-    inp = keras.Input(shape=info.array_shape, dtype="float32", name="pixels")
+def _inputs(info: DatasetInfo, shape: tuple[int, ...] | None = None):
+    inp = keras.Input(shape=shape or info.array_shape, dtype="float32", name="pixels")
     return inp, layers.Rescaling(1.0 / 255, name="scale_0_1")(inp)
 
 
@@ -39,9 +39,10 @@ def _head(h, num_classes: int, *, dense_units: int, dropout: float, l2: float, a
     return layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg, name="probs", dtype="float32")(h)
 
 
-def build_mlp(p: MlpParams, info: DatasetInfo) -> keras.Model:
-    """Dense layers of ``hidden_units`` widths with dropout and L2 between them."""
-    inp, h = _inputs(info)
+def build_mlp(p: MlpParams, info: DatasetInfo, *, shape: tuple[int, ...] | None = None) -> keras.Model:
+    """Dense layers of ``hidden_units`` widths with dropout and L2 between them; on images of ``shape`` (not given:
+    ``info``'s array layout)."""
+    inp, h = _inputs(info, shape)
     h = layers.Flatten()(h)
     reg = regularizers.L2(p.l2) if p.l2 else None
     for i, units in enumerate(p.hidden_units):
@@ -52,7 +53,8 @@ def build_mlp(p: MlpParams, info: DatasetInfo) -> keras.Model:
     return keras.Model(inp, out, name="mlp_" + "-".join(map(str, p.hidden_units)))
 
 
-def build_cnn(p: CnnParams, info: DatasetInfo, *, fused: bool = False) -> keras.Model:
+def build_cnn(p: CnnParams, info: DatasetInfo, *, fused: bool = False, shape: tuple[int, ...] | None = None
+              ) -> keras.Model:
     """Blocks of ``convs_per_block`` x (conv3x3 (+BN) + ReLU), then a 2x2 max-pool; then a
     dense layer and the softmax.
 
@@ -65,7 +67,7 @@ def build_cnn(p: CnnParams, info: DatasetInfo, *, fused: bool = False) -> keras.
     filters = p.filters if p.filters is not None else default_widths(info)
     check_fits(replace(p, filters=filters), info)
     batch_norm = FusedBatchNormalization if fused else layers.BatchNormalization
-    inp, h = _inputs(info)
+    inp, h = _inputs(info, shape)
     h = layers.Reshape(info.shape)(h)
     reg = regularizers.L2(p.l2) if p.l2 else None
     n = p.convs_per_block
@@ -154,7 +156,8 @@ def build(p: NetworkParams, info: DatasetInfo, *, fused: bool = False) -> keras.
     """The network ``p`` describes for ``info``'s images and classes; ``fused`` (training only) uses
     FusedBatchNormalization in the cnn family."""
     if isinstance(p, CustomParams):
-        return user.build(user.load(p.model), p.hp_values(), info, None, *training_given(p))[0]
+        with training_build(fused):
+            return user.build(user.load(p.model), p.hp_values(), info, None, *training_given(p))[0]
     return build_cnn(p, info, fused=fused) if isinstance(p, CnnParams) else build_mlp(p, info)
 
 
@@ -169,7 +172,7 @@ def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> 
 
 def is_portable(model: keras.Model) -> bool:
     return model.dtype_policy.name == "float32" and not any(
-        isinstance(layer, FusedBatchNormalization) for layer in model.layers)
+        isinstance(layer, FusedBatchNormalization) for layer in model._flatten_layers(include_self=False))
 
 
 def summary_tags(p: NetworkParams) -> dict[str, str]:

@@ -62,8 +62,9 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
         _add_params(sub, P.commands.command_params(name))
         if name in P.NETWORK_FAMILIES:  # a parameter that left the package: its flag is told where it trains
-            for retired in P.migrations.retired():
-                sub.add_argument(f"--{retired}", dest=retired, default=None, help=argparse.SUPPRESS)
+            for retired, (change, _) in P.migrations.retired().items():
+                if change.applies(name, {}):
+                    sub.add_argument(f"--{retired}", dest=retired, default=None, help=argparse.SUPPRESS)
     return ap
 
 

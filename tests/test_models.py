@@ -203,6 +203,19 @@ def test_learning_rate_warms_up_then_decays_and_loss_smooths_labels():
     assert adam["learning_rate"]["config"]["warmup_target"] == 0.004
 
 
+def test_the_recipe_stops_early_at_its_best_epoch_and_no_callback_moves_the_rate():
+    """The recipe's callbacks: NaN ends a run; early stopping (when on) puts the best epoch's weights back; the
+    learning rate follows its schedule alone (no reduce-on-plateau since it left: params/migrations.py)."""
+    from fmnist_exp.train import fit
+
+    callbacks = fit.standard_callbacks(P.network("cnn"))
+    assert [type(c).__name__ for c in callbacks] == ["TerminateOnNaN", "EarlyStopping"]
+    stop = callbacks[1]
+    assert stop.restore_best_weights is True and (stop.monitor, stop.patience) == ("val_loss", 4)
+    off = fit.standard_callbacks(P.network("mlp", {"early_stopping_patience": 0}))
+    assert [type(c).__name__ for c in off] == ["TerminateOnNaN"]
+
+
 def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call(dataset, tmp_path):
     """fit groups training steps per call (train.fit.STEPS_PER_EXECUTION); an epoch whose steps are
     not a multiple of the group still trains every step, the weights are bit for bit those of one

@@ -152,13 +152,25 @@ def test_a_retired_parameter_is_refused_with_the_commit_that_still_trains_it():
     with pytest.raises(P.ConfigError, match="trained with aug_erase_shape=published: .*git checkout 8c16013b8dbb"):
         P.trained("cnn", {**logged, "aug_erase_shape": "published"})
     with pytest.raises(P.ConfigError, match="trained with lr_schedule=plateau"):
-        P.trained("cnn", {**logged, "lr_schedule": "plateau", "lr_patience": "2", "lr_factor": "0.5"})
-    with pytest.raises(P.ConfigError, match="trained with lr_patience=3"):  # it changed what trained under plateau
-        P.trained("cnn", {**logged, "lr_schedule": "plateau", "lr_patience": "3"})
+        P.trained("cnn", {**logged, "lr_schedule": "plateau", "lr_patience": "3", "lr_factor": "0.5"})
     # every earlier version's way of logging today's recipe reads as today's
-    as_run = {**logged, "ema": "0.0", "residual": "False", "optimizer": "adam", "lr_schedule": "cosine",
+    # (the plateau schedule's settings beside the cosine decay, erasing without augmentation: they changed nothing;
+    # a true/false as any earlier command line gave it)
+    as_run = {**logged, "ema": "0.0", "residual": "no", "optimizer": "adam", "lr_schedule": "cosine",
               "lr_patience": "3", "lr_factor": "0.2", "aug_erase": "0", "aug_erase_shape": "keras"}
     assert P.trained("cnn", as_run) == P.trained("cnn", logged) == P.trained("cnn", {**logged, "recipe_version": "8"})
+    plain = {**logged, "augment": "False"}
+    assert P.trained("cnn", {**plain, "aug_erase": "0.5"}) == P.trained("cnn", plain)
+    with pytest.raises(P.ConfigError, match="trained with aug_erase=0.5"):
+        P.trained("cnn", {**logged, "aug_erase": "0.5"})  # augment: true
+    # your own network: a model its builder compiled used none of the recipe's levers (so a value of that name was
+    # the builder's own); residual was the cnn family's, never a builder's
+    custom = {k: str(v) for k, v in P.network("custom", {"model": "net.py:build"}).flat().items()}
+    compiled = {**custom, "family": "custom", "compiled_by": "builder", "optimizer": "sgd", "ema": "0.99"}
+    assert P.trained("custom", compiled) == P.trained("custom", custom)
+    with pytest.raises(P.ConfigError, match="trained with optimizer=sgd"):
+        P.trained("custom", {**custom, "family": "custom", "optimizer": "sgd"})  # the recipe's, uncompiled
+    assert P.trained("custom", {**custom, "family": "custom", "residual": "True"}) == P.trained("custom", custom)
     # a later version's run is not read as this one's
     with pytest.raises(P.ConfigError, match="recipe_version=9: logged by a later version"):
         P.trained("cnn", {**logged, "recipe_version": "9"})
@@ -167,21 +179,31 @@ def test_a_retired_parameter_is_refused_with_the_commit_that_still_trains_it():
     assert P.as_trained(names, {k: v for k, v in logged.items() if k != "bn_settle"})["bn_settle"] is False
     with pytest.raises(P.ConfigError, match=rf"cnn: residual=true: that parameter has left .*{commit}.*leave it out"):
         P.network("cnn", {"residual": "true"})
-    assert P.network("cnn", {"residual": "false", "optimizer": "adam", "ema": 0}) == P.network("cnn")
-    with pytest.raises(P.ConfigError, match="aug_erase_shape"):
-        P.network("custom", {"model": "net.py:build", "hp": "{aug_erase_shape: x}"})
+    assert P.network("cnn", {"residual": "0", "optimizer": "adam", "ema": 0, "lr_schedule": "''"}) == P.network("cnn")
+    # a builder's own parameter named as a lever that left is its own (keras-tuner's hp.Choice("optimizer", ...))
+    own = P.network("custom", {"model": "net.py:build", "optimizer": "sgd", "residual": True, "lr_schedule": "cosine"})
+    assert own.hp_values() == {"optimizer": "sgd", "residual": True}
+    assert P.network("custom", {"model": "net.py:build", "hp": "{aug_erase_shape: x}"}).hp_values() == {
+        "aug_erase_shape": "x"}
     with pytest.raises(P.ConfigError, match="recipe_version"):
         P.network("custom", {"model": "net.py:build", "hp": "{recipe_version: 1}"})
     text = ("description: refused\nfamily: cnn\nbudget: {n_trials: 1, epochs: 1}\n"
-            "fixed: {aug_erase: 0.5}\nspace:\n  l2: {type: float, low: 0.0, high: 0.001}\n")
+            "fixed: {augment: true, aug_erase: 0.5}\nspace:\n  l2: {type: float, low: 0.0, high: 0.001}\n")
     with pytest.raises(P.ConfigError, match=rf"old.yaml: fixed: aug_erase=0.5: .*{commit}"):
         parse(text, Path("old.yaml"))
-    searched = text.replace("fixed: {aug_erase: 0.5}", "fixed: {}").replace("space:\n", "space:\n  ema: {type: "
-                                                                             "float, low: 0.9, high: 0.999}\n")
+    searched = text.replace("fixed: {augment: true, aug_erase: 0.5}", "fixed: {}").replace(
+        "space:\n", "space:\n  ema: {type: float, low: 0.9, high: 0.999}\n")
     with pytest.raises(P.ConfigError, match=rf"space.ema: ema=.*{commit}"):
         parse(searched, Path("old.yaml"))
     stored = parse(text.replace("aug_erase: 0.5", "lr_schedule: cosine, aug_erase: 0.0"), Path("old.yaml"), stored=True)
-    assert stored.fixed == {}
+    assert stored.fixed == {"augment": True}
+    referenced = text.replace("fixed: {augment: true, aug_erase: 0.5}",
+                              "fixed: {}\nreference: {params: {lr_schedule: cosine, dropout: 0.2}}")
+    assert parse(referenced, Path("old.yaml"), stored=True).reference.params == {"dropout": 0.2}
+    with pytest.raises(P.ConfigError, match=rf"reference params: ema=0.999: .*{commit}"):
+        parse(referenced.replace("lr_schedule: cosine", "ema: 0.999"), Path("old.yaml"))
+    # the chain is numbered 1, 2, ... and today's runs log its last number
+    assert [s.number for s in P.migrations.STEPS] == list(range(1, P.migrations.VERSION + 1))
 
 
 @pytest.mark.parametrize("section,entry,message", [

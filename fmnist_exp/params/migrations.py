@@ -1,9 +1,11 @@
 """Earlier runs read as today's recipe: one chain of numbered steps, as Optuna reads an older store.
 
 Every run that trains a network logs ``recipe_version`` (:data:`VERSION`). What an earlier run logged
-reaches today's parameters through :func:`upgrade` alone, whoever reads it: ``reproduce``, a resumed
-study finding its reference and twin trials (study/candidate.py), the gate's champion, a study file
-stored with a study (:func:`drop_retired`). It applies each step after the run's own version in order;
+reaches today's parameters through :func:`upgrade` alone, whoever reads it: ``reproduce`` (of a run, a
+trial or a registered version's run), a resumed study finding its reference and twin trials
+(study/candidate.py); a study file stored with its study goes through :func:`drop_retired`, as a command
+line does. (A registered version is served and gated by its logged model and scores, which read no recipe
+parameter.) It applies each step after the run's own version in order;
 a run from before versions were logged is version 0 and goes through every step. A step that adds a
 parameter gives it the value earlier runs trained with only where a run did not log it, so a run logged
 between two steps reads the same. A step that retires a parameter (a lever measured that did not pay,
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .table import FALSE_WORDS, NETWORK_FAMILIES, NOT_GIVEN, TRUE_WORDS, VERSION_PARAM
 
-VERSION_PARAM = "recipe_version"  # logged by every run that trains a network (train/job.py)
+__all__ = ["VERSION", "VERSION_PARAM", "digested", "drop_retired", "refusal", "retired", "unquoted", "upgrade"]
 
 
 @dataclass(frozen=True)
@@ -30,20 +33,33 @@ class Added:
 
     name: str
     before: Any
+    families: tuple[str, ...] = NETWORK_FAMILIES  # whose runs it was added to
 
 
 @dataclass(frozen=True)
 class Retired:
     """A parameter that left the package. ``today``: the value that trains as today's code does.
     ``only_with``: it changed nothing unless another parameter (also logged) had this value.
-    ``digested``: digests stored before it left hold it at ``today`` (FitParams.digest), so
-    today's recipe digests it still."""
+    ``families``: whose parameter it was (another family's builder may have one of that name: its own).
+    ``recipe_only``: a recipe setting a model its builder compiled did not use (a run that logged
+    compiled_by=builder trained as today whatever it logged; a value of that name was the builder's).
+    ``digested``: digests stored before it left hold it at ``today`` (FitParams.digest), so today's
+    recipe digests it still."""
 
     name: str
     today: Any
     why: str
-    only_with: tuple[str, str] | None = None
+    only_with: tuple[str, Any] | None = None
+    families: tuple[str, ...] = NETWORK_FAMILIES
+    recipe_only: bool = False
     digested: bool = True
+
+    def applies(self, family: str | None, beside: Mapping[str, Any]) -> bool:
+        """Whether a value of it (given or logged beside ``beside``) is this parameter's, in ``family`` (None:
+        unknown, any)."""
+        if family is not None and family not in self.families:
+            return False
+        return not (self.recipe_only and _text(beside.get("compiled_by", "")) == "builder")
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ _BEFORE_RETIREMENT = "55dbc2bb573b18f478a24a5ed627d02b8e627705"  # the last comm
 
 STEPS: tuple[Step, ...] = (
     Step(1, "weight averaging and multi-view answers added (73c4523)", "", (Added("ema", 0.0), Added("tta_shift", 0))),
-    Step(2, "residual blocks added (6de2e7d)", "", (Added("residual", False),)),
+    Step(2, "residual blocks added (6de2e7d)", "", (Added("residual", False, families=("cnn",)),)),
     Step(3, "a split seed of its own (5859f31)", "", (Added("split_seed", None),)),
     Step(4, "the optimizer named (e82fe20)", "", (Added("optimizer", "adam"),)),
     Step(5, "datasets as values (c6856d5)", "", (Added("data", "fashion-mnist"),)),
@@ -71,20 +87,21 @@ STEPS: tuple[Step, ...] = (
     Step(7, "batch-norm statistics settled within an epoch (165d2ef)", "", (Added("bn_settle", False),)),
     Step(8, "the levers that did not pay left (issue 53)", _BEFORE_RETIREMENT, (
         Retired("ema", 0.0, f"weight averaging did not pay: +0.05 points of validation, a cosine decay to zero "
-                f"already ends on small steps ({_RECIPES})"),
+                f"already ends on small steps ({_RECIPES})", recipe_only=True),
         Retired("residual", False, f"residual blocks did not pay on the long network ({_RECIPES}); a residual "
-                "network of your own: examples/residual.py"),
+                "network of your own: examples/residual.py", families=("cnn",)),
         Retired("optimizer", "adam", f"SGD with Nesterov momentum did not pay: 94.70-94.92% validation against "
-                f"Adam's 95.17% ({_RECIPES})"),
-        # the plateau schedule's two settings changed nothing under the cosine decay: read before lr_schedule
-        Retired("lr_patience", 2, _PLATEAU, only_with=("lr_schedule", "plateau")),
-        Retired("lr_factor", 0.5, _PLATEAU, only_with=("lr_schedule", "plateau")),
-        Retired("lr_schedule", "cosine", _PLATEAU),
-        Retired("aug_erase", 0.0,
-                "random erasing did not pay at the long schedule (BENCHMARKS.md, 'The long study')"),
+                f"Adam's 95.17% ({_RECIPES})", recipe_only=True),
+        Retired("lr_schedule", "cosine", _PLATEAU, recipe_only=True),
+        # the plateau schedule's two settings changed nothing under the cosine decay
+        Retired("lr_patience", 2, _PLATEAU, only_with=("lr_schedule", "plateau"), recipe_only=True),
+        Retired("lr_factor", 0.5, _PLATEAU, only_with=("lr_schedule", "plateau"), recipe_only=True),
+        Retired("aug_erase", 0.0, "random erasing did not pay at the long schedule (BENCHMARKS.md, 'The long study')",
+                only_with=("augment", True)),
     )),
 )
 VERSION = STEPS[-1].number  # what today's runs log
+assert [s.number for s in STEPS] == list(range(1, VERSION + 1)), "steps are numbered 1, 2, ... with none left out"
 
 
 def retired() -> dict[str, tuple[Retired, Step]]:
@@ -102,16 +119,22 @@ def trains_as_today(change: Retired, value: Any, beside: Mapping[str, Any]) -> b
     """Whether ``value`` (as logged or given: text or a value) of a retired parameter trains as today."""
     if change.only_with is not None:
         other, mattered = change.only_with
-        if _text(beside.get(other, "")) != mattered:
+        if not _same(beside.get(other, ""), mattered):
             return True
-    if isinstance(change.today, bool):
-        return _text(value).lower() == str(change.today).lower()
-    if isinstance(change.today, (int, float)):
+    return _same(value, change.today)
+
+
+def _same(value: Any, today: Any) -> bool:
+    """Whether ``value`` (text as logged or given, or a value) is ``today``, read as the parameter's type was."""
+    text = _text(value).strip()
+    if isinstance(today, bool):
+        return text.lower() in (TRUE_WORDS if today else FALSE_WORDS)
+    if isinstance(today, (int, float)):
         try:
-            return float(_text(value)) == float(change.today)
+            return float(text) == float(today)
         except ValueError:
             return False
-    return _text(value) == change.today
+    return text == today
 
 
 def _text(value: Any) -> str:
@@ -120,7 +143,7 @@ def _text(value: Any) -> str:
 
 def unquoted(value: str) -> str:
     """A parameter as the program got it: `mlflow run` records a value with spaces as the shell-quoted text it
-    ran (-P hp="{width: 16}" is recorded '{width: 16}'), its '' for "not given" kept as resolve.NOT_GIVEN says."""
+    ran (-P hp="{width: 16}" is recorded '{width: 16}'), its '' for "not given" kept as table.NOT_GIVEN says."""
     import shlex
 
     if len(value) > 2 and value[0] == value[-1] == "'":
@@ -132,15 +155,28 @@ def unquoted(value: str) -> str:
     return value
 
 
-def drop_retired(values: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """``values`` (given on a command line or in a study file) without the retired parameters they give at
-    the value that trains as today; any other value of one is refused, naming the commit that trains it."""
+def drop_retired(values: Mapping[str, Any], what: str, family: str | None = None) -> dict[str, Any]:
+    """``values`` (given on a command line or in a study file, for ``family``'s network where known) without the
+    retired parameters they give at the value that trains as today, or not at all ('' as MLproject forwards it);
+    any other value of one is refused, naming the commit that trains it."""
     out = dict(values)
     for name, (change, _) in retired().items():
-        if name in out and out[name] is not None and not trains_as_today(change, out[name], values):
-            raise ConfigError(f"{what}: {refusal(name, _text(out[name]))}; leave it out")
-        out.pop(name, None)
+        if name not in out or not change.applies(family, values):
+            continue
+        value = out[name]
+        given = value is not None and _text(value).strip() not in NOT_GIVEN
+        if given and not trains_as_today(change, value, values):
+            if builders_own(change, family):
+                continue  # another value is the builder's own parameter of that name (hp.Choice("optimizer", ...))
+            raise ConfigError(f"{what}: {refusal(name, _text(value))}; leave it out")
+        del out[name]
     return out
+
+
+def builders_own(change: Retired, family: str | None) -> bool:
+    """Whether a user's builder may have a parameter of ``change``'s name: a recipe setting that left (a
+    keras-tuner builder's hp.Choice("optimizer", ...) is its own, unchanged)."""
+    return family == "custom" and change.recipe_only
 
 
 def upgrade(logged: Mapping[str, str]) -> dict[str, Any]:
@@ -155,11 +191,13 @@ def upgrade(logged: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"{VERSION_PARAM}={version}: logged by a later version of fmnist-exp than this one "
                           f"(recipe version {VERSION}); update fmnist-exp to read it")
     out = {k: v for k, v in logged.items() if k != VERSION_PARAM}
+    family = _text(logged.get("family", "")) or None
     for step in STEPS[version:]:
         for change in step.changes:
             if isinstance(change, Added):
-                out.setdefault(change.name, change.before)
-            elif change.name in out:
+                if family is None or family in change.families:
+                    out.setdefault(change.name, change.before)
+            elif change.name in out and change.applies(family, logged):
                 value = out.pop(change.name)
                 if not trains_as_today(change, value, logged):
                     raise ConfigError(f"it trained with {refusal(change.name, _text(value))}")

@@ -27,9 +27,9 @@ def coerce(param: T.Param, value: Any) -> Any:
     try:
         if kind is bool:
             low = text.lower()
-            if low in ("1", "true", "yes", "on"):
+            if low in T.TRUE_WORDS:
                 return True
-            if low in ("0", "false", "no", "off"):
+            if low in T.FALSE_WORDS:
                 return False
             raise ValueError
         if kind is int:
@@ -43,10 +43,11 @@ def coerce(param: T.Param, value: Any) -> Any:
         raise T.ConfigError(f"{param.name}={text!r}: must be {what}") from None
 
 
-NOT_GIVEN = ("", "''")  # a parameter nobody set, as MLproject forwards it and as `mlflow run` records it
+NOT_GIVEN = T.NOT_GIVEN
 
 
-def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: str) -> dict[str, Any]:
+def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: str,
+           family: str | None = None) -> dict[str, Any]:
     """Defaults <- overrides, coerced and checked; every error reported at once.
 
     An override of None leaves the default. For a parameter whose default is None ("not given"),
@@ -55,7 +56,8 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
     by_name = {p.name: p for p in params}
     # a parameter that left the package: read as absent at the value that trains as today, else refused
     # with the commit that still trains it (params/migrations.py)
-    others = migrations.drop_retired({k: v for k, v in (overrides or {}).items() if k not in by_name}, what)
+    others = migrations.drop_retired({k: v for k, v in (overrides or {}).items() if k not in by_name}, what,
+                                     family)
     overrides = {**{k: v for k, v in (overrides or {}).items() if k in by_name}, **others}
     unknown = set(overrides) - set(by_name)
     if unknown:
@@ -95,9 +97,9 @@ def _build(cls: type, resolved: dict[str, Any]) -> Any:
 def family(name: str, overrides: Mapping[str, Any] | None = None) -> typed.FamilyParams:
     """One family's parameters: the table's defaults updated by ``overrides``, checked. For a user's
     network (custom), a name that is not the platform's is the builder's: it joins ``hp``."""
-    if name == "custom":
-        overrides = builder_split(overrides or {})
-    resolved = values(T.family_params(name), overrides, what=name)
+    if name == "custom":  # a retired name at today's value is not the builder's (params/migrations.py)
+        overrides = builder_split(migrations.drop_retired(overrides or {}, name, name))
+    resolved = values(T.family_params(name), overrides, what=name, family=name)
     return _build(typed.FAMILY_CLASSES[name], resolved)
 
 
@@ -154,7 +156,7 @@ def tune_args(overrides: Mapping[str, Any] | None = None) -> typed.TuneArgs:
 def command(name: str, overrides: Mapping[str, Any] | None = None) -> typed.CommandArgs:
     """Any command's typed values (``main`` is ``tune``)."""
     if name in T.FAMILIES:
-        resolved = values(commands.command_params(name), overrides, what=name)
+        resolved = values(commands.command_params(name), overrides, what=name, family=name)
         experiment, system_metrics = resolved.pop("experiment"), resolved.pop("system_metrics")
         return typed.TrainArgs(params=_build(typed.FAMILY_CLASSES[name], resolved), experiment=experiment,
                                system_metrics=system_metrics)

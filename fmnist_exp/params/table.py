@@ -16,7 +16,6 @@ from typing import Any
 
 from ..metrics import VAL_ACC, VAL_LOSS
 from .errors import ConfigError
-from .migrations import VERSION_PARAM, retired
 
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh")
 MONITORS = (VAL_LOSS, VAL_ACC)
@@ -257,6 +256,11 @@ def parse_hp(text: Any) -> dict[str, Any]:
     return raw
 
 
+VERSION_PARAM = "recipe_version"  # logged by every run that trains a network (params/migrations.py)
+NOT_GIVEN = ("", "''")  # a parameter nobody set, as MLproject forwards it and as `mlflow run` records it
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # how a true/false is given
+
+
 # what a training run logs beside its parameters (train.job, train.lineage, reproduce's own; max_batch and
 # max_body_mb: the served model's config, which MLflow logs): no name of a builder's parameter, nor data_*
 LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "precision_used", "model_sha256",
@@ -265,9 +269,9 @@ LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "
 
 
 def reserved_names() -> set[str]:
-    """Names no builder's parameter may take: the platform's, what a run logs beside them, and retired ones
-    (a run logging one would read as trained by the retired parameter)."""
-    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE) | {VERSION_PARAM} | set(retired())
+    """Names no builder's parameter may take: the platform's and what a run logs beside them. One that left the
+    package (params/migrations.py) is free again: a keras-tuner builder's hp.Choice("optimizer", ...) is its own."""
+    return {p.name for p in family_params("custom")} | set(LOGGED_BESIDE) | {VERSION_PARAM}
 
 
 def canonical_hp(text: Any) -> str:

@@ -41,7 +41,7 @@ import yaml
 from .. import params as P
 from ..data import FASHION_MNIST, DatasetInfo
 from ..params import ConfigError, TuneArgs
-from ..params.migrations import drop_retired, refusal, retired
+from ..params.migrations import builders_own, drop_retired, refusal, retired
 from ..params.table import family_params
 from .goals import Goals, check_search, parse_goals
 from .space import Dist, parse_space
@@ -249,8 +249,8 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     student = final.pop("student", None)  # the student's own family parameters (e.g. wider filters)
     # a parameter that left the package: absent at the value that trains as today (so a stored study resumes),
     # else refused with the commit that trains it
-    final = drop_retired(final, f"{path}: final")
-    student = drop_retired(student, f"{path}: final.student") if isinstance(student, dict) else student
+    final = drop_retired(final, f"{path}: final", spec_family)
+    student = drop_retired(student, f"{path}: final.student", spec_family) if isinstance(student, dict) else student
     spec = StudySpec(
         path=path,
         text=text,
@@ -258,7 +258,7 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         family=spec_family,
         budget=Budget.from_file(raw.get("budget", {})),
         fixed={**({"model": model} if model is not None else {}),
-               **drop_retired(dict(raw.get("fixed") or {}), f"{path}: fixed")},
+               **drop_retired(dict(raw.get("fixed") or {}), f"{path}: fixed", spec_family)},
         space=parse_space(raw.get("space", {}), str(path)),
         pruner=dict(raw.get("pruner", {"type": "none" if goals.multi else "median"})),  # no pruning with several
         sampler=dict(raw.get("sampler", {"type": "tpe"})),
@@ -267,6 +267,9 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
         enqueue=list(raw.get("enqueue") or []),
         reference=parse_reference(raw.get("reference", "default"), str(path)),
     )
+    if spec.reference.params:  # the reference's family's parameters (cnn for your own network's study)
+        params = drop_retired(spec.reference.params, f"{path}: reference params", spec.reference_family)
+        spec = replace(spec, reference=replace(spec.reference, params=params))
     check(spec, stored=stored)
     return spec
 
@@ -297,7 +300,8 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in ("val_fraction", "split_seed") and section == "space" and not stored:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it decides which images validate each "
                               "trial, so the trials would be compared on different images; fix it in 'fixed'")
-        if key in retired():  # searched (parse read one that is fixed at today's value as absent)
+        if key in retired() and (change := retired()[key][0]).applies(spec.family, {}) and \
+                not builders_own(change, spec.family):  # searched (parse read one fixed at today's value as absent)
             raise ConfigError(f"{where}: space.{key}: {refusal(key, spec.space[key].as_file())}; remove it")
         if key not in names and spec.family != "custom":  # a name that is not the platform's is the builder's
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")

@@ -1,11 +1,13 @@
-"""The default recipe on small datasets, with and without ``bn_settle``: does a network with batch
-normalisation learn what a few hundred images allow, and does the mend leave what it cannot change alone?
+"""The default recipe on small datasets against the recipe before a mend (by default ``bn_settle`` false): does
+the network learn what a few hundred images allow, and does the mend leave what it cannot change alone?
 
     python bench/bench_small_data.py [--seeds 1,2,3,4,5,6] [--data patches,scenes,digits]
+    python bench/bench_small_data.py --before "{epochs: 9}"     # the epochs that follow the images, against 9
 
 Each dataset is trained by the default network of ``--family`` (its defaults, ``--data`` and ``--seed`` only;
-no MLflow: train.fit as every run calls it) once per seed with ``bn_settle`` false (how runs before it trained)
-and true, side by side in one process, the two sides alternated. Reported per dataset: each side's test
+no MLflow: train.fit as every run calls it) once per seed with ``--before``'s values (how runs before the mend
+trained) and with ``--after``'s (default: none, today's defaults), side by side in one process, the two sides
+alternated. Reported per dataset: each side's test
 accuracy per seed, the number of seeds at chance (an exact binomial test of right answers against the
 majority class's share, one-sided, p >= 0.05), and the two sides paired on the same test images over all
 seeds (difference, exact McNemar p, b/c).
@@ -44,7 +46,7 @@ def make(name: str, root: Path) -> str:
     return str(photo_patches(root / "patches", load_sample_images().images))
 
 
-def train(data: str, family: str, seed: int, settle: bool) -> dict:
+def train(data: str, family: str, seed: int, side: str, values: dict) -> dict:
     from scipy.stats import binomtest
 
     from fmnist_exp import params as P
@@ -54,13 +56,15 @@ def train(data: str, family: str, seed: int, settle: bool) -> dict:
     from fmnist_exp.train.evaluate import predict_proba
 
     ds = load_dataset(data)
-    p, _ = networks.fit_to_data(P.network(family, {"data": data, "seed": seed, "bn_settle": settle}), ds.info)
+    p, _ = networks.fit_to_data(P.network(family, {**values, "data": data, "seed": seed}), ds.info)
     s = split(ds, val_fraction=p.val_fraction, seed=p.split_by(), train_samples=p.train_samples)
+    p = P.with_epochs(p, len(s.y_train))[0]  # as a run makes them concrete
     model, _ = F.fresh_model(p, ds.info)
     result = F.fit(model, s, p)
     right = predict_proba(model, s.x_test).argmax(1) == s.y_test
     majority = np.bincount(s.y_train).max() / len(s.y_train)
-    return {"seed": seed, "bn_settle": settle, "test_acc": float(right.mean()), "epochs_run": result.epochs_run,
+    return {"seed": seed, "side": side, "test_acc": float(right.mean()), "epochs": p.epochs,
+            "epochs_run": result.epochs_run,
             "steps_per_epoch": -(-len(s.x_train) // p.batch_size), "fit_s": round(result.wall_s, 1),
             "at_chance": bool(binomtest(int(right.sum()), len(right), majority, alternative="greater").pvalue >= 0.05),
             "right": right}
@@ -71,8 +75,13 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3,4,5,6")
     ap.add_argument("--data", default="patches,scenes,digits")
     ap.add_argument("--family", default="cnn")
+    ap.add_argument("--before", default="{bn_settle: false}", help="the recipe before: values over the defaults")
+    ap.add_argument("--after", default="{}", help="the recipe after (default: the defaults)")
     args = ap.parse_args()
     from fmnist_exp import stats
+    from fmnist_exp.params.table import load_yaml
+
+    sides = {"before": load_yaml(args.before) or {}, "after": load_yaml(args.after) or {}}
 
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,18 +89,19 @@ def main() -> None:
             data, t0 = make(name, Path(tmp)), time.time()
             rows = []
             for i, seed in enumerate(seeds):  # alternated: which side goes first changes by seed
-                for settle in ((False, True) if i % 2 == 0 else (True, False)):
-                    rows.append(train(data, args.family, seed, settle))
-            side = {b: [r for r in rows if r["bn_settle"] is b] for b in (False, True)}
-            right = {b: np.concatenate([r["right"] for r in sorted(side[b], key=lambda r: r["seed"])]) for b in side}
-            b_only, c_only = int((right[True] & ~right[False]).sum()), int((right[False] & ~right[True]).sum())
+                for which in (("before", "after") if i % 2 == 0 else ("after", "before")):
+                    rows.append(train(data, args.family, seed, which, sides[which]))
+            side = {b: sorted((r for r in rows if r["side"] == b), key=lambda r: r["seed"]) for b in sides}
+            right = {b: np.concatenate([r["right"] for r in side[b]]) for b in side}
+            after, before = right["after"], right["before"]
+            b_only, c_only = int((after & ~before).sum()), int((before & ~after).sum())
             print(json.dumps({
                 "data": name, "family": args.family, "steps_per_epoch": rows[0]["steps_per_epoch"],
-                **{f"{'settled' if b else 'before'}": {
-                    "test_acc": [round(r["test_acc"], 4) for r in sorted(side[b], key=lambda r: r["seed"])],
-                    "mean": round(float(right[b].mean()), 4), "at_chance": sum(r["at_chance"] for r in side[b]),
-                    "epochs_run": [r["epochs_run"] for r in sorted(side[b], key=lambda r: r["seed"])]} for b in side},
-                "paired": {"diff_points": round(100 * float(right[True].mean() - right[False].mean()), 2),
+                **{b: {"values": sides[b], "test_acc": [round(r["test_acc"], 4) for r in side[b]],
+                       "mean": round(float(right[b].mean()), 4), "at_chance": sum(r["at_chance"] for r in side[b]),
+                       "epochs": side[b][0]["epochs"], "epochs_run": [r["epochs_run"] for r in side[b]],
+                       "fit_s": [r["fit_s"] for r in side[b]]} for b in side},
+                "paired": {"diff_points": round(100 * float(right["after"].mean() - right["before"].mean()), 2),
                            "mcnemar_p": stats.mcnemar_exact(b_only, c_only), "b_c": [b_only, c_only]},
                 "seeds": seeds, "wall_s": round(time.time() - t0, 1)}), flush=True)
 

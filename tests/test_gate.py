@@ -211,15 +211,16 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path, capsys):
     assert ref.data.tags["study_reference"] == "true" and ref.data.tags["optuna_study"] == "gain"
     # a lone (SQLite) worker trains it in a second process, beside the final retrain, nested all the same
     assert ref.data.tags["reference_background"] == "true" and ref.info.status == "FINISHED"
-    # the default recipe as `mlp` trains it (hidden_units 512,256, not the study's fixed 32; its own 15
-    # epochs, not the trials' 1) on the trials' images with the study's seed
+    # the default recipe as `mlp` trains it (hidden_units 512,256, not the study's fixed 32; its own epochs, not
+    # the trials' 1: 1,000 images are 8 steps an epoch, so 25 epochs, 200 steps: params.with_epochs) on the
+    # trials' images with the study's seed
     p = ref.data.params
-    assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "15", "1000", "42")
+    assert (p["hidden_units"], p["epochs"], p["train_samples"], p["seed"]) == ("512,256", "25", "1000", "42")
     assert t["gain_reference_run_id"] == ref.info.run_id and t["gain_reference"] == "the default recipe"
-    assert t["gain_reference_epochs"] == "15" == ref.data.params["epochs"] and printed["reference_epochs"] == 15
-    assert "gain over the default recipe (run " + ref.info.run_id + ", 15 epochs)" in out
+    assert t["gain_reference_epochs"] == "25" == ref.data.params["epochs"] and printed["reference_epochs"] == 25
+    assert "gain over the default recipe (run " + ref.info.run_id + ", 25 epochs)" in out
     page = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/study/report.html")  # the study's own page
-    assert "Reference: the default recipe, trained 15 epochs." in page
+    assert "Reference: the default recipe, trained 25 epochs." in page
     assert m["gain_reference_test_accuracy"] == pytest.approx(ref.data.metrics["test_accuracy"], abs=1e-6)
     assert m["gain_candidate_test_accuracy"] == pytest.approx(m["best_test_accuracy"], abs=1e-6)
     assert m["gain_diff"] == pytest.approx((m["gain_b"] - m["gain_c"]) / m["gain_n"])
@@ -235,7 +236,7 @@ def test_study_reports_gain_over_default_reference(tracking, tmp_path, capsys):
               "gain_candidate_test_accuracy", "gain_reference_test_accuracy"):
         assert float(version.tags[k]) == pytest.approx(m[k], rel=1e-5, abs=1e-12), k
     assert version.tags["gain_reference_run_id"] == ref.info.run_id and version.tags["gain"] == t["gain"]
-    assert version.tags["gain_reference_epochs"] == "15"
+    assert version.tags["gain_reference_epochs"] == "25"
     assert t["gain"] in version.description and ref.info.run_id in version.description
     assert "no champion before" in version.description
 
@@ -444,8 +445,9 @@ def test_reference_recipe_is_named_params_on_the_candidates_images(tmp_path):
                                 FASHION_MNIST)
 
     p = recipe(spec)
-    # the final retrain's images and the seed; the family's own epochs (15), not the final's 3
-    assert (p.dropout, p.hidden_units, p.epochs, p.train_samples, p.seed) == (0.2, (512, 256), 15, 2000, 7)
+    # the final retrain's images and the seed; the family's own epochs (not given: made concrete for the images
+    # when the reference is trained, params.with_epochs), not the final's 3
+    assert (p.dropout, p.hidden_units, p.epochs, p.train_samples, p.seed) == (0.2, (512, 256), None, 2000, 7)
     assert p.split_by() == 9  # and the final retrain's split
     # a named length
     spec = space.load(study_file(tmp_path, "long", "reference: {params: {epochs: 12}}\nfinal: {epochs: 3}"), "mlp")

@@ -192,6 +192,9 @@ def test_the_default_cnn_learns_an_easy_colour_folder(tracking, tmp_path, photos
     run = only_runs()[0]
     assert run.data.params["bn_settle"] == "True" and run.data.params["data_shape"] == "32x32x3"
     assert run.data.metrics["test_accuracy"] > 0.95, run.data.metrics
+    # no epochs given: 6 steps an epoch, so up to 34 epochs (200 steps), said and logged (params.with_epochs)
+    assert run.data.params["epochs"] == "34"
+    assert "720 training images are 6 optimizer steps an epoch at batch 128: up to 34 epochs" in capsys.readouterr().out
 
 
 def test_a_colour_folder_is_tuned_registered_under_its_name_and_predicted(tracking, tmp_path, photos, capsys):

@@ -21,7 +21,7 @@ from fmnist_exp.study.spec import Budget, parse
 
 
 @pytest.mark.parametrize("layers,epochs", [
-    (P.Layers(), 9),  # the cnn's own default (the table's shared default is 15)
+    (P.Layers(), None),  # not given: the cnn's own 9, raised on small data when a run starts (with_epochs)
     (P.Layers(fixed={"epochs": 4}), 4),
     (P.Layers(fixed={"epochs": 4}, budget={"epochs": 3}), 3),
     (P.Layers(budget={"epochs": 3}, sampled={"epochs": 6}), 6),
@@ -32,7 +32,27 @@ from fmnist_exp.study.spec import Budget, parse
 ])
 def test_each_layer_overrides_those_before_it(layers, epochs):
     assert P.compose("cnn", layers).epochs == epochs
-    assert P.network("mlp").epochs == 15  # the table's default, for a family without its own
+    assert P.network("custom", {"model": "net.py:build"}).epochs == 15  # the table's default: a builder's
+
+
+def test_a_built_in_familys_epochs_not_given_follow_its_training_images():
+    """Not given, a built-in family trains its own number of epochs, more where an epoch is so few optimizer steps
+    that training would take fewer than MIN_STEPS (said in one line); given epochs (a test's, a study's budget)
+    and a user's builder's recipe stay as they are."""
+    assert P.table.MIN_STEPS == 200 and P.table.EPOCHS == {"mlp": 15, "cnn": 9}
+    cnn, mlp = P.network("cnn"), P.network("mlp")
+    assert (cnn.epochs, mlp.epochs) == (None, None)
+    assert P.with_epochs(cnn, 54_000) == (P.replaced(cnn, epochs=9), None)  # Fashion-MNIST: 422 steps an epoch
+    assert P.with_epochs(cnn, 9_000)[0].epochs == 9  # the default study's trials' images (71 steps: 639)
+    scenes, note = P.with_epochs(cnn, 864)  # 7 steps an epoch
+    assert scenes.epochs == 29 and note == ("864 training images are 7 optimizer steps an epoch at batch 128: up to 29 "
+                                            "epochs (200 steps or more), not 9; give epochs to choose (docs/data.md)")
+    assert P.with_epochs(mlp, 1_000)[0].epochs == 25 and P.with_epochs(mlp, 5_000)[0].epochs == 15
+    assert P.with_epochs(P.replaced(cnn, batch_size=32), 864)[0].epochs == 9  # 27 steps an epoch
+    assert P.with_epochs(P.replaced(cnn, epochs=2), 100) == (P.replaced(cnn, epochs=2), None)
+    assert P.with_epochs(P.replaced(mlp, train_samples=100), 100)[0].epochs == 200  # one step an epoch
+    own = P.network("custom", {"model": "net.py:build"})
+    assert P.with_epochs(own, 100) == (own, None)
 
 
 STUDY = """
@@ -99,7 +119,7 @@ def test_values_are_frozen_checked_and_flat_only_where_logged():
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.epochs = 3  # type: ignore[misc]
     flat = p.flat()
-    assert flat["filters"] == "16,32" and flat["data_dir"] == "" and flat["epochs"] == 9
+    assert flat["filters"] == "16,32" and flat["data_dir"] == "" and flat["epochs"] == ""  # not given
     assert P.network("cnn", flat) == p  # what a run logged resolves to the same value (reproduce reads it)
     with pytest.raises(P.ConfigError, match="epochs=0: must be in"):
         P.replaced(p, epochs=0)

@@ -46,13 +46,13 @@ from .sources import (
     check_split,
     load_dataset,
 )
-from .splits import Splits, split, split_indices
+from .splits import Splits, split, split_indices, training_count
 
 __all__ = [
     "CSV_FILES", "DEBIAN_DIR", "FASHION_CLASSES", "FASHION_MNIST", "FIX_HINT", "IDX_FILES", "IDX_IMAGE_MAGIC",
     "IDX_LABEL_MAGIC", "KERAS_CACHE_DIR", "OFFICIAL_CONTENT_SHA256", "TEST_COUNT", "TRAIN_COUNT",
     "DataError", "Dataset", "DatasetInfo", "Splits", "candidate_dirs", "content_hash", "default_dirs", "load",
-    "load_csv_dir", "load_idx_dir", "parse_idx", "read_csv", "read_idx", "split", "split_indices",
+    "load_csv_dir", "load_idx_dir", "parse_idx", "read_csv", "read_idx", "split", "split_indices", "training_count",
     "DEFAULT_TEST_FRACTION", "FASHION_FILES", "IMAGE_SUFFIXES", "MIN_TEST_PER_CLASS", "MIN_TRAIN_PER_CLASS",
     "SPEC_FILE", "SPEC_KEYS", "DatasetSpec", "Expect", "check_split", "checked_arrays", "decode_image",
     "label_dtype", "load_dataset", "read_csv_dir", "read_idx_dir", "read_spec", "recorded",

@@ -28,6 +28,12 @@ def split_indices(y: np.ndarray, *, val_fraction: float, seed: int) -> tuple[np.
     return train_test_split(np.arange(len(y)), test_size=val_fraction, stratify=y, random_state=seed)
 
 
+def training_count(ds: Dataset, *, val_fraction: float, seed: int, train_samples: int = 0) -> int:
+    """How many images :func:`split` keeps for training, without copying them."""
+    kept = len(ds.y_train) - len(split_indices(ds.y_train, val_fraction=val_fraction, seed=seed)[1])
+    return min(kept, train_samples) if train_samples else kept
+
+
 def split(ds: Dataset, *, val_fraction: float, seed: int, train_samples: int = 0) -> Splits:
     """Stratified, seeded validation split out of the training set.
 

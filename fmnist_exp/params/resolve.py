@@ -9,6 +9,7 @@ other (tests/test_params.py states it case by case).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
@@ -146,6 +147,24 @@ P = TypeVar("P", bound=typed.BaselineParams | typed.MlpParams | typed.CnnParams 
 def replaced(params: P, **changes: Any) -> P:
     """``params`` with ``changes``, checked again (a dataclasses.replace that cannot break a rule)."""
     return cast(P, family(params.FAMILY, {**params.flat(), **changes}))
+
+
+F = TypeVar("F", bound=typed.FitParams)
+
+
+def with_epochs(p: F, train_images: int) -> tuple[F, str | None]:
+    """``p`` with its epochs made concrete for ``train_images`` training images: given, they stay; not given, the
+    family's (table.EPOCHS), raised where an epoch is so few optimizer steps that training would take fewer than
+    table.MIN_STEPS, with a sentence saying so (else None). Every run makes them concrete before it logs them."""
+    if p.epochs is not None:
+        return p, None
+    base = T.EPOCHS[p.FAMILY]
+    steps = max(1, math.ceil(train_images / p.batch_size))
+    epochs = min(1000, max(base, math.ceil(T.MIN_STEPS / steps)))
+    note = None if epochs == base else (
+        f"{train_images:,} training images are {steps} optimizer steps an epoch at batch {p.batch_size}: up to "
+        f"{epochs} epochs ({T.MIN_STEPS} steps or more), not {base}; give epochs to choose (docs/data.md)")
+    return cast(F, replaced(cast(Any, p), epochs=epochs)), note
 
 
 def tune_args(overrides: Mapping[str, Any] | None = None) -> typed.TuneArgs:

@@ -169,6 +169,21 @@ def restate(name: str, default: Any) -> Param:
     return replace(next(p for p in FIT_PARAMS if p.name == name), default=default)
 
 
+# A built-in family's epochs where none are given (params.with_epochs): its own number, raised where an epoch is
+# so few optimizer steps that training would take fewer than MIN_STEPS (a few hundred images:
+# BENCHMARKS.md, 'Your own data'). Fashion-MNIST (422 steps an epoch) and the default study's 10,000 images (79)
+# keep the number.
+EPOCHS = {"mlp": 15, "cnn": 9}
+MIN_STEPS = 200
+
+
+def family_epochs(family: str) -> Param:
+    return replace(restate("epochs", None), kind=int, help=(
+        f"most epochs to train (early stopping may end sooner) (not given: {EPOCHS[family]}, or more where an epoch "
+        f"is few optimizer steps, so that training takes at least {MIN_STEPS} steps; the run logs how many: "
+        "docs/data.md, 'A few hundred images')"))
+
+
 CNN_FILTERS = "32,64,128,256"  # the cnn family's widths where the images allow four blocks (28x28 and larger)
 
 FAMILY_PARAMS = {
@@ -180,10 +195,11 @@ FAMILY_PARAMS = {
         Param("hidden_units", "512,256", "widths of the hidden layers, comma-separated", int_list(1, 8192)),
         Param("activation", "relu", "activation of the hidden layers", one_of(ACTIVATIONS)),
         *NET_COMMON,
+        family_epochs("mlp"),
     ],
     "cnn": [
         # chosen by validation accuracy per unit of training time (BENCHMARKS.md, "Recipes")
-        restate("epochs", 9),
+        family_epochs("cnn"),
         Param("filters", None, f"conv filters per block (each block halves the image) (not given: {CNN_FILTERS}, or "
               "on images too small for four halvings the first widths that fit, e.g. 32,64,128 on 8x8 digits)",
               int_list(1, 1024, max_len=4), kind=str),

@@ -72,7 +72,7 @@ class FitParams(DataParams):
             logged.pop("split_seed")
         return hashlib.sha256(json.dumps(logged, sort_keys=True).encode()).hexdigest()[:16]
 
-    epochs: int
+    epochs: int | None  # None (the built-in families): their own, raised on small data (params.with_epochs)
     batch_size: int
     learning_rate: float
     warmup_epochs: float

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import params as P
 from .. import stats
-from ..data import Dataset, load_dataset
+from ..data import Dataset, load_dataset, training_count
 from ..params import NetworkParams
 from ..train import job, runs, tracking
 from ..train.evaluate import classifier_answers, score_on_test
@@ -50,6 +50,8 @@ class Job:
     @classmethod
     def of(cls, setup: Setup) -> Job:
         p = reference_recipe(setup.args, setup.spec, setup.ds.info)
+        p = P.with_epochs(p, training_count(setup.ds, val_fraction=p.val_fraction, seed=p.split_by(),
+                                            train_samples=p.train_samples))[0]  # as the run will log them
         # the key hashes the parameters as runs log them, so a study resumed across versions finds its run
         return cls(p, {"optuna_study": setup.study_name, "study_reference": "true", "reference_key": p.digest()})
 
@@ -152,6 +154,7 @@ def _trained(setup: Setup, background: Background | None) -> tuple[str, np.ndarr
     else:
         run_id, classifier_uri = reference.train(setup.ds)
     labels, _ = score_on_test(run_id, classifier_uri, setup.ds, "reference")
+    assert reference.params.epochs is not None
     return run_id, labels, reference.params.epochs
 
 

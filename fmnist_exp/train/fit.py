@@ -18,7 +18,7 @@ from ..console import duration
 from ..data import DatasetInfo, Splits
 from ..metrics import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from ..model.networks import build
-from ..params import FitParams, NetworkParams
+from ..params import FitParams, NetworkParams, with_epochs
 from .inputs import datasets
 from .precision import precision_policy, resolve_precision, warn_if_slow
 
@@ -80,6 +80,7 @@ def learning_rate(p: FitParams, steps_per_epoch: int):
     """The optimizer's learning rate: a cosine decay from ``learning_rate`` to zero over all epochs, after
     ``warmup_epochs`` of linear warm-up from zero."""
     lr = p.learning_rate
+    assert p.epochs is not None, "epochs made concrete first (params.with_epochs)"
     total = max(1, p.epochs * steps_per_epoch)
     warmup = min(int(round(p.warmup_epochs * steps_per_epoch)), total - 1)
     if not warmup:
@@ -172,6 +173,8 @@ def fit(model: keras.Model, s: Splits, p: FitParams, callbacks=(), *,
     (default: :func:`default_steps_per_execution`) changes how the steps are called, not which steps run
     (benchmarks pin 1 for rows measured before). ``targets``: class probabilities the training
     images are fitted to instead of their labels (distillation: train.distill)."""
+    p = with_epochs(p, len(s.x_train))[0]  # a caller's recipe with none given (a run has made them concrete)
+    assert p.epochs is not None
     seed_everything(p.seed)
     train, val = datasets(s, p, targets)
     steps = math.ceil(len(s.x_train) / p.batch_size)

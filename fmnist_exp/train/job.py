@@ -22,7 +22,7 @@ from .. import data as D
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
-from ..params import BaselineParams, CustomParams, DataParams, NetworkParams, migrations
+from ..params import BaselineParams, CustomParams, DataParams, NetworkParams, migrations, with_epochs
 from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
@@ -114,6 +114,9 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     examined = builder_fit.examine(p, ds.info) if isinstance(p, CustomParams) else None
     p, defined = (examined.params, examined.defined) if examined else (p, set())
     s = splits(ds, p)
+    p, note = with_epochs(p, len(s.y_train))  # a built-in family's, not given: made concrete before it is logged
+    if note and hooks.echo:
+        print(f"{hooks.echo} {note}", flush=True)
     run_id, teacher = active_run_id(), hooks.teacher
     mlflow.set_tags({**networks.summary_tags(p), **hooks.tags, **(teacher.tags() if teacher else {})})
     targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session

@@ -87,6 +87,7 @@ def one(name: str, overrides: dict, splits_for) -> dict:
     p = P.network("cnn", overrides)
     s = splits_for(p)
     p = fit_to_data(p, s.info)[0]  # filters not given: the default widths, as the runs log them
+    p = P.with_epochs(p, len(s.y_train))[0]  # epochs not given: as a run makes them concrete
     precision = resolve_precision(p.precision)
     seed_everything(p.seed)
     with precision_policy(precision):

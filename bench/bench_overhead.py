@@ -56,6 +56,7 @@ def main() -> None:
     ds = data.load()
     p = fit_to_data(P.network("cnn", {"epochs": args.epochs} if args.epochs else {}), ds.info)[0]  # widths as logged
     splits = data.split(ds, val_fraction=p.val_fraction, seed=p.seed)
+    p = P.with_epochs(p, len(splits.y_train))[0]  # as a run makes them concrete (and logs them)
 
     def plain():
         keras.utils.clear_session()

@@ -719,6 +719,10 @@ def test_the_built_in_networks_are_builders_that_train_the_same_bits(tracking, f
                                                    "hp": net}), system_metrics=False)
     logged = mlflow.get_run(named.run_id).data.params
     assert (logged["family"], logged["model"]) == ("custom", f"fmnist_exp.model.builtin:{family}")
+    # the network parameters it took from the family's defaults are recorded as the builder's (hp.Fixed), as the
+    # family's own run records them
+    recorded, own_params = json.loads(logged["hp"]), mlflow.get_run(own.run_id).data.params
+    assert [float(recorded[k]) for k in ("l2", "dropout")] == [float(own_params[k]) for k in ("l2", "dropout")]
     for name in ("val_final_accuracy", "val_final_loss", "test_accuracy", "test_loss"):
         assert named.metrics[name] == own.metrics[name], name
     answers = [predict_proba(mlflow.keras.load_model(r.model_uri), ds.x_test) for r in (own, named)]

@@ -133,6 +133,9 @@ def as_trained(names: list[str], logged: Mapping[str, str]) -> dict[str, Any]:
     default); one retired since at another value than today's training is refused with the commit that
     rebuilds it."""
     upgraded = migrations.upgrade(logged)
+    for k in T.MADE_CONCRETE:  # not given under `mlflow run`: what the run made concrete and trained with
+        if unquoted(str(upgraded.get(k, ""))) in T.NOT_GIVEN and T.trained_name(k) in upgraded:
+            upgraded[k] = upgraded[T.trained_name(k)]
     return {k: unquoted(v) if isinstance(v, str) else v for k, v in upgraded.items() if k in names}
 
 
@@ -160,10 +163,11 @@ def with_epochs(p: F, train_images: int) -> tuple[F, str | None]:
         return p, None
     base = T.EPOCHS[p.FAMILY]
     steps = max(1, math.ceil(train_images / p.batch_size))
-    epochs = min(1000, max(base, math.ceil(T.MIN_STEPS / steps)))
+    epochs = max(base, math.ceil(T.MIN_STEPS / steps))
     note = None if epochs == base else (
-        f"{train_images:,} training images are {steps} optimizer steps an epoch at batch {p.batch_size}: up to "
-        f"{epochs} epochs ({T.MIN_STEPS} steps or more), not {base}; give epochs to choose (docs/data.md)")
+        f"{train_images:,} training images are {steps} optimizer step{'s' if steps > 1 else ''} an epoch at batch "
+        f"{p.batch_size}: up to {epochs} epochs ({T.MIN_STEPS} steps or more), not {base}; give epochs to choose "
+        "(docs/data.md)")
     return cast(F, replaced(cast(Any, p), epochs=epochs)), note
 
 

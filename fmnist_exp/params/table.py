@@ -273,15 +273,23 @@ def parse_hp(text: Any) -> dict[str, Any]:
 
 
 VERSION_PARAM = "recipe_version"  # logged by every run that trains a network (params/migrations.py)
+MADE_CONCRETE = ("epochs", "filters")  # not given, a run makes them concrete for its images before it trains
+
+
+def trained_name(name: str) -> str:
+    """Where a run keeps the value it trained with for a parameter `mlflow run` had logged as not given."""
+    return f"{name}_trained"
+
 NOT_GIVEN = ("", "''")  # a parameter nobody set, as MLproject forwards it and as `mlflow run` records it
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # how a true/false is given
 
 
 # what a training run logs beside its parameters (train.job, train.lineage, reproduce's own; max_batch and
 # max_body_mb: the served model's config, which MLflow logs): no name of a builder's parameter, nor data_*
-LOGGED_BESIDE = ("family", "experiment", "system_metrics", "model_parameters", "precision_used", "model_sha256",
-                 "distill_weight", "reproduces_run_id", "model_uri", "tolerance", "exact", "max_batch", "max_body_mb",
-                 "compiled_by", "compiled_optimizer", "compiled_learning_rate", "compiled_loss")
+LOGGED_BESIDE = (*map(trained_name, MADE_CONCRETE), "family", "experiment", "system_metrics", "model_parameters",
+                 "precision_used", "model_sha256", "distill_weight", "reproduces_run_id", "model_uri", "tolerance",
+                 "exact", "max_batch", "max_body_mb", "compiled_by", "compiled_optimizer", "compiled_learning_rate",
+                 "compiled_loss")
 
 
 def reserved_names() -> set[str]:

@@ -16,6 +16,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from ..metrics import EPOCH_TIME, LEARNING_RATE
+from ..params.table import MADE_CONCRETE, NOT_GIVEN, trained_name
 from .runs import active_run_id, experiment_of_mlflow_run, raise_if_interrupted
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default"
@@ -85,6 +86,10 @@ def log_params(params: dict, run_id: str | None = None) -> None:
     run_id = run_id or active_run_id()
     existing = MlflowClient().get_run(run_id).data.params
     new = {k: str(v) for k, v in params.items() if k not in existing}
+    # a parameter `mlflow run` logged as not given ('') that the run made concrete (epochs, filters): the value it
+    # trained with beside it, which a rebuild reads (params.as_trained)
+    new |= {trained_name(k): str(params[k]) for k in MADE_CONCRETE if k in params and existing.get(k) in NOT_GIVEN
+            and str(params[k]) not in NOT_GIVEN and trained_name(k) not in existing}
     if new:
         mlflow.log_params(new, run_id=run_id)
 

@@ -1,6 +1,7 @@
 """`predict`: classify PNG/JPEG files (or folders of them) with a registered or logged model.
 
     python -m fmnist_exp predict examples/ --model_uri models:/fmnist-classifier@champion
+    python -m fmnist_exp predict photos/      # the one registered model's champion (registry/names.py)
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ def main(args: PredictArgs, images: list[str]) -> int:
     from mlflow.exceptions import MlflowException
 
     from ..classifier.pyfunc import BadRequest
+    from ..registry.names import with_registered_model
     from ..serving.images import predict_files
 
+    args = with_registered_model(args, "predict")  # the model meant where none is named
     try:
         table = predict_files(images, args.model_uri)
     except BadRequest as e:

@@ -251,10 +251,12 @@ def main(args: ReproduceArgs) -> int:
     """The ``reproduce`` entry point; returns the exit code (0 passed, 1 beyond tolerance / not exact)."""
     import mlflow
 
+    from ..registry.names import with_registered_model
     from ..train import job, runs, tracking
     from ..train.evaluate import predict_proba
     from ..train.precision import resolve_precision
 
+    args = with_registered_model(args, "reproduce")  # the model meant where none is named
     orig = read_original(args.model_uri)
     trained = orig.members or (orig,)  # the networks to train again
     ds = D.load_dataset(data_of(trained[0], args), args.data_dir)

@@ -19,13 +19,17 @@ from .table import (
     in_range,
 )
 
+# what the registry commands take where no model is named (registry/names.py)
+_ONE_MODEL = ("the one registered model in this tracking store, else fmnist-classifier; several others: refused, "
+              "naming them")
 PREDICT_PARAMS = [
-    Param("model_uri", "models:/fmnist-classifier@champion", "model to answer with (any models:/ or runs:/ URI)"),
+    Param("model_uri", "", "model to answer with (any models:/ or runs:/ URI) (not given: models:/<name>@champion "
+          f"of {_ONE_MODEL})", kind=str),
 ]
 
 REPRODUCE_PARAMS = [
     replace(PREDICT_PARAMS[0], help="model to rebuild: models:/<name>/<version>, models:/<name>@<alias> "
-            "or runs:/<run_id>/<path>"),
+            f"or runs:/<run_id>/<path> (not given: models:/<name>@champion of {_ONE_MODEL})"),
     Param("tolerance", 0.003, "largest accepted test-accuracy difference to the original, either way, as a fraction "
           "(0.003 = 0.3 percentage points = 30 of the 10,000 test images); exit code 1 beyond it",
           in_range(0, 1)),
@@ -56,7 +60,8 @@ PROXY_PARAMS = [
 
 # `serve`: one registered model's alias, followed: every poll_s (and at once on POST /reload or a registry
 # webhook) the alias is read, a version it moved to is loaded beside the one serving, checked and swapped in
-_MODEL_NAME = Param("model_name", "fmnist-classifier", "registered model whose alias is served", kind=str)
+_MODEL_NAME = Param("model_name", "", f"registered model whose alias is served (not given: {_ONE_MODEL})",
+                    kind=str)
 _ALIAS = Param("alias", "champion", "the alias to follow (the promotion gate moves champion)", kind=str)
 SERVE_PARAMS = [
     _MODEL_NAME, _ALIAS,

@@ -190,12 +190,12 @@ class LaunchArgs(Values):
 
 @dataclass(frozen=True, kw_only=True)
 class PredictArgs(Values):
-    model_uri: str
+    model_uri: str  # '': the registry's one model (registry/names.py)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReproduceArgs(Values):
-    model_uri: str
+    model_uri: str  # '': the registry's one model (registry/names.py)
     tolerance: float
     data: str | None  # None: what the original recorded
     data_dir: str | None
@@ -219,7 +219,7 @@ class ProxyArgs(Values):
 
 @dataclass(frozen=True, kw_only=True)
 class ServeArgs(Values):
-    model_name: str
+    model_name: str  # '': the registry's one model (registry/names.py)
     alias: str
     host: str
     port: int
@@ -230,7 +230,7 @@ class ServeArgs(Values):
 
 @dataclass(frozen=True, kw_only=True)
 class PromoteArgs(Values):
-    model_name: str
+    model_name: str  # '': the registry's one model (registry/names.py)
     version: int | None  # required: the command refuses None with what to pass
     reason: str | None
     alias: str

@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from ..params import ConfigError, PromoteArgs, ServeArgs, command
 from ..scale.health import check_tracking_server, shown_uri
+from .names import with_registered_model
 
 HISTORY_TAG = "promotions"  # JSON list of the hand moves to and from a version, oldest first
 DECISION_TAG = "alias_decision"  # the gate's sentence (gate.py); a hand move writes its own
@@ -58,6 +59,7 @@ def main(args: PromoteArgs) -> int:
     run_id = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made a run before this code started
     client = MlflowClient()
     try:
+        args = with_registered_model(args, "promote")  # the model meant where none is named
         line, tags = _promote(client, args, run_id)
     except BaseException as e:  # a refusal, a registry error or Ctrl-C: the run must not stay RUNNING
         asked = {"promote_model": args.model_name, "promote_alias": args.alias, "promote_to": str(args.version),
@@ -137,8 +139,6 @@ def _check_given(client: MlflowClient, args: PromoteArgs) -> None:
     elif len(args.reason) > MAX_REASON:
         problems.append(f"reason has {len(args.reason)} characters: say it in at most {MAX_REASON} and put the "
                         "detail in the version's description")
-    if not args.model_name.strip():
-        problems.append("model_name is empty: give the registered model's name, e.g. fmnist-classifier")
     alias = args.alias
     if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
         problems.append(f"alias={alias!r} is reserved by MLflow (latest and v<N> name versions themselves): "
@@ -147,7 +147,7 @@ def _check_given(client: MlflowClient, args: PromoteArgs) -> None:
         problems.append(f"alias={alias!r}: MLflow takes 1-255 letters, digits, _ and -, e.g. champion")
     if not problems:
         return
-    if args.version is None and args.model_name.strip():  # the versions to choose from, when the registry can say
+    if args.version is None:  # the versions to choose from, when the registry can say
         try:
             check_tracking_server()
             versions = _versions(client, args.model_name)

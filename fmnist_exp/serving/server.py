@@ -53,6 +53,7 @@ from prometheus_client import (
 )
 
 from ..params import ConfigError, ServeArgs
+from ..registry.names import with_registered_model
 from .follow import Follower, Served, iso
 from .shadow import Shadow
 
@@ -287,6 +288,7 @@ def build(args: ServeArgs) -> tuple[App, Follower]:
     """The app and its follower (started), the request guard and MLflow's request formats installed."""
     from ..classifier import request_body, request_formats
 
+    args = with_registered_model(args, "serve")
     request_body.install(None)  # each request checked against the limits of the version it goes to
     request_formats.install()  # MLflow's dataframe forms, instances and CSV for every version
     metrics, config = Metrics(), model_config()
@@ -311,6 +313,7 @@ def run(args: ServeArgs) -> None:
     from ..scale.health import check_bind, shown_uri
 
     check_bind(args.host, args.port)
+    args = with_registered_model(args, "serve")  # the model meant where none is named
     # A poll is repeated every poll_s: a registry that does not answer should cost a poll, not the minutes of
     # backoff a study's calls are given (fmnist_exp/__init__.py); for this process only
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"

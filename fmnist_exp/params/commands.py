@@ -20,8 +20,8 @@ from .table import (
 )
 
 # what the registry commands take where no model is named (registry/names.py)
-_ONE_MODEL = ("the one registered model in this tracking store, else fmnist-classifier; several others: refused, "
-              "naming them")
+_ONE_MODEL = ("the one registered model in this tracking store, else fmnist-classifier (naming any others); "
+              "several others: refused, naming them")
 PREDICT_PARAMS = [
     Param("model_uri", "", "model to answer with (any models:/ or runs:/ URI) (not given: models:/<name>@champion "
           f"of {_ONE_MODEL})", kind=str),

@@ -59,7 +59,6 @@ def main(args: PromoteArgs) -> int:
     run_id = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made a run before this code started
     client = MlflowClient()
     try:
-        args = with_registered_model(args, "promote")  # the model meant where none is named
         line, tags = _promote(client, args, run_id)
     except BaseException as e:  # a refusal, a registry error or Ctrl-C: the run must not stay RUNNING
         asked = {"promote_model": args.model_name, "promote_alias": args.alias, "promote_to": str(args.version),
@@ -74,8 +73,9 @@ def main(args: PromoteArgs) -> int:
 
 def _promote(client: MlflowClient, args: PromoteArgs, run_id: str | None) -> tuple[str, dict[str, str]]:
     """Do it; return the line to print and the tags for the run."""
-    name, alias = args.model_name, args.alias
     _check_given(client, args)
+    args = with_registered_model(args, "promote")  # the model meant where none is named
+    name, alias = args.model_name, args.alias
     check_tracking_server()  # an http registry that does not answer: said in seconds, not after minutes of retries
     assert args.version is not None and args.reason is not None  # _check_given refused otherwise
     model = _registered_model(client, name)
@@ -150,9 +150,10 @@ def _check_given(client: MlflowClient, args: PromoteArgs) -> None:
     if args.version is None:  # the versions to choose from, when the registry can say
         try:
             check_tracking_server()
-            versions = _versions(client, args.model_name)
-            aliases = client.get_registered_model(args.model_name).aliases
-            problems.append(f"{args.model_name}: {_listing(versions)} exist ({_holder_text(aliases, alias)})")
+            name = args.model_name.strip() or with_registered_model(args, "promote").model_name
+            versions = _versions(client, name)
+            aliases = client.get_registered_model(name).aliases
+            problems.append(f"{name}: {_listing(versions)} exist ({_holder_text(aliases, alias)})")
         except (MlflowException, ConfigError):
             pass
     raise ConfigError("promote refused, nothing changed:\n  " + "\n  ".join(problems))

@@ -313,11 +313,11 @@ def run(args: ServeArgs) -> None:
     from ..scale.health import check_bind, shown_uri
 
     check_bind(args.host, args.port)
-    args = with_registered_model(args, "serve")  # the model meant where none is named
     # A poll is repeated every poll_s: a registry that does not answer should cost a poll, not the minutes of
     # backoff a study's calls are given (fmnist_exp/__init__.py); for this process only
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
+    args = with_registered_model(args, "serve")  # the model meant where none is named
     log = logging.getLogger(__package__)  # the follower's swaps and refusals, with the time
     if not log.handlers:
         handler = logging.StreamHandler()

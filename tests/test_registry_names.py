@@ -36,3 +36,28 @@ def test_a_command_with_no_model_named_takes_the_one_registered_model(tracking, 
     assert with_registered_model(serve, "serve").model_name == "fmnist-classifier"
     assert ("[serve] no model named: fmnist-classifier, Fashion-MNIST's; this store also holds digits-classifier, "
             "scenes-classifier: give model_name for one of those") in capsys.readouterr().err
+
+
+def test_the_leaderboard_compares_runs_on_the_same_images_wherever_mlflow_run_filed_them(tracking):
+    """leaderboard.csv (a registration's): per family the best run by validation accuracy on the study's images
+    only, found in the study's experiment, fmnist-<family> and Default (`mlflow run` without --experiment-name
+    files a single run there); a run on other images is not compared, however well it scored."""
+    import mlflow
+
+    from fmnist_exp.registry.versions import leaderboard
+
+    def scored(experiment: str, family: str, sha: str, val: float, test: float) -> str:
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run() as run:
+            mlflow.set_tag("family", family)
+            mlflow.log_param("data_sha256", sha)
+            mlflow.log_metrics({"val_final_accuracy": val, "test_accuracy": test})
+        return run.info.run_id
+
+    study = mlflow.set_experiment("fmnist-study-mine").experiment_id
+    in_default = scored("Default", "cnn", "ours", 0.91, 0.90)
+    scored("fmnist-cnn", "cnn", "digits", 0.99, 0.99)  # other images: never on this board
+    scored("fmnist-cnn", "cnn", "ours", 0.80, 0.95)  # a better test score, a worse validation score
+    mlp = scored("fmnist-study-mine", "mlp", "ours", 0.85, 0.84)
+    board = leaderboard(study, "ours")
+    assert board[["family", "run_id"]].values.tolist() == [["cnn", in_default], ["mlp", mlp]]

@@ -55,18 +55,20 @@ def tag_reproduce_command(name: str, version: int | str) -> None:
     MlflowClient().set_model_version_tag(name, str(version), REPRODUCE_TAG, reproduce_command(name, version))
 
 
-def leaderboard(experiment_id: str) -> pd.DataFrame:
-    """Per family, the scored run with the best validation accuracy (never chosen by test accuracy:
-    a study's seed and reference runs are scored on test too), in the study's experiment and the
-    single runs' experiments fmnist-baseline, fmnist-mlp and fmnist-cnn (those that exist); rows
-    are shown best test accuracy first."""
+def leaderboard(experiment_id: str, data_sha256: str) -> pd.DataFrame:
+    """Per family, the scored run on the same images (``data_sha256``) with the best validation accuracy (never
+    chosen by test accuracy: a study's seed and reference runs are scored on test too), in the study's experiment,
+    the single runs' experiments fmnist-<family> and MLflow's Default (where `mlflow run` files a run given no
+    --experiment-name), those that exist; rows are shown best test accuracy first."""
     client = MlflowClient()
-    ids = [experiment_id] + [e.experiment_id for f in FAMILIES
-                             if (e := client.get_experiment_by_name(f"fmnist-{f}")) is not None]
+    names = [*(f"fmnist-{f}" for f in FAMILIES), "Default"]
+    found = (client.get_experiment_by_name(name) for name in names)
+    ids = [experiment_id] + [e.experiment_id for e in found if e is not None]
     rows = []
     for family in FAMILIES:
         runs = mlflow.search_runs(
-            list(dict.fromkeys(ids)), filter_string=f"tags.family = '{family}' and metrics.{TEST_ACC} > 0",
+            list(dict.fromkeys(ids)), filter_string=f"tags.family = '{family}' and metrics.{TEST_ACC} > 0 and "
+                                                    f"params.data_sha256 = '{data_sha256}'",
             order_by=[f"metrics.{VAL_FINAL_ACC} DESC"], max_results=1,
         )
         if len(runs):
@@ -144,7 +146,7 @@ def register_candidate(cand: Candidate, ds: Dataset, *, model_name: str, study_n
                                     "best_test_accuracy": cand.test_metrics[TEST_ACC], **gate_fields},
                     {"registration": gate.decision, "gate_decision": gate.alias,
                      "registered_model": f"{model_name}/{gate.version}"})
-    board = leaderboard(client.get_run(parent_run_id).info.experiment_id)
+    board = leaderboard(client.get_run(parent_run_id).info.experiment_id, ds.sha256)
     client.log_text(parent_run_id, board.to_csv(index=False), "leaderboard.csv")
     return registration(gate.version, gate.alias, gate.decision,
                         previous_champion_version=gate.previous_champion_version, gate=gate.comparison)

@@ -216,6 +216,35 @@ def test_the_recipe_stops_early_at_its_best_epoch_and_no_callback_moves_the_rate
     assert [type(c).__name__ for c in off] == ["TerminateOnNaN"]
 
 
+def test_early_stopping_does_not_count_epochs_at_chance_while_the_loss_falls():
+    """Validation at chance (not above the largest class's share by an exact binomial test) while the training loss
+    falls does not count against patience; from the first epoch above chance it counts as Keras' does."""
+    import keras
+
+    from fmnist_exp.train import fit
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    y_val = np.array([0, 1] * 40)  # 80 images, the largest class 50%
+
+    def run(epochs: list[tuple[float, float, float]]) -> int | None:
+        stop = fit.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True, y_val=y_val)
+        stop.set_model(model)
+        model.stop_training = False
+        stop.on_train_begin()
+        for epoch, (loss, val_loss, val_accuracy) in enumerate(epochs):
+            stop.on_epoch_end(epoch, {"loss": loss, "val_loss": val_loss, "val_accuracy": val_accuracy})
+            if model.stop_training:
+                return epoch
+        return None
+
+    at_chance = [(0.6 - 0.05 * i, 0.8 + 0.1 * i, 0.5) for i in range(8)]  # 40 right of 80: chance
+    assert run(at_chance) is None  # Keras' own would have stopped at epoch 4
+    seen = [(0.2 - 0.01 * i, 1.6 + 0.1 * i, 0.9) for i in range(5)]  # 72 of 80: above chance, val_loss no better
+    assert run(at_chance + seen) == 8 + 3  # patience counts from the first epoch above chance
+    assert run([(0.6, 0.8 + 0.1 * i, 0.6375) for i in range(6)]) == 4  # 51 of 80 (p 0.008): Keras', loss flat
+    assert run([(0.6 + 0.1 * i, 0.8 + 0.1 * i, 0.5) for i in range(6)]) == 4  # at chance, but the loss rises
+
+
 def test_fit_runs_every_step_in_groups_then_predicts_and_saves_one_step_per_call(dataset, tmp_path):
     """fit groups training steps per call (train.fit.STEPS_PER_EXECUTION); an epoch whose steps are
     not a multiple of the group still trains every step, the weights are bit for bit those of one

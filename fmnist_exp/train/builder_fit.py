@@ -291,7 +291,7 @@ def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
     form = label_form(model)
     x_val = images(s.x_val, info, b.keras_tuner)
     validation = (x_val, labels(s.y_val, info.num_classes, form))
-    cbs = [ValidationAccuracy(x_val, s.y_val), *F.standard_callbacks(p), *callbacks]
+    cbs = [ValidationAccuracy(x_val, s.y_val), *F.standard_callbacks(p, s.y_val), *callbacks]
     call = FitCall(model, p, cbs, validation, images=len(s.x_train))
     F.seed_everything(p.seed)
     t0 = time.perf_counter()

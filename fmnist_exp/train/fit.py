@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -157,12 +158,45 @@ def one_step_per_call(model: keras.Model) -> None:
         config.config["steps_per_execution"] = 1
 
 
-def standard_callbacks(p: FitParams) -> list[keras.callbacks.Callback]:
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' early stopping, but an epoch whose validation accuracy is not above chance (not above the largest
+    class's share of the validation labels ``y_val`` by a one-sided exact binomial test at 0.05) while the training
+    loss still falls does not count against patience: the network is learning and validation cannot see it yet
+    (batch-norm statistics that have not settled read chance: BENCHMARKS.md, 'Your own data'), so patience counts
+    from the first epoch it can. Above chance it is Keras' own, decision for decision."""
+
+    def __init__(self, *, y_val: np.ndarray | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.n_val = 0 if y_val is None else len(y_val)
+        self.share = float(np.bincount(y_val).max() / len(y_val)) if self.n_val and y_val is not None else 1.0
+        self.lowest_loss = math.inf
+
+    def at_chance(self, accuracy: float) -> bool:
+        from scipy.stats import binom
+
+        right = int(round(accuracy * self.n_val))
+        return self.n_val > 0 and float(binom.sf(right - 1, self.n_val, self.share)) >= 0.05
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        loss, stopping_before = logs.get(TRAIN_LOSS), self.model.stop_training
+        falling = loss is not None and loss < self.lowest_loss
+        self.lowest_loss = min(self.lowest_loss, loss if loss is not None else math.inf)
+        super().on_epoch_end(epoch, logs)
+        if falling and VAL_ACC in logs and self.at_chance(logs[VAL_ACC]):
+            self.wait = 0  # an epoch validation cannot see yet does not count against patience
+            if self.model.stop_training and not stopping_before:
+                self.model.stop_training, self.stopped_epoch = False, 0
+
+
+def standard_callbacks(p: FitParams, y_val: np.ndarray | None = None) -> list[keras.callbacks.Callback]:
+    """The recipe's callbacks; ``y_val``: the validation labels, against whose chance early stopping does not end a
+    run whose training loss still falls (:class:`EarlyStopping`)."""
     mode = "min" if p.monitor == VAL_LOSS else "max"
     cbs: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if p.early_stopping_patience:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=p.monitor, mode=mode, patience=p.early_stopping_patience,
-                                                 restore_best_weights=True))
+        cbs.append(EarlyStopping(monitor=p.monitor, mode=mode, patience=p.early_stopping_patience,
+                                 restore_best_weights=True, y_val=y_val))
     return cbs
 
 
@@ -185,7 +219,7 @@ def fit(model: keras.Model, s: Splits, p: FitParams, callbacks=(), *,
         with settled_batch_norm(model, steps, on=p.bn_settle):
             hist = model.fit(
                 train, validation_data=val, epochs=p.epochs, verbose=0, shuffle=False,  # the datasets shuffle
-                callbacks=[*standard_callbacks(p), *callbacks],
+                callbacks=[*standard_callbacks(p, s.y_val), *callbacks],
             )
     finally:
         one_step_per_call(model)

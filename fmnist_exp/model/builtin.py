@@ -18,7 +18,6 @@ trains it (layers.training_build); the logged model has Keras' own layers.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import keras
@@ -28,7 +27,7 @@ from ..params import CnnParams, MlpParams
 from ..params import network as resolve_network
 from ..params.table import FAMILY_PARAMS, FIT_PARAMS
 from .layers import fused_wanted
-from .networks import build_cnn, build_mlp, default_widths
+from .networks import build_cnn, build_mlp, fit_to_data
 
 
 def network_names(family: str) -> list[str]:
@@ -41,13 +40,11 @@ def _params(family: str, hp: Any, info: DatasetInfo) -> CnnParams | MlpParams:
     """The family's network parameters: ``hp``'s, else the family's defaults, each one not given defined in ``hp``
     at that value (hp.Fixed) so that the run records what it trained with, whatever later defaults are."""
     given = {name: hp.get(name) for name in network_names(family)}
-    p = resolve_network(family, {k: v for k, v in given.items() if v is not None})
-    if isinstance(p, CnnParams) and p.filters is None:
-        p = replace(p, filters=default_widths(info))
+    p, _ = fit_to_data(resolve_network(family, {k: v for k, v in given.items() if v is not None}), info)
     assert isinstance(p, CnnParams | MlpParams)
     flat = p.flat()
-    for name in network_names(family):
-        if given[name] is None:
+    for name, value in given.items():
+        if value is None:
             hp.Fixed(name, flat[name])
     return p
 

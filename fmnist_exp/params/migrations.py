@@ -17,6 +17,7 @@ A change to what a recipe trains is a new step here: add it at the end, never ed
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,7 @@ VERSION = STEPS[-1].number  # what today's runs log
 assert [s.number for s in STEPS] == list(range(1, VERSION + 1)), "steps are numbered 1, 2, ... with none left out"
 
 
+@functools.cache  # STEPS never change: every digest and every family's values read it
 def retired() -> dict[str, tuple[Retired, Step]]:
     return {c.name: (c, s) for s in STEPS for c in s.changes if isinstance(c, Retired)}
 

@@ -300,8 +300,8 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         elif key in ("val_fraction", "split_seed") and section == "space" and not stored:
             raise ConfigError(f"{where}: {key!r} cannot be searched: it decides which images validate each "
                               "trial, so the trials would be compared on different images; fix it in 'fixed'")
-        if key in retired() and (change := retired()[key][0]).applies(spec.family, {}) and \
-                not builders_own(change, spec.family):  # searched (parse read one fixed at today's value as absent)
+        left = retired().get(key)  # searched (parse read one fixed at today's value as absent)
+        if left and left[0].applies(spec.family, {}) and not builders_own(left[0], spec.family):
             raise ConfigError(f"{where}: space.{key}: {refusal(key, spec.space[key].as_file())}; remove it")
         if key not in names and spec.family != "custom":  # a name that is not the platform's is the builder's
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")

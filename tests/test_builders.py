@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import keras
@@ -42,6 +43,18 @@ def build(hp, input_shape, num_classes):
     x = layers.Flatten()(x)
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="tiny")  # logits
 '''
+
+# NET, each call of its build noted in builds.txt beside it with the MLflow run it was made in ('-': none):
+# a trial, a retrain and a rebuild each build their network once (issue 53).
+COUNTED = NET.replace("def build(hp, input_shape, num_classes):\n", """def build(hp, input_shape, num_classes):
+    import pathlib
+
+    import mlflow
+
+    run = mlflow.active_run()
+    with open(pathlib.Path(__file__).with_name("builds.txt"), "a") as f:
+        f.write((run.info.run_id if run else "-") + "\\n")
+""")
 
 # Builders the platform refuses, and the shapes of last layer it must read right, one function each.
 NETS = '''"""Builders of the tests, each one way a user's network can end or go wrong."""
@@ -443,10 +456,10 @@ reference: {reference}
 
 
 def tune_study(tmp_path: Path, capsys, *args: str, samples: int, final: str,
-               reference: str) -> tuple[Path, Path, dict]:
-    """The study of NET (written to tmp_path) tuned by the CLI's `tune` (in-process) on its own Optuna
+               reference: str, source: str = NET) -> tuple[Path, Path, dict]:
+    """The study of NET (``source``; written to tmp_path) tuned by the CLI's `tune` (in-process) on its own Optuna
     database: the builder's file, the study file and the summary `tune` printed."""
-    builder = write(tmp_path)
+    builder = write(tmp_path, source)
     study = tmp_path / "own.yaml"
     study.write_text(STUDY.format(builder=builder, samples=samples, final=final, reference=reference))
     done = in_process(["tune", "--study", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -539,9 +552,10 @@ def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_pat
     """The same builder on scikit-learn's 8x8 digits: input_shape (8, 8, 1) and 10 classes from the data,
     registered as digits-classifier with the dataset on its version, rebuilt bit for bit with the builder's
     digest and the best trial's hp (moved here from the Fashion-MNIST test above); then, the builder edited, a
-    resume of the study is refused before any trial."""
+    resume of the study is refused before any trial. Each trial, the final retrain and the rebuild call the
+    builder once (COUNTED: one model built, trained and logged, no second build for a check or a copy)."""
     builder, study, summary = tune_study(tmp_path, capsys, "--data", "digits", samples=0, final="{epochs: 2}",
-                                         reference="off")
+                                         reference="off", source=COUNTED)
     assert summary["model_name"] == "digits-classifier" and summary["registered_version"] == 1
     trials = assert_trials_record_the_builder(builder)
     version = MlflowClient().get_model_version_by_alias("digits-classifier", "champion")
@@ -570,6 +584,10 @@ def test_digits_tuned_registered_under_its_name_and_reproduced(tracking, tmp_pat
     [best] = [r for r in trials if r.data.tags["optuna_trial"] == str(summary["best_trial"])]
     assert rebuild.data.params["model_sha256"] == sha256(builder)
     assert rebuild.data.params["hp"] == best.data.params["hp"]
+    builds = Counter((tmp_path / "builds.txt").read_text().split())
+    [final] = [r for r in all_runs() if r.data.tags.get("final_of_trial") == str(summary["best_trial"])]
+    assert {r.info.run_id: builds[r.info.run_id] for r in [*trials, final, rebuild]} == {
+        r.info.run_id: 1 for r in [*trials, final, rebuild]}, builds
 
     # the study records its builder's digest; `tune` on the same study and storage after the builder was edited
     # exits 2 naming the file, before any trial (its trials would train another network). The resume reads the

@@ -116,6 +116,39 @@ def test_no_import_circle():
     assert circles == []
 
 
+NETWORK_CLASSES = {"MlpParams", "CnnParams", "CustomParams", "BuiltinParams", "NetworkParams"}
+
+
+def _kind_branches(tree: ast.AST) -> list[str]:
+    """Where ``tree`` asks which kind of network it holds: isinstance or issubclass on a network's parameter
+    class, type() compared, a FAMILY compared, or hasattr standing in for one of these."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            names = {n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", "") for a in node.args[1:]
+                     for n in ast.walk(a)}
+            if node.func.id in ("isinstance", "issubclass") and names & NETWORK_CLASSES:
+                found.append(f"line {node.lineno}: {node.func.id}(..., {', '.join(sorted(names & NETWORK_CLASSES))})")
+            if node.func.id == "hasattr":
+                found.append(f"line {node.lineno}: hasattr")
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(s, ast.Attribute) and s.attr == "FAMILY" for s in sides) or any(
+                    isinstance(s, ast.Call) and getattr(s.func, "id", "") == "type" for s in sides):
+                found.append(f"line {node.lineno}: FAMILY or type() compared")
+    return found
+
+
+def test_nothing_above_the_builders_branches_on_the_kind_of_network():
+    """Issue 53: every network is made by its builder (model/networks.py built) and trained by one path; what
+    differs between networks lives in their builders and fits, so train/, study/, registry/ and commands/
+    never ask which kind they hold. (The baseline is no network: commands/train.py sends it to its own run.)"""
+    found = sorted(f"{path.relative_to(PACKAGE)} {where}" for name, path in _modules().items()
+                   if _top(name) in ("train", "study", "registry", "commands")
+                   for where in _kind_branches(ast.parse(path.read_text())))
+    assert found == []
+
+
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_modules_are_short(name):
     lines = len(_modules()[name].read_text().splitlines())

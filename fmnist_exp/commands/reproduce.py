@@ -162,16 +162,16 @@ def check_builder_unchanged(orig: Original) -> None:
     before any training, with where the source that trained is kept."""
     from ..model import builder as user
 
-    if not isinstance(orig.params, P.CustomParams):
-        return
     kept = f"runs:/{orig.run_id}/{lineage.BUILDER_SOURCE_DIR}/"
     try:
-        now = user.load(orig.params.model)
+        now = user.load(orig.params.builder)
     except user.BuilderError as e:
         raise ReproduceError(f"{e}; the source run {orig.run_id} trained with the copy kept at {kept}") from None
+    if now.pinned:  # the package's own: its code version is the run's (migrations read an earlier one)
+        return
     if now.sha256 != orig.builder_sha256:
         raise ReproduceError(
-            f"the builder {orig.params.model} changed since run {orig.run_id} trained with it: {now.file} has sha256 "
+            f"the builder {orig.params.builder} changed since run {orig.run_id} trained with it: {now.file} has sha256 "
             f"{now.sha256[:16]}..., the run recorded {orig.builder_sha256[:16] or 'none'}...; nothing was trained. "
             f"Restore the file as it was (the run keeps that source at {kept}{now.file.name}; e.g. `mlflow artifacts "
             f"download -u {kept}{now.file.name}`), or train the edited builder as a new run")

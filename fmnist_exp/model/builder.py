@@ -45,6 +45,7 @@ from ..params import ConfigError
 from .hyperparameters import Draw, HyperParameters
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 class BuilderError(ConfigError):
@@ -67,6 +68,12 @@ class Builder:
     @property
     def name(self) -> str:
         return self.ref.rpartition(":")[2]
+
+    @property
+    def pinned(self) -> bool:
+        """A builder of this package (the built-in families', model/builtin.py): the code version every run logs
+        records it, so its file is not recorded apart, and a later version of it is the migrated recipe's."""
+        return PACKAGE_DIR in self.file.parents
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -251,7 +258,7 @@ def build(builder: Builder, given: Mapping[str, Any], info: DatasetInfo, draw: D
     h = model(h)
     # float32 probabilities whatever the policy: the served classifier, averages and the loss read them
     out = layers.Activation("softmax" if logits else "linear", dtype="float32", name="probs")(h)
-    return keras.Model(inp, out, name=f"custom_{builder.name}"), hp
+    return keras.Model(inp, out, name=f"{builder.name}_{model.name}"), hp
 
 
 def inner(served: keras.Model) -> keras.Model:

@@ -18,7 +18,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     and a faster epoch, most of all under bfloat16 (BENCHMARKS.md, "Training speed on a CPU").
 
     For training only: ``build(..., fused=True)``. The logged model is rebuilt with Keras' own
-    layer and given these weights (``networks.portable_copy``), so it loads without this package.
+    layer from the trained one's configuration and given these weights (``networks.portable_copy``), so it loads
+    without this package.
     Under another backend, with a mask or on another axis it is Keras' layer.
     """
 

@@ -21,6 +21,7 @@ from ..params import CnnParams, ConfigError, CustomParams, MlpParams, NetworkPar
 from ..params import network as resolve_network
 from ..params.table import CNN_FILTERS
 from . import builder as user
+from .hyperparameters import Draw, HyperParameters
 from .layers import FusedBatchNormalization, training_build
 
 
@@ -104,12 +105,10 @@ def too_deep(p: NetworkParams, info: DatasetInfo) -> str | None:
     return None
 
 
-def training_given(p: CustomParams) -> tuple[dict[str, Any], set[str]]:
+def training_given(p: NetworkParams) -> tuple[dict[str, Any], set[str]]:
     """The platform's training parameters of ``p`` by name, and those it sets (not the family's defaults): what a
     builder's keras-tuner definition of one of these names answers, or refuses (model/hyperparameters.py)."""
-    default = resolve_network("custom", {"model": p.model})
-    assert isinstance(default, CustomParams)
-    values, defaults = p.training_values(), default.training_values()
+    values, defaults = p.training_values(), resolve_network(p.FAMILY, p.naming()).training_values()
     return values, {k for k, v in values.items() if v != defaults[k]}
 
 
@@ -153,19 +152,36 @@ def fit_to_data(p: NetworkParams, info: DatasetInfo) -> tuple[NetworkParams, str
 
 
 def build(p: NetworkParams, info: DatasetInfo, *, fused: bool = False) -> keras.Model:
-    """The network ``p`` describes for ``info``'s images and classes; ``fused`` (training only) uses
-    FusedBatchNormalization in the cnn family."""
-    if isinstance(p, CustomParams):
-        with training_build(fused):
-            return user.build(user.load(p.model), p.hp_values(), info, None, *training_given(p))[0]
-    return build_cnn(p, info, fused=fused) if isinstance(p, CnnParams) else build_mlp(p, info)
+    """:func:`built`'s model."""
+    return built(p, info, fused=fused)[0]
+
+
+def built(p: NetworkParams, info: DatasetInfo, *, fused: bool = False, draw: Draw | None = None
+          ) -> tuple[keras.Model, HyperParameters]:
+    """The network ``p`` describes for ``info``'s images, made by its builder (``p.builder``: a built-in family's in
+    model/builtin.py, else the user's) from its own values (``p.hp_values()``; a trial's ``draw`` suggests those it
+    defines and ``p`` does not give), inside the platform's model (model/builder.py build); and the ``hp`` it read.
+    ``fused`` (training only): batch norm by TensorFlow's fused kernel where the builder asks (layers.fused_wanted)."""
+    with training_build(fused):
+        return user.build(user.load(p.builder), p.hp_values(), info, draw, *training_given(p))
 
 
 def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> keras.Model:
-    """``trained`` as the model to log: float32 and built from Keras' own layers only, whatever
-    precision and layers trained it (same weights: mixed-precision variables are float32 already,
-    FusedBatchNormalization holds Keras' variables)."""
-    copy = build(p, info)
+    """``trained`` as the model to log: float32 and Keras' own layers only, whatever precision and layers trained
+    it; the same layers from their configurations (no second call of the builder; a layer that cannot be made so,
+    e.g. a subclassed model of a user's without a configuration: ``p``'s network built again) and the same weights
+    (mixed-precision variables are float32 already, FusedBatchNormalization holds Keras' variables)."""
+    def portable(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        kind = layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else type(layer)
+        return kind.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(trained, clone_function=portable, recursive=True)
+    except Exception:  # noqa: BLE001  (any layer the configuration route cannot copy)
+        copy = build(p, info)
     copy.set_weights(trained.get_weights())
     return copy
 

@@ -72,6 +72,31 @@ class FitParams(DataParams):
             logged.pop("split_seed")
         return hashlib.sha256(json.dumps(logged, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def builder(self) -> str:
+        """The builder that makes the network (model/builder.py's contract): a built-in family's is its function in
+        model/builtin.py, given :meth:`hp_values` as any builder is given its own values."""
+        return f"fmnist_exp.model.builtin:{self.FAMILY}"
+
+    def hp_values(self) -> dict[str, Any]:
+        """The network's own values, as its builder reads them from ``hp``: a built-in family's fields beyond the
+        training recipe, flat (those not given left out: the builder records the value it takes)."""
+        return {k: v for k, v in self.flat().items() if k not in _RECIPE and v != ""}
+
+    def training_values(self) -> dict[str, Any]:
+        """The platform's training parameters by name (a builder's keras-tuner definition of one of these
+        names is the builder's: model/hyperparameters.py)."""
+        return {k: v for k, v in self.flat().items() if k in _RECIPE}
+
+    def network_changes(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The changes (for params.replaced) that set the network's own values to ``values``."""
+        return dict(values)
+
+    def naming(self) -> dict[str, Any]:
+        """What names the network beyond its family (a user's: the builder ``model``): the family's recipe with
+        nothing else given is ``params.network(FAMILY, naming())``."""
+        return {}
+
     epochs: int | None  # None (the built-in families): their own, raised on small data (params.with_epochs)
     batch_size: int
     learning_rate: float
@@ -124,16 +149,22 @@ class CustomParams(FitParams):
     model: str  # FILE.py:FUNCTION or package.module:function
     hp: str  # JSON object, keys sorted
 
+    @property
+    def builder(self) -> str:
+        return self.model
+
     def hp_values(self) -> dict[str, Any]:
         return dict(json.loads(self.hp))
 
-    def training_values(self) -> dict[str, Any]:
-        """The platform's training parameters by name (a builder's keras-tuner definition of one of these
-        names is the builder's: model/hyperparameters.py)."""
-        return {k: v for k, v in self.flat().items() if k not in ("model", "hp")}
+    def network_changes(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {"hp": {**self.hp_values(), **values}}
+
+    def naming(self) -> dict[str, Any]:
+        return {"model": self.model}
 
 
 NetworkParams = MlpParams | CnnParams | CustomParams
+_RECIPE = frozenset(f.name for f in fields(FitParams))  # what every network trains with; the rest is its own
 FamilyParams = BaselineParams | MlpParams | CnnParams | CustomParams
 FAMILY_CLASSES: dict[str, type[Values]] = {"baseline": BaselineParams, "mlp": MlpParams, "cnn": CnnParams,
                                            "custom": CustomParams}

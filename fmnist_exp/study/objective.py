@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 
+import keras
 import mlflow
 import optuna
 
@@ -27,7 +28,8 @@ from ..data import Dataset, DatasetInfo
 from ..metrics import EPOCHS_RUN, VAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
-from ..train import builder_fit, job, runs
+from ..train import job, runs
+from ..train.builder_fit import Examined, prepared
 from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
 from .space import suggest
@@ -109,20 +111,21 @@ def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
     runs.raise_if_interrupted()
 
 
-def static_costs(p: P.NetworkParams, info: DatasetInfo) -> dict[str, float]:
-    """The deterministic costs of the network ``p`` describes for ``info``'s images, built and untrained, as
-    it would be served."""
-    model = networks.build(p, info)
+def static_costs(p: P.NetworkParams, info: DatasetInfo, model: keras.Model | None = None) -> dict[str, float]:
+    """The deterministic costs of the network ``p`` describes for ``info``'s images (``model``: as built to train,
+    else built here), untrained, as it would be served."""
+    model = model if model is not None else networks.build(p, info)
     return cost.static(as_served(model, p, info))
 
 
-def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams, info: DatasetInfo) -> str | None:
+def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams, info: DatasetInfo,
+                model: keras.Model) -> str | None:
     """Why the network ``p`` is not trained: its deterministic costs break a budget. Its constraint
     values are set (the sampler learns from them) and the reason and costs recorded on the trial and
     its run. None: train it."""
     if not goals.static_constraints():
         return None
-    static = static_costs(p, info)
+    static = static_costs(p, info, model)
     broken = goals.broken(static)
     if not broken:
         return None
@@ -184,10 +187,11 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
     train = train_fn or job.train_in_run
     goals = setup.spec.goals
 
-    def trained(trial: optuna.Trial, p: P.NetworkParams, tags: dict[str, str], suggestion: dict) -> job.RunResult:
+    def trained(trial: optuna.Trial, built: Examined, tags: dict[str, str], suggestion: dict) -> job.RunResult:
         prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
         try:
-            result = train(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, prune=prune, timed_cost=goals.timed))
+            result = train(setup.ds, built.params, job.Hooks(tags=tags, evaluate_test=False, prune=prune,
+                                                             timed_cost=goals.timed, built=built))
         except Exception as e:
             mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
             raise
@@ -208,20 +212,20 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
-            try:  # a builder's own definitions (hp.Int, ...) suggested by the trial too, define-by-run
-                p, added = builder_fit.drawn(setup.trial_params(suggestion), setup.ds.info, trial)
+            try:  # built once, to train: its builder's own definitions (hp.Int, ...) suggested by the trial too
+                built = prepared(setup.trial_params(suggestion), setup.ds.info, trial)
             except Exception as e:  # e.g. a builder that raises at the values drawn: the trial's run says so
                 mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
                 raise
-            suggestion = {**suggestion, **added}
+            p, suggestion = built.params, {**suggestion, **built.added}
             digest = p.digest()  # everything it trains with: sampled, fixed, budget, seed
             twin = earlier_twin(trial, digest)
             trial.set_user_attr(RECIPE_ATTR, digest)
             if twin is not None:
                 same_as(trial, twin, goals, p)
                 return list(twin.values) if goals.multi else twin.values[0]
-            reason = over_budget(trial, goals, p, setup.ds.info)
-            result = None if reason else trained(trial, p, tags, suggestion)
+            reason = over_budget(trial, goals, p, setup.ds.info, built.model)
+            result = None if reason else trained(trial, built, tags, suggestion)
         # raised after the run ended, so a pruned run is FINISHED, not FAILED
         if result is None:
             raise optuna.TrialPruned(reason)

@@ -310,8 +310,8 @@ def make_study(setup: Setup, seed: int) -> optuna.Study:
         study.set_user_attr(STUDY_DATA, setup.ds.sha256)
         study.set_user_attr(STUDY_DATA_NAME, setup.ds.info.name)
         study.set_user_attr(STUDY_DATA_ARG, setup.args.data)
-        if isinstance(p := setup.trial_params(), P.CustomParams):
-            study.set_user_attr(STUDY_BUILDER, load_builder(p.model).sha256)
+        if not (builder := load_builder(setup.trial_params().builder)).pinned:  # a user's: its file, as created
+            study.set_user_attr(STUDY_BUILDER, builder.sha256)
         study.set_user_attr(STUDY_FILE, setup.spec.path.name)
         study.set_user_attr(STUDY_TEXT, setup.spec.text)  # last: the study is made
     return study

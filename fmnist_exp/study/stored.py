@@ -72,9 +72,9 @@ def check_study_data(study_name: str, ds: D.Dataset, stored: dict[str, Any] | No
 def check_same_builder(study_name: str, p: P.NetworkParams, stored: dict[str, Any] | None) -> None:
     """A study of a user's network compares its trials on one builder: a worker or a resume whose builder
     file changed since the study was created is refused (its trials would train another network)."""
-    if not isinstance(p, P.CustomParams) or stored is None or STUDY_BUILDER not in stored:
+    if stored is None or STUDY_BUILDER not in stored:  # none recorded: a built-in network's (Builder.pinned)
         return
-    now = load_builder(p.model)
+    now = load_builder(p.builder)
     if stored[STUDY_BUILDER] != now.sha256:
         raise ConfigError(f"study {study_name!r} was created with another {now.file.name} (sha256 "
                           f"{stored[STUDY_BUILDER][:12]}..., now {now.sha256[:12]}...): its trials would train "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -26,9 +26,10 @@ import numpy as np
 from ..data import DatasetInfo, Splits
 from ..metrics import VAL_ACC
 from ..model import builder as user
+from ..model import networks
 from ..model.hyperparameters import Draw, HyperParameters
 from ..model.networks import training_given
-from ..params import ConfigError, CustomParams, NetworkParams, replaced
+from ..params import ConfigError, NetworkParams, replaced
 from . import fit as F
 
 FIT_ARGS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data", "shuffle")
@@ -39,9 +40,7 @@ OWN_COMPILE_IGNORES = ("learning_rate", "warmup_epochs", "label_smoothing")
 
 def trains_itself(p: NetworkParams, model: keras.Model) -> bool:
     """Whether the network ``model`` (as networks.build made it) trains by its builder's compile or fit."""
-    if not isinstance(p, CustomParams):
-        return False
-    return user.load(p.model).fit is not None or bool(getattr(user.inner(model), "compiled", False))
+    return user.load(p.builder).fit is not None or bool(getattr(user.inner(model), "compiled", False))
 
 
 def logged(p: NetworkParams, model: keras.Model, defined: Collection[str] = ()) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def logged(p: NetworkParams, model: keras.Model, defined: Collection[str] = ()) 
     builder ``defined`` itself (hp.Float("learning_rate", ...)): its value (the builder's other names are
     logged beside: train.lineage)."""
     flat = p.flat()
-    if not isinstance(p, CustomParams) or not (inner := user.inner(model)).compiled:
+    if not (inner := user.inner(model)).compiled:
         return flat
     optimizer = compiled_optimizer(inner)
     rate = optimizer.learning_rate
@@ -144,20 +143,27 @@ def call_fit(b: user.Builder, hp: HyperParameters, model: keras.Model, x, y, cal
 
 @dataclass
 class Examined:
-    """What one build (and a dry call of its fit) of a user's builder showed."""
+    """What one build (and a dry call of its fit) of a network's builder showed, and the model it built."""
 
-    params: CustomParams  # made concrete: every value it reads explicit
+    params: NetworkParams  # made concrete: every value it reads explicit
     read: set[str]  # names it read or defined
     defined: set[str]  # names it defined (keras-tuner calls), active or not
     trains_itself: bool
     compiled: str  # how the builder compiled its model ("" if not), for messages
+    model: keras.Model  # the platform's model around the builder's (model/builder.py build)
+    precision: str = ""  # built to train (:func:`prepared`): the precision it trains in; else ""
+    added: dict[str, Any] = field(default_factory=dict)  # the values a trial's draw added to ``params``, by name
 
 
-def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Examined:
+def examine(p: NetworkParams, info: DatasetInfo, draw: Draw | None = None, *, to_train: bool = False) -> Examined:
     """Build ``p``'s network (``draw``: a trial suggests what the recipe does not give) and, where it trains
-    itself, call its fit dry (it records how it would call model.fit and trains nothing). No training."""
-    b = user.load(p.model)
-    served, hp = user.build(b, p.hp_values(), info, draw, *training_given(p))
+    itself, call its fit dry (it records how it would call model.fit and trains nothing). No training.
+    ``to_train``: built as it trains (train.fit fresh_built), so the model built is the one trained: once a run."""
+    b = user.load(p.builder)
+    if to_train:
+        served, hp, precision = F.fresh_built(p, info, draw=draw)
+    else:
+        (served, hp), precision = networks.built(p, info, draw=draw), ""
     values, effective, model = hp.recorded(), {}, user.inner(served)
     read, defined = set(hp.read), set(hp.defined)
     itself = trains_itself(p, served)
@@ -186,32 +192,30 @@ def examine(p: CustomParams, info: DatasetInfo, draw: Draw | None = None) -> Exa
     concrete = p
     if any(p.flat().get(k) != v for k, v in changes.items()) or {**p.hp_values(), **own} != p.hp_values():
         try:
-            concrete = replaced(p, **changes, hp={**p.hp_values(), **own})
+            concrete = replaced(p, **changes, **p.network_changes(own))
         except ConfigError as e:
             named = (f" (it defines {', '.join(sorted(platform))}, a name of the platform's training parameters too: "
                      "rename it in the builder if that is what is refused)") if platform else ""
             raise user.BuilderError(f"model={b.ref}: the values it defines cannot be recorded: {e}{named}") from None
     compiled = f"{type(compiled_optimizer(model)).__name__}, loss {loss_name(model)}" if model.compiled else ""
-    return Examined(concrete, read, defined, itself, compiled)
+    added = {k: v for k, v in concrete.hp_values().items() if p.hp_values().get(k, object()) != v}
+    added.update({k: v for k, v in concrete.training_values().items() if p.training_values()[k] != v})
+    return Examined(concrete, read, defined, itself, compiled, served, precision, added)
 
 
 def concrete(p: NetworkParams, info: DatasetInfo, draw: Draw | None = None) -> NetworkParams:
     """``p`` with every value its builder reads made explicit: the keras-tuner values its build and its fit
-    define (``draw``'s suggestions, else the defaults) in ``hp``, and the epochs and batch size its fit
+    define (``draw``'s suggestions, else the defaults) in its own values, and the epochs and batch size its fit
     trains with; a platform parameter that the builder also defines by name takes the builder's value.
-    A built-in network, or a builder whose values are all given, comes back as it was."""
-    return examine(p, info, draw).params if isinstance(p, CustomParams) else p
+    A network whose values are all given comes back equal."""
+    return examine(p, info, draw).params
 
 
-def drawn(p: NetworkParams, info: DatasetInfo, draw: Draw) -> tuple[NetworkParams, dict[str, Any]]:
-    """A trial's recipe made concrete by its builder's own definitions, suggested by ``draw`` (the trial), and
-    the values that added, by name: a final retrain given them trains what the trial trained."""
-    q = concrete(p, info, draw)
-    if q is p or not isinstance(q, CustomParams) or not isinstance(p, CustomParams):
-        return q, {}
-    added = {k: v for k, v in q.hp_values().items() if p.hp_values().get(k, object()) != v}
-    added.update({k: v for k, v in q.training_values().items() if p.training_values()[k] != v})
-    return q, added
+def prepared(p: NetworkParams, info: DatasetInfo, draw: Draw | None = None) -> Examined:
+    """A run's network, built once as it trains (:func:`examine` ``to_train``): its recipe made concrete by its
+    builder's own definitions (a trial's ``draw`` suggests them; ``added`` says what that added, so a final
+    retrain given them trains what the trial trained) and the model train.job trains."""
+    return examine(p, info, draw, to_train=True)
 
 
 def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: Collection[str] = (),
@@ -222,18 +226,15 @@ def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: C
     parameter may be read only where another allows it). A name the builder defines (hp.Int, ...) that
     the study file also searches (or fixes, for a training parameter) is defined twice; a model that
     trains itself is not given what it would not use (augmentation, the recipe's optimizer)."""
-    custom = [p for p in points if isinstance(p, CustomParams)]
-    if not custom:
-        return
     keras.utils.clear_session()
-    seen = {p: examine(p, info) for p in dict.fromkeys(custom)}
+    seen = {p: examine(p, info) for p in dict.fromkeys(points)}
     keras.utils.clear_session()
     read: dict[str, set[str]] = {}  # by builder: what it read at any point
     for p, e in seen.items():
-        read.setdefault(p.model, set()).update(e.read)
+        read.setdefault(p.builder, set()).update(e.read)
     for p, e in seen.items():
-        b = user.load(p.model)
-        user.unread(b, set(p.hp_values()), read[p.model])
+        b = user.load(p.builder)
+        user.unread(b, set(p.hp_values()), read[p.builder])
         twice = sorted((set(searched) | (set(fixed) & set(p.training_values()))) & e.defined)
         if twice:
             raise user.BuilderError(f"model={b.ref} defines {', '.join(twice)} itself (hp.Int, hp.Choice, ...) and the "
@@ -278,12 +279,12 @@ class ValidationAccuracy(keras.callbacks.Callback):
             logs[VAL_ACC] = float(np.mean(np.argmax(answers, axis=1) == self.y))
 
 
-def fit_itself(served: keras.Model, s: Splits, p: CustomParams, callbacks=(), *,
+def fit_itself(served: keras.Model, s: Splits, p: NetworkParams, callbacks=(), *,
                targets: np.ndarray | None = None) -> tuple[F.FitResult, dict[str, float]]:
     """Train the builder's own model inside ``served`` by its compile and fit (see the module's docstring); an
     uncompiled model is compiled with the recipe's optimizer and loss. Returns the fit's result and what the
     user's fit returned, read as keras-tuner reads it (:func:`as_keras_tuner_reads`)."""
-    b, model, info = user.load(p.model), user.inner(served), s.info
+    b, model, info = user.load(p.builder), user.inner(served), s.info
     steps = math.ceil(len(s.x_train) / p.batch_size)
     if not model.compiled:
         F.compile_model(model, p, steps, steps_per_execution=F.default_steps_per_execution(),

@@ -18,7 +18,8 @@ import numpy as np
 from ..console import duration
 from ..data import DatasetInfo, Splits
 from ..metrics import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from ..model.networks import build
+from ..model.hyperparameters import Draw, HyperParameters
+from ..model.networks import built
 from ..params import FitParams, NetworkParams, with_epochs
 from .inputs import datasets
 from .precision import precision_policy, resolve_precision, warn_if_slow
@@ -64,17 +65,26 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)  # python, numpy and the backend in one call
 
 
-def fresh_model(p: NetworkParams, info: DatasetInfo, *, fused: bool = True) -> tuple[keras.Model, str]:
-    """The network ``p`` describes for ``info``'s images, from a clean Keras session, its initial weights drawn from the
-    seeded RNGs (not from what ran before), built under the precision it will train in; returns
-    the model and that precision's name. ``fused``: batch norm by TensorFlow's fused kernel
-    (model.layers.FusedBatchNormalization); the logged model is rebuilt without it."""
+def fresh_built(p: NetworkParams, info: DatasetInfo, *, fused: bool = True, draw: Draw | None = None
+                ) -> tuple[keras.Model, HyperParameters, str]:
+    """The network ``p`` describes for ``info``'s images (model.networks.build: its builder, a trial's ``draw``
+    suggesting what it defines), from a clean Keras session, its initial weights drawn from the seeded RNGs (not
+    from what ran before), built under the precision it will train in; returns the model, the ``hp`` its builder
+    read and that precision's name. ``fused``: batch norm by TensorFlow's fused kernel where the builder asks
+    (model.layers.FusedBatchNormalization); the logged model is a copy with Keras' own (networks.portable_copy)."""
     keras.utils.clear_session()  # collects: cheap where study/objective.py freeze_survivors froze what outlives a trial
     precision = resolve_precision(p.precision)
     warn_if_slow(precision)
     seed_everything(p.seed)
     with precision_policy(precision):
-        return build(p, info, fused=fused), precision
+        model, hp = built(p, info, fused=fused, draw=draw)
+    return model, hp, precision
+
+
+def fresh_model(p: NetworkParams, info: DatasetInfo, *, fused: bool = True) -> tuple[keras.Model, str]:
+    """:func:`fresh_built`'s model and precision."""
+    model, _, precision = fresh_built(p, info, fused=fused)
+    return model, precision
 
 
 def learning_rate(p: FitParams, steps_per_epoch: int):

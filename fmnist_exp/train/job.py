@@ -22,7 +22,7 @@ from .. import data as D
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
-from ..params import BaselineParams, CustomParams, DataParams, NetworkParams, migrations, with_epochs
+from ..params import BaselineParams, DataParams, NetworkParams, migrations, with_epochs
 from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
@@ -103,31 +103,36 @@ class Hooks:
     # them where its goals read none (a trial's repeated timed calls); the candidate is timed before it is
     # registered (study/finals.py time_candidate)
     timed_cost: bool = True
+    # the network built to train where its recipe was made concrete (a trial's: study/objective.py); else built
+    # by train_in_run. Never reused: a built network trains once
+    built: builder_fit.Examined | None = None
 
 
 def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:
-    """Train the network ``p`` describes (a built-in family's or a user's builder, model.networks.build)
+    """Train the network ``p`` describes (its builder's, model.networks.build: a built-in family's or a user's)
     on ``ds``, checked before (the commands and study.setup check a recipe once, before any run), and log
     everything into the active run: parameters, data, curves, the model as it answers, its cost, and
-    (``hooks.evaluate_test``) its test scores."""
-    # a user's builder: its keras-tuner values and fit settings made explicit (as they were, if all given)
-    examined = builder_fit.examine(p, ds.info) if isinstance(p, CustomParams) else None
-    p, defined = (examined.params, examined.defined) if examined else (p, set())
+    (``hooks.evaluate_test``) its test scores. The network is built once: here, or where a trial's draw made it
+    concrete (``hooks.built``)."""
     s = splits(ds, p)
-    p, note = with_epochs(p, len(s.y_train))  # a built-in family's, not given: made concrete before it is logged
+    run_id, teacher = active_run_id(), hooks.teacher
+    targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
+    # its builder's values and fit settings made explicit (as they were, if all given)
+    built = hooks.built or builder_fit.prepared(p, ds.info)
+    model, precision = built.model, built.precision
+    if (built.params.val_fraction, built.params.split_by(), built.params.train_samples) != (
+            p.val_fraction, p.split_by(), p.train_samples):  # a builder that defines the split's values itself
+        s = splits(ds, built.params)
+    p, note = with_epochs(built.params, len(s.y_train))  # not given: made concrete before they are logged
     if note and hooks.echo:
         print(f"{hooks.echo} {note}", flush=True)
-    run_id, teacher = active_run_id(), hooks.teacher
     mlflow.set_tags({**networks.summary_tags(p), **hooks.tags, **(teacher.tags() if teacher else {})})
-    targets = teacher.targets(s.x_train, s.y_train) if teacher else None  # before the fresh session
-    model, precision = F.fresh_model(p, ds.info)
     # what trains: a model compiled by its builder says its own optimizer, not the recipe's unused one
     # the recipe version: what reads this run later upgrades it to its own recipe (params/migrations.py)
-    tracking.log_params({**builder_fit.logged(p, model, defined), **hooks.params, "family": p.FAMILY,
+    tracking.log_params({**builder_fit.logged(p, model, built.defined), **hooks.params, "family": p.FAMILY,
                          migrations.VERSION_PARAM: migrations.VERSION,
                          **({DISTILL_WEIGHT: teacher.weight} if teacher else {})})
-    if isinstance(p, CustomParams):
-        lineage.log_builder(p)
+    lineage.log_builder(p)
     log_data_facts(ds)
     digests = lineage.log_split_inputs(ds.source, s)
     lineage.log_code_version()
@@ -136,8 +141,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     callbacks = [logger, *([hooks.prune] if hooks.prune else []), *([F.EpochPrinter(hooks.echo)] if hooks.echo else [])]
     returned: dict[str, float] = {}
     try:
-        if builder_fit.trains_itself(p, model):  # compiled by its builder, or a HyperModel's own fit
-            assert isinstance(p, CustomParams)
+        if built.trains_itself:  # compiled by its builder, or a HyperModel's own fit
             fitted, returned = builder_fit.fit_itself(model, s, p, callbacks, targets=targets)
         else:
             fitted = F.fit(model, s, p, callbacks=callbacks, targets=targets)
@@ -146,8 +150,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
         raise
     if not networks.is_portable(model):  # logged: float32 and Keras' own layers, whatever trained it
         model = networks.portable_copy(p, ds.info, model)
-    if isinstance(p, CustomParams):
-        model = builder_fit.without_compile(model)
+    model = builder_fit.without_compile(model)
     # from here on (validation score, test score, logged model) as it answers: flips, shifts averaged
     model = as_served(model, p, ds.info)
     scoring = time.perf_counter()

@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from mlflow.data.numpy_dataset import NumpyDataset
 
-    from ..params import CustomParams
+    from ..params import NetworkParams
 
 DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a digest; 128 bits identify a split
 
@@ -161,18 +161,21 @@ def split_digests(run) -> dict[str, str]:
 BUILDER_SHA256, BUILDER_SOURCE_DIR = "model_sha256", "builder"
 
 
-def log_builder(p: CustomParams) -> None:
-    """The builder ``p.model`` names: digest and source file on the active run, so that ``reproduce`` can
-    tell an edited builder before any training and the code that trained is kept beside the model."""
+def log_builder(p: NetworkParams) -> None:
+    """The builder that makes ``p``'s network, on the active run: its reference as a tag; for a user's, also its
+    digest, values and source file, so that ``reproduce`` can tell an edited builder before any training and the
+    code that trained is kept beside the model (the package's own are recorded by the code version)."""
     import mlflow
 
     from ..model import builder as user
     from .tracking import log_params
 
-    b = user.load(p.model)
+    b = user.load(p.builder)
+    mlflow.set_tags({"model_builder": b.ref, **({"model_requires": b.requires} if b.requires else {})})
+    if b.pinned:
+        return
     log_params({BUILDER_SHA256: b.sha256, **p.hp_values()})
     with tempfile.TemporaryDirectory() as tmp:  # the bytes that trained, whatever their encoding
         kept = Path(tmp) / b.file.name
         kept.write_bytes(b.source)
         mlflow.log_artifact(str(kept), BUILDER_SOURCE_DIR)
-    mlflow.set_tags({"model_builder": b.ref, **({"model_requires": b.requires} if b.requires else {})})

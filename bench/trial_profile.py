@@ -22,8 +22,7 @@ from pathlib import Path
 STEPS = [
     ("fit (Keras' fit, the epochs' validation and per-epoch logging)", ("train/fit.py", "fit"), None),
     ("fit (a compiled builder's own fit)", ("train/builder_fit.py", "fit_itself"), None),
-    ("keras-tuner builder examined", ("train/builder_fit.py", "examine"), None),
-    ("network built (clear_session, build, compile)", ("train/fit.py", "fresh_model"), None),
+    ("network built and its builder examined (clear_session, build)", ("train/builder_fit.py", "examine"), None),
     ("float32 copy of the trained network", ("model/networks.py", "portable_copy"), None),
     ("validation scored as served", ("train/evaluate.py", "evaluate"), ("train/job.py", "train_in_run")),
     ("learning-curve figure drawn and logged", ("train/tracking.py", "log_figure"), ("train/job.py", "train_in_run")),

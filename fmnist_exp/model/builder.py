@@ -217,6 +217,8 @@ def outputs_logits(model: keras.Model, info: DatasetInfo, high: float = 255.0) -
     loss = getattr(model, "loss", None)
     get_config = getattr(loss, "get_config", None)  # a Loss object; a loss function or a name has none
     config = get_config() if callable(get_config) else {}
+    if not (getattr(loss, "from_logits", False) or (config or {}).get("from_logits", False)) and ends_in_softmax(model):
+        return False  # probabilities by construction (the built-in networks'): no forward pass to ask
     x = np.random.default_rng(0).uniform(0, high, size=(4, *info.shape)).astype("float32")
     try:
         answers = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype="float64")
@@ -229,6 +231,20 @@ def outputs_logits(model: keras.Model, info: DatasetInfo, high: float = 255.0) -
     if getattr(loss, "from_logits", False) or (config or {}).get("from_logits", False):
         return True
     return not (np.all(answers >= 0) and np.allclose(answers.sum(axis=1), 1.0, atol=1e-2))
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """A graph model (Functional or Sequential, shapes known at construction, so Keras ran its layers symbolically)
+    whose one output is a Dense or Activation layer's softmax."""
+    if not isinstance(model, keras.Sequential) and type(model).__name__ != "Functional":
+        return False
+    last = model.layers[-1] if model.layers else None
+    if not isinstance(last, layers.Dense | layers.Activation) or last.activation is not keras.activations.softmax:
+        return False
+    try:
+        return len(model.outputs) == 1 and model.outputs[0] is last.output
+    except (AttributeError, ValueError):  # a layer called more than once has no one output
+        return False
 
 
 def build(builder: Builder, given: Mapping[str, Any], info: DatasetInfo, draw: Draw | None = None,

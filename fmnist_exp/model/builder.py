@@ -274,7 +274,7 @@ def build(builder: Builder, given: Mapping[str, Any], info: DatasetInfo, draw: D
     h = model(h)
     # float32 probabilities whatever the policy: the served classifier, averages and the loss read them
     out = layers.Activation("softmax" if logits else "linear", dtype="float32", name="probs")(h)
-    return keras.Model(inp, out, name=f"{builder.name}_{model.name}"), hp
+    return keras.Model(inp, out, name=f"{builder.name}_network"), hp
 
 
 def inner(served: keras.Model) -> keras.Model:

@@ -162,3 +162,33 @@ def non_inferiority(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, ma
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if tango_z(b, c, n, mid) > crit else (lo, mid)
     return NonInferiority(margin=margin, alpha=alpha, diff=(b - c) / n, lower=lo, z=z, p_value=p, b=b, c=c, n=n)
+
+
+@dataclass(frozen=True)
+class Chance:
+    """Did a model learn anything? Its ``right`` answers of ``n`` labelled images against always answering
+    their most common class, right on ``share`` of them: the one-sided exact binomial test of H0 "right with
+    probability ``share`` or less", ``p_value`` the chance of ``right`` or more under it."""
+
+    right: int
+    n: int
+    share: float
+    p_value: float
+
+    def at_chance(self, alpha: float) -> bool:
+        """Not shown above the majority class's share at level ``alpha``."""
+        return not self.p_value < alpha
+
+    def describe(self, alpha: float) -> str:
+        verdict = "at chance" if self.at_chance(alpha) else "above chance"
+        return (f"{verdict}: validation accuracy {self.right / self.n:.4f} against the majority class's share "
+                f"{self.share:.4f} of {self.n} images, one-sided exact binomial p={self.p_value:.3g} (alpha={alpha:g})")
+
+
+def chance(y: np.ndarray, pred: np.ndarray) -> Chance:
+    """:class:`Chance` of the answers ``pred`` to the labels ``y``."""
+    from scipy.stats import binomtest
+
+    n, right = len(y), int(np.sum(pred == y))
+    share = float(np.bincount(y).max() / n)
+    return Chance(right, n, share, float(binomtest(right, n, share, alternative="greater").pvalue))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 STUDY = """description: console test study
 family: mlp
 budget: {n_trials: 2, epochs: 2, train_samples: 1000, timeout: 0}
-fixed: {early_stopping_patience: 0, hidden_units: '32'}
+fixed: {early_stopping_patience: 0, hidden_units: '32', batch_size: 32}  # learns: the gate registers no model at chance
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
 pruner: {type: none}

@@ -22,13 +22,13 @@ from fmnist_exp.train import job, lineage, runs
 
 STUDY = """description: views test study
 family: mlp
-budget: {n_trials: 1, epochs: 1, train_samples: 300, timeout: 0}
-fixed: {early_stopping_patience: 0, hidden_units: '16'}
+budget: {n_trials: 1, epochs: 2, train_samples: 1000, timeout: 0}
+fixed: {early_stopping_patience: 0, hidden_units: '16', learning_rate: 1.0e-2, batch_size: 32}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
 pruner: {type: none}
 reference: off
-"""
+"""  # a budget that learns digits (as test_tune.py's tiny study): the gate registers no model at chance
 CPU, MEMORY = "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"
 DATASET_CELL, MODELS_CELL = '[col-id="attributes.`Dataset`"]', '[col-id="attributes.`Models`"]'
 

@@ -32,11 +32,13 @@ from fmnist_exp.train.evaluate import classifier_answers
 # one test process for the whole file: its module-scoped store is made once (pyproject's --dist loadgroup)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_reproduce")]
 MODEL = "digits-classifier"  # the studies here train on digits
+# batch_size 32 (and a learning rate of 1e-2 where none is searched): a tiny budget that learns, shown on the
+# validation images at p < 1e-6, not near 0.05: the gate registers no model at chance (issue 54)
 STUDY = """
 description: One tiny MLP trial, retrained once, for the reproduce tests.
 family: mlp
 budget: {n_trials: 1, epochs: 1, train_samples: 1000, timeout: 0}
-fixed: {early_stopping_patience: 0, hidden_units: '64'}
+fixed: {early_stopping_patience: 0, hidden_units: '64', batch_size: 32, learning_rate: 1.0e-2}
 space:
   dropout: {type: float, low: 0.0, high: 0.3}
 pruner: {type: none}
@@ -44,7 +46,7 @@ final: {epochs: 2}
 """
 TINY_MLP = {"epochs": 1, "train_samples": 1000, "hidden_units": "64", "early_stopping_patience": 0}
 TINY_DIGITS = {**TINY_MLP, "data": "digits"}
-SEEDS_2 = "{epochs: 1, seeds: 2, ensemble: true}"
+SEEDS_2 = "{epochs: 4, seeds: 2, ensemble: true}"  # the average above chance on the 13 images no seed trained on
 
 
 @pytest.fixture(scope="module")

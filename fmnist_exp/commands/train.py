@@ -34,5 +34,6 @@ def main(args: TrainArgs) -> int:
         check_builder([net], ds.info)  # a user's network: loads, builds for these images, reads its hp
         result = job.train_run(ds, net, experiment=args.experiment, system_metrics=args.system_metrics)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith("test_accuracy_class")}
-    print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **shown}))
+    chance = {"at_chance": True} if result.at_chance else {}  # it learned nothing: its console said so above
+    print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **chance, **shown}))
     return 0

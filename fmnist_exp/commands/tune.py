@@ -160,6 +160,10 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
                 mlflow.set_tag("registration", f"skipped: {none}")
                 return (None, None, None), claim_report(study, pid, registered_new=by_name)
             candidate, seeds = picked
+            if (why := finals.at_chance(candidate, setup.args.promote_alpha)) is not None:  # learned nothing
+                mlflow.set_tag("registration", f"not registered: {why}")
+                print(f"[tune] not registered: the candidate (run {candidate.run_id}) is {why}", flush=True)
+                return (None, seeds, None), claim_report(study, pid, registered_new=by_name)
             finals.check_budget(setup, candidate, pid)  # its measured cost, before the gate reads the verdict
             registration = register_candidate(candidate, setup.ds, model_name=setup.model_name,
                                               study_name=setup.study_name, family=setup.spec.family,

@@ -166,6 +166,8 @@ def record_evidence(study_name: str, registration: Registration, gain: Gain | No
                     gain=gain.comparison.describe())
         if gain.reference_epochs is not None:
             tags["gain_reference_epochs"] = str(gain.reference_epochs)
+        if gain.reference_at_chance:
+            tags["gain_reference_at_chance"] = "true"
     elif gain is not None:
         tags = {"gain_reference": gain.reference}
     for key, value in tags.items():
@@ -189,7 +191,9 @@ def describe(study_name: str, r: Registration, gain: Gain | None, decision: str,
     else:
         g = gain.comparison
         trained = "" if gain.reference_epochs is None else f", {gain.reference_epochs} epochs"
-        lines.append(f"**Gain over the study's reference** ({gain.reference}, run `{gain.reference_run_id}`"
+        over = "Over the study's reference, at chance (not a gain)" if gain.reference_at_chance else \
+            "Gain over the study's reference"
+        lines.append(f"**{over}** ({gain.reference}, run `{gain.reference_run_id}`"
                      f"{trained}): test accuracy {g.acc_a:.4f} against {g.acc_b:.4f}, {g.describe()}.")
     lines += ["", f"**Promotion gate:** {decision}"]
     if budget_verdict:

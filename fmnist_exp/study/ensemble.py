@@ -24,7 +24,7 @@ from ..model.networks import summary_tags
 from ..model.wrappers import average
 from ..params import NetworkParams
 from ..train import lineage, tracking
-from ..train.evaluate import evaluate, log_test_evaluation, predict_proba
+from ..train.evaluate import evaluate, log_chance, log_test_evaluation, predict_proba, validated
 from ..train.job import RunResult, log_cost, log_data_facts
 from ..train.model_logging import log_classifier, log_keras_model
 from ..train.runs import active_run_id
@@ -68,7 +68,8 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
                                                               "test": (ds.x_test, ds.y_test)}, ds.info.name))
     member_acc = [evaluate(m, x_val, y_val, prefix="")["accuracy"] for m in members]
     model = average(members, ds.info)
-    val = evaluate(model, x_val, y_val, prefix="val_final_")
+    val, chance = validated(model, x_val, y_val)
+    log_chance(chance, echo)
     keras_ref = log_keras_model(model, x_val)
     classifier_ref = log_classifier(model, x_val, ds.info)
     mlflow.set_tags({"model_uri": keras_ref.uri, "classifier_uri": classifier_ref.uri})

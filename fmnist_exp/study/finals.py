@@ -19,7 +19,7 @@ from ..model import cost
 from ..params import ConfigError
 from ..train import job, tracking
 from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, Teacher
-from ..train.evaluate import evaluate
+from ..train.evaluate import AT_CHANCE, evaluate
 from . import ensemble, goals
 from .candidate import (
     BEST_TRIAL,
@@ -191,6 +191,22 @@ def ensemble_run(setup: Setup, best: optuna.trial.FrozenTrial, finals: list[Cand
                                      member_run_ids=[c.run_id for c in finals], echo="[tune]")
     return Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.val_accuracy, best.number,
                      ENSEMBLE_OF_FINALS)
+
+
+def at_chance(cand: Candidate, alpha: float) -> str | None:
+    """Why the candidate is not registered: its validation answers not shown above the majority class's share at
+    the gate's level ``alpha`` (the test its run logged, train/evaluate.py log_chance; the run's at_chance tag
+    is set to this verdict). None: it learned, or its run is from before the test."""
+    client = mlflow.MlflowClient()
+    metrics = client.get_run(cand.run_id).data.metrics
+    if "val_chance_p" not in metrics:
+        return None
+    at, p = not metrics["val_chance_p"] < alpha, metrics["val_chance_p"]
+    client.set_tag(cand.run_id, AT_CHANCE, str(at).lower())
+    if not at:
+        return None
+    return (f"at chance: validation accuracy {cand.val_accuracy:.4f} against the majority class's share "
+            f"{metrics['val_majority_share']:.4f}, one-sided exact binomial p={p:.3g} (promote_alpha={alpha:g})")
 
 
 def time_candidate(cand: Candidate) -> None:

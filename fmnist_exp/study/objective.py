@@ -30,6 +30,7 @@ from ..model import cost, networks
 from ..model.wrappers import as_served
 from ..train import job, runs
 from ..train.builder_fit import Examined, prepared
+from ..train.evaluate import AT_CHANCE
 from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
 from .space import suggest
@@ -88,8 +89,9 @@ class Progress:
         total = self.n_trials or "?"
         twin = trial.user_attrs.get(TWIN_ATTR)
         same = f" (the point of trial {twin}: not trained again)" if twin is not None else ""
+        chance = " at chance: validation not above the majority class's share" if AT_CHANCE in trial.user_attrs else ""
         print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} epochs={epochs} "
-              f"time={duration(took)} best={best} elapsed={duration(elapsed)}{same}", flush=True)
+              f"time={duration(took)} best={best} elapsed={duration(elapsed)}{same}{chance}", flush=True)
         if trial.state == optuna.trial.TrialState.COMPLETE and not multi:
             mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
 
@@ -202,6 +204,8 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
             trial.set_user_attr("model_uri", result.model_uri)
             trial.set_user_attr("classifier_uri", result.classifier_uri)
             trial.set_user_attr("config", suggestion)
+            if result.at_chance:
+                trial.set_user_attr(AT_CHANCE, True)  # its console line says so
             if not goals.plain:
                 record_costs(trial, goals, result.metrics)
         return result

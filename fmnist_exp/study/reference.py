@@ -34,7 +34,7 @@ from .. import stats
 from ..data import Dataset, load_dataset, training_count
 from ..params import NetworkParams
 from ..train import job, runs, tracking
-from ..train.evaluate import classifier_answers, score_on_test
+from ..train.evaluate import AT_CHANCE, classifier_answers, score_on_test
 from .candidate import Candidate
 from .setup import Setup, reference_recipe
 from .summary import Gain
@@ -177,13 +177,16 @@ def report(setup: Setup, candidate: Candidate, parent_run_id: str, background: B
     else:  # a trained reference: the gain depends on how long it trained, so say it
         run_id, labels, epochs = _trained(setup, background)
     cmp = stats.compare(setup.ds.y_test, candidate.score(setup.ds), labels)
+    gain = Gain(ref.describe(), run_id, epochs, cmp,
+                reference_at_chance=mlflow.MlflowClient().get_run(run_id).data.tags.get(AT_CHANCE) == "true")
     length = {} if epochs is None else {"gain_reference_epochs": str(epochs)}
+    chance = {"gain_reference_at_chance": "true"} if gain.reference_at_chance else {}
     tracking.record(parent_run_id, cmp.fields("gain_", "candidate", "reference"),
-                    {"gain_reference": ref.describe(), "gain_reference_run_id": run_id, **length,
+                    {"gain_reference": ref.describe(), "gain_reference_run_id": run_id, **length, **chance,
                      "gain": cmp.describe()})
     trained = "" if epochs is None else f", {epochs} epochs"
-    print(f"[tune] gain over {ref.describe()} (run {run_id}{trained}): {cmp.describe()}", flush=True)
-    return Gain(ref.describe(), run_id, epochs, cmp)
+    print(f"[tune] {gain.over} {ref.describe()} (run {run_id}{trained}): {cmp.describe()}", flush=True)
+    return gain
 
 
 def _child_main(order: Order) -> None:

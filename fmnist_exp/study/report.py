@@ -265,9 +265,13 @@ def _comparison_table(c: Comparison) -> str:
 
 
 def _reference(tags: dict) -> str | None:
-    """What the gain was measured against, with a trained reference's length."""
+    """What the gain was measured against, with a trained reference's length, and whether it learned anything."""
     ref = tags.get("gain_reference")
-    return f"{ref}, trained {tags['gain_reference_epochs']} epochs" if ref and "gain_reference_epochs" in tags else ref
+    if ref and "gain_reference_epochs" in tags:
+        ref = f"{ref}, trained {tags['gain_reference_epochs']} epochs"
+    if ref and tags.get("gain_reference_at_chance") == "true":
+        ref = f"{ref}, at chance (it learned nothing: the difference below is not a gain)"
+    return ref
 
 
 def _gain(r: StudyReport) -> str:

@@ -100,12 +100,19 @@ class Gain:
     reference_run_id: str | None = None
     reference_epochs: int | None = None  # a trained reference's length
     comparison: PairedComparison | None = None
+    reference_at_chance: bool = False  # the reference learned nothing (its run's at_chance): no gain over it
+
+    @property
+    def over(self) -> str:
+        """What the comparison is, in words: a gain, or only a difference from a reference that learned nothing."""
+        return "over a reference at chance (not a gain)," if self.reference_at_chance else "gain over"
 
     def flat(self) -> dict[str, Any]:
         if self.comparison is None:
             return {"reference": self.reference}
         length = {} if self.reference_epochs is None else {"reference_epochs": self.reference_epochs}
-        return {"reference": self.reference, "reference_run_id": self.reference_run_id, **length,
+        chance = {"reference_at_chance": True} if self.reference_at_chance else {}
+        return {"reference": self.reference, "reference_run_id": self.reference_run_id, **length, **chance,
                 **self.comparison.fields("gain_", "candidate", "reference"), "gain": self.comparison.describe()}
 
 
@@ -153,7 +160,7 @@ def print_summary(s: StudySummary) -> None:
         lines.append("[tune] reference: off (no gain measured)")
     elif s.gain is not None and s.gain.comparison is not None:
         g = s.gain.comparison
-        lines.append(f"[tune] gain over {s.gain.reference} (run {s.gain.reference_run_id}): test accuracy "
+        lines.append(f"[tune] {s.gain.over} {s.gain.reference} (run {s.gain.reference_run_id}): test accuracy "
                      f"{g.acc_a:.4f} vs {g.acc_b:.4f}, {g.describe()}")
     if not uri.startswith("http"):
         lines.append(f"[tune] open the UI: mlflow ui --backend-store-uri {uri} --port 5000")

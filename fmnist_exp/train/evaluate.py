@@ -10,14 +10,38 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from .. import stats
 from ..classifier.pyfunc import MAX_BATCH
 from ..data import Dataset, Splits
 from ..metrics import TEST_ACC
 from . import lineage, plots, tracking
 
+AT_CHANCE = "at_chance"  # a run's tag: "true" where its model was not shown to learn anything (stats.chance)
+# A run's own verdict is at the promotion gate's default level (the parameter promote_alpha); the gate judges
+# the candidate again at a study's own (study/finals.py at_chance).
+CHANCE_ALPHA = 0.05
+
 
 def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return model.predict(x.astype("float32"), batch_size=1024, verbose=0)
+
+
+def validated(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], stats.Chance]:
+    """The validation scores a run logs (``val_final_*``), and its answers against the majority class's share."""
+    probs = predict_proba(model, x)
+    return scores(y, probs, prefix="val_final_"), stats.chance(y, probs.argmax(axis=1))
+
+
+def log_chance(c: stats.Chance, echo: str = "") -> bool:
+    """Whether the active run's model learned anything, on the run: the test's p-value and the majority class's
+    share as metrics, the verdict as the tag at_chance, and where it is at chance a console line saying so
+    (``echo``: its prefix). True: at chance."""
+    at = c.at_chance(CHANCE_ALPHA)
+    mlflow.log_metrics({"val_majority_share": c.share, "val_chance_p": c.p_value})
+    mlflow.set_tag(AT_CHANCE, str(at).lower())
+    if echo and at:
+        print(f"{echo} {c.describe(CHANCE_ALPHA)}", flush=True)
+    return at
 
 
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, prefix: str) -> dict[str, float]:

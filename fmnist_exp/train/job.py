@@ -26,7 +26,7 @@ from ..params import BaselineParams, DataParams, NetworkParams, migrations, with
 from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
-from .evaluate import evaluate, log_test_evaluation, predict_proba, scores
+from .evaluate import log_chance, log_test_evaluation, predict_proba, scores, validated
 from .model_logging import SKLEARN_PACKAGES, log_classifier, log_keras_model, pip_requirements
 from .runs import active_run_id
 
@@ -39,6 +39,7 @@ class RunResult:
     classifier_uri: str = ""
     history: dict[str, list[float]] = field(default_factory=dict)
     pruned: bool = False
+    at_chance: bool = False  # its validation answers not shown above the majority class's share (evaluate.log_chance)
 
     @property
     def val_accuracy(self) -> float:
@@ -154,8 +155,9 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     # from here on (validation score, test score, logged model) as it answers: flips, shifts averaged
     model = as_served(model, p, ds.info)
     scoring = time.perf_counter()
-    val_metrics = evaluate(model, s.x_val, s.y_val, prefix="val_final_")  # of the model that is logged
+    val_metrics, chance = validated(model, s.x_val, s.y_val)  # of the model that is logged
     val_score_s = time.perf_counter() - scoring  # with fit, what a trial's time is for; the rest is the platform's
+    at_chance = log_chance(chance, hooks.echo)
     mlflow.log_metrics({
         BEST_VAL_ACC: max(fitted.history.get(VAL_ACC, [0.0])),
         EPOCHS_RUN: fitted.epochs_run,
@@ -166,7 +168,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     })
     tracking.log_figure(plots.learning_curves(logger.history, title=run_name(p)), "plots/learning_curves.png")
     result = RunResult(run_id, {**val_metrics, EPOCHS_RUN: fitted.epochs_run, "train_wall_s": fitted.wall_s},
-                       history=logger.history)
+                       history=logger.history, at_chance=at_chance)
     if hooks.prune is not None and hooks.prune.pruned:
         result.pruned = True
         # no model: on the run

@@ -128,3 +128,16 @@ def test_what_outlives_a_trial_is_frozen_only_in_a_process_that_froze():
             gc.collect()
             gc.freeze()
 
+
+
+def test_a_trials_budget_check_leaves_its_network_counted_once():
+    """study/objective.py static_costs reads the network built to train (no second build) through a copy: the model
+    that then trains and is logged, flip-averaged, still counts its network twice a flip average, not four times."""
+    from fmnist_exp.model.wrappers import as_served
+    from fmnist_exp.study.objective import static_costs
+
+    p = P.network("mlp", {"hidden_units": "32", "tta_flip": "true"})
+    model = networks.build(p, FM)
+    once = static_costs(p, FM)  # built here
+    assert static_costs(p, FM, model) == once == static_costs(p, FM, model)
+    assert cost.static(as_served(model, p, FM)) == once

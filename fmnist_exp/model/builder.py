@@ -73,7 +73,7 @@ class Builder:
     def pinned(self) -> bool:
         """A builder of this package (the built-in families', model/builtin.py): the code version every run logs
         records it, so its file is not recorded apart, and a later version of it is the migrated recipe's."""
-        return PACKAGE_DIR in self.file.parents
+        return PACKAGE_DIR in self.file.resolve().parents
 
 
 def _split(ref: str) -> tuple[str, str]:

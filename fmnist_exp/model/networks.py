@@ -181,14 +181,17 @@ def portable_copy(p: NetworkParams, info: DatasetInfo, trained: keras.Model) -> 
     try:
         copy = keras.models.clone_model(trained, clone_function=portable, recursive=True)
     except Exception:  # noqa: BLE001  (any layer the configuration route cannot copy)
+        copy = None
+    if copy is None or not is_portable(copy):  # e.g. a wrapper layer that rebuilds its inner one from its own config
         copy = build(p, info)
     copy.set_weights(trained.get_weights())
     return copy
 
 
 def is_portable(model: keras.Model) -> bool:
-    return model.dtype_policy.name == "float32" and not any(
-        isinstance(layer, FusedBatchNormalization) for layer in model._flatten_layers(include_self=False))
+    """float32 and Keras' own layers throughout, wrapped layers (TimeDistributed, Bidirectional, ...) included."""
+    return not any(isinstance(layer, FusedBatchNormalization) or layer.dtype_policy.name != "float32"
+                   for layer in model._flatten_layers(include_self=True))
 
 
 def summary_tags(p: NetworkParams) -> dict[str, str]:

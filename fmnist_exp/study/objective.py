@@ -114,9 +114,10 @@ def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
 
 
 def static_costs(p: P.NetworkParams, info: DatasetInfo, model: keras.Model | None = None) -> dict[str, float]:
-    """The deterministic costs of the network ``p`` describes for ``info``'s images (``model``: as built to train,
-    else built here), untrained, as it would be served."""
-    model = model if model is not None else networks.build(p, info)
+    """The deterministic costs of the network ``p`` describes for ``info``'s images (``model``: as built to train, read
+    through a copy: wrapping the model itself would record calls that count its cost twice once it is wrapped again
+    to be logged; else built here), untrained, as it would be served."""
+    model = keras.models.clone_model(model) if model is not None else networks.build(p, info)
     return cost.static(as_served(model, p, info))
 
 
@@ -216,14 +217,19 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
         with mlflow.start_run(run_name=f"trial {trial.number}", nested=True, tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("mlflow_parent_run_id", parent_run_id)
-            try:  # built once, to train: its builder's own definitions (hp.Int, ...) suggested by the trial too
-                built = prepared(setup.trial_params(suggestion), setup.ds.info, trial)
-            except Exception as e:  # e.g. a builder that raises at the values drawn: the trial's run says so
-                mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
-                raise
-            p, suggestion = built.params, {**suggestion, **built.added}
+            p = setup.trial_params(suggestion)
             digest = p.digest()  # everything it trains with: sampled, fixed, budget, seed
+            # a point trained before, known without a build where its builder adds nothing (the built-in networks)
             twin = earlier_twin(trial, digest)
+            if twin is None:
+                try:  # built once, to train: its builder's own definitions (hp.Int, ...) suggested by the trial too
+                    built = prepared(p, setup.ds.info, trial)
+                except Exception as e:  # e.g. a builder that raises at the values drawn: the trial's run says so
+                    mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
+                    raise
+                p, suggestion = built.params, {**suggestion, **built.added}
+                digest = p.digest()
+                twin = earlier_twin(trial, digest) if built.added else None
             trial.set_user_attr(RECIPE_ATTR, digest)
             if twin is not None:
                 same_as(trial, twin, goals, p)

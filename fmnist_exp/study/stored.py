@@ -75,6 +75,8 @@ def check_same_builder(study_name: str, p: P.NetworkParams, stored: dict[str, An
     if stored is None or STUDY_BUILDER not in stored:  # none recorded: a built-in network's (Builder.pinned)
         return
     now = load_builder(p.builder)
+    if now.pinned:  # the package's own (an earlier version recorded it): its code version is the worker's
+        return
     if stored[STUDY_BUILDER] != now.sha256:
         raise ConfigError(f"study {study_name!r} was created with another {now.file.name} (sha256 "
                           f"{stored[STUDY_BUILDER][:12]}..., now {now.sha256[:12]}...): its trials would train "

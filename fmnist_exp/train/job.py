@@ -124,6 +124,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     if (built.params.val_fraction, built.params.split_by(), built.params.train_samples) != (
             p.val_fraction, p.split_by(), p.train_samples):  # a builder that defines the split's values itself
         s = splits(ds, built.params)
+        targets = teacher.targets(s.x_train, s.y_train) if teacher else None
     p, note = with_epochs(built.params, len(s.y_train))  # not given: made concrete before they are logged
     if note and hooks.echo:
         print(f"{hooks.echo} {note}", flush=True)

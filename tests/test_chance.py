@@ -58,19 +58,32 @@ def test_a_model_that_learned_nothing_is_not_registered(tracking, tmp_path, caps
     assert code == 0, err[-3000:]
     [trial_line] = [line for line in out.splitlines() if line.startswith("[tune] trial 0")]
     assert "at chance" in trial_line
-    [refused] = [line for line in out.splitlines() if line.startswith("[tune] not registered")]
-    assert " is at chance: validation accuracy " in refused and "one-sided exact binomial p=" in refused
+    [refused] = [line for line in out.splitlines() if line.startswith("[tune] no new champion")]
+    assert "is not registered, at chance: validation accuracy " in refused and "one-sided exact binomial p=" in refused
     assert "promote_alpha=0.05" in refused
     assert "registered_version" not in json.loads(out.strip().splitlines()[-1])
     assert mlflow.MlflowClient().search_registered_models() == []
     runs = {r.info.run_name: r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
     trial = runs["trial 0"]
     assert trial.data.tags["at_chance"] == "true" and trial.data.metrics["val_chance_p"] >= 0.05
+    assert trial.data.tags["at_chance_alpha"] == "0.05"  # the study's promote_alpha (its default here)
     assert trial.data.metrics["val_final_accuracy"] <= trial.data.metrics["val_majority_share"]
     assert runs["tune blank"].data.tags["registration"].startswith("not registered: at chance")
+    assert runs["tune blank"].data.tags["final_seed_registered"] == "none (at chance)"
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    # the level is the study's: at promote_alpha 0.9 the same answers (p 0.66) are above chance, and registered
+    code = cli.main(["tune", "--data", str(tmp_path / "blank"), "--study", str(study), "--study_name", "loose",
+                     "--promote_alpha", "0.9", "--system_metrics", "false"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    [trial] = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+               if r.data.tags.get("optuna_study") == "loose" and r.info.run_name == "trial 0"]
+    assert (trial.data.tags["at_chance"], trial.data.tags["at_chance_alpha"]) == ("false", "0.9")
+    assert json.loads(out.strip().splitlines()[-1])["registered_version"] == 1
 
 
-def test_a_difference_from_a_reference_at_chance_is_not_called_a_gain(capsys, monkeypatch):
+def test_a_difference_from_a_reference_at_chance_is_not_called_a_gain(capsys):
     cmp = stats.compare(np.array([0, 1] * 50), np.array([0, 1] * 50), np.zeros(100, int), n_resamples=100)
     counts = summary.Counts(study_name="s", experiment_id="1", n_trials_total=1, n_trials_this_run=1, n_complete=1,
                             n_pruned=0, n_failed=0, epochs_run=1, epochs_budget=1)

@@ -193,7 +193,11 @@ def test_a_point_drawn_again_is_not_trained_again(tracking, tmp_path):
     assert again.user_attrs["same_as_trial"] == 0 and again.user_attrs["model_uri"] == first.user_attrs["model_uri"]
     [parent] = parents()
     first_run, again_run = children_of(parent.info.run_id)
-    assert "epochs_run" in first_run.data.metrics and set(again_run.data.metrics) == {"val_accuracy"}
+    # not trained: its answer and the chance test of the run that trained it (the gate reads them if it is picked)
+    assert "epochs_run" in first_run.data.metrics
+    assert set(again_run.data.metrics) == {"val_accuracy", "val_chance_p", "val_majority_share"}
+    assert again_run.data.metrics["val_chance_p"] == first_run.data.metrics["val_chance_p"]
+    assert again_run.data.tags["at_chance"] == first_run.data.tags["at_chance"]
     # what a trial's time is for, apart: its fit and its scoring of the validation images (issue 55)
     assert first_run.data.metrics["train_wall_s"] > 0 and first_run.data.metrics["val_score_s"] > 0
     assert again_run.data.tags["same_as_run"] == first_run.info.run_id

@@ -140,6 +140,17 @@ def _study_views(study: optuna.Study, pid: str, setup: Setup, render: bool) -> N
 Registered = tuple[Registration | None, SeedStats | None, Gain | None]
 
 
+def _refused(setup: Setup, candidate: finals.Candidate) -> bool:
+    """Whether the candidate is at chance (finals.at_chance, at the study's promote_alpha): then the study ends
+    without a new champion, saying so in one line that names the test, and its run says it registered nothing."""
+    why = finals.at_chance(candidate, setup.args.promote_alpha)
+    if why is None:
+        return False
+    mlflow.set_tags({"registration": f"not registered: {why}", "final_seed_registered": "none (at chance)"})
+    print(f"[tune] no new champion: the candidate (run {candidate.run_id}) is not registered, {why}", flush=True)
+    return True
+
+
 def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = False) -> tuple[Registered, bool]:
     """Pick the candidate (maybe retraining it), register it through the promotion gate and
     measure its gain over the reference, one worker at a time (so the reference is trained once);
@@ -148,6 +159,8 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
         # a best trial registered as it trained: its serving times measured before a reference trains beside it
         # (a final retrain, an ensemble or a distilled network is timed as it is logged)
         early = None if setup.spec.retrains else finals.pick_candidate(setup, study)
+        if early is not None and _refused(setup, early[0]):  # learned nothing: no reference trained for it
+            return (None, None, None), claim_report(study, pid, registered_new=by_name)
         if early is not None:
             finals.time_candidate(early[0])
         # a lone worker (SQLite) trains the reference beside the final retrain (study/reference.py)
@@ -160,10 +173,8 @@ def _register(setup: Setup, study: optuna.Study, pid: str, *, by_name: bool = Fa
                 mlflow.set_tag("registration", f"skipped: {none}")
                 return (None, None, None), claim_report(study, pid, registered_new=by_name)
             candidate, seeds = picked
-            if (why := finals.at_chance(candidate, setup.args.promote_alpha)) is not None:  # learned nothing
-                mlflow.set_tag("registration", f"not registered: {why}")
-                print(f"[tune] not registered: the candidate (run {candidate.run_id}) is {why}", flush=True)
-                return (None, seeds, None), claim_report(study, pid, registered_new=by_name)
+            if setup.spec.retrains and _refused(setup, candidate):  # learned nothing
+                return (None, None, None), claim_report(study, pid, registered_new=by_name)
             finals.check_budget(setup, candidate, pid)  # its measured cost, before the gate reads the verdict
             registration = register_candidate(candidate, setup.ds, model_name=setup.model_name,
                                               study_name=setup.study_name, family=setup.spec.family,

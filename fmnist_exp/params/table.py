@@ -351,7 +351,9 @@ TUNE_PARAMS = [
     DATA_DIR,
     Param("register", True, "register the best model at the end (false: leave it to the register entry point)"),
     Param("promote_alpha", 0.05, "@champion moves only if the new model beats it on the same test images with "
-          "exact McNemar p below this", in_range(0, 1, lo_open=True, hi_open=True)),
+          "exact McNemar p below this; and no model is registered whose validation answers are not above always "
+          "answering the majority class by a one-sided exact binomial p below this",
+          in_range(0, 1, lo_open=True, hi_open=True)),
     EXPERIMENT,
     SYSTEM_METRICS,
 ]

@@ -14,12 +14,12 @@ import optuna
 
 from .. import stats
 from ..data import Dataset
-from ..metrics import TEST_ACC
+from ..metrics import TEST_ACC, VAL_FINAL_ACC
 from ..model import cost
 from ..params import ConfigError
 from ..train import job, tracking
 from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, Teacher
-from ..train.evaluate import AT_CHANCE, evaluate
+from ..train.evaluate import AT_CHANCE, AT_CHANCE_ALPHA, log_chance, validated
 from . import ensemble, goals
 from .candidate import (
     BEST_TRIAL,
@@ -145,10 +145,14 @@ def distilled_run(setup: Setup, best: optuna.trial.FrozenTrial, teacher: Candida
           f"{weight:g} its answers, {1 - weight:g} the labels", flush=True)
     with mlflow.start_run(run_name=f"distilled (trial {best.number}, seed {seed})", nested=True, tags=tags) as run:
         res = job.train_in_run(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, echo="[tune] distilled",
-                                                      teacher=Teacher(teacher.model_uri, teacher.run_id, weight)))
-        # beside the ensemble's, on the same images: those no seed trained on (study/ensemble.py)
+                                                      teacher=Teacher(teacher.model_uri, teacher.run_id, weight),
+                                                      chance_alpha=setup.args.promote_alpha))
+        # beside the ensemble's, on the same images: those no seed trained on (study/ensemble.py); its chance test
+        # too, on the images its validation accuracy as a candidate is read on
         x_val, y_val = ensemble.held_out_by_all(setup.ds, p.val_fraction, setup.final_split_seeds())
-        val = evaluate(mlflow.keras.load_model(res.model_uri), x_val, y_val, prefix="")["accuracy"]
+        scored, chance = validated(mlflow.keras.load_model(res.model_uri), x_val, y_val)
+        val = scored[VAL_FINAL_ACC]
+        log_chance(chance, "[tune] distilled", setup.args.promote_alpha)
         mlflow.log_metric(VAL_HELD_OUT_BY_ALL, val)
     print(f"[tune] distilled network: validation accuracy {val:.4f} on the {len(y_val)} images no seed trained on "
           f"(the ensemble's {teacher.val_accuracy:.4f})", flush=True)
@@ -169,7 +173,8 @@ def final_run(setup: Setup, best: optuna.trial.FrozenTrial, seed: int) -> Candid
     name = f"final (trial {best.number})" if spec.final.seeds == 1 else f"final (trial {best.number}, seed {seed})"
     print(f"[tune] {name}: retraining with {spec.final.params}", flush=True)
     with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
-        res = job.train_in_run(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, echo="[tune] final"))
+        res = job.train_in_run(setup.ds, p, job.Hooks(tags=tags, evaluate_test=False, echo="[tune] final",
+                                                      chance_alpha=setup.args.promote_alpha))
     return Candidate(run.info.run_id, res.model_uri, res.classifier_uri, res.val_accuracy, best.number, FINAL_RETRAIN)
 
 
@@ -200,9 +205,12 @@ def at_chance(cand: Candidate, alpha: float) -> str | None:
     client = mlflow.MlflowClient()
     metrics = client.get_run(cand.run_id).data.metrics
     if "val_chance_p" not in metrics:
+        print(f"[tune] the candidate (run {cand.run_id}) predates the chance test (trained by earlier code): not "
+              "tested against the majority class's share", flush=True)
         return None
     at, p = not metrics["val_chance_p"] < alpha, metrics["val_chance_p"]
     client.set_tag(cand.run_id, AT_CHANCE, str(at).lower())
+    client.set_tag(cand.run_id, AT_CHANCE_ALPHA, f"{alpha:g}")
     if not at:
         return None
     return (f"at chance: validation accuracy {cand.val_accuracy:.4f} against the majority class's share "

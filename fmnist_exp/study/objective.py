@@ -30,7 +30,7 @@ from ..model import cost, networks
 from ..model.wrappers import as_served
 from ..train import job, runs
 from ..train.builder_fit import Examined, prepared
-from ..train.evaluate import AT_CHANCE
+from ..train.evaluate import AT_CHANCE, AT_CHANCE_ALPHA
 from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
 from .setup import Setup
 from .space import suggest
@@ -175,8 +175,16 @@ def same_as(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, goals: Goals, p
     if COSTS_ATTR in twin.user_attrs:
         set_costs(trial, goals, twin.user_attrs[COSTS_ATTR])
     trial.set_user_attr(TWIN_ATTR, twin.number)
+    if AT_CHANCE in twin.user_attrs:
+        trial.set_user_attr(AT_CHANCE, True)
     mlflow.log_params(p.logged())
     mlflow.log_metric(VAL_ACC, twin.values[0])
+    # its chance test is the trained twin's (the gate reads it where this trial is the candidate: finals.at_chance)
+    trained = mlflow.MlflowClient().get_run(twin.user_attrs["mlflow_run_id"]).data if "mlflow_run_id" in \
+        twin.user_attrs else None
+    if trained is not None and "val_chance_p" in trained.metrics:
+        mlflow.log_metrics({k: trained.metrics[k] for k in ("val_chance_p", "val_majority_share")})
+        mlflow.set_tags({k: trained.tags[k] for k in (AT_CHANCE, AT_CHANCE_ALPHA) if k in trained.tags})
     mlflow.set_tags({TWIN_ATTR: str(twin.number), "same_as_run": twin.user_attrs.get("mlflow_run_id", "")})
 
 
@@ -194,7 +202,8 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
         prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
         try:
             result = train(setup.ds, built.params, job.Hooks(tags=tags, evaluate_test=False, prune=prune,
-                                                             timed_cost=goals.timed, built=built))
+                                                             timed_cost=goals.timed, built=built,
+                                                             chance_alpha=setup.args.promote_alpha))
         except Exception as e:
             mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
             raise

@@ -177,8 +177,13 @@ def report(setup: Setup, candidate: Candidate, parent_run_id: str, background: B
     else:  # a trained reference: the gain depends on how long it trained, so say it
         run_id, labels, epochs = _trained(setup, background)
     cmp = stats.compare(setup.ds.y_test, candidate.score(setup.ds), labels)
-    gain = Gain(ref.describe(), run_id, epochs, cmp,
-                reference_at_chance=mlflow.MlflowClient().get_run(run_id).data.tags.get(AT_CHANCE) == "true")
+    # at chance at this study's level: its p-value where the run logged one, else its tag (a run of earlier code
+    # logged neither: not flagged)
+    logged = mlflow.MlflowClient().get_run(run_id).data
+    p_value = logged.metrics.get("val_chance_p")
+    at_chance = (not p_value < setup.args.promote_alpha if p_value is not None
+                 else logged.tags.get(AT_CHANCE) == "true")
+    gain = Gain(ref.describe(), run_id, epochs, cmp, reference_at_chance=at_chance)
     length = {} if epochs is None else {"gain_reference_epochs": str(epochs)}
     chance = {"gain_reference_at_chance": "true"} if gain.reference_at_chance else {}
     tracking.record(parent_run_id, cmp.fields("gain_", "candidate", "reference"),

@@ -16,9 +16,10 @@ from ..data import Dataset, Splits
 from ..metrics import TEST_ACC
 from . import lineage, plots, tracking
 
-AT_CHANCE = "at_chance"  # a run's tag: "true" where its model was not shown to learn anything (stats.chance)
-# A run's own verdict is at the promotion gate's default level (the parameter promote_alpha); the gate judges
-# the candidate again at a study's own (study/finals.py at_chance).
+# A run's tags: at_chance "true" where its model was not shown to learn anything (stats.chance), at the level
+# at_chance_alpha: a study's runs at its promote_alpha, a single run at the gate's default; the gate judges the
+# candidate again at the study's (study/finals.py at_chance: a reused or ensemble run may carry another level).
+AT_CHANCE, AT_CHANCE_ALPHA = "at_chance", "at_chance_alpha"
 CHANCE_ALPHA = 0.05
 
 
@@ -32,15 +33,15 @@ def validated(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[dict[st
     return scores(y, probs, prefix="val_final_"), stats.chance(y, probs.argmax(axis=1))
 
 
-def log_chance(c: stats.Chance, echo: str = "") -> bool:
+def log_chance(c: stats.Chance, echo: str = "", alpha: float = CHANCE_ALPHA) -> bool:
     """Whether the active run's model learned anything, on the run: the test's p-value and the majority class's
-    share as metrics, the verdict as the tag at_chance, and where it is at chance a console line saying so
-    (``echo``: its prefix). True: at chance."""
-    at = c.at_chance(CHANCE_ALPHA)
+    share as metrics, the verdict at ``alpha`` (a study's promote_alpha) as the tag at_chance and that level as
+    at_chance_alpha, and where it is at chance a console line saying so (``echo``: its prefix). True: at chance."""
+    at = c.at_chance(alpha)
     mlflow.log_metrics({"val_majority_share": c.share, "val_chance_p": c.p_value})
-    mlflow.set_tag(AT_CHANCE, str(at).lower())
+    mlflow.set_tags({AT_CHANCE: str(at).lower(), AT_CHANCE_ALPHA: f"{alpha:g}"})
     if echo and at:
-        print(f"{echo} {c.describe(CHANCE_ALPHA)}", flush=True)
+        print(f"{echo} {c.describe(alpha)}", flush=True)
     return at
 
 

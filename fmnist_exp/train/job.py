@@ -26,7 +26,7 @@ from ..params import BaselineParams, DataParams, NetworkParams, migrations, with
 from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
-from .evaluate import log_chance, log_test_evaluation, predict_proba, scores, validated
+from .evaluate import CHANCE_ALPHA, log_chance, log_test_evaluation, predict_proba, scores, validated
 from .model_logging import SKLEARN_PACKAGES, log_classifier, log_keras_model, pip_requirements
 from .runs import active_run_id
 
@@ -107,6 +107,7 @@ class Hooks:
     # the network built to train where its recipe was made concrete (a trial's: study/objective.py); else built
     # by train_in_run. Never reused: a built network trains once
     built: builder_fit.Examined | None = None
+    chance_alpha: float = CHANCE_ALPHA  # the level of the run's chance test (a study's: its promote_alpha)
 
 
 def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:
@@ -158,7 +159,7 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     scoring = time.perf_counter()
     val_metrics, chance = validated(model, s.x_val, s.y_val)  # of the model that is logged
     val_score_s = time.perf_counter() - scoring  # with fit, what a trial's time is for; the rest is the platform's
-    at_chance = log_chance(chance, hooks.echo)
+    at_chance = log_chance(chance, hooks.echo, hooks.chance_alpha)
     mlflow.log_metrics({
         BEST_VAL_ACC: max(fitted.history.get(VAL_ACC, [0.0])),
         EPOCHS_RUN: fitted.epochs_run,

@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(name: str, images: list[str] | None) -> Callable[[Any], int]:
     """The command's function, imported only now: most commands import TensorFlow."""
-    if name in P.FAMILIES:
+    if name in P.NETWORK_FAMILIES or name == "baseline":
         from .commands import train
 
-        return train.main
+        return train.main if name in P.NETWORK_FAMILIES else train.main_baseline
     if name == "tune":
         from .commands import tune
 

@@ -116,7 +116,7 @@ def test_no_import_circle():
     assert circles == []
 
 
-NETWORK_CLASSES = {"MlpParams", "CnnParams", "CustomParams", "BuiltinParams", "NetworkParams"}
+NETWORK_CLASSES = {"MlpParams", "CnnParams", "CustomParams", "BuiltinParams", "NetworkParams", "BaselineParams"}
 
 
 def _kind_branches(tree: ast.AST) -> list[str]:
@@ -142,7 +142,7 @@ def _kind_branches(tree: ast.AST) -> list[str]:
 def test_nothing_above_the_builders_branches_on_the_kind_of_network():
     """Issue 53: every network is made by its builder (model/networks.py built) and trained by one path; what
     differs between networks lives in their builders and fits, so train/, study/, registry/ and commands/
-    never ask which kind they hold. (The baseline is no network: commands/train.py sends it to its own run.)"""
+    never ask which kind they hold (the baseline, no network, is its own command: cli._command)."""
     found = sorted(f"{path.relative_to(PACKAGE)} {where}" for name, path in _modules().items()
                    if _top(name) in ("train", "study", "registry", "commands")
                    for where in _kind_branches(ast.parse(path.read_text())))

@@ -8,32 +8,52 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, cast
 
 from .. import data
-from ..params import BaselineParams, TrainArgs
+from ..params import BaselineParams, NetworkParams, TrainArgs
+
+if TYPE_CHECKING:
+    from ..train.job import RunResult
 
 
-def main(args: TrainArgs) -> int:
-    """Train, log, and print the run's id, model URI and metrics as one JSON line."""
+def _dataset(args: TrainArgs) -> data.Dataset:
+    """The run's images, checked and their loader's notes said, before TensorFlow is imported."""
     p = args.params
-    ds = data.load_dataset(p.data, p.data_dir)  # bad data is said before TensorFlow is imported
+    ds = data.load_dataset(p.data, p.data_dir)
     data.check_split(ds, p.val_fraction)
     for said in ds.notes:
         print(f"[data] {said}", flush=True)
-    from ..train import job
+    return ds
 
-    if isinstance(p, BaselineParams):
-        result = job.baseline_run(ds, p, experiment=args.experiment, system_metrics=args.system_metrics)
-    else:
-        from ..model.networks import fit_to_data
-        from ..train.builder_fit import check_builder
 
-        net, note = fit_to_data(p, ds.info)  # before any run: what the data does not allow is refused
-        if note:
-            print(f"[{net.FAMILY}] {note}", flush=True)
-        check_builder([net], ds.info)  # a user's network: loads, builds for these images, reads its hp
-        result = job.train_run(ds, net, experiment=args.experiment, system_metrics=args.system_metrics)
+def _said(result: RunResult) -> int:
+    """The run's id, model URI and metrics as one JSON line."""
     shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith("test_accuracy_class")}
     chance = {"at_chance": True} if result.at_chance else {}  # it learned nothing: its console said so above
     print(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, **chance, **shown}))
     return 0
+
+
+def main(args: TrainArgs) -> int:
+    """`mlp`, `cnn`, `custom`: train the network, log, and print the run's id, model URI and metrics in JSON."""
+    ds = _dataset(args)
+    from ..model.networks import fit_to_data
+    from ..train import job
+    from ..train.builder_fit import check_builder
+
+    # the command's name chose a network family (cli._command); before any run, what the data does not allow is refused
+    net, note = fit_to_data(cast(NetworkParams, args.params), ds.info)
+    if note:
+        print(f"[{net.FAMILY}] {note}", flush=True)
+    check_builder([net], ds.info)  # a user's network: loads, builds for these images, reads its hp
+    return _said(job.train_run(ds, net, experiment=args.experiment, system_metrics=args.system_metrics))
+
+
+def main_baseline(args: TrainArgs) -> int:
+    """`baseline`: the majority class and a logistic regression, no network (train.job.baseline_run); printed alike."""
+    ds = _dataset(args)
+    from ..train import job
+
+    p = cast(BaselineParams, args.params)  # the command's name chose (cli._command)
+    return _said(job.baseline_run(ds, p, experiment=args.experiment, system_metrics=args.system_metrics))

@@ -185,10 +185,16 @@ class Chance:
                 f"{self.share:.4f} of {self.n} images, one-sided exact binomial p={self.p_value:.3g} (alpha={alpha:g})")
 
 
-def chance(y: np.ndarray, pred: np.ndarray) -> Chance:
-    """:class:`Chance` of the answers ``pred`` to the labels ``y``."""
+CHANCE_ALPHA = 0.05  # the level a run's chance test is judged at where no study gives its promote_alpha
+
+
+def chance_of(right: int, n: int, share: float) -> Chance:
+    """:class:`Chance` of ``right`` answers of ``n`` against a majority class's ``share``."""
     from scipy.stats import binomtest
 
-    n, right = len(y), int(np.sum(pred == y))
-    share = float(np.bincount(y).max() / n)
     return Chance(right, n, share, float(binomtest(right, n, share, alternative="greater").pvalue))
+
+
+def chance(y: np.ndarray, pred: np.ndarray) -> Chance:
+    """:class:`Chance` of the answers ``pred`` to the labels ``y``."""
+    return chance_of(int(np.sum(pred == y)), len(y), float(np.bincount(y).max() / len(y)))

@@ -284,10 +284,14 @@ def _gain(r: StudyReport) -> str:
             + _comparison_table(r.gain))
 
 
+def _kept(r: StudyReport) -> str:
+    """What the study's last model is: registered, or its candidate where the gate found it at chance."""
+    return "The candidate (not registered)" if r.registration.startswith("not registered") else "The registered model"
+
+
 def _ensemble(r: StudyReport) -> str:
     assert r.ensemble is not None, "shown only when the study registered an ensemble"
-    kept = "The candidate (not registered)" if r.registration.startswith("not registered") else "The registered model"
-    what = ("The distilled network's teacher averages" if r.distilled else f"{kept} averages")
+    what = ("The distilled network's teacher averages" if r.distilled else f"{_kept(r)} averages")
     return (f"<p>{what} the final retrain's seeds (<code>final.ensemble</code>). Against "
             "the seed that would have been registered alone (the best validation accuracy), on the same test "
             "images:</p>" + _comparison_table(r.ensemble))
@@ -297,8 +301,7 @@ def _distilled(r: StudyReport) -> str:
     # a student of its own shape costs what that shape costs (its run's cost_* metrics), not a seed's
     student, cost = ((f" with {_e(r.distilled_student)} (<code>final.student</code>)", "its own shape's inference cost")
                      if r.distilled_student else ("", "one network's inference cost"))
-    kept = "The candidate (not registered)" if r.registration.startswith("not registered") else "The registered model"
-    return (f"<p>{kept} is one network of the final recipe{student} fitted to the average's answers "
+    return (f"<p>{_kept(r)} is one network of the final recipe{student} fitted to the average's answers "
             f"(<code>final.distill</code>): {cost}. Against its teacher and against the "
             f"best-validated seed ({r.distilled_seed}), on the same test images:</p>"
             + "".join(_comparison_table(c) for c in r.distilled))

@@ -20,7 +20,6 @@ from . import lineage, plots, tracking
 # at_chance_alpha: a study's runs at its promote_alpha, a single run at the gate's default; the gate judges the
 # candidate again at the study's (study/finals.py at_chance: a reused or ensemble run may carry another level).
 AT_CHANCE, AT_CHANCE_ALPHA = "at_chance", "at_chance_alpha"
-CHANCE_ALPHA = 0.05
 
 
 def predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
@@ -33,7 +32,7 @@ def validated(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[dict[st
     return scores(y, probs, prefix="val_final_"), stats.chance(y, probs.argmax(axis=1))
 
 
-def log_chance(c: stats.Chance, echo: str = "", alpha: float = CHANCE_ALPHA) -> bool:
+def log_chance(c: stats.Chance, echo: str = "", alpha: float = stats.CHANCE_ALPHA) -> bool:
     """Whether the active run's model learned anything, on the run: the test's p-value and the majority class's
     share as metrics, the verdict at ``alpha`` (a study's promote_alpha) as the tag at_chance and that level as
     at_chance_alpha, and where it is at chance a console line saying so (``echo``: its prefix). True: at chance."""

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from .. import stats
 from ..console import duration
 from ..data import DatasetInfo, Splits
 from ..metrics import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
@@ -182,10 +183,8 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.lowest_loss = math.inf
 
     def at_chance(self, accuracy: float) -> bool:
-        from scipy.stats import binom
-
-        right = int(round(accuracy * self.n_val))
-        return self.n_val > 0 and float(binom.sf(right - 1, self.n_val, self.share)) >= 0.05
+        return self.n_val > 0 and stats.chance_of(int(round(accuracy * self.n_val)), self.n_val,
+                                                  self.share).at_chance(stats.CHANCE_ALPHA)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}

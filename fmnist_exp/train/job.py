@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 
 from .. import data as D
+from .. import stats
 from ..metrics import BEST_VAL_ACC, EPOCHS_RUN, VAL_ACC, VAL_FINAL_ACC
 from ..model import cost, networks
 from ..model.wrappers import as_served
@@ -26,7 +27,7 @@ from ..params import BaselineParams, DataParams, NetworkParams, migrations, with
 from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
-from .evaluate import CHANCE_ALPHA, log_chance, log_test_evaluation, predict_proba, scores, validated
+from .evaluate import log_chance, log_test_evaluation, predict_proba, scores, validated
 from .model_logging import SKLEARN_PACKAGES, log_classifier, log_keras_model, pip_requirements
 from .runs import active_run_id
 
@@ -107,7 +108,7 @@ class Hooks:
     # the network built to train where its recipe was made concrete (a trial's: study/objective.py); else built
     # by train_in_run. Never reused: a built network trains once
     built: builder_fit.Examined | None = None
-    chance_alpha: float = CHANCE_ALPHA  # the level of the run's chance test (a study's: its promote_alpha)
+    chance_alpha: float = stats.CHANCE_ALPHA  # the level of the run's chance test (a study's: its promote_alpha)
 
 
 def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:

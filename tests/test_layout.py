@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fmnist_exp.params import FAMILIES
+
 PACKAGE = Path(__file__).resolve().parent.parent / "fmnist_exp"
 # Lowest first: a module may import its own layer and the layers before it. The bottom holds what
 # every stage shares (parameters, metric names, statistics, the console); scale-out is used by the
@@ -121,7 +123,7 @@ NETWORK_CLASSES = {"MlpParams", "CnnParams", "CustomParams", "BuiltinParams", "N
 
 def _kind_branches(tree: ast.AST) -> list[str]:
     """Where ``tree`` asks which kind of network it holds: isinstance or issubclass on a network's parameter
-    class, type() compared, a FAMILY compared, or hasattr standing in for one of these."""
+    class, type() compared, a FAMILY or a family's name compared, or hasattr standing in for one of these."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -136,6 +138,9 @@ def _kind_branches(tree: ast.AST) -> list[str]:
             if any(isinstance(s, ast.Attribute) and s.attr == "FAMILY" for s in sides) or any(
                     isinstance(s, ast.Call) and getattr(s.func, "id", "") == "type" for s in sides):
                 found.append(f"line {node.lineno}: FAMILY or type() compared")
+            named = {c.value for s in sides for c in ast.walk(s) if isinstance(c, ast.Constant)} & set(FAMILIES)
+            if named:
+                found.append(f"line {node.lineno}: {', '.join(sorted(named))} compared")
     return found
 
 

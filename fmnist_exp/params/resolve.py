@@ -98,7 +98,7 @@ def _build(cls: type, resolved: dict[str, Any]) -> Any:
 def family(name: str, overrides: Mapping[str, Any] | None = None) -> typed.FamilyParams:
     """One family's parameters: the table's defaults updated by ``overrides``, checked. For a user's
     network (custom), a name that is not the platform's is the builder's: it joins ``hp``."""
-    if name == "custom":  # a retired name at today's value is not the builder's (params/migrations.py)
+    if T.names_its_builder(name):  # a retired name at today's value is not the builder's (params/migrations.py)
         overrides = builder_split(migrations.drop_retired(overrides or {}, name, name))
     resolved = values(T.family_params(name), overrides, what=name, family=name)
     return _build(typed.FAMILY_CLASSES[name], resolved)
@@ -107,7 +107,7 @@ def family(name: str, overrides: Mapping[str, Any] | None = None) -> typed.Famil
 def builder_split(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A custom network's overrides with every name that is not a platform parameter moved into ``hp``
     (a study's fixed and sampled values of the builder's own; docs/networks.md)."""
-    platform = {p.name for p in T.family_params("custom")}
+    platform = {p.name for p in T.family_params(T.OWN_NETWORK)}
     own = {k: v for k, v in overrides.items() if k not in platform}
     if not own:
         return dict(overrides)

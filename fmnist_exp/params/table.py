@@ -23,6 +23,19 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 FAMILIES = ("baseline", "mlp", "cnn", "custom")
 NETWORK_FAMILIES = ("mlp", "cnn", "custom")
 DEFAULT_FAMILY = "cnn"  # what tune tunes when neither the study, its file nor the user names a family
+OWN_NETWORK = "custom"  # the family of a network made by a builder the user names (model: FILE.py:FUNCTION)
+
+
+def names_its_builder(family: str) -> bool:
+    """Whether ``family``'s network is made by a builder the user names: its study file must name it, and a
+    parameter name that is not the platform's is the builder's own (its hp), not a typo."""
+    return family == OWN_NETWORK
+
+
+def reference_family(family: str) -> str:
+    """The family whose default recipe a study of ``family`` is measured against: a user's network is
+    measured against the default family's."""
+    return DEFAULT_FAMILY if names_its_builder(family) else family
 
 
 Check = Callable[[Any], "str | None"]  # returns what is wrong, or None

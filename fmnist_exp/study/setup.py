@@ -141,7 +141,7 @@ def study_for_data(args: TuneArgs, *, stored: bool = False) -> tuple[TuneArgs, D
     """A new cnn study of data the command line names, with no study file given, gets the study file for its
     images (spec.for_data), said in one line; the dataset comes back loaded. Otherwise (a study file, a study
     of that study_name already ``stored``, Fashion-MNIST, another family) ``args`` unchanged and no dataset."""
-    if args.study or stored or args.data in (None, D.FASHION_MNIST.name) or args.family not in (None, "cnn"):
+    if args.study or stored or args.data in (None, D.FASHION_MNIST.name) or args.family not in (None, P.DEFAULT_FAMILY):
         return args, None
     ds = D.load_dataset(args.data, args.data_dir)
     name, why = S.for_data(ds.info)

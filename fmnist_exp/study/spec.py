@@ -150,8 +150,8 @@ class StudySpec:
 
     @property
     def reference_family(self) -> str:
-        """The family the reference recipe is of: a user's network is measured against the cnn family's."""
-        return "cnn" if self.family == "custom" else self.family
+        """The family the reference recipe is of: a user's network is measured against the default family's."""
+        return P.table.reference_family(self.family)
 
     @property
     def retrains(self) -> bool:
@@ -177,9 +177,10 @@ def _kind(spec: dict[str, Any], table: dict[str, Any], what: str) -> tuple[str, 
 
 def resolve_path(study: str | None, family: str | None) -> Path:
     """Not given -> experiments/<family>.yaml; a bare name -> experiments/<name>.yaml; else a path."""
-    if not study and family == "custom":
-        raise ConfigError("family=custom tunes your own network, which a study file names (model: FILE.py:FUNCTION): "
-                          "give study=, e.g. study=residual (experiments/residual.yaml), docs/networks.md")
+    if not study and family and P.table.names_its_builder(family):
+        raise ConfigError(f"family={family} tunes your own network, which a study file names "
+                          "(model: FILE.py:FUNCTION): give study=, e.g. study=residual (experiments/residual.yaml), "
+                          "docs/networks.md")
     if not study:
         return EXPERIMENTS_DIR / f"{family or P.DEFAULT_FAMILY}.yaml"
     p = Path(study)
@@ -223,12 +224,13 @@ def parse(text: str, path: Path, family: str | None = None, *, stored: bool = Fa
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     model = raw.get("model")
-    if model is not None and raw.get("family", "custom") != "custom":
+    own = P.table.OWN_NETWORK
+    if model is not None and raw.get("family", own) != own:
         raise ConfigError(f"{path}: model: names your own network, but family is {raw['family']!r}: drop family "
-                          "(a study with a model tunes family custom)")
-    spec_family = "custom" if model is not None else raw.get("family") or family or P.DEFAULT_FAMILY
-    if spec_family == "custom" and model is None:
-        raise ConfigError(f"{path}: family custom tunes your own network: name its builder, e.g. "
+                          f"(a study with a model tunes family {own})")
+    spec_family = own if model is not None else raw.get("family") or family or P.DEFAULT_FAMILY
+    if P.table.names_its_builder(spec_family) and model is None:
+        raise ConfigError(f"{path}: family {spec_family} tunes your own network: name its builder, e.g. "
                           "model: examples/residual.py:build (docs/networks.md)")
     final_raw = raw.get("final") or {}
     student_raw = final_raw.get("student") if isinstance(final_raw, dict) else None
@@ -303,7 +305,7 @@ def check(spec: StudySpec, *, stored: bool = False) -> None:
         left = retired().get(key)  # searched (parse read one fixed at today's value as absent)
         if left and left[0].applies(spec.family, {}) and not builders_own(left[0], spec.family):
             raise ConfigError(f"{where}: space.{key}: {refusal(key, spec.space[key].as_file())}; remove it")
-        if key not in names and spec.family != "custom":  # a name that is not the platform's is the builder's
+        if key not in names and not P.table.names_its_builder(spec.family):  # else a name of the builder's own
             raise ConfigError(f"{where}: {key!r} is not a {spec.family} parameter; known: {', '.join(sorted(names))}")
     P.family(spec.family, spec.fixed)
     P.family(spec.family, {**spec.fixed, **spec.final.params})
@@ -360,7 +362,7 @@ def check_student(spec: StudySpec, where: str) -> None:
         if key in STUDENT_KEEPS:
             raise ConfigError(f"{where}: final.student: {key!r} is not the student's to change: it trains on the "
                               f"first seed's images, split and start (the teacher answers on those); remove it")
-        if key not in names and spec.family != "custom":
+        if key not in names and not P.table.names_its_builder(spec.family):
             raise ConfigError(f"{where}: final.student: {key!r} is not a {spec.family} parameter; known: "
                               f"{', '.join(sorted(names))}")
     P.family(spec.family, {**spec.fixed, **spec.final.params, **student})
@@ -382,7 +384,7 @@ def check_reference(spec: StudySpec, where: str) -> None:
 def check_point(spec: StudySpec, point: Any, where: str) -> None:
     """An ``enqueue`` entry: every searched parameter given once, each inside its range; for a user's network
     also values of the builder's own definitions (hp.Int, ...: checked against them when it is built)."""
-    own = spec.family == "custom" and isinstance(point, dict) and set(spec.space) <= set(point)
+    own = P.table.names_its_builder(spec.family) and isinstance(point, dict) and set(spec.space) <= set(point)
     if not isinstance(point, dict) or (set(point) != set(spec.space) and not own):
         got = sorted(point) if isinstance(point, dict) else point
         raise ConfigError(f"{where}: each enqueue entry must give exactly the searched parameters "

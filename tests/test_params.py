@@ -200,6 +200,13 @@ def test_a_retired_parameter_is_refused_with_the_commit_that_still_trains_it():
     with pytest.raises(P.ConfigError, match=rf"cnn: residual=true: that parameter has left .*{commit}.*leave it out"):
         P.network("cnn", {"residual": "true"})
     assert P.network("cnn", {"residual": "0", "optimizer": "adam", "ema": 0, "lr_schedule": "''"}) == P.network("cnn")
+    # given on a command line: whether erasing mattered is read beside the augment given with it
+    with pytest.raises(P.ConfigError, match=rf"cnn: aug_erase=0.2: that parameter has left .*{commit}"):
+        P.command("cnn", {"augment": "true", "aug_erase": "0.2"})
+    assert P.command("cnn", {"augment": "false", "aug_erase": "0.2"}) == P.command("cnn", {"augment": "false"})
+    # a retired name on custom's command line (a builder's own values go in hp) is refused naming the commit too
+    with pytest.raises(P.ConfigError, match=rf"custom: ema=0.99: .*{commit}.*goes in hp"):
+        P.command("custom", {"model": "net.py:build", "ema": "0.99"})
     # a builder's own parameter named as a lever that left is its own (keras-tuner's hp.Choice("optimizer", ...))
     own = P.network("custom", {"model": "net.py:build", "optimizer": "sgd", "residual": True, "lr_schedule": "cosine"})
     assert own.hp_values() == {"optimizer": "sgd", "residual": True}

@@ -157,17 +157,19 @@ def unquoted(value: str) -> str:
     return value
 
 
-def drop_retired(values: Mapping[str, Any], what: str, family: str | None = None) -> dict[str, Any]:
-    """``values`` (given on a command line or in a study file, for ``family``'s network where known) without the
-    retired parameters they give at the value that trains as today, or not at all ('' as MLproject forwards it);
-    any other value of one is refused, naming the commit that trains it."""
-    out = dict(values)
+def drop_retired(values: Mapping[str, Any], what: str, family: str | None = None, *,
+                 beside: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` (given on a command line or in a study file, for ``family``'s network where known, among the
+    values ``beside`` where more were given) without the retired parameters they give at the value that trains as
+    today, or not at all ('' as MLproject forwards it); any other value of one is refused, naming the commit that
+    trains it."""
+    out, beside = dict(values), {**(beside or {}), **values}
     for name, (change, _) in retired().items():
-        if name not in out or not change.applies(family, values):
+        if name not in out or not change.applies(family, beside):
             continue
         value = out[name]
         given = value is not None and _text(value).strip() not in NOT_GIVEN
-        if given and not trains_as_today(change, value, values):
+        if given and not trains_as_today(change, value, beside):
             if builders_own(change, family):
                 continue  # another value is the builder's own parameter of that name (hp.Choice("optimizer", ...))
             raise ConfigError(f"{what}: {refusal(name, _text(value))}; leave it out")

@@ -57,10 +57,15 @@ def values(params: list[T.Param], overrides: Mapping[str, Any] | None, *, what: 
     by_name = {p.name: p for p in params}
     # a parameter that left the package: read as absent at the value that trains as today, else refused
     # with the commit that still trains it (params/migrations.py)
-    others = migrations.drop_retired({k: v for k, v in (overrides or {}).items() if k not in by_name}, what,
-                                     family)
-    overrides = {**{k: v for k, v in (overrides or {}).items() if k in by_name}, **others}
+    given = dict(overrides or {})  # the rest beside a retired one: aug_erase mattered only with augment
+    others = migrations.drop_retired({k: v for k, v in given.items() if k not in by_name}, what, family,
+                                     beside=given)
+    overrides = {**{k: v for k, v in given.items() if k in by_name}, **others}
     unknown = set(overrides) - set(by_name)
+    left = sorted(unknown & set(migrations.retired()))  # a retired name where the builder's own would be (custom)
+    if left:
+        raise T.ConfigError(f"{what}: {migrations.refusal(left[0], overrides[left[0]])}; a parameter of your "
+                            "builder's own goes in hp (docs/networks.md)")
     if unknown:
         raise T.ConfigError(
             f"unknown parameter(s) for {what}: {', '.join(sorted(unknown))}; known: {', '.join(by_name)}")

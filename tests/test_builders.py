@@ -8,6 +8,7 @@ wrong, before any MLflow run exists."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -275,6 +276,15 @@ def test_parameters_the_builder_never_reads_and_the_platforms_names_are_refused(
     with pytest.raises(user.BuilderError, match=r"raised KeyError: .*'depth': the builder reads hp\['depth'\], but "
                                                 r"it was not given \(given: kind\).* \(at nets.py:\d+\)"):
         builder_fit.check_builder([missing], FASHION_MNIST)
+    # the package's own builders named as any builder: checked too (at one point), a misspelt value and widths too
+    # deep for the images refused before any run
+    builtin = "fmnist_exp.model.builtin:cnn"
+    with pytest.raises(user.BuilderError, match=f"model={builtin} never reads filtres:"):
+        builder_fit.check_builder([P.network("custom", {"model": builtin, "hp": '{filtres: "8,16"}'})], FASHION_MNIST)
+    with pytest.raises(user.BuilderError, match="4 blocks, each halving the image, would shrink the 8x8 images of the "
+                                                "builder's input_shape below one pixel; 3 fit"):
+        builder_fit.check_builder([P.network("custom", {"model": builtin, "hp": '{filters: "4,4,4,4"}'})],
+                                  dataclasses.replace(FASHION_MNIST, shape=(8, 8, 1)))
 
 
 def test_the_command_refuses_a_builder_before_any_run(tracking, tmp_path, nets, capsys):

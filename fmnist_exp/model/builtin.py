@@ -51,7 +51,8 @@ def _params(family: str, hp: Any, info: DatasetInfo) -> CnnParams | MlpParams:
 
 def _info(input_shape: tuple[int, ...], num_classes: int) -> DatasetInfo:
     h, w, c = input_shape
-    return DatasetInfo(name="these images", shape=(h, w, c), class_names=tuple(map(str, range(num_classes))))
+    return DatasetInfo(name="the builder's input_shape", shape=(h, w, c),
+                       class_names=tuple(map(str, range(num_classes))))
 
 
 def cnn(hp: Any, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:

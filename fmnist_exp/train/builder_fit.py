@@ -154,6 +154,15 @@ class Examined:
     precision: str = ""  # built to train (:func:`prepared`): the precision it trains in; else ""
     added: dict[str, Any] = field(default_factory=dict)  # the values a trial's draw added to ``params``, by name
 
+    def fit(self, s: Splits, p: NetworkParams, callbacks=(), *,
+            targets: np.ndarray | None = None) -> tuple[F.FitResult, dict[str, float]]:
+        """Train the model built, as keras-tuner's HyperModel.fit does: by its builder's own fit, or by the compile
+        its builder gave it (:func:`fit_itself`); else by the default fit, the platform's recipe (train/fit.py).
+        Returns the fit's result and what a builder's own fit returned (nothing for the recipe's)."""
+        if self.trains_itself:
+            return fit_itself(self.model, s, p, callbacks, targets=targets)
+        return F.fit(self.model, s, p, callbacks=callbacks, targets=targets), {}
+
 
 def examine(p: NetworkParams, info: DatasetInfo, draw: Draw | None = None, *, to_train: bool = False) -> Examined:
     """Build ``p``'s network (``draw``: a trial suggests what the recipe does not give) and, where it trains
@@ -231,9 +240,13 @@ def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: C
     parameter may be read only where another allows it). A name the builder defines (hp.Int, ...) that
     the study file also searches (or fixes, for a training parameter) is defined twice; a model that
     trains itself is not given what it would not use (augmentation, the recipe's optimizer)."""
-    points = [p for p in points if not user.load(p.builder).pinned]  # the package's own are checked by its tests
-    if not points:
-        return
+    # the package's own builders read every value at every point (their tests): one point each shows a value they
+    # would not read or cannot build (a name misspelt in hp, widths too deep for the images), at a study's start
+    # one build, not one a point
+    first: dict[str, NetworkParams] = {}
+    for p in points:
+        first.setdefault(p.builder, p)
+    points = [p for p in points if not user.load(p.builder).pinned or first[p.builder] is p]
     keras.utils.clear_session()
     seen = {p: examine(p, info) for p in dict.fromkeys(points)}
     keras.utils.clear_session()

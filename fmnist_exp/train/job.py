@@ -143,12 +143,8 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
     mlflow.log_params({"model_parameters": model.count_params(), "precision_used": precision})
     logger = tracking.EpochLogger(run_id)
     callbacks = [logger, *([hooks.prune] if hooks.prune else []), *([F.EpochPrinter(hooks.echo)] if hooks.echo else [])]
-    returned: dict[str, float] = {}
-    try:
-        if built.trains_itself:  # compiled by its builder, or a HyperModel's own fit
-            fitted, returned = builder_fit.fit_itself(model, s, p, callbacks, targets=targets)
-        else:
-            fitted = F.fit(model, s, p, callbacks=callbacks, targets=targets)
+    try:  # the one call: the builder's own fit where it has one (keras-tuner's contract), else the recipe's
+        fitted, returned = built.fit(s, p, callbacks, targets=targets)
     except F.DivergedError as e:
         mlflow.set_tag("failure", str(e))
         raise

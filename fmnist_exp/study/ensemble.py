@@ -26,7 +26,7 @@ from ..params import NetworkParams
 from ..train import lineage, tracking
 from ..train.evaluate import evaluate, log_chance, log_test_evaluation, predict_proba, validated
 from ..train.job import RunResult, log_cost, log_data_facts
-from ..train.model_logging import log_classifier, log_keras_model
+from ..train.model_logging import log_models
 from ..train.runs import active_run_id
 
 MEMBERS_TAG = lineage.MEMBERS_TAG
@@ -70,8 +70,7 @@ def log_in_run(p: NetworkParams, members: list[keras.Model], seeds: list[int], d
     model = average(members, ds.info)
     val, chance = validated(model, x_val, y_val)
     log_chance(chance, echo)
-    keras_ref = log_keras_model(model, x_val)
-    classifier_ref = log_classifier(model, x_val, ds.info)
+    keras_ref, classifier_ref = log_models(model, x_val, ds.info)
     mlflow.set_tags({"model_uri": keras_ref.uri, "classifier_uri": classifier_ref.uri})
     tracking.log_model_metrics(run_id, {**val, "val_final_images": float(len(y_val))},
                                digest=digests["validation"], dataset=ds.info.name)

@@ -202,7 +202,7 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
         prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
         try:
             result = train(setup.ds, built.params, job.Hooks(tags=tags, evaluate_test=False, prune=prune,
-                                                             timed_cost=goals.timed, built=built,
+                                                             timed_cost=goals.timed, built=built, figure=False,
                                                              chance_alpha=setup.args.promote_alpha))
         except Exception as e:
             mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})

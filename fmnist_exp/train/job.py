@@ -28,7 +28,7 @@ from . import builder_fit, lineage, plots, runs, tracking
 from . import fit as F
 from .distill import DISTILL_WEIGHT, Teacher
 from .evaluate import log_chance, log_test_evaluation, predict_proba, scores, validated
-from .model_logging import SKLEARN_PACKAGES, log_classifier, log_keras_model, pip_requirements
+from .model_logging import SKLEARN_PACKAGES, log_models, pip_requirements
 from .runs import active_run_id
 
 
@@ -109,6 +109,9 @@ class Hooks:
     # by train_in_run. Never reused: a built network trains once
     built: builder_fit.Examined | None = None
     chance_alpha: float = stats.CHANCE_ALPHA  # the level of the run's chance test (a study's: its promote_alpha)
+    # the learning curves drawn as plots/learning_curves.png; a search's trials draw none: the UI draws their
+    # curves from the per-epoch metrics, across trials, and the figure was a tenth of a trial's own work
+    figure: bool = True
 
 
 def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:
@@ -165,7 +168,8 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
         "train_images_per_s": fitted.images_per_s,
         **{f"fit_returned_{k}": v for k, v in returned.items()},  # what a HyperModel's fit returned
     })
-    tracking.log_figure(plots.learning_curves(logger.history, title=run_name(p)), "plots/learning_curves.png")
+    if hooks.figure:
+        tracking.log_figure(plots.learning_curves(logger.history, title=run_name(p)), "plots/learning_curves.png")
     result = RunResult(run_id, {**val_metrics, EPOCHS_RUN: fitted.epochs_run, "train_wall_s": fitted.wall_s},
                        history=logger.history, at_chance=at_chance)
     if hooks.prune is not None and hooks.prune.pruned:
@@ -174,25 +178,27 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
         tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
         return result
     step = fitted.epochs_run  # past the last epoch's step: see model_logging.log_keras_model
-    keras_ref = log_keras_model(model, s.x_val, step=step)
-    classifier_ref = log_classifier(model, s.x_val, ds.info, step=step)
+    keras_ref, classifier_ref = log_models(model, s.x_val, ds.info, step=step)
     result.model_uri, result.classifier_uri = keras_ref.uri, classifier_ref.uri
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
     # on the run and both models
-    tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
-    result.metrics.update(log_cost(run_id, model, hooks.echo, timed=hooks.timed_cost))
+    both = [keras_ref.model_id, classifier_ref.model_id]
+    tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name,
+                               model_ids=both)
+    result.metrics.update(log_cost(run_id, model, hooks.echo, timed=hooks.timed_cost, model_ids=both))
     if hooks.evaluate_test:
         probs = predict_proba(model, s.x_test)
         result.metrics.update(log_test_evaluation(run_id, s, probs, run_name(p)))
     return result
 
 
-def log_cost(run_id: str, model: keras.Model, echo: str = "", *, timed: bool = True) -> dict[str, float]:
+def log_cost(run_id: str, model: keras.Model, echo: str = "", *, timed: bool = True,
+             model_ids: list[str] | None = None) -> dict[str, float]:
     """What the logged ``model`` costs to serve (the flip average runs its network twice, an ensemble
     every member), logged on the run and its models as ``cost_*`` metrics and returned so: with ``timed``, its
     times per image too, measured once per architecture in a process; without, its deterministic costs."""
     metrics = cost.measure_once(model).metrics() if timed else cost.as_metrics(cost.static(model))
-    tracking.log_model_metrics(run_id, metrics)
+    tracking.log_model_metrics(run_id, metrics, model_ids=model_ids)
     uncounted = cost.uncounted_layers(model)
     if uncounted:  # a user's network may hold layers whose arithmetic is not counted
         tracking.record(run_id, {}, {"cost_uncounted_layers": ",".join(uncounted)})

@@ -3,6 +3,7 @@ LoggedModel with its requirements stated."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,19 @@ class LoggedModelRef:
     model_id: str
 
 
-def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0) -> LoggedModelRef:
+def log_models(model: keras.Model, x_example: np.ndarray, info: DatasetInfo, *,
+               step: int = 0) -> tuple[LoggedModelRef, LoggedModelRef]:
+    """The run's two forms of ``model``: the Keras model (:func:`log_keras_model`) and the servable classifier
+    around it (:func:`log_classifier`), the network saved once for both (the second save of a trial's network
+    was a tenth of a second of its own work: BENCHMARKS.md, 'A trial's own work')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "model.keras"
+        keras_ref = log_keras_model(model, x_example, step=step, keep=saved)
+        return keras_ref, log_classifier(model, x_example, info, step=step, saved=saved)
+
+
+def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0,
+                    keep: Path | None = None) -> LoggedModelRef:
     """Log with the keras flavor, a signature (raw 0-255 pixels, the dataset's shape) and a
     3-image input example, as a LoggedModel of the active run; the URI is ``runs:/<run>/<name>``,
     which resolves to the LoggedModel of that name and run, as for any MLflow 3 model.
@@ -62,7 +75,7 @@ def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "m
     ``step``: the run's step the model is recorded at as an output. A network's models are logged at
     step = epochs trained, past the last epoch's step (``Model.log`` would copy the run's metrics
     logged at its step onto the model; this path copies none); :func:`log_model_metrics` gives each
-    model its own.
+    model its own. ``keep``: where to copy the saved Keras file (``log_classifier(saved=...)`` reuses it).
     """
     example = x_example[:3].astype("float32")
     # a direct call, not predict(): on a model nothing has predicted with yet, predict traces a function
@@ -72,20 +85,26 @@ def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "m
     def save(path: str, meta: Model) -> None:
         mlflow.keras.save_model(model, path, mlflow_model=meta, signature=signature, input_example=example,
                                 pip_requirements=pip_requirements())
+        if keep is not None:
+            shutil.copyfile(Path(path) / "data" / "model.keras", keep)
 
     logged = _log_saved(name, save, model_type="keras", step=step)
     return LoggedModelRef(f"runs:/{logged.source_run_id}/{name}", logged.model_id)
 
 
 def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, name: str = "classifier",
-                   step: int = 0) -> LoggedModelRef:
+                   step: int = 0, saved: Path | None = None) -> LoggedModelRef:
     """Log the servable pyfunc next to the Keras model of the active run (models-from-code:
     classifier/classifier_model.py, with the package as code), with its dataset's description (its class
     names, image shape and how a PNG/JPEG is decoded for it); ``step`` as in :func:`log_keras_model`.
-    The URI is ``models:/<model id>``, as ``mlflow.pyfunc.log_model`` returns it."""
+    The URI is ``models:/<model id>``, as ``mlflow.pyfunc.log_model`` returns it. ``saved``: ``keras_model``
+    already saved as a Keras file (:func:`log_models`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
-        keras_model.save(path)
+        if saved is not None and saved.is_file():
+            shutil.copyfile(saved, path)
+        else:
+            keras_model.save(path)
         described = Path(tmp) / "dataset.json"
         described.write_text(info.dumps())
         signature = ModelSignature(inputs=input_schema(info), outputs=OUTPUT_SCHEMA)

@@ -39,6 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 _logger = logging.getLogger(__name__)
+VERSION_HEADER = b"x-model-version"  # on every answer a version computed: that version
 KEEP_LOADED = 3  # versions kept in memory (the one serving and the last ones), so a rollback swaps at once
 RETRY_MAX_S = 300  # while nothing is served, a failed version is tried again after poll_s, doubling up to this
 _LOADING = threading.Lock()  # one load at a time in the process, whichever follower (alias) asks
@@ -93,6 +94,7 @@ class Follower:
         self._failed: dict[str, tuple[float, float]] = {}  # version -> (next try, delay), while the alias names it
         self._retry = False  # a POST /reload: try a failed version again
         self._loaded: OrderedDict[str, Served] = OrderedDict()
+        self._kept, self._on_demand = threading.Lock(), threading.Lock()  # _loaded's; a version a request names
         self._cache = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))
         weakref.finalize(self, shutil.rmtree, self._cache, True)
         self._on_swap, self._on_failure, self._on_poll = on_swap, on_failure, on_poll
@@ -190,7 +192,9 @@ class Follower:
             return
         self._failed = {}
         try:
-            served = self._loaded.get(version) or self.load(mv)
+            with self._kept:
+                kept = self._loaded.get(version)
+            served = kept or self.load(mv)
             check(served)
         except NotServable as e:
             reason = str(e)
@@ -212,10 +216,30 @@ class Follower:
             self._on_swap(previous, served)
 
     def _keep(self, served: Served) -> None:
-        self._loaded[served.version] = served
-        self._loaded.move_to_end(served.version)
-        while len(self._loaded) > KEEP_LOADED:
-            self._loaded.popitem(last=False)  # requests still holding it finish; memory goes with the last
+        with self._kept:
+            self._loaded[served.version] = served
+            self._loaded.move_to_end(served.version)
+            while len(self._loaded) > KEEP_LOADED:  # the oldest first, never the version serving
+                serving = self.current.version if self.current else None
+                oldest = next(v for v in self._loaded if v != serving)
+                del self._loaded[oldest]  # requests still holding it finish; memory goes with the last
+
+    def version(self, version: str) -> Served:
+        """Version ``version`` of the followed model, as a request that names it gets it (the Open Inference
+        Protocol's /versions/N): the one serving, one kept loaded, else downloaded, loaded and checked now and
+        kept within KEEP_LOADED (never evicting the version serving). NotServable if it cannot be loaded;
+        MlflowException if the registry has no such version."""
+        current = self.current
+        if current is not None and current.version == version:
+            return current
+        with self._on_demand:  # one request loads a version; the others wanting it wait and take it
+            with self._kept:
+                served = self._loaded.get(version)
+            if served is None:
+                served = self.load(MlflowClient().get_model_version(self.name, version))
+                check(served)
+                self._keep(served)
+            return served
 
     def load(self, mv) -> Served:
         """Download version ``mv`` into this server's cache and load it; NotServable saying why it cannot."""

@@ -18,7 +18,8 @@ Beside it:
 - ``POST /reload``: read the alias now (the version is never taken from the request); answers
   once the read, and a load it led to, are done, with ``/version``'s JSON;
 - ``POST /webhook``: an MLflow registry webhook (``model_version_alias.created``); wakes the
-  follower, checked with ``FMNIST_WEBHOOK_SECRET`` when set.
+  follower, checked with ``FMNIST_WEBHOOK_SECRET`` when set;
+- ``/v2/...``: the Open Inference Protocol (KServe v2: health, metadata, infer; serving.oip, serving.v2).
 
 With ``--shadow_fraction`` above 0, that share of the answered requests also goes to the version
 the shadow alias (@challenger) names, after the answer has gone: how often the two agree, per
@@ -54,11 +55,11 @@ from prometheus_client import (
 
 from ..params import ConfigError, ServeArgs
 from ..registry.names import with_registered_model
-from .follow import Follower, Served, iso
+from .follow import VERSION_HEADER, Follower, Served, iso
 from .shadow import Shadow
+from .v2 import Routes
 
 _logger = logging.getLogger(__name__)
-VERSION_HEADER = b"x-model-version"
 SECRET_ENV = "FMNIST_WEBHOOK_SECRET"  # an environment variable, never a parameter: `mlflow run` logs parameters
 RELOAD_WAIT_S = 300.0  # a /reload answers when the read and any load are done, or after this
 SIGNATURE_TOLERANCE_S = 300  # a webhook delivery older than this is refused (a replayed one)
@@ -77,6 +78,8 @@ class Metrics:
                                 ["version", "code"], registry=self.registry)
         self.latency = Histogram("fmnist_serve_request_seconds", "/invocations time from request to answer",
                                  ["version"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.v2_requests = Counter("fmnist_serve_v2_requests", "Open Inference Protocol answers (/v2/...) by route, "
+                                   "version and HTTP status", ["route", "version", "code"], registry=self.registry)
         self.swaps = Counter("fmnist_serve_swaps", "versions swapped in", registry=self.registry)
         self.swap_failures = Counter("fmnist_serve_swap_failures", "loads of a version that failed (to download, load "
                                      "or answer its input example), by version", ["version"], registry=self.registry)
@@ -91,6 +94,9 @@ class Metrics:
     def swapped(self, _previous: Served | None, served: Served) -> None:
         self.swaps.inc()
         self.version.set(float(served.version))
+
+    def answered_v2(self, route: str, version: str, code: int) -> None:
+        self.v2_requests.labels(route=route, version=version, code=str(code)).inc()
 
     def answered(self, version: str, code: int, seconds: float) -> None:
         self.requests.labels(version=version, code=str(code)).inc()
@@ -115,6 +121,7 @@ class App:
     def __init__(self, follower: Follower, metrics: Metrics, secret: str | None = None, shadow: Shadow | None = None):
         self.follower, self.metrics, self.secret, self.shadow = follower, metrics, secret, shadow
         self.timeout = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()  # MLflow's server answers 504 past it
+        self.v2 = Routes(follower, metrics.answered_v2, self.timeout)  # the Open Inference Protocol (serving.oip)
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -126,6 +133,8 @@ class App:
                   "/health": ("GET", self.ping), "/live": ("GET", self.live), "/version": ("GET", self.version),
                   "/metrics": ("GET", self.metrics_text), "/reload": ("POST", self.reload),
                   "/webhook": ("POST", self.webhook)}
+        if path == "/v2" or path.startswith("/v2/"):
+            return await self.v2(scope, receive, send)
         if path not in routes:
             return await respond(send, 404, {"message": f"no such path {path}; see /version for what is served"})
         want, handler = routes[path]

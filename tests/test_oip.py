@@ -87,11 +87,11 @@ def client(base: str):
     return tritonclient_http.InferenceServerClient(urlsplit(base).netloc)
 
 
-def infer(base: str, name: str, datatype: str, data: np.ndarray, *, binary: bool, version: str = ""):
+def infer(triton, name: str, datatype: str, data: np.ndarray, *, binary: bool, version: str = ""):
     inp = tritonclient_http.InferInput(name, list(data.shape), datatype)
     inp.set_data_from_numpy(data, binary_data=binary)
     outputs = [tritonclient_http.InferRequestedOutput(o, binary_data=binary) for o in OUTPUTS]
-    return client(base).infer(NAME, [inp], model_version=version, outputs=outputs, request_id="req-7")
+    return triton.infer(NAME, [inp], model_version=version, outputs=outputs, request_id="req-7")
 
 
 def test_tritonclient_answers_equal_invocations_json_and_binary_pixels_and_files(server, store, dataset):
@@ -111,7 +111,7 @@ def test_tritonclient_answers_equal_invocations_json_and_binary_pixels_and_files
     assert version == v1
     for datatype, data in (("UINT8", x), ("FP32", x.astype(np.float32))):
         for binary in (False, True):
-            res = infer(server, "images", datatype, data, binary=binary)
+            res = infer(triton, "images", datatype, data, binary=binary)
             answer = res.get_response()
             assert (answer["model_name"], answer["model_version"], answer["id"]) == (NAME, v1, "req-7")
             assert res.as_numpy("label").tolist() == labels
@@ -121,17 +121,20 @@ def test_tritonclient_answers_equal_invocations_json_and_binary_pixels_and_files
 
     files = [png(image) for image in x[:6]]
     labels, probs, _, _ = invocations(server, {"inputs": {"png_b64": [base64.b64encode(f).decode() for f in files]}})
-    res = infer(server, "image_files", "BYTES", np.array(files, dtype=object), binary=True)
+    res = infer(triton, "image_files", "BYTES", np.array(files, dtype=object), binary=True)
     assert res.as_numpy("label").tolist() == labels and np.array_equal(res.as_numpy("probabilities"), probs)
     as_text = np.array([base64.b64encode(f) for f in files], dtype=object)  # JSON: each file's base64 text
-    res = infer(server, "image_files", "BYTES", as_text, binary=False)
-    assert res.as_numpy("label").tolist() == labels
+    res = infer(triton, "image_files", "BYTES", as_text, binary=False)
+    assert res.as_numpy("label").tolist() == labels and np.array_equal(res.as_numpy("probabilities"), probs)
 
-    # a named version answers while @champion stays on v1 (loaded on demand), as that version answers itself
-    res = infer(server, "images", "UINT8", x, binary=True, version=v2)
+    # a named version: not loaded, so not ready (a probe loads nothing); an infer naming it loads it beside the
+    # version serving and answers as that version answers itself, while @champion stays on v1
+    assert not triton.is_model_ready(NAME, v2)
+    res = infer(triton, "images", "UINT8", x, binary=True, version=v2)
     assert res.get_response()["model_version"] == v2
     own = mlflow.pyfunc.load_model(f"models:/{NAME}/{v2}").predict(x)
     assert res.as_numpy("label").tolist() == own["label"].tolist()
+    assert np.array_equal(res.as_numpy("probabilities"), np.stack(own["probabilities"]).astype(np.float32))
     assert triton.is_model_ready(NAME, v2) and triton.get_model_metadata(NAME, v2)["versions"] == [v2]
     assert invocations(server, {"inputs": x[:1].tolist()})[3] == v1  # the alias's version still serves
 
@@ -140,6 +143,11 @@ def test_tritonclient_answers_equal_invocations_json_and_binary_pixels_and_files
     inp.set_data_from_numpy(x[:2], binary_data=True)
     res = triton.infer(NAME, [inp], outputs=[tritonclient_http.InferRequestedOutput("label", binary_data=False)])
     assert [o["name"] for o in res.get_response()["outputs"]] == ["label"] and res.as_numpy("probabilities") is None
+    res = triton.infer(NAME, [inp])  # no outputs named: all of them, as binary data (tritonclient's default)
+    assert res.as_numpy("label").tolist() == labels[:2] and res.as_numpy("probabilities").shape == (2, 10)
+    # a body tritonclient compresses
+    res = triton.infer(NAME, [inp], request_compression_algorithm="gzip")
+    assert res.as_numpy("label").tolist() == labels[:2]
 
 
 @pytest.mark.parametrize(("path", "body", "headers", "status", "said"), [
@@ -157,7 +165,7 @@ def test_tritonclient_answers_equal_invocations_json_and_binary_pixels_and_files
     ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [2, 28, 28], "datatype": "UINT8",
                                                         "data": [0] * 784}]}, {}, 400, "784 values in data for a "
                                                                                        "shape of 1568"),
-    ("/v2/models/fmnist-classifier/infer", b"{not json", {}, 400, "not valid JSON"),
+    ("/v2/models/fmnist-classifier/infer", b"{not json", {}, 400, "Ensure that input is a valid JSON"),
     ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
                                                         "parameters": {"binary_data_size": 784}}]},
      {"Inference-Header-Content-Length": "abc"}, 400, "not a whole number"),
@@ -173,6 +181,26 @@ def test_tritonclient_answers_equal_invocations_json_and_binary_pixels_and_files
                                                         "data": [0] * 784}],
                                             "outputs": [{"name": "logits"}]}, {}, 400, "no output named 'logits'"),
     ("/v2/models/fmnist-classifier/infer", b"x" * (1024 * 1024 + 1), {}, 413, "passes this model's limit"),
+    # hostile JSON: a 4xx with the protocol's error body, never a bare 500
+    ("/v2/models/fmnist-classifier/infer", b"[" * 200_000, {}, 400, "too deep to parse"),
+    ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                                                        "data": [10 ** 400] + [0] * 783}]}, {}, 400, "too large"),
+    ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                        "data": [0] * 784}], "outputs": [{"name": "label",
+                                                                                         "parameters": [1]}]},
+     {}, 400, "parameters must be an object"),
+    ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                        "data": [0] * 784}], "outputs": [{"name": ["label"]}]},
+     {}, 400, "no output named"),
+    ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [1, 28, 28],
+                                                        "datatype": ["UINT8"], "data": [0] * 784}]}, {}, 400,
+     "datatype must be text"),
+    ("/v2/models/fmnist-classifier/infer", {"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                        "data": [0] * 784}], "outputs": [{"name": "label",
+                                                                                         "parameters": {
+                                                                                             "binary_data": "no"}}]},
+     {}, 400, "binary_data must be true or false"),
+    ("/v2/models/fmnist-classifier/versions/" + "9" * 40 + "/infer", None, {}, 404, "a registered version is a number"),
 ])
 def test_a_request_the_protocol_refuses_gets_its_4xx_and_error(server, store, path, body, headers, status, said):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b"{}"
@@ -203,10 +231,10 @@ def test_a_swap_under_v2_load_fails_no_request_and_metrics_count_by_version(serv
     answered = threading.Condition(lock)
 
     def run() -> None:
-        triton = client(server)
+        triton = client(server)  # one kept connection per client
         while not stop.is_set():
             try:
-                res = infer(server, "images", "UINT8", x, binary=True)
+                res = infer(triton, "images", "UINT8", x, binary=True)
                 with answered:
                     seen.append((res.get_response()["model_version"], res.as_numpy("label").tolist()))
                     answered.notify_all()
@@ -216,6 +244,7 @@ def test_a_swap_under_v2_load_fails_no_request_and_metrics_count_by_version(serv
                     answered.notify_all()
         triton.close()
 
+    before = infer_answers(server)
     threads = [threading.Thread(target=run) for _ in range(8)]
     for t in threads:
         t.start()
@@ -236,8 +265,14 @@ def test_a_swap_under_v2_load_fails_no_request_and_metrics_count_by_version(serv
         call(server, "POST", "/reload")
     assert failures == []
     assert {v for v, _ in seen} == {v1, v2} and all(labels == expected[v] for v, labels in seen)
-    _, _, text = call(server, "GET", "/metrics")
-    counted = {s.labels["version"]: s.value for family in text_string_to_metric_families(text.decode())
-               for s in family.samples if s.name == "fmnist_serve_v2_requests_total"
-               and (s.labels["route"], s.labels["code"]) == ("infer", "200")}
-    assert counted[v1] >= sum(v == v1 for v, _ in seen) and counted[v2] >= sum(v == v2 for v, _ in seen)
+    after = infer_answers(server)
+    assert {v: after.get(v, 0) - before.get(v, 0) for v in (v1, v2)} == {v: sum(s == v for s, _ in seen)
+                                                                         for v in (v1, v2)}
+
+
+def infer_answers(base: str) -> dict[str, float]:
+    """/metrics: the infer requests answered 200, by version."""
+    _, _, text = call(base, "GET", "/metrics")
+    return {s.labels["version"]: s.value for family in text_string_to_metric_families(text.decode())
+            for s in family.samples if s.name == "fmnist_serve_v2_requests_total"
+            and (s.labels["route"], s.labels["code"]) == ("infer", "200")}

@@ -95,6 +95,7 @@ class Follower:
         self._retry = False  # a POST /reload: try a failed version again
         self._loaded: OrderedDict[str, Served] = OrderedDict()
         self._kept, self._on_demand = threading.Lock(), threading.Lock()  # _loaded's; a version a request names
+        self._refused: dict[str, tuple[float, str]] = {}  # a named version that failed: until when, why
         self._cache = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))
         weakref.finalize(self, shutil.rmtree, self._cache, True)
         self._on_swap, self._on_failure, self._on_poll = on_swap, on_failure, on_poll
@@ -224,20 +225,34 @@ class Follower:
                 oldest = next(v for v in self._loaded if v != serving)
                 del self._loaded[oldest]  # requests still holding it finish; memory goes with the last
 
-    def version(self, version: str) -> Served:
-        """Version ``version`` of the followed model, as a request that names it gets it (the Open Inference
-        Protocol's /versions/N): the one serving, one kept loaded, else downloaded, loaded and checked now and
-        kept within KEEP_LOADED (never evicting the version serving). NotServable if it cannot be loaded;
-        MlflowException if the registry has no such version."""
+    def loaded(self, version: str) -> Served | None:
+        """Version ``version`` where this replica holds it: the one serving or one kept loaded; else None."""
         current = self.current
         if current is not None and current.version == version:
             return current
-        with self._on_demand:  # one request loads a version; the others wanting it wait and take it
-            with self._kept:
-                served = self._loaded.get(version)
+        with self._kept:
+            return self._loaded.get(version)
+
+    def version(self, version: str) -> Served:
+        """Version ``version`` of the followed model, as a request that names it gets it (the Open Inference
+        Protocol's /versions/N): where loaded, at once; else downloaded, loaded and checked now and kept within
+        KEEP_LOADED (never evicting the version serving). NotServable if it cannot be loaded (said again without
+        a new try for a while); MlflowException if the registry has no such version."""
+        served = self.loaded(version)
+        if served is not None:
+            return served
+        refused = self._refused.get(version)
+        if refused is not None and time.time() < refused[0]:
+            raise NotServable(refused[1])
+        with self._on_demand:  # one load at a time; the requests wanting the same version then take it
+            served = self.loaded(version)
             if served is None:
-                served = self.load(MlflowClient().get_model_version(self.name, version))
-                check(served)
+                try:
+                    served = self.load(MlflowClient().get_model_version(self.name, version))
+                    check(served)
+                except NotServable as e:
+                    self._refused[version] = (time.time() + max(self.poll_s, 30.0), str(e))
+                    raise
                 self._keep(served)
             return served
 

@@ -99,13 +99,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
             raise refuse(f"Inference-Header-Content-Length={n}, but the body holds {len(body)} bytes: it must be "
                          "the length of the JSON part, which the binary data follows")
         json_part, binary = body[:n], memoryview(body)[n:]
-    try:
-        request = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise refuse(f"the request is not valid JSON ({e}); binary tensors need the Inference-Header-"
-                     "Content-Length header") from None
-    if not isinstance(request, dict):
-        raise refuse("the request must be a JSON object with \"inputs\"")
+    from ..classifier.request_body import BadRequest, parse_json
+
+    try:  # as /invocations parses a body: too deep, too long a number, not JSON, not an object: each said
+        request = parse_json(bytes(json_part), "an \"inputs\" list of one tensor")
+    except BadRequest as e:
+        raise refuse(f"{e.message} (binary tensors need the Inference-Header-Content-Length header)") from None
     return request, binary
 
 
@@ -123,15 +122,14 @@ def parse_infer(body: bytes, header_length: str | None, info, max_batch: int) ->
     if not isinstance(spec, dict):
         raise refuse("each input must be an object with name, shape, datatype and data")
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    if name not in (PIXELS, FILES):
-        raise refuse(f"no input named {name!r}: this model takes {PIXELS!r} or {FILES!r}")
+    if not isinstance(name, str) or name not in (PIXELS, FILES):
+        raise refuse(f"no input named {str(name)[:40]!r}: this model takes {PIXELS!r} or {FILES!r}")
+    if not isinstance(datatype, str):
+        raise refuse(f"{name}: datatype must be text such as \"UINT8\"; got {type(datatype).__name__}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise refuse(f"{name}: shape must be a list of whole numbers; got {shape!r}")
-    parameters = spec.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise refuse(f"{name}: parameters must be an object")
-    size = parameters.get("binary_data_size")
+    size = _parameters(spec, name).get("binary_data_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise refuse(f"{name}: binary_data_size must be a whole number of bytes; got {size!r}")
     if size is not None and size != len(binary):
@@ -158,20 +156,37 @@ def _id(request: dict) -> str | None:
 
 def wanted_outputs(request: dict) -> list[tuple[str, bool]]:
     """(name, as binary data) of each output asked for, every output where none is named."""
-    parameters = request.get("parameters") or {}
-    binary_default = bool(isinstance(parameters, dict) and parameters.get("binary_data_output"))
+    binary_default = _flag(_parameters(request, "the request"), "binary_data_output", False)
     asked = request.get("outputs")
     if asked is None:
         return [(name, binary_default) for name in OUTPUTS]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise refuse("\"outputs\" must be a list of objects, each with a name")
-    out = []
+    out: list[tuple[str, bool]] = []
     for o in asked:
-        if o.get("name") not in OUTPUTS:
-            raise refuse(f"no output named {o.get('name')!r}: this model answers {', '.join(OUTPUTS)}")
-        binary = (o.get("parameters") or {}).get("binary_data", binary_default)
-        out.append((o["name"], bool(binary)))
+        name = o.get("name")
+        if not isinstance(name, str) or name not in OUTPUTS:
+            raise refuse(f"no output named {str(name)[:40]!r}: this model answers {', '.join(OUTPUTS)}")
+        if name in (n for n, _ in out):
+            raise refuse(f"output {name!r} asked for twice")
+        out.append((name, _flag(_parameters(o, f"output {name}"), "binary_data", binary_default)))
     return out
+
+
+def _parameters(holder: dict, where: str) -> dict:
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise refuse(f"{where}: parameters must be an object")
+    return parameters
+
+
+def _flag(parameters: dict, name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise refuse(f"{name} must be true or false; got {json.dumps(value)[:40]}")
+    return value
 
 
 def pixels(spec: dict, datatype: Any, shape: list[int], raw: memoryview | None, info, max_batch: int) -> np.ndarray:
@@ -210,7 +225,10 @@ def _json_numbers(data: Any, datatype: str, count: int) -> np.ndarray:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in x):
         bad = next(v for v in x if not (isinstance(v, int | float) and not isinstance(v, bool)))
         raise refuse(f"{PIXELS}: data holds {json.dumps(bad)[:40]}; send numbers 0-255")
-    values = np.array(x.tolist(), dtype=np.float64)
+    try:
+        values = np.array(x.tolist(), dtype=np.float64)
+    except OverflowError:  # an integer of hundreds of digits, which no float holds
+        raise refuse(f"{PIXELS}: pixel values must be 0-255; got an integer too large for any float") from None
     if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
         raise refuse(f"{PIXELS}: pixel values must be 0-255; got values from {values.min():g} to {values.max():g}")
     if datatype == "UINT8" and not np.array_equal(values, np.round(values)):

@@ -8,14 +8,19 @@ import asyncio
 import json
 import logging
 import re
+import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from . import oip
 from .follow import VERSION_HEADER, Follower, NotServable, Served
 
 _logger = logging.getLogger(__name__)
 MODEL_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?")
+VERSION = re.compile(r"[0-9]{1,9}")
 
 
 class Routes:
@@ -23,74 +28,107 @@ class Routes:
 
     def __init__(self, follower: Follower, count: Callable[[str, str, int], None], timeout: float):
         self.follower, self.count, self.timeout = follower, count, timeout
+        # loads of a version a request names run here, not in the pool /invocations and infer answer in
+        self.loads = ThreadPoolExecutor(2, thread_name_prefix="v2-load")
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path, method = scope["path"].rstrip("/") or "/", scope["method"]
         route, version, code = "other", "none", 500
         try:
-            if path == "/v2":
-                route = "server_metadata"
-                code = await reply(send, 200, oip.server_metadata(), method)
-                return
-            if path in ("/v2/health/live", "/v2/health/ready"):
-                route = path.rsplit("/", 1)[1]
-                ready = route == "live" or self.follower.current is not None
-                code = await reply(send, 200 if ready else 503, {route: ready}, method)
-                return
             match = MODEL_PATH.fullmatch(path)
-            if match is None:
+            route = {"/v2": "server_metadata", "/v2/health/live": "live", "/v2/health/ready": "ready"}.get(
+                path, "other" if match is None else (match["action"] or "/model_metadata")[1:])
+            want = "POST" if route == "infer" else "GET"
+            if method != want and not (want == "GET" and method == "HEAD"):
+                raise oip.refuse(f"{path} takes {want}", 405)
+            if path == "/v2":
+                code = await reply(send, 200, oip.server_metadata())
+            elif path in ("/v2/health/live", "/v2/health/ready"):
+                ready = path.endswith("live") or self.follower.current is not None
+                code = await reply(send, 200 if ready else 400, {route: ready})  # the protocol: 4xx for false
+            elif match is None:
                 raise oip.refuse(f"no such path {path}: see /v2, /v2/health/ready, /v2/models/"
                                  f"{self.follower.name}[/versions/N][/ready|/infer]", 404)
-            action = (match["action"] or "/metadata")[1:]
-            route = action if action != "metadata" else "model_metadata"
-            served = await self.served(match["name"], match["version"], wait=action == "infer")
-            version = served.version if served else "none"
-            if action == "ready":
-                code = await reply(send, 200 if served else 503, {"name": self.follower.name,
-                                                                  "ready": served is not None}, method)
-                return
-            if served is None:
-                raise oip.refuse(f"no version of {self.follower.name}@{self.follower.alias} is loaded yet", 503)
-            if action == "metadata":
-                meta = oip.model_metadata(self.follower.name, served.version, classifier(served).info)
-                code = await reply(send, 200, meta, method)
-                return
-            if method != "POST":
-                raise oip.refuse(f"{path} takes POST", 405)
-            code, body, headers = await self.infer(served, scope, receive)
-            await send_raw(send, code, body, headers, served.version)
+            elif route == "infer":
+                served = await self.served(match["name"], match["version"], load=True)
+                assert served is not None
+                version = served.version
+                code, body, headers = await self.infer(served, scope, receive)
+                await send_raw(send, code, body, headers, served.version)
+            else:  # ready and metadata: of a version held here, never loading one (a probe walking versions)
+                served = await self.served(match["name"], match["version"], load=False)
+                version = served.version if served else "none"
+                if route == "ready":
+                    code = await reply(send, 200 if served else 400, {"name": self.follower.name,
+                                                                      "ready": served is not None})
+                elif served is None:
+                    raise oip.refuse(f"version {match['version'] or self.follower.alias} of {self.follower.name} is "
+                                     "not loaded on this server (an infer request naming it loads it)", 400)
+                else:
+                    code = await reply(send, 200, oip.model_metadata(self.follower.name, served.version,
+                                                                     classifier(served).info))
         except oip.ProtocolError as e:
             code = await reply(send, e.status, {"error": e.message})
+        except Exception:  # never a bare 500 without the protocol's error body
+            _logger.exception("a v2 request to %s failed", path)
+            code = await reply(send, 500, {"error": "the server failed on this request (its log says why)"})
         finally:
             self.count(route, version, code)
 
-    async def served(self, name: str, version: str | None, *, wait: bool) -> Served | None:
-        """The version a request names (else the alias's; None where nothing is loaded yet)."""
+    async def served(self, name: str, version: str | None, *, load: bool) -> Served | None:
+        """The version a request names (else the alias's; None where nothing is loaded yet), loaded on demand
+        where ``load``."""
         if name != self.follower.name:
-            raise oip.refuse(f"unknown model {name!r}: this server serves {self.follower.name!r}", 404)
+            raise oip.refuse(f"unknown model {name[:100]!r}: this server serves {self.follower.name!r}", 404)
         if version is None:
-            return self.follower.current
-        if not version.isdigit():
-            raise oip.refuse(f"version {version!r}: a registered version is a number", 404)
+            served = self.follower.current
+            if served is None and load:
+                raise oip.refuse(f"no version of {self.follower.name}@{self.follower.alias} is loaded yet", 503)
+            return served
+        if not VERSION.fullmatch(version):
+            raise oip.refuse(f"version {version[:20]!r}: a registered version is a number", 404)
+        if not load:
+            return self.follower.loaded(str(int(version)))
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(self.follower.version, str(int(version)))
+            return await asyncio.wait_for(loop.run_in_executor(self.loads, self.follower.version, str(int(version))),
+                                          self.timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise oip.refuse(f"version {version} is still loading: try again shortly", 503) from None
         except NotServable as e:
             raise oip.refuse(f"version {version} of {name} cannot answer: {e}", 503) from None
-        except Exception as e:  # the registry has no such version, or did not answer
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower():
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise oip.refuse(f"{name} has no version {version}", 404) from None
-            raise oip.refuse(f"version {version} of {name} could not be read: {type(e).__name__}", 503) from None
+            raise oip.refuse(f"version {version} of {name} could not be read from the registry", 503) from None
 
     async def infer(self, served: Served, scope: dict, receive: Callable) -> tuple[int, bytes, list]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         clf = classifier(served)
-        body = await read_body(receive, clf.request_limits.max_body_bytes)
+        limit = clf.request_limits.max_body_bytes
+        body = inflated(await read_body(receive, limit), headers.get("content-encoding"), limit)
         try:
             return await asyncio.wait_for(asyncio.to_thread(answer, self.follower.name, served, clf, body, headers),
                                           self.timeout)
         except (asyncio.TimeoutError, TimeoutError):
             raise oip.refuse("the request took longer than the server's limit "
                              "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)", 504) from None
+
+
+def inflated(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A body tritonclient compressed (Content-Encoding gzip or deflate), decompressed up to ``limit`` bytes."""
+    if encoding in (None, "", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise oip.refuse(f"Content-Encoding {encoding[:20]!r}: send the body as is, gzip or deflate", 415)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise oip.refuse(f"the body is not valid {encoding} ({e})") from None
+    if len(out) > limit:
+        raise oip.refuse(f"the body decompressed passes this model's limit of {limit:,} bytes: split the batch", 413)
+    return out
 
 
 def classifier(served: Served) -> Any:
@@ -130,10 +168,8 @@ async def read_body(receive: Callable, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def reply(send: Callable, status: int, body: dict, method: str = "GET") -> int:
-    """A JSON answer (405 to a GET path asked otherwise); the status sent."""
-    if method not in ("GET", "HEAD") and "error" not in body:
-        status, body = 405, {"error": "this path takes GET"}
+async def reply(send: Callable, status: int, body: dict) -> int:
+    """A JSON answer; the status sent."""
     await send_raw(send, status, json.dumps(body).encode(), [(b"content-type", b"application/json")], None)
     return status
 

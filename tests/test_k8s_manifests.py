@@ -253,8 +253,10 @@ def test_a_serving_replica_finishes_its_requests_before_it_stops():
     [container] = pod["containers"]
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    # the grace period counts from the preStop hook: the sleep, then a request of the scoring timeout
-    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
+    # the grace period counts from the preStop hook: the sleep, serve's drain, then a request of the scoring timeout
+    drain = P.command("serve", {}).drain_s
+    assert pod["terminationGracePeriodSeconds"] >= (int(command[1]) + drain
+                                                    + MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
 
 
 def test_serving_scales_on_cpu_from_two_replicas():

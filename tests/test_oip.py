@@ -276,3 +276,62 @@ def infer_answers(base: str) -> dict[str, float]:
     return {s.labels["version"]: s.value for family in text_string_to_metric_families(text.decode())
             for s in family.samples if s.name == "fmnist_serve_v2_requests_total"
             and (s.labels["route"], s.labels["code"]) == ("infer", "200")}
+
+
+def test_sigterm_under_keep_alive_load_loses_no_request(store, dataset):
+    """A rolling update's SIGTERM under load on kept connections, on both route families: `serve` turns not ready
+    at once, answers every request written to a connection it had open (each answer of the drain closing its
+    connection, so no client writes its next request to one about to close), then exits; a connection refused
+    after it stopped listening is the load balancer's business, not a loss."""
+    import signal
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "fmnist_exp", "serve", "--model_name", NAME, "--port", str(port), "--drain_s", "3"]
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": store["uri"]}
+    x = dataset.x_test[:2]
+    bodies = [("/invocations", json.dumps({"inputs": x.tolist()}).encode()),
+              (f"/v2/models/{NAME}/infer", json.dumps({"inputs": [{"name": "images", "shape": [2, 28, 28],
+                                                                   "datatype": "UINT8",
+                                                                   "data": x.ravel().tolist()}]}).encode())]
+    records: list[tuple[str, ...]] = []
+    answered = threading.Condition()
+
+    def run(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in range(100_000):
+            path, body = bodies[(k + i) % 2]
+            reused = conn.sock is not None  # a kept connection that carried an answer before
+            try:
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                answer = conn.getresponse()
+                answer.read()
+                record = ("answered", str(answer.status), answer.getheader("connection") or "")
+            except ConnectionRefusedError:  # not listening any more: a new connection refused
+                record = ("refused",)
+            except OSError as e:  # reset, broken pipe, closed without an answer: written and lost
+                record = ("lost", "reused" if reused else "new", f"{type(e).__name__}: {e}")
+                conn.close()
+            with answered:
+                records.append(record)
+                answered.notify_all()
+            if record[0] == "refused":
+                return
+
+    with running_server(cmd, base + "/ping", cwd=store["root"], env=env, log="serve-sigterm.log") as proc:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        with answered:
+            assert answered.wait_for(lambda: len(records) >= 60, 120)
+        proc.send_signal(signal.SIGTERM)
+        status, _, _ = call(base, "GET", "/ping")
+        assert status == 503  # not ready at once: the load balancer stops sending
+        for t in threads:
+            t.join(timeout=120)
+        assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
+    lost = [r for r in records if r[0] == "lost"]
+    assert lost == [], lost[:5]
+    statuses = {r[1] for r in records if r[0] == "answered"}
+    assert statuses == {"200"} and sum(r[0] == "refused" for r in records) == len(threads)
+    assert any(r[0] == "answered" and r[2] == "close" for r in records)  # the drain closed connections

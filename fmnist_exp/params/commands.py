@@ -66,14 +66,17 @@ _ALIAS = Param("alias", "champion", "the alias to follow (the promotion gate mov
 SERVE_PARAMS = [
     _MODEL_NAME, _ALIAS,
     Param("host", "127.0.0.1", "address to listen on (0.0.0.0 in a container)"),
-    Param("port", 5001, "port to listen on (/invocations, /ping, /version, /metrics, /reload, /webhook, /live)",
-          in_range(1, 65535)),
+    Param("port", 5001, "port to listen on (/invocations, /ping, /version, /metrics, /reload, /webhook, /live, "
+          "/v2/...)", in_range(1, 65535)),
     Param("poll_s", 10.0, "seconds between reads of the alias in the registry (a push wakes it at once)",
           in_range(0.05, 3600)),
     Param("shadow_fraction", 0.0, "share of answered requests also sent to the shadow alias's version, off the "
           "answer's path, to count how often the two agree (/metrics, and a tag on the shadow version); 0 = off",
           in_range(0, 1)),
     Param("shadow_alias", "challenger", "the alias shadowed (the promotion gate sets challenger)", kind=str),
+    Param("drain_s", 5.0, "on SIGTERM: seconds not ready and answering, each answer closing its connection, before "
+          "the server stops listening (a load balancer's time to stop sending; docs/serving.md, 'Rolling updates')",
+          in_range(0, 600)),
 ]
 
 # `promote`: move an alias to an existing version by hand (a rollback, or forward again), recorded on the version

@@ -257,6 +257,7 @@ class ServeArgs(Values):
     poll_s: float
     shadow_fraction: float
     shadow_alias: str
+    drain_s: float
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,6 +55,7 @@ from prometheus_client import (
 
 from ..params import ConfigError, ServeArgs
 from ..registry.names import with_registered_model
+from .drain import DrainingServer
 from .follow import VERSION_HEADER, Follower, Served, iso
 from .shadow import Shadow
 from .v2 import Routes
@@ -122,12 +123,15 @@ class App:
         self.follower, self.metrics, self.secret, self.shadow = follower, metrics, secret, shadow
         self.timeout = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()  # MLflow's server answers 504 past it
         self.v2 = Routes(follower, metrics.answered_v2, self.timeout)  # the Open Inference Protocol (serving.oip)
+        self.draining = False  # set on SIGTERM (DrainingServer): not ready, every answer closes its connection
+        self.v2.draining = lambda: self.draining
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
             return
+        send = self._closing_when_draining(send)
         path, method = scope["path"], scope["method"]
         routes = {"/invocations": ("POST", self.invocations), "/ping": ("GET", self.ping),
                   "/health": ("GET", self.ping), "/live": ("GET", self.live), "/version": ("GET", self.version),
@@ -175,9 +179,20 @@ class App:
             if other is not None and self.shadow is not None and not compared:
                 self.shadow.release()
 
+    def _closing_when_draining(self, send: Send) -> Send:
+        """``send`` with ``Connection: close`` on the answer once the server drains (SIGTERM): the client opens
+        its next connection elsewhere instead of writing a request to one that is about to close."""
+        async def sending(message: dict) -> None:
+            if self.draining and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+        return sending
+
     async def ping(self, scope, receive, send) -> None:
         served = self.follower.current
-        if served is None:
+        if self.draining:
+            await respond(send, 503, {"status": "not ready", "reason": "shutting down (SIGTERM): draining"})
+        elif served is None:
             await respond(send, 503, {"status": "not ready", "reason": self._why_none()})
         else:
             await respond(send, 200, {"status": "ready", "version": served.version}, version=served.version)
@@ -337,8 +352,10 @@ def run(args: ServeArgs) -> None:
     app, follower = build(args)
     _logger.info("serving %s@%s from %s on http://%s:%d (the alias read every %g s, POST /reload to read it now)",
                  args.model_name, args.alias, shown_uri(mlflow.get_tracking_uri()), args.host, args.port, args.poll_s)
-    try:  # on SIGTERM uvicorn answers the requests in flight, then the lifespan's shutdown removes the downloads
-        uvicorn.run(app, host=args.host, port=args.port, lifespan="on", log_level="warning",
-                    timeout_graceful_shutdown=int(app.timeout))
+    config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="on", log_level="warning",
+                            timeout_graceful_shutdown=int(app.timeout))
+    try:  # on SIGTERM: drain, then uvicorn answers the requests in flight, then the lifespan removes the downloads
+        DrainingServer(config, app, args.drain_s).run()  # serving.drain
     finally:
         follower.stop()
+

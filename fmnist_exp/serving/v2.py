@@ -30,6 +30,7 @@ class Routes:
         self.follower, self.count, self.timeout = follower, count, timeout
         # loads of a version a request names run here, not in the pool /invocations and infer answer in
         self.loads = ThreadPoolExecutor(2, thread_name_prefix="v2-load")
+        self.draining: Callable[[], bool] = lambda: False  # the server's SIGTERM drain: not ready meanwhile
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path, method = scope["path"].rstrip("/") or "/", scope["method"]
@@ -44,7 +45,7 @@ class Routes:
             if path == "/v2":
                 code = await reply(send, 200, oip.server_metadata())
             elif path in ("/v2/health/live", "/v2/health/ready"):
-                ready = path.endswith("live") or self.follower.current is not None
+                ready = path.endswith("live") or (self.follower.current is not None and not self.draining())
                 code = await reply(send, 200 if ready else 400, {route: ready})  # the protocol: 4xx for false
             elif match is None:
                 raise oip.refuse(f"no such path {path}: see /v2, /v2/health/ready, /v2/models/"

@@ -5,6 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# KServe's SDK in an environment of its own (.venv/kserve): it pins protobuf, pandas and psutil apart from MLflow's and
+# TensorFlow's; tests/test_oip.py runs tests/kserve_check.py there (its REST client, its model classes)
+KSERVE_PIN=0.21.0
+if ! .venv/kserve/bin/python -c "import kserve, yaml, numpy" 2>/dev/null \
+    || [ "$(.venv/kserve/bin/python -c 'from importlib.metadata import version; print(version("kserve"))')" != "$KSERVE_PIN" ]; then
+  echo "[test] installing KServe's SDK $KSERVE_PIN into .venv/kserve"
+  rm -rf .venv/kserve
+  "${PYTHON:-python3.11}" -m venv .venv/kserve 2>/dev/null || python3 -m venv .venv/kserve
+  .venv/kserve/bin/python -m pip install -q "kserve==$KSERVE_PIN" pyyaml numpy 2>&1 | grep -v "^WARNING: Location" || true
+fi
 echo "[test] ruff and mypy"
 .venv/bin/ruff check --output-format concise .
 .venv/bin/mypy

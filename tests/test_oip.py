@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import mlflow
 import numpy as np
 import pytest
-from conftest import free_port, running_server, store_at, subprocess_env
+from conftest import REPO, free_port, running_server, store_at, subprocess_env
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -268,6 +268,58 @@ def test_a_swap_under_v2_load_fails_no_request_and_metrics_count_by_version(serv
     after = infer_answers(server)
     assert {v: after.get(v, 0) - before.get(v, 0) for v in (v1, v2)} == {v: sum(s == v for s, _ in seen)
                                                                          for v in (v1, v2)}
+
+
+def kserve(*args: str) -> dict:
+    """tests/kserve_check.py in the KServe environment (scripts/test.sh makes .venv/kserve), its JSON answer."""
+    import os
+    import subprocess
+
+    python = REPO / ".venv" / "kserve" / "bin" / "python"
+    if not python.exists():
+        missing = pytest.fail if os.environ.get("CI") == "true" else pytest.skip
+        missing(f"{python} is missing: bash scripts/test.sh installs KServe's SDK there")
+    done = subprocess.run([str(python), str(REPO / "tests" / "kserve_check.py"), *args], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_kserve_manifest_reads_into_kserves_own_model_classes():
+    """deploy/k8s/kserve: a ServingRuntime running `serve` (protocol v2, probed on /v2/health/*) and an
+    InferenceService of it, every field read into KServe's SDK model classes (and Kubernetes' for the containers)."""
+    import yaml
+
+    path = REPO / "deploy" / "k8s" / "kserve" / "inferenceservice.yaml"
+    assert kserve("manifest", str(path)) == {"kinds": ["ServingRuntime", "InferenceService"], "problems": []}
+    runtime, service = yaml.safe_load_all(path.read_text())
+    [container] = runtime["spec"]["containers"]
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    assert service["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["command"][:4] == ["python", "-m", "fmnist_exp", "serve"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"} in container["env"]
+    assert service["spec"]["predictor"]["model"]["args"] == ["--model_name", NAME]
+
+
+def test_kserves_own_client_answers_as_invocations_across_a_swap(server, store, dataset, tmp_path):
+    """KServe's InferenceRESTClient (protocol v2, JSON) on real test images: the answers equal /invocations'
+    image by image, before and after @champion moves, each from the version the alias names."""
+    v1, v2 = store["versions"]
+    x = dataset.x_test[100:116]
+    np.save(tmp_path / "x.npy", x)
+    try:
+        for version in (v1, v2):
+            MlflowClient().set_registered_model_alias(NAME, "champion", version)
+            assert json.loads(call(server, "POST", "/reload")[2])["version"] == version
+            labels, probs, names, answered = invocations(server, {"inputs": x.tolist()})
+            got = kserve("infer", server, NAME, str(tmp_path / "x.npy"))
+            assert (got["model_version"], got["id"], answered) == (version, "kserve-1", version)
+            assert got["label"] == labels and got["class_name"] == names
+            assert np.array_equal(np.array(got["probabilities"], dtype=np.float32).reshape(probs.shape), probs)
+    finally:
+        MlflowClient().set_registered_model_alias(NAME, "champion", v1)
+        call(server, "POST", "/reload")
 
 
 def infer_answers(base: str) -> dict[str, float]:

@@ -83,6 +83,36 @@ def test_a_model_that_learned_nothing_is_not_registered(tracking, tmp_path, caps
     assert json.loads(out.strip().splitlines()[-1])["registered_version"] == 1
 
 
+def test_a_model_of_random_labels_is_refused_at_the_studys_level(tracking, tmp_path, capsys):
+    """Real images (scikit-learn's digits) under random labels in two classes: whatever the network fits, its
+    validation answers are at chance, so at the study's promote_alpha (0.001 here: a model at chance passes with
+    probability 0.001 at most, whatever bits this machine trains) the gate refuses it and registers nothing."""
+    from sklearn.datasets import load_digits
+
+    from fmnist_exp import cli
+
+    images = (load_digits().images * 255 / 16).astype(np.uint8)
+    labels = np.random.default_rng(0).integers(0, 2, len(images))
+    for split, (lo, hi) in (("train", (0, 600)), ("test", (600, 800))):
+        for i in range(lo, hi):
+            folder = tmp_path / "random" / split / "ab"[labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(folder / f"{i}.png")
+    study = tmp_path / "random.yaml"
+    study.write_text(STUDY.replace("epochs: 1", "epochs: 10").replace("images say nothing", "labels say nothing"))
+    code = cli.main(["tune", "--data", str(tmp_path / "random"), "--study", str(study), "--promote_alpha", "0.001",
+                     "--system_metrics", "false"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    [refused] = [line for line in out.splitlines() if line.startswith("[tune] no new champion")]
+    assert "is not registered, at chance:" in refused and "promote_alpha=0.001" in refused
+    assert mlflow.MlflowClient().search_registered_models() == []
+    [trial] = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+               if r.info.run_name == "trial 0"]
+    assert (trial.data.tags["at_chance"], trial.data.tags["at_chance_alpha"]) == ("true", "0.001")
+    assert trial.data.metrics["val_chance_p"] >= 0.001
+
+
 def test_a_difference_from_a_reference_at_chance_is_not_called_a_gain(capsys):
     cmp = stats.compare(np.array([0, 1] * 50), np.array([0, 1] * 50), np.zeros(100, int), n_resamples=100)
     counts = summary.Counts(study_name="s", experiment_id="1", n_trials_total=1, n_trials_this_run=1, n_complete=1,

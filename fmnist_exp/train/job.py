@@ -248,7 +248,8 @@ def baseline_run(ds: D.Dataset, p: BaselineParams, *, experiment: str | None = N
         t0 = time.perf_counter()
         clf.fit(flat(s.x_train), s.y_train)
         wall = time.perf_counter() - t0
-        val = scores(s.y_val, clf.predict_proba(flat(s.x_val)), prefix="val_final_")
+        val_probs = clf.predict_proba(flat(s.x_val))
+        val = scores(s.y_val, val_probs, prefix="val_final_")
         # models first: MLflow would copy every run metric already logged at step 0 onto both (the
         # system/ samples it has taken by then are copied all the same: MLflow's own doing)
         example = flat(s.x_val[:3])
@@ -265,6 +266,7 @@ def baseline_run(ds: D.Dataset, p: BaselineParams, *, experiment: str | None = N
         tracking.log_model_metrics(run_id, majority_scores, model_ids=[majority_info.model_id])
         tracking.log_model_metrics(run_id, val, digest=digests["validation"], dataset=ds.info.name,
                                    model_ids=[info.model_id])
+        log_chance(stats.chance(s.y_val, val_probs.argmax(axis=1)), "[baseline]")  # a floor at chance says so too
         probs = clf.predict_proba(flat(s.x_test))
         metrics = log_test_evaluation(run_id, s, probs, "logistic regression",
                                       model_ids=[info.model_id])

@@ -12,8 +12,12 @@ if ! .venv/kserve/bin/python -c "import kserve, yaml, numpy" 2>/dev/null \
     || [ "$(.venv/kserve/bin/python -c 'from importlib.metadata import version; print(version("kserve"))')" != "$KSERVE_PIN" ]; then
   echo "[test] installing KServe's SDK $KSERVE_PIN into .venv/kserve"
   rm -rf .venv/kserve
-  "${PYTHON:-python3.11}" -m venv .venv/kserve 2>/dev/null || python3 -m venv .venv/kserve
+  "${PYTHON:-python3.11}" -m venv .venv/kserve 2>/dev/null || python3 -m venv .venv/kserve || true
   .venv/kserve/bin/python -m pip install -q "kserve==$KSERVE_PIN" pyyaml numpy 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/kserve/bin/python -c "import kserve, yaml, numpy" 2>/dev/null || {
+    rm -rf .venv/kserve  # a half install would fail its tests with an import error; missing, they say what to do
+    echo "[test] warning: KServe's SDK did not install into .venv/kserve: its tests skip (and fail under CI=true)" >&2
+  }
 fi
 echo "[test] ruff and mypy"
 .venv/bin/ruff check --output-format concise .

@@ -40,16 +40,23 @@ def check(value, type_name: str, where: str) -> list[str]:
         return [p for k, v in value.items() for p in check(v, m[1] or m[2], f"{where}.{k}")]
     primitives = {"str": str, "int": int, "float": (int, float), "bool": bool, "object": object,
                   "datetime": str, "date": str}
-    if type_name in primitives:
-        if type_name == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return []  # an IntOrString field (a port, a quantity) is typed str in the SDK
+    if type_name in primitives:  # IntOrString fields (a port, a quantity) are typed object
         ok = isinstance(value, primitives[type_name]) and not (type_name == "int" and isinstance(value, bool))
         return [] if ok else [f"{where}: {type_name} expected, got {type(value).__name__} {value!r}"]
     cls = model_class(type_name)
     if not isinstance(value, dict):
         return [f"{where}: a {type_name} object expected, got {type(value).__name__}"]
-    by_key = {key: attr for attr, key in cls.attribute_map.items()}
     problems = []
+    if hasattr(cls, "from_dict") and hasattr(cls, "model_fields"):  # Kubernetes' models: pydantic, typed, required
+        # this object's own values (a nested object is checked as itself, below, with its own path)
+        plain = {key: v for key, v in value.items() if key in cls.attribute_map.values() and
+                 not re.search(r"V1|V2", cls.openapi_types[next(a for a, k in cls.attribute_map.items() if k == key)])}
+        try:
+            cls.from_dict(plain)
+        except Exception as e:  # pydantic's ValidationError: each field and what was wrong
+            errors = e.errors() if hasattr(e, "errors") else [{"loc": ("?",), "msg": str(e)}]
+            problems += [f"{where}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in errors]
+    by_key = {key: attr for attr, key in cls.attribute_map.items()}
     for key, v in value.items():
         if key not in by_key:
             problems.append(f"{where}.{key}: not a field of {type_name}")

@@ -9,6 +9,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import sys
 import threading
 from urllib.parse import urlsplit
@@ -34,14 +35,22 @@ OUTPUTS = ("probabilities", "label", "class_name")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, migrated_store):
     """Two registered versions of small real classifiers (an mlp each, 1 epoch on 2,000 images), @champion on 1."""
+    import mlflow.tracking.fluent
+
     root = tmp_path_factory.mktemp("oip")
-    with store_at(root, migrated_store) as uri:
+    with store_at(root, migrated_store) as uri, pytest.MonkeyPatch.context() as mp:
+        # the commands' set_experiment remembers its id in this process: a module fixture's must not outlive it
+        # (the autouse _no_active_experiment resets a test's, not a module fixture's)
+        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         for seed in (1, 2):
             assert train.main(P.command("mlp", {"epochs": 1, "train_samples": 2000, "hidden_units": "32",
                                                 "seed": seed})) == 0
         runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
         versions = [str(mlflow.register_model(f"runs:/{r}/classifier", NAME).version) for r in runs.run_id]
         MlflowClient().set_registered_model_alias(NAME, "champion", versions[0])
+        mlflow.tracking.fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
         yield {"root": root, "uri": uri, "versions": versions}
 
 

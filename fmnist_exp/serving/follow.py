@@ -39,7 +39,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 _logger = logging.getLogger(__name__)
-VERSION_HEADER = b"x-model-version"  # on every answer a version computed: that version
 KEEP_LOADED = 3  # versions kept in memory (the one serving and the last ones), so a rollback swaps at once
 RETRY_MAX_S = 300  # while nothing is served, a failed version is tried again after poll_s, doubling up to this
 _LOADING = threading.Lock()  # one load at a time in the process, whichever follower (alias) asks

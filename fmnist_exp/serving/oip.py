@@ -287,9 +287,9 @@ def _bytes_tensor(values: list[str]) -> bytes:
     return b"".join(len(b).to_bytes(4, "little") + b for b in (v.encode() for v in values))
 
 
-def answer(request: InferRequest, frame, name: str, version: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The infer response for the model's answers ``frame`` (label, class_name, probabilities): body and
-    headers (content type; the JSON's length where binary outputs follow it)."""
+def answer(request: InferRequest, frame, name: str, version: str) -> tuple[bytes, str, list[tuple[bytes, bytes]]]:
+    """The infer response for the model's answers ``frame`` (label, class_name, probabilities): body, content type
+    and other headers (the JSON's length where binary outputs follow it)."""
     n = len(frame)
     probabilities = np.asarray(np.stack(frame["probabilities"].to_list()), dtype="<f4").reshape(n, -1)
     tensors: dict[str, Any] = {"probabilities": probabilities, "label": np.asarray(frame["label"], dtype="<i8"),
@@ -310,6 +310,5 @@ def answer(request: InferRequest, frame, name: str, version: str) -> tuple[bytes
             "outputs": outputs}
     text = json.dumps(body).encode()
     if not chunks:
-        return text, [(b"content-type", b"application/json")]
-    return text + b"".join(chunks), [(b"content-type", b"application/octet-stream"),
-                                     (HEADER_LENGTH.encode(), str(len(text)).encode())]
+        return text, "application/json", []
+    return text + b"".join(chunks), "application/octet-stream", [(HEADER_LENGTH.encode(), str(len(text)).encode())]

@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
@@ -55,8 +55,9 @@ from prometheus_client import (
 
 from ..params import ConfigError, ServeArgs
 from ..registry.names import with_registered_model
+from .asgi import Send, respond
 from .drain import DrainingServer
-from .follow import VERSION_HEADER, Follower, Served, iso
+from .follow import Follower, Served, iso
 from .shadow import Shadow
 from .v2 import Routes
 
@@ -65,9 +66,6 @@ SECRET_ENV = "FMNIST_WEBHOOK_SECRET"  # an environment variable, never a paramet
 RELOAD_WAIT_S = 300.0  # a /reload answers when the read and any load are done, or after this
 SIGNATURE_TOLERANCE_S = 300  # a webhook delivery older than this is refused (a replayed one)
 LATENCY_BUCKETS = (.0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
-
-Send = Callable[[dict], Awaitable[None]]
-
 
 class Metrics:
     """The server's Prometheus metrics, in a registry of their own (no process-global state)."""
@@ -270,18 +268,6 @@ class App:
         if error:
             return error["reason"] + (f" (version {error['version']})" if error["version"] else "")
         return "the first read of the registry is under way"
-
-
-async def respond(send: Send, status: int, body: Any, headers: list | None = None, *,
-                  content_type: str = "application/json", version: str | None = None) -> None:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    if content_type.startswith("text/") and "charset" not in content_type:
-        content_type += "; charset=utf-8"  # as Starlette's Response, which MLflow's server answers with
-    head = [(b"content-type", content_type.encode()), (b"content-length", str(len(raw)).encode()), *(headers or [])]
-    if version:
-        head.append((VERSION_HEADER, version.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": raw})
 
 
 async def _drain(receive: Callable) -> bytes:

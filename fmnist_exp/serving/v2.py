@@ -5,7 +5,6 @@ the request arrives, as /invocations reads it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import zlib
@@ -16,7 +15,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from . import oip
-from .follow import VERSION_HEADER, Follower, NotServable, Served
+from .asgi import respond
+from .follow import Follower, NotServable, Served
 
 _logger = logging.getLogger(__name__)
 MODEL_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?")
@@ -54,8 +54,9 @@ class Routes:
                 served = await self.served(match["name"], match["version"], load=True)
                 assert served is not None
                 version = served.version
-                code, body, headers = await self.infer(served, scope, receive)
-                await send_raw(send, code, body, headers, served.version)
+                body, content_type, headers = await self.infer(served, scope, receive)
+                code = 200
+                await respond(send, code, body, headers, content_type=content_type, version=served.version)
             else:  # ready and metadata: of a version held here, never loading one (a probe walking versions)
                 served = await self.served(match["name"], match["version"], load=False)
                 version = served.version if served else "none"
@@ -103,7 +104,7 @@ class Routes:
                 raise oip.refuse(f"{name} has no version {version}", 404) from None
             raise oip.refuse(f"version {version} of {name} could not be read from the registry", 503) from None
 
-    async def infer(self, served: Served, scope: dict, receive: Callable) -> tuple[int, bytes, list]:
+    async def infer(self, served: Served, scope: dict, receive: Callable) -> tuple[bytes, str, list]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         clf = classifier(served)
         limit = clf.request_limits.max_body_bytes
@@ -137,8 +138,8 @@ def classifier(served: Served) -> Any:
     return served.model.unwrap_python_model()
 
 
-def answer(name: str, served: Served, clf: Any, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, list]:
-    """An infer request answered by ``served`` (in a thread): status, body, headers."""
+def answer(name: str, served: Served, clf: Any, body: bytes, headers: dict[str, str]) -> tuple[bytes, str, list]:
+    """An infer request answered by ``served`` (in a thread): body, content type, other headers."""
     from ..classifier.request_body import BadRequest
 
     request = oip.parse_infer(body, headers.get(oip.HEADER_LENGTH), clf.info, clf.max_batch)
@@ -150,8 +151,7 @@ def answer(name: str, served: Served, clf: Any, body: bytes, headers: dict[str, 
     except Exception:
         _logger.exception("version %s failed on a v2 request", served.version)
         raise oip.refuse("the model failed on this request (the server's log says why)", 500) from None
-    raw, extra = oip.answer(request, frame, name, served.version)
-    return 200, raw, extra
+    return oip.answer(request, frame, name, served.version)
 
 
 async def read_body(receive: Callable, limit: int) -> bytes:
@@ -171,14 +171,5 @@ async def read_body(receive: Callable, limit: int) -> bytes:
 
 async def reply(send: Callable, status: int, body: dict) -> int:
     """A JSON answer; the status sent."""
-    await send_raw(send, status, json.dumps(body).encode(), [(b"content-type", b"application/json")], None)
+    await respond(send, status, body)
     return status
-
-
-async def send_raw(send: Callable, status: int, body: bytes, headers: list, version: str | None) -> None:
-    head = [*headers, (b"content-length", str(len(body)).encode())]
-    if version:
-        head.append((VERSION_HEADER, version.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
-

@@ -62,14 +62,17 @@ def test_tiny_tune_console_experiment_and_model_metrics(tracking, tmp_path, caps
     assert sorted(r.info.run_name for r in runs) == ["trial 0", "trial 1", "tune tiny"]
     assert not mlflow.search_runs(["0"], output_format="list"), "nothing in Default"
 
-    # every trial's two models carry its validation metrics; ranked by the Models tab's query (the
-    # parent's stand-in for its registered version, registry.versions.link_model, holds no metrics)
+    # every trial's model (the classifier alone: it is the Keras model too) carries its validation metrics;
+    # ranked by the Models tab's query (the parent's stand-in for its registered version,
+    # registry.versions.link_model, holds no metrics)
     [parent] = [r for r in runs if r.info.run_name == "tune tiny"]
     models = [m for m in mlflow.search_logged_models(
         experiment_ids=[exp.experiment_id], output_format="list",
         order_by=[{"field_name": "metrics.val_final_accuracy", "ascending": False}])
         if m.source_run_id != parent.info.run_id]
-    assert sorted(m.name for m in models) == ["classifier", "classifier", "model", "model"]
+    assert sorted(m.name for m in models) == ["classifier", "classifier"]
+    assert all(r.data.tags["model_uri"] == r.data.tags["classifier_uri"] == f"models:/{m.model_id}"
+               for r in runs for m in models if m.source_run_id == r.info.run_id)
     accs = [{x.key: x.value for x in m.metrics}["val_final_accuracy"] for m in models]
     assert accs == sorted(accs, reverse=True)
     by_run = {r.info.run_id: r for r in runs}
@@ -86,8 +89,16 @@ def test_tiny_tune_console_experiment_and_model_metrics(tracking, tmp_path, caps
     assert {x.key: x.value for x in champion.metrics}["test_accuracy"] == pytest.approx(
         float(mv.tags["test_accuracy"]), abs=5e-7)
     assert [o.model_id for o in parent.outputs.model_outputs] == [champion.model_id]
-    # the Keras model is still reachable under its run, as runs:/<run>/model
-    assert "model/MLmodel" in {a.path for a in client.list_artifacts(champion.source_run_id, "model")}
+    # the registered classifier is the Keras model too: mlflow.keras loads the network it answers with
+    import numpy as np
+
+    from fmnist_exp.data import load_dataset
+
+    x = load_dataset("digits").x_test[:50]
+    network = mlflow.keras.load_model(mv.source)
+    served = mlflow.pyfunc.load_model(f"models:/digits-classifier/{mv.version}").predict(x)
+    assert np.asarray(network.predict(x.astype("float32"), verbose=0)).argmax(axis=1).tolist() == \
+        served["label"].tolist()
 
 
 def _mlflow_run_mlp(tmp_path, *flags: str, params: dict | None = None):

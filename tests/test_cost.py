@@ -63,8 +63,8 @@ def test_a_runs_models_carry_what_they_cost(tracking, dataset, capsys):
 
 
 def test_the_serving_cost_is_measured_once_per_architecture():
-    """A study's trials that differ only in what training reads share one measurement; a network of
-    another width, or answering with its mirror image too, is measured anew."""
+    """A study's trials that differ only in what training reads share one measurement (the times, and the
+    deterministic costs); a network of another width, or answering with its mirror image too, is measured anew."""
     def served(**values) -> keras.Model:
         keras.utils.clear_session()  # as each trial starts: the same layer names
         p = P.network("cnn", {"filters": "8,16", "dense_units": 32, **values})
@@ -85,6 +85,9 @@ def test_the_serving_cost_is_measured_once_per_architecture():
     measured = cost.measure_once(first)
     assert cost.measure_once(served(dropout=0.3)) is measured  # not measured again
     assert cost.measure_once(wider).params == wider.count_params() != measured.params
+    # the deterministic costs likewise (study trials that time nothing): the same as measured anew, per architecture
+    assert cost.static_once(first) == cost.static(served(dropout=0.3)) == cost.static_once(served(dropout=0.4))
+    assert cost.static_once(wider) == cost.static(wider) != cost.static(first)
 
     class Net(keras.Model):  # a subclassed network states its constructor's arguments at most: never shared
         def __init__(self, width: int, **kwargs):  # as Keras' guide writes them

@@ -218,6 +218,19 @@ def test_a_run_of_a_retired_lever_is_refused_with_the_commit_that_rebuilds_it(tr
     assert len(runs()) == 1, "refused before any run started"
 
 
+def test_a_logged_models_id_names_the_run_that_logged_it(tracking, capsys):
+    """A study's trial logs one model, the classifier, and its model_uri tag is that model's models:/<model id>:
+    reproduce takes it as the run that logged it (the same run as its runs:/<run>/classifier)."""
+    with mlflow.start_run(run_name="trial 0") as run:
+        logged = mlflow.initialize_logged_model(name="classifier", source_run_id=run.info.run_id)
+    assert reproduce.source_run_id(f"models:/{logged.model_id}") == (run.info.run_id, pytest.approx(float("nan"),
+                                                                                                     nan_ok=True))
+    orphan = mlflow.initialize_logged_model(name="classifier")  # logged with no run
+    code, _, err = reproduce_here(capsys, "--model_uri", f"models:/{orphan.model_id}")
+    assert code == 2 and "that logged model names no source run" in err
+    assert len(runs()) == 1, "refused before any run started"
+
+
 def test_unknown_model_refused_before_work(tracking, capsys):
     code, _, err = reproduce_here(capsys, "--model_uri", "models:/no-such-model/3")
     assert code == 2 and "model_uri=models:/no-such-model/3" in err

@@ -106,7 +106,10 @@ def test_tune_through_mlflow_run_registers_champion(tracking, tmp_path):
         assert [h.step for h in client.get_metric_history(k.info.run_id, "val_accuracy")] == [0, 1]
         assert {"dropout", "l2", "learning_rate", "hidden_units"} <= set(k.data.params)
         assert k.data.metrics["val_final_accuracy"] > 0.3  # chance is 0.1
-        assert "model/MLmodel" in {a.path for a in client.list_artifacts(k.info.run_id, "model")}
+        # one logged model, the classifier, which is the Keras model too (its model_uri)
+        assert "classifier/MLmodel" in {a.path for a in client.list_artifacts(k.info.run_id, "classifier")}
+        assert k.data.tags["model_uri"] == k.data.tags["classifier_uri"] and \
+            not client.list_artifacts(k.info.run_id, "model")
     parent_art = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/trials.csv", "study/tiny.yaml", "study/optimization_history.png",
             "study/param_importances.png", "study/parallel_coordinate.png"} <= parent_art
@@ -275,7 +278,7 @@ def test_pruning_marks_trials_pruned(tracking, tmp_path):
     [k] = children_of(parent.info.run_id)
     assert k.data.tags["trial_state"] == "PRUNED" and k.info.status == "FINISHED"
     assert len(client.get_metric_history(k.info.run_id, "val_accuracy")) == 1
-    assert not client.list_artifacts(k.info.run_id, "model")
+    assert not client.list_artifacts(k.info.run_id, "model") and not client.list_artifacts(k.info.run_id, "classifier")
     assert parent.data.tags["registration"].startswith("skipped")
     assert_nothing_running()
 

@@ -79,9 +79,12 @@ def source_run_id(uri: str) -> tuple[str, float]:
             return RunsArtifactRepository.parse_runs_uri(uri)[0], math.nan
         if uri.startswith("models:/"):
             found = get_model_name_and_version(client, uri)
-            if len(found) == 1:
-                raise ReproduceError(f"model_uri={uri}: a logged-model id; pass models:/<name>/<version>, "
-                                     "models:/<name>@<alias> or runs:/<run_id>/model")
+            if len(found) == 1:  # a logged model's id (a trial's model_uri): the run that logged it
+                logged = client.get_logged_model(found[0])
+                if not logged.source_run_id:
+                    raise ReproduceError(f"model_uri={uri}: that logged model names no source run, so nothing "
+                                         "records how it was trained")
+                return logged.source_run_id, math.nan
             mv = client.get_model_version(*found)
             run_id = mv.run_id or mv.tags.get("source_run_id", "")
             if not run_id:
@@ -91,8 +94,8 @@ def source_run_id(uri: str) -> tuple[str, float]:
     except MlflowException as e:
         raise ReproduceError(f"model_uri={uri}: {e.message}. Check the name, version or alias (and "
                              "MLFLOW_TRACKING_URI: it must be the store the model was registered in)") from None
-    raise ReproduceError(f"model_uri={uri}: not a models:/<name>/<version>, models:/<name>@<alias> or "
-                         "runs:/<run_id>/<path> URI")
+    raise ReproduceError(f"model_uri={uri}: not a models:/<name>/<version>, models:/<name>@<alias>, "
+                         "runs:/<run_id>/<path> or models:/<model id> URI")
 
 
 def recorded_data(logged: dict[str, str]) -> str:

@@ -161,6 +161,19 @@ def measure(model: keras.Model, seed: int = 0) -> Cost:
 
 
 _MEASURED: dict[str, Cost] = {}  # measure_once's: this process's measurements by architecture
+_STATIC: dict[str, dict[str, float]] = {}  # static_once's
+
+
+def static_once(model: keras.Model) -> dict[str, float]:
+    """:func:`static`, once per architecture in this process: the deterministic costs are the architecture's
+    (the saved weights' size too: their shapes and dtypes, whatever their values), and saving the weights
+    again to size them cost a study's trial several times the digest (BENCHMARKS.md, 'A trial's own work')."""
+    key = architecture(model)
+    if key is None:
+        return static(model)
+    if key not in _STATIC:
+        _STATIC[key] = static(model)
+    return dict(_STATIC[key])
 
 
 def architecture(model: keras.Model) -> str | None:

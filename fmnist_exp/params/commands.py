@@ -28,8 +28,9 @@ PREDICT_PARAMS = [
 ]
 
 REPRODUCE_PARAMS = [
-    replace(PREDICT_PARAMS[0], help="model to rebuild: models:/<name>/<version>, models:/<name>@<alias> "
-            f"or runs:/<run_id>/<path> (not given: models:/<name>@champion of {_ONE_MODEL})"),
+    replace(PREDICT_PARAMS[0], help="model to rebuild: models:/<name>/<version>, models:/<name>@<alias>, "
+            "runs:/<run_id>/<path> or a logged model's models:/<model id> "
+            f"(not given: models:/<name>@champion of {_ONE_MODEL})"),
     Param("tolerance", 0.003, "largest accepted test-accuracy difference to the original, either way, as a fraction "
           "(0.003 = 0.3 percentage points = 30 of the 10,000 test images); exit code 1 beyond it",
           in_range(0, 1)),

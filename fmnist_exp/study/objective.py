@@ -93,7 +93,8 @@ class Progress:
         print(f"[tune] trial {trial.number} ({self.done}/{total}) {state:<8} value={value} epochs={epochs} "
               f"time={duration(took)} best={best} elapsed={duration(elapsed)}{same}{chance}", flush=True)
         if trial.state == optuna.trial.TrialState.COMPLETE and not multi:
-            mlflow.log_metric("best_value", study.best_value, step=trial.number, run_id=self.parent_run_id)
+            # the client's call: mlflow.log_metric(run_id=...) reads the parent run back first, every trial
+            mlflow.MlflowClient().log_metric(self.parent_run_id, "best_value", study.best_value, step=trial.number)
 
 
 def freeze_survivors(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -118,7 +119,7 @@ def static_costs(p: P.NetworkParams, info: DatasetInfo, model: keras.Model | Non
     through a copy: wrapping the model itself would record calls that count its cost twice once it is wrapped again
     to be logged; else built here), untrained, as it would be served."""
     model = keras.models.clone_model(model) if model is not None else networks.build(p, info)
-    return cost.static(as_served(model, p, info))
+    return cost.static_once(as_served(model, p, info))
 
 
 def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams, info: DatasetInfo,
@@ -201,9 +202,9 @@ def make_objective(setup: Setup, parent_run_id: str, train_fn: TrainFn | None = 
     def trained(trial: optuna.Trial, built: Examined, tags: dict[str, str], suggestion: dict) -> job.RunResult:
         prune = None if goals.multi else PruningCallback(trial)  # several objectives: no per-epoch report
         try:
-            result = train(setup.ds, built.params, job.Hooks(tags=tags, evaluate_test=False, prune=prune,
-                                                             timed_cost=goals.timed, built=built, figure=False,
-                                                             chance_alpha=setup.args.promote_alpha))
+            hooks = job.Hooks(tags=tags, evaluate_test=False, prune=prune, timed_cost=goals.timed, built=built,
+                              figure=False, keras_model=False, chance_alpha=setup.args.promote_alpha)
+            result = train(setup.ds, built.params, hooks)
         except Exception as e:
             mlflow.set_tags({"trial_state": "FAIL", "failure": f"{type(e).__name__}: {e}"[:5000]})
             raise

@@ -305,6 +305,7 @@ def fit_itself(served: keras.Model, s: Splits, p: NetworkParams, callbacks=(), *
     """Train the builder's own model inside ``served`` by its compile and fit (see the module's docstring); an
     uncompiled model is compiled with the recipe's optimizer and loss. Returns the fit's result and what the
     user's fit returned, read as keras-tuner reads it (:func:`as_keras_tuner_reads`)."""
+    t0 = time.perf_counter()  # the training's time: its inputs and compile too, as in train/fit.py fit
     b, model, info = user.load(p.builder), user.inner(served), s.info
     steps = math.ceil(len(s.x_train) / p.batch_size)
     if not model.compiled:
@@ -316,7 +317,6 @@ def fit_itself(served: keras.Model, s: Splits, p: NetworkParams, callbacks=(), *
     cbs = [ValidationAccuracy(x_val, s.y_val), *F.standard_callbacks(p, s.y_val), *callbacks]
     call = FitCall(model, p, cbs, validation, images=len(s.x_train))
     F.seed_everything(p.seed)
-    t0 = time.perf_counter()
     try:
         hp = HyperParameters(p.hp_values(), None, *training_given(p))
         returned = call_fit(b, hp, model, images(s.x_train, info, b.keras_tuner),

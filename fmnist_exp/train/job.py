@@ -112,6 +112,9 @@ class Hooks:
     # the learning curves drawn as plots/learning_curves.png; a search's trials draw none: the UI draws their
     # curves from the per-epoch metrics, across trials, and the figure was a tenth of a trial's own work
     figure: bool = True
+    # a Keras-flavor model beside the classifier; a search's trials log the classifier alone, which loads as a
+    # Keras model too (model_logging.log_classifier): their model_uri is the classifier's
+    keras_model: bool = True
 
 
 def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> RunResult:
@@ -178,11 +181,11 @@ def train_in_run(ds: D.Dataset, p: NetworkParams, hooks: Hooks = Hooks()) -> Run
         tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name)
         return result
     step = fitted.epochs_run  # past the last epoch's step: see model_logging.log_keras_model
-    keras_ref, classifier_ref = log_models(model, s.x_val, ds.info, step=step)
+    keras_ref, classifier_ref = log_models(model, s.x_val, ds.info, step=step, keras_model=hooks.keras_model)
     result.model_uri, result.classifier_uri = keras_ref.uri, classifier_ref.uri
     mlflow.set_tags({"model_uri": result.model_uri, "classifier_uri": result.classifier_uri})
-    # on the run and both models
-    both = [keras_ref.model_id, classifier_ref.model_id]
+    # on the run and its models
+    both = list(dict.fromkeys([keras_ref.model_id, classifier_ref.model_id]))
     tracking.log_model_metrics(run_id, val_metrics, digest=digests["validation"], dataset=ds.info.name,
                                model_ids=both)
     result.metrics.update(log_cost(run_id, model, hooks.echo, timed=hooks.timed_cost, model_ids=both))
@@ -197,7 +200,7 @@ def log_cost(run_id: str, model: keras.Model, echo: str = "", *, timed: bool = T
     """What the logged ``model`` costs to serve (the flip average runs its network twice, an ensemble
     every member), logged on the run and its models as ``cost_*`` metrics and returned so: with ``timed``, its
     times per image too, measured once per architecture in a process; without, its deterministic costs."""
-    metrics = cost.measure_once(model).metrics() if timed else cost.as_metrics(cost.static(model))
+    metrics = cost.measure_once(model).metrics() if timed else cost.as_metrics(cost.static_once(model))
     tracking.log_model_metrics(run_id, metrics, model_ids=model_ids)
     uncounted = cost.uncounted_layers(model)
     if uncounted:  # a user's network may hold layers whose arithmetic is not counted

@@ -3,6 +3,7 @@ LoggedModel with its requirements stated."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -33,12 +34,20 @@ def pip_requirements(*packages: str) -> list[str]:
     lists whatever that process happened to import (pytest, dask). With no ``packages``, a Keras
     model's: the backend is the one in use, so a machine with JAX and no TensorFlow logs jax, not
     a version of a package it lacks."""
-    from importlib.metadata import version
-
     if not packages:
         packages = (*BACKEND_PACKAGES.get(keras.backend.backend(), ()), "keras")
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", *packages, "numpy", "pandas")]
+    return [f"{pkg}=={_version(pkg)}" for pkg in ("mlflow", *packages, "numpy", "pandas")]
 
+
+@functools.cache  # read once per process: each read scans the installed packages, and every trial logs a model
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+# Where mlflow.pyfunc.save_model puts a python model's artifacts: the classifier's Keras file is there, model.keras
+KERAS_FLAVOR_DATA = "artifacts"
 
 # A scikit-learn model as mlflow.sklearn saves it (skops' format) and loads it.
 SKLEARN_PACKAGES = ("scikit-learn", "scipy", "skops")
@@ -53,15 +62,17 @@ class LoggedModelRef:
     model_id: str
 
 
-def log_models(model: keras.Model, x_example: np.ndarray, info: DatasetInfo, *,
-               step: int = 0) -> tuple[LoggedModelRef, LoggedModelRef]:
-    """The run's two forms of ``model``: the Keras model (:func:`log_keras_model`) and the servable classifier
-    around it (:func:`log_classifier`), the network saved once for both (the second save of a trial's network
-    was a tenth of a second of its own work: BENCHMARKS.md, 'A trial's own work')."""
+def log_models(model: keras.Model, x_example: np.ndarray, info: DatasetInfo, *, step: int = 0,
+               keras_model: bool = True) -> tuple[LoggedModelRef, LoggedModelRef]:
+    """The run's Keras model (:func:`log_keras_model`) and the servable classifier around it
+    (:func:`log_classifier`), the network saved once for both; without ``keras_model`` the classifier alone,
+    returned for both: it is a Keras model too (its ``keras`` flavor), so a search's trials log one model
+    (a second LoggedModel was a sixth of a digits trial's own work: BENCHMARKS.md, 'A trial's own work')."""
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "model.keras"
-        keras_ref = log_keras_model(model, x_example, step=step, keep=saved)
-        return keras_ref, log_classifier(model, x_example, info, step=step, saved=saved)
+        keras_ref = log_keras_model(model, x_example, step=step, keep=saved) if keras_model else None
+        classifier_ref = log_classifier(model, x_example, info, step=step, saved=saved)
+        return keras_ref or classifier_ref, classifier_ref
 
 
 def log_keras_model(model: keras.Model, x_example: np.ndarray, *, name: str = "model", step: int = 0,
@@ -98,7 +109,8 @@ def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, nam
     classifier/classifier_model.py, with the package as code), with its dataset's description (its class
     names, image shape and how a PNG/JPEG is decoded for it); ``step`` as in :func:`log_keras_model`.
     The URI is ``models:/<model id>``, as ``mlflow.pyfunc.log_model`` returns it. ``saved``: ``keras_model``
-    already saved as a Keras file (:func:`log_models`)."""
+    already saved as a Keras file (:func:`log_models`). The same file is its ``keras`` flavor's: at that URI
+    ``mlflow.keras.load_model`` loads the network, as from the Keras model's, with no second copy of it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         if saved is not None and saved.is_file():
@@ -118,6 +130,9 @@ def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, nam
         signature._is_signature_from_type_hint = True
 
         def save(to: str, meta: Model) -> None:
+            # mlflow.keras loads <data>/model.keras: the artifact the classifier itself answers with
+            meta.add_flavor("keras", data=KERAS_FLAVOR_DATA, keras_version=keras.__version__,
+                            keras_backend=keras.backend.backend(), save_exported_model=False)
             mlflow.pyfunc.save_model(
                 to, mlflow_model=meta,
                 python_model=str(PACKAGE_DIR / "classifier" / "classifier_model.py"),
@@ -125,6 +140,7 @@ def log_classifier(keras_model, x_example: np.ndarray, info: DatasetInfo, *, nam
                 code_paths=[str(PACKAGE_DIR)],  # the class lives there; serving needs no project install
                 signature=signature, input_example=x_example[:2].astype("int64"),
                 pip_requirements=pip_requirements(), model_config=dict(MODEL_CONFIG))
+            assert (Path(to) / KERAS_FLAVOR_DATA / path.name).is_file()
 
         run_params = MlflowClient().get_run(active_run_id()).data.params  # on the model too, as Model.log puts them
         logged = _log_saved(name, save, step=step, params=run_params)

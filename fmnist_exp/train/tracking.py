@@ -13,6 +13,7 @@ import time
 import keras
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from ..metrics import EPOCH_TIME, LEARNING_RATE
@@ -50,7 +51,9 @@ def use_experiment(chosen: str | None, default: str) -> str:
 class EpochLogger(keras.callbacks.Callback):
     """Logs train/validation loss and accuracy, the learning rate and epoch time with step=epoch.
 
-    One ``log_metrics`` call per epoch: a few milliseconds against tens of seconds of training.
+    One batch per epoch, written straight to the store: ``mlflow.log_metrics(run_id=...)`` reads the whole
+    run back first (to tie the points to models logged at that step: none is while it trains), which
+    doubled an epoch's tracking (BENCHMARKS.md, 'A trial's own work').
     Each point carries the time its epoch ended: while the tracking server is down the call waits
     in MLflow's retries, and MLflow's own timestamp would be the time the server came back.
     """
@@ -58,6 +61,7 @@ class EpochLogger(keras.callbacks.Callback):
     def __init__(self, run_id: str):
         super().__init__()
         self.run_id = run_id
+        self._client = MlflowClient()
         self.history: dict[str, list[float]] = {}
         self._t0 = 0.0
 
@@ -73,7 +77,8 @@ class EpochLogger(keras.callbacks.Callback):
             self.history.setdefault(k, []).append(v)
         # MLflow refuses NaN in some stores; a diverged epoch is reported by the run's error instead.
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        mlflow.log_metrics(finite, step=epoch, run_id=self.run_id, timestamp=int(time.time() * 1000))
+        ts = int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in finite.items()])
         raise_if_interrupted()  # a signal swallowed in a finalizer stops training within an epoch
 
 
@@ -112,8 +117,6 @@ def log_model_metrics(run_id: str, metrics: dict[str, float], *, digest: str = "
     ``digest`` names the split the metrics were measured on (a dataset input of the run, see
     lineage.py) and ``dataset`` its dataset's name: the UI shows a model's metrics per dataset.
     """
-    from mlflow.entities import Metric
-
     client = MlflowClient()
     if model_ids is None:
         outputs = client.get_run(run_id).outputs

@@ -40,7 +40,7 @@ def test_multiply_accumulates_as_counted_by_hand():
     assert cost.macs_per_image(average(members, FM)) == 3 * (2 * by_hand + MIRROR_MACS)
     s = cost.static(model)
     assert s["params"] == model.count_params() == 4 * 10 + 8 * 37 + 1152 * 10 + 10
-    assert s["params"] * 4 / 1e6 < s["size_mb"] < s["params"] * 4 / 1e6 + 0.05  # float32 weights and a header
+    assert s["size_mb"] == s["params"] * 4 / 1e6  # float32 weights, their bytes
     # the default cnn: about 10 million, the figure issue 28's budget study is measured against
     assert cost.static(networks.build(P.network("cnn"), FM))["mmacs_per_image"] == pytest.approx(10.139392)
 
@@ -52,6 +52,9 @@ def test_a_runs_models_carry_what_they_cost(tracking, dataset, capsys):
     m = run.data.metrics
     assert m["cost_mmacs_per_image"] == pytest.approx((784 * 32 + 32 * 10) / 1e6)
     assert m["cost_params"] == 784 * 32 + 32 + 32 * 10 + 10
+    # the trained network's weights alone: its logged file holds no optimizer (Adam's moments tripled both)
+    assert m["cost_size_mb"] == pytest.approx(m["cost_params"] * 4 / 1e6)
+    assert getattr(mlflow.keras.load_model(run.data.tags["model_uri"]), "optimizer", None) is None
     assert 0 < m["cost_ms_per_image_b256"] < m["cost_ms_per_image_b1"]  # batching amortises each call's overhead
     assert m["cost_ms_per_image_b1_iqr"] >= 0 and m["cost_ms_per_image_b256_iqr"] >= 0
     assert cost.Cost.from_metrics(m) == cost.Cost.from_metrics(result.metrics)
@@ -63,8 +66,8 @@ def test_a_runs_models_carry_what_they_cost(tracking, dataset, capsys):
 
 
 def test_the_serving_cost_is_measured_once_per_architecture():
-    """A study's trials that differ only in what training reads share one measurement (the times, and the
-    deterministic costs); a network of another width, or answering with its mirror image too, is measured anew."""
+    """A study's trials that differ only in what training reads share one measurement; a network of
+    another width, or answering with its mirror image too, is measured anew."""
     def served(**values) -> keras.Model:
         keras.utils.clear_session()  # as each trial starts: the same layer names
         p = P.network("cnn", {"filters": "8,16", "dense_units": 32, **values})
@@ -85,9 +88,6 @@ def test_the_serving_cost_is_measured_once_per_architecture():
     measured = cost.measure_once(first)
     assert cost.measure_once(served(dropout=0.3)) is measured  # not measured again
     assert cost.measure_once(wider).params == wider.count_params() != measured.params
-    # the deterministic costs likewise (study trials that time nothing): the same as measured anew, per architecture
-    assert cost.static_once(first) == cost.static(served(dropout=0.3)) == cost.static_once(served(dropout=0.4))
-    assert cost.static_once(wider) == cost.static(wider) != cost.static(first)
 
     class Net(keras.Model):  # a subclassed network states its constructor's arguments at most: never shared
         def __init__(self, width: int, **kwargs):  # as Keras' guide writes them

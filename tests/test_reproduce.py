@@ -228,6 +228,8 @@ def test_a_logged_models_id_names_the_run_that_logged_it(tracking, capsys):
     orphan = mlflow.initialize_logged_model(name="classifier")  # logged with no run
     code, _, err = reproduce_here(capsys, "--model_uri", f"models:/{orphan.model_id}")
     assert code == 2 and "that logged model names no source run" in err
+    code, _, err = reproduce_here(capsys, "--model_uri", "models:/fmnist-classifier")  # a name, no version
+    assert code == 2 and "no logged model has that id; pass models:/<name>/<version>" in err
     assert len(runs()) == 1, "refused before any run started"
 
 

@@ -80,7 +80,12 @@ def source_run_id(uri: str) -> tuple[str, float]:
         if uri.startswith("models:/"):
             found = get_model_name_and_version(client, uri)
             if len(found) == 1:  # a logged model's id (a trial's model_uri): the run that logged it
-                logged = client.get_logged_model(found[0])
+                try:
+                    logged = client.get_logged_model(found[0])
+                except MlflowException:  # e.g. a registered model's name without its version
+                    raise ReproduceError(f"model_uri={uri}: no logged model has that id; pass "
+                                         "models:/<name>/<version>, models:/<name>@<alias>, runs:/<run_id>/model "
+                                         "or a logged model's models:/<model id>") from None
                 if not logged.source_run_id:
                     raise ReproduceError(f"model_uri={uri}: that logged model names no source run, so nothing "
                                          "records how it was trained")

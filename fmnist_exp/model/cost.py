@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
+import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -41,7 +40,7 @@ DETERMINISTIC = ("params", "size_mb", "mmacs_per_image")
 @dataclass(frozen=True)
 class Cost:
     params: int
-    size_mb: float  # the weights alone (float32 as saved), without optimizer state
+    size_mb: float  # the weights' bytes alone (float32), without optimizer state
     mmacs_per_image: float  # millions of multiply-accumulates per image, every pass counted
     ms_per_image_b1: float  # median over warm calls, one image per call
     ms_per_image_b1_iqr: float
@@ -118,11 +117,10 @@ def uncounted_layers(model: keras.Model) -> list[str]:
 
 
 def weights_mb(model: keras.Model) -> float:
-    """Size of the saved weights, in MB (10^6 bytes)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cost.weights.h5"
-        model.save_weights(path)
-        return path.stat().st_size / 1e6
+    """The bytes of the model's weights, in MB (10^6 bytes): the network a server holds, its optimizer's state
+    never counted (a weights file of a compiled model holds the optimizer's moments too: it sized a trained
+    network at three times an untrained one) and no file written to count them."""
+    return sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights) / 1e6
 
 
 def as_metrics(costs: dict[str, Any]) -> dict[str, float]:
@@ -161,19 +159,6 @@ def measure(model: keras.Model, seed: int = 0) -> Cost:
 
 
 _MEASURED: dict[str, Cost] = {}  # measure_once's: this process's measurements by architecture
-_STATIC: dict[str, dict[str, float]] = {}  # static_once's
-
-
-def static_once(model: keras.Model) -> dict[str, float]:
-    """:func:`static`, once per architecture in this process: the deterministic costs are the architecture's
-    (the saved weights' size too: their shapes and dtypes, whatever their values), and saving the weights
-    again to size them cost a study's trial several times the digest (BENCHMARKS.md, 'A trial's own work')."""
-    key = architecture(model)
-    if key is None:
-        return static(model)
-    if key not in _STATIC:
-        _STATIC[key] = static(model)
-    return dict(_STATIC[key])
 
 
 def architecture(model: keras.Model) -> str | None:

@@ -119,7 +119,7 @@ def static_costs(p: P.NetworkParams, info: DatasetInfo, model: keras.Model | Non
     through a copy: wrapping the model itself would record calls that count its cost twice once it is wrapped again
     to be logged; else built here), untrained, as it would be served."""
     model = keras.models.clone_model(model) if model is not None else networks.build(p, info)
-    return cost.static_once(as_served(model, p, info))
+    return cost.static(as_served(model, p, info))
 
 
 def over_budget(trial: optuna.Trial, goals: Goals, p: P.NetworkParams, info: DatasetInfo,

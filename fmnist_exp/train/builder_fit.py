@@ -278,11 +278,12 @@ def check_builder(points: list[NetworkParams], info: DatasetInfo, *, searched: C
 
 
 def without_compile(served: keras.Model) -> keras.Model:
-    """``served`` with its builder's model uncompiled: a logged model carries no training state (serving needs
-    none, and Keras would warn when loading an optimizer saved before it was built)."""
-    model = user.inner(served)
-    if model.compiled:
-        model.optimizer, model.loss, model.compiled, model._compile_config = None, None, False, None
+    """``served`` and its builder's model uncompiled: a logged model carries no training state (serving needs
+    none, Keras would warn when loading an optimizer saved before it was built, and the recipe's Adam, compiled
+    on ``served`` itself, saved its two moments beside every weight: a logged file three times the network)."""
+    for model in dict.fromkeys((served, user.inner(served))):
+        if model.compiled:
+            model.optimizer, model.loss, model.compiled, model._compile_config = None, None, False, None
     return served
 
 

@@ -200,7 +200,7 @@ def log_cost(run_id: str, model: keras.Model, echo: str = "", *, timed: bool = T
     """What the logged ``model`` costs to serve (the flip average runs its network twice, an ensemble
     every member), logged on the run and its models as ``cost_*`` metrics and returned so: with ``timed``, its
     times per image too, measured once per architecture in a process; without, its deterministic costs."""
-    metrics = cost.measure_once(model).metrics() if timed else cost.as_metrics(cost.static_once(model))
+    metrics = cost.measure_once(model).metrics() if timed else cost.as_metrics(cost.static(model))
     tracking.log_model_metrics(run_id, metrics, model_ids=model_ids)
     uncounted = cost.uncounted_layers(model)
     if uncounted:  # a user's network may hold layers whose arithmetic is not counted

@@ -144,3 +144,23 @@ def test_a_trials_budget_check_leaves_its_network_counted_once():
     once = static_costs(p, FM)  # built here
     assert static_costs(p, FM, model) == once == static_costs(p, FM, model)
     assert cost.static(as_served(model, p, FM)) == once
+
+
+def test_a_size_recorded_by_older_code_is_read_from_the_parameters():
+    """Code before 058a7e1 recorded a trained model's size as a weights file that counted its optimizer (about three
+    times the network): read anywhere (a champion's version tags, a run's metrics, a twin's costs), the size is
+    the served float32 weights' bytes, 4 a parameter, so an older champion is not judged larger than it serves."""
+    from types import SimpleNamespace
+
+    from fmnist_exp.registry.gate import champion_cost
+
+    old = {"params": 25_450.0, "size_mb": 0.3051, "mmacs_per_image": 0.025}
+    assert cost.as_read(old) == {**old, "size_mb": 25_450 * 4 / 1e6}
+    assert cost.as_read({"size_mb": 1.0}) == {"size_mb": 1.0}  # no parameters to read it from: as recorded
+    tags = {f"cost_{k}": str(v) for k, v in old.items()}
+    champ = SimpleNamespace(tags=tags, run_id=None)
+    assert champion_cost(champ, "size_mb") == pytest.approx(0.1018) and champion_cost(champ, "params") == 25_450
+    times = {"ms_per_image_b1": 0.5, "ms_per_image_b1_iqr": 0.1, "ms_per_image_b256": 0.05,
+             "ms_per_image_b256_iqr": 0.0}
+    read = cost.Cost.from_metrics({f"cost_{k}": v for k, v in {**old, **times}.items()})
+    assert read is not None and read.size_mb == pytest.approx(0.1018)

@@ -82,7 +82,9 @@ def source_run_id(uri: str) -> tuple[str, float]:
             if len(found) == 1:  # a logged model's id (a trial's model_uri): the run that logged it
                 try:
                     logged = client.get_logged_model(found[0])
-                except MlflowException:  # e.g. a registered model's name without its version
+                except MlflowException as e:  # e.g. a registered model's name without its version
+                    if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                        raise
                     raise ReproduceError(f"model_uri={uri}: no logged model has that id; pass "
                                          "models:/<name>/<version>, models:/<name>@<alias>, runs:/<run_id>/model "
                                          "or a logged model's models:/<model id>") from None

@@ -55,7 +55,7 @@ class Cost:
     def from_metrics(cls, metrics: dict[str, float]) -> Cost | None:
         """The cost a run logged, or None when it logged none (a pruned trial, an earlier run)."""
         try:
-            values: dict[str, Any] = {k: metrics[f"cost_{k}"] for k in cls.__dataclass_fields__}
+            values: dict[str, Any] = as_read({k: metrics[f"cost_{k}"] for k in cls.__dataclass_fields__})
         except KeyError:
             return None
         values["params"] = int(values["params"])
@@ -121,6 +121,16 @@ def weights_mb(model: keras.Model) -> float:
     never counted (a weights file of a compiled model holds the optimizer's moments too: it sized a trained
     network at three times an untrained one) and no file written to count them."""
     return sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights) / 1e6
+
+
+def as_read(costs: dict[str, float]) -> dict[str, float]:
+    """Costs a run, trial or version recorded (by name), as this code measures them: the size from the
+    parameters, since every served weight is float32 (4 bytes each, :func:`weights_mb`); code before 058a7e1
+    recorded a weights file that counted a trained model's optimizer too (three times the network), and a
+    size read from it would compare older models as larger than they serve."""
+    if "params" in costs and "size_mb" in costs:
+        return {**costs, "size_mb": float(costs["params"]) * 4 / 1e6}
+    return dict(costs)
 
 
 def as_metrics(costs: dict[str, Any]) -> dict[str, float]:

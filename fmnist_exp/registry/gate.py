@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from .. import stats
 from ..data import Dataset
 from ..metrics import TEST_ACC
+from ..model.cost import as_read
 from ..study.candidate import cost_metrics
 from ..study.goals import BUDGET_VERDICT_TAG, CHEAPER_ON_TAG, MARGIN_TAG, OVER
 from ..study.setup import check_champion_data
@@ -94,10 +95,11 @@ def promotes(cmp: stats.PairedComparison | None, promote_alpha: float) -> tuple[
 
 
 def champion_cost(champ, name: str) -> float | None:
-    """The champion's cost ``name``: its version tag ``cost_<name>``, else its source run's metric."""
-    tagged = champ.tags.get(f"cost_{name}")
-    if tagged is not None:
-        return float(tagged)
+    """The champion's cost ``name``: its version tags ``cost_*``, else its source run's metrics (as this code
+    measures them: model/cost.py as_read)."""
+    tagged = {k.removeprefix("cost_"): float(v) for k, v in champ.tags.items() if k.startswith("cost_")}
+    if name in tagged:
+        return as_read(tagged)[name]
     return cost_metrics(champ.run_id).get(name) if champ.run_id else None
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from .. import params as P
 from ..data import Dataset
 from ..metrics import VAL_FINAL_ACC
+from ..model import cost
 from ..train.evaluate import score_on_test
 
 BEST_TRIAL, FINAL_RETRAIN, ENSEMBLE_OF_FINALS = "best trial", "final retrain", "ensemble of final retrains"
@@ -72,4 +73,4 @@ def _trained(recipe: P.FitParams, logged: dict[str, str]) -> bool:
 def cost_metrics(run_id: str) -> dict[str, float]:
     """The ``cost_*`` metrics a run logged (train.job, study/ensemble.py), by cost name."""
     metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
-    return {k.removeprefix("cost_"): v for k, v in metrics.items() if k.startswith("cost_")}
+    return cost.as_read({k.removeprefix("cost_"): v for k, v in metrics.items() if k.startswith("cost_")})

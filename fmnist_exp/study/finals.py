@@ -18,6 +18,7 @@ from ..metrics import TEST_ACC, VAL_FINAL_ACC
 from ..model import cost
 from ..params import ConfigError
 from ..train import job, tracking
+from ..train.builder_fit import without_compile
 from ..train.distill import DISTILL_WEIGHT, DISTILLED_FROM, Teacher
 from ..train.evaluate import AT_CHANCE, AT_CHANCE_ALPHA, log_chance, validated
 from . import ensemble, goals
@@ -189,7 +190,8 @@ def ensemble_run(setup: Setup, best: optuna.trial.FrozenTrial, finals: list[Cand
     if done:
         return done
     p = setup.final_params(best.user_attrs["config"], seeds[0])
-    models = [mlflow.keras.load_model(c.model_uri) for c in finals]
+    # without what trained them: a member logged before 058a7e1 loads with its optimizer, which the ensemble would save
+    models = [without_compile(mlflow.keras.load_model(c.model_uri)) for c in finals]
     with mlflow.start_run(run_name=f"ensemble (trial {best.number}, seeds {seeds[0]}-{seeds[-1]})", nested=True,
                           tags=tags) as run:
         res, _ = ensemble.log_in_run(p, models, seeds, setup.ds, split_seeds=setup.final_split_seeds(),

@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from ..model.cost import COSTS
+from ..model.cost import COSTS, as_read
 from ..train import plots
 from .goals import COSTS_ATTR, TWIN_ATTR, Goals, feasible
 
@@ -42,7 +42,7 @@ def points(study: optuna.Study, goals: Goals) -> list[FrontPoint]:
     redrew a trained point is that point, not another."""
     front = {t.number for t in study.best_trials}
     out = [FrontPoint(t.number, t.user_attrs.get("mlflow_run_id"), dict(zip(goals.objectives, t.values, strict=True)),
-                      dict(t.user_attrs.get(COSTS_ATTR) or {}), feasible(t), t.number in front)
+                      as_read(t.user_attrs.get(COSTS_ATTR) or {}), feasible(t), t.number in front)
            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
            if TWIN_ATTR not in t.user_attrs]
     return sorted(out, key=lambda p: (not p.on_front, -p.objectives[goals.objectives[0]], p.trial))

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from ..metrics import VAL_ACC
-from ..model.cost import COSTS, DETERMINISTIC
+from ..model.cost import COSTS, DETERMINISTIC, as_read
 from ..params import ConfigError
 
 GOAL_KEYS = ("objective", "objectives", "constraints", "choose", "promote")
@@ -188,5 +188,5 @@ def choose(study: optuna.Study, goals: Goals) -> optuna.trial.FrozenTrial | None
     if not done:
         return None
     if goals.choose == "cheapest_feasible":
-        return min(done, key=lambda t: (t.user_attrs[COSTS_ATTR][goals.cheaper_on], -t.values[0], t.number))
+        return min(done, key=lambda t: (as_read(t.user_attrs[COSTS_ATTR])[goals.cheaper_on], -t.values[0], t.number))
     return max(done, key=lambda t: (t.values[0], -t.number))  # ties: the earlier trial, as Optuna's best_trial

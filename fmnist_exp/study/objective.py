@@ -174,7 +174,7 @@ def same_as(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, goals: Goals, p
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     if COSTS_ATTR in twin.user_attrs:
-        set_costs(trial, goals, twin.user_attrs[COSTS_ATTR])
+        set_costs(trial, goals, cost.as_read(twin.user_attrs[COSTS_ATTR]))
     trial.set_user_attr(TWIN_ATTR, twin.number)
     if AT_CHANCE in twin.user_attrs:
         trial.set_user_attr(AT_CHANCE, True)

@@ -164,3 +164,10 @@ def test_a_size_recorded_by_older_code_is_read_from_the_parameters():
              "ms_per_image_b256_iqr": 0.0}
     read = cost.Cost.from_metrics({f"cost_{k}": v for k, v in {**old, **times}.items()})
     assert read is not None and read.size_mb == pytest.approx(0.1018)
+    import optuna
+
+    from fmnist_exp.study.goals import COSTS_ATTR, recorded_costs
+
+    trial = optuna.trial.create_trial(value=0.9, user_attrs={COSTS_ATTR: old})  # a resumed study's earlier trial
+    assert recorded_costs(trial)["size_mb"] == pytest.approx(0.1018) and recorded_costs(
+        optuna.trial.create_trial(value=0.9)) == {}

@@ -20,9 +20,9 @@ import optuna
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from ..model.cost import COSTS, as_read
+from ..model.cost import COSTS
 from ..train import plots
-from .goals import COSTS_ATTR, TWIN_ATTR, Goals, feasible
+from .goals import TWIN_ATTR, Goals, feasible, recorded_costs
 
 FRONT_CSV, FRONT_PNG = "study/front.csv", "study/pareto_front.png"
 
@@ -42,7 +42,7 @@ def points(study: optuna.Study, goals: Goals) -> list[FrontPoint]:
     redrew a trained point is that point, not another."""
     front = {t.number for t in study.best_trials}
     out = [FrontPoint(t.number, t.user_attrs.get("mlflow_run_id"), dict(zip(goals.objectives, t.values, strict=True)),
-                      as_read(t.user_attrs.get(COSTS_ATTR) or {}), feasible(t), t.number in front)
+                      recorded_costs(t), feasible(t), t.number in front)
            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
            if TWIN_ATTR not in t.user_attrs]
     return sorted(out, key=lambda p: (not p.on_front, -p.objectives[goals.objectives[0]], p.trial))

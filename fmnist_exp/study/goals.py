@@ -115,6 +115,12 @@ def within(excess: dict[str, float]) -> bool:
     return all(v <= 0 for v in excess.values())
 
 
+def recorded_costs(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The costs a trial recorded (its COSTS_ATTR), as this code measures them (model/cost.py as_read: a study
+    resumed across 058a7e1 holds sizes that counted an optimizer); none where it recorded none."""
+    return as_read(trial.user_attrs.get(COSTS_ATTR) or {})
+
+
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     """Optuna's rule: every constraint value the trial set is <= 0 (no constraint: feasible)."""
     return within(trial.constraints)
@@ -188,5 +194,5 @@ def choose(study: optuna.Study, goals: Goals) -> optuna.trial.FrozenTrial | None
     if not done:
         return None
     if goals.choose == "cheapest_feasible":
-        return min(done, key=lambda t: (as_read(t.user_attrs[COSTS_ATTR])[goals.cheaper_on], -t.values[0], t.number))
+        return min(done, key=lambda t: (recorded_costs(t)[goals.cheaper_on], -t.values[0], t.number))
     return max(done, key=lambda t: (t.values[0], -t.number))  # ties: the earlier trial, as Optuna's best_trial

@@ -31,7 +31,7 @@ from ..model.wrappers import as_served
 from ..train import job, runs
 from ..train.builder_fit import Examined, prepared
 from ..train.evaluate import AT_CHANCE, AT_CHANCE_ALPHA
-from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals
+from .goals import COSTS_ATTR, OVER, OVER_BUDGET_ATTR, TWIN_ATTR, Goals, recorded_costs
 from .setup import Setup
 from .space import suggest
 
@@ -174,7 +174,7 @@ def same_as(trial: optuna.Trial, twin: optuna.trial.FrozenTrial, goals: Goals, p
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     if COSTS_ATTR in twin.user_attrs:
-        set_costs(trial, goals, cost.as_read(twin.user_attrs[COSTS_ATTR]))
+        set_costs(trial, goals, recorded_costs(twin))
     trial.set_user_attr(TWIN_ATTR, twin.number)
     if AT_CHANCE in twin.user_attrs:
         trial.set_user_attr(AT_CHANCE, True)
